@@ -1,0 +1,44 @@
+//! LoRA adapters for burn models.
+//!
+//! - [`LoraLinear`]: a frozen linear layer plus an optional adapter `s · B A`; [`LoraLinear::split`]
+//!   gives the pre-trained feature and the residual feature separately.
+//! - [`LoraModel`]: a model that lists its linear layers by Hugging Face module path, so that
+//!   adapters can be attached by pattern ([`attach_lora`]), merged, counted, and read or written
+//!   in PEFT's format ([`peft`]).
+
+pub mod linear;
+pub mod model;
+pub mod peft;
+pub mod tensors;
+
+use std::path::PathBuf;
+
+pub use linear::{LoraAdapter, LoraLinear, WeightLayout};
+pub use model::{
+    adapted_paths, attach_lora, count_params, merge, merge_and_unload, unmerge, LoraConfig, LoraModel, ParamCount,
+    TargetModules,
+};
+pub use peft::{load_adapter, save_adapter, PeftConfig};
+pub use tensors::{HostData, HostTensor, TensorFile, TensorFileError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoraError {
+    #[error(transparent)]
+    Tensors(#[from] TensorFileError),
+    #[error("cannot read {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("{path}: invalid JSON: {reason}")]
+    Json { path: PathBuf, reason: String },
+    #[error("{path}: {what} is not supported")]
+    Unsupported { path: PathBuf, what: String },
+    #[error("{path}: key `{key}`: {reason}")]
+    BadKey { path: PathBuf, key: String, reason: String },
+    #[error("{path}: tensor `{key}` has shape {found:?}, expected {expected:?}")]
+    Shape { path: PathBuf, key: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("{path}: the adapter targets module `{module}`, which this model does not have (its linear layers: {})", available.join(", "))]
+    UnknownModule { path: PathBuf, module: String, available: Vec<String> },
+    #[error("target_modules `{targets}` selects no linear layer (this model has: {})", available.join(", "))]
+    NoTarget { targets: String, available: Vec<String> },
+    #[error("{0}")]
+    Config(String),
+}

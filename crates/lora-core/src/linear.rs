@@ -1,0 +1,146 @@
+//! The adapted linear layer: a frozen base plus an optional low-rank residual.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+
+/// How the base weight of a layer is laid out in its Hugging Face checkpoint.
+///
+/// In memory every base weight is `[in, out]` (burn's layout); the checkpoint layout only
+/// matters when reading or writing Hugging Face files and for PEFT's `fan_in_fan_out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightLayout {
+    /// `torch.nn.Linear`: stored `[out, in]`.
+    #[default]
+    Linear,
+    /// GPT-2's `Conv1D`: stored `[in, out]` (PEFT's `fan_in_fan_out = true`).
+    Conv1D,
+}
+
+/// Low-rank adapter `s · B A`: `A` is `[in, r]`, `B` is `[r, out]`, `s = alpha / r`
+/// (or `alpha / sqrt(r)` with rsLoRA).
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    pub lora_a: Param<Tensor<B, 2>>,
+    pub lora_b: Param<Tensor<B, 2>>,
+    pub scale: f64,
+    pub r: usize,
+    pub alpha: f64,
+    pub rslora: bool,
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    /// PEFT's default initialisation: A ~ Kaiming-uniform (a = sqrt(5)), i.e. U(-1/sqrt(in),
+    /// 1/sqrt(in)); B = 0, so the adapted layer starts exactly at the base layer.
+    pub fn init(d_in: usize, d_out: usize, r: usize, alpha: f64, rslora: bool, device: &B::Device) -> Self {
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let a = Tensor::random([d_in, r], Distribution::Uniform(-bound, bound), device);
+        let b = Tensor::zeros([r, d_out], device);
+        Self::from_tensors(a, b, alpha, rslora)
+    }
+
+    /// Builds an adapter from `A [in, r]` and `B [r, out]`.
+    pub fn from_tensors(a: Tensor<B, 2>, b: Tensor<B, 2>, alpha: f64, rslora: bool) -> Self {
+        let r = a.dims()[1];
+        let scale = if rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 };
+        Self { lora_a: Param::from_tensor(a), lora_b: Param::from_tensor(b), scale, r, alpha, rslora }
+    }
+
+    /// `s · (x A) B`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let a = self.lora_a.val().unsqueeze::<D>();
+        let b = self.lora_b.val().unsqueeze::<D>();
+        x.matmul(a).matmul(b).mul_scalar(self.scale)
+    }
+
+    /// The dense update `s · A B`, `[in, out]`.
+    pub fn delta_weight(&self) -> Tensor<B, 2> {
+        self.lora_a.val().matmul(self.lora_b.val()).mul_scalar(self.scale)
+    }
+}
+
+/// A linear layer with frozen base weights and an optional LoRA adapter.
+///
+/// `forward(x) = W0 x + b + s · B A x`; [`LoraLinear::split`] returns the two parts separately
+/// (the pre-trained feature and the residual feature of the RFA method).
+#[derive(Module, Debug)]
+pub struct LoraLinear<B: Backend> {
+    pub base: Linear<B>,
+    pub lora: Option<LoraAdapter<B>>,
+    /// Checkpoint layout of `base.weight`, kept for export and for PEFT's `fan_in_fan_out`.
+    pub layout: WeightLayout,
+    /// Set while the adapter is folded into `base` (see [`LoraLinear::merge`]).
+    pub merged: bool,
+}
+
+impl<B: Backend> LoraLinear<B> {
+    /// A frozen layer from a weight already in burn's `[in, out]` layout.
+    pub fn from_weights(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, layout: WeightLayout) -> Self {
+        let base = Linear {
+            weight: Param::from_tensor(weight).set_require_grad(false),
+            bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
+        };
+        Self { base, lora: None, layout, merged: false }
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.base.weight.shape().dims::<2>()[0]
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.base.weight.shape().dims::<2>()[1]
+    }
+
+    /// `(pre-trained feature W0 x + b, residual feature s · B A x)`. Without an adapter, or while
+    /// merged, the residual is `None`.
+    pub fn split<const D: usize>(&self, x: Tensor<B, D>) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
+        match (&self.lora, self.merged) {
+            (Some(lora), false) => {
+                let residual = lora.forward(x.clone());
+                (self.base.forward(x), Some(residual))
+            }
+            _ => (self.base.forward(x), None),
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self.split(x) {
+            (p, Some(r)) => p + r,
+            (p, None) => p,
+        }
+    }
+
+    /// Attaches a fresh adapter (B = 0), replacing any existing one.
+    pub fn attach(&mut self, r: usize, alpha: f64, rslora: bool) {
+        let device = self.base.weight.device();
+        self.lora = Some(LoraAdapter::init(self.d_in(), self.d_out(), r, alpha, rslora, &device));
+        self.merged = false;
+    }
+
+    /// Folds the adapter into the base weight: `W0 ← W0 + s · A B`. The adapter is kept so that
+    /// [`LoraLinear::unmerge`] can undo it. A no-op without an adapter or when already merged.
+    pub fn merge(&mut self) {
+        if let (Some(lora), false) = (&self.lora, self.merged) {
+            let w = self.base.weight.val() + lora.delta_weight();
+            self.base.weight = Param::from_tensor(w).set_require_grad(false);
+            self.merged = true;
+        }
+    }
+
+    /// Undoes [`LoraLinear::merge`] (exact up to float rounding).
+    pub fn unmerge(&mut self) {
+        if let (Some(lora), true) = (&self.lora, self.merged) {
+            let w = self.base.weight.val() - lora.delta_weight();
+            self.base.weight = Param::from_tensor(w).set_require_grad(false);
+            self.merged = false;
+        }
+    }
+
+    /// Merges and drops the adapter (PEFT's `merge_and_unload`).
+    pub fn merge_and_unload(&mut self) {
+        self.merge();
+        self.lora = None;
+        self.merged = false;
+    }
+}

@@ -1,0 +1,239 @@
+//! Reading and writing `.safetensors` files on the host, with errors that name the file, the
+//! key and the shapes. Model loaders take tensors out one by one, so that what is left over at
+//! the end is exactly the set of unexpected keys.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TensorFileError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid safetensors file: {reason}")]
+    Format { path: PathBuf, reason: String },
+    #[error("{path}: tensor `{key}` is missing")]
+    Missing { path: PathBuf, key: String },
+    #[error("{path}: tensor `{key}` has shape {found:?}, expected {expected:?}")]
+    Shape { path: PathBuf, key: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("{path}: tensor `{key}` has dtype {dtype}, which is not supported here")]
+    Dtype { path: PathBuf, key: String, dtype: String },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// Host copy of one tensor: floats are widened to f32, integers to i64.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostData {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: HostData,
+}
+
+impl HostTensor {
+    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        Self { shape, data: HostData::F32(data) }
+    }
+
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            HostData::F32(v) => v.clone(),
+            HostData::I64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
+    pub fn to_i64(&self) -> Vec<i64> {
+        match &self.data {
+            HostData::F32(v) => v.iter().map(|&x| x as i64).collect(),
+            HostData::I64(v) => v.clone(),
+        }
+    }
+
+    pub fn to_tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+        Tensor::from_data(TensorData::new(self.to_f32(), self.shape.clone()), device)
+    }
+
+    pub fn to_int_tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D, Int> {
+        Tensor::from_data(TensorData::new(self.to_i64(), self.shape.clone()), device)
+    }
+
+    pub fn from_tensor<B: Backend, const D: usize>(t: Tensor<B, D>) -> Self {
+        let shape = t.dims().to_vec();
+        let data = t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 data");
+        Self::f32(shape, data)
+    }
+}
+
+/// All tensors of one safetensors file, keyed by name.
+#[derive(Debug, Clone)]
+pub struct TensorFile {
+    pub path: PathBuf,
+    pub tensors: BTreeMap<String, HostTensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl TensorFile {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, TensorFileError> {
+        let path = path.as_ref().to_path_buf();
+        let bytes = std::fs::read(&path).map_err(|source| TensorFileError::Io { path: path.clone(), source })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    pub fn from_bytes(bytes: &[u8], path: PathBuf) -> Result<Self, TensorFileError> {
+        let format = |e: safetensors::SafeTensorError| TensorFileError::Format { path: path.clone(), reason: e.to_string() };
+        let st = SafeTensors::deserialize(bytes).map_err(format)?;
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(format)?;
+        let mut tensors = BTreeMap::new();
+        for (key, view) in st.tensors() {
+            let raw = view.data();
+            let data = match view.dtype() {
+                Dtype::F32 => HostData::F32(le_chunks::<4>(raw).map(f32::from_le_bytes).collect()),
+                Dtype::F64 => HostData::F32(le_chunks::<8>(raw).map(|b| f64::from_le_bytes(b) as f32).collect()),
+                Dtype::F16 => HostData::F32(le_chunks::<2>(raw).map(|b| f16_to_f32(u16::from_le_bytes(b))).collect()),
+                Dtype::BF16 => {
+                    HostData::F32(le_chunks::<2>(raw).map(|b| f32::from_bits((u16::from_le_bytes(b) as u32) << 16)).collect())
+                }
+                Dtype::I64 => HostData::I64(le_chunks::<8>(raw).map(i64::from_le_bytes).collect()),
+                Dtype::I32 => HostData::I64(le_chunks::<4>(raw).map(|b| i32::from_le_bytes(b) as i64).collect()),
+                Dtype::U8 => HostData::I64(raw.iter().map(|&b| b as i64).collect()),
+                Dtype::BOOL => HostData::I64(raw.iter().map(|&b| (b != 0) as i64).collect()),
+                other => return Err(TensorFileError::Dtype { path, key, dtype: format!("{other:?}") }),
+            };
+            tensors.insert(key, HostTensor { shape: view.shape().to_vec(), data });
+        }
+        Ok(Self { path, tensors, metadata: meta.metadata().clone().unwrap_or_default() })
+    }
+
+    pub fn get(&self, key: &str) -> Result<&HostTensor, TensorFileError> {
+        self.tensors.get(key).ok_or_else(|| TensorFileError::Missing { path: self.path.clone(), key: key.to_string() })
+    }
+
+    /// Removes `key` and checks its shape.
+    pub fn take(&mut self, key: &str, expected: &[usize]) -> Result<HostTensor, TensorFileError> {
+        let t = self
+            .tensors
+            .remove(key)
+            .ok_or_else(|| TensorFileError::Missing { path: self.path.clone(), key: key.to_string() })?;
+        if t.shape != expected {
+            return Err(TensorFileError::Shape {
+                path: self.path.clone(),
+                key: key.to_string(),
+                expected: expected.to_vec(),
+                found: t.shape,
+            });
+        }
+        Ok(t)
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.tensors.contains_key(key)
+    }
+}
+
+fn le_chunks<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    raw.chunks_exact(N).map(|c| c.try_into().expect("exact chunk"))
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: renormalise.
+            let mut e = 127 - 15 + 1;
+            let mut f = f;
+            while f & 0x400 == 0 {
+                f <<= 1;
+                e -= 1;
+            }
+            sign | ((e as u32) << 23) | ((f & 0x3ff) << 13)
+        }
+        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Writes f32 tensors as a safetensors file, atomically: a temporary file in the same folder is
+/// renamed over `path` only once it is complete.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &BTreeMap<String, HostTensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), TensorFileError> {
+    let werr = |reason: String| TensorFileError::Write { path: path.to_path_buf(), reason };
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let b: Vec<u8> = t.to_f32().iter().flat_map(|x| x.to_le_bytes()).collect();
+            (k.clone(), b, t.shape.clone())
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, b, s)| safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| werr(e.to_string()))?;
+    let buf = safetensors::serialize(views, metadata).map_err(|e| werr(e.to_string()))?;
+    write_atomic(path, &buf)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so that a reader never sees a
+/// half-written file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TensorFileError> {
+    let werr = |reason: String| TensorFileError::Write { path: path.to_path_buf(), reason };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| werr(e.to_string()))?;
+    let name = path.file_name().ok_or_else(|| werr("no file name".into()))?.to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| werr(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        werr(e.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_matches_known_values() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert!(f16_to_f32(0x7e00).is_nan());
+    }
+
+    #[test]
+    fn truncated_file_is_a_format_error_naming_the_file() {
+        let err = TensorFile::from_bytes(&[1, 2, 3], PathBuf::from("x/model.safetensors")).unwrap_err();
+        assert!(matches!(err, TensorFileError::Format { .. }));
+        assert!(err.to_string().contains("x/model.safetensors"));
+    }
+
+    #[test]
+    fn round_trip_through_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.safetensors");
+        let mut m = BTreeMap::new();
+        m.insert("a.weight".to_string(), HostTensor::f32(vec![2, 3], vec![1.0, -2.5, 3.0, f32::MIN_POSITIVE, 0.0, 7.0]));
+        write_safetensors(&p, &m, None).unwrap();
+        let back = TensorFile::open(&p).unwrap();
+        assert_eq!(back.tensors, m);
+        let mut back = back;
+        let err = back.take("a.weight", &[3, 2]).unwrap_err();
+        assert!(err.to_string().contains("a.weight") && err.to_string().contains("[2, 3]"));
+    }
+}

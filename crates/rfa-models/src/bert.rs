@@ -1,0 +1,425 @@
+#![allow(non_snake_case)] // `LayerNorm` fields keep Hugging Face's module names.
+
+//! BERT (`BertModel`, `BertForSequenceClassification`): post-norm encoder with absolute
+//! positions and token types. Module tree and names as in Hugging Face's `modeling_bert.py`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::{Embedding, LayerNorm};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor};
+use lora_core::{LoraLinear, LoraModel, WeightLayout};
+use serde::Deserialize;
+
+use crate::common::{attention, check_divisible, padding_bias, read_config, tapped, Activation, Checkpoint, ClassifierOutput, Taps};
+use crate::ModelError;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "gelu")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "two")]
+    pub type_vocab_size: usize,
+    #[serde(default = "eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default = "absolute")]
+    pub position_embedding_type: String,
+    #[serde(default)]
+    pub id2label: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub num_labels: Option<usize>,
+    #[serde(default)]
+    pub architectures: Option<Vec<String>>,
+}
+
+fn gelu() -> String {
+    "gelu".into()
+}
+fn two() -> usize {
+    2
+}
+fn eps() -> f64 {
+    1e-12
+}
+fn absolute() -> String {
+    "absolute".into()
+}
+
+impl BertConfig {
+    /// Hugging Face's `num_labels`: the size of `id2label`, else 2.
+    pub fn num_labels(&self) -> usize {
+        self.id2label.as_ref().map(|m| m.len()).or(self.num_labels).unwrap_or(2)
+    }
+
+    fn validate(&self, path: &Path) -> Result<Activation, ModelError> {
+        check_divisible(path, self.hidden_size, self.num_attention_heads)?;
+        if self.position_embedding_type != "absolute" {
+            return Err(ModelError::Config {
+                path: path.to_path_buf(),
+                reason: format!("position_embedding_type `{}` is not supported (only `absolute`)", self.position_embedding_type),
+            });
+        }
+        Activation::parse(&self.hidden_act, path)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertEmbeddings<B: Backend> {
+    pub word_embeddings: Embedding<B>,
+    pub position_embeddings: Embedding<B>,
+    pub token_type_embeddings: Embedding<B>,
+    #[allow(non_snake_case)]
+    pub LayerNorm: LayerNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct BertSelfAttention<B: Backend> {
+    pub query: LoraLinear<B>,
+    pub key: LoraLinear<B>,
+    pub value: LoraLinear<B>,
+    pub num_heads: usize,
+}
+
+/// `attention.output`, `output`: dense, then LayerNorm of the residual sum.
+#[derive(Module, Debug)]
+pub struct BertOutput<B: Backend> {
+    pub dense: LoraLinear<B>,
+    #[allow(non_snake_case)]
+    pub LayerNorm: LayerNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct BertAttention<B: Backend> {
+    /// Hugging Face's `attention.self` (`self` is a Rust keyword).
+    pub self_: BertSelfAttention<B>,
+    pub output: BertOutput<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct BertIntermediate<B: Backend> {
+    pub dense: LoraLinear<B>,
+    pub act: Activation,
+}
+
+#[derive(Module, Debug)]
+pub struct BertLayer<B: Backend> {
+    pub attention: BertAttention<B>,
+    pub intermediate: BertIntermediate<B>,
+    pub output: BertOutput<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct BertEncoder<B: Backend> {
+    pub layer: Vec<BertLayer<B>>,
+}
+
+#[derive(Module, Debug)]
+pub struct BertPooler<B: Backend> {
+    pub dense: LoraLinear<B>,
+}
+
+/// `BertModel`. `prefix` is the module path it has inside its head class (`bert.`), empty when
+/// it stands alone.
+#[derive(Module, Debug)]
+pub struct BertModel<B: Backend> {
+    pub embeddings: BertEmbeddings<B>,
+    pub encoder: BertEncoder<B>,
+    pub pooler: Option<BertPooler<B>>,
+    pub prefix: String,
+}
+
+/// Output of the bare encoder.
+#[derive(Debug, Clone)]
+pub struct BertModelOutput<B: Backend> {
+    pub last_hidden_state: Tensor<B, 3>,
+    /// `tanh(dense(h[:, 0]))` when the model has a pooler.
+    pub pooler_output: Option<Tensor<B, 2>>,
+    pub hidden_states: Vec<Tensor<B, 3>>,
+    pub taps: Taps<B>,
+}
+
+impl<B: Backend> BertOutput<B> {
+    fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>, taps: &mut Taps<B>) -> Tensor<B, 3> {
+        self.LayerNorm.forward(tapped(&self.dense, x, taps) + residual)
+    }
+}
+
+impl<B: Backend> BertLayer<B> {
+    fn forward(&self, x: Tensor<B, 3>, bias: Option<&Tensor<B, 4>>, taps: &mut Taps<B>) -> Tensor<B, 3> {
+        let s = &self.attention.self_;
+        let q = tapped(&s.query, x.clone(), taps);
+        let k = tapped(&s.key, x.clone(), taps);
+        let v = tapped(&s.value, x.clone(), taps);
+        let [_, _, d] = x.dims();
+        let scale = 1.0 / ((d / s.num_heads) as f64).sqrt();
+        let ctx = attention(q, k, v, s.num_heads, scale, bias.cloned());
+        let x = self.attention.output.forward(ctx, x, taps);
+        let mid = self.intermediate.act.forward(tapped(&self.intermediate.dense, x.clone(), taps));
+        self.output.forward(mid, x, taps)
+    }
+}
+
+impl<B: Backend> BertModel<B> {
+    /// Reads `config.json` and `model.safetensors` (keys with or without `bert.`; a missing
+    /// pooler is allowed, as sentence-transformers checkpoints drop it).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
+        let cpath = dir.join("config.json");
+        let cfg: BertConfig = read_config(&cpath)?;
+        let act = cfg.validate(&cpath)?;
+        let mut ck = Checkpoint::<B>::open(dir, "bert.", device)?;
+        ignore_foreign(&mut ck);
+        // A BertModel loaded from a classifier's checkpoint: the head is not ours.
+        ck.ignore(|k| k.starts_with("classifier."));
+        let model = Self::from_checkpoint(&cfg, act, &mut ck, "")?;
+        ck.finish()?;
+        Ok(model)
+    }
+
+    pub fn from_checkpoint(cfg: &BertConfig, act: Activation, ck: &mut Checkpoint<B>, prefix: &str) -> Result<Self, ModelError> {
+        let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let lin = WeightLayout::Linear;
+        let e = format!("{prefix}embeddings");
+        let embeddings = BertEmbeddings {
+            word_embeddings: ck.embedding(&format!("{e}.word_embeddings"), cfg.vocab_size, d)?,
+            position_embeddings: ck.embedding(&format!("{e}.position_embeddings"), cfg.max_position_embeddings, d)?,
+            token_type_embeddings: ck.embedding(&format!("{e}.token_type_embeddings"), cfg.type_vocab_size, d)?,
+            LayerNorm: ck.layer_norm(&format!("{e}.LayerNorm"), d, eps)?,
+        };
+        let mut layer = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("{prefix}encoder.layer.{i}");
+            let a = format!("{p}.attention");
+            layer.push(BertLayer {
+                attention: BertAttention {
+                    self_: BertSelfAttention {
+                        query: ck.linear(&format!("{a}.self.query"), d, d, true, lin)?,
+                        key: ck.linear(&format!("{a}.self.key"), d, d, true, lin)?,
+                        value: ck.linear(&format!("{a}.self.value"), d, d, true, lin)?,
+                        num_heads: cfg.num_attention_heads,
+                    },
+                    output: BertOutput {
+                        dense: ck.linear(&format!("{a}.output.dense"), d, d, true, lin)?,
+                        LayerNorm: ck.layer_norm(&format!("{a}.output.LayerNorm"), d, eps)?,
+                    },
+                },
+                intermediate: BertIntermediate {
+                    dense: ck.linear(&format!("{p}.intermediate.dense"), d, cfg.intermediate_size, true, lin)?,
+                    act,
+                },
+                output: BertOutput {
+                    dense: ck.linear(&format!("{p}.output.dense"), cfg.intermediate_size, d, true, lin)?,
+                    LayerNorm: ck.layer_norm(&format!("{p}.output.LayerNorm"), d, eps)?,
+                },
+            });
+        }
+        let pooler_path = format!("{prefix}pooler.dense");
+        let pooler = if ck.contains(&format!("{pooler_path}.weight")) {
+            Some(BertPooler { dense: ck.linear(&pooler_path, d, d, true, lin)? })
+        } else {
+            None
+        };
+        Ok(Self { embeddings, encoder: BertEncoder { layer }, pooler, prefix: prefix.to_string() })
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.embeddings.word_embeddings.weight.shape().dims::<2>()[1]
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.embeddings.position_embeddings.weight.shape().dims::<2>()[0]
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embeddings.word_embeddings.weight.shape().dims::<2>()[0]
+    }
+
+    /// `input_ids`, `attention_mask` (1 = token, 0 = padding) and `token_type_ids`, all
+    /// `[batch, seq]`; missing masks mean no padding, missing token types mean all 0.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+    ) -> BertModelOutput<B> {
+        let [b, t] = input_ids.dims();
+        let device = input_ids.device();
+        let e = &self.embeddings;
+        let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &device).reshape([1, t]);
+        let types = token_type_ids.unwrap_or_else(|| Tensor::zeros([b, t], &device));
+        let x = e.word_embeddings.forward(input_ids) + e.position_embeddings.forward(positions) + e.token_type_embeddings.forward(types);
+        let mut x = e.LayerNorm.forward(x);
+        let bias = attention_mask.map(padding_bias);
+        let mut hidden_states = vec![x.clone()];
+        let mut taps = Vec::new();
+        for layer in &self.encoder.layer {
+            x = layer.forward(x, bias.as_ref(), &mut taps);
+            hidden_states.push(x.clone());
+        }
+        let pooler_output = self.pooler.as_ref().map(|p| {
+            let [_, _, d] = x.dims();
+            let cls = x.clone().narrow(1, 0, 1);
+            tapped(&p.dense, cls, &mut taps).tanh().reshape([b, d])
+        });
+        BertModelOutput { last_hidden_state: x, pooler_output, hidden_states, taps }
+    }
+
+    fn push_linears<'a>(&'a self, v: &mut Vec<(String, &'a LoraLinear<B>)>) {
+        let pre = &self.prefix;
+        for (i, l) in self.encoder.layer.iter().enumerate() {
+            let p = format!("{pre}encoder.layer.{i}");
+            v.push((format!("{p}.attention.self.query"), &l.attention.self_.query));
+            v.push((format!("{p}.attention.self.key"), &l.attention.self_.key));
+            v.push((format!("{p}.attention.self.value"), &l.attention.self_.value));
+            v.push((format!("{p}.attention.output.dense"), &l.attention.output.dense));
+            v.push((format!("{p}.intermediate.dense"), &l.intermediate.dense));
+            v.push((format!("{p}.output.dense"), &l.output.dense));
+        }
+        if let Some(pool) = &self.pooler {
+            v.push((format!("{pre}pooler.dense"), &pool.dense));
+        }
+    }
+
+    fn push_linears_mut<'a>(&'a mut self, v: &mut Vec<(String, &'a mut LoraLinear<B>)>) {
+        let pre = self.prefix.clone();
+        for (i, l) in self.encoder.layer.iter_mut().enumerate() {
+            let p = format!("{pre}encoder.layer.{i}");
+            v.push((format!("{p}.attention.self.query"), &mut l.attention.self_.query));
+            v.push((format!("{p}.attention.self.key"), &mut l.attention.self_.key));
+            v.push((format!("{p}.attention.self.value"), &mut l.attention.self_.value));
+            v.push((format!("{p}.attention.output.dense"), &mut l.attention.output.dense));
+            v.push((format!("{p}.intermediate.dense"), &mut l.intermediate.dense));
+            v.push((format!("{p}.output.dense"), &mut l.output.dense));
+        }
+        if let Some(pool) = &mut self.pooler {
+            v.push((format!("{pre}pooler.dense"), &mut pool.dense));
+        }
+    }
+}
+
+/// Keys of real BERT checkpoints that belong to no module here: the `position_ids` buffer and
+/// the pre-training heads (`cls.*`).
+fn ignore_foreign<B: Backend>(ck: &mut Checkpoint<B>) {
+    ck.ignore(|k| k.ends_with("embeddings.position_ids") || k.starts_with("cls."));
+}
+
+impl<B: Backend> LoraModel<B> for BertModel<B> {
+    fn linears(&self) -> Vec<(String, &LoraLinear<B>)> {
+        let mut v = Vec::new();
+        self.push_linears(&mut v);
+        v
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut LoraLinear<B>)> {
+        let mut v = Vec::new();
+        self.push_linears_mut(&mut v);
+        v
+    }
+
+    fn canonical_path(&self, path: &str) -> String {
+        path.strip_prefix("bert.").unwrap_or(path).to_string()
+    }
+}
+
+/// `BertForSequenceClassification`: the pooled output (or the CLS state without a pooler)
+/// through a linear classifier.
+#[derive(Module, Debug)]
+pub struct BertForSequenceClassification<B: Backend> {
+    pub bert: BertModel<B>,
+    pub classifier: LoraLinear<B>,
+}
+
+impl<B: Backend> BertForSequenceClassification<B> {
+    /// Reads a fine-tuned classifier (the `classifier` tensors must be there).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
+        Self::load_inner(dir, None, device)
+    }
+
+    /// Reads a pre-trained encoder (e.g. a `BertModel` checkpoint) and puts a freshly
+    /// initialised classifier with `num_labels` outputs on top (N(0, 0.02) weights, zero bias,
+    /// as Hugging Face initialises it); a classifier in the checkpoint is replaced.
+    pub fn load_with_new_head(dir: &Path, num_labels: usize, device: &B::Device) -> Result<Self, ModelError> {
+        Self::load_inner(dir, Some(num_labels), device)
+    }
+
+    fn load_inner(dir: &Path, new_head: Option<usize>, device: &B::Device) -> Result<Self, ModelError> {
+        let cpath = dir.join("config.json");
+        let cfg: BertConfig = read_config(&cpath)?;
+        let act = cfg.validate(&cpath)?;
+        let mut ck = Checkpoint::<B>::open(dir, "bert.", device)?;
+        ignore_foreign(&mut ck);
+        let bert = BertModel::from_checkpoint(&cfg, act, &mut ck, "bert.")?;
+        let d = cfg.hidden_size;
+        let classifier = match new_head {
+            Some(n) => {
+                ck.ignore(|k| k.starts_with("classifier."));
+                let w = Tensor::random([d, n], Distribution::Normal(0.0, 0.02), device);
+                LoraLinear::from_weights(w, Some(Tensor::zeros([n], device)), WeightLayout::Linear)
+            }
+            None => ck.linear("classifier", d, cfg.num_labels(), true, WeightLayout::Linear)?,
+        };
+        ck.finish()?;
+        Ok(Self { bert, classifier })
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.classifier.d_out()
+    }
+
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+    ) -> ClassifierOutput<B> {
+        let out = self.bert.forward(input_ids, attention_mask, token_type_ids);
+        let features = match out.pooler_output {
+            Some(p) => p,
+            None => {
+                let [b, _, d] = out.last_hidden_state.dims();
+                out.last_hidden_state.narrow(1, 0, 1).reshape([b, d])
+            }
+        };
+        let mut taps = out.taps;
+        let logits = tapped(&self.classifier, features.clone().unsqueeze_dim(1), &mut taps).squeeze_dim(1);
+        ClassifierOutput { logits, hidden_states: out.hidden_states, features, taps }
+    }
+}
+
+impl<B: Backend> LoraModel<B> for BertForSequenceClassification<B> {
+    fn linears(&self) -> Vec<(String, &LoraLinear<B>)> {
+        let mut v = Vec::new();
+        self.bert.push_linears(&mut v);
+        v.push(("classifier".into(), &self.classifier));
+        v
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut LoraLinear<B>)> {
+        let mut v = Vec::new();
+        self.bert.push_linears_mut(&mut v);
+        v.push(("classifier".into(), &mut self.classifier));
+        v
+    }
+
+    /// Adapters made on the bare `BertModel` lack `bert.`.
+    fn canonical_path(&self, path: &str) -> String {
+        if path.starts_with("encoder.") || path.starts_with("pooler.") || path.starts_with("embeddings.") {
+            format!("bert.{path}")
+        } else {
+            path.to_string()
+        }
+    }
+
+    fn output_layers(&self) -> Vec<String> {
+        vec!["classifier".into()]
+    }
+}

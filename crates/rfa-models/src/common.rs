@@ -1,0 +1,257 @@
+//! Pieces the three architectures share: checkpoint reading with typed errors, activations,
+//! attention, and the outputs of a forward pass.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::tensor::activation::{gelu, gelu_approximate, relu, sigmoid, silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use lora_core::{LoraLinear, TensorFile, WeightLayout};
+use serde::de::DeserializeOwned;
+
+use crate::ModelError;
+
+/// One adapted layer's two features from a forward pass: `p_l` (frozen weights) and `r_l`
+/// (adapter). Taps come in the order of [`lora_core::adapted_paths`].
+#[derive(Debug, Clone)]
+pub struct Tap<B: Backend> {
+    pub pre: Tensor<B, 3>,
+    pub residual: Tensor<B, 3>,
+}
+
+/// Where a forward pass leaves the taps of its adapted layers.
+pub type Taps<B> = Vec<Tap<B>>;
+
+/// `LoraLinear::forward` that also records `(p_l, r_l)` when the layer is adapted.
+pub(crate) fn tapped<B: Backend>(lin: &LoraLinear<B>, x: Tensor<B, 3>, taps: &mut Taps<B>) -> Tensor<B, 3> {
+    match lin.split(x) {
+        (p, Some(r)) => {
+            taps.push(Tap { pre: p.clone(), residual: r.clone() });
+            p + r
+        }
+        (p, None) => p,
+    }
+}
+
+/// Output of a sequence or image classifier (ViT, BERT).
+#[derive(Debug, Clone)]
+pub struct ClassifierOutput<B: Backend> {
+    /// `[batch, num_labels]`
+    pub logits: Tensor<B, 2>,
+    /// Hugging Face's `hidden_states`: the embeddings, then the output of every block.
+    pub hidden_states: Vec<Tensor<B, 3>>,
+    /// The classifier's input: ViT's final-normed CLS token, BERT's pooled output.
+    pub features: Tensor<B, 2>,
+    pub taps: Taps<B>,
+}
+
+/// Output of a causal language model (GPT-2).
+#[derive(Debug, Clone)]
+pub struct CausalLmOutput<B: Backend> {
+    /// `[batch, seq, vocab]`
+    pub logits: Tensor<B, 3>,
+    /// The embeddings, then the output of every block; the last one after `ln_f`, as in
+    /// Hugging Face.
+    pub hidden_states: Vec<Tensor<B, 3>>,
+    /// The last hidden state (after `ln_f`), `[batch, seq, hidden]`.
+    pub features: Tensor<B, 3>,
+    pub taps: Taps<B>,
+}
+
+/// The element-wise activations Hugging Face configs name (`hidden_act`, `activation_function`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU (erf).
+    Gelu,
+    /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`).
+    GeluTanh,
+    Relu,
+    Silu,
+    QuickGelu,
+    Tanh,
+}
+
+impl Activation {
+    pub fn parse(name: &str, config: &Path) -> Result<Self, ModelError> {
+        Ok(match name {
+            "gelu" => Self::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
+            "relu" => Self::Relu,
+            "silu" | "swish" => Self::Silu,
+            "quick_gelu" => Self::QuickGelu,
+            "tanh" => Self::Tanh,
+            other => {
+                return Err(ModelError::Config { path: config.to_path_buf(), reason: format!("unsupported activation `{other}`") });
+            }
+        })
+    }
+
+    pub fn forward<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Self::Gelu => gelu(x),
+            Self::GeluTanh => gelu_approximate(x),
+            Self::Relu => relu(x),
+            Self::Silu => silu(x),
+            Self::QuickGelu => x.clone() * sigmoid(x.mul_scalar(1.702)),
+            Self::Tanh => x.tanh(),
+        }
+    }
+}
+
+/// Added to the attention scores of masked keys. Finite, so that a fully masked row (a padded
+/// query under a causal mask) gives a uniform row instead of NaN; the sum of two such biases is
+/// still finite in f32.
+pub(crate) const MASK_BIAS: f32 = -1.0e30;
+
+/// Additive attention bias `[batch, 1, 1, seq]` from a 0/1 padding mask `[batch, seq]`.
+pub(crate) fn padding_bias<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
+    let [b, t] = mask.dims();
+    let keep = mask.float();
+    keep.neg().add_scalar(1.0).mul_scalar(MASK_BIAS).reshape([b, 1, 1, t])
+}
+
+/// Additive causal bias `[1, 1, seq, seq]`: query `i` sees keys `j <= i`.
+pub(crate) fn causal_bias<B: Backend>(t: usize, device: &B::Device) -> Tensor<B, 4> {
+    let v: Vec<f32> = (0..t * t).map(|k| if k % t > k / t { MASK_BIAS } else { 0.0 }).collect();
+    Tensor::from_data(TensorData::new(v, [1, 1, t, t]), device)
+}
+
+/// Multi-head scaled dot-product attention over `[batch, seq, hidden]` projections.
+pub(crate) fn attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    n_heads: usize,
+    scale: f64,
+    bias: Option<Tensor<B, 4>>,
+) -> Tensor<B, 3> {
+    let [b, t, d] = q.dims();
+    let dh = d / n_heads;
+    let heads = |x: Tensor<B, 3>| x.reshape([b, t, n_heads, dh]).swap_dims(1, 2);
+    let (q, k, v) = (heads(q), heads(k), heads(v));
+    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+    if let Some(bias) = bias {
+        scores = scores + bias;
+    }
+    softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, d])
+}
+
+/// Reads a `config.json` into a config struct, naming the file in every error.
+pub fn read_config<C: DeserializeOwned>(path: &Path) -> Result<C, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+pub(crate) fn check_divisible(path: &Path, hidden: usize, heads: usize) -> Result<(), ModelError> {
+    if heads == 0 || hidden % heads != 0 {
+        return Err(ModelError::Config {
+            path: path.to_path_buf(),
+            reason: format!("hidden size {hidden} is not divisible by the number of attention heads {heads}"),
+        });
+    }
+    Ok(())
+}
+
+/// A checkpoint being turned into a model: tensors are taken out by module path, so that the
+/// keys left at the end are the unexpected ones.
+///
+/// Model paths are those of the full Hugging Face class (`transformer.h.0…` for
+/// `GPT2LMHeadModel`); `base_prefix` (`transformer.`) is dropped when the checkpoint was saved
+/// from the bare base model and its keys lack it.
+pub struct Checkpoint<B: Backend> {
+    pub file: TensorFile,
+    base_prefix: String,
+    strip_base: bool,
+    device: B::Device,
+}
+
+impl<B: Backend> Checkpoint<B> {
+    pub fn open(dir: &Path, base_prefix: &str, device: &B::Device) -> Result<Self, ModelError> {
+        let path = weights_path(dir)?;
+        let file = TensorFile::open(&path)?;
+        let strip_base = !base_prefix.is_empty() && !file.tensors.keys().any(|k| k.starts_with(base_prefix));
+        Ok(Self { file, base_prefix: base_prefix.to_string(), strip_base, device: device.clone() })
+    }
+
+    /// Whether the checkpoint's keys carry the base model's prefix.
+    pub fn has_base_prefix(&self) -> bool {
+        !self.strip_base
+    }
+
+    pub fn key(&self, path: &str) -> String {
+        match (self.strip_base, path.strip_prefix(&self.base_prefix)) {
+            (true, Some(rest)) => rest.to_string(),
+            _ => path.to_string(),
+        }
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        self.file.contains(&self.key(path))
+    }
+
+    pub fn tensor<const D: usize>(&mut self, path: &str, shape: [usize; D]) -> Result<Tensor<B, D>, ModelError> {
+        let key = self.key(path);
+        Ok(self.file.take(&key, &shape)?.to_tensor(&self.device))
+    }
+
+    pub fn frozen<const D: usize>(&mut self, path: &str, shape: [usize; D]) -> Result<Param<Tensor<B, D>>, ModelError> {
+        Ok(Param::from_tensor(self.tensor(path, shape)?).set_require_grad(false))
+    }
+
+    /// A linear layer `path.weight` / `path.bias`. `torch.nn.Linear` stores `[out, in]`;
+    /// GPT-2's `Conv1D` already stores `[in, out]`, burn's layout, and is not transposed.
+    pub fn linear(&mut self, path: &str, d_in: usize, d_out: usize, bias: bool, layout: WeightLayout) -> Result<LoraLinear<B>, ModelError> {
+        let w = match layout {
+            WeightLayout::Linear => self.tensor(&format!("{path}.weight"), [d_out, d_in])?.transpose(),
+            WeightLayout::Conv1D => self.tensor(&format!("{path}.weight"), [d_in, d_out])?,
+        };
+        let b = if bias { Some(self.tensor(&format!("{path}.bias"), [d_out])?) } else { None };
+        Ok(LoraLinear::from_weights(w, b, layout))
+    }
+
+    pub fn layer_norm(&mut self, path: &str, d: usize, eps: f64) -> Result<LayerNorm<B>, ModelError> {
+        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(&self.device);
+        ln.gamma = self.frozen(&format!("{path}.weight"), [d])?;
+        ln.beta = Some(self.frozen(&format!("{path}.bias"), [d])?);
+        Ok(ln)
+    }
+
+    pub fn embedding(&mut self, path: &str, n: usize, d: usize) -> Result<Embedding<B>, ModelError> {
+        let mut emb = EmbeddingConfig::new(n, d).init(&self.device);
+        emb.weight = self.frozen(&format!("{path}.weight"), [n, d])?;
+        Ok(emb)
+    }
+
+    /// Drops keys that are buffers or belong to heads this class does not have.
+    pub fn ignore(&mut self, pred: impl Fn(&str) -> bool) {
+        self.file.tensors.retain(|k, _| !pred(k));
+    }
+
+    /// Fails if any tensor was not used.
+    pub fn finish(self) -> Result<(), ModelError> {
+        if self.file.tensors.is_empty() {
+            return Ok(());
+        }
+        let keys: BTreeSet<String> = self.file.tensors.keys().cloned().collect();
+        Err(ModelError::UnexpectedTensors { path: self.file.path, keys: keys.into_iter().collect() })
+    }
+}
+
+/// `model.safetensors` in `dir`. Sharded and pickle checkpoints get a clear error.
+pub fn weights_path(dir: &Path) -> Result<PathBuf, ModelError> {
+    let p = dir.join("model.safetensors");
+    if p.is_file() {
+        return Ok(p);
+    }
+    let reason = if dir.join("model.safetensors.index.json").is_file() {
+        "sharded checkpoints (model.safetensors.index.json) are not supported yet".to_string()
+    } else if dir.join("pytorch_model.bin").is_file() {
+        "only safetensors checkpoints are read; convert pytorch_model.bin with save_pretrained(safe_serialization=True)".to_string()
+    } else {
+        "file not found".to_string()
+    };
+    Err(ModelError::Io { path: p, reason })
+}

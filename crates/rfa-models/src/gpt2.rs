@@ -1,0 +1,301 @@
+//! GPT-2 (`GPT2LMHeadModel`): pre-norm decoder, `Conv1D` projections stored `[in, out]`, LM head
+//! tied to `wte`. Module tree and names as in Hugging Face's `modeling_gpt2.py`.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::{Embedding, LayerNorm};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use lora_core::{LoraLinear, LoraModel, WeightLayout};
+use serde::Deserialize;
+
+use crate::common::{attention, causal_bias, check_divisible, padding_bias, read_config, tapped, Activation, CausalLmOutput, Checkpoint, Taps};
+use crate::ModelError;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "default_act")]
+    pub activation_function: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "yes")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+fn default_act() -> String {
+    "gelu_new".into()
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn yes() -> bool {
+    true
+}
+
+impl Gpt2Config {
+    pub fn inner(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Attention<B: Backend> {
+    pub c_attn: LoraLinear<B>,
+    pub c_proj: LoraLinear<B>,
+    pub n_head: usize,
+    pub scale: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Mlp<B: Backend> {
+    pub c_fc: LoraLinear<B>,
+    pub c_proj: LoraLinear<B>,
+    pub act: Activation,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Block<B: Backend> {
+    pub ln_1: LayerNorm<B>,
+    pub attn: Gpt2Attention<B>,
+    pub ln_2: LayerNorm<B>,
+    pub mlp: Gpt2Mlp<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Model<B: Backend> {
+    pub wte: Embedding<B>,
+    pub wpe: Embedding<B>,
+    pub h: Vec<Gpt2Block<B>>,
+    pub ln_f: LayerNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2LmHeadModel<B: Backend> {
+    pub transformer: Gpt2Model<B>,
+    pub n_positions: usize,
+}
+
+impl<B: Backend> Gpt2Block<B> {
+    fn forward(&self, x: Tensor<B, 3>, bias: &Tensor<B, 4>, taps: &mut Taps<B>) -> Tensor<B, 3> {
+        let a = &self.attn;
+        let [_, _, d] = x.dims();
+        let qkv = tapped(&a.c_attn, self.ln_1.forward(x.clone()), taps);
+        let q = qkv.clone().narrow(2, 0, d);
+        let k = qkv.clone().narrow(2, d, d);
+        let v = qkv.narrow(2, 2 * d, d);
+        let ctx = attention(q, k, v, a.n_head, a.scale, Some(bias.clone()));
+        let x = x + tapped(&a.c_proj, ctx, taps);
+        let m = &self.mlp;
+        let hmid = m.act.forward(tapped(&m.c_fc, self.ln_2.forward(x.clone()), taps));
+        x + tapped(&m.c_proj, hmid, taps)
+    }
+}
+
+impl<B: Backend> Gpt2LmHeadModel<B> {
+    /// Reads `config.json` and `model.safetensors` from `dir` (keys with or without `transformer.`;
+    /// the causal-mask buffers `attn.bias` / `attn.masked_bias` of old checkpoints and a stored
+    /// `lm_head.weight`, which is tied to `wte`, are ignored).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
+        let cpath = dir.join("config.json");
+        let cfg: Gpt2Config = read_config(&cpath)?;
+        check_divisible(&cpath, cfg.n_embd, cfg.n_head)?;
+        let act = Activation::parse(&cfg.activation_function, &cpath)?;
+        if !cfg.tie_word_embeddings {
+            return Err(ModelError::Config { path: cpath, reason: "untied GPT-2 LM heads are not supported".into() });
+        }
+        let mut ck = Checkpoint::<B>::open(dir, "transformer.", device)?;
+        ck.ignore(|k| k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias") || k == "lm_head.weight");
+        let model = Self::from_checkpoint(&cfg, act, &mut ck)?;
+        ck.finish()?;
+        Ok(model)
+    }
+
+    pub fn from_checkpoint(cfg: &Gpt2Config, act: Activation, ck: &mut Checkpoint<B>) -> Result<Self, ModelError> {
+        let (d, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
+        let conv = WeightLayout::Conv1D;
+        let mut h = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = format!("transformer.h.{i}");
+            let mut scale = if cfg.scale_attn_weights { 1.0 / ((d / cfg.n_head) as f64).sqrt() } else { 1.0 };
+            if cfg.scale_attn_by_inverse_layer_idx {
+                scale /= (i + 1) as f64;
+            }
+            h.push(Gpt2Block {
+                ln_1: ck.layer_norm(&format!("{p}.ln_1"), d, eps)?,
+                attn: Gpt2Attention {
+                    c_attn: ck.linear(&format!("{p}.attn.c_attn"), d, 3 * d, true, conv)?,
+                    c_proj: ck.linear(&format!("{p}.attn.c_proj"), d, d, true, conv)?,
+                    n_head: cfg.n_head,
+                    scale,
+                },
+                ln_2: ck.layer_norm(&format!("{p}.ln_2"), d, eps)?,
+                mlp: Gpt2Mlp {
+                    c_fc: ck.linear(&format!("{p}.mlp.c_fc"), d, cfg.inner(), true, conv)?,
+                    c_proj: ck.linear(&format!("{p}.mlp.c_proj"), cfg.inner(), d, true, conv)?,
+                    act,
+                },
+            });
+        }
+        Ok(Self {
+            transformer: Gpt2Model {
+                wte: ck.embedding("transformer.wte", cfg.vocab_size, d)?,
+                wpe: ck.embedding("transformer.wpe", cfg.n_positions, d)?,
+                h,
+                ln_f: ck.layer_norm("transformer.ln_f", d, eps)?,
+            },
+            n_positions: cfg.n_positions,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.transformer.wte.weight.shape().dims::<2>()[0]
+    }
+
+    /// `input_ids [batch, seq]`, `attention_mask [batch, seq]` (1 = token, 0 = padding).
+    /// Sequences longer than `n_positions` must be truncated by the caller.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> CausalLmOutput<B> {
+        let [_, t] = input_ids.dims();
+        let device = input_ids.device();
+        let tr = &self.transformer;
+        let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &device).reshape([1, t]);
+        let mut x = tr.wte.forward(input_ids) + tr.wpe.forward(positions);
+        let mut bias = causal_bias::<B>(t, &device);
+        if let Some(mask) = attention_mask {
+            bias = bias + padding_bias(mask);
+        }
+        let mut hidden_states = vec![x.clone()];
+        let mut taps = Vec::new();
+        for block in &tr.h {
+            x = block.forward(x, &bias, &mut taps);
+            hidden_states.push(x.clone());
+        }
+        let x = tr.ln_f.forward(x);
+        *hidden_states.last_mut().expect("embeddings") = x.clone();
+        let wte = tr.wte.weight.val().transpose().unsqueeze::<3>();
+        let logits = x.clone().matmul(wte);
+        CausalLmOutput { logits, hidden_states, features: x, taps }
+    }
+
+    /// Greedy (`top_k = None` or `Some(1)`) or top-k sampling (`temperature`, `seed`) of `max_new`
+    /// tokens after `prompt`; stops at `eos`. Returns the new tokens only.
+    pub fn generate(&self, prompt: &[u32], max_new: usize, top_k: Option<usize>, temperature: f64, eos: Option<u32>, seed: u64) -> Vec<u32> {
+        let device = self.transformer.wte.weight.device();
+        let mut ids: Vec<u32> = prompt.to_vec();
+        let mut out = Vec::new();
+        let mut rng = SplitMix64(seed);
+        for _ in 0..max_new {
+            let start = ids.len().saturating_sub(self.n_positions);
+            let window: Vec<i64> = ids[start..].iter().map(|&x| x as i64).collect();
+            let n = window.len();
+            let input = Tensor::<B, 2, Int>::from_data(TensorData::new(window, [1, n]), &device);
+            let logits = self.forward(input, None).logits.narrow(1, n - 1, 1).reshape([self.vocab_size()]);
+            let logits: Vec<f32> = logits.into_data().convert::<f32>().into_vec().expect("f32 logits");
+            let next = pick(&logits, top_k, temperature, &mut rng);
+            ids.push(next);
+            out.push(next);
+            if Some(next) == eos {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// Causal-LM loss as Hugging Face computes it: logits at `t` predict `labels[t + 1]`, labels
+/// equal to -100 are ignored, mean over the rest. Returns a one-element tensor.
+pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let [b, t, _] = logits.dims();
+    let logp = log_softmax(logits.narrow(1, 0, t - 1), 2);
+    let target = labels.narrow(1, 1, t - 1);
+    let valid = target.clone().greater_equal_elem(0);
+    let safe = target.mask_fill(valid.clone().bool_not(), 0);
+    let picked = logp.gather(2, safe.reshape([b, t - 1, 1])).reshape([b, t - 1]);
+    let validf = valid.float();
+    let n = validf.clone().sum();
+    (picked * validf).sum().neg().div(n)
+}
+
+fn pick(logits: &[f32], top_k: Option<usize>, temperature: f64, rng: &mut SplitMix64) -> u32 {
+    let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap_or(0);
+    let k = match top_k {
+        None | Some(0) | Some(1) => return argmax(),
+        Some(k) => k.min(logits.len()),
+    };
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    idx.truncate(k);
+    let t = temperature.max(1e-6);
+    let m = logits[idx[0]] as f64;
+    let w: Vec<f64> = idx.iter().map(|&i| ((logits[i] as f64 - m) / t).exp()).collect();
+    let mut u = rng.next_f64() * w.iter().sum::<f64>();
+    for (j, wj) in w.iter().enumerate() {
+        if u < *wj {
+            return idx[j] as u32;
+        }
+        u -= wj;
+    }
+    idx[k - 1] as u32
+}
+
+/// Small deterministic generator for sampling; seeds give the same text on every backend.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl<B: Backend> LoraModel<B> for Gpt2LmHeadModel<B> {
+    fn linears(&self) -> Vec<(String, &LoraLinear<B>)> {
+        let mut v = Vec::new();
+        for (i, b) in self.transformer.h.iter().enumerate() {
+            let p = format!("transformer.h.{i}");
+            v.push((format!("{p}.attn.c_attn"), &b.attn.c_attn));
+            v.push((format!("{p}.attn.c_proj"), &b.attn.c_proj));
+            v.push((format!("{p}.mlp.c_fc"), &b.mlp.c_fc));
+            v.push((format!("{p}.mlp.c_proj"), &b.mlp.c_proj));
+        }
+        v
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut LoraLinear<B>)> {
+        let mut v = Vec::new();
+        for (i, b) in self.transformer.h.iter_mut().enumerate() {
+            let p = format!("transformer.h.{i}");
+            v.push((format!("{p}.attn.c_attn"), &mut b.attn.c_attn));
+            v.push((format!("{p}.attn.c_proj"), &mut b.attn.c_proj));
+            v.push((format!("{p}.mlp.c_fc"), &mut b.mlp.c_fc));
+            v.push((format!("{p}.mlp.c_proj"), &mut b.mlp.c_proj));
+        }
+        v
+    }
+
+    /// Adapters made on the bare `GPT2Model` lack `transformer.`.
+    fn canonical_path(&self, path: &str) -> String {
+        if path.starts_with("h.") { format!("transformer.{path}") } else { path.to_string() }
+    }
+}

@@ -1,0 +1,312 @@
+//! ViT (`ViTForImageClassification`): pre-norm encoder over patch embeddings plus a CLS token,
+//! classifier on the final-normed CLS state. Module tree and names as in Hugging Face's
+//! `modeling_vit.py` (the checkpoint's names, which transformers 5 still writes).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::nn::LayerNorm;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+use lora_core::{LoraLinear, LoraModel, WeightLayout};
+use serde::Deserialize;
+
+use crate::common::{attention, check_divisible, read_config, tapped, Activation, Checkpoint, ClassifierOutput, Taps};
+use crate::ModelError;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VitConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "three")]
+    pub num_channels: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "gelu")]
+    pub hidden_act: String,
+    #[serde(default = "eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "yes")]
+    pub qkv_bias: bool,
+    #[serde(default)]
+    pub id2label: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub num_labels: Option<usize>,
+}
+
+fn three() -> usize {
+    3
+}
+fn gelu() -> String {
+    "gelu".into()
+}
+fn eps() -> f64 {
+    1e-12
+}
+fn yes() -> bool {
+    true
+}
+
+impl VitConfig {
+    pub fn num_labels(&self) -> usize {
+        self.id2label.as_ref().map(|m| m.len()).or(self.num_labels).unwrap_or(2)
+    }
+
+    pub fn num_patches(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+
+    fn validate(&self, path: &Path) -> Result<Activation, ModelError> {
+        check_divisible(path, self.hidden_size, self.num_attention_heads)?;
+        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+            return Err(ModelError::Config {
+                path: path.to_path_buf(),
+                reason: format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size),
+            });
+        }
+        Activation::parse(&self.hidden_act, path)
+    }
+}
+
+/// `patch_embeddings.projection` is a `Conv2d` with stride = kernel = patch size, i.e. a linear
+/// map of each flattened `[channels, p, p]` patch; it is kept as that linear layer.
+#[derive(Module, Debug)]
+pub struct VitEmbeddings<B: Backend> {
+    pub cls_token: Param<Tensor<B, 3>>,
+    pub position_embeddings: Param<Tensor<B, 3>>,
+    pub projection: LoraLinear<B>,
+    pub patch_size: usize,
+    pub num_channels: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct VitSelfAttention<B: Backend> {
+    pub query: LoraLinear<B>,
+    pub key: LoraLinear<B>,
+    pub value: LoraLinear<B>,
+    pub num_heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct VitAttention<B: Backend> {
+    /// `attention.attention`
+    pub attention: VitSelfAttention<B>,
+    /// `attention.output.dense`
+    pub output: LoraLinear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct VitLayer<B: Backend> {
+    pub layernorm_before: LayerNorm<B>,
+    pub attention: VitAttention<B>,
+    pub layernorm_after: LayerNorm<B>,
+    /// `intermediate.dense`
+    pub intermediate: LoraLinear<B>,
+    /// `output.dense`
+    pub output: LoraLinear<B>,
+    pub act: Activation,
+}
+
+#[derive(Module, Debug)]
+pub struct VitModel<B: Backend> {
+    pub embeddings: VitEmbeddings<B>,
+    pub layer: Vec<VitLayer<B>>,
+    pub layernorm: LayerNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct VitForImageClassification<B: Backend> {
+    pub vit: VitModel<B>,
+    pub classifier: LoraLinear<B>,
+}
+
+impl<B: Backend> VitEmbeddings<B> {
+    /// `[batch, channels, h, w]` → `[batch, 1 + patches, hidden]`.
+    fn forward(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, c, h, w] = pixels.dims();
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        // [b, c, gh, p, gw, p] → [b, gh, gw, c, p, p]: each row is one patch in the conv kernel's order.
+        let patches = pixels.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
+        let x = self.projection.forward(patches);
+        let [_, _, d] = x.dims();
+        let cls = self.cls_token.val().expand([b, 1, d]);
+        Tensor::cat(vec![cls, x], 1) + self.position_embeddings.val()
+    }
+}
+
+impl<B: Backend> VitLayer<B> {
+    fn forward(&self, x: Tensor<B, 3>, taps: &mut Taps<B>) -> Tensor<B, 3> {
+        let a = &self.attention.attention;
+        let h = self.layernorm_before.forward(x.clone());
+        let q = tapped(&a.query, h.clone(), taps);
+        let k = tapped(&a.key, h.clone(), taps);
+        let v = tapped(&a.value, h, taps);
+        let [_, _, d] = x.dims();
+        let scale = 1.0 / ((d / a.num_heads) as f64).sqrt();
+        let ctx = attention(q, k, v, a.num_heads, scale, None);
+        let x = x + tapped(&self.attention.output, ctx, taps);
+        let mid = self.act.forward(tapped(&self.intermediate, self.layernorm_after.forward(x.clone()), taps));
+        x + tapped(&self.output, mid, taps)
+    }
+}
+
+impl<B: Backend> VitForImageClassification<B> {
+    /// Reads a fine-tuned classifier from `config.json` + `model.safetensors` (keys with or
+    /// without `vit.`; a `pooler`, which this head does not use, is ignored).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
+        Self::load_inner(dir, None, device)
+    }
+
+    /// Reads a pre-trained encoder and puts a fresh classifier with `num_labels` outputs on it.
+    pub fn load_with_new_head(dir: &Path, num_labels: usize, device: &B::Device) -> Result<Self, ModelError> {
+        Self::load_inner(dir, Some(num_labels), device)
+    }
+
+    fn load_inner(dir: &Path, new_head: Option<usize>, device: &B::Device) -> Result<Self, ModelError> {
+        let cpath = dir.join("config.json");
+        let cfg: VitConfig = read_config(&cpath)?;
+        let act = cfg.validate(&cpath)?;
+        let mut ck = Checkpoint::<B>::open(dir, "vit.", device)?;
+        ck.ignore(|k| k.contains("pooler."));
+        let vit = VitModel::from_checkpoint(&cfg, act, &mut ck)?;
+        let d = cfg.hidden_size;
+        let classifier = match new_head {
+            Some(n) => {
+                ck.ignore(|k| k.starts_with("classifier."));
+                let w = Tensor::random([d, n], Distribution::Normal(0.0, 0.02), device);
+                LoraLinear::from_weights(w, Some(Tensor::zeros([n], device)), WeightLayout::Linear)
+            }
+            None => ck.linear("classifier", d, cfg.num_labels(), true, WeightLayout::Linear)?,
+        };
+        ck.finish()?;
+        Ok(Self { vit, classifier })
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.classifier.d_out()
+    }
+
+    /// `pixel_values [batch, channels, image_size, image_size]`, already normalised.
+    pub fn forward(&self, pixel_values: Tensor<B, 4>) -> ClassifierOutput<B> {
+        let mut x = self.vit.embeddings.forward(pixel_values);
+        let mut hidden_states = vec![x.clone()];
+        let mut taps = Vec::new();
+        for layer in &self.vit.layer {
+            x = layer.forward(x, &mut taps);
+            hidden_states.push(x.clone());
+        }
+        let x = self.vit.layernorm.forward(x);
+        let [b, _, d] = x.dims();
+        let cls = x.narrow(1, 0, 1);
+        let logits = tapped(&self.classifier, cls.clone(), &mut taps).reshape([b, self.num_labels()]);
+        ClassifierOutput { logits, hidden_states, features: cls.reshape([b, d]), taps }
+    }
+}
+
+impl<B: Backend> VitModel<B> {
+    pub fn from_checkpoint(cfg: &VitConfig, act: Activation, ck: &mut Checkpoint<B>) -> Result<Self, ModelError> {
+        let (d, eps, lin) = (cfg.hidden_size, cfg.layer_norm_eps, WeightLayout::Linear);
+        let (c, p) = (cfg.num_channels, cfg.patch_size);
+        let conv = ck.tensor::<4>("vit.embeddings.patch_embeddings.projection.weight", [d, c, p, p])?;
+        let conv_b = ck.tensor::<1>("vit.embeddings.patch_embeddings.projection.bias", [d])?;
+        let embeddings = VitEmbeddings {
+            cls_token: ck.frozen("vit.embeddings.cls_token", [1, 1, d])?,
+            position_embeddings: ck.frozen("vit.embeddings.position_embeddings", [1, cfg.num_patches() + 1, d])?,
+            projection: LoraLinear::from_weights(conv.reshape([d, c * p * p]).transpose(), Some(conv_b), lin),
+            patch_size: p,
+            num_channels: c,
+        };
+        let mut layer = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = format!("vit.encoder.layer.{i}");
+            let a = format!("{l}.attention");
+            layer.push(VitLayer {
+                layernorm_before: ck.layer_norm(&format!("{l}.layernorm_before"), d, eps)?,
+                attention: VitAttention {
+                    attention: VitSelfAttention {
+                        query: ck.linear(&format!("{a}.attention.query"), d, d, cfg.qkv_bias, lin)?,
+                        key: ck.linear(&format!("{a}.attention.key"), d, d, cfg.qkv_bias, lin)?,
+                        value: ck.linear(&format!("{a}.attention.value"), d, d, cfg.qkv_bias, lin)?,
+                        num_heads: cfg.num_attention_heads,
+                    },
+                    output: ck.linear(&format!("{a}.output.dense"), d, d, true, lin)?,
+                },
+                layernorm_after: ck.layer_norm(&format!("{l}.layernorm_after"), d, eps)?,
+                intermediate: ck.linear(&format!("{l}.intermediate.dense"), d, cfg.intermediate_size, true, lin)?,
+                output: ck.linear(&format!("{l}.output.dense"), cfg.intermediate_size, d, true, lin)?,
+                act,
+            });
+        }
+        Ok(Self { embeddings, layer, layernorm: ck.layer_norm("vit.layernorm", d, eps)? })
+    }
+}
+
+impl<B: Backend> LoraModel<B> for VitForImageClassification<B> {
+    fn linears(&self) -> Vec<(String, &LoraLinear<B>)> {
+        let mut v = Vec::new();
+        for (i, l) in self.vit.layer.iter().enumerate() {
+            let p = format!("vit.encoder.layer.{i}");
+            v.push((format!("{p}.attention.attention.query"), &l.attention.attention.query));
+            v.push((format!("{p}.attention.attention.key"), &l.attention.attention.key));
+            v.push((format!("{p}.attention.attention.value"), &l.attention.attention.value));
+            v.push((format!("{p}.attention.output.dense"), &l.attention.output));
+            v.push((format!("{p}.intermediate.dense"), &l.intermediate));
+            v.push((format!("{p}.output.dense"), &l.output));
+        }
+        v.push(("classifier".into(), &self.classifier));
+        v
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut LoraLinear<B>)> {
+        let mut v = Vec::new();
+        for (i, l) in self.vit.layer.iter_mut().enumerate() {
+            let p = format!("vit.encoder.layer.{i}");
+            v.push((format!("{p}.attention.attention.query"), &mut l.attention.attention.query));
+            v.push((format!("{p}.attention.attention.key"), &mut l.attention.attention.key));
+            v.push((format!("{p}.attention.attention.value"), &mut l.attention.attention.value));
+            v.push((format!("{p}.attention.output.dense"), &mut l.attention.output));
+            v.push((format!("{p}.intermediate.dense"), &mut l.intermediate));
+            v.push((format!("{p}.output.dense"), &mut l.output));
+        }
+        v.push(("classifier".into(), &mut self.classifier));
+        v
+    }
+
+    /// Key map for adapters saved by transformers 5, which names ViT's modules differently in
+    /// memory than in its checkpoint:
+    ///
+    /// | transformers 5 (`vit.layers.N.…`) | checkpoint (`vit.encoder.layer.N.…`) |
+    /// |---|---|
+    /// | `attention.q_proj` / `k_proj` / `v_proj` | `attention.attention.query` / `key` / `value` |
+    /// | `attention.o_proj` | `attention.output.dense` |
+    /// | `mlp.fc1` / `mlp.fc2` | `intermediate.dense` / `output.dense` |
+    ///
+    /// Paths of the bare `ViTModel` (without `vit.`) are accepted too.
+    fn canonical_path(&self, path: &str) -> String {
+        let path = if path.starts_with("encoder.") || path.starts_with("layers.") || path.starts_with("embeddings.") {
+            format!("vit.{path}")
+        } else {
+            path.to_string()
+        };
+        let Some(rest) = path.strip_prefix("vit.layers.") else { return path };
+        let Some((n, leaf)) = rest.split_once('.') else { return path };
+        let mapped = match leaf {
+            "attention.q_proj" => "attention.attention.query",
+            "attention.k_proj" => "attention.attention.key",
+            "attention.v_proj" => "attention.attention.value",
+            "attention.o_proj" => "attention.output.dense",
+            "mlp.fc1" => "intermediate.dense",
+            "mlp.fc2" => "output.dense",
+            other => other,
+        };
+        format!("vit.encoder.layer.{n}.{mapped}")
+    }
+
+    fn output_layers(&self) -> Vec<String> {
+        vec!["classifier".into()]
+    }
+}

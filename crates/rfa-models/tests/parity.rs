@@ -1,0 +1,40 @@
+//! Our ports against Hugging Face transformers + peft: logits, every hidden state, with the
+//! adapter, merged, GPT-2's loss and the RFA retain MSE (fixtures/hf-parity, made by
+//! fixtures/make_hf_parity.py).
+
+mod common;
+
+use common::{device, fixtures, B};
+use rfa_models::parity::{check_dir, Tolerance};
+
+fn check(name: &str, expected: &[&str]) {
+    let report = check_dir::<B>(&fixtures().join("hf-parity").join(name), Tolerance::default(), &device()).unwrap();
+    println!("{report}");
+    let names: Vec<&str> = report.comparisons.iter().map(|c| c.name.as_str()).collect();
+    for e in expected {
+        assert!(names.contains(e), "{name}: `{e}` was not compared (compared: {names:?})");
+    }
+    assert!(report.ok(), "{name}: over tolerance: {:?}", report.failures());
+}
+
+const COMMON: &[&str] = &[
+    "logits", "hidden.0", "hidden.1", "hidden.2", "lora.logits", "lora.hidden.0", "lora.hidden.1", "lora.hidden.2",
+    "merged.logits", "rfa.retain_mse",
+];
+
+#[test]
+fn gpt2_matches_transformers() {
+    let mut e = COMMON.to_vec();
+    e.push("loss");
+    check("gpt2", &e);
+}
+
+#[test]
+fn bert_matches_transformers() {
+    check("bert", COMMON);
+}
+
+#[test]
+fn vit_matches_transformers() {
+    check("vit", COMMON);
+}
