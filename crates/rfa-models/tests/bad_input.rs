@@ -1,0 +1,220 @@
+//! Bad checkpoints and adapters give typed errors that name the file, the key and the shapes.
+//! Each case edits a copy of a parity fixture in a temporary folder.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{device, fixtures, B};
+use lora_core::tensors::write_safetensors;
+use lora_core::{LoraError, TensorFile};
+use rfa_models::parity::{check_dir, AnyModel, Tolerance};
+use rfa_models::{BertForSequenceClassification, Gpt2LmHeadModel, ModelError, VitForImageClassification};
+
+fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join(name);
+    copy_dir(&fixtures().join("hf-parity").join(name), &dst);
+    (tmp, dst)
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+            let mut p = std::fs::metadata(&to).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            p.set_readonly(false);
+            std::fs::set_permissions(&to, p).unwrap();
+        }
+    }
+}
+
+fn edit_weights(file: &Path, edit: impl FnOnce(&mut std::collections::BTreeMap<String, lora_core::HostTensor>)) {
+    let mut f = TensorFile::open(file).unwrap();
+    edit(&mut f.tensors);
+    write_safetensors(file, &f.tensors, None).unwrap();
+}
+
+fn load_err(dir: &Path) -> String {
+    match AnyModel::<B>::load(dir, &device()) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_files_name_the_path() {
+    let (_t, dir) = copy_fixture("gpt2");
+    std::fs::remove_file(dir.join("model/model.safetensors")).unwrap();
+    let e = load_err(&dir.join("model"));
+    assert!(e.contains("model.safetensors") && e.contains("not found"), "{e}");
+    std::fs::remove_file(dir.join("model/config.json")).unwrap();
+    let e = load_err(&dir.join("model"));
+    assert!(e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn unknown_model_type_is_rejected() {
+    let (_t, dir) = copy_fixture("bert");
+    let c = dir.join("model/config.json");
+    let text = std::fs::read_to_string(&c).unwrap().replace("\"model_type\": \"bert\"", "\"model_type\": \"llama\"");
+    std::fs::write(&c, text).unwrap();
+    let e = AnyModel::<B>::load(&dir.join("model"), &device()).err().unwrap();
+    assert!(matches!(e, ModelError::UnknownModelType { .. }), "{e}");
+    assert!(e.to_string().contains("llama") && e.to_string().contains("config.json"));
+}
+
+#[test]
+fn config_that_does_not_match_the_weights_names_key_and_shapes() {
+    let (_t, dir) = copy_fixture("bert");
+    let c = dir.join("model/config.json");
+    let text = std::fs::read_to_string(&c).unwrap().replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
+    std::fs::write(&c, text).unwrap();
+    let e = load_err(&dir.join("model"));
+    assert!(e.contains("bert.encoder.layer.0.intermediate.dense.weight") && e.contains("[96, 64]") && e.contains("[128, 64]"), "{e}");
+}
+
+#[test]
+fn invalid_config_values_are_rejected() {
+    let (_t, dir) = copy_fixture("vit");
+    let c = dir.join("model/config.json");
+    let orig = std::fs::read_to_string(&c).unwrap();
+    std::fs::write(&c, orig.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5")).unwrap();
+    assert!(load_err(&dir.join("model")).contains("not divisible"));
+    std::fs::write(&c, orig.replace("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"mystery\"")).unwrap();
+    assert!(load_err(&dir.join("model")).contains("mystery"));
+    std::fs::write(&c, "{ \"model_type\": \"vit\" ").unwrap();
+    assert!(load_err(&dir.join("model")).contains("config.json"));
+}
+
+#[test]
+fn missing_and_extra_tensors_are_named() {
+    let (_t, dir) = copy_fixture("vit");
+    let w = dir.join("model/model.safetensors");
+    edit_weights(&w, |t| {
+        t.remove("vit.encoder.layer.1.layernorm_after.bias");
+    });
+    let e = load_err(&dir.join("model"));
+    assert!(e.contains("vit.encoder.layer.1.layernorm_after.bias") && e.contains("missing"), "{e}");
+
+    let (_t2, dir) = copy_fixture("gpt2");
+    let w = dir.join("model/model.safetensors");
+    edit_weights(&w, |t| {
+        let v = t["transformer.ln_f.bias"].clone();
+        t.insert("transformer.h.7.mystery.weight".into(), v);
+    });
+    let e = Gpt2LmHeadModel::<B>::load(&dir.join("model"), &device()).err().unwrap();
+    assert!(matches!(e, ModelError::UnexpectedTensors { .. }), "{e}");
+    assert!(e.to_string().contains("transformer.h.7.mystery.weight"));
+}
+
+#[test]
+fn truncated_or_foreign_weight_files_are_errors_not_panics() {
+    let (_t, dir) = copy_fixture("bert");
+    let w = dir.join("model/model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() - 100]).unwrap();
+    let e = load_err(&dir.join("model"));
+    assert!(e.contains("not a valid safetensors file") && e.contains("model.safetensors"), "{e}");
+    std::fs::write(&w, b"PK\x03\x04 this is a zip, as pytorch_model.bin would be").unwrap();
+    let e = load_err(&dir.join("model"));
+    assert!(e.contains("not a valid safetensors file"), "{e}");
+    std::fs::write(&w, b"").unwrap();
+    assert!(load_err(&dir.join("model")).contains("not a valid safetensors file"));
+}
+
+#[test]
+fn adapter_targeting_a_missing_module_is_rejected() {
+    let (_t, dir) = copy_fixture("bert");
+    edit_weights(&dir.join("adapter/adapter_model.safetensors"), |t| {
+        let v = t["base_model.model.bert.pooler.dense.lora_A.weight"].clone();
+        let b = t["base_model.model.bert.pooler.dense.lora_B.weight"].clone();
+        t.insert("base_model.model.bert.encoder.layer.9.attention.self.query.lora_A.weight".into(), v);
+        t.insert("base_model.model.bert.encoder.layer.9.attention.self.query.lora_B.weight".into(), b);
+    });
+    let mut m = AnyModel::<B>::load(&dir.join("model"), &device()).ok().unwrap();
+    let e = m.load_adapter(&dir.join("adapter")).unwrap_err();
+    assert!(matches!(e, ModelError::Lora(LoraError::UnknownModule { .. })), "{e}");
+    assert!(e.to_string().contains("bert.encoder.layer.9.attention.self.query"));
+}
+
+#[test]
+fn checkpoints_without_the_head_prefix_and_with_buffers_load_the_same() {
+    // GPT-2 as the Hub's `gpt2` is saved: bare GPT2Model keys plus the causal-mask buffers.
+    let (_t, dir) = copy_fixture("gpt2");
+    edit_weights(&dir.join("model/model.safetensors"), |t| {
+        let all = std::mem::take(t);
+        for (k, v) in all {
+            t.insert(k.strip_prefix("transformer.").unwrap().to_string(), v);
+        }
+        let buf = lora_core::HostTensor::f32(vec![1, 1, 4, 4], vec![1.0; 16]);
+        t.insert("h.0.attn.bias".into(), buf.clone());
+        t.insert("h.1.attn.masked_bias".into(), lora_core::HostTensor::f32(vec![], vec![-1e4]));
+    });
+    let report = check_dir::<B>(&dir, Tolerance::default(), &device()).unwrap();
+    assert!(report.ok(), "{report}");
+
+    // BERT with `bert.` stripped, plus the position_ids buffer.
+    let (_t, dir) = copy_fixture("bert");
+    edit_weights(&dir.join("model/model.safetensors"), |t| {
+        let all = std::mem::take(t);
+        for (k, v) in all {
+            t.insert(k.strip_prefix("bert.").unwrap_or(&k).to_string(), v);
+        }
+        t.insert("embeddings.position_ids".into(), lora_core::HostTensor::f32(vec![1, 64], (0..64).map(|i| i as f32).collect()));
+    });
+    let report = check_dir::<B>(&dir, Tolerance::default(), &device()).unwrap();
+    assert!(report.ok(), "{report}");
+    assert!(BertForSequenceClassification::<B>::load(&dir.join("model"), &device()).is_ok());
+}
+
+#[test]
+fn vit_adapters_with_either_module_naming_load_the_same() {
+    // The fixture's adapter uses transformers 5 names (vit.layers.N.attention.q_proj); rewrite it
+    // with the checkpoint's names (transformers 4) and compare.
+    let (_t, dir) = copy_fixture("vit");
+    let v5 = check_dir::<B>(&dir, Tolerance::default(), &device()).unwrap();
+    assert!(v5.ok(), "{v5}");
+    edit_weights(&dir.join("adapter/adapter_model.safetensors"), |t| {
+        let all = std::mem::take(t);
+        for (k, v) in all {
+            let k = k
+                .replace("vit.layers.", "vit.encoder.layer.")
+                .replace("attention.q_proj", "attention.attention.query")
+                .replace("attention.v_proj", "attention.attention.value");
+            t.insert(k, v);
+        }
+    });
+    let v4 = check_dir::<B>(&dir, Tolerance::default(), &device()).unwrap();
+    assert!(v4.ok(), "{v4}");
+
+    // Export writes the checkpoint's names.
+    let mut m = VitForImageClassification::<B>::load(&dir.join("model"), &device()).unwrap();
+    lora_core::load_adapter(&mut m, &dir.join("adapter")).unwrap();
+    let out = dir.join("exported");
+    lora_core::save_adapter(&m, &out, None).unwrap();
+    let f = TensorFile::open(out.join("adapter_model.safetensors")).unwrap();
+    assert!(f.tensors.keys().all(|k| k.starts_with("base_model.model.vit.encoder.layer.")), "{:?}", f.tensors.keys());
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["target_modules"], serde_json::json!(["query", "value"]));
+}
+
+#[test]
+fn gpt2_export_keeps_fan_in_fan_out_and_reloads_exactly() {
+    let dir = fixtures().join("hf-parity/gpt2");
+    let mut m = Gpt2LmHeadModel::<B>::load(&dir.join("model"), &device()).unwrap();
+    let cfg = lora_core::load_adapter(&mut m, &dir.join("adapter")).unwrap();
+    assert!(cfg.fan_in_fan_out);
+    let tmp = tempfile::tempdir().unwrap();
+    let written = lora_core::save_adapter(&m, tmp.path(), Some("gpt2-tiny")).unwrap();
+    assert!(written.fan_in_fan_out);
+    let a = TensorFile::open(dir.join("adapter/adapter_model.safetensors")).unwrap();
+    let b = TensorFile::open(tmp.path().join("adapter_model.safetensors")).unwrap();
+    assert_eq!(a.tensors, b.tensors, "export must reproduce peft's file tensor for tensor");
+}
