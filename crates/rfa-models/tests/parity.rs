@@ -38,3 +38,16 @@ fn bert_matches_transformers() {
 fn vit_matches_transformers() {
     check("vit", COMMON);
 }
+
+/// A backward pass through the adapted GPT-2 gives gradients for every adapter matrix, finite
+/// and not all zero (B starts non-zero in the fixture, so A's gradients are non-zero too).
+#[test]
+fn lora_backward_reaches_every_adapter() {
+    let (loss, grads) = common::gpt2_lora_grads::<common::AB>(&device());
+    assert!(loss.is_finite() && loss > 0.0);
+    assert_eq!(grads.len(), 2 * 2 * 4, "A and B of 4 adapted layers in 2 blocks");
+    for g in &grads {
+        assert!(g.iter().all(|v| v.is_finite()));
+        assert!(g.iter().any(|&v| v != 0.0));
+    }
+}
