@@ -206,6 +206,47 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TensorFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever bytes a file holds, reading it returns a value or an error, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = TensorFile::from_bytes(&bytes, PathBuf::from("fuzz.safetensors"));
+        }
+
+        /// A valid header followed by a corrupted or cut body is an error naming the file.
+        #[test]
+        fn corrupted_valid_files_are_errors(n in 1usize..40, cut in 0usize..200, flip in any::<u8>()) {
+            let mut m = BTreeMap::new();
+            m.insert("w".to_string(), HostTensor::f32(vec![n], (0..n).map(|i| i as f32).collect()));
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("t.safetensors");
+            write_safetensors(&p, &m, None).unwrap();
+            let mut bytes = std::fs::read(&p).unwrap();
+            let cut = cut.min(bytes.len());
+            bytes.truncate(bytes.len() - cut);
+            if let Some(b) = bytes.get_mut(9) { *b ^= flip; }
+            if let Err(e) = TensorFile::from_bytes(&bytes, p.clone()) {
+                prop_assert!(e.to_string().contains("t.safetensors"));
+            }
+        }
+
+        /// Shapes and values survive a write/read cycle exactly.
+        #[test]
+        fn write_read_round_trip(shape in proptest::collection::vec(1usize..5, 0..4), seed in any::<u32>()) {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n).map(|i| f32::from_bits(seed.wrapping_mul(2654435761).wrapping_add(i as u32) & 0x7f7f_ffff)).collect();
+            let mut m = BTreeMap::new();
+            m.insert("x".to_string(), HostTensor::f32(shape.clone(), data));
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("r.safetensors");
+            write_safetensors(&p, &m, None).unwrap();
+            prop_assert_eq!(TensorFile::open(&p).unwrap().tensors, m);
+        }
+    }
 
     #[test]
     fn f16_conversion_matches_known_values() {
