@@ -1,0 +1,346 @@
+//! The Residual Feature Alignment objectives (docs/rfa-method.md), computed from the taps
+//! `(p_l, r_l)` of one adapted forward pass:
+//!
+//! ```text
+//! L = (1/|L|) Σ_l w_l · mean ||r_l(x_r)||²                       retain: zero residual
+//!   + λ · (1/|L|) Σ_l w_l · mean ||p_l(x_u) + r_l(x_u) − mu_l||²   forget: shifted residual
+//!   [+ γ · task loss on Dr]
+//! ```
+//!
+//! Means run over the batch and the (unpadded) tokens; `||·||²` sums over the features.
+//! The targets `mu_l` come from [`FeatureStats`], accumulated over `Dr` with the original model.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use rfa_models::Tap;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LossError {
+    #[error("{what}: expected {expected} adapted layers, the forward pass gave {found} taps")]
+    LayerCount { what: &'static str, expected: usize, found: usize },
+    #[error("no feature statistics: the retain set was empty")]
+    NoStatistics,
+    #[error("class-mean target for class {class}: no other class has retain samples")]
+    NoOtherClass { class: usize },
+    #[error("class {class} is out of range for {classes} classes")]
+    ClassOutOfRange { class: usize, classes: usize },
+}
+
+/// How the forget target `mu_l` is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetStrategy {
+    /// Mean of `p_l` over all of `Dr` (default).
+    #[default]
+    GlobalMean,
+    /// Mean of `p_l` over the retain samples of the class nearest to the sample's own class
+    /// (distance between class means, summed over layers).
+    ClassMeanNearest,
+    /// Mean of `p_l` over the retain samples of a random other class (seeded).
+    ClassMeanRandom,
+    /// `mu_l = 0`.
+    Zero,
+    /// Mean of `p_l` over `Dr` at each token position (sequence models).
+    PerPositionMean,
+}
+
+/// Options of the objective.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RfaObjective {
+    /// λ, the forget term's weight.
+    pub lambda: f64,
+    /// `w_l` per adapted layer; empty means all 1.
+    #[serde(default)]
+    pub layer_weights: Vec<f64>,
+    pub target: TargetStrategy,
+    /// γ, the weight of an optional task loss on `Dr` (0 = off).
+    #[serde(default)]
+    pub retain_task_weight: f64,
+}
+
+impl Default for RfaObjective {
+    fn default() -> Self {
+        Self { lambda: 1.0, layer_weights: Vec::new(), target: TargetStrategy::GlobalMean, retain_task_weight: 0.0 }
+    }
+}
+
+impl RfaObjective {
+    fn weight(&self, l: usize) -> f64 {
+        self.layer_weights.get(l).copied().unwrap_or(1.0)
+    }
+
+    fn check(&self, what: &'static str, taps: usize, layers: usize) -> Result<(), LossError> {
+        if taps != layers || (!self.layer_weights.is_empty() && self.layer_weights.len() != layers) {
+            let expected = if self.layer_weights.is_empty() { layers } else { self.layer_weights.len() };
+            return Err(LossError::LayerCount { what, expected, found: taps });
+        }
+        Ok(())
+    }
+
+    /// Retain term: `(1/|L|) Σ_l w_l · mean ||r_l||²` over the retain batch's taps.
+    /// `mask [batch, seq]` (1 = real token) excludes padding from the mean.
+    pub fn retain_loss<B: Backend>(&self, taps: &[Tap<B>], mask: Option<&Tensor<B, 2>>) -> Result<Tensor<B, 1>, LossError> {
+        self.check("retain taps", taps.len(), taps.len())?;
+        let n = taps.len() as f64;
+        let terms = taps.iter().enumerate().map(|(l, t)| masked_mean_sq_norm(t.residual.clone(), mask).mul_scalar(self.weight(l) / n));
+        Ok(sum(terms, &taps[0].residual.device()))
+    }
+
+    /// Forget term (without λ): `(1/|L|) Σ_l w_l · mean ||p_l + r_l − mu_l||²`, with one target
+    /// per sample and layer (`targets.for_batch`).
+    pub fn forget_loss<B: Backend>(&self, taps: &[Tap<B>], targets: &[Tensor<B, 3>], mask: Option<&Tensor<B, 2>>) -> Result<Tensor<B, 1>, LossError> {
+        self.check("forget taps", taps.len(), targets.len())?;
+        let n = taps.len() as f64;
+        let terms = taps.iter().zip(targets).enumerate().map(|(l, (t, mu))| {
+            let diff = t.pre.clone() + t.residual.clone() - mu.clone();
+            masked_mean_sq_norm(diff, mask).mul_scalar(self.weight(l) / n)
+        });
+        Ok(sum(terms, &taps[0].pre.device()))
+    }
+
+    /// `retain + λ · forget`.
+    pub fn total<B: Backend>(
+        &self,
+        retain_taps: &[Tap<B>],
+        retain_mask: Option<&Tensor<B, 2>>,
+        forget_taps: &[Tap<B>],
+        forget_targets: &[Tensor<B, 3>],
+        forget_mask: Option<&Tensor<B, 2>>,
+    ) -> Result<RfaLoss<B>, LossError> {
+        let retain = self.retain_loss(retain_taps, retain_mask)?;
+        let forget = self.forget_loss(forget_taps, forget_targets, forget_mask)?;
+        let total = retain.clone() + forget.clone().mul_scalar(self.lambda);
+        Ok(RfaLoss { total, retain, forget })
+    }
+}
+
+/// The loss and its two parts (for logging).
+#[derive(Debug, Clone)]
+pub struct RfaLoss<B: Backend> {
+    pub total: Tensor<B, 1>,
+    pub retain: Tensor<B, 1>,
+    pub forget: Tensor<B, 1>,
+}
+
+fn sum<B: Backend>(terms: impl Iterator<Item = Tensor<B, 1>>, device: &B::Device) -> Tensor<B, 1> {
+    terms.reduce(|a, b| a + b).unwrap_or_else(|| Tensor::zeros([1], device))
+}
+
+/// Mean over batch and tokens of the squared L2 norm over features; padded tokens excluded.
+fn masked_mean_sq_norm<B: Backend>(x: Tensor<B, 3>, mask: Option<&Tensor<B, 2>>) -> Tensor<B, 1> {
+    let [b, t, _] = x.dims();
+    let sq = x.powf_scalar(2.0).sum_dim(2).reshape([b, t]);
+    match mask {
+        Some(m) => (sq * m.clone()).sum().div(m.clone().sum()),
+        None => sq.mean(),
+    }
+}
+
+/// Per-layer sums of the pre-trained features `p_l` over the retain set, overall, per class
+/// and per position, from which the targets are taken.
+#[derive(Debug, Clone)]
+pub struct FeatureStats<B: Backend> {
+    /// Per layer: Σ over samples and tokens of `p_l`, `[d_l]`.
+    sum: Vec<Tensor<B, 1>>,
+    /// Per layer: Σ over tokens of the per-sample mean, by class, `[classes, d_l]`.
+    class_sum: Vec<Tensor<B, 2>>,
+    /// Per layer: Σ over samples at each position, `[positions, d_l]`.
+    pos_sum: Vec<Tensor<B, 2>>,
+    tokens: f64,
+    class_count: Vec<f64>,
+    pos_count: Vec<f64>,
+    classes: usize,
+}
+
+impl<B: Backend> FeatureStats<B> {
+    pub fn new(classes: usize) -> Self {
+        Self { sum: Vec::new(), class_sum: Vec::new(), pos_sum: Vec::new(), tokens: 0.0, class_count: vec![0.0; classes], pos_count: Vec::new(), classes }
+    }
+
+    /// Adds one retain batch: its taps (from the original model, so `p_l` is `M0`'s feature),
+    /// labels (`None` for unlabelled text) and padding mask.
+    pub fn add(&mut self, taps: &[Tap<B>], labels: Option<&[usize]>, mask: Option<&Tensor<B, 2>>) -> Result<(), LossError> {
+        if !self.sum.is_empty() && self.sum.len() != taps.len() {
+            return Err(LossError::LayerCount { what: "feature statistics", expected: self.sum.len(), found: taps.len() });
+        }
+        let Some(first) = taps.first() else { return Ok(()) };
+        let [b, t, _] = first.pre.dims();
+        let device = first.pre.device();
+        let m = mask.cloned().unwrap_or_else(|| Tensor::ones([b, t], &device));
+        let m3 = m.clone().reshape([b, t, 1]);
+        let mvec: Vec<f32> = m.clone().into_data().convert::<f32>().into_vec().expect("mask");
+        self.tokens += mvec.iter().map(|&v| v as f64).sum::<f64>();
+        if self.pos_count.len() < t {
+            self.pos_count.resize(t, 0.0);
+        }
+        for (pos, c) in self.pos_count.iter_mut().enumerate().take(t) {
+            *c += (0..b).map(|i| mvec[i * t + pos] as f64).sum::<f64>();
+        }
+        let onehot = labels.map(|ls| -> Result<Tensor<B, 2>, LossError> {
+            let mut v = vec![0f32; self.classes * b];
+            for (i, &c) in ls.iter().enumerate() {
+                if c >= self.classes {
+                    return Err(LossError::ClassOutOfRange { class: c, classes: self.classes });
+                }
+                v[c * b + i] = 1.0;
+                self.class_count[c] += 1.0;
+            }
+            Ok(Tensor::from_data(TensorData::new(v, [self.classes, b]), &device))
+        });
+        let onehot = onehot.transpose()?;
+        let fresh = self.sum.is_empty();
+        for (l, tap) in taps.iter().enumerate() {
+            let p = tap.pre.clone().detach() * m3.clone();
+            let d = p.dims()[2];
+            let s = p.clone().sum_dim(1).reshape([b, d]);
+            let tok_sum = s.clone().sum_dim(0).reshape([d]);
+            let per_sample_mean = s.div(m.clone().sum_dim(1));
+            let cls = onehot.clone().map(|oh| oh.matmul(per_sample_mean)).unwrap_or_else(|| Tensor::zeros([self.classes, d], &device));
+            let pos = p.sum_dim(0).reshape([t, d]);
+            if fresh {
+                self.sum.push(tok_sum);
+                self.class_sum.push(cls);
+                self.pos_sum.push(pos);
+            } else {
+                self.sum[l] = self.sum[l].clone() + tok_sum;
+                self.class_sum[l] = self.class_sum[l].clone() + cls;
+                let old = &self.pos_sum[l];
+                let tp = old.dims()[0];
+                self.pos_sum[l] = if tp >= t {
+                    old.clone().slice_assign([0..t, 0..d], old.clone().narrow(0, 0, t) + pos)
+                } else {
+                    pos.clone().slice_assign([0..tp, 0..d], pos.narrow(0, 0, tp) + old.clone())
+                };
+            }
+        }
+        Ok(())
+    }
+
+    pub fn layers(&self) -> usize {
+        self.sum.len()
+    }
+
+    /// Mean of `p_l` over all retain tokens, per layer.
+    pub fn global_mean(&self) -> Result<Vec<Tensor<B, 1>>, LossError> {
+        if self.tokens == 0.0 {
+            return Err(LossError::NoStatistics);
+        }
+        Ok(self.sum.iter().map(|s| s.clone().div_scalar(self.tokens)).collect())
+    }
+
+    /// Mean of `p_l` per class, per layer: `[classes, d_l]` (rows of empty classes are 0).
+    pub fn class_means(&self) -> Vec<Tensor<B, 2>> {
+        let counts: Vec<f32> = self.class_count.iter().map(|&c| c.max(1.0) as f32).collect();
+        self.class_sum
+            .iter()
+            .map(|s| {
+                let c = Tensor::<B, 1>::from_data(TensorData::new(counts.clone(), [self.classes]), &s.device());
+                s.clone().div(c.reshape([self.classes, 1]))
+            })
+            .collect()
+    }
+
+    /// For each class, the other class whose means are nearest (squared distance summed over
+    /// layers), or a seeded random other class. Classes without retain samples are never chosen.
+    pub fn substitute_classes(&self, nearest: bool, seed: u64) -> Result<Vec<usize>, LossError> {
+        let present: Vec<usize> = (0..self.classes).filter(|&c| self.class_count[c] > 0.0).collect();
+        let means: Vec<Vec<f32>> = self.class_means().into_iter().map(|m| m.into_data().convert::<f32>().into_vec().expect("f32")).collect();
+        let d: Vec<usize> = self.sum.iter().map(|s| s.dims()[0]).collect();
+        let dist = |a: usize, b: usize| -> f64 {
+            means.iter().zip(&d).map(|(m, &dl)| (0..dl).map(|k| ((m[a * dl + k] - m[b * dl + k]) as f64).powi(2)).sum::<f64>()).sum()
+        };
+        let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+        (0..self.classes)
+            .map(|c| {
+                let others: Vec<usize> = present.iter().copied().filter(|&o| o != c).collect();
+                if others.is_empty() {
+                    return Err(LossError::NoOtherClass { class: c });
+                }
+                Ok(if nearest {
+                    *others.iter().min_by(|&&a, &&b| dist(c, a).total_cmp(&dist(c, b))).expect("non-empty")
+                } else {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    others[((state >> 33) as usize) % others.len()]
+                })
+            })
+            .collect()
+    }
+
+    /// Mean of `p_l` at each position, per layer, `[positions, d_l]` (positions never seen: 0).
+    pub fn position_means(&self) -> Vec<Tensor<B, 2>> {
+        let counts: Vec<f32> = self.pos_count.iter().map(|&c| c.max(1.0) as f32).collect();
+        self.pos_sum
+            .iter()
+            .map(|s| {
+                let t = s.dims()[0];
+                let c = Tensor::<B, 1>::from_data(TensorData::new(counts[..t].to_vec(), [t]), &s.device());
+                s.clone().div(c.reshape([t, 1]))
+            })
+            .collect()
+    }
+}
+
+/// The forget targets, resolved once before unlearning.
+#[derive(Debug, Clone)]
+pub enum Targets<B: Backend> {
+    /// One `[d_l]` vector per layer (global mean, zero).
+    Shared(Vec<Tensor<B, 1>>),
+    /// Per layer `[classes, d_l]` class means, and the class whose mean each class is sent to.
+    ByClass { means: Vec<Tensor<B, 2>>, substitute: Vec<usize> },
+    /// Per layer `[positions, d_l]`.
+    ByPosition(Vec<Tensor<B, 2>>),
+}
+
+impl<B: Backend> Targets<B> {
+    pub fn resolve(strategy: TargetStrategy, stats: &FeatureStats<B>, seed: u64) -> Result<Self, LossError> {
+        Ok(match strategy {
+            TargetStrategy::GlobalMean => Self::Shared(stats.global_mean()?),
+            TargetStrategy::Zero => Self::Shared(stats.global_mean()?.into_iter().map(|m| m.zeros_like()).collect()),
+            TargetStrategy::ClassMeanNearest | TargetStrategy::ClassMeanRandom => {
+                stats.global_mean()?;
+                let substitute = stats.substitute_classes(strategy == TargetStrategy::ClassMeanNearest, seed)?;
+                Self::ByClass { means: stats.class_means(), substitute }
+            }
+            TargetStrategy::PerPositionMean => {
+                stats.global_mean()?;
+                Self::ByPosition(stats.position_means())
+            }
+        })
+    }
+
+    /// The per-layer targets for a forget batch of `batch × seq` tokens, broadcastable against
+    /// the taps: `[1, 1, d]`, `[batch, 1, d]` (by class) or `[1, seq, d]` (by position).
+    pub fn for_batch(&self, batch: usize, seq: usize, labels: Option<&[usize]>) -> Result<Vec<Tensor<B, 3>>, LossError> {
+        Ok(match self {
+            Self::Shared(mu) => mu.iter().map(|m| m.clone().reshape([1, 1, m.dims()[0]])).collect(),
+            Self::ByClass { means, substitute } => {
+                let labels = labels.unwrap_or(&[]);
+                let idx: Vec<i64> = (0..batch)
+                    .map(|i| {
+                        let c = labels.get(i).copied().unwrap_or(0);
+                        substitute.get(c).map(|&s| s as i64).ok_or(LossError::ClassOutOfRange { class: c, classes: substitute.len() })
+                    })
+                    .collect::<Result<_, _>>()?;
+                means
+                    .iter()
+                    .map(|m| {
+                        let d = m.dims()[1];
+                        let ix = Tensor::<B, 1, Int>::from_data(TensorData::new(idx.clone(), [batch]), &m.device());
+                        m.clone().select(0, ix).reshape([batch, 1, d])
+                    })
+                    .collect()
+            }
+            Self::ByPosition(means) => means
+                .iter()
+                .map(|m| {
+                    let [t, d] = m.dims();
+                    let take = seq.min(t);
+                    let part = m.clone().narrow(0, 0, take);
+                    let full = if take < seq { Tensor::cat(vec![part, Tensor::zeros([seq - take, d], &m.device())], 0) } else { part };
+                    full.reshape([1, seq, d])
+                })
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,122 @@
+//! The RFA objectives and targets on small tensors with hand-computed values.
+
+use approx::assert_relative_eq;
+use burn::tensor::{Tensor, TensorData};
+use rfa_loss::{FeatureStats, LossError, RfaObjective, TargetStrategy, Targets};
+use rfa_models::Tap;
+
+type B = burn::backend::NdArray<f32>;
+type AB = burn::backend::Autodiff<B>;
+
+fn t3<Bk: burn::tensor::backend::Backend>(v: Vec<f32>, s: [usize; 3]) -> Tensor<Bk, 3> {
+    Tensor::from_data(TensorData::new(v, s), &Default::default())
+}
+
+fn scalar<Bk: burn::tensor::backend::Backend>(t: Tensor<Bk, 1>) -> f32 {
+    t.into_data().convert::<f32>().into_vec::<f32>().unwrap()[0]
+}
+
+fn tap(pre: Vec<f32>, res: Vec<f32>, s: [usize; 3]) -> Tap<B> {
+    Tap { pre: t3(pre, s), residual: t3(res, s) }
+}
+
+#[test]
+fn retain_term_is_the_weighted_mean_squared_residual_norm() {
+    // Layer 0: tokens (1,2) and (3,4): norms² 5 and 25, mean 15. Layer 1: zero residual.
+    let taps = vec![tap(vec![0.0; 4], vec![1.0, 2.0, 3.0, 4.0], [1, 2, 2]), tap(vec![9.0; 4], vec![0.0; 4], [1, 2, 2])];
+    let obj = RfaObjective::default();
+    assert_relative_eq!(scalar(obj.retain_loss(&taps, None).unwrap()), 7.5);
+    let weighted = RfaObjective { layer_weights: vec![2.0, 1.0], ..Default::default() };
+    assert_relative_eq!(scalar(weighted.retain_loss(&taps, None).unwrap()), 15.0);
+    // Padding excluded: only the first token counts.
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 2]), &Default::default());
+    assert_relative_eq!(scalar(obj.retain_loss(&taps, Some(&mask)).unwrap()), 2.5);
+}
+
+#[test]
+fn forget_term_pulls_the_feature_to_the_target() {
+    // p + r − mu per token: (1,1) − (0,1) = (1,0) and (2,2) + (1,0) − (0,1) = (3,1): norms² 1 and 10.
+    let taps = vec![tap(vec![1.0, 1.0, 2.0, 2.0], vec![0.0, 0.0, 1.0, 0.0], [1, 2, 2])];
+    let mu = vec![t3(vec![0.0, 1.0], [1, 1, 2])];
+    let obj = RfaObjective { lambda: 3.0, ..Default::default() };
+    assert_relative_eq!(scalar(obj.forget_loss(&taps, &mu, None).unwrap()), 5.5);
+    let retain = vec![tap(vec![0.0; 2], vec![1.0, 1.0], [1, 1, 2])];
+    let l = obj.total(&retain, None, &taps, &mu, None).unwrap();
+    assert_relative_eq!(scalar(l.total), 2.0 + 3.0 * 5.5);
+    assert_relative_eq!(scalar(l.retain), 2.0);
+}
+
+#[test]
+fn layer_count_mismatch_is_an_error() {
+    let taps = vec![tap(vec![0.0; 2], vec![0.0; 2], [1, 1, 2])];
+    let obj = RfaObjective { layer_weights: vec![1.0, 1.0], ..Default::default() };
+    assert!(matches!(obj.retain_loss(&taps, None), Err(LossError::LayerCount { .. })));
+    assert!(matches!(RfaObjective::default().forget_loss(&taps, &[], None), Err(LossError::LayerCount { .. })));
+}
+
+#[test]
+fn gradient_of_the_retain_term_is_2r_over_tokens_and_layers() {
+    let r = Tensor::<AB, 3>::from_data(TensorData::new(vec![1.0f32, -2.0, 0.5, 4.0], [2, 1, 2]), &Default::default()).require_grad();
+    let taps = vec![Tap { pre: r.clone().zeros_like(), residual: r.clone() }];
+    let loss = RfaObjective::default().retain_loss(&taps, None).unwrap();
+    let g = r.grad(&loss.backward()).unwrap().into_data().into_vec::<f32>().unwrap();
+    // L = (1/2) Σ_tokens ||r||²  → dL/dr = r.
+    assert_eq!(g, vec![1.0, -2.0, 0.5, 4.0]);
+}
+
+fn stats() -> FeatureStats<B> {
+    // Three classes, one layer, d = 2, two tokens per sample.
+    // class 0: sample features (0,0),(2,0) → mean (1,0); class 1: (10,0),(10,2) → (10,1);
+    // class 2: (2,2),(2,2) → (2,2).
+    let mut s = FeatureStats::<B>::new(3);
+    let pre = vec![0.0, 0.0, 2.0, 0.0, 10.0, 0.0, 10.0, 2.0, 2.0, 2.0, 2.0, 2.0];
+    let taps = vec![tap(pre, vec![0.0; 12], [3, 2, 2])];
+    s.add(&taps, Some(&[0, 1, 2]), None).unwrap();
+    s
+}
+
+#[test]
+fn global_class_and_position_means() {
+    let s = stats();
+    let g = s.global_mean().unwrap()[0].clone().into_data().into_vec::<f32>().unwrap();
+    assert_eq!(g, vec![26.0 / 6.0, 6.0 / 6.0]);
+    let c = s.class_means()[0].clone().into_data().into_vec::<f32>().unwrap();
+    assert_eq!(c, vec![1.0, 0.0, 10.0, 1.0, 2.0, 2.0]);
+    let p = s.position_means()[0].clone().into_data().into_vec::<f32>().unwrap();
+    assert_eq!(p, vec![12.0 / 3.0, 2.0 / 3.0, 14.0 / 3.0, 4.0 / 3.0]);
+    // Nearest other class: 0 → 2 (dist² 5), 1 → 2 (65 < 82), 2 → 0.
+    assert_eq!(s.substitute_classes(true, 0).unwrap(), vec![2, 2, 0]);
+    let random = s.substitute_classes(false, 7).unwrap();
+    assert!(random.iter().enumerate().all(|(c, &o)| c != o));
+    assert_eq!(random, s.substitute_classes(false, 7).unwrap());
+}
+
+#[test]
+fn targets_for_a_batch() {
+    let s = stats();
+    let shared = Targets::resolve(TargetStrategy::GlobalMean, &s, 0).unwrap().for_batch(2, 2, None).unwrap();
+    assert_eq!(shared[0].dims(), [1, 1, 2]);
+    let zero = Targets::resolve(TargetStrategy::Zero, &s, 0).unwrap().for_batch(2, 2, None).unwrap();
+    assert_eq!(zero[0].clone().into_data().into_vec::<f32>().unwrap(), vec![0.0, 0.0]);
+    let by_class = Targets::resolve(TargetStrategy::ClassMeanNearest, &s, 0).unwrap().for_batch(2, 2, Some(&[1, 2])).unwrap();
+    // class 1 → class 2's mean (2,2); class 2 → class 0's mean (1,0).
+    assert_eq!(by_class[0].clone().into_data().into_vec::<f32>().unwrap(), vec![2.0, 2.0, 1.0, 0.0]);
+    let by_pos = Targets::resolve(TargetStrategy::PerPositionMean, &s, 0).unwrap().for_batch(1, 3, None).unwrap();
+    assert_eq!(by_pos[0].dims(), [1, 3, 2]);
+    assert!(matches!(
+        Targets::resolve(TargetStrategy::GlobalMean, &FeatureStats::<B>::new(2), 0),
+        Err(LossError::NoStatistics)
+    ));
+}
+
+#[test]
+fn statistics_accumulate_over_batches_of_different_lengths() {
+    let mut s = FeatureStats::<B>::new(1);
+    s.add(&[tap(vec![1.0, 3.0], vec![0.0; 2], [1, 1, 2])], Some(&[0]), None).unwrap();
+    s.add(&[tap(vec![3.0, 5.0, 7.0, 9.0], vec![0.0; 4], [1, 2, 2])], Some(&[0]), None).unwrap();
+    let g = s.global_mean().unwrap()[0].clone().into_data().into_vec::<f32>().unwrap();
+    assert_eq!(g, vec![11.0 / 3.0, 17.0 / 3.0]);
+    let p = s.position_means()[0].clone().into_data().into_vec::<f32>().unwrap();
+    assert_eq!(p, vec![2.0, 4.0, 7.0, 9.0]);
+    assert!(matches!(s.add(&[tap(vec![0.0; 2], vec![0.0; 2], [1, 1, 2])], Some(&[3]), None), Err(LossError::ClassOutOfRange { .. })));
+}
