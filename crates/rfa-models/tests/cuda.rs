@@ -1,6 +1,12 @@
 //! The same models on CUDA (cargo feature `cuda`; run on the GPU machine by
-//! scripts/device-check.sh): parity with the reference within 1e-3, and a LoRA backward pass
-//! whose gradients equal the CPU's.
+//! scripts/device-check.sh): parity with the reference and a LoRA backward pass whose gradients
+//! equal the CPU's.
+//!
+//! Tolerances are TF32's, not f32's: burn-cuda 0.21 runs every f32 matmul on tensor cores with
+//! TF32 operands (cubek-matmul's `Strategy::Auto` → `SimpleCyclicCmma`, no switch to turn it
+//! off), i.e. 10 mantissa bits, relative rounding 2^-11 ≈ 4.9e-4 per operand. Measured on an
+//! H100: max abs errors up to 7.8e-3 on GPT-2 hidden states of magnitude 3.4 (2.3e-3 relative);
+//! the CPU matches the same references to 2.4e-6.
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -14,10 +20,18 @@ type C = Cuda<f32, i32>;
 #[test]
 fn models_on_cuda_match_the_reference() {
     let device = Default::default();
-    for name in ["gpt2", "bert", "vit"] {
-        let report = check_dir::<C>(&fixtures().join("hf-parity").join(name), Tolerance { abs: 1e-3, rel: 1e-4 }, &device).unwrap();
-        println!("CUDA {report}");
-        assert!(report.ok(), "{name}: {:?}", report.failures());
+    // max abs error <= 4e-3 · max(1, max |reference|) per tensor; loss and retain MSE to 1e-3
+    // relative (measured: 2.2e-4 at worst, the ViT retain MSE).
+    let tol = Tolerance { abs: 4e-3, rel: 1e-3, scale_by_magnitude: true };
+    let reports: Vec<_> = ["gpt2", "bert", "vit"]
+        .iter()
+        .map(|name| check_dir::<C>(&fixtures().join("hf-parity").join(name), tol, &device).unwrap())
+        .collect();
+    for r in &reports {
+        println!("CUDA {r}");
+    }
+    for r in &reports {
+        assert!(r.ok(), "{}: {:?}", r.dir.display(), r.failures());
     }
 }
 
@@ -35,5 +49,5 @@ fn lora_gradients_on_cuda_equal_the_cpu() {
         worst = worst.max(err);
     }
     println!("{} adapter gradients, worst max-abs error relative to the tensor's largest entry: {worst:.2e}", cpu.len());
-    assert!(worst <= 1e-3, "{worst}");
+    assert!(worst <= 1e-2, "{worst}");
 }
