@@ -1,0 +1,171 @@
+//! Data for unlearning experiments: loaders for standard formats ([`images`]), deterministic
+//! shuffles and splits, and the forget / retain selection ([`select_forget`]).
+
+pub mod images;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use images::{ImageDataset, Preprocess};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Format { path: PathBuf, reason: String },
+    #[error("forget set: {0}")]
+    Forget(String),
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+impl DataError {
+    pub fn io(path: &Path, e: std::io::Error) -> Self {
+        Self::Io { path: path.to_path_buf(), reason: e.to_string() }
+    }
+}
+
+/// Small deterministic generator (SplitMix64): the same seed gives the same shuffles and
+/// splits on every machine.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0), without modulo bias worth caring about at these sizes.
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * n as f64) as usize % n.max(1)
+    }
+
+    /// Fisher–Yates.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// What to forget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForgetSpec {
+    /// Every training sample of one class, by index or name.
+    Class(String),
+    /// A random share of the training set, in percent (0 < k < 100).
+    Random(f64),
+    /// Explicit sample ids (indices into the training set).
+    Ids(Vec<usize>),
+    /// A file of sample ids, one per line or separated by commas or spaces (`#` starts a comment).
+    IdFile(PathBuf),
+}
+
+impl ForgetSpec {
+    /// `class:3`, `class:Trouser`, `random:10`, `ids:1,5,9`, `id-file:forget.txt`.
+    pub fn parse(spec: &str) -> Result<Self, DataError> {
+        let (kind, arg) = spec.split_once(':').ok_or_else(|| DataError::Forget(format!("`{spec}`: expected class:NAME, random:PERCENT, ids:LIST or id-file:PATH")))?;
+        Ok(match kind {
+            "class" => Self::Class(arg.to_string()),
+            "random" => Self::Random(arg.trim_end_matches('%').parse().map_err(|_| DataError::Forget(format!("`{arg}` is not a percentage")))?),
+            "ids" => Self::Ids(parse_ids(arg, Path::new("--forget"))?),
+            "id-file" => Self::IdFile(PathBuf::from(arg)),
+            other => return Err(DataError::Forget(format!("unknown kind `{other}` (class, random, ids, id-file)"))),
+        })
+    }
+
+    /// The class index when this spec names a class.
+    pub fn class_index(&self, class_names: &[String]) -> Result<Option<usize>, DataError> {
+        let Self::Class(c) = self else { return Ok(None) };
+        if let Some(i) = class_names.iter().position(|n| n == c) {
+            return Ok(Some(i));
+        }
+        match c.parse::<usize>() {
+            Ok(i) if i < class_names.len() => Ok(Some(i)),
+            _ => Err(DataError::Forget(format!("unknown class `{c}` (classes: {})", class_names.join(", ")))),
+        }
+    }
+}
+
+fn parse_ids(text: &str, source: &Path) -> Result<Vec<usize>, DataError> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(|l| l.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<usize>().map_err(|_| DataError::Format { path: source.to_path_buf(), reason: format!("`{t}` is not a sample id") }))
+        .collect()
+}
+
+/// Indices of the forget set `Df` and the retain set `Dr` (both sorted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForgetSplit {
+    pub forget: Vec<usize>,
+    pub retain: Vec<usize>,
+    /// The forgotten class, for class-wise forgetting.
+    pub class: Option<usize>,
+}
+
+/// Splits `labels` (the training set) into forget and retain sets. An empty forget set, a
+/// forget set that is the whole training set, an unknown class and an id out of range are
+/// errors.
+pub fn select_forget(labels: &[usize], class_names: &[String], spec: &ForgetSpec, seed: u64) -> Result<ForgetSplit, DataError> {
+    let n = labels.len();
+    let class = spec.class_index(class_names)?;
+    let forget: BTreeSet<usize> = match spec {
+        ForgetSpec::Class(_) => {
+            let c = class.expect("class spec");
+            (0..n).filter(|&i| labels[i] == c).collect()
+        }
+        ForgetSpec::Random(k) => {
+            if !(*k > 0.0 && *k < 100.0) {
+                return Err(DataError::Forget(format!("random share must be in (0, 100) percent, got {k}")));
+            }
+            let m = ((n as f64) * k / 100.0).round() as usize;
+            let mut idx: Vec<usize> = (0..n).collect();
+            Rng::new(seed).shuffle(&mut idx);
+            idx.into_iter().take(m).collect()
+        }
+        ForgetSpec::Ids(ids) => check_ids(ids, n)?,
+        ForgetSpec::IdFile(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| DataError::io(p, e))?;
+            check_ids(&parse_ids(&text, p)?, n)?
+        }
+    };
+    if forget.is_empty() {
+        return Err(DataError::Forget(format!("{spec:?} selects no training sample")));
+    }
+    if forget.len() == n {
+        return Err(DataError::Forget(format!("{spec:?} selects all {n} training samples: nothing would be retained")));
+    }
+    let retain = (0..n).filter(|i| !forget.contains(i)).collect();
+    Ok(ForgetSplit { forget: forget.into_iter().collect(), retain, class })
+}
+
+fn check_ids(ids: &[usize], n: usize) -> Result<BTreeSet<usize>, DataError> {
+    if let Some(&bad) = ids.iter().find(|&&i| i >= n) {
+        return Err(DataError::Forget(format!("sample id {bad} is out of range: the training set has {n} samples (ids 0..{})", n.saturating_sub(1))));
+    }
+    Ok(ids.iter().copied().collect())
+}
+
+/// Batches of indices over `indices`, reshuffled per epoch from `seed` when `shuffle`.
+pub fn batches(indices: &[usize], batch: usize, shuffle: bool, seed: u64) -> Vec<Vec<usize>> {
+    let mut idx = indices.to_vec();
+    if shuffle {
+        Rng::new(seed).shuffle(&mut idx);
+    }
+    idx.chunks(batch.max(1)).map(<[usize]>::to_vec).collect()
+}
