@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 pub use linear::{LoraAdapter, LoraLinear, WeightLayout};
 pub use model::{
-    adapted_paths, attach_lora, count_params, merge, merge_and_unload, unmerge, LoraConfig, LoraModel, ParamCount,
+    adapted_paths, attach_lora, count_params, merge, merge_and_unload, unfreeze, unmerge, LoraConfig, LoraModel, ParamCount,
     TargetModules,
 };
 pub use peft::{load_adapter, save_adapter, PeftConfig};

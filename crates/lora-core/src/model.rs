@@ -131,6 +131,18 @@ pub fn attach_lora<B: Backend, M: LoraModel<B> + Module<B>>(model: M, config: &L
     Ok((model, adapted))
 }
 
+/// Makes every parameter trainable (full fine-tuning, or training from scratch): the opposite
+/// of `Module::no_grad`, which [`attach_lora`] applies before adding adapters.
+pub fn unfreeze<B: Backend, M: Module<B>>(model: M) -> M {
+    struct Unfreeze;
+    impl<B: Backend> burn::module::ModuleMapper<B> for Unfreeze {
+        fn map_float<const D: usize>(&mut self, param: burn::module::Param<burn::tensor::Tensor<B, D>>) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
+            param.set_require_grad(true)
+        }
+    }
+    model.map(&mut Unfreeze)
+}
+
 /// Paths of the layers that carry an adapter, in forward order.
 pub fn adapted_paths<B: Backend, M: LoraModel<B>>(model: &M) -> Vec<String> {
     model.linears().into_iter().filter(|(_, l)| l.lora.is_some()).map(|(p, _)| p).collect()

@@ -166,6 +166,8 @@ pub struct Checkpoint<B: Backend> {
     base_prefix: String,
     strip_base: bool,
     device: B::Device,
+    /// Set for [`Checkpoint::random`]: every requested tensor is drawn instead of read.
+    random: Option<Normal>,
 }
 
 impl<B: Backend> Checkpoint<B> {
@@ -173,7 +175,15 @@ impl<B: Backend> Checkpoint<B> {
         let path = weights_path(dir)?;
         let file = TensorFile::open(&path)?;
         let strip_base = !base_prefix.is_empty() && !file.tensors.keys().any(|k| k.starts_with(base_prefix));
-        Ok(Self { file, base_prefix: base_prefix.to_string(), strip_base, device: device.clone() })
+        Ok(Self { file, base_prefix: base_prefix.to_string(), strip_base, device: device.clone(), random: None })
+    }
+
+    /// A source of freshly initialised weights, as Hugging Face initialises them: weights and
+    /// embeddings N(0, std) (`initializer_range`, 0.02), biases 0, LayerNorm weights 1. Seeded
+    /// on the host, so a seed gives the same model on every backend.
+    pub fn random(std: f64, seed: u64, device: &B::Device) -> Self {
+        let file = TensorFile { path: PathBuf::from("<random init>"), tensors: Default::default(), metadata: Default::default() };
+        Self { file, base_prefix: String::new(), strip_base: false, device: device.clone(), random: Some(Normal { state: seed, std }) }
     }
 
     /// Whether the checkpoint's keys carry the base model's prefix.
@@ -189,10 +199,22 @@ impl<B: Backend> Checkpoint<B> {
     }
 
     pub fn contains(&self, path: &str) -> bool {
-        self.file.contains(&self.key(path))
+        self.random.is_some() || self.file.contains(&self.key(path))
     }
 
     pub fn tensor<const D: usize>(&mut self, path: &str, shape: [usize; D]) -> Result<Tensor<B, D>, ModelError> {
+        if let Some(rng) = &mut self.random {
+            let n: usize = shape.iter().product();
+            let leaf = path.rsplit('.').nth(1).unwrap_or("").to_ascii_lowercase();
+            let v: Vec<f32> = if path.ends_with(".bias") {
+                vec![0.0; n]
+            } else if path.ends_with(".weight") && (leaf.contains("layernorm") || leaf.starts_with("ln_")) {
+                vec![1.0; n]
+            } else {
+                (0..n).map(|_| rng.sample()).collect()
+            };
+            return Ok(Tensor::from_data(TensorData::new(v, shape), &self.device));
+        }
         let key = self.key(path);
         Ok(self.file.take(&key, &shape)?.to_tensor(&self.device))
     }
@@ -237,6 +259,78 @@ impl<B: Backend> Checkpoint<B> {
         }
         let keys: BTreeSet<String> = self.file.tensors.keys().cloned().collect();
         Err(ModelError::UnexpectedTensors { path: self.file.path, keys: keys.into_iter().collect() })
+    }
+}
+
+/// Seeded normal samples (SplitMix64 + Box–Muller).
+struct Normal {
+    state: u64,
+    std: f64,
+}
+
+impl Normal {
+    fn uniform(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (((z ^ (z >> 31)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn sample(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * self.std) as f32
+    }
+}
+
+/// Host copies of a model's weights under their Hugging Face keys, for `save_pretrained`.
+#[derive(Default)]
+pub struct StateDict(pub std::collections::BTreeMap<String, lora_core::HostTensor>);
+
+impl StateDict {
+    pub fn tensor<B: Backend, const D: usize>(&mut self, key: &str, t: Tensor<B, D>) {
+        self.0.insert(key.to_string(), lora_core::HostTensor::from_tensor(t));
+    }
+
+    /// `path.weight` in the checkpoint's layout (`[out, in]` for `nn.Linear`, `[in, out]` for
+    /// `Conv1D`) and `path.bias`. An adapter that is not merged is refused: its update would
+    /// silently be lost.
+    pub fn linear<B: Backend>(&mut self, path: &str, lin: &LoraLinear<B>) -> Result<(), ModelError> {
+        if lin.lora.is_some() && !lin.merged {
+            return Err(ModelError::Input(format!(
+                "{path} carries an unmerged LoRA adapter: merge it first (merge_and_unload) or save the adapter with save_adapter"
+            )));
+        }
+        let w = lin.base.weight.val();
+        match lin.layout {
+            WeightLayout::Linear => self.tensor(&format!("{path}.weight"), w.transpose()),
+            WeightLayout::Conv1D => self.tensor(&format!("{path}.weight"), w),
+        }
+        if let Some(b) = &lin.base.bias {
+            self.tensor(&format!("{path}.bias"), b.val());
+        }
+        Ok(())
+    }
+
+    pub fn layer_norm<B: Backend>(&mut self, path: &str, ln: &LayerNorm<B>) {
+        self.tensor(&format!("{path}.weight"), ln.gamma.val());
+        if let Some(b) = &ln.beta {
+            self.tensor(&format!("{path}.bias"), b.val());
+        }
+    }
+
+    pub fn embedding<B: Backend>(&mut self, path: &str, e: &Embedding<B>) {
+        self.tensor(&format!("{path}.weight"), e.weight.val());
+    }
+
+    /// Writes `config.json` and `model.safetensors` into `dir`, each atomically.
+    pub fn save(&self, dir: &Path, config: &serde_json::Value) -> Result<(), ModelError> {
+        let werr = |e: lora_core::TensorFileError| ModelError::Tensors(e);
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        lora_core::tensors::write_safetensors(&dir.join("model.safetensors"), &self.0, Some(meta)).map_err(werr)?;
+        let json = serde_json::to_string_pretty(config).map_err(|e| ModelError::Input(e.to_string()))?;
+        lora_core::tensors::write_atomic(&dir.join("config.json"), json.as_bytes()).map_err(werr)
     }
 }
 

@@ -10,12 +10,12 @@ use burn::nn::LayerNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::common::{attention, check_divisible, read_config, tapped, Activation, Checkpoint, ClassifierOutput, Taps};
+use crate::common::{attention, check_divisible, read_config, tapped, Activation, Checkpoint, ClassifierOutput, StateDict, Taps};
 use crate::ModelError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct VitConfig {
     pub image_size: usize,
     pub patch_size: usize,
@@ -35,6 +35,9 @@ pub struct VitConfig {
     pub id2label: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub num_labels: Option<usize>,
+    /// Every other field of `config.json`, written back unchanged.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn three() -> usize {
@@ -51,6 +54,39 @@ fn yes() -> bool {
 }
 
 impl VitConfig {
+    /// A ViT of the given shape with `labels` classes named by `id2label`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(image_size: usize, patch_size: usize, num_channels: usize, hidden_size: usize, layers: usize, heads: usize, intermediate_size: usize, labels: &[String]) -> Self {
+        Self {
+            image_size,
+            patch_size,
+            num_channels,
+            hidden_size,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size,
+            hidden_act: gelu(),
+            layer_norm_eps: eps(),
+            qkv_bias: true,
+            id2label: Some(labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect()),
+            num_labels: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// `config.json` as Hugging Face writes it for `ViTForImageClassification`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        let o = v.as_object_mut().expect("object");
+        o.insert("model_type".into(), "vit".into());
+        o.insert("architectures".into(), serde_json::json!(["ViTForImageClassification"]));
+        if let Some(m) = &self.id2label {
+            let label2id: serde_json::Map<String, serde_json::Value> = m.iter().map(|(k, v)| (v.clone(), k.parse::<u64>().unwrap_or(0).into())).collect();
+            o.insert("label2id".into(), label2id.into());
+        }
+        v
+    }
+
     pub fn num_labels(&self) -> usize {
         self.id2label.as_ref().map(|m| m.len()).or(self.num_labels).unwrap_or(2)
     }
@@ -121,6 +157,7 @@ pub struct VitModel<B: Backend> {
 pub struct VitForImageClassification<B: Backend> {
     pub vit: VitModel<B>,
     pub classifier: LoraLinear<B>,
+    pub config: VitConfig,
 }
 
 impl<B: Backend> VitEmbeddings<B> {
@@ -168,7 +205,7 @@ impl<B: Backend> VitForImageClassification<B> {
 
     fn load_inner(dir: &Path, new_head: Option<usize>, device: &B::Device) -> Result<Self, ModelError> {
         let cpath = dir.join("config.json");
-        let cfg: VitConfig = read_config(&cpath)?;
+        let mut cfg: VitConfig = read_config(&cpath)?;
         let act = cfg.validate(&cpath)?;
         let mut ck = Checkpoint::<B>::open(dir, "vit.", device)?;
         ck.ignore(|k| k.contains("pooler."));
@@ -178,12 +215,54 @@ impl<B: Backend> VitForImageClassification<B> {
             Some(n) => {
                 ck.ignore(|k| k.starts_with("classifier."));
                 let w = Tensor::random([d, n], Distribution::Normal(0.0, 0.02), device);
+                if cfg.num_labels() != n {
+                    cfg.id2label = Some((0..n).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect());
+                }
                 LoraLinear::from_weights(w, Some(Tensor::zeros([n], device)), WeightLayout::Linear)
             }
             None => ck.linear("classifier", d, cfg.num_labels(), true, WeightLayout::Linear)?,
         };
         ck.finish()?;
-        Ok(Self { vit, classifier })
+        Ok(Self { vit, classifier, config: cfg })
+    }
+
+    /// A freshly initialised model (N(0, 0.02) weights, as Hugging Face's `initializer_range`),
+    /// every parameter trainable.
+    pub fn init(cfg: &VitConfig, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
+        let act = cfg.validate(Path::new("<config>"))?;
+        let mut ck = Checkpoint::<B>::random(0.02, seed, device);
+        let vit = VitModel::from_checkpoint(cfg, act, &mut ck)?;
+        let classifier = ck.linear("classifier", cfg.hidden_size, cfg.num_labels(), true, WeightLayout::Linear)?;
+        Ok(lora_core::unfreeze(Self { vit, classifier, config: cfg.clone() }))
+    }
+
+    /// Writes `config.json` + `model.safetensors` under the checkpoint's key names, as
+    /// `save_pretrained` does. Adapters must be merged first.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
+        let mut sd = StateDict::default();
+        let e = &self.vit.embeddings;
+        let [pd, d] = e.projection.base.weight.dims();
+        let p = e.patch_size;
+        let c = pd / (p * p);
+        sd.tensor("vit.embeddings.cls_token", e.cls_token.val());
+        sd.tensor("vit.embeddings.position_embeddings", e.position_embeddings.val());
+        if e.projection.lora.is_some() && !e.projection.merged {
+            return Err(ModelError::Input("patch projection carries an unmerged adapter".into()));
+        }
+        sd.tensor("vit.embeddings.patch_embeddings.projection.weight", e.projection.base.weight.val().transpose().reshape([d, c, p, p]));
+        if let Some(b) = &e.projection.base.bias {
+            sd.tensor("vit.embeddings.patch_embeddings.projection.bias", b.val());
+        }
+        for (i, l) in self.vit.layer.iter().enumerate() {
+            let k = format!("vit.encoder.layer.{i}");
+            sd.layer_norm(&format!("{k}.layernorm_before"), &l.layernorm_before);
+            sd.layer_norm(&format!("{k}.layernorm_after"), &l.layernorm_after);
+        }
+        sd.layer_norm("vit.layernorm", &self.vit.layernorm);
+        for (path, lin) in self.linears() {
+            sd.linear(&path, lin)?;
+        }
+        sd.save(dir, &self.config.to_json())
     }
 
     pub fn num_labels(&self) -> usize {

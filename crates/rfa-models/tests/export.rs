@@ -1,0 +1,68 @@
+//! `save_pretrained`: a saved model reloads to the same outputs under the checkpoint's own key
+//! names; a merged LoRA model exports as a plain Hugging Face checkpoint.
+
+mod common;
+
+use common::{device, fixtures, B};
+use lora_core::{HostTensor, TensorFile};
+use rfa_models::{VitConfig, VitForImageClassification};
+
+fn logits(m: &VitForImageClassification<B>) -> HostTensor {
+    let px = TensorFile::open(fixtures().join("hf-parity/vit/reference.safetensors")).unwrap();
+    HostTensor::from_tensor(m.forward(px.get("pixel_values").unwrap().to_tensor(&device())).logits)
+}
+
+#[test]
+fn vit_checkpoint_round_trips_with_the_same_keys() {
+    let src = fixtures().join("hf-parity/vit/model");
+    let m = VitForImageClassification::<B>::load(&src, &device()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    m.save_pretrained(tmp.path()).unwrap();
+    let a = TensorFile::open(src.join("model.safetensors")).unwrap();
+    let b = TensorFile::open(tmp.path().join("model.safetensors")).unwrap();
+    assert_eq!(a.tensors.keys().collect::<Vec<_>>(), b.tensors.keys().collect::<Vec<_>>());
+    assert_eq!(a.tensors, b.tensors, "bit-exact weights");
+    let back = VitForImageClassification::<B>::load(tmp.path(), &device()).unwrap();
+    assert_eq!(logits(&m), logits(&back));
+}
+
+#[test]
+fn merged_lora_model_exports_as_a_plain_checkpoint() {
+    let dir = fixtures().join("hf-parity/vit");
+    let mut m = VitForImageClassification::<B>::load(&dir.join("model"), &device()).unwrap();
+    lora_core::load_adapter(&mut m, &dir.join("adapter")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let err = m.save_pretrained(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("unmerged LoRA adapter"), "{err}");
+    assert!(!tmp.path().join("model.safetensors").exists(), "nothing half-written");
+    lora_core::merge_and_unload(&mut m);
+    m.save_pretrained(tmp.path()).unwrap();
+    let back = VitForImageClassification::<B>::load(tmp.path(), &device()).unwrap();
+    let reference = TensorFile::open(dir.join("reference.safetensors")).unwrap();
+    let want = reference.get("merged.logits").unwrap().to_f32();
+    let got = logits(&back).to_f32();
+    let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(err < 1e-4, "{err}");
+}
+
+#[test]
+fn fresh_vit_is_seeded_trainable_and_saves() {
+    let names: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    let cfg = VitConfig::new(32, 4, 3, 64, 2, 4, 128, &names);
+    let a = VitForImageClassification::<B>::init(&cfg, 1, &device()).unwrap();
+    let b = VitForImageClassification::<B>::init(&cfg, 1, &device()).unwrap();
+    let c = VitForImageClassification::<B>::init(&cfg, 2, &device()).unwrap();
+    assert_eq!(logits(&a), logits(&b));
+    assert_ne!(logits(&a), logits(&c));
+    let t = VitForImageClassification::<common::AB>::init(&cfg, 1, &device()).unwrap();
+    assert!(t.classifier.base.weight.is_require_grad() && t.vit.layer[0].intermediate.base.weight.is_require_grad());
+    let loaded = VitForImageClassification::<common::AB>::load(&fixtures().join("hf-parity/vit/model"), &device()).unwrap();
+    assert!(!loaded.classifier.base.weight.is_require_grad(), "loaded checkpoints start frozen");
+    let tmp = tempfile::tempdir().unwrap();
+    a.save_pretrained(tmp.path()).unwrap();
+    let cfg_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg_json["model_type"], "vit");
+    assert_eq!(cfg_json["id2label"]["3"], "c3");
+    let back = VitForImageClassification::<B>::load(tmp.path(), &device()).unwrap();
+    assert_eq!(logits(&a), logits(&back));
+}
