@@ -39,6 +39,9 @@ enum Cmd {
         /// Relative error allowed for the loss and the retain MSE.
         #[arg(long, default_value_t = 1e-5)]
         rel_tol: f32,
+        /// Scale --tol by max(1, max |reference|) per tensor (reduced-precision matmuls).
+        #[arg(long)]
+        scale_by_magnitude: bool,
     },
 }
 
@@ -68,10 +71,10 @@ fn run() -> Result<bool> {
             let status = Command::new(cargo).current_dir(root()).args(["test", "--workspace"]).args(&args).status()?;
             Ok(status.success())
         }
-        Cmd::Parity { dirs, tol, rel_tol } => {
+        Cmd::Parity { dirs, tol, rel_tol, scale_by_magnitude } => {
             type B = burn::backend::NdArray<f32>;
             let device = Default::default();
-            let tol = Tolerance { abs: tol, rel: rel_tol };
+            let tol = Tolerance { abs: tol, rel: rel_tol, scale_by_magnitude };
             let mut all_ok = true;
             for dir in dirs {
                 match check_dir::<B>(&dir, tol, &device) {
