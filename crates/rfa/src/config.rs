@@ -1,0 +1,148 @@
+//! The run configuration: a TOML file (`--config run.toml`) whose every field can be overridden
+//! by a command-line flag. The resolved configuration is written next to the run's results.
+
+use std::path::{Path, PathBuf};
+
+use rfa_loss::TargetStrategy;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Results go to `<runs_dir>/<name>/`.
+    pub name: String,
+    #[serde(default = "runs_dir")]
+    pub runs_dir: PathBuf,
+    #[serde(default)]
+    pub seed: u64,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub unlearn: UnlearnConfig,
+}
+
+fn runs_dir() -> PathBuf {
+    PathBuf::from("runs")
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `fashion-mnist` / `mnist` (IDX files in `path`), `cifar10` (binary batches in `path`),
+    /// `image-folder` (`path/train/<class>/…`, `path/test/<class>/…`).
+    pub dataset: String,
+    /// Folder of the data; empty = the Fashion-MNIST subset embedded in the repository.
+    #[serde(default)]
+    pub path: PathBuf,
+    /// `class:NAME|INDEX`, `random:PERCENT`, `ids:1,2,3`, `id-file:PATH`.
+    pub forget: String,
+    /// Use at most this many training / test samples (first ones after a seeded shuffle,
+    /// balanced over classes); 0 = all.
+    #[serde(default)]
+    pub max_train: usize,
+    #[serde(default)]
+    pub max_test: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `vit-tiny` (28², patch 7, 2 × 64, 4 heads: trains on 2 CPU cores), `vit-small`
+    /// (32², patch 4, 4 × 128), or `path` to a Hugging Face ViT checkpoint to fine-tune.
+    #[serde(default = "preset")]
+    pub preset: String,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+fn preset() -> String {
+    "vit-tiny".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    #[serde(default = "wd")]
+    pub weight_decay: f64,
+}
+
+fn wd() -> f64 {
+    0.01
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlearnConfig {
+    #[serde(default = "rfa")]
+    pub method: String,
+    /// Passes over the forget set; each forget batch is paired with a retain batch.
+    pub epochs: usize,
+    pub lr: f64,
+    /// Forget samples per step (the retain batch has the same size).
+    pub batch_size: usize,
+    pub rank: usize,
+    pub alpha: f64,
+    /// PEFT `target_modules`: names (`query,value`), a regex, or `all-linear`.
+    pub targets: String,
+    /// λ, the forget term's weight.
+    pub lambda: f64,
+    #[serde(default)]
+    pub target: TargetStrategy,
+    /// `w_l` per adapted layer; empty = all 1.
+    #[serde(default)]
+    pub layer_weights: Vec<f64>,
+    /// γ: weight of a cross-entropy term on the retain batch (0 = off, the method's default).
+    #[serde(default)]
+    pub retain_task_weight: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+fn rfa() -> String {
+    "rfa".into()
+}
+
+impl RunConfig {
+    /// The configuration `rfa demo` runs: the embedded Fashion-MNIST subset, the tiny ViT,
+    /// one class forgotten.
+    pub fn demo() -> Self {
+        Self {
+            name: "demo".into(),
+            runs_dir: runs_dir(),
+            seed: 0,
+            data: DataConfig { dataset: "fashion-mnist".into(), path: PathBuf::new(), forget: "class:1".into(), max_train: 0, max_test: 0 },
+            model: ModelConfig { preset: preset(), path: None },
+            train: TrainConfig { epochs: 15, lr: 2e-3, batch_size: 64, weight_decay: 0.01 },
+            unlearn: UnlearnConfig {
+                method: rfa(),
+                epochs: 3,
+                lr: 5e-3,
+                batch_size: 32,
+                rank: 8,
+                alpha: 16.0,
+                targets: "all-linear".into(),
+                lambda: 1.0,
+                target: TargetStrategy::GlobalMean,
+                layer_weights: Vec::new(),
+                retain_task_weight: 0.0,
+                weight_decay: 0.0,
+            },
+        }
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.runs_dir.join(&self.name)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}

@@ -1,0 +1,182 @@
+//! The `rfa` command: a thin clap layer over the library.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use rfa::config::RunConfig;
+use rfa::Run;
+
+#[derive(Parser)]
+#[command(name = "rfa", version, about = "Make pre-trained transformers forget chosen training data, and prove it")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The whole pipeline on the Fashion-MNIST subset in the repository: train, retrain without
+    /// one class, unlearn it with RFA, evaluate all three, write the report.
+    Demo(Common),
+    /// Train the original model M0 on the full training set.
+    Train(Common),
+    /// Train the gold standard M* on the retain set only.
+    Retrain(Common),
+    /// Unlearn the forget set from M0.
+    Unlearn {
+        #[command(flatten)]
+        common: Common,
+        /// Unlearning method.
+        #[arg(long)]
+        method: Option<String>,
+    },
+    /// Evaluate M0, M* and the unlearned model; write report.json and report.md.
+    Eval(Common),
+    /// Copy the unlearning adapter (PEFT) and the merged model (Hugging Face) to a folder.
+    Export {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Run configuration (TOML). Without it, the demo configuration is used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run name: results go to <runs-dir>/<name>.
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    runs_dir: Option<PathBuf>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// What to forget: class:NAME|INDEX, random:PERCENT, ids:1,2,3, id-file:PATH.
+    #[arg(long)]
+    forget: Option<String>,
+    /// Override any config field: --set train.epochs=5 --set unlearn.targets=query,value
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// cpu, or cuda[:N] (needs the `cuda` build).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+impl Common {
+    fn resolve(&self) -> Result<RunConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => RunConfig::read(p)?,
+            None => RunConfig::demo(),
+        };
+        if let Some(v) = &self.name {
+            cfg.name = v.clone();
+        }
+        if let Some(v) = &self.runs_dir {
+            cfg.runs_dir = v.clone();
+        }
+        if let Some(v) = self.seed {
+            cfg.seed = v;
+        }
+        if let Some(v) = &self.forget {
+            cfg.data.forget = v.clone();
+        }
+        if !self.sets.is_empty() {
+            let mut doc: toml::Table = toml::from_str(&cfg.to_toml())?;
+            for s in &self.sets {
+                let (key, value) = s.split_once('=').with_context(|| format!("--set {s}: expected KEY=VALUE"))?;
+                set_key(&mut doc, key, value)?;
+            }
+            cfg = toml::from_str(&toml::to_string(&doc)?).context("--set gave an invalid configuration")?;
+        }
+        Ok(cfg)
+    }
+}
+
+/// Sets a dotted key; the value is read as TOML (numbers, booleans, arrays) or else as a string.
+fn set_key(doc: &mut toml::Table, key: &str, value: &str) -> Result<()> {
+    let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}")).ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().context("empty key")?;
+    let mut table = doc;
+    for p in parts {
+        table = table.get_mut(p).and_then(|v| v.as_table_mut()).with_context(|| format!("--set {key}: no section `{p}`"))?;
+    }
+    table.insert(last.to_string(), parsed);
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let common = match &cli.cmd {
+        Cmd::Demo(c) | Cmd::Train(c) | Cmd::Retrain(c) | Cmd::Eval(c) => c.clone(),
+        Cmd::Unlearn { common, .. } | Cmd::Export { common, .. } => common.clone(),
+    };
+    match common.device.as_str() {
+        "cpu" => dispatch::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&cli, &common, "cpu (burn ndarray, f32)", &Default::default()),
+        #[cfg(feature = "cuda")]
+        d if d.starts_with("cuda") => {
+            let n: usize = d.strip_prefix("cuda:").map(str::parse).transpose().context("--device cuda:N")?.unwrap_or(0);
+            let device = burn::backend::cuda::CudaDevice::new(n);
+            dispatch::<burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>>(&cli, &common, &format!("cuda:{n} (burn-cuda, f32 with TF32 matmuls)"), &device)
+        }
+        other => bail!("unknown device `{other}` (cpu{})", if cfg!(feature = "cuda") { ", cuda[:N]" } else { "; this build has no CUDA: build with --features cuda" }),
+    }
+}
+
+fn dispatch<B: burn::tensor::backend::AutodiffBackend>(cli: &Cli, common: &Common, backend: &str, device: &B::Device) -> Result<()> {
+    let mut cfg = common.resolve()?;
+    if let Cmd::Unlearn { method: Some(m), .. } = &cli.cmd {
+        cfg.unlearn.method = m.clone();
+    }
+    let run = Run::open(cfg)?;
+    let t = &run.task;
+    eprintln!(
+        "run `{}` in {}: {} training samples ({} to forget, {} to retain), {} test samples, backend {backend}",
+        run.cfg.name,
+        run.dir.display(),
+        t.train.len(),
+        t.split.forget.len(),
+        t.split.retain.len(),
+        t.test.len()
+    );
+    match &cli.cmd {
+        Cmd::Demo(_) => {
+            run.train::<B>(false, device)?;
+            run.train::<B>(true, device)?;
+            run.unlearn::<B>(device)?;
+            let report = run.eval::<B>(backend, device)?;
+            println!("{}", report.markdown());
+            eprintln!("report: {}", run.dir.join("report.md").display());
+        }
+        Cmd::Train(_) => run.train::<B>(false, device)?,
+        Cmd::Retrain(_) => run.train::<B>(true, device)?,
+        Cmd::Unlearn { .. } => run.unlearn::<B>(device)?,
+        Cmd::Eval(_) => {
+            let report = run.eval::<B>(backend, device)?;
+            println!("{}", report.markdown());
+        }
+        Cmd::Export { out, .. } => {
+            for sub in ["adapter", "merged"] {
+                let from = run.dir.join("rfa").join(sub);
+                let to = out.join(sub);
+                std::fs::create_dir_all(&to)?;
+                for e in std::fs::read_dir(&from).with_context(|| format!("{} (run `rfa unlearn` first)", from.display()))? {
+                    let e = e?;
+                    std::fs::copy(e.path(), to.join(e.file_name()))?;
+                }
+            }
+            eprintln!("exported the adapter (PEFT) and the merged model (Hugging Face) to {}", out.display());
+        }
+    }
+    Ok(())
+}

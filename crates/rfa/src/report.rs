@@ -1,0 +1,194 @@
+//! Evidence: metrics of the original, retrained and unlearned models, written as JSON (for
+//! programs) and Markdown (for people).
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use rfa_eval::{accuracy, activation_distance, feature_distance, js_divergence, mia_efficacy, per_class_accuracy, true_label_confidence, Rows, Summary};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Outputs;
+
+/// Wall time and peak resident memory of one phase.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Phase {
+    pub seconds: f64,
+    /// Peak resident set size during the phase (Linux VmHWM after resetting it), MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Runs `f`, measuring wall time and the process's peak RSS over it.
+pub fn measure<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Phase)> {
+    // Writing 5 to clear_refs resets the peak-RSS counter (Linux ≥ 4.0).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let t = Instant::now();
+    let v = f()?;
+    Ok((v, Phase { seconds: t.elapsed().as_secs_f64(), peak_rss_mib: peak_rss_mib() }))
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Outputs of one model on the three sets.
+pub struct Evaluated {
+    pub name: String,
+    pub forget: Outputs,
+    pub retain: Outputs,
+    pub test: Outputs,
+    pub phase: Phase,
+    pub trainable_params: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelReport {
+    pub name: String,
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub acc_forget: f64,
+    /// Against the retrained model, on Df (absent for the retrained model itself).
+    pub activation_distance: Option<f64>,
+    pub js_divergence: Option<f64>,
+    pub feature_distance_forget: Option<f64>,
+    pub feature_distance_retain: Option<f64>,
+    pub average_gap: Option<f64>,
+    /// Mean residual norm ||r_l|| on Df and on Dr (models with adapters).
+    pub residual_norm_forget: Option<f64>,
+    pub residual_norm_retain: Option<f64>,
+    pub per_class_test_accuracy: Vec<Option<f64>>,
+    pub seconds: f64,
+    pub peak_rss_mib: Option<f64>,
+    pub trainable_params: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub name: String,
+    pub dataset: String,
+    pub classes: Vec<String>,
+    pub train_samples: usize,
+    pub test_samples: usize,
+    pub forget_samples: usize,
+    pub forget: String,
+    pub backend: String,
+    pub models: Vec<ModelReport>,
+    /// Residual norms per forget / retain sample (RFA model), for the histogram.
+    #[serde(default)]
+    pub residual_norms_forget: Vec<f32>,
+    #[serde(default)]
+    pub residual_norms_retain: Vec<f32>,
+}
+
+fn rows<'a>(what: &'static str, v: &'a [f32], cols: usize) -> Result<Rows<'a>> {
+    Ok(Rows::new(what, v, cols)?)
+}
+
+/// Metrics of every evaluated model; `retrained` names the gold standard they are compared to.
+pub fn model_reports(models: &[Evaluated], retrained: &str) -> Result<Vec<ModelReport>> {
+    let gold = models.iter().find(|m| m.name == retrained);
+    let mut out = Vec::new();
+    for m in models {
+        let c = m.test.classes;
+        let (lf, lr, lt) = (rows("forget logits", &m.forget.logits, c)?, rows("retain logits", &m.retain.logits, c)?, rows("test logits", &m.test.logits, c)?);
+        let acc_forget = accuracy(&lf, &m.forget.labels)?;
+        let conf_r = true_label_confidence(&lr, &m.retain.labels);
+        let conf_t = true_label_confidence(&lt, &m.test.labels);
+        let conf_f = true_label_confidence(&lf, &m.forget.labels);
+        let summary = Summary { ua: 100.0 - acc_forget, ra: accuracy(&lr, &m.retain.labels)?, ta: accuracy(&lt, &m.test.labels)?, mia_efficacy: mia_efficacy(&conf_r, &conf_t, &conf_f)? };
+        let (mut ad, mut js, mut fdf, mut fdr) = (None, None, None, None);
+        if let Some(g) = gold.filter(|g| g.name != m.name) {
+            let gf = rows("forget logits", &g.forget.logits, c)?;
+            ad = Some(activation_distance(&lf, &gf)?);
+            js = Some(js_divergence(&lf, &gf)?);
+            let d = m.forget.feature_dim;
+            fdf = Some(feature_distance(&rows("forget features", &m.forget.features, d)?, &rows("forget features", &g.forget.features, d)?)?);
+            fdr = Some(feature_distance(&rows("retain features", &m.retain.features, d)?, &rows("retain features", &g.retain.features, d)?)?);
+        }
+        let mean = |v: &[f32]| (!v.is_empty()).then(|| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64);
+        out.push(ModelReport {
+            name: m.name.clone(),
+            summary,
+            acc_forget,
+            activation_distance: ad,
+            js_divergence: js,
+            feature_distance_forget: fdf,
+            feature_distance_retain: fdr,
+            average_gap: None,
+            residual_norm_forget: mean(&m.forget.residual_norms),
+            residual_norm_retain: mean(&m.retain.residual_norms),
+            per_class_test_accuracy: per_class_accuracy(&lt, &m.test.labels, c),
+            seconds: m.phase.seconds,
+            peak_rss_mib: m.phase.peak_rss_mib,
+            trainable_params: m.trainable_params,
+        });
+    }
+    if let Some(g) = out.iter().find(|r| r.name == retrained).map(|r| r.summary) {
+        out.iter_mut().for_each(|r| r.average_gap = Some(r.summary.average_gap(&g)));
+    }
+    Ok(out)
+}
+
+fn f(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "—".into())
+}
+
+impl Report {
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "# Unlearning report: {}\n\n{} — {} training samples ({} forgotten: `{}`), {} test samples, {} classes; backend {}.\n\n",
+            self.name, self.dataset, self.train_samples, self.forget_samples, self.forget, self.test_samples, self.classes.len(), self.backend
+        );
+        s += "| model | UA | RA | TA | MIA-Efficacy | activation distance | JS | average gap | time (s) | peak RSS (MiB) | trainable params |\n";
+        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        for m in &self.models {
+            s += &format!(
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {:.1} | {} | {} |\n",
+                m.name,
+                m.summary.ua,
+                m.summary.ra,
+                m.summary.ta,
+                m.summary.mia_efficacy,
+                f(m.activation_distance, 4),
+                f(m.js_divergence, 4),
+                f(m.average_gap, 2),
+                m.seconds,
+                f(m.peak_rss_mib, 0),
+                m.trainable_params
+            );
+        }
+        s += "\nUA = 100 − accuracy on the forget set Df, RA / TA = accuracy on the retain set Dr / test set Dt (%). \
+MIA-Efficacy: % of Df that SalUn's SVC membership attack calls non-member. Activation distance and JS divergence: \
+between the model's and the retrained model's output distributions on Df. Average gap: mean |difference| to the \
+retrained model over UA, RA, TA, MIA-Efficacy. Time: the phase that produced the model (training, retraining, unlearning).\n\n";
+        s += "## Features\n\n| model | feature distance to retrain on Df | on Dr | residual norm on Df | on Dr |\n|---|---:|---:|---:|---:|\n";
+        for m in &self.models {
+            s += &format!("| {} | {} | {} | {} | {} |\n", m.name, f(m.feature_distance_forget, 4), f(m.feature_distance_retain, 4), f(m.residual_norm_forget, 4), f(m.residual_norm_retain, 4));
+        }
+        s += "\n## Test accuracy per class (%)\n\n| class |";
+        for m in &self.models {
+            s += &format!(" {} |", m.name);
+        }
+        s += "\n|---|";
+        s += &"---:|".repeat(self.models.len());
+        s += "\n";
+        for (c, name) in self.classes.iter().enumerate() {
+            s += &format!("| {c} {name} |");
+            for m in &self.models {
+                s += &format!(" {} |", f(m.per_class_test_accuracy.get(c).copied().flatten(), 1));
+            }
+            s += "\n";
+        }
+        s
+    }
+
+    /// Writes `report.json` and `report.md` into `dir`, atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        lora_core::tensors::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(self)?.as_bytes())?;
+        lora_core::tensors::write_atomic(&dir.join("report.md"), self.markdown().as_bytes())?;
+        Ok(())
+    }
+}
