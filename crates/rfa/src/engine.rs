@@ -243,6 +243,13 @@ pub fn unlearn_rfa<B: AutodiffBackend>(m0: Vit<B>, task: &Task, uc: &UnlearnConf
     let cfg = LoraConfig::new(uc.rank, uc.alpha, TargetModules::parse(&uc.targets));
     let (mut model, adapted) = attach_lora(m0, &cfg)?;
     let params = count_params(&model);
+    let cls_only = match uc.forget_tokens.as_str() {
+        "all" => false,
+        "cls" => true,
+        other => bail!("unlearn.forget_tokens must be `all` or `cls`, not `{other}`"),
+    };
+    // The forget term's view of a tap: every token, or the first (CLS) one.
+    let view = |t: Tensor<B, 3>| if cls_only { t.narrow(1, 0, 1) } else { t };
     let objective = RfaObjective { lambda: uc.lambda, layer_weights: uc.layer_weights.clone(), target: uc.target, retain_task_weight: uc.retain_task_weight };
 
     // Targets from M0's pre-trained features on Dr (B = 0: the adapted model is M0).
@@ -253,7 +260,8 @@ pub fn unlearn_rfa<B: AutodiffBackend>(m0: Vit<B>, task: &Task, uc: &UnlearnConf
     for b in batches(&task.split.retain, 256, false, 0) {
         let (x, y) = image_batch::<B::InnerBackend>(&task.train, &b, &pre, device)?;
         let out = inner.forward(x);
-        let taps: Vec<rfa_models::Tap<B>> = out.taps.into_iter().map(|t| rfa_models::Tap { pre: Tensor::from_inner(t.pre), residual: Tensor::from_inner(t.residual) }).collect();
+        let taps: Vec<rfa_models::Tap<B>> =
+            out.taps.into_iter().map(|t| rfa_models::Tap { pre: view(Tensor::from_inner(t.pre)), residual: view(Tensor::from_inner(t.residual)) }).collect();
         stats.add(&taps, Some(&y), None)?;
         pb.inc(b.len() as u64);
     }
@@ -284,8 +292,8 @@ pub fn unlearn_rfa<B: AutodiffBackend>(m0: Vit<B>, task: &Task, uc: &UnlearnConf
             let out = model.forward(x);
             let split = |t: &Tensor<B, 3>, s: usize, n: usize| t.clone().narrow(0, s, n);
             let rt: Vec<_> = out.taps.iter().map(|t| rfa_models::Tap { pre: split(&t.pre, 0, nr), residual: split(&t.residual, 0, nr) }).collect();
-            let ft: Vec<_> = out.taps.iter().map(|t| rfa_models::Tap { pre: split(&t.pre, nr, nf), residual: split(&t.residual, nr, nf) }).collect();
-            let [_, seq, _] = out.taps[0].pre.dims();
+            let ft: Vec<_> = out.taps.iter().map(|t| rfa_models::Tap { pre: view(split(&t.pre, nr, nf)), residual: view(split(&t.residual, nr, nf)) }).collect();
+            let [_, seq, _] = ft[0].pre.dims();
             let mu = targets.for_batch(nf, seq, Some(&y[nr..]))?;
             let parts = objective.total(&rt, None, &ft, &mu, None)?;
             let mut total = parts.total.clone();
