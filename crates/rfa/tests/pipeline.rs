@@ -1,0 +1,140 @@
+//! End-to-end: the `rfa` command and the library on a small slice of the embedded real data.
+
+use std::path::Path;
+use std::process::Command;
+
+use rfa::config::RunConfig;
+use rfa::Run;
+
+type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+
+fn tiny(name: &str, runs: &Path) -> RunConfig {
+    let mut c = RunConfig::demo();
+    c.name = name.into();
+    c.runs_dir = runs.to_path_buf();
+    c.data.max_train = 200;
+    c.data.max_test = 100;
+    c.train.epochs = 2;
+    c.unlearn.epochs = 1;
+    c
+}
+
+#[test]
+fn the_command_runs_the_whole_pipeline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rfa"))
+        .args(["demo", "--name", "cli", "--runs-dir"])
+        .arg(tmp.path())
+        .args(["--set", "data.max_train=200", "--set", "data.max_test=100", "--set", "train.epochs=1", "--set", "unlearn.epochs=1", "--forget", "class:Trouser"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| RFA |") && stdout.contains("| retrain (M*) |"), "{stdout}");
+    let dir = tmp.path().join("cli");
+    for f in ["config.toml", "report.json", "report.md", "original/model.safetensors", "retrain/config.json", "rfa/adapter/adapter_model.safetensors", "rfa/adapter/adapter_config.json", "rfa/merged/model.safetensors"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(cfg.contains("forget = \"class:Trouser\"") && cfg.contains("max_train = 200"), "{cfg}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let models = report["models"].as_array().unwrap();
+    assert_eq!(models.len(), 3);
+    for m in models {
+        for k in ["ua", "ra", "ta", "mia_efficacy"] {
+            let v = m[k].as_f64().unwrap();
+            assert!((0.0..=100.0).contains(&v), "{k} = {v}");
+        }
+    }
+    // The retrained model never saw the class: it cannot be recognised.
+    assert!(models[1]["ua"].as_f64().unwrap() > 99.0, "{}", models[1]);
+
+    // export copies both artefacts.
+    let exp = tmp.path().join("exported");
+    let st = Command::new(env!("CARGO_BIN_EXE_rfa")).args(["export", "--name", "cli", "--runs-dir"]).arg(tmp.path()).arg("--out").arg(&exp).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(exp.join("adapter/adapter_config.json").is_file() && exp.join("merged/config.json").is_file());
+}
+
+#[test]
+fn merged_model_equals_base_plus_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run::open(tiny("merge", tmp.path())).unwrap();
+    let dev = Default::default();
+    run.train::<AB>(false, &dev).unwrap();
+    run.unlearn::<AB>(&dev).unwrap();
+    type I = burn::backend::NdArray<f32>;
+    let mut with_adapter = rfa::engine::Vit::<I>::load(&run.dir.join("original"), &dev).unwrap();
+    lora_core::load_adapter(&mut with_adapter, &run.dir.join("rfa/adapter")).unwrap();
+    let merged = rfa::engine::Vit::<I>::load(&run.dir.join("rfa/merged"), &dev).unwrap();
+    let idx: Vec<usize> = (0..20).collect();
+    let a = rfa::engine::outputs(&with_adapter, &run.task.test, &idx, &dev).unwrap();
+    let b = rfa::engine::outputs(&merged, &run.task.test, &idx, &dev).unwrap();
+    let err = a.logits.iter().zip(&b.logits).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(err < 1e-4, "{err}");
+    assert!(a.residual_norms.iter().any(|&r| r > 0.0), "the adapter must have moved");
+}
+
+#[test]
+fn training_resumes_after_an_interruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Default::default();
+    let mut cfg = tiny("resume", tmp.path());
+    cfg.train.epochs = 1;
+    Run::open(cfg.clone()).unwrap().train::<AB>(false, &dev).unwrap();
+    let state = tmp.path().join("resume/original/train_state.json");
+    let first: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    cfg.train.epochs = 2;
+    Run::open(cfg).unwrap().train::<AB>(false, &dev).unwrap();
+    let both: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(both.as_array().unwrap().len(), 2);
+    assert_eq!(both[0], first[0], "epoch 1 was not redone");
+}
+
+#[test]
+fn a_diverging_loss_stops_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = tiny("nan", tmp.path());
+    cfg.train.lr = 1e30;
+    cfg.train.epochs = 3;
+    let err = Run::open(cfg).unwrap().train::<AB>(false, &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("the loss became"), "{err}");
+    assert!(err.contains("lower the learning rate") || err.contains("original"), "{err}");
+}
+
+#[test]
+fn bad_configurations_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = tiny("bad", tmp.path());
+    c.data.dataset = "imagenet".into();
+    assert!(Run::open(c).err().unwrap().to_string().contains("unknown dataset"));
+    let mut c = tiny("bad", tmp.path());
+    c.data.forget = "class:Unicorn".into();
+    assert!(Run::open(c).err().unwrap().to_string().contains("unknown class `Unicorn`"));
+    let mut c = tiny("bad", tmp.path());
+    c.data.path = tmp.path().join("nowhere");
+    assert!(Run::open(c).err().unwrap().to_string().contains("nowhere"));
+    let c = tiny("bad", tmp.path());
+    let run = Run::open(c).unwrap();
+    let e = run.unlearn::<AB>(&Default::default()).unwrap_err();
+    assert!(format!("{e:#}").contains("run `rfa train` first"), "{e:#}");
+    let e = run.eval::<AB>("cpu", &Default::default()).unwrap_err();
+    assert!(format!("{e:#}").contains("original"), "{e:#}");
+    let toml = tmp.path().join("run.toml");
+    std::fs::write(&toml, "name = \"x\"\n[data]\ndataset = \"fashion-mnist\"\n").unwrap();
+    assert!(RunConfig::read(&toml).unwrap_err().to_string().contains("run.toml"));
+}
+
+#[test]
+fn a_model_whose_classes_differ_from_the_data_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run::open(tiny("classes", tmp.path())).unwrap();
+    let names: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+    let cfg = rfa_models::VitConfig::new(28, 7, 1, 32, 1, 2, 64, &names);
+    let model = rfa::engine::Vit::<AB>::init(&cfg, 0, &Default::default()).unwrap();
+    let err = rfa::engine::train_classifier(model, &run.task.train, &[0, 1], &run.cfg.train, 0, "train", &tmp.path().join("c"), &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("3 classes") && err.contains("10"), "{err}");
+}
