@@ -202,6 +202,9 @@ pub fn train_classifier<B: AutodiffBackend>(
         }
         pb.finish();
         log.push(EpochLog { epoch: epoch + 1, loss: sum / n as f64, samples_per_s: n as f64 / start.elapsed().as_secs_f64() });
+        if pb.is_hidden() {
+            eprintln!("{what}: epoch {}/{} loss {:.4} {:.0} samples/s", epoch + 1, tc.epochs, sum / n as f64, n as f64 / start.elapsed().as_secs_f64());
+        }
         save_checkpoint(&model, ckpt, &log)?;
     }
     Ok((model, log))

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod plots;
 pub mod report;
 
 use std::path::{Path, PathBuf};
@@ -129,6 +130,33 @@ impl Run {
             residual_norms_retain: rfa.retain.residual_norms.clone(),
         };
         report.write(&self.dir)?;
+        self.plot(&report)?;
         Ok(report)
+    }
+
+    /// `plots/`: per-class accuracy, residual norms on Df vs Dr, training and unlearning losses.
+    fn plot(&self, report: &Report) -> Result<()> {
+        let dir = self.dir.join("plots");
+        std::fs::create_dir_all(&dir)?;
+        plots::per_class_accuracy(report, &dir.join("per_class_accuracy.png"))?;
+        plots::residual_norms(&report.residual_norms_forget, &report.residual_norms_retain, &dir.join("residual_norms.png"))?;
+        let mut train = Vec::new();
+        for (name, sub) in [("original (M0) on D", "original"), ("retrain (M*) on Dr", "retrain")] {
+            let p = self.dir.join(sub).join("train_state.json");
+            if let Ok(text) = std::fs::read_to_string(&p) {
+                let log: Vec<engine::EpochLog> = serde_json::from_str(&text).with_context(|| format!("reading {}", p.display()))?;
+                train.push((name.to_string(), log.iter().map(|e| e.epoch as f64).collect(), log.iter().map(|e| e.loss).collect()));
+            }
+        }
+        plots::loss_curves("Training loss (cross-entropy)", "epoch", &train, &dir.join("loss_training.png"))?;
+        let p = self.dir.join("rfa/unlearn_log.json");
+        let log: engine::UnlearnLog = serde_json::from_str(&std::fs::read_to_string(&p)?).with_context(|| format!("reading {}", p.display()))?;
+        let x: Vec<f64> = log.steps.iter().map(|s| s.step as f64).collect();
+        let series = vec![
+            ("retain: mean ||r_l||²".to_string(), x.clone(), log.steps.iter().map(|s| s.retain).collect()),
+            ("forget: mean ||p_l + r_l − mu_l||²".to_string(), x.clone(), log.steps.iter().map(|s| s.forget).collect()),
+            ("total".to_string(), x, log.steps.iter().map(|s| s.total).collect()),
+        ];
+        plots::loss_curves("RFA unlearning loss", "step", &series, &dir.join("loss_unlearning.png"))
     }
 }

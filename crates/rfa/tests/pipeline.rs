@@ -32,7 +32,7 @@ fn the_command_runs_the_whole_pipeline() {
     assert!(out.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("| RFA |") && stdout.contains("| retrain (M*) |"), "{stdout}");
     let dir = tmp.path().join("cli");
-    for f in ["config.toml", "report.json", "report.md", "original/model.safetensors", "retrain/config.json", "rfa/adapter/adapter_model.safetensors", "rfa/adapter/adapter_config.json", "rfa/merged/model.safetensors"] {
+    for f in ["config.toml", "report.json", "report.md", "original/model.safetensors", "retrain/config.json", "rfa/adapter/adapter_model.safetensors", "rfa/adapter/adapter_config.json", "rfa/merged/model.safetensors", "plots/per_class_accuracy.png", "plots/residual_norms.png", "plots/loss_training.png", "plots/loss_unlearning.png"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap();
