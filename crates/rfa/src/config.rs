@@ -53,6 +53,9 @@ pub struct ModelConfig {
     pub preset: String,
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// A ViT `config.json` to build and train from scratch (instead of a preset).
+    #[serde(default)]
+    pub config: Option<PathBuf>,
 }
 
 fn preset() -> String {
@@ -122,7 +125,7 @@ impl RunConfig {
             runs_dir: runs_dir(),
             seed: 0,
             data: DataConfig { dataset: "fashion-mnist".into(), path: PathBuf::new(), forget: "class:1".into(), max_train: 0, max_test: 0 },
-            model: ModelConfig { preset: preset(), path: None },
+            model: ModelConfig { preset: preset(), path: None, config: None },
             train: TrainConfig { epochs: 15, lr: 2e-3, batch_size: 64, weight_decay: 0.01 },
             // Chosen on this data by a small sweep (docs/RESULTS.md): the forget term on the CLS
             // token, λ = 0.1, three passes over Df.

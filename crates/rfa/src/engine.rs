@@ -104,9 +104,15 @@ pub fn preset_config(model: &ModelConfig, classes: &[String], channels: usize) -
 /// scratch, or a pre-trained checkpoint with a fresh head.
 pub fn initial_model<B: AutodiffBackend>(model: &ModelConfig, task: &Task, seed: u64, device: &B::Device) -> Result<Vit<B>> {
     let classes = task.train.num_classes();
-    Ok(match &model.path {
-        Some(p) => lora_core::unfreeze(Vit::load_with_new_head(p, classes, device)?),
-        None => Vit::init(&preset_config(model, &task.train.class_names, task.train.channels.max(1))?, seed, device)?,
+    Ok(match (&model.path, &model.config) {
+        (Some(p), _) => lora_core::unfreeze(Vit::load_with_new_head(p, classes, device)?),
+        (None, Some(c)) => {
+            let mut cfg: VitConfig = rfa_models::common::read_config(c)?;
+            cfg.id2label = Some(task.train.class_names.iter().enumerate().map(|(i, n)| (i.to_string(), n.clone())).collect());
+            cfg.num_labels = None;
+            Vit::init(&cfg, seed, device)?
+        }
+        (None, None) => Vit::init(&preset_config(model, &task.train.class_names, task.train.channels.max(1))?, seed, device)?,
     })
 }
 

@@ -138,3 +138,17 @@ fn a_model_whose_classes_differ_from_the_data_is_refused() {
         .to_string();
     assert!(err.contains("3 classes") && err.contains("10"), "{err}");
 }
+
+#[test]
+fn any_vit_config_json_trains_from_scratch_on_resized_grey_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = tiny("config", tmp.path());
+    // 32² RGB, patch 4, 10 labels: the Fashion-MNIST images are resized and repeated over channels.
+    cfg.model.config = Some(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf-parity/vit/model/config.json"));
+    cfg.train.epochs = 1;
+    let run = Run::open(cfg).unwrap();
+    run.train::<AB>(false, &Default::default()).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.dir.join("original/config.json")).unwrap()).unwrap();
+    assert_eq!(saved["image_size"], 32);
+    assert_eq!(saved["id2label"]["1"], "Trouser");
+}
