@@ -13,7 +13,7 @@ use burn::tensor::{Distribution, Int, Tensor};
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::Deserialize;
 
-use crate::common::{attention, check_divisible, padding_bias, read_config, tapped, Activation, Checkpoint, ClassifierOutput, Taps};
+use crate::common::{check_divisible, padding_bias, read_config, tapped, Activation, Checkpoint, ClassifierOutput, SelfAttention, Taps};
 use crate::ModelError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,14 +82,6 @@ pub struct BertEmbeddings<B: Backend> {
     pub LayerNorm: LayerNorm<B>,
 }
 
-#[derive(Module, Debug)]
-pub struct BertSelfAttention<B: Backend> {
-    pub query: LoraLinear<B>,
-    pub key: LoraLinear<B>,
-    pub value: LoraLinear<B>,
-    pub num_heads: usize,
-}
-
 /// `attention.output`, `output`: dense, then LayerNorm of the residual sum.
 #[derive(Module, Debug)]
 pub struct BertOutput<B: Backend> {
@@ -101,7 +93,7 @@ pub struct BertOutput<B: Backend> {
 #[derive(Module, Debug)]
 pub struct BertAttention<B: Backend> {
     /// Hugging Face's `attention.self` (`self` is a Rust keyword).
-    pub self_: BertSelfAttention<B>,
+    pub self_: SelfAttention<B>,
     pub output: BertOutput<B>,
 }
 
@@ -156,13 +148,7 @@ impl<B: Backend> BertOutput<B> {
 
 impl<B: Backend> BertLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, bias: Option<&Tensor<B, 4>>, taps: &mut Taps<B>) -> Tensor<B, 3> {
-        let s = &self.attention.self_;
-        let q = tapped(&s.query, x.clone(), taps);
-        let k = tapped(&s.key, x.clone(), taps);
-        let v = tapped(&s.value, x.clone(), taps);
-        let [_, _, d] = x.dims();
-        let scale = 1.0 / ((d / s.num_heads) as f64).sqrt();
-        let ctx = attention(q, k, v, s.num_heads, scale, bias.cloned());
+        let ctx = self.attention.self_.forward(x.clone(), bias.cloned(), taps);
         let x = self.attention.output.forward(ctx, x, taps);
         let mid = self.intermediate.act.forward(tapped(&self.intermediate.dense, x.clone(), taps));
         self.output.forward(mid, x, taps)
@@ -201,12 +187,7 @@ impl<B: Backend> BertModel<B> {
             let a = format!("{p}.attention");
             layer.push(BertLayer {
                 attention: BertAttention {
-                    self_: BertSelfAttention {
-                        query: ck.linear(&format!("{a}.self.query"), d, d, true, lin)?,
-                        key: ck.linear(&format!("{a}.self.key"), d, d, true, lin)?,
-                        value: ck.linear(&format!("{a}.self.value"), d, d, true, lin)?,
-                        num_heads: cfg.num_attention_heads,
-                    },
+                    self_: SelfAttention::load(ck, &format!("{a}.self"), d, cfg.num_attention_heads, true)?,
                     output: BertOutput {
                         dense: ck.linear(&format!("{a}.output.dense"), d, d, true, lin)?,
                         LayerNorm: ck.layer_norm(&format!("{a}.output.LayerNorm"), d, eps)?,
@@ -277,9 +258,7 @@ impl<B: Backend> BertModel<B> {
         let pre = &self.prefix;
         for (i, l) in self.encoder.layer.iter().enumerate() {
             let p = format!("{pre}encoder.layer.{i}");
-            v.push((format!("{p}.attention.self.query"), &l.attention.self_.query));
-            v.push((format!("{p}.attention.self.key"), &l.attention.self_.key));
-            v.push((format!("{p}.attention.self.value"), &l.attention.self_.value));
+            l.attention.self_.push_linears(&format!("{p}.attention.self"), v);
             v.push((format!("{p}.attention.output.dense"), &l.attention.output.dense));
             v.push((format!("{p}.intermediate.dense"), &l.intermediate.dense));
             v.push((format!("{p}.output.dense"), &l.output.dense));
@@ -293,9 +272,7 @@ impl<B: Backend> BertModel<B> {
         let pre = self.prefix.clone();
         for (i, l) in self.encoder.layer.iter_mut().enumerate() {
             let p = format!("{pre}encoder.layer.{i}");
-            v.push((format!("{p}.attention.self.query"), &mut l.attention.self_.query));
-            v.push((format!("{p}.attention.self.key"), &mut l.attention.self_.key));
-            v.push((format!("{p}.attention.self.value"), &mut l.attention.self_.value));
+            l.attention.self_.push_linears_mut(&format!("{p}.attention.self"), v);
             v.push((format!("{p}.attention.output.dense"), &mut l.attention.output.dense));
             v.push((format!("{p}.intermediate.dense"), &mut l.intermediate.dense));
             v.push((format!("{p}.output.dense"), &mut l.output.dense));

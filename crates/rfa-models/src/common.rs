@@ -139,6 +139,46 @@ pub(crate) fn attention<B: Backend>(
     softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, d])
 }
 
+/// Self-attention with separate `query`, `key`, `value` projections (BERT's `attention.self`,
+/// ViT's `attention.attention`); the output projection belongs to the caller.
+#[derive(burn::module::Module, Debug)]
+pub struct SelfAttention<B: Backend> {
+    pub query: LoraLinear<B>,
+    pub key: LoraLinear<B>,
+    pub value: LoraLinear<B>,
+    pub num_heads: usize,
+}
+
+impl<B: Backend> SelfAttention<B> {
+    /// Reads `path.{query,key,value}` of a `d × d` attention.
+    pub fn load(ck: &mut Checkpoint<B>, path: &str, d: usize, heads: usize, bias: bool) -> Result<Self, ModelError> {
+        let mut lin = |name: &str| ck.linear(&format!("{path}.{name}"), d, d, bias, WeightLayout::Linear);
+        Ok(Self { query: lin("query")?, key: lin("key")?, value: lin("value")?, num_heads: heads })
+    }
+
+    /// The attention context (before the output projection), tapping q, k, v in that order.
+    pub fn forward(&self, x: Tensor<B, 3>, bias: Option<Tensor<B, 4>>, taps: &mut Taps<B>) -> Tensor<B, 3> {
+        let q = tapped(&self.query, x.clone(), taps);
+        let k = tapped(&self.key, x.clone(), taps);
+        let v = tapped(&self.value, x.clone(), taps);
+        let d = x.dims()[2];
+        let scale = 1.0 / ((d / self.num_heads) as f64).sqrt();
+        attention(q, k, v, self.num_heads, scale, bias)
+    }
+
+    pub fn push_linears<'a>(&'a self, path: &str, v: &mut Vec<(String, &'a LoraLinear<B>)>) {
+        v.push((format!("{path}.query"), &self.query));
+        v.push((format!("{path}.key"), &self.key));
+        v.push((format!("{path}.value"), &self.value));
+    }
+
+    pub fn push_linears_mut<'a>(&'a mut self, path: &str, v: &mut Vec<(String, &'a mut LoraLinear<B>)>) {
+        v.push((format!("{path}.query"), &mut self.query));
+        v.push((format!("{path}.key"), &mut self.key));
+        v.push((format!("{path}.value"), &mut self.value));
+    }
+}
+
 /// Reads a `config.json` into a config struct, naming the file in every error.
 pub fn read_config<C: DeserializeOwned>(path: &Path) -> Result<C, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), reason: e.to_string() })?;

@@ -12,7 +12,7 @@ use burn::tensor::{Distribution, Tensor};
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{attention, check_divisible, read_config, tapped, Activation, Checkpoint, ClassifierOutput, StateDict, Taps};
+use crate::common::{check_divisible, read_config, tapped, Activation, Checkpoint, ClassifierOutput, SelfAttention, StateDict, Taps};
 use crate::ModelError;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -119,17 +119,9 @@ pub struct VitEmbeddings<B: Backend> {
 }
 
 #[derive(Module, Debug)]
-pub struct VitSelfAttention<B: Backend> {
-    pub query: LoraLinear<B>,
-    pub key: LoraLinear<B>,
-    pub value: LoraLinear<B>,
-    pub num_heads: usize,
-}
-
-#[derive(Module, Debug)]
 pub struct VitAttention<B: Backend> {
     /// `attention.attention`
-    pub attention: VitSelfAttention<B>,
+    pub attention: SelfAttention<B>,
     /// `attention.output.dense`
     pub output: LoraLinear<B>,
 }
@@ -177,14 +169,7 @@ impl<B: Backend> VitEmbeddings<B> {
 
 impl<B: Backend> VitLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, taps: &mut Taps<B>) -> Tensor<B, 3> {
-        let a = &self.attention.attention;
-        let h = self.layernorm_before.forward(x.clone());
-        let q = tapped(&a.query, h.clone(), taps);
-        let k = tapped(&a.key, h.clone(), taps);
-        let v = tapped(&a.value, h, taps);
-        let [_, _, d] = x.dims();
-        let scale = 1.0 / ((d / a.num_heads) as f64).sqrt();
-        let ctx = attention(q, k, v, a.num_heads, scale, None);
+        let ctx = self.attention.attention.forward(self.layernorm_before.forward(x.clone()), None, taps);
         let x = x + tapped(&self.attention.output, ctx, taps);
         let mid = self.act.forward(tapped(&self.intermediate, self.layernorm_after.forward(x.clone()), taps));
         x + tapped(&self.output, mid, taps)
@@ -306,12 +291,7 @@ impl<B: Backend> VitModel<B> {
             layer.push(VitLayer {
                 layernorm_before: ck.layer_norm(&format!("{l}.layernorm_before"), d, eps)?,
                 attention: VitAttention {
-                    attention: VitSelfAttention {
-                        query: ck.linear(&format!("{a}.attention.query"), d, d, cfg.qkv_bias, lin)?,
-                        key: ck.linear(&format!("{a}.attention.key"), d, d, cfg.qkv_bias, lin)?,
-                        value: ck.linear(&format!("{a}.attention.value"), d, d, cfg.qkv_bias, lin)?,
-                        num_heads: cfg.num_attention_heads,
-                    },
+                    attention: SelfAttention::load(ck, &format!("{a}.attention"), d, cfg.num_attention_heads, cfg.qkv_bias)?,
                     output: ck.linear(&format!("{a}.output.dense"), d, d, true, lin)?,
                 },
                 layernorm_after: ck.layer_norm(&format!("{l}.layernorm_after"), d, eps)?,
@@ -329,9 +309,7 @@ impl<B: Backend> LoraModel<B> for VitForImageClassification<B> {
         let mut v = Vec::new();
         for (i, l) in self.vit.layer.iter().enumerate() {
             let p = format!("vit.encoder.layer.{i}");
-            v.push((format!("{p}.attention.attention.query"), &l.attention.attention.query));
-            v.push((format!("{p}.attention.attention.key"), &l.attention.attention.key));
-            v.push((format!("{p}.attention.attention.value"), &l.attention.attention.value));
+            l.attention.attention.push_linears(&format!("{p}.attention.attention"), &mut v);
             v.push((format!("{p}.attention.output.dense"), &l.attention.output));
             v.push((format!("{p}.intermediate.dense"), &l.intermediate));
             v.push((format!("{p}.output.dense"), &l.output));
@@ -344,9 +322,7 @@ impl<B: Backend> LoraModel<B> for VitForImageClassification<B> {
         let mut v = Vec::new();
         for (i, l) in self.vit.layer.iter_mut().enumerate() {
             let p = format!("vit.encoder.layer.{i}");
-            v.push((format!("{p}.attention.attention.query"), &mut l.attention.attention.query));
-            v.push((format!("{p}.attention.attention.key"), &mut l.attention.attention.key));
-            v.push((format!("{p}.attention.attention.value"), &mut l.attention.attention.value));
+            l.attention.attention.push_linears_mut(&format!("{p}.attention.attention"), &mut v);
             v.push((format!("{p}.attention.output.dense"), &mut l.attention.output));
             v.push((format!("{p}.intermediate.dense"), &mut l.intermediate));
             v.push((format!("{p}.output.dense"), &mut l.output));
