@@ -285,6 +285,8 @@ pub fn unlearn_rfa<B: AutodiffBackend>(m0: Vit<B>, task: &Task, uc: &UnlearnConf
     let mut steps = Vec::new();
     let forget = &task.split.forget;
     let pb = bar((forget.len() * uc.epochs) as u64, "unlearn");
+    let started = Instant::now();
+    let mut seen = 0usize;
     for epoch in 0..uc.epochs {
         for fb in batches(forget, uc.batch_size, true, seed.wrapping_add(31 * epoch as u64 + 1)) {
             let mut rb = Vec::with_capacity(fb.len());
@@ -319,7 +321,8 @@ pub fn unlearn_rfa<B: AutodiffBackend>(m0: Vit<B>, task: &Task, uc: &UnlearnConf
             model = optim.step(uc.lr, model, grads);
             steps.push(StepLog { step: steps.len(), total: tv, retain: rv, forget: fv });
             pb.inc(nf as u64);
-            pb.set_message(format!("retain {rv:.4} forget {fv:.4}"));
+            seen += nr + nf;
+            pb.set_message(format!("retain {rv:.4} forget {fv:.4} {:.0} samples/s", seen as f64 / started.elapsed().as_secs_f64()));
         }
     }
     pb.finish();
