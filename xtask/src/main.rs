@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use rfa_models::parity::{check_dir, Tolerance};
+use rfa_models::parity::{Tolerance, check_dir};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rfa project tasks")]
@@ -63,7 +63,8 @@ fn main() -> ExitCode {
 fn run() -> Result<bool> {
     match Cli::parse().cmd {
         Cmd::Test { args } => {
-            let status = Command::new("bash").arg(root().join("scripts/fetch-minilm.sh")).status().context("running scripts/fetch-minilm.sh")?;
+            let status =
+                Command::new("bash").arg(root().join("scripts/fetch-minilm.sh")).status().context("running scripts/fetch-minilm.sh")?;
             if !status.success() {
                 bail!("scripts/fetch-minilm.sh failed: the MiniLM parity test needs the real weights");
             }

@@ -15,10 +15,9 @@ use std::path::PathBuf;
 
 pub use linear::{LoraAdapter, LoraLinear, WeightLayout};
 pub use model::{
-    adapted_paths, attach_lora, count_params, merge, merge_and_unload, unfreeze, unmerge, LoraConfig, LoraModel, ParamCount,
-    TargetModules,
+    LoraConfig, LoraModel, ParamCount, TargetModules, adapted_paths, attach_lora, count_params, merge, merge_and_unload, unfreeze, unmerge,
 };
-pub use peft::{load_adapter, save_adapter, PeftConfig};
+pub use peft::{PeftConfig, load_adapter, save_adapter};
 pub use tensors::{HostData, HostTensor, TensorFile, TensorFileError};
 
 #[derive(Debug, thiserror::Error)]

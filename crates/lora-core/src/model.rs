@@ -6,8 +6,8 @@ use burn::tensor::backend::Backend;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::linear::LoraLinear;
 use crate::LoraError;
+use crate::linear::LoraLinear;
 
 /// A model whose linear layers are [`LoraLinear`]s, listed by the module path that Hugging Face
 /// gives them in memory (`transformer.h.0.attn.c_attn`, `bert.encoder.layer.0.attention.self.query`).
@@ -59,9 +59,9 @@ impl TargetModules {
         Ok(match self {
             Self::List(names) => Matcher::Names(names.clone()),
             Self::Pattern(p) if p == "all-linear" => Matcher::AllLinear,
-            Self::Pattern(p) => Matcher::Regex(
-                Regex::new(&format!("^(?:{p})$")).map_err(|e| LoraError::Config(format!("target_modules `{p}`: {e}")))?,
-            ),
+            Self::Pattern(p) => {
+                Matcher::Regex(Regex::new(&format!("^(?:{p})$")).map_err(|e| LoraError::Config(format!("target_modules `{p}`: {e}")))?)
+            }
         })
     }
 }
@@ -136,7 +136,10 @@ pub fn attach_lora<B: Backend, M: LoraModel<B> + Module<B>>(model: M, config: &L
 pub fn unfreeze<B: Backend, M: Module<B>>(model: M) -> M {
     struct Unfreeze;
     impl<B: Backend> burn::module::ModuleMapper<B> for Unfreeze {
-        fn map_float<const D: usize>(&mut self, param: burn::module::Param<burn::tensor::Tensor<B, D>>) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<burn::tensor::Tensor<B, D>>,
+        ) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
             param.set_require_grad(true)
         }
     }

@@ -10,10 +10,10 @@ use burn::tensor::backend::Backend;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use crate::LoraError;
 use crate::linear::{LoraAdapter, LoraLinear, WeightLayout};
 use crate::model::{LoraModel, TargetModules};
-use crate::tensors::{write_atomic, write_safetensors, HostTensor, TensorFile};
-use crate::LoraError;
+use crate::tensors::{HostTensor, TensorFile, write_atomic, write_safetensors};
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -84,9 +84,7 @@ impl PeftConfig {
     fn pattern_value<T: Copy>(patterns: &HashMap<String, T>, path: &str) -> Option<T> {
         let mut keys: Vec<&String> = patterns.keys().collect();
         keys.sort();
-        keys.into_iter()
-            .find(|k| Regex::new(&format!(r"(^|.*\.){k}$")).is_ok_and(|re| re.is_match(path)))
-            .map(|k| patterns[k])
+        keys.into_iter().find(|k| Regex::new(&format!(r"(^|.*\.){k}$")).is_ok_and(|re| re.is_match(path))).map(|k| patterns[k])
     }
 
     pub fn alpha_for(&self, path: &str) -> f64 {
@@ -174,7 +172,11 @@ fn linears_keys<B: Backend>(m: &HashMap<String, &mut LoraLinear<B>>) -> Vec<Stri
 
 /// Writes the model's adapters to `dir` in PEFT's format. `base_model_name_or_path` goes into the
 /// config as PEFT writes it. Both files are written atomically.
-pub fn save_adapter<B: Backend, M: LoraModel<B>>(model: &M, dir: &Path, base_model_name_or_path: Option<&str>) -> Result<PeftConfig, LoraError> {
+pub fn save_adapter<B: Backend, M: LoraModel<B>>(
+    model: &M,
+    dir: &Path,
+    base_model_name_or_path: Option<&str>,
+) -> Result<PeftConfig, LoraError> {
     let mut tensors = BTreeMap::new();
     let mut ranks: BTreeMap<String, usize> = BTreeMap::new();
     let mut alphas: BTreeMap<String, f64> = BTreeMap::new();
@@ -216,11 +218,8 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(model: &M, dir: &Path, base_mod
     let r: usize = mode(ranks.values().map(|v| v.to_string()).collect()).parse().unwrap_or(8);
     let lora_alpha: f64 = mode(alphas.values().map(|v| v.to_string()).collect()).parse().unwrap_or(16.0);
     let rank_pattern = ranks.into_iter().filter(|(_, v)| *v != r).map(|(p, v)| (format!("^{}$", regex::escape(&p)), v)).collect();
-    let alpha_pattern = alphas
-        .into_iter()
-        .filter(|(_, v)| *v != lora_alpha)
-        .map(|(p, v)| (format!("^{}$", regex::escape(&p)), v))
-        .collect();
+    let alpha_pattern =
+        alphas.into_iter().filter(|(_, v)| *v != lora_alpha).map(|(p, v)| (format!("^{}$", regex::escape(&p)), v)).collect();
     leaves.sort();
     let mut extra = serde_json::Map::new();
     extra.insert("inference_mode".into(), true.into());

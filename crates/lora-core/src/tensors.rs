@@ -98,9 +98,7 @@ impl TensorFile {
                 Dtype::F32 => HostData::F32(le_chunks::<4>(raw).map(f32::from_le_bytes).collect()),
                 Dtype::F64 => HostData::F32(le_chunks::<8>(raw).map(|b| f64::from_le_bytes(b) as f32).collect()),
                 Dtype::F16 => HostData::F32(le_chunks::<2>(raw).map(|b| f16_to_f32(u16::from_le_bytes(b))).collect()),
-                Dtype::BF16 => {
-                    HostData::F32(le_chunks::<2>(raw).map(|b| f32::from_bits((u16::from_le_bytes(b) as u32) << 16)).collect())
-                }
+                Dtype::BF16 => HostData::F32(le_chunks::<2>(raw).map(|b| f32::from_bits((u16::from_le_bytes(b) as u32) << 16)).collect()),
                 Dtype::I64 => HostData::I64(le_chunks::<8>(raw).map(i64::from_le_bytes).collect()),
                 Dtype::I32 => HostData::I64(le_chunks::<4>(raw).map(|b| i32::from_le_bytes(b) as i64).collect()),
                 Dtype::U8 => HostData::I64(raw.iter().map(|&b| b as i64).collect()),
@@ -118,10 +116,7 @@ impl TensorFile {
 
     /// Removes `key` and checks its shape.
     pub fn take(&mut self, key: &str, expected: &[usize]) -> Result<HostTensor, TensorFileError> {
-        let t = self
-            .tensors
-            .remove(key)
-            .ok_or_else(|| TensorFileError::Missing { path: self.path.clone(), key: key.to_string() })?;
+        let t = self.tensors.remove(key).ok_or_else(|| TensorFileError::Missing { path: self.path.clone(), key: key.to_string() })?;
         if t.shape != expected {
             return Err(TensorFileError::Shape {
                 path: self.path.clone(),

@@ -7,8 +7,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use lora_core::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use lora_core::{
-    adapted_paths, attach_lora, count_params, load_adapter, merge, save_adapter, unmerge, LoraAdapter, LoraConfig,
-    LoraError, LoraLinear, LoraModel, TargetModules, WeightLayout,
+    LoraAdapter, LoraConfig, LoraError, LoraLinear, LoraModel, TargetModules, WeightLayout, adapted_paths, attach_lora, count_params,
+    load_adapter, merge, save_adapter, unmerge,
 };
 use proptest::prelude::*;
 
@@ -187,7 +187,8 @@ fn only_adapter_parameters_are_trainable() {
 
 #[test]
 fn merge_over_a_model_changes_forward_only_by_rounding() {
-    let (mut m, _) = attach_lora(Toy::<Nd>::new(6, WeightLayout::Conv1D), &LoraConfig::new(3, 6.0, TargetModules::parse("query,fc"))).unwrap();
+    let (mut m, _) =
+        attach_lora(Toy::<Nd>::new(6, WeightLayout::Conv1D), &LoraConfig::new(3, 6.0, TargetModules::parse("query,fc"))).unwrap();
     for (_, l) in m.linears_mut() {
         *l = with_random_b(l.clone());
     }
@@ -202,7 +203,8 @@ fn merge_over_a_model_changes_forward_only_by_rounding() {
 }
 
 fn saved_toy(dir: &Path) -> Toy<Nd> {
-    let (mut toy, _) = attach_lora(Toy::<Nd>::new(4, WeightLayout::Linear), &LoraConfig::new(2, 4.0, TargetModules::parse("query"))).unwrap();
+    let (mut toy, _) =
+        attach_lora(Toy::<Nd>::new(4, WeightLayout::Linear), &LoraConfig::new(2, 4.0, TargetModules::parse("query"))).unwrap();
     for (_, l) in toy.linears_mut() {
         if l.lora.is_some() {
             *l = with_random_b(l.clone());
@@ -306,6 +308,7 @@ fn saved_config_is_what_peft_reads() {
     assert_eq!((a.shape.clone(), b.shape.clone()), (vec![2, 4], vec![4, 2]));
     assert_eq!(f.metadata.get("format").map(String::as_str), Some("pt"));
     // Nothing temporary is left behind.
-    let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }

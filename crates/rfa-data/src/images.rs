@@ -47,7 +47,13 @@ impl ImageDataset {
         for &i in indices {
             pixels.extend_from_slice(self.image(i));
         }
-        Self { pixels, labels: indices.iter().map(|&i| self.labels[i]).collect(), class_names: self.class_names.clone(), source: self.source.clone(), ..*self }
+        Self {
+            pixels,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            class_names: self.class_names.clone(),
+            source: self.source.clone(),
+            ..*self
+        }
     }
 
     /// Number of samples of each class.
@@ -60,7 +66,10 @@ impl ImageDataset {
     fn check_labels(self) -> Result<Self, DataError> {
         let n = self.num_classes();
         if let Some((i, &l)) = self.labels.iter().enumerate().find(|(_, l)| **l >= n) {
-            return Err(DataError::Format { path: self.source.clone().into(), reason: format!("label {l} of sample {i} is out of range for {n} classes") });
+            return Err(DataError::Format {
+                path: self.source.clone().into(),
+                reason: format!("label {l} of sample {i} is out of range for {n} classes"),
+            });
         }
         Ok(self)
     }
@@ -99,7 +108,10 @@ pub fn load_idx(images: &Path, labels: &Path, class_names: Vec<String>) -> Resul
     let (n, h, w) = (be_u32(&img, 4) as usize, be_u32(&img, 8) as usize, be_u32(&img, 12) as usize);
     let expected = 16 + n * h * w;
     if img.len() != expected {
-        return Err(fmt(images, format!("header says {n} images of {h}×{w} ({expected} bytes), the file has {} bytes (truncated or corrupt)", img.len())));
+        return Err(fmt(
+            images,
+            format!("header says {n} images of {h}×{w} ({expected} bytes), the file has {} bytes (truncated or corrupt)", img.len()),
+        ));
     }
     let nl = be_u32(&lab, 4) as usize;
     if nl != n || lab.len() != 8 + nl {
@@ -136,7 +148,10 @@ pub fn load_cifar10_bin(files: &[PathBuf]) -> Result<ImageDataset, DataError> {
     for f in files {
         let b = std::fs::read(f).map_err(|e| DataError::io(f, e))?;
         if b.is_empty() || b.len() % REC != 0 {
-            return Err(DataError::Format { path: f.clone(), reason: format!("{} bytes is not a whole number of {REC}-byte CIFAR-10 records", b.len()) });
+            return Err(DataError::Format {
+                path: f.clone(),
+                reason: format!("{} bytes is not a whole number of {REC}-byte CIFAR-10 records", b.len()),
+            });
         }
         for rec in b.chunks_exact(REC) {
             labels.push(rec[0] as usize);
@@ -165,7 +180,9 @@ pub fn load_image_folder(dir: &Path) -> Result<ImageDataset, DataError> {
         let mut fs: Vec<PathBuf> = std::fs::read_dir(cdir)
             .map_err(|e| DataError::io(cdir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().and_then(|x| x.to_str()).is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")))
+            .filter(|p| {
+                p.extension().and_then(|x| x.to_str()).is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+            })
             .collect();
         fs.sort();
         files.extend(fs.into_iter().map(|f| (c, f)));
@@ -175,7 +192,11 @@ pub fn load_image_folder(dir: &Path) -> Result<ImageDataset, DataError> {
     }
     let decoded: Vec<(usize, image::DynamicImage, &PathBuf)> = files
         .iter()
-        .map(|(c, f)| image::open(f).map(|im| (*c, im, f)).map_err(|e| DataError::Format { path: f.clone(), reason: format!("cannot decode image: {e}") }))
+        .map(|(c, f)| {
+            image::open(f)
+                .map(|im| (*c, im, f))
+                .map_err(|e| DataError::Format { path: f.clone(), reason: format!("cannot decode image: {e}") })
+        })
         .collect::<Result<_, _>>()?;
     let (w, h) = (decoded[0].1.width() as usize, decoded[0].1.height() as usize);
     let grey = decoded.iter().all(|(_, im, _)| im.color().channel_count() == 1);

@@ -77,10 +77,14 @@ pub enum ForgetSpec {
 impl ForgetSpec {
     /// `class:3`, `class:Trouser`, `random:10`, `ids:1,5,9`, `id-file:forget.txt`.
     pub fn parse(spec: &str) -> Result<Self, DataError> {
-        let (kind, arg) = spec.split_once(':').ok_or_else(|| DataError::Forget(format!("`{spec}`: expected class:NAME, random:PERCENT, ids:LIST or id-file:PATH")))?;
+        let (kind, arg) = spec
+            .split_once(':')
+            .ok_or_else(|| DataError::Forget(format!("`{spec}`: expected class:NAME, random:PERCENT, ids:LIST or id-file:PATH")))?;
         Ok(match kind {
             "class" => Self::Class(arg.to_string()),
-            "random" => Self::Random(arg.trim_end_matches('%').parse().map_err(|_| DataError::Forget(format!("`{arg}` is not a percentage")))?),
+            "random" => {
+                Self::Random(arg.trim_end_matches('%').parse().map_err(|_| DataError::Forget(format!("`{arg}` is not a percentage")))?)
+            }
             "ids" => Self::Ids(parse_ids(arg, Path::new("--forget"))?),
             "id-file" => Self::IdFile(PathBuf::from(arg)),
             other => return Err(DataError::Forget(format!("unknown kind `{other}` (class, random, ids, id-file)"))),
@@ -105,7 +109,9 @@ fn parse_ids(text: &str, source: &Path) -> Result<Vec<usize>, DataError> {
         .map(|l| l.split('#').next().unwrap_or(""))
         .flat_map(|l| l.split(|c: char| c == ',' || c.is_whitespace()))
         .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<usize>().map_err(|_| DataError::Format { path: source.to_path_buf(), reason: format!("`{t}` is not a sample id") }))
+        .map(|t| {
+            t.parse::<usize>().map_err(|_| DataError::Format { path: source.to_path_buf(), reason: format!("`{t}` is not a sample id") })
+        })
         .collect()
 }
 
@@ -156,7 +162,10 @@ pub fn select_forget(labels: &[usize], class_names: &[String], spec: &ForgetSpec
 
 fn check_ids(ids: &[usize], n: usize) -> Result<BTreeSet<usize>, DataError> {
     if let Some(&bad) = ids.iter().find(|&&i| i >= n) {
-        return Err(DataError::Forget(format!("sample id {bad} is out of range: the training set has {n} samples (ids 0..{})", n.saturating_sub(1))));
+        return Err(DataError::Forget(format!(
+            "sample id {bad} is out of range: the training set has {n} samples (ids 0..{})",
+            n.saturating_sub(1)
+        )));
     }
     Ok(ids.iter().copied().collect())
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use rfa_data::images::{fashion_mnist_classes, load_cifar10_bin, load_idx, load_image_folder};
-use rfa_data::{batches, select_forget, DataError, ForgetSpec, Preprocess};
+use rfa_data::{DataError, ForgetSpec, Preprocess, batches, select_forget};
 
 fn subset() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/fashion-mnist-subset")

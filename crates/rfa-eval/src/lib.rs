@@ -229,6 +229,10 @@ pub struct Summary {
 impl Summary {
     /// Mean absolute difference to the retrained model over UA, RA, TA, MIA-Efficacy.
     pub fn average_gap(&self, retrained: &Summary) -> f64 {
-        ((self.ua - retrained.ua).abs() + (self.ra - retrained.ra).abs() + (self.ta - retrained.ta).abs() + (self.mia_efficacy - retrained.mia_efficacy).abs()) / 4.0
+        ((self.ua - retrained.ua).abs()
+            + (self.ra - retrained.ra).abs()
+            + (self.ta - retrained.ta).abs()
+            + (self.mia_efficacy - retrained.mia_efficacy).abs())
+            / 4.0
     }
 }

@@ -23,7 +23,8 @@ fn svc_reproduces_scikit_learn() {
     let targets: Vec<Vec<f64>> = f.x_target.iter().map(|&x| vec![x]).collect();
     let ours = svc.predict(&targets).unwrap();
     let theirs: Vec<bool> = f.predictions.iter().map(|&p| p == 1).collect();
-    let disagree: Vec<(f64, f64)> = (0..ours.len()).filter(|&i| ours[i] != theirs[i]).map(|i| (f.x_target[i], f.decision_function[i])).collect();
+    let disagree: Vec<(f64, f64)> =
+        (0..ours.len()).filter(|&i| ours[i] != theirs[i]).map(|i| (f.x_target[i], f.decision_function[i])).collect();
     assert!(disagree.is_empty(), "predictions differ from scikit-learn at (x, sklearn decision) {disagree:?}");
     let worst = f.x_target.iter().zip(&f.decision_function).map(|(&x, &d)| (svc.decision(&[x]) - d).abs()).fold(0.0, f64::max);
     println!("max |decision - sklearn decision| = {worst:.2e}");

@@ -89,7 +89,12 @@ impl RfaObjective {
 
     /// Forget term (without λ): `(1/|L|) Σ_l w_l · mean ||p_l + r_l − mu_l||²`, with one target
     /// per sample and layer (`targets.for_batch`).
-    pub fn forget_loss<B: Backend>(&self, taps: &[Tap<B>], targets: &[Tensor<B, 3>], mask: Option<&Tensor<B, 2>>) -> Result<Tensor<B, 1>, LossError> {
+    pub fn forget_loss<B: Backend>(
+        &self,
+        taps: &[Tap<B>],
+        targets: &[Tensor<B, 3>],
+        mask: Option<&Tensor<B, 2>>,
+    ) -> Result<Tensor<B, 1>, LossError> {
         self.check("forget taps", taps.len(), targets.len())?;
         let n = taps.len() as f64;
         let terms = taps.iter().zip(targets).enumerate().map(|(l, (t, mu))| {
@@ -155,7 +160,15 @@ pub struct FeatureStats<B: Backend> {
 
 impl<B: Backend> FeatureStats<B> {
     pub fn new(classes: usize) -> Self {
-        Self { sum: Vec::new(), class_sum: Vec::new(), pos_sum: Vec::new(), tokens: 0.0, class_count: vec![0.0; classes], pos_count: Vec::new(), classes }
+        Self {
+            sum: Vec::new(),
+            class_sum: Vec::new(),
+            pos_sum: Vec::new(),
+            tokens: 0.0,
+            class_count: vec![0.0; classes],
+            pos_count: Vec::new(),
+            classes,
+        }
     }
 
     /// Adds one retain batch: its taps (from the original model, so `p_l` is `M0`'s feature),
@@ -245,7 +258,8 @@ impl<B: Backend> FeatureStats<B> {
     /// layers), or a seeded random other class. Classes without retain samples are never chosen.
     pub fn substitute_classes(&self, nearest: bool, seed: u64) -> Result<Vec<usize>, LossError> {
         let present: Vec<usize> = (0..self.classes).filter(|&c| self.class_count[c] > 0.0).collect();
-        let means: Vec<Vec<f32>> = self.class_means().into_iter().map(|m| m.into_data().convert::<f32>().into_vec().expect("f32")).collect();
+        let means: Vec<Vec<f32>> =
+            self.class_means().into_iter().map(|m| m.into_data().convert::<f32>().into_vec().expect("f32")).collect();
         let d: Vec<usize> = self.sum.iter().map(|s| s.dims()[0]).collect();
         let dist = |a: usize, b: usize| -> f64 {
             means.iter().zip(&d).map(|(m, &dl)| (0..dl).map(|k| ((m[a * dl + k] - m[b * dl + k]) as f64).powi(2)).sum::<f64>()).sum()

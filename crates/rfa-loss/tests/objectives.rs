@@ -103,10 +103,7 @@ fn targets_for_a_batch() {
     assert_eq!(by_class[0].clone().into_data().into_vec::<f32>().unwrap(), vec![2.0, 2.0, 1.0, 0.0]);
     let by_pos = Targets::resolve(TargetStrategy::PerPositionMean, &s, 0).unwrap().for_batch(1, 3, None).unwrap();
     assert_eq!(by_pos[0].dims(), [1, 3, 2]);
-    assert!(matches!(
-        Targets::resolve(TargetStrategy::GlobalMean, &FeatureStats::<B>::new(2), 0),
-        Err(LossError::NoStatistics)
-    ));
+    assert!(matches!(Targets::resolve(TargetStrategy::GlobalMean, &FeatureStats::<B>::new(2), 0), Err(LossError::NoStatistics)));
 }
 
 #[test]

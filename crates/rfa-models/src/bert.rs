@@ -13,8 +13,8 @@ use burn::tensor::{Distribution, Int, Tensor};
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::Deserialize;
 
-use crate::common::{check_divisible, padding_bias, read_config, tapped, Activation, Checkpoint, ClassifierOutput, SelfAttention, Taps};
 use crate::ModelError;
+use crate::common::{Activation, Checkpoint, ClassifierOutput, SelfAttention, Taps, check_divisible, padding_bias, read_config, tapped};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {

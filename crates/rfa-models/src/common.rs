@@ -223,7 +223,13 @@ impl<B: Backend> Checkpoint<B> {
     /// on the host, so a seed gives the same model on every backend.
     pub fn random(std: f64, seed: u64, device: &B::Device) -> Self {
         let file = TensorFile { path: PathBuf::from("<random init>"), tensors: Default::default(), metadata: Default::default() };
-        Self { file, base_prefix: String::new(), strip_base: false, device: device.clone(), random: Some(Normal { state: seed, std }) }
+        Self {
+            file,
+            base_prefix: String::new(),
+            strip_base: false,
+            device: device.clone(),
+            random: Some(Normal { rng: SplitMix64(seed), std }),
+        }
     }
 
     /// Whether the checkpoint's keys carry the base model's prefix.
@@ -302,23 +308,29 @@ impl<B: Backend> Checkpoint<B> {
     }
 }
 
-/// Seeded normal samples (SplitMix64 + Box–Muller).
-struct Normal {
-    state: u64,
-    std: f64,
-}
+/// Small deterministic generator (SplitMix64), the same on every machine and backend.
+pub(crate) struct SplitMix64(pub u64);
 
-impl Normal {
-    fn uniform(&mut self) -> f64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
+impl SplitMix64 {
+    /// Uniform in (0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (((z ^ (z >> 31)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
+}
 
+/// Seeded normal samples (Box–Muller).
+struct Normal {
+    rng: SplitMix64,
+    std: f64,
+}
+
+impl Normal {
     fn sample(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
+        let (u, v) = (self.rng.next_f64(), self.rng.next_f64());
         ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * self.std) as f32
     }
 }

@@ -11,8 +11,10 @@ use burn::tensor::{Int, Tensor, TensorData};
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::Deserialize;
 
-use crate::common::{attention, causal_bias, check_divisible, padding_bias, read_config, tapped, Activation, CausalLmOutput, Checkpoint, Taps};
 use crate::ModelError;
+use crate::common::{
+    Activation, CausalLmOutput, Checkpoint, SplitMix64, Taps, attention, causal_bias, check_divisible, padding_bias, read_config, tapped,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Gpt2Config {
@@ -197,7 +199,15 @@ impl<B: Backend> Gpt2LmHeadModel<B> {
 
     /// Greedy (`top_k = None` or `Some(1)`) or top-k sampling (`temperature`, `seed`) of `max_new`
     /// tokens after `prompt`; stops at `eos`. Returns the new tokens only.
-    pub fn generate(&self, prompt: &[u32], max_new: usize, top_k: Option<usize>, temperature: f64, eos: Option<u32>, seed: u64) -> Vec<u32> {
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        top_k: Option<usize>,
+        temperature: f64,
+        eos: Option<u32>,
+        seed: u64,
+    ) -> Vec<u32> {
         let device = self.transformer.wte.weight.device();
         let mut ids: Vec<u32> = prompt.to_vec();
         let mut out = Vec::new();
@@ -254,19 +264,6 @@ fn pick(logits: &[f32], top_k: Option<usize>, temperature: f64, rng: &mut SplitM
         u -= wj;
     }
     idx[k - 1] as u32
-}
-
-/// Small deterministic generator for sampling; seeds give the same text on every backend.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 impl<B: Backend> LoraModel<B> for Gpt2LmHeadModel<B> {

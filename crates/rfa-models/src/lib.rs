@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use bert::{BertConfig, BertForSequenceClassification, BertModel};
 pub use common::{Activation, CausalLmOutput, ClassifierOutput, Tap, Taps};
-pub use gpt2::{causal_lm_loss, Gpt2Config, Gpt2LmHeadModel};
+pub use gpt2::{Gpt2Config, Gpt2LmHeadModel, causal_lm_loss};
 pub use tokenizer::TextTokenizer;
 pub use vit::{VitConfig, VitForImageClassification};
 

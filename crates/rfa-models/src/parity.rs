@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use lora_core::{load_adapter, merge_and_unload, HostTensor, TensorFile};
+use lora_core::{HostTensor, TensorFile, load_adapter, merge_and_unload};
 
 use crate::gpt2::causal_lm_loss;
 use crate::{Architecture, BertForSequenceClassification, BertModel, Gpt2LmHeadModel, ModelError, VitForImageClassification};
@@ -201,15 +201,15 @@ pub fn check_ids(path: &Path, ids: &HostTensor, vocab: usize) -> Result<(), Mode
 }
 
 fn max_abs(name: &str, ours: &HostTensor, reference: &HostTensor, tol: Tolerance) -> Comparison {
-    let tolerance = if tol.scale_by_magnitude {
-        tol.abs * reference.to_f32().iter().fold(1.0f32, |m, v| m.max(v.abs()))
-    } else {
-        tol.abs
-    };
+    let tolerance = if tol.scale_by_magnitude { tol.abs * reference.to_f32().iter().fold(1.0f32, |m, v| m.max(v.abs())) } else { tol.abs };
     let error = if ours.shape != reference.shape {
         f32::INFINITY
     } else {
-        ours.to_f32().iter().zip(reference.to_f32()).map(|(a, b)| (a - b).abs()).fold(0.0f32, |m, e| if e.is_nan() { f32::NAN } else { m.max(e) })
+        ours.to_f32()
+            .iter()
+            .zip(reference.to_f32())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, |m, e| if e.is_nan() { f32::NAN } else { m.max(e) })
     };
     Comparison { name: name.to_string(), error: if error.is_nan() { f32::INFINITY } else { error }, relative: false, tolerance }
 }
@@ -253,7 +253,8 @@ pub fn check_dir<B: Backend>(dir: &Path, tol: Tolerance, device: &B::Device) -> 
     if let (AnyModel::Gpt2(_), Some(r)) = (&model, reference.tensors.get("loss")) {
         let ids = reference.get("input_ids")?;
         let mask = reference.tensors.get("attention_mask").map(HostTensor::to_i64);
-        let labels: Vec<i64> = ids.to_i64().iter().enumerate().map(|(i, &t)| if mask.as_ref().is_some_and(|m| m[i] == 0) { -100 } else { t }).collect();
+        let labels: Vec<i64> =
+            ids.to_i64().iter().enumerate().map(|(i, &t)| if mask.as_ref().is_some_and(|m| m[i] == 0) { -100 } else { t }).collect();
         let labels = HostTensor { shape: ids.shape.clone(), data: lora_core::HostData::I64(labels) };
         let logits: Tensor<B, 3> = base.logits.to_tensor(device);
         let loss = causal_lm_loss(logits, labels.to_int_tensor(device)).into_scalar_f32();

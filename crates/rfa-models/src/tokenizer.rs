@@ -6,10 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
+use tokenizers::Tokenizer;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::Tokenizer;
 
 use crate::ModelError;
 
@@ -74,7 +74,10 @@ impl TextTokenizer {
                 return Self::gpt2(&dir.join(v), &dir.join(m));
             }
         }
-        Err(ModelError::Tokenizer { path: dir.to_path_buf(), reason: "no tokenizer.json, vocab.json + merges.txt or encoder.json + vocab.bpe".into() })
+        Err(ModelError::Tokenizer {
+            path: dir.to_path_buf(),
+            reason: "no tokenizer.json, vocab.json + merges.txt or encoder.json + vocab.bpe".into(),
+        })
     }
 
     pub fn vocab_size(&self) -> usize {

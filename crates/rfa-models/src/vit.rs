@@ -12,8 +12,8 @@ use burn::tensor::{Distribution, Tensor};
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{check_divisible, read_config, tapped, Activation, Checkpoint, ClassifierOutput, SelfAttention, StateDict, Taps};
 use crate::ModelError;
+use crate::common::{Activation, Checkpoint, ClassifierOutput, SelfAttention, StateDict, Taps, check_divisible, read_config, tapped};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct VitConfig {
@@ -56,7 +56,16 @@ fn yes() -> bool {
 impl VitConfig {
     /// A ViT of the given shape with `labels` classes named by `id2label`.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(image_size: usize, patch_size: usize, num_channels: usize, hidden_size: usize, layers: usize, heads: usize, intermediate_size: usize, labels: &[String]) -> Self {
+    pub fn new(
+        image_size: usize,
+        patch_size: usize,
+        num_channels: usize,
+        hidden_size: usize,
+        layers: usize,
+        heads: usize,
+        intermediate_size: usize,
+        labels: &[String],
+    ) -> Self {
         Self {
             image_size,
             patch_size,
@@ -81,7 +90,8 @@ impl VitConfig {
         o.insert("model_type".into(), "vit".into());
         o.insert("architectures".into(), serde_json::json!(["ViTForImageClassification"]));
         if let Some(m) = &self.id2label {
-            let label2id: serde_json::Map<String, serde_json::Value> = m.iter().map(|(k, v)| (v.clone(), k.parse::<u64>().unwrap_or(0).into())).collect();
+            let label2id: serde_json::Map<String, serde_json::Value> =
+                m.iter().map(|(k, v)| (v.clone(), k.parse::<u64>().unwrap_or(0).into())).collect();
             o.insert("label2id".into(), label2id.into());
         }
         v

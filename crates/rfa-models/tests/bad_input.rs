@@ -5,10 +5,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{device, fixtures, B};
+use common::{B, device, fixtures};
 use lora_core::tensors::write_safetensors;
 use lora_core::{LoraError, TensorFile};
-use rfa_models::parity::{check_dir, AnyModel, Tolerance};
+use rfa_models::parity::{AnyModel, Tolerance, check_dir};
 use rfa_models::{BertForSequenceClassification, Gpt2LmHeadModel, ModelError, VitForImageClassification};
 
 fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {

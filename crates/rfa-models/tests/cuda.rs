@@ -12,8 +12,8 @@
 mod common;
 
 use burn::backend::{Autodiff, Cuda};
-use common::{fixtures, gpt2_lora_grads, AB};
-use rfa_models::parity::{check_dir, Tolerance};
+use common::{AB, fixtures, gpt2_lora_grads};
+use rfa_models::parity::{Tolerance, check_dir};
 
 type C = Cuda<f32, i32>;
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{device, fixtures, B};
+use common::{B, device, fixtures};
 use lora_core::{HostTensor, TensorFile};
 use rfa_models::{VitConfig, VitForImageClassification};
 

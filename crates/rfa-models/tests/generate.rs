@@ -4,7 +4,7 @@
 mod common;
 
 use burn::tensor::{Int, Tensor, TensorData};
-use common::{device, fixtures, B};
+use common::{B, device, fixtures};
 use rfa_models::Gpt2LmHeadModel;
 
 fn model() -> Gpt2LmHeadModel<B> {

@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use burn::tensor::{Int, Tensor, TensorData};
-use common::{device, fixtures, B};
+use common::{B, device, fixtures};
 use rfa_models::{BertModel, TextTokenizer};
 use serde::Deserialize;
 
@@ -48,8 +48,7 @@ fn minilm_matches_independent_float64_pass() {
         "MiniLM not found in {}: run scripts/fetch-minilm.sh (or set RFA_MINILM_DIR)",
         dir.display()
     );
-    let reference: Reference =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("minilm/reference.json")).unwrap()).unwrap();
+    let reference: Reference = serde_json::from_str(&std::fs::read_to_string(fixtures().join("minilm/reference.json")).unwrap()).unwrap();
     let tok = TextTokenizer::from_dir(&dir).unwrap();
     let model = BertModel::<B>::load(&dir, &device()).unwrap();
     tok.check_fits(model.vocab_size()).unwrap();

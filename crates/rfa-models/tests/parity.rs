@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{device, fixtures, B};
-use rfa_models::parity::{check_dir, Tolerance};
+use common::{B, device, fixtures};
+use rfa_models::parity::{Tolerance, check_dir};
 
 fn check(name: &str, expected: &[&str]) {
     let report = check_dir::<B>(&fixtures().join("hf-parity").join(name), Tolerance::default(), &device()).unwrap();
@@ -18,8 +18,16 @@ fn check(name: &str, expected: &[&str]) {
 }
 
 const COMMON: &[&str] = &[
-    "logits", "hidden.0", "hidden.1", "hidden.2", "lora.logits", "lora.hidden.0", "lora.hidden.1", "lora.hidden.2",
-    "merged.logits", "rfa.retain_mse",
+    "logits",
+    "hidden.0",
+    "hidden.1",
+    "hidden.2",
+    "lora.logits",
+    "lora.hidden.0",
+    "lora.hidden.1",
+    "lora.hidden.2",
+    "merged.logits",
+    "rfa.retain_mse",
 ];
 
 #[test]

@@ -3,16 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
-use lora_core::{attach_lora, count_params, LoraConfig, TargetModules};
+use lora_core::{LoraConfig, TargetModules, attach_lora, count_params};
 use rfa_data::images::{fashion_mnist_classes, load_cifar10_bin, load_idx, load_image_folder};
-use rfa_data::{batches, select_forget, ForgetSpec, ForgetSplit, ImageDataset, Preprocess, Rng};
+use rfa_data::{ForgetSpec, ForgetSplit, ImageDataset, Preprocess, Rng, batches, select_forget};
 use rfa_loss::{FeatureStats, RfaObjective, Targets};
 use rfa_models::{VitConfig, VitForImageClassification};
 use serde::{Deserialize, Serialize};
@@ -85,7 +85,14 @@ fn limit(ds: ImageDataset, max: usize, seed: u64) -> ImageDataset {
     Rng::new(seed).shuffle(&mut idx);
     let per = max.div_ceil(ds.num_classes().max(1));
     let mut taken = vec![0; ds.num_classes()];
-    let mut keep: Vec<usize> = idx.into_iter().filter(|&i| { let c = ds.labels[i]; taken[c] += 1; taken[c] <= per }).collect();
+    let mut keep: Vec<usize> = idx
+        .into_iter()
+        .filter(|&i| {
+            let c = ds.labels[i];
+            taken[c] += 1;
+            taken[c] <= per
+        })
+        .collect();
     keep.truncate(max);
     keep.sort();
     ds.subset(&keep)
@@ -122,7 +129,12 @@ fn preprocess<B: Backend>(m: &Vit<B>) -> Preprocess {
 }
 
 /// A batch of images as model input, with labels.
-pub fn image_batch<B: Backend>(ds: &ImageDataset, idx: &[usize], pre: &Preprocess, device: &B::Device) -> Result<(Tensor<B, 4>, Vec<usize>)> {
+pub fn image_batch<B: Backend>(
+    ds: &ImageDataset,
+    idx: &[usize],
+    pre: &Preprocess,
+    device: &B::Device,
+) -> Result<(Tensor<B, 4>, Vec<usize>)> {
     let x = pre.apply(ds, idx)?;
     let t = Tensor::from_data(TensorData::new(x, [idx.len(), pre.channels, pre.size, pre.size]), device);
     Ok((t, idx.iter().map(|&i| ds.labels[i]).collect()))
@@ -138,7 +150,9 @@ fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
-    pb.set_style(ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})").expect("template").progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})").expect("template").progress_chars("=> "),
+    );
     pb.set_prefix(what.to_string());
     pb
 }
@@ -196,7 +210,11 @@ pub fn train_classifier<B: AutodiffBackend>(
                 bail!(
                     "{what}: the loss became {l} at epoch {} step {step}; stopped. The last good model is {}",
                     epoch + 1,
-                    if log.is_empty() { "none (it diverged in the first epoch: lower the learning rate)".into() } else { ckpt.display().to_string() }
+                    if log.is_empty() {
+                        "none (it diverged in the first epoch: lower the learning rate)".into()
+                    } else {
+                        ckpt.display().to_string()
+                    }
                 );
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -204,12 +222,24 @@ pub fn train_classifier<B: AutodiffBackend>(
             sum += l * b.len() as f64;
             n += b.len();
             pb.inc(b.len() as u64);
-            pb.set_message(format!("epoch {}/{} loss {:.4} {:.0} samples/s", epoch + 1, tc.epochs, sum / n as f64, n as f64 / start.elapsed().as_secs_f64()));
+            pb.set_message(format!(
+                "epoch {}/{} loss {:.4} {:.0} samples/s",
+                epoch + 1,
+                tc.epochs,
+                sum / n as f64,
+                n as f64 / start.elapsed().as_secs_f64()
+            ));
         }
         pb.finish();
         log.push(EpochLog { epoch: epoch + 1, loss: sum / n as f64, samples_per_s: n as f64 / start.elapsed().as_secs_f64() });
         if pb.is_hidden() {
-            eprintln!("{what}: epoch {}/{} loss {:.4} {:.0} samples/s", epoch + 1, tc.epochs, sum / n as f64, n as f64 / start.elapsed().as_secs_f64());
+            eprintln!(
+                "{what}: epoch {}/{} loss {:.4} {:.0} samples/s",
+                epoch + 1,
+                tc.epochs,
+                sum / n as f64,
+                n as f64 / start.elapsed().as_secs_f64()
+            );
         }
         save_checkpoint(&model, ckpt, &log)?;
     }
@@ -247,7 +277,13 @@ pub struct UnlearnLog {
 /// selects, B = 0 so the model starts at `m0`; targets `mu_l` from `m0`'s features on `Dr`;
 /// then `uc.epochs` passes over `Df`, each forget batch paired with a retain batch in one
 /// forward pass, loss = retain + λ·forget (+ γ·CE on the retain batch), AdamW on the adapters.
-pub fn unlearn_rfa<B: AutodiffBackend>(m0: Vit<B>, task: &Task, uc: &UnlearnConfig, seed: u64, device: &B::Device) -> Result<(Vit<B>, UnlearnLog)> {
+pub fn unlearn_rfa<B: AutodiffBackend>(
+    m0: Vit<B>,
+    task: &Task,
+    uc: &UnlearnConfig,
+    seed: u64,
+    device: &B::Device,
+) -> Result<(Vit<B>, UnlearnLog)> {
     let pre = preprocess(&m0);
     let cfg = LoraConfig::new(uc.rank, uc.alpha, TargetModules::parse(&uc.targets));
     let (mut model, adapted) = attach_lora(m0, &cfg)?;
@@ -259,7 +295,12 @@ pub fn unlearn_rfa<B: AutodiffBackend>(m0: Vit<B>, task: &Task, uc: &UnlearnConf
     };
     // The forget term's view of a tap: every token, or the first (CLS) one.
     let view = |t: Tensor<B, 3>| if cls_only { t.narrow(1, 0, 1) } else { t };
-    let objective = RfaObjective { lambda: uc.lambda, layer_weights: uc.layer_weights.clone(), target: uc.target, retain_task_weight: uc.retain_task_weight };
+    let objective = RfaObjective {
+        lambda: uc.lambda,
+        layer_weights: uc.layer_weights.clone(),
+        target: uc.target,
+        retain_task_weight: uc.retain_task_weight,
+    };
 
     // Targets from M0's pre-trained features on Dr (B = 0: the adapted model is M0).
     let t0 = Instant::now();
@@ -269,8 +310,11 @@ pub fn unlearn_rfa<B: AutodiffBackend>(m0: Vit<B>, task: &Task, uc: &UnlearnConf
     for b in batches(&task.split.retain, 256, false, 0) {
         let (x, y) = image_batch::<B::InnerBackend>(&task.train, &b, &pre, device)?;
         let out = inner.forward(x);
-        let taps: Vec<rfa_models::Tap<B>> =
-            out.taps.into_iter().map(|t| rfa_models::Tap { pre: view(Tensor::from_inner(t.pre)), residual: view(Tensor::from_inner(t.residual)) }).collect();
+        let taps: Vec<rfa_models::Tap<B>> = out
+            .taps
+            .into_iter()
+            .map(|t| rfa_models::Tap { pre: view(Tensor::from_inner(t.pre)), residual: view(Tensor::from_inner(t.residual)) })
+            .collect();
         stats.add(&taps, Some(&y), None)?;
         pb.inc(b.len() as u64);
     }
@@ -302,8 +346,13 @@ pub fn unlearn_rfa<B: AutodiffBackend>(m0: Vit<B>, task: &Task, uc: &UnlearnConf
             let (nr, nf) = (rb.len(), fb.len());
             let out = model.forward(x);
             let split = |t: &Tensor<B, 3>, s: usize, n: usize| t.clone().narrow(0, s, n);
-            let rt: Vec<_> = out.taps.iter().map(|t| rfa_models::Tap { pre: split(&t.pre, 0, nr), residual: split(&t.residual, 0, nr) }).collect();
-            let ft: Vec<_> = out.taps.iter().map(|t| rfa_models::Tap { pre: view(split(&t.pre, nr, nf)), residual: view(split(&t.residual, nr, nf)) }).collect();
+            let rt: Vec<_> =
+                out.taps.iter().map(|t| rfa_models::Tap { pre: split(&t.pre, 0, nr), residual: split(&t.residual, 0, nr) }).collect();
+            let ft: Vec<_> = out
+                .taps
+                .iter()
+                .map(|t| rfa_models::Tap { pre: view(split(&t.pre, nr, nf)), residual: view(split(&t.residual, nr, nf)) })
+                .collect();
             let [_, seq, _] = ft[0].pre.dims();
             let mu = targets.for_batch(nf, seq, Some(&y[nr..]))?;
             let parts = objective.total(&rt, None, &ft, &mu, None)?;
@@ -345,7 +394,14 @@ pub struct Outputs {
 /// Runs `model` (without autodiff) over `indices` of `ds`.
 pub fn outputs<B: Backend>(model: &Vit<B>, ds: &ImageDataset, indices: &[usize], device: &B::Device) -> Result<Outputs> {
     let pre = preprocess(model);
-    let mut o = Outputs { logits: Vec::new(), features: Vec::new(), labels: Vec::new(), classes: model.num_labels(), feature_dim: model.config.hidden_size, residual_norms: Vec::new() };
+    let mut o = Outputs {
+        logits: Vec::new(),
+        features: Vec::new(),
+        labels: Vec::new(),
+        classes: model.num_labels(),
+        feature_dim: model.config.hidden_size,
+        residual_norms: Vec::new(),
+    };
     for b in batches(indices, 256, false, 0) {
         let (x, y) = image_batch::<B>(ds, &b, &pre, device)?;
         let out = model.forward(x);

@@ -18,14 +18,14 @@ pub mod report;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use config::RunConfig;
-use engine::{initial_model, load_task, outputs, train_classifier, unlearn_rfa, Task, Vit};
-use report::{measure, model_reports, Evaluated, Phase, Report};
+use engine::{Task, Vit, initial_model, load_task, outputs, train_classifier, unlearn_rfa};
+use report::{Evaluated, Phase, Report, measure, model_reports};
 
 /// What a phase left beside its model, for the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,7 +67,8 @@ impl Run {
         let out = self.dir.join(sub);
         let model = initial_model::<B>(&self.cfg.model, &self.task, self.cfg.seed, device)?;
         let params = lora_core::count_params(&model).total;
-        let (_, phase) = measure(|| train_classifier(model, &self.task.train, &indices, &self.cfg.train, self.cfg.seed, what, &out, device))?;
+        let (_, phase) =
+            measure(|| train_classifier(model, &self.task.train, &indices, &self.cfg.train, self.cfg.seed, what, &out, device))?;
         let prev = read_phase(&out).ok();
         // A resumed run adds the time of the interrupted one.
         let phase = Phase { seconds: phase.seconds + prev.map(|p| p.phase.seconds).unwrap_or(0.0), ..phase };
@@ -150,7 +151,8 @@ impl Run {
         }
         plots::loss_curves("Training loss (cross-entropy)", "epoch", &train, &dir.join("loss_training.png"))?;
         let p = self.dir.join("rfa/unlearn_log.json");
-        let log: engine::UnlearnLog = serde_json::from_str(&std::fs::read_to_string(&p)?).with_context(|| format!("reading {}", p.display()))?;
+        let log: engine::UnlearnLog =
+            serde_json::from_str(&std::fs::read_to_string(&p)?).with_context(|| format!("reading {}", p.display()))?;
         let x: Vec<f64> = log.steps.iter().map(|s| s.step as f64).collect();
         let series = vec![
             ("retain: mean ||r_l||²".to_string(), x.clone(), log.steps.iter().map(|s| s.retain).collect()),

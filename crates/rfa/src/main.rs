@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use rfa::config::RunConfig;
 use rfa::Run;
+use rfa::config::RunConfig;
 
 #[derive(Parser)]
 #[command(name = "rfa", version, about = "Make pre-trained transformers forget chosen training data, and prove it")]
@@ -97,7 +97,10 @@ impl Common {
 
 /// Sets a dotted key; the value is read as TOML (numbers, booleans, arrays) or else as a string.
 fn set_key(doc: &mut toml::Table, key: &str, value: &str) -> Result<()> {
-    let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}")).ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
     let mut parts: Vec<&str> = key.split('.').collect();
     let last = parts.pop().context("empty key")?;
     let mut table = doc;
@@ -122,14 +125,24 @@ fn run() -> Result<()> {
         Cmd::Unlearn { common, .. } | Cmd::Export { common, .. } => common.clone(),
     };
     match common.device.as_str() {
-        "cpu" => dispatch::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&cli, &common, "cpu (burn ndarray, f32)", &Default::default()),
+        "cpu" => {
+            dispatch::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&cli, &common, "cpu (burn ndarray, f32)", &Default::default())
+        }
         #[cfg(feature = "cuda")]
         d if d.starts_with("cuda") => {
             let n: usize = d.strip_prefix("cuda:").map(str::parse).transpose().context("--device cuda:N")?.unwrap_or(0);
             let device = burn::backend::cuda::CudaDevice::new(n);
-            dispatch::<burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>>(&cli, &common, &format!("cuda:{n} (burn-cuda, f32 with TF32 matmuls)"), &device)
+            dispatch::<burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>>(
+                &cli,
+                &common,
+                &format!("cuda:{n} (burn-cuda, f32 with TF32 matmuls)"),
+                &device,
+            )
         }
-        other => bail!("unknown device `{other}` (cpu{})", if cfg!(feature = "cuda") { ", cuda[:N]" } else { "; this build has no CUDA: build with --features cuda" }),
+        other => bail!(
+            "unknown device `{other}` (cpu{})",
+            if cfg!(feature = "cuda") { ", cuda[:N]" } else { "; this build has no CUDA: build with --features cuda" }
+        ),
     }
 }
 

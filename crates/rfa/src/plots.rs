@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Once;
 
-use anyhow::{anyhow, Result};
+use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -56,7 +56,9 @@ pub fn per_class_accuracy(report: &Report, path: &Path) -> Result<()> {
             .disable_x_mesh()
             .x_labels(classes)
             .x_label_formatter(&|x| match x {
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => names.get(*i).map(|n| n.chars().take(11).collect()).unwrap_or_default(),
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                    names.get(*i).map(|n| n.chars().take(11).collect()).unwrap_or_default()
+                }
                 SegmentValue::Last => String::new(),
             })
             .y_desc("accuracy (%)")
@@ -73,9 +75,19 @@ pub fn per_class_accuracy(report: &Report, path: &Path) -> Result<()> {
                 r.set_margin(0, 0, left, seg.saturating_sub(left + (seg - 8) / k));
                 r
             });
-            chart.draw_series(bars).map_err(e)?.label(m.name.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+            chart
+                .draw_series(bars)
+                .map_err(e)?
+                .label(m.name.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw().map_err(e)?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(e)?;
         root.present().map_err(e)?;
     }
     save(buf, path)
@@ -111,7 +123,11 @@ pub fn residual_norms(forget: &[f32], retain: &[f32], path: &Path) -> Result<()>
             let colour = COLOURS[j];
             let w = max / bins as f64;
             chart
-                .draw_series(h.into_iter().enumerate().map(|(i, v)| Rectangle::new([(i as f64 * w, 0.0), ((i + 1) as f64 * w, v)], colour.mix(0.5).filled())))
+                .draw_series(
+                    h.into_iter()
+                        .enumerate()
+                        .map(|(i, v)| Rectangle::new([(i as f64 * w, 0.0), ((i + 1) as f64 * w, v)], colour.mix(0.5).filled())),
+                )
                 .map_err(e)?
                 .label(name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.mix(0.5).filled()));
@@ -131,7 +147,13 @@ pub fn loss_curves(title: &str, x_desc: &str, series: &[(String, Vec<f64>, Vec<f
     {
         let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(e)?;
-        let mut chart = ChartBuilder::on(&root).caption(title, ("sans-serif", 22)).margin(12).x_label_area_size(45).y_label_area_size(55).build_cartesian_2d(0f64..xmax, 0f64..ymax).map_err(e)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+            .map_err(e)?;
         chart.configure_mesh().x_desc(x_desc).y_desc("loss").draw().map_err(e)?;
         for (j, (name, xs, ys)) in series.iter().enumerate() {
             let colour = COLOURS[j % COLOURS.len()];

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
-use rfa_eval::{accuracy, activation_distance, feature_distance, js_divergence, mia_efficacy, per_class_accuracy, true_label_confidence, Rows, Summary};
+use rfa_eval::{
+    Rows, Summary, accuracy, activation_distance, feature_distance, js_divergence, mia_efficacy, per_class_accuracy, true_label_confidence,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Outputs;
@@ -93,20 +95,31 @@ pub fn model_reports(models: &[Evaluated], retrained: &str) -> Result<Vec<ModelR
     let mut out = Vec::new();
     for m in models {
         let c = m.test.classes;
-        let (lf, lr, lt) = (rows("forget logits", &m.forget.logits, c)?, rows("retain logits", &m.retain.logits, c)?, rows("test logits", &m.test.logits, c)?);
+        let (lf, lr, lt) = (
+            rows("forget logits", &m.forget.logits, c)?,
+            rows("retain logits", &m.retain.logits, c)?,
+            rows("test logits", &m.test.logits, c)?,
+        );
         let acc_forget = accuracy(&lf, &m.forget.labels)?;
         let conf_r = true_label_confidence(&lr, &m.retain.labels);
         let conf_t = true_label_confidence(&lt, &m.test.labels);
         let conf_f = true_label_confidence(&lf, &m.forget.labels);
-        let summary = Summary { ua: 100.0 - acc_forget, ra: accuracy(&lr, &m.retain.labels)?, ta: accuracy(&lt, &m.test.labels)?, mia_efficacy: mia_efficacy(&conf_r, &conf_t, &conf_f)? };
+        let summary = Summary {
+            ua: 100.0 - acc_forget,
+            ra: accuracy(&lr, &m.retain.labels)?,
+            ta: accuracy(&lt, &m.test.labels)?,
+            mia_efficacy: mia_efficacy(&conf_r, &conf_t, &conf_f)?,
+        };
         let (mut ad, mut js, mut fdf, mut fdr) = (None, None, None, None);
         if let Some(g) = gold.filter(|g| g.name != m.name) {
             let gf = rows("forget logits", &g.forget.logits, c)?;
             ad = Some(activation_distance(&lf, &gf)?);
             js = Some(js_divergence(&lf, &gf)?);
             let d = m.forget.feature_dim;
-            fdf = Some(feature_distance(&rows("forget features", &m.forget.features, d)?, &rows("forget features", &g.forget.features, d)?)?);
-            fdr = Some(feature_distance(&rows("retain features", &m.retain.features, d)?, &rows("retain features", &g.retain.features, d)?)?);
+            fdf =
+                Some(feature_distance(&rows("forget features", &m.forget.features, d)?, &rows("forget features", &g.forget.features, d)?)?);
+            fdr =
+                Some(feature_distance(&rows("retain features", &m.retain.features, d)?, &rows("retain features", &g.retain.features, d)?)?);
         }
         let mean = |v: &[f32]| (!v.is_empty()).then(|| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64);
         out.push(ModelReport {
@@ -140,7 +153,14 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut s = format!(
             "# Unlearning report: {}\n\n{} — {} training samples ({} forgotten: `{}`), {} test samples, {} classes; backend {}.\n\n",
-            self.name, self.dataset, self.train_samples, self.forget_samples, self.forget, self.test_samples, self.classes.len(), self.backend
+            self.name,
+            self.dataset,
+            self.train_samples,
+            self.forget_samples,
+            self.forget,
+            self.test_samples,
+            self.classes.len(),
+            self.backend
         );
         s += "| model | UA | RA | TA | MIA-Efficacy | activation distance | JS | average gap | time (s) | peak RSS (MiB) | trainable params |\n";
         s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
@@ -166,7 +186,14 @@ between the model's and the retrained model's output distributions on Df. Averag
 retrained model over UA, RA, TA, MIA-Efficacy. Time: the phase that produced the model (training, retraining, unlearning).\n\n";
         s += "## Features\n\n| model | feature distance to retrain on Df | on Dr | residual norm on Df | on Dr |\n|---|---:|---:|---:|---:|\n";
         for m in &self.models {
-            s += &format!("| {} | {} | {} | {} | {} |\n", m.name, f(m.feature_distance_forget, 4), f(m.feature_distance_retain, 4), f(m.residual_norm_forget, 4), f(m.residual_norm_retain, 4));
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                m.name,
+                f(m.feature_distance_forget, 4),
+                f(m.feature_distance_retain, 4),
+                f(m.residual_norm_forget, 4),
+                f(m.residual_norm_retain, 4)
+            );
         }
         s += "\n## Test accuracy per class (%)\n\n| class |";
         for m in &self.models {

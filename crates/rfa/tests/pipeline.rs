@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use rfa::config::RunConfig;
 use rfa::Run;
+use rfa::config::RunConfig;
 
 type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 
@@ -25,14 +25,38 @@ fn the_command_runs_the_whole_pipeline() {
     let out = Command::new(env!("CARGO_BIN_EXE_rfa"))
         .args(["demo", "--name", "cli", "--runs-dir"])
         .arg(tmp.path())
-        .args(["--set", "data.max_train=200", "--set", "data.max_test=100", "--set", "train.epochs=1", "--set", "unlearn.epochs=1", "--forget", "class:Trouser"])
+        .args([
+            "--set",
+            "data.max_train=200",
+            "--set",
+            "data.max_test=100",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "unlearn.epochs=1",
+            "--forget",
+            "class:Trouser",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("| RFA |") && stdout.contains("| retrain (M*) |"), "{stdout}");
     let dir = tmp.path().join("cli");
-    for f in ["config.toml", "report.json", "report.md", "original/model.safetensors", "retrain/config.json", "rfa/adapter/adapter_model.safetensors", "rfa/adapter/adapter_config.json", "rfa/merged/model.safetensors", "plots/per_class_accuracy.png", "plots/residual_norms.png", "plots/loss_training.png", "plots/loss_unlearning.png"] {
+    for f in [
+        "config.toml",
+        "report.json",
+        "report.md",
+        "original/model.safetensors",
+        "retrain/config.json",
+        "rfa/adapter/adapter_model.safetensors",
+        "rfa/adapter/adapter_config.json",
+        "rfa/merged/model.safetensors",
+        "plots/per_class_accuracy.png",
+        "plots/residual_norms.png",
+        "plots/loss_training.png",
+        "plots/loss_unlearning.png",
+    ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap();
@@ -51,7 +75,13 @@ fn the_command_runs_the_whole_pipeline() {
 
     // export copies both artefacts.
     let exp = tmp.path().join("exported");
-    let st = Command::new(env!("CARGO_BIN_EXE_rfa")).args(["export", "--name", "cli", "--runs-dir"]).arg(tmp.path()).arg("--out").arg(&exp).output().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_rfa"))
+        .args(["export", "--name", "cli", "--runs-dir"])
+        .arg(tmp.path())
+        .arg("--out")
+        .arg(&exp)
+        .output()
+        .unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     assert!(exp.join("adapter/adapter_config.json").is_file() && exp.join("merged/config.json").is_file());
 }
@@ -132,10 +162,19 @@ fn a_model_whose_classes_differ_from_the_data_is_refused() {
     let names: Vec<String> = (0..3).map(|i| i.to_string()).collect();
     let cfg = rfa_models::VitConfig::new(28, 7, 1, 32, 1, 2, 64, &names);
     let model = rfa::engine::Vit::<AB>::init(&cfg, 0, &Default::default()).unwrap();
-    let err = rfa::engine::train_classifier(model, &run.task.train, &[0, 1], &run.cfg.train, 0, "train", &tmp.path().join("c"), &Default::default())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = rfa::engine::train_classifier(
+        model,
+        &run.task.train,
+        &[0, 1],
+        &run.cfg.train,
+        0,
+        "train",
+        &tmp.path().join("c"),
+        &Default::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("3 classes") && err.contains("10"), "{err}");
 }
 

@@ -25,7 +25,7 @@ pub fn fixtures() -> PathBuf {
 pub fn gpt2_lora_grads<AB: burn::tensor::backend::AutodiffBackend>(device: &AB::Device) -> (f32, Vec<Vec<f32>>) {
     use burn::tensor::{Int, Tensor, TensorData};
     use lora_core::{LoraModel, TensorFile};
-    use rfa_models::{causal_lm_loss, Gpt2LmHeadModel};
+    use rfa_models::{Gpt2LmHeadModel, causal_lm_loss};
 
     let dir = fixtures().join("hf-parity/gpt2");
     let mut model = Gpt2LmHeadModel::<AB>::load(&dir.join("model"), device).unwrap();
