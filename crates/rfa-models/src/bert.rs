@@ -11,12 +11,13 @@ use burn::nn::{Embedding, LayerNorm};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor};
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::common::StateDict;
 use crate::common::{Activation, Checkpoint, ClassifierOutput, SelfAttention, Taps, check_divisible, padding_bias, read_config, tapped};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct BertConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -40,6 +41,9 @@ pub struct BertConfig {
     pub num_labels: Option<usize>,
     #[serde(default)]
     pub architectures: Option<Vec<String>>,
+    /// Every other field of `config.json`, written back unchanged.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn gelu() -> String {
@@ -128,6 +132,7 @@ pub struct BertModel<B: Backend> {
     pub encoder: BertEncoder<B>,
     pub pooler: Option<BertPooler<B>>,
     pub prefix: String,
+    pub config: BertConfig,
 }
 
 /// Output of the bare encoder.
@@ -209,7 +214,39 @@ impl<B: Backend> BertModel<B> {
         } else {
             None
         };
-        Ok(Self { embeddings, encoder: BertEncoder { layer }, pooler, prefix: prefix.to_string() })
+        Ok(Self { embeddings, encoder: BertEncoder { layer }, pooler, prefix: prefix.to_string(), config: cfg.clone() })
+    }
+
+    /// Embeddings, LayerNorms and every linear layer under this model's prefix.
+    fn state_dict(&self, sd: &mut StateDict) -> Result<(), ModelError> {
+        let (pre, e) = (&self.prefix, &self.embeddings);
+        sd.embedding(&format!("{pre}embeddings.word_embeddings"), &e.word_embeddings);
+        sd.embedding(&format!("{pre}embeddings.position_embeddings"), &e.position_embeddings);
+        sd.embedding(&format!("{pre}embeddings.token_type_embeddings"), &e.token_type_embeddings);
+        sd.layer_norm(&format!("{pre}embeddings.LayerNorm"), &e.LayerNorm);
+        for (i, l) in self.encoder.layer.iter().enumerate() {
+            sd.layer_norm(&format!("{pre}encoder.layer.{i}.attention.output.LayerNorm"), &l.attention.output.LayerNorm);
+            sd.layer_norm(&format!("{pre}encoder.layer.{i}.output.LayerNorm"), &l.output.LayerNorm);
+        }
+        for (path, lin) in self.linears() {
+            sd.linear(&path, lin)?;
+        }
+        Ok(())
+    }
+
+    fn config_json(&self, architecture: &str) -> Result<serde_json::Value, ModelError> {
+        let mut cfg = serde_json::to_value(&self.config).map_err(|e| ModelError::Input(e.to_string()))?;
+        cfg["model_type"] = "bert".into();
+        cfg["architectures"] = serde_json::json!([architecture]);
+        Ok(cfg)
+    }
+
+    /// Writes `config.json` + `model.safetensors` (keys without `bert.`, as `BertModel` saves
+    /// them). Adapters must be merged first.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
+        let mut sd = StateDict::default();
+        self.state_dict(&mut sd)?;
+        sd.save(dir, &self.config_json("BertModel")?)
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -350,6 +387,20 @@ impl<B: Backend> BertForSequenceClassification<B> {
 
     pub fn num_labels(&self) -> usize {
         self.classifier.d_out()
+    }
+
+    /// Writes `config.json` + `model.safetensors` with `BertForSequenceClassification`'s keys.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
+        let mut sd = StateDict::default();
+        self.bert.state_dict(&mut sd)?;
+        sd.linear("classifier", &self.classifier)?;
+        let mut cfg = self.bert.config_json("BertForSequenceClassification")?;
+        let n = self.num_labels();
+        if self.bert.config.num_labels() != n {
+            cfg["id2label"] =
+                (0..n).map(|i| (i.to_string(), serde_json::Value::from(format!("LABEL_{i}")))).collect::<serde_json::Map<_, _>>().into();
+        }
+        sd.save(dir, &cfg)
     }
 
     pub fn forward(

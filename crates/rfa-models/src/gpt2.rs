@@ -9,14 +9,15 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::common::StateDict;
 use crate::common::{
     Activation, CausalLmOutput, Checkpoint, SplitMix64, Taps, attention, causal_bias, check_divisible, padding_bias, read_config, tapped,
 };
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Gpt2Config {
     pub vocab_size: usize,
     pub n_positions: usize,
@@ -41,6 +42,9 @@ pub struct Gpt2Config {
     pub eos_token_id: Option<u32>,
     #[serde(default)]
     pub pad_token_id: Option<u32>,
+    /// Every other field of `config.json`, written back unchanged.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_act() -> String {
@@ -94,6 +98,7 @@ pub struct Gpt2Model<B: Backend> {
 pub struct Gpt2LmHeadModel<B: Backend> {
     pub transformer: Gpt2Model<B>,
     pub n_positions: usize,
+    pub config: Gpt2Config,
 }
 
 impl<B: Backend> Gpt2Block<B> {
@@ -165,11 +170,33 @@ impl<B: Backend> Gpt2LmHeadModel<B> {
                 ln_f: ck.layer_norm("transformer.ln_f", d, eps)?,
             },
             n_positions: cfg.n_positions,
+            config: cfg.clone(),
         })
     }
 
     pub fn vocab_size(&self) -> usize {
         self.transformer.wte.weight.shape().dims::<2>()[0]
+    }
+
+    /// Writes `config.json` + `model.safetensors` with `GPT2LMHeadModel`'s keys (`transformer.…`,
+    /// `Conv1D` weights `[in, out]`, head tied so not stored). Adapters must be merged first.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
+        let mut sd = StateDict::default();
+        let t = &self.transformer;
+        sd.embedding("transformer.wte", &t.wte);
+        sd.embedding("transformer.wpe", &t.wpe);
+        for (i, b) in t.h.iter().enumerate() {
+            sd.layer_norm(&format!("transformer.h.{i}.ln_1"), &b.ln_1);
+            sd.layer_norm(&format!("transformer.h.{i}.ln_2"), &b.ln_2);
+        }
+        sd.layer_norm("transformer.ln_f", &t.ln_f);
+        for (path, lin) in self.linears() {
+            sd.linear(&path, lin)?;
+        }
+        let mut cfg = serde_json::to_value(&self.config).map_err(|e| ModelError::Input(e.to_string()))?;
+        cfg["model_type"] = "gpt2".into();
+        cfg["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
+        sd.save(dir, &cfg)
     }
 
     /// `input_ids [batch, seq]`, `attention_mask [batch, seq]` (1 = token, 0 = padding).

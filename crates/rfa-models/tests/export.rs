@@ -66,3 +66,59 @@ fn fresh_vit_is_seeded_trainable_and_saves() {
     let back = VitForImageClassification::<B>::load(tmp.path(), &device()).unwrap();
     assert_eq!(logits(&a), logits(&back));
 }
+
+/// Load, save, compare the files key by key, and check the merged export against peft's
+/// `merge_and_unload` logits.
+fn round_trip_and_merged<M>(
+    name: &str,
+    load: impl Fn(&std::path::Path) -> M,
+    save: impl Fn(&M, &std::path::Path),
+    logits: impl Fn(&M) -> Vec<f32>,
+) where
+    M: lora_core::LoraModel<B>,
+{
+    let dir = fixtures().join("hf-parity").join(name);
+    let m = load(&dir.join("model"));
+    let tmp = tempfile::tempdir().unwrap();
+    save(&m, tmp.path());
+    let a = TensorFile::open(dir.join("model/model.safetensors")).unwrap();
+    let b = TensorFile::open(tmp.path().join("model.safetensors")).unwrap();
+    assert_eq!(a.tensors, b.tensors, "{name}: bit-exact weights under the same keys");
+    assert_eq!(logits(&m), logits(&load(tmp.path())));
+
+    let mut m = load(&dir.join("model"));
+    lora_core::load_adapter(&mut m, &dir.join("adapter")).unwrap();
+    lora_core::merge_and_unload(&mut m);
+    let out = tmp.path().join("merged");
+    save(&m, &out);
+    let want = TensorFile::open(dir.join("reference.safetensors")).unwrap().get("merged.logits").unwrap().to_f32();
+    let got = logits(&load(&out));
+    let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(err < 1e-4, "{name}: merged export {err}");
+}
+
+#[test]
+fn gpt2_and_bert_checkpoints_round_trip_and_export_merged() {
+    let reference = |name: &str| TensorFile::open(fixtures().join("hf-parity").join(name).join("reference.safetensors")).unwrap();
+    let g = reference("gpt2");
+    round_trip_and_merged(
+        "gpt2",
+        |p| rfa_models::Gpt2LmHeadModel::<B>::load(p, &device()).unwrap(),
+        |m, p| m.save_pretrained(p).unwrap(),
+        |m| {
+            let ids = g.get("input_ids").unwrap().to_int_tensor(&device());
+            let mask = g.get("attention_mask").unwrap().to_int_tensor(&device());
+            HostTensor::from_tensor(m.forward(ids, Some(mask)).logits).to_f32()
+        },
+    );
+    let b = reference("bert");
+    round_trip_and_merged(
+        "bert",
+        |p| rfa_models::BertForSequenceClassification::<B>::load(p, &device()).unwrap(),
+        |m, p| m.save_pretrained(p).unwrap(),
+        |m| {
+            let get = |k: &str| b.get(k).unwrap().to_int_tensor(&device());
+            HostTensor::from_tensor(m.forward(get("input_ids"), Some(get("attention_mask")), Some(get("token_type_ids"))).logits).to_f32()
+        },
+    );
+}
