@@ -1,10 +1,9 @@
 //! Image data sets in their standard formats: IDX (MNIST, Fashion-MNIST; gzipped or not),
 //! CIFAR-10's binary batches, and image folders (one sub-folder per class, JPEG or PNG).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::DataError;
+use crate::{read_maybe_gz, DataError};
 
 /// Images as bytes, `[n, channels, height, width]` row-major, with integer labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,19 +74,6 @@ impl ImageDataset {
     }
 }
 
-/// Reads a file, un-gzipping it when it starts with gzip's magic bytes.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Format { path: path.to_path_buf(), reason: format!("corrupt gzip data: {e}") })?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
 
 fn be_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])

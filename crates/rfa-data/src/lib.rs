@@ -2,6 +2,7 @@
 //! shuffles and splits, and the forget / retain selection ([`select_forget`]).
 
 pub mod images;
+pub mod text;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,21 @@ pub enum DataError {
     Forget(String),
     #[error("{0}")]
     Mismatch(String),
+}
+
+/// Reads a file, un-gzipping it when it starts with gzip's magic bytes.
+pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
+    use std::io::Read;
+    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| DataError::Format { path: path.to_path_buf(), reason: format!("corrupt gzip data: {e}") })?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
 }
 
 impl DataError {
