@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{read_maybe_gz, DataError};
+use crate::{DataError, read_maybe_gz};
 
 /// Images as bytes, `[n, channels, height, width]` row-major, with integer labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,7 +73,6 @@ impl ImageDataset {
         Ok(self)
     }
 }
-
 
 fn be_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])

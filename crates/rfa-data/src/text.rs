@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::{read_maybe_gz, DataError, Rng};
+use crate::{DataError, Rng, read_maybe_gz};
 
 /// Texts with integer labels and the corpus's own sample ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,7 +112,10 @@ impl Eli5Question {
 
 fn question(v: &Value, path: &Path, at: &str) -> Result<Eli5Question, DataError> {
     let field = |k: &str| -> Result<String, DataError> {
-        v.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| DataError::Format { path: path.to_path_buf(), reason: format!("{at}: field `{k}` is missing or not a string") })
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| DataError::Format { path: path.to_path_buf(), reason: format!("{at}: field `{k}` is missing or not a string") })
     };
     Ok(Eli5Question {
         q_id: field("q_id")?,
@@ -128,7 +131,8 @@ fn question(v: &Value, path: &Path, at: &str) -> Result<Eli5Question, DataError>
 /// `answers.text` optional.
 pub fn read_eli5(path: &Path) -> Result<Vec<Eli5Question>, DataError> {
     let bytes = read_maybe_gz(path)?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| DataError::Format { path: path.to_path_buf(), reason: format!("not UTF-8: {e}") })?;
+    let text =
+        std::str::from_utf8(&bytes).map_err(|e| DataError::Format { path: path.to_path_buf(), reason: format!("not UTF-8: {e}") })?;
     let bad = |reason: String| DataError::Format { path: path.to_path_buf(), reason };
     if text.trim_start().starts_with('[') {
         let all: Vec<Value> = serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
@@ -174,14 +178,24 @@ pub fn eli5_experiment_set(
     } else {
         for c in categories {
             if !by_cat.contains_key(c) {
-                return Err(DataError::Forget(format!("unknown category `{c}` (present: {})", by_cat.keys().cloned().collect::<Vec<_>>().join(", "))));
+                return Err(DataError::Forget(format!(
+                    "unknown category `{c}` (present: {})",
+                    by_cat.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
             }
         }
         let mut c = categories.to_vec();
         c.sort();
         c
     };
-    let mut ds = TextDataset { texts: Vec::new(), labels: Vec::new(), ids: Vec::new(), class_names: chosen.clone(), source: files.first().map(|p| p.display().to_string()).unwrap_or_default(), lossy: 0 };
+    let mut ds = TextDataset {
+        texts: Vec::new(),
+        labels: Vec::new(),
+        ids: Vec::new(),
+        class_names: chosen.clone(),
+        source: files.first().map(|p| p.display().to_string()).unwrap_or_default(),
+        lossy: 0,
+    };
     let mut rng = Rng::new(seed);
     for (label, c) in chosen.iter().enumerate() {
         let mut qs = by_cat[c].clone();
