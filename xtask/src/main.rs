@@ -6,6 +6,8 @@
 //!   (`model/`, optional `adapter/`, `reference.safetensors`), prints the error of every compared
 //!   tensor and exits non-zero over tolerance.
 
+mod bench;
+
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
@@ -27,6 +29,16 @@ enum Cmd {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Time the RFA unlearning step (CPU, f32), one JSON line per configuration.
+    Bench {
+        /// Configurations MODEL:LAYERSxWIDTH:HEADS:BATCH:SEQ (SEQ = tokens for gpt2, image side for vit).
+        #[arg(long, value_delimiter = ',', default_values_t = ["gpt2:12x768:12:4:128".to_string(), "vit:2x64:4:32:28".to_string()])]
+        configs: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
     },
     /// Check fixture directories against our models (CPU, f32).
     Parity {
@@ -71,6 +83,20 @@ fn run() -> Result<bool> {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo).current_dir(root()).args(["test", "--workspace"]).args(&args).status()?;
             Ok(status.success())
+        }
+        Cmd::Bench { configs, steps, warmup } => {
+            type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+            for c in configs {
+                let p: Vec<&str> = c.split(':').collect();
+                let (lw, num) = (p.get(1).and_then(|x| x.split_once('x')), |i: usize| p.get(i).and_then(|x| x.parse::<usize>().ok()));
+                let (Some((l, w)), Some(heads), Some(batch), Some(seq)) = (lw, num(2), num(3), num(4)) else {
+                    bail!("--configs {c}: expected MODEL:LAYERSxWIDTH:HEADS:BATCH:SEQ");
+                };
+                let shape = bench::Shape { model: p[0].to_string(), layers: l.parse()?, width: w.parse()?, heads, batch, seq };
+                let row = bench::run::<AB>(&shape, steps.max(1), warmup, "cpu ndarray", &Default::default())?;
+                println!("{row}");
+            }
+            Ok(true)
         }
         Cmd::Parity { dirs, tol, rel_tol, scale_by_magnitude } => {
             type B = burn::backend::NdArray<f32>;

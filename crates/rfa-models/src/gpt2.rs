@@ -58,6 +58,27 @@ fn yes() -> bool {
 }
 
 impl Gpt2Config {
+    /// A GPT-2 of the given shape with GPT-2's defaults otherwise (gelu_new, eps 1e-5, tied head).
+    pub fn new(vocab_size: usize, n_positions: usize, n_embd: usize, n_layer: usize, n_head: usize) -> Self {
+        Self {
+            vocab_size,
+            n_positions,
+            n_embd,
+            n_layer,
+            n_head,
+            n_inner: None,
+            activation_function: default_act(),
+            layer_norm_epsilon: default_eps(),
+            scale_attn_weights: true,
+            scale_attn_by_inverse_layer_idx: false,
+            tie_word_embeddings: true,
+            bos_token_id: None,
+            eos_token_id: None,
+            pad_token_id: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
     pub fn inner(&self) -> usize {
         self.n_inner.unwrap_or(4 * self.n_embd)
     }
@@ -202,6 +223,16 @@ impl<B: Backend> Gpt2LmHeadModel<B> {
     /// `input_ids [batch, seq]`, `attention_mask [batch, seq]` (1 = token, 0 = padding).
     /// Sequences longer than `n_positions` must be truncated by the caller.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> CausalLmOutput<B> {
+        let (hidden_states, taps) = self.forward_hidden(input_ids, attention_mask);
+        let x = hidden_states.last().expect("embeddings").clone();
+        let wte = self.transformer.wte.weight.val().transpose().unsqueeze::<3>();
+        let logits = x.clone().matmul(wte);
+        CausalLmOutput { logits, hidden_states, features: x, taps }
+    }
+
+    /// The forward pass without the LM head: hidden states (the last after `ln_f`) and taps.
+    /// For objectives that need no logits (RFA's feature terms), this skips the largest matmul.
+    pub fn forward_hidden(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> (Vec<Tensor<B, 3>>, Taps<B>) {
         let [_, t] = input_ids.dims();
         let device = input_ids.device();
         let tr = &self.transformer;
@@ -217,11 +248,18 @@ impl<B: Backend> Gpt2LmHeadModel<B> {
             x = block.forward(x, &bias, &mut taps);
             hidden_states.push(x.clone());
         }
-        let x = tr.ln_f.forward(x);
-        *hidden_states.last_mut().expect("embeddings") = x.clone();
-        let wte = tr.wte.weight.val().transpose().unsqueeze::<3>();
-        let logits = x.clone().matmul(wte);
-        CausalLmOutput { logits, hidden_states, features: x, taps }
+        *hidden_states.last_mut().expect("embeddings") = tr.ln_f.forward(x);
+        (hidden_states, taps)
+    }
+
+    /// A freshly initialised model (N(0, 0.02) weights, as Hugging Face's `initializer_range`),
+    /// every parameter trainable.
+    pub fn init(cfg: &Gpt2Config, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
+        let path = Path::new("<config>");
+        check_divisible(path, cfg.n_embd, cfg.n_head)?;
+        let act = Activation::parse(&cfg.activation_function, path)?;
+        let mut ck = Checkpoint::<B>::random(0.02, seed, device);
+        Ok(lora_core::unfreeze(Self::from_checkpoint(cfg, act, &mut ck)?))
     }
 
     /// Greedy (`top_k = None` or `Some(1)`) or top-k sampling (`temperature`, `seed`) of `max_new`
