@@ -109,3 +109,22 @@ pub fn run<B: AutodiffBackend>(s: &Shape, steps: usize, warmup: usize, backend: 
         "approx_gflops": (flops / (med / 1000.0) / 1e9 * 10.0).round() / 10.0,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The benchmark runs and reports what it measured (no timing is asserted).
+    #[test]
+    fn bench_rows_are_complete() {
+        type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+        for (model, seq) in [("gpt2", 8), ("vit", 28)] {
+            let s = Shape { model: model.into(), layers: 1, width: 32, heads: 2, batch: 2, seq };
+            let row = run::<AB>(&s, 1, 0, "cpu ndarray", &Default::default()).unwrap();
+            assert!(row["step_ms_median"].as_f64().unwrap() > 0.0, "{row}");
+            assert!(row["trainable"].as_u64().unwrap() > 0 && row["trainable"].as_u64() < row["params"].as_u64(), "{row}");
+        }
+        let bad = Shape { model: "llama".into(), layers: 1, width: 32, heads: 2, batch: 1, seq: 8 };
+        assert!(run::<AB>(&bad, 1, 0, "cpu", &Default::default()).is_err());
+    }
+}
