@@ -42,7 +42,7 @@ pub fn run<B: AutodiffBackend>(s: &Shape, steps: usize, warmup: usize, backend: 
     let mut times = Vec::new();
     let (params, trainable, tokens);
     // Parameters that do matmul work (embedding tables excluded), for the FLOP estimate.
-    let mut compute_params = 0usize;
+    let compute_params: usize;
     match s.model.as_str() {
         "gpt2" => {
             let cfg = Gpt2Config::new(50257, 1024, s.width, s.layers, s.heads);

@@ -39,6 +39,9 @@ enum Cmd {
         steps: usize,
         #[arg(long, default_value_t = 1)]
         warmup: usize,
+        /// CPU backends to time: ndarray, flex.
+        #[arg(long, value_delimiter = ',', default_values_t = ["ndarray".to_string(), "flex".to_string()])]
+        backends: Vec<String>,
     },
     /// Check fixture directories against our models (CPU, f32).
     Parity {
@@ -84,8 +87,7 @@ fn run() -> Result<bool> {
             let status = Command::new(cargo).current_dir(root()).args(["test", "--workspace"]).args(&args).status()?;
             Ok(status.success())
         }
-        Cmd::Bench { configs, steps, warmup } => {
-            type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+        Cmd::Bench { configs, steps, warmup, backends } => {
             for c in configs {
                 let p: Vec<&str> = c.split(':').collect();
                 let (lw, num) = (p.get(1).and_then(|x| x.split_once('x')), |i: usize| p.get(i).and_then(|x| x.parse::<usize>().ok()));
@@ -93,8 +95,14 @@ fn run() -> Result<bool> {
                     bail!("--configs {c}: expected MODEL:LAYERSxWIDTH:HEADS:BATCH:SEQ");
                 };
                 let shape = bench::Shape { model: p[0].to_string(), layers: l.parse()?, width: w.parse()?, heads, batch, seq };
-                let row = bench::run::<AB>(&shape, steps.max(1), warmup, "cpu ndarray", &Default::default())?;
-                println!("{row}");
+                for b in &backends {
+                    let row = match b.as_str() {
+                        "ndarray" => bench::run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&shape, steps.max(1), warmup, "cpu ndarray", &Default::default())?,
+                        "flex" => bench::run::<burn::backend::Autodiff<burn::backend::Flex>>(&shape, steps.max(1), warmup, "cpu flex", &Default::default())?,
+                        other => bail!("unknown backend `{other}` (ndarray, flex)"),
+                    };
+                    println!("{row}");
+                }
             }
             Ok(true)
         }
