@@ -10,7 +10,7 @@ use anyhow::Result;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor};
-use lora_core::{attach_lora, count_params, LoraConfig, TargetModules};
+use lora_core::{LoraConfig, TargetModules, attach_lora, count_params};
 use rfa_loss::RfaObjective;
 use rfa_models::{Gpt2Config, Gpt2LmHeadModel, Tap, VitConfig, VitForImageClassification};
 
@@ -53,7 +53,8 @@ pub fn run<B: AutodiffBackend>(s: &Shape, steps: usize, warmup: usize, backend: 
             compute_params = params - (50257 + 1024) * s.width;
             let mut opt = AdamWConfig::new().with_epsilon(1e-8).init::<B, Gpt2LmHeadModel<B>>();
             let ids = Tensor::<B, 2, Int>::random([n, s.seq], Distribution::Uniform(0.0, 50257.0), device);
-            let mus: Vec<Tensor<B, 3>> = (0..s.layers).map(|_| Tensor::random([1, 1, 3 * s.width], Distribution::Normal(0.0, 1.0), device)).collect();
+            let mus: Vec<Tensor<B, 3>> =
+                (0..s.layers).map(|_| Tensor::random([1, 1, 3 * s.width], Distribution::Normal(0.0, 1.0), device)).collect();
             for i in 0..warmup + steps {
                 let t0 = Instant::now();
                 let (_, taps) = m.forward_hidden(ids.clone(), None);
@@ -79,7 +80,8 @@ pub fn run<B: AutodiffBackend>(s: &Shape, steps: usize, warmup: usize, backend: 
             compute_params = params;
             let mut opt = AdamWConfig::new().with_epsilon(1e-8).init::<B, VitForImageClassification<B>>();
             let x = Tensor::<B, 4>::random([n, 3, side, side], Distribution::Normal(0.0, 1.0), device);
-            let mus: Vec<Tensor<B, 3>> = adapted.iter().map(|_| Tensor::random([1, 1, s.width], Distribution::Normal(0.0, 1.0), device)).collect();
+            let mus: Vec<Tensor<B, 3>> =
+                adapted.iter().map(|_| Tensor::random([1, 1, s.width], Distribution::Normal(0.0, 1.0), device)).collect();
             for i in 0..warmup + steps {
                 let t0 = Instant::now();
                 let out = m.forward(x.clone());

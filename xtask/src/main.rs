@@ -97,8 +97,20 @@ fn run() -> Result<bool> {
                 let shape = bench::Shape { model: p[0].to_string(), layers: l.parse()?, width: w.parse()?, heads, batch, seq };
                 for b in &backends {
                     let row = match b.as_str() {
-                        "ndarray" => bench::run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&shape, steps.max(1), warmup, "cpu ndarray", &Default::default())?,
-                        "flex" => bench::run::<burn::backend::Autodiff<burn::backend::Flex>>(&shape, steps.max(1), warmup, "cpu flex", &Default::default())?,
+                        "ndarray" => bench::run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
+                            &shape,
+                            steps.max(1),
+                            warmup,
+                            "cpu ndarray",
+                            &Default::default(),
+                        )?,
+                        "flex" => bench::run::<burn::backend::Autodiff<burn::backend::Flex>>(
+                            &shape,
+                            steps.max(1),
+                            warmup,
+                            "cpu flex",
+                            &Default::default(),
+                        )?,
                         other => bail!("unknown backend `{other}` (ndarray, flex)"),
                     };
                     println!("{row}");

@@ -160,6 +160,9 @@ pub struct VitForImageClassification<B: Backend> {
     pub vit: VitModel<B>,
     pub classifier: LoraLinear<B>,
     pub config: VitConfig,
+    /// Hugging Face's `preprocessor_config.json` (`image_mean`, `image_std`, `size`, …) when the
+    /// checkpoint has one; written back by `save_pretrained`.
+    pub preprocessor: Option<serde_json::Value>,
 }
 
 impl<B: Backend> VitEmbeddings<B> {
@@ -218,7 +221,9 @@ impl<B: Backend> VitForImageClassification<B> {
             None => ck.linear("classifier", d, cfg.num_labels(), true, WeightLayout::Linear)?,
         };
         ck.finish()?;
-        Ok(Self { vit, classifier, config: cfg })
+        let pp = dir.join("preprocessor_config.json");
+        let preprocessor = if pp.is_file() { Some(read_config::<serde_json::Value>(&pp)?) } else { None };
+        Ok(Self { vit, classifier, config: cfg, preprocessor })
     }
 
     /// A freshly initialised model (N(0, 0.02) weights, as Hugging Face's `initializer_range`),
@@ -228,7 +233,7 @@ impl<B: Backend> VitForImageClassification<B> {
         let mut ck = Checkpoint::<B>::random(0.02, seed, device);
         let vit = VitModel::from_checkpoint(cfg, act, &mut ck)?;
         let classifier = ck.linear("classifier", cfg.hidden_size, cfg.num_labels(), true, WeightLayout::Linear)?;
-        Ok(lora_core::unfreeze(Self { vit, classifier, config: cfg.clone() }))
+        Ok(lora_core::unfreeze(Self { vit, classifier, config: cfg.clone(), preprocessor: None }))
     }
 
     /// Writes `config.json` + `model.safetensors` under the checkpoint's key names, as
@@ -257,11 +262,38 @@ impl<B: Backend> VitForImageClassification<B> {
         for (path, lin) in self.linears() {
             sd.linear(&path, lin)?;
         }
-        sd.save(dir, &self.config.to_json())
+        sd.save(dir, &self.config.to_json())?;
+        if let Some(pp) = &self.preprocessor {
+            let json = serde_json::to_string_pretty(pp).map_err(|e| ModelError::Input(e.to_string()))?;
+            lora_core::tensors::write_atomic(&dir.join("preprocessor_config.json"), json.as_bytes())?;
+        }
+        Ok(())
     }
 
     pub fn num_labels(&self) -> usize {
         self.classifier.d_out()
+    }
+
+    /// Per-channel normalisation `(mean, std)` from `preprocessor_config.json` (when it asks for
+    /// normalisation), else ViT's default 0.5 / 0.5.
+    pub fn normalisation(&self) -> (Vec<f32>, Vec<f32>) {
+        let c = self.config.num_channels;
+        let get = |k: &str| -> Option<Vec<f32>> {
+            let v = self.preprocessor.as_ref()?.get(k)?;
+            match v {
+                serde_json::Value::Array(a) => a.iter().map(|x| x.as_f64().map(|f| f as f32)).collect(),
+                serde_json::Value::Number(n) => n.as_f64().map(|f| vec![f as f32; c]),
+                _ => None,
+            }
+        };
+        let off = self.preprocessor.as_ref().and_then(|p| p.get("do_normalize")).and_then(|v| v.as_bool()) == Some(false);
+        if off {
+            return (vec![0.0; c], vec![1.0; c]);
+        }
+        match (get("image_mean"), get("image_std")) {
+            (Some(m), Some(s)) if m.len() == c && s.len() == c => (m, s),
+            _ => (vec![0.5; c], vec![0.5; c]),
+        }
     }
 
     /// `pixel_values [batch, channels, image_size, image_size]`, already normalised.

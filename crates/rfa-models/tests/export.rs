@@ -122,3 +122,25 @@ fn gpt2_and_bert_checkpoints_round_trip_and_export_merged() {
         },
     );
 }
+
+#[test]
+fn vit_reads_and_keeps_preprocessor_config() {
+    let src = fixtures().join("hf-parity/vit/model");
+    let m = VitForImageClassification::<B>::load(&src, &device()).unwrap();
+    assert_eq!(m.normalisation(), (vec![0.5; 3], vec![0.5; 3]), "ViT's default without preprocessor_config.json");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let pp = r#"{"do_normalize": true, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "size": {"height": 32, "width": 32}}"#;
+    std::fs::write(tmp.path().join("preprocessor_config.json"), pp).unwrap();
+    let m = VitForImageClassification::<B>::load(tmp.path(), &device()).unwrap();
+    assert_eq!(m.normalisation(), (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225]));
+    let out = tmp.path().join("saved");
+    m.save_pretrained(&out).unwrap();
+    let back: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("preprocessor_config.json")).unwrap()).unwrap();
+    assert_eq!(back["image_std"][2], 0.225);
+    std::fs::write(tmp.path().join("preprocessor_config.json"), r#"{"do_normalize": false}"#).unwrap();
+    let m = VitForImageClassification::<B>::load(tmp.path(), &device()).unwrap();
+    assert_eq!(m.normalisation(), (vec![0.0; 3], vec![1.0; 3]));
+}

@@ -123,9 +123,12 @@ pub fn initial_model<B: AutodiffBackend>(model: &ModelConfig, task: &Task, seed:
     })
 }
 
+/// Resize to the model's image size, its channel count, and the checkpoint's normalisation
+/// (`preprocessor_config.json`, else ViT's 0.5 / 0.5).
 fn preprocess<B: Backend>(m: &Vit<B>) -> Preprocess {
     let c = &m.config;
-    Preprocess::vit(c.image_size, c.num_channels)
+    let (mean, std) = m.normalisation();
+    Preprocess { size: c.image_size, channels: c.num_channels, mean, std }
 }
 
 /// A batch of images as model input, with labels.
