@@ -257,7 +257,7 @@ pub fn check_dir<B: Backend>(dir: &Path, tol: Tolerance, device: &B::Device) -> 
             ids.to_i64().iter().enumerate().map(|(i, &t)| if mask.as_ref().is_some_and(|m| m[i] == 0) { -100 } else { t }).collect();
         let labels = HostTensor { shape: ids.shape.clone(), data: lora_core::HostData::I64(labels) };
         let logits: Tensor<B, 3> = base.logits.to_tensor(device);
-        let loss = causal_lm_loss(logits, labels.to_int_tensor(device)).into_scalar_f32();
+        let loss = HostTensor::from_tensor(causal_lm_loss(logits, labels.to_int_tensor(device))).to_f32()[0];
         comparisons.push(rel("loss", loss, r.to_f32()[0], tol.rel));
     }
 
@@ -276,14 +276,4 @@ pub fn check_dir<B: Backend>(dir: &Path, tol: Tolerance, device: &B::Device) -> 
         }
     }
     Ok(ParityReport { dir: dir.to_path_buf(), architecture: model.architecture(), comparisons })
-}
-
-trait IntoScalarF32 {
-    fn into_scalar_f32(self) -> f32;
-}
-
-impl<B: Backend> IntoScalarF32 for Tensor<B, 1> {
-    fn into_scalar_f32(self) -> f32 {
-        self.into_data().convert::<f32>().into_vec::<f32>().expect("f32")[0]
-    }
 }
