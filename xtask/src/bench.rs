@@ -23,13 +23,6 @@ pub struct Shape {
     pub seq: usize,
 }
 
-fn split<B: AutodiffBackend>(taps: &[Tap<B>], n: usize) -> (Vec<Tap<B>>, Vec<Tap<B>>) {
-    let cut = |t: &Tensor<B, 3>, s, l| t.clone().narrow(0, s, l);
-    let r = taps.iter().map(|t| Tap { pre: cut(&t.pre, 0, n), residual: cut(&t.residual, 0, n) }).collect();
-    let f = taps.iter().map(|t| Tap { pre: cut(&t.pre, n, n), residual: cut(&t.residual, n, n) }).collect();
-    (r, f)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -58,7 +51,7 @@ pub fn run<B: AutodiffBackend>(s: &Shape, steps: usize, warmup: usize, backend: 
             for i in 0..warmup + steps {
                 let t0 = Instant::now();
                 let (_, taps) = m.forward_hidden(ids.clone(), None);
-                let (r, f) = split(&taps, b);
+                let (r, f) = Tap::split_rows(&taps, b);
                 let loss = obj.total(&r, None, &f, &mus, None)?.total;
                 let g = GradientsParams::from_grads(loss.backward(), &m);
                 m = opt.step(5e-5, m, g);
@@ -85,7 +78,7 @@ pub fn run<B: AutodiffBackend>(s: &Shape, steps: usize, warmup: usize, backend: 
             for i in 0..warmup + steps {
                 let t0 = Instant::now();
                 let out = m.forward(x.clone());
-                let (r, f) = split(&out.taps, b);
+                let (r, f) = Tap::split_rows(&out.taps, b);
                 let loss = obj.total(&r, None, &f, &mus, None)?.total;
                 let g = GradientsParams::from_grads(loss.backward(), &m);
                 m = opt.step(5e-5, m, g);

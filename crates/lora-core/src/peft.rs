@@ -126,7 +126,7 @@ pub fn load_adapter<B: Backend, M: LoraModel<B>>(model: &mut M, dir: &Path) -> R
     let rslora = cfg.use_rslora;
     let mut linears: HashMap<String, &mut LoraLinear<B>> = model.linears_mut().into_iter().collect();
     let available = || {
-        let mut v: Vec<String> = linears_keys(&linears);
+        let mut v: Vec<String> = linears.keys().cloned().collect();
         v.sort();
         v
     };
@@ -164,10 +164,6 @@ pub fn load_adapter<B: Backend, M: LoraModel<B>>(model: &mut M, dir: &Path) -> R
         lin.merged = false;
     }
     Ok(cfg)
-}
-
-fn linears_keys<B: Backend>(m: &HashMap<String, &mut LoraLinear<B>>) -> Vec<String> {
-    m.keys().cloned().collect()
 }
 
 /// Writes the model's adapters to `dir` in PEFT's format. `base_model_name_or_path` goes into the

@@ -313,11 +313,7 @@ pub fn unlearn_rfa<B: AutodiffBackend>(
     for b in batches(&task.split.retain, 256, false, 0) {
         let (x, y) = image_batch::<B::InnerBackend>(&task.train, &b, &pre, device)?;
         let out = inner.forward(x);
-        let taps: Vec<rfa_models::Tap<B>> = out
-            .taps
-            .into_iter()
-            .map(|t| rfa_models::Tap { pre: view(Tensor::from_inner(t.pre)), residual: view(Tensor::from_inner(t.residual)) })
-            .collect();
+        let taps: Vec<rfa_models::Tap<B>> = out.taps.into_iter().map(|t| t.map(|x| view(Tensor::from_inner(x)))).collect();
         stats.add(&taps, Some(&y), None)?;
         pb.inc(b.len() as u64);
     }
@@ -348,14 +344,8 @@ pub fn unlearn_rfa<B: AutodiffBackend>(
             let (x, y) = image_batch::<B>(&task.train, &both, &pre, device)?;
             let (nr, nf) = (rb.len(), fb.len());
             let out = model.forward(x);
-            let split = |t: &Tensor<B, 3>, s: usize, n: usize| t.clone().narrow(0, s, n);
-            let rt: Vec<_> =
-                out.taps.iter().map(|t| rfa_models::Tap { pre: split(&t.pre, 0, nr), residual: split(&t.residual, 0, nr) }).collect();
-            let ft: Vec<_> = out
-                .taps
-                .iter()
-                .map(|t| rfa_models::Tap { pre: view(split(&t.pre, nr, nf)), residual: view(split(&t.residual, nr, nf)) })
-                .collect();
+            let (rt, ft) = rfa_models::Tap::split_rows(&out.taps, nr);
+            let ft: Vec<_> = ft.into_iter().map(|t| t.map(view)).collect();
             let [_, seq, _] = ft[0].pre.dims();
             let mu = targets.for_batch(nf, seq, Some(&y[nr..]))?;
             let parts = objective.total(&rt, None, &ft, &mu, None)?;
