@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Tensor, TensorData};
 
 /// How the base weight of a layer is laid out in its Hugging Face checkpoint.
 ///
@@ -32,10 +32,23 @@ pub struct LoraAdapter<B: Backend> {
 
 impl<B: Backend> LoraAdapter<B> {
     /// PEFT's default initialisation: A ~ Kaiming-uniform (a = sqrt(5)), i.e. U(-1/sqrt(in),
-    /// 1/sqrt(in)); B = 0, so the adapted layer starts exactly at the base layer.
-    pub fn init(d_in: usize, d_out: usize, r: usize, alpha: f64, rslora: bool, device: &B::Device) -> Self {
+    /// 1/sqrt(in)); B = 0, so the adapted layer starts exactly at the base layer. A is drawn on
+    /// the host from `seed` (SplitMix64), so a seed gives the same adapter on every backend and
+    /// in every process.
+    pub fn init(d_in: usize, d_out: usize, r: usize, alpha: f64, rslora: bool, seed: u64, device: &B::Device) -> Self {
         let bound = 1.0 / (d_in as f64).sqrt();
-        let a = Tensor::random([d_in, r], Distribution::Uniform(-bound, bound), device);
+        let mut state = seed;
+        let values: Vec<f32> = (0..d_in * r)
+            .map(|_| {
+                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                let u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+                ((2.0 * u - 1.0) * bound) as f32
+            })
+            .collect();
+        let a = Tensor::from_data(TensorData::new(values, [d_in, r]), device);
         let b = Tensor::zeros([r, d_out], device);
         Self::from_tensors(a, b, alpha, rslora)
     }
@@ -111,10 +124,10 @@ impl<B: Backend> LoraLinear<B> {
         }
     }
 
-    /// Attaches a fresh adapter (B = 0), replacing any existing one.
-    pub fn attach(&mut self, r: usize, alpha: f64, rslora: bool) {
+    /// Attaches a fresh adapter (B = 0, A drawn from `seed`), replacing any existing one.
+    pub fn attach(&mut self, r: usize, alpha: f64, rslora: bool, seed: u64) {
         let device = self.base.weight.device();
-        self.lora = Some(LoraAdapter::init(self.d_in(), self.d_out(), r, alpha, rslora, &device));
+        self.lora = Some(LoraAdapter::init(self.d_in(), self.d_out(), r, alpha, rslora, seed, &device));
         self.merged = false;
     }
 

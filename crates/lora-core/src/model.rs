@@ -99,11 +99,14 @@ pub struct LoraConfig {
     pub target_modules: TargetModules,
     #[serde(default)]
     pub use_rslora: bool,
+    /// Seed of the A matrices (each layer gets its own stream, derived from its position).
+    #[serde(default)]
+    pub seed: u64,
 }
 
 impl LoraConfig {
     pub fn new(r: usize, alpha: f64, target_modules: TargetModules) -> Self {
-        Self { r, alpha, target_modules, use_rslora: false }
+        Self { r, alpha, target_modules, use_rslora: false, seed: 0 }
     }
 }
 
@@ -118,9 +121,10 @@ pub fn attach_lora<B: Backend, M: LoraModel<B> + Module<B>>(model: M, config: &L
     let mut model = model.no_grad();
     let skip = if matches!(matcher, Matcher::AllLinear) { model.output_layers() } else { Vec::new() };
     let mut adapted = Vec::new();
-    for (path, lin) in model.linears_mut() {
+    for (i, (path, lin)) in model.linears_mut().into_iter().enumerate() {
         if matcher.matches(&path) && !skip.contains(&path) {
-            lin.attach(config.r, config.alpha, config.use_rslora);
+            let seed = config.seed.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add(i as u64 + 1);
+            lin.attach(config.r, config.alpha, config.use_rslora, seed);
             adapted.push(path);
         }
     }

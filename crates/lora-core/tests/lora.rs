@@ -78,7 +78,7 @@ proptest! {
         let mut l = layer::<Nd>(d_in, d_out, WeightLayout::Linear);
         let x = rand::<Nd, 3>([batch, 3, d_in]);
         let base = vals(l.forward(x.clone()));
-        l.attach(r, alpha, false);
+        l.attach(r, alpha, false, 7);
         let (p, res) = l.split(x.clone());
         prop_assert_eq!(vals(p), base.clone());
         prop_assert!(vals(res.unwrap()).iter().all(|&v| v == 0.0));
@@ -89,7 +89,7 @@ proptest! {
     fn merged_forward_equals_split_sum_and_unmerge_restores(d_in in 1usize..24, d_out in 1usize..24, r in 1usize..8, alpha in 0.5f64..32.0) {
         let mut l = layer::<Nd>(d_in, d_out, WeightLayout::Linear);
         let w0 = vals(l.base.weight.val());
-        l.attach(r, alpha, false);
+        l.attach(r, alpha, false, 7);
         let mut l = with_random_b(l);
         let x = rand::<Nd, 3>([2, 5, d_in]);
         let (p, res) = l.split(x.clone());
@@ -311,4 +311,20 @@ fn saved_config_is_what_peft_reads() {
     let names: Vec<String> =
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn adapter_init_is_seeded_and_within_peft_bounds() {
+    let base = Toy::<Nd>::new(9, WeightLayout::Linear);
+    let attach = |seed| {
+        let cfg = LoraConfig { seed, ..LoraConfig::new(4, 8.0, TargetModules::parse("all-linear")) };
+        let (m, _) = attach_lora(base.clone(), &cfg).unwrap();
+        m.linears().iter().map(|(_, l)| vals(l.lora.as_ref().unwrap().lora_a.val())).collect::<Vec<_>>()
+    };
+    let (a, b, c) = (attach(1), attach(1), attach(2));
+    assert_eq!(a, b, "same seed, same adapters");
+    assert_ne!(a, c);
+    assert_ne!(a[0], a[1], "each layer has its own stream");
+    let bound = 1.0 / 9f32.sqrt();
+    assert!(a.iter().flatten().all(|v| v.abs() <= bound));
 }

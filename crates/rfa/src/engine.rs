@@ -288,7 +288,7 @@ pub fn unlearn_rfa<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<(Vit<B>, UnlearnLog)> {
     let pre = preprocess(&m0);
-    let cfg = LoraConfig::new(uc.rank, uc.alpha, TargetModules::parse(&uc.targets));
+    let cfg = LoraConfig { seed, ..LoraConfig::new(uc.rank, uc.alpha, TargetModules::parse(&uc.targets)) };
     let (mut model, adapted) = attach_lora(m0, &cfg)?;
     let params = count_params(&model);
     let cls_only = match uc.forget_tokens.as_str() {

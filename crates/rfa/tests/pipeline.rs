@@ -191,3 +191,16 @@ fn any_vit_config_json_trains_from_scratch_on_resized_grey_images() {
     assert_eq!(saved["image_size"], 32);
     assert_eq!(saved["id2label"]["1"], "Trouser");
 }
+
+#[test]
+fn unlearning_is_reproducible_from_the_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run::open(tiny("repro", tmp.path())).unwrap();
+    let dev = Default::default();
+    run.train::<AB>(false, &dev).unwrap();
+    let adapter = || std::fs::read(run.dir.join("rfa/adapter/adapter_model.safetensors")).unwrap();
+    run.unlearn::<AB>(&dev).unwrap();
+    let first = adapter();
+    run.unlearn::<AB>(&dev).unwrap();
+    assert_eq!(first, adapter(), "the same config and seed give the same adapter");
+}
