@@ -9,7 +9,7 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::{Deserialize, Serialize};
 
@@ -361,11 +361,12 @@ impl<B: Backend> BertForSequenceClassification<B> {
     /// Reads a pre-trained encoder (e.g. a `BertModel` checkpoint) and puts a freshly
     /// initialised classifier with `num_labels` outputs on top (N(0, 0.02) weights, zero bias,
     /// as Hugging Face initialises it); a classifier in the checkpoint is replaced.
-    pub fn load_with_new_head(dir: &Path, num_labels: usize, device: &B::Device) -> Result<Self, ModelError> {
-        Self::load_inner(dir, Some(num_labels), device)
+    /// The head's weights are drawn from `seed`.
+    pub fn load_with_new_head(dir: &Path, num_labels: usize, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
+        Self::load_inner(dir, Some((num_labels, seed)), device)
     }
 
-    fn load_inner(dir: &Path, new_head: Option<usize>, device: &B::Device) -> Result<Self, ModelError> {
+    fn load_inner(dir: &Path, new_head: Option<(usize, u64)>, device: &B::Device) -> Result<Self, ModelError> {
         let cpath = dir.join("config.json");
         let cfg: BertConfig = read_config(&cpath)?;
         let act = cfg.validate(&cpath)?;
@@ -374,10 +375,9 @@ impl<B: Backend> BertForSequenceClassification<B> {
         let bert = BertModel::from_checkpoint(&cfg, act, &mut ck, "bert.")?;
         let d = cfg.hidden_size;
         let classifier = match new_head {
-            Some(n) => {
+            Some((n, seed)) => {
                 ck.ignore(|k| k.starts_with("classifier."));
-                let w = Tensor::random([d, n], Distribution::Normal(0.0, 0.02), device);
-                LoraLinear::from_weights(w, Some(Tensor::zeros([n], device)), WeightLayout::Linear)
+                crate::common::fresh_head(d, n, seed, device)
             }
             None => ck.linear("classifier", d, cfg.num_labels(), true, WeightLayout::Linear)?,
         };

@@ -337,6 +337,14 @@ impl SplitMix64 {
     }
 }
 
+/// A freshly initialised classification head `d → n` (N(0, 0.02) weights, zero bias, as Hugging
+/// Face initialises it), seeded so that fine-tuning runs are reproducible.
+pub(crate) fn fresh_head<B: Backend>(d: usize, n: usize, seed: u64, device: &B::Device) -> LoraLinear<B> {
+    let mut ck = Checkpoint::<B>::random(0.02, seed, device);
+    let head = ck.linear("classifier", d, n, true, WeightLayout::Linear).expect("random weights have the requested shapes");
+    lora_core::unfreeze(head)
+}
+
 /// Seeded normal samples (Box–Muller).
 struct Normal {
     rng: SplitMix64,

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::nn::LayerNorm;
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::{Deserialize, Serialize};
 
@@ -197,11 +197,12 @@ impl<B: Backend> VitForImageClassification<B> {
     }
 
     /// Reads a pre-trained encoder and puts a fresh classifier with `num_labels` outputs on it.
-    pub fn load_with_new_head(dir: &Path, num_labels: usize, device: &B::Device) -> Result<Self, ModelError> {
-        Self::load_inner(dir, Some(num_labels), device)
+    /// The head's weights are drawn from `seed`.
+    pub fn load_with_new_head(dir: &Path, num_labels: usize, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
+        Self::load_inner(dir, Some((num_labels, seed)), device)
     }
 
-    fn load_inner(dir: &Path, new_head: Option<usize>, device: &B::Device) -> Result<Self, ModelError> {
+    fn load_inner(dir: &Path, new_head: Option<(usize, u64)>, device: &B::Device) -> Result<Self, ModelError> {
         let cpath = dir.join("config.json");
         let mut cfg: VitConfig = read_config(&cpath)?;
         let act = cfg.validate(&cpath)?;
@@ -210,13 +211,12 @@ impl<B: Backend> VitForImageClassification<B> {
         let vit = VitModel::from_checkpoint(&cfg, act, &mut ck)?;
         let d = cfg.hidden_size;
         let classifier = match new_head {
-            Some(n) => {
+            Some((n, seed)) => {
                 ck.ignore(|k| k.starts_with("classifier."));
-                let w = Tensor::random([d, n], Distribution::Normal(0.0, 0.02), device);
                 if cfg.num_labels() != n {
                     cfg.id2label = Some((0..n).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect());
                 }
-                LoraLinear::from_weights(w, Some(Tensor::zeros([n], device)), WeightLayout::Linear)
+                crate::common::fresh_head(d, n, seed, device)
             }
             None => ck.linear("classifier", d, cfg.num_labels(), true, WeightLayout::Linear)?,
         };

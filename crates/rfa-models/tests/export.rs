@@ -144,3 +144,27 @@ fn vit_reads_and_keeps_preprocessor_config() {
     let m = VitForImageClassification::<B>::load(tmp.path(), &device()).unwrap();
     assert_eq!(m.normalisation(), (vec![0.0; 3], vec![1.0; 3]));
 }
+
+#[test]
+fn new_heads_are_seeded() {
+    let dir = fixtures().join("hf-parity/vit/model");
+    let head = |seed| {
+        let m = VitForImageClassification::<B>::load_with_new_head(&dir, 3, seed, &device()).unwrap();
+        assert_eq!(m.num_labels(), 3);
+        HostTensor::from_tensor(m.classifier.base.weight.val())
+    };
+    assert_eq!(head(3), head(3));
+    assert_ne!(head(3), head(4));
+    let bert = fixtures().join("hf-parity/bert/model");
+    let b = |seed| {
+        HostTensor::from_tensor(
+            rfa_models::BertForSequenceClassification::<B>::load_with_new_head(&bert, 5, seed, &device())
+                .unwrap()
+                .classifier
+                .base
+                .weight
+                .val(),
+        )
+    };
+    assert_eq!(b(1), b(1));
+}

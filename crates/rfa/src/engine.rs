@@ -112,7 +112,7 @@ pub fn preset_config(model: &ModelConfig, classes: &[String], channels: usize) -
 pub fn initial_model<B: AutodiffBackend>(model: &ModelConfig, task: &Task, seed: u64, device: &B::Device) -> Result<Vit<B>> {
     let classes = task.train.num_classes();
     Ok(match (&model.path, &model.config) {
-        (Some(p), _) => lora_core::unfreeze(Vit::load_with_new_head(p, classes, device)?),
+        (Some(p), _) => lora_core::unfreeze(Vit::load_with_new_head(p, classes, seed, device)?),
         (None, Some(c)) => {
             let mut cfg: VitConfig = rfa_models::common::read_config(c)?;
             cfg.id2label = Some(task.train.class_names.iter().enumerate().map(|(i, n)| (i.to_string(), n.clone())).collect());
