@@ -236,3 +236,54 @@ impl Summary {
             / 4.0
     }
 }
+
+/// Area under the ROC curve, in percent, of a score that should be higher for `members` than
+/// for `non_members` (the Mann–Whitney statistic; ties count one half). 50 = the attack cannot
+/// tell them apart.
+pub fn auc(members: &[f64], non_members: &[f64]) -> Result<f64, EvalError> {
+    if members.is_empty() || non_members.is_empty() {
+        return Err(EvalError::Empty("the member or non-member set of the AUC"));
+    }
+    if let Some(row) = members.iter().chain(non_members).position(|x| x.is_nan()) {
+        return Err(EvalError::NonFinite { what: "AUC scores", row });
+    }
+    let mut all: Vec<(f64, bool)> = members.iter().map(|&x| (x, true)).chain(non_members.iter().map(|&x| (x, false))).collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Sum of the members' ranks, ties given their average rank.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j < all.len() && all[j].0 == all[i].0 {
+            j += 1;
+        }
+        let avg = (i + 1 + j) as f64 / 2.0;
+        rank_sum += avg * all[i..j].iter().filter(|x| x.1).count() as f64;
+        i = j;
+    }
+    let (m, n) = (members.len() as f64, non_members.len() as f64);
+    Ok(100.0 * (rank_sum - m * (m + 1.0) / 2.0) / (m * n))
+}
+
+/// Mean negative log-likelihood per token of one text (the loss attack's score, negated).
+pub fn mean_nll(token_logprobs: &[f32]) -> Option<f64> {
+    (!token_logprobs.is_empty()).then(|| -token_logprobs.iter().map(|&x| x as f64).sum::<f64>() / token_logprobs.len() as f64)
+}
+
+/// Min-K% Prob (Shi et al., 2024): the mean log-probability of the `k_percent` % least likely
+/// tokens of a text (at least one). Higher = more likely seen in training.
+pub fn min_k_prob(token_logprobs: &[f32], k_percent: f64) -> Option<f64> {
+    if token_logprobs.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = token_logprobs.iter().map(|&x| x as f64).collect();
+    v.sort_by(f64::total_cmp);
+    let k = ((v.len() as f64) * k_percent / 100.0).ceil().max(1.0) as usize;
+    Some(v[..k.min(v.len())].iter().sum::<f64>() / k.min(v.len()) as f64)
+}
+
+/// Perplexity over a set of texts: exp of the mean negative log-likelihood over all their tokens.
+pub fn perplexity(texts: &[Vec<f32>]) -> Option<f64> {
+    let n: usize = texts.iter().map(Vec::len).sum();
+    (n > 0).then(|| (-texts.iter().flatten().map(|&x| x as f64).sum::<f64>() / n as f64).exp())
+}

@@ -88,3 +88,32 @@ fn average_gap_is_the_mean_absolute_difference() {
     assert_relative_eq!(m.average_gap(&r), (90.0 + 2.0 + 1.0 + 80.0) / 4.0);
     assert_relative_eq!(r.average_gap(&r), 0.0);
 }
+
+#[test]
+fn auc_counts_ordered_pairs_and_ties() {
+    use rfa_eval::auc;
+    // Members all above non-members: 100; below: 0; identical: 50.
+    assert_eq!(auc(&[3.0, 4.0], &[1.0, 2.0]).unwrap(), 100.0);
+    assert_eq!(auc(&[1.0, 2.0], &[3.0, 4.0]).unwrap(), 0.0);
+    assert_eq!(auc(&[1.0, 1.0], &[1.0]).unwrap(), 50.0);
+    // Member 2 beats 1, loses to 2.5, ties 2 (½); member 3 beats all three: 4.5 of 6 pairs.
+    let a = auc(&[2.0, 3.0], &[1.0, 2.5, 2.0]).unwrap();
+    assert!((a - 75.0).abs() < 1e-12, "{a}");
+    assert!(auc(&[], &[1.0]).is_err());
+    assert!(auc(&[f64::NAN], &[1.0]).is_err());
+}
+
+#[test]
+fn language_model_scores() {
+    use rfa_eval::{mean_nll, min_k_prob, perplexity};
+    let lp = [-1.0f32, -3.0, -0.5, -2.0, -0.1];
+    assert!((mean_nll(&lp).unwrap() - 6.6 / 5.0).abs() < 1e-6);
+    // 20 % of 5 tokens = 1 token: the least likely one.
+    assert!((min_k_prob(&lp, 20.0).unwrap() + 3.0).abs() < 1e-6);
+    // 50 % of 5 → 3 tokens: −3, −2, −1.
+    assert!((min_k_prob(&lp, 50.0).unwrap() + 2.0).abs() < 1e-6);
+    assert!(min_k_prob(&[], 20.0).is_none());
+    let ppl = perplexity(&[vec![-1.0, -1.0], vec![-2.0]]).unwrap();
+    assert!((ppl - (4.0f64 / 3.0).exp()).abs() < 1e-5);
+    assert!(perplexity(&[vec![]]).is_none());
+}

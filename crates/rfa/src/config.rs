@@ -19,6 +19,8 @@ pub struct RunConfig {
     pub model: ModelConfig,
     pub train: TrainConfig,
     pub unlearn: UnlearnConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
 }
 
 fn runs_dir() -> PathBuf {
@@ -28,8 +30,10 @@ fn runs_dir() -> PathBuf {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// `fashion-mnist` / `mnist` (IDX files in `path`), `cifar10` (binary batches in `path`),
-    /// `image-folder` (`path/train/<class>/…`, `path/test/<class>/…`).
+    /// Images: `fashion-mnist` / `mnist` (IDX files in `path`), `cifar10` (binary batches in
+    /// `path`), `image-folder` (`path/train/<class>/…`, `path/test/<class>/…`).
+    /// Text: `imdb` (`path` = an `aclImdb` folder), `eli5` (`path` = ELI5-Category JSON / JSONL
+    /// files, or a folder of them).
     pub dataset: String,
     /// Folder of the data; empty = the Fashion-MNIST subset embedded in the repository.
     #[serde(default)]
@@ -42,20 +46,59 @@ pub struct DataConfig {
     pub max_train: usize,
     #[serde(default)]
     pub max_test: usize,
+    /// Text: tokens per sample at most (longer texts keep their start).
+    #[serde(default = "max_len")]
+    pub max_len: usize,
+    /// ELI5: the categories of the experiment set; empty = the `n_categories` largest.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    #[serde(default = "n_categories")]
+    pub n_categories: usize,
+    /// ELI5: questions per category at most.
+    #[serde(default = "per_category")]
+    pub per_category: usize,
+    /// ELI5: append the first answer to the question.
+    #[serde(default = "yes")]
+    pub with_answer: bool,
+    /// ELI5: share of each category held out as the test set, in percent.
+    #[serde(default = "test_percent")]
+    pub test_percent: f64,
+}
+
+fn max_len() -> usize {
+    128
+}
+fn n_categories() -> usize {
+    10
+}
+fn per_category() -> usize {
+    1000
+}
+fn yes() -> bool {
+    true
+}
+fn test_percent() -> f64 {
+    10.0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// `vit-tiny` (28², patch 7, 2 × 64, 4 heads: trains on 2 CPU cores), `vit-small`
-    /// (32², patch 4, 4 × 128), or `path` to a Hugging Face ViT checkpoint to fine-tune.
+    /// (32², patch 4, 4 × 128), `gpt2-tiny` (2 × 128, 4 heads, 512 positions), `gpt2-small`
+    /// (GPT-2 small's shape: 12 × 768, 12 heads, 1024 positions); or `path` to a Hugging Face
+    /// checkpoint (ViT, BERT, GPT-2) to fine-tune. BERT has no preset: pass a pre-trained one.
     #[serde(default = "preset")]
     pub preset: String,
     #[serde(default)]
     pub path: Option<PathBuf>,
-    /// A ViT `config.json` to build and train from scratch (instead of a preset).
+    /// A ViT or GPT-2 `config.json` to build and train from scratch (instead of a preset).
     #[serde(default)]
     pub config: Option<PathBuf>,
+    /// Text: the tokenizer's folder (`tokenizer.json`, or GPT-2's `vocab.json` + `merges.txt` /
+    /// `encoder.json` + `vocab.bpe`); default: `path`.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
 }
 
 fn preset() -> String {
@@ -108,6 +151,44 @@ pub struct UnlearnConfig {
     pub forget_tokens: String,
 }
 
+/// Evaluation options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Language models: k of the Min-K% Prob membership attack, in percent.
+    #[serde(default = "min_k")]
+    pub min_k_percent: f64,
+    /// Language models: prompts from the forgotten data and from retained data whose greedy
+    /// continuations the report shows (each).
+    #[serde(default = "prompts")]
+    pub prompts: usize,
+    #[serde(default = "generate_tokens")]
+    pub generate_tokens: usize,
+    /// Language models: Dr perplexity over at most this many retained texts (a seeded sample;
+    /// 0 = all).
+    #[serde(default = "max_retain")]
+    pub max_retain: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { min_k_percent: min_k(), prompts: prompts(), generate_tokens: generate_tokens(), max_retain: max_retain() }
+    }
+}
+
+fn min_k() -> f64 {
+    20.0
+}
+fn prompts() -> usize {
+    2
+}
+fn generate_tokens() -> usize {
+    40
+}
+fn max_retain() -> usize {
+    2000
+}
+
 fn all_tokens() -> String {
     "all".into()
 }
@@ -124,8 +205,20 @@ impl RunConfig {
             name: "demo".into(),
             runs_dir: runs_dir(),
             seed: 0,
-            data: DataConfig { dataset: "fashion-mnist".into(), path: PathBuf::new(), forget: "class:1".into(), max_train: 0, max_test: 0 },
-            model: ModelConfig { preset: preset(), path: None, config: None },
+            data: DataConfig {
+                dataset: "fashion-mnist".into(),
+                path: PathBuf::new(),
+                forget: "class:1".into(),
+                max_train: 0,
+                max_test: 0,
+                max_len: max_len(),
+                categories: Vec::new(),
+                n_categories: n_categories(),
+                per_category: per_category(),
+                with_answer: true,
+                test_percent: test_percent(),
+            },
+            model: ModelConfig { preset: preset(), path: None, config: None, tokenizer: None },
             train: TrainConfig { epochs: 15, lr: 2e-3, batch_size: 64, weight_decay: 0.01 },
             // Chosen on this data by a small sweep (docs/RESULTS.md): the forget term on the CLS
             // token, λ = 0.1, three passes over Df.
@@ -144,6 +237,7 @@ impl RunConfig {
                 weight_decay: 0.0,
                 forget_tokens: "cls".into(),
             },
+            eval: EvalConfig::default(),
         }
     }
 

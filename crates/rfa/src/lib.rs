@@ -13,19 +13,28 @@
 
 pub mod config;
 pub mod engine;
+pub mod learner;
+pub mod models;
 pub mod plots;
 pub mod report;
+pub mod task;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use rfa_data::ImageDataset;
+use rfa_models::Architecture;
+use rfa_models::tokenizer::TextTokenizer;
 use serde::{Deserialize, Serialize};
 
 use config::RunConfig;
-use engine::{Task, Vit, initial_model, load_task, outputs, train_classifier, unlearn_rfa};
-use report::{Evaluated, Phase, Report, measure, model_reports};
+use engine::{outputs, train_model, unlearn_rfa};
+use learner::{Learner, Samples, TokenizedText};
+use models::{Bert, Gpt2, Vit};
+use report::{Evaluated, Generation, Phase, Report, measure, model_reports};
+use task::Task;
 
 /// What a phase left beside its model, for the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,34 +54,133 @@ fn read_phase(dir: &Path) -> Result<PhaseRecord> {
         .with_context(|| format!("reading {}", p.display()))
 }
 
+/// A run's data: images for ViT, tokenised text for BERT and GPT-2.
+pub enum Data {
+    Images(Task<ImageDataset>),
+    Text(Task<TokenizedText>),
+}
+
 pub struct Run {
     pub cfg: RunConfig,
-    pub task: Task,
+    pub arch: Architecture,
+    pub data: Data,
     pub dir: PathBuf,
+    /// Text runs: the tokenizer and the folder it came from.
+    pub tokenizer: Option<(TextTokenizer, PathBuf)>,
 }
+
+type Inner<B> = <B as AutodiffBackend>::InnerBackend;
 
 impl Run {
     pub fn open(cfg: RunConfig) -> Result<Self> {
-        let task = load_task(&cfg.data, cfg.seed)?;
+        let arch = models::architecture(&cfg.model)?;
+        let (data, tokenizer) = if task::is_text(&cfg.data) {
+            if arch == Architecture::Vit {
+                bail!("data set `{}` is text, the model a ViT: use a BERT (model.path) or GPT-2 model", cfg.data.dataset);
+            }
+            let (tok, tok_dir) = models::tokenizer(&cfg.model)?;
+            let (train, test) = task::load_text(&cfg.data, cfg.seed)?;
+            let eos = if arch == Architecture::Gpt2 { models::eos_id(&tok) } else { None };
+            let train = TokenizedText::new(train, &tok, cfg.data.max_len, eos)?;
+            let test = TokenizedText::new(test, &tok, cfg.data.max_len, eos)?;
+            if train.truncated + test.truncated > 0 {
+                eprintln!(
+                    "note: {} of {} training and {} of {} test texts are longer than data.max_len = {} tokens and were cut to it",
+                    train.truncated,
+                    train.len(),
+                    test.truncated,
+                    test.len(),
+                    cfg.data.max_len
+                );
+            }
+            for ds in [&train, &test] {
+                if ds.text.lossy > 0 {
+                    eprintln!("note: {} texts of {} were not valid UTF-8 (decoded with U+FFFD)", ds.text.lossy, ds.source());
+                }
+            }
+            (Data::Text(Task::new(train, test, &cfg.data.forget, cfg.seed)?), Some((tok, tok_dir)))
+        } else {
+            if arch != Architecture::Vit {
+                bail!("data set `{}` is images: the model must be a ViT, not {arch:?}", cfg.data.dataset);
+            }
+            let (train, test) = task::load_images(&cfg.data, cfg.seed)?;
+            (Data::Images(Task::new(train, test, &cfg.data.forget, cfg.seed)?), None)
+        };
         let dir = cfg.run_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         lora_core::tensors::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-        Ok(Self { cfg, task, dir })
+        Ok(Self { cfg, arch, data, dir, tokenizer })
+    }
+
+    /// Training, forget, retain and test set sizes.
+    pub fn sizes(&self) -> (usize, usize, usize, usize) {
+        fn of<D: Samples>(t: &Task<D>) -> (usize, usize, usize, usize) {
+            (t.train.len(), t.split.forget.len(), t.split.retain.len(), t.test.len())
+        }
+        match &self.data {
+            Data::Images(t) => of(t),
+            Data::Text(t) => of(t),
+        }
+    }
+
+    pub fn text(&self) -> Result<&Task<TokenizedText>> {
+        match &self.data {
+            Data::Text(t) => Ok(t),
+            Data::Images(_) => bail!("this run's data are images"),
+        }
+    }
+
+    pub fn images(&self) -> Result<&Task<ImageDataset>> {
+        match &self.data {
+            Data::Images(t) => Ok(t),
+            Data::Text(_) => bail!("this run's data are text"),
+        }
     }
 
     /// `rfa train` (all of D → `original/`) or `rfa retrain` (Dr only → `retrain/`).
     pub fn train<B: AutodiffBackend>(&self, retrain: bool, device: &B::Device) -> Result<()> {
+        let (m, seed) = (&self.cfg.model, self.cfg.seed);
+        match self.arch {
+            Architecture::Vit => {
+                let t = self.images()?;
+                let model = models::initial_vit::<B>(m, &t.train.class_names, t.train.channels, seed, device)?;
+                self.train_with(model, t, retrain, device)
+            }
+            Architecture::Bert => {
+                let t = self.text()?;
+                self.train_with(models::initial_bert::<B>(m, t.train.class_names().len(), seed, device)?, t, retrain, device)
+            }
+            Architecture::Gpt2 => {
+                let tok = &self.tokenizer.as_ref().context("text run without tokenizer")?.0;
+                self.train_with(models::initial_gpt2::<B>(m, tok, seed, device)?, self.text()?, retrain, device)
+            }
+        }
+    }
+
+    fn train_with<B: AutodiffBackend, M: Learner<B> + AutodiffModule<B>>(
+        &self,
+        model: M,
+        task: &Task<M::Data>,
+        retrain: bool,
+        device: &B::Device,
+    ) -> Result<()> {
         let (what, sub) = if retrain { ("retrain", "retrain") } else { ("train", "original") };
-        let indices: Vec<usize> = if retrain { self.task.split.retain.clone() } else { (0..self.task.train.len()).collect() };
+        let indices: Vec<usize> = if retrain { task.split.retain.clone() } else { (0..task.train.len()).collect() };
         let out = self.dir.join(sub);
-        let model = initial_model::<B>(&self.cfg.model, &self.task, self.cfg.seed, device)?;
         let params = lora_core::count_params(&model).total;
-        let (_, phase) =
-            measure(|| train_classifier(model, &self.task.train, &indices, &self.cfg.train, self.cfg.seed, what, &out, device))?;
+        let (_, phase) = measure(|| train_model(model, &task.train, &indices, &self.cfg.train, self.cfg.seed, what, &out, device))?;
+        self.copy_tokenizer(&out)?;
         let prev = read_phase(&out).ok();
         // A resumed run adds the time of the interrupted one.
         let phase = Phase { seconds: phase.seconds + prev.map(|p| p.phase.seconds).unwrap_or(0.0), ..phase };
         write_json(&out.join("phase.json"), &PhaseRecord { phase, trainable_params: params })
+    }
+
+    fn copy_tokenizer(&self, to: &Path) -> Result<()> {
+        match &self.tokenizer {
+            Some((_, from)) => models::copy_tokenizer(from, to),
+            None => Ok(()),
+        }
     }
 
     /// `rfa unlearn --method rfa`: adapter and merged model under `rfa/`.
@@ -80,34 +188,65 @@ impl Run {
         if self.cfg.unlearn.method != "rfa" {
             bail!("unlearning method `{}` is not implemented yet (available: rfa)", self.cfg.unlearn.method);
         }
-        let m0 = Vit::<B>::load(&self.dir.join("original"), device).context("loading the original model (run `rfa train` first)")?;
-        let ((model, log), phase) = measure(|| unlearn_rfa(m0, &self.task, &self.cfg.unlearn, self.cfg.seed, device))?;
+        match self.arch {
+            Architecture::Vit => self.unlearn_with::<B, Vit<B>>(self.images()?, device),
+            Architecture::Bert => self.unlearn_with::<B, Bert<B>>(self.text()?, device),
+            Architecture::Gpt2 => self.unlearn_with::<B, Gpt2<B>>(self.text()?, device),
+        }
+    }
+
+    fn unlearn_with<B, M>(&self, task: &Task<M::Data>, device: &B::Device) -> Result<()>
+    where
+        B: AutodiffBackend,
+        M: Learner<B> + AutodiffModule<B>,
+        M::InnerModule: Learner<Inner<B>, Data = M::Data>,
+    {
+        let m0 =
+            <M as Learner<B>>::load(&self.dir.join("original"), device).context("loading the original model (run `rfa train` first)")?;
+        let ((model, log), phase) = measure(|| unlearn_rfa(m0, task, &self.cfg.unlearn, self.cfg.seed, device))?;
         let out = self.dir.join("rfa");
         lora_core::save_adapter(&model, &out.join("adapter"), Some("../../original"))?;
         let mut merged = model.valid();
         lora_core::merge_and_unload(&mut merged);
-        merged.save_pretrained(&out.join("merged"))?;
+        merged.save(&out.join("merged"))?;
+        self.copy_tokenizer(&out.join("merged"))?;
         write_json(&out.join("unlearn_log.json"), &log)?;
         write_json(&out.join("phase.json"), &PhaseRecord { phase, trainable_params: log.trainable_params })
     }
 
-    /// `rfa eval`: metrics of M0, M*, RFA → report.json, report.md.
-    pub fn eval<B: AutodiffBackend>(&self, backend: &str, device: &B::Device) -> Result<Report> {
-        type I<B> = <B as AutodiffBackend>::InnerBackend;
-        let t = &self.task;
-        let test_idx: Vec<usize> = (0..t.test.len()).collect();
-        let mut evaluated = Vec::new();
+    /// The three models the report compares: M0, M* and M0 with the unlearning adapter, each
+    /// with the record of the phase that made it.
+    fn evaluated_models<B: Backend, M: Learner<B>>(&self, device: &B::Device) -> Result<Vec<(String, M, PhaseRecord)>> {
+        let mut v = Vec::new();
         for (name, dir, adapter) in [("original (M0)", "original", false), ("retrain (M*)", "retrain", false), ("RFA", "original", true)] {
             let path = self.dir.join(dir);
-            let mut model = Vit::<I<B>>::load(&path, device).with_context(|| format!("loading {}", path.display()))?;
+            let mut model = <M as Learner<B>>::load(&path, device).with_context(|| format!("loading {}", path.display()))?;
             let rec = if adapter {
                 lora_core::load_adapter(&mut model, &self.dir.join("rfa/adapter"))?;
                 read_phase(&self.dir.join("rfa"))?
             } else {
                 read_phase(&path)?
             };
+            v.push((name.to_string(), model, rec));
+        }
+        Ok(v)
+    }
+
+    /// `rfa eval`: metrics of M0, M*, RFA → report.json, report.md, plots.
+    pub fn eval<B: AutodiffBackend>(&self, backend: &str, device: &B::Device) -> Result<Report> {
+        match self.arch {
+            Architecture::Vit => self.eval_classifier::<Inner<B>, Vit<Inner<B>>>(self.images()?, backend, device),
+            Architecture::Bert => self.eval_classifier::<Inner<B>, Bert<Inner<B>>>(self.text()?, backend, device),
+            Architecture::Gpt2 => self.eval_lm::<Inner<B>>(backend, device),
+        }
+    }
+
+    fn eval_classifier<B: Backend, M: Learner<B>>(&self, t: &Task<M::Data>, backend: &str, device: &B::Device) -> Result<Report> {
+        let test_idx: Vec<usize> = (0..t.test.len()).collect();
+        let mut evaluated = Vec::new();
+        for (name, model, rec) in self.evaluated_models::<B, M>(device)? {
             evaluated.push(Evaluated {
-                name: name.into(),
+                name,
                 forget: outputs(&model, &t.train, &t.split.forget, device)?,
                 retain: outputs(&model, &t.train, &t.split.retain, device)?,
                 test: outputs(&model, &t.test, &test_idx, device)?,
@@ -119,16 +258,145 @@ impl Run {
         let rfa = evaluated.last().expect("three models");
         let report = Report {
             name: self.cfg.name.clone(),
-            dataset: format!("{} ({})", self.cfg.data.dataset, t.train.source),
-            classes: t.train.class_names.clone(),
+            dataset: format!("{} ({})", self.cfg.data.dataset, t.train.source()),
+            classes: t.train.class_names().to_vec(),
             train_samples: t.train.len(),
             test_samples: t.test.len(),
             forget_samples: t.split.forget.len(),
             forget: self.cfg.data.forget.clone(),
             backend: backend.into(),
             models,
+            language_model: None,
             residual_norms_forget: rfa.forget.residual_norms.clone(),
             residual_norms_retain: rfa.retain.residual_norms.clone(),
+        };
+        report.write(&self.dir)?;
+        self.plot(&report)?;
+        Ok(report)
+    }
+
+    /// Language-model evaluation: perplexities, loss and Min-K% attacks of Df against held-out
+    /// text, greedy generations from Df and Dr prompts.
+    fn eval_lm<B: Backend>(&self, backend: &str, device: &B::Device) -> Result<Report> {
+        use rfa_eval::{auc, feature_distance, mean_nll, min_k_prob, perplexity};
+        let t = self.text()?;
+        let tok = &self.tokenizer.as_ref().context("text run without tokenizer")?.0;
+        let ev = &self.cfg.eval;
+        let test_idx: Vec<usize> = (0..t.test.len()).collect();
+        // The attacks compare Df with held-out text like it: the forgotten category's test texts.
+        let (held_name, held): (String, Vec<usize>) = match t.split.class {
+            Some(c) => (
+                format!("held-out texts of the forgotten category `{}`", t.train.class_names()[c]),
+                test_idx.iter().copied().filter(|&i| t.test.labels()[i] == c).collect(),
+            ),
+            None => ("the held-out test set".into(), test_idx.clone()),
+        };
+        if held.is_empty() {
+            bail!("no held-out text to compare the forget set with (the test set has none of its category)");
+        }
+        let retain: Vec<usize> = if ev.max_retain > 0 && ev.max_retain < t.split.retain.len() {
+            let mut r = t.split.retain.clone();
+            rfa_data::Rng::new(self.cfg.seed ^ 0xe7a1).shuffle(&mut r);
+            r.truncate(ev.max_retain);
+            r.sort();
+            r
+        } else {
+            t.split.retain.clone()
+        };
+        // Prompts: the first line (an ELI5 title) of the first texts of Df and of Dr.
+        let prompt_of = |i: usize| {
+            let text = &t.train.text.texts[i];
+            let first = text.lines().next().unwrap_or("").chars().take(200).collect::<String>();
+            format!("{}\n", first.trim())
+        };
+        let mut generations: Vec<Generation> = Vec::new();
+        for (from, set) in [("forget", &t.split.forget), ("retain", &t.split.retain)] {
+            for &i in set.iter().take(ev.prompts) {
+                let category = t.train.class_names()[t.train.labels()[i]].clone();
+                generations.push(Generation { from: from.into(), category, prompt: prompt_of(i), continuations: Vec::new() });
+            }
+        }
+        let eos = models::eos_id(tok);
+        let mut evaluated = Vec::new();
+        for (name, model, rec) in self.evaluated_models::<B, Gpt2<B>>(device)? {
+            let pb = engine::bar(3, "evaluate");
+            pb.set_message(name.clone());
+            let f = outputs(&model, &t.train, &t.split.forget, device)?;
+            pb.inc(1);
+            let r = outputs(&model, &t.train, &retain, device)?;
+            pb.inc(1);
+            let te = outputs(&model, &t.test, &test_idx, device)?;
+            pb.finish();
+            for g in &mut generations {
+                let ids = tok.encode(&g.prompt, false)?;
+                let new = model.generate(&ids, ev.generate_tokens, None, 1.0, eos, self.cfg.seed);
+                g.continuations.push((name.clone(), tok.decode(&new)?));
+            }
+            evaluated.push((name, f, r, te, rec));
+        }
+        let gold_features = evaluated.iter().find(|e| e.0 == "retrain (M*)").map(|e| e.1.features.clone());
+        let mut lm_models = Vec::new();
+        for (name, f, r, te, rec) in &evaluated {
+            let held_lp: Vec<Vec<f32>> = held.iter().map(|&i| te.token_logprobs[i].clone()).collect();
+            let scores =
+                |sets: &[Vec<f32>], score: &dyn Fn(&[f32]) -> Option<f64>| -> Vec<f64> { sets.iter().filter_map(|s| score(s)).collect() };
+            let neg_loss = |s: &[f32]| mean_nll(s).map(|x| -x);
+            let min_k = |s: &[f32]| min_k_prob(s, ev.min_k_percent);
+            let ppl = |sets: &[Vec<f32>]| perplexity(sets).unwrap_or(f64::NAN);
+            let mean = |v: &[f32]| (!v.is_empty()).then(|| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64);
+            let fd = match &gold_features {
+                Some(g) if name != "retrain (M*)" => {
+                    let d = f.feature_dim;
+                    Some(feature_distance(
+                        &rfa_eval::Rows::new("forget features", &f.features, d)?,
+                        &rfa_eval::Rows::new("forget features", g, d)?,
+                    )?)
+                }
+                _ => None,
+            };
+            lm_models.push(report::LmModelReport {
+                name: name.clone(),
+                ppl_forget: ppl(&f.token_logprobs),
+                ppl_retain: ppl(&r.token_logprobs),
+                ppl_test: ppl(&te.token_logprobs),
+                ppl_held_out: ppl(&held_lp),
+                loss_auc: auc(&scores(&f.token_logprobs, &neg_loss), &scores(&held_lp, &neg_loss))?,
+                min_k_auc: auc(&scores(&f.token_logprobs, &min_k), &scores(&held_lp, &min_k))?,
+                auc_gap: None,
+                feature_distance_forget: fd,
+                residual_norm_forget: mean(&f.residual_norms),
+                residual_norm_retain: mean(&r.residual_norms),
+                seconds: rec.phase.seconds,
+                peak_rss_mib: rec.phase.peak_rss_mib,
+                trainable_params: rec.trainable_params,
+            });
+        }
+        if let Some((la, ka)) = lm_models.iter().find(|m| m.name == "retrain (M*)").map(|m| (m.loss_auc, m.min_k_auc)) {
+            for m in &mut lm_models {
+                m.auc_gap = Some(((m.loss_auc - la).abs() + (m.min_k_auc - ka).abs()) / 2.0);
+            }
+        }
+        let rfa = &evaluated.last().expect("three models");
+        let report = Report {
+            name: self.cfg.name.clone(),
+            dataset: format!("{} ({})", self.cfg.data.dataset, t.train.source()),
+            classes: t.train.class_names().to_vec(),
+            train_samples: t.train.len(),
+            test_samples: t.test.len(),
+            forget_samples: t.split.forget.len(),
+            forget: self.cfg.data.forget.clone(),
+            backend: backend.into(),
+            models: Vec::new(),
+            language_model: Some(report::LmSection {
+                models: lm_models,
+                generations,
+                held_out: held_name,
+                held_out_samples: held.len(),
+                retain_samples_evaluated: retain.len(),
+                min_k_percent: ev.min_k_percent,
+            }),
+            residual_norms_forget: rfa.1.residual_norms.clone(),
+            residual_norms_retain: rfa.2.residual_norms.clone(),
         };
         report.write(&self.dir)?;
         self.plot(&report)?;
@@ -139,7 +407,9 @@ impl Run {
     fn plot(&self, report: &Report) -> Result<()> {
         let dir = self.dir.join("plots");
         std::fs::create_dir_all(&dir)?;
-        plots::per_class_accuracy(report, &dir.join("per_class_accuracy.png"))?;
+        if report.language_model.is_none() {
+            plots::per_class_accuracy(report, &dir.join("per_class_accuracy.png"))?;
+        }
         plots::residual_norms(&report.residual_norms_forget, &report.residual_norms_retain, &dir.join("residual_norms.png"))?;
         let mut train = Vec::new();
         for (name, sub) in [("original (M0) on D", "original"), ("retrain (M*) on Dr", "retrain")] {
@@ -149,7 +419,7 @@ impl Run {
                 train.push((name.to_string(), log.iter().map(|e| e.epoch as f64).collect(), log.iter().map(|e| e.loss).collect()));
             }
         }
-        plots::loss_curves("Training loss (cross-entropy)", "epoch", &train, &dir.join("loss_training.png"))?;
+        plots::loss_curves("Training loss (cross-entropy / causal-LM)", "epoch", &train, &dir.join("loss_training.png"))?;
         let p = self.dir.join("rfa/unlearn_log.json");
         let log: engine::UnlearnLog =
             serde_json::from_str(&std::fs::read_to_string(&p)?).with_context(|| format!("reading {}", p.display()))?;

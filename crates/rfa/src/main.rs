@@ -152,15 +152,13 @@ fn dispatch<B: burn::tensor::backend::AutodiffBackend>(cli: &Cli, common: &Commo
         cfg.unlearn.method = m.clone();
     }
     let run = Run::open(cfg)?;
-    let t = &run.task;
+    let (train, forget, retain, test) = run.sizes();
     eprintln!(
-        "run `{}` in {}: {} training samples ({} to forget, {} to retain), {} test samples, backend {backend}",
+        "run `{}` in {}: {:?} on {}, {train} training samples ({forget} to forget, {retain} to retain), {test} test samples, backend {backend}",
         run.cfg.name,
         run.dir.display(),
-        t.train.len(),
-        t.split.forget.len(),
-        t.split.retain.len(),
-        t.test.len()
+        run.arch,
+        run.cfg.data.dataset,
     );
     match &cli.cmd {
         Cmd::Demo(_) => {

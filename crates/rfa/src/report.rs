@@ -77,7 +77,11 @@ pub struct Report {
     pub forget_samples: usize,
     pub forget: String,
     pub backend: String,
+    /// Classifiers' metrics (empty for a language model).
     pub models: Vec<ModelReport>,
+    /// A language model's metrics and generations.
+    #[serde(default)]
+    pub language_model: Option<LmSection>,
     /// Residual norms per forget / retain sample (RFA model), for the histogram.
     #[serde(default)]
     pub residual_norms_forget: Vec<f32>,
@@ -145,13 +149,67 @@ pub fn model_reports(models: &[Evaluated], retrained: &str) -> Result<Vec<ModelR
     Ok(out)
 }
 
+/// A language model's evidence: perplexities, membership attacks, generations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LmSection {
+    pub models: Vec<LmModelReport>,
+    pub generations: Vec<Generation>,
+    /// What the attacks compare Df with: held-out text of the forgotten category, or all of Dt.
+    pub held_out: String,
+    pub held_out_samples: usize,
+    pub retain_samples_evaluated: usize,
+    pub min_k_percent: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LmModelReport {
+    pub name: String,
+    pub ppl_forget: f64,
+    pub ppl_retain: f64,
+    pub ppl_test: f64,
+    /// Perplexity on the held-out texts the attacks use.
+    pub ppl_held_out: f64,
+    /// Loss attack (score = −mean NLL): AUC of Df against held-out text, %.
+    pub loss_auc: f64,
+    /// Min-K% Prob attack: AUC of Df against held-out text, %.
+    pub min_k_auc: f64,
+    /// Mean |difference| to the retrained model over the two AUCs.
+    pub auc_gap: Option<f64>,
+    pub feature_distance_forget: Option<f64>,
+    pub residual_norm_forget: Option<f64>,
+    pub residual_norm_retain: Option<f64>,
+    pub seconds: f64,
+    pub peak_rss_mib: Option<f64>,
+    pub trainable_params: usize,
+}
+
+/// Greedy continuations of one prompt by each model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Generation {
+    /// `forget` (a prompt from Df) or `retain`.
+    pub from: String,
+    pub category: String,
+    pub prompt: String,
+    /// (model, continuation)
+    pub continuations: Vec<(String, String)>,
+}
+
 fn f(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "—".into())
 }
 
 impl Report {
     pub fn markdown(&self) -> String {
-        let mut s = format!(
+        let mut s = self.header();
+        match &self.language_model {
+            Some(lm) => s += &lm.markdown(),
+            None => s += &self.classifier_markdown(),
+        }
+        s
+    }
+
+    fn header(&self) -> String {
+        format!(
             "# Unlearning report: {}\n\n{} — {} training samples ({} forgotten: `{}`), {} test samples, {} classes; backend {}.\n\n",
             self.name,
             self.dataset,
@@ -161,7 +219,11 @@ impl Report {
             self.test_samples,
             self.classes.len(),
             self.backend
-        );
+        )
+    }
+
+    fn classifier_markdown(&self) -> String {
+        let mut s = String::new();
         s += "| model | UA | RA | TA | MIA-Efficacy | activation distance | JS | average gap | time (s) | peak RSS (MiB) | trainable params |\n";
         s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
         for m in &self.models {
@@ -217,5 +279,52 @@ retrained model over UA, RA, TA, MIA-Efficacy. Time: the phase that produced the
         lora_core::tensors::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(self)?.as_bytes())?;
         lora_core::tensors::write_atomic(&dir.join("report.md"), self.markdown().as_bytes())?;
         Ok(())
+    }
+}
+
+/// Markdown cell text: one line, no table separators.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ⏎ ").trim().to_string()
+}
+
+impl LmSection {
+    fn markdown(&self) -> String {
+        let mut s = String::from(
+            "| model | perplexity Df | Dr | Dt | held-out | loss-attack AUC | Min-K% AUC | AUC gap | feature distance Df | time (s) | peak RSS (MiB) | trainable params |\n\
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for m in &self.models {
+            s += &format!(
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {} | {} |\n",
+                m.name,
+                m.ppl_forget,
+                m.ppl_retain,
+                m.ppl_test,
+                m.ppl_held_out,
+                m.loss_auc,
+                m.min_k_auc,
+                f(m.auc_gap, 2),
+                f(m.feature_distance_forget, 4),
+                m.seconds,
+                f(m.peak_rss_mib, 0),
+                m.trainable_params
+            );
+        }
+        s += &format!(
+            "\nPerplexity: exp of the mean token negative log-likelihood. Membership attacks tell the forget set Df from \
+{} ({} texts) by the text's loss, or by Min-K% Prob (mean log-probability of its {}% least likely tokens); AUC 50 = \
+they cannot be told apart, which is what the retrained model shows for data it never saw. AUC gap: mean |difference| to \
+the retrained model over the two AUCs. Dr perplexity over {} retained texts.\n\n",
+            self.held_out, self.held_out_samples, self.min_k_percent, self.retain_samples_evaluated
+        );
+        if !self.generations.is_empty() {
+            s += "## Generations (greedy)\n\n| from | prompt | model | continuation |\n|---|---|---|---|\n";
+            for g in &self.generations {
+                for (model, text) in &g.continuations {
+                    s += &format!("| {} ({}) | {} | {} | {} |\n", g.from, cell(&g.category), cell(&g.prompt), model, cell(text));
+                }
+            }
+        }
+        s
     }
 }

@@ -94,12 +94,12 @@ fn merged_model_equals_base_plus_adapter() {
     run.train::<AB>(false, &dev).unwrap();
     run.unlearn::<AB>(&dev).unwrap();
     type I = burn::backend::NdArray<f32>;
-    let mut with_adapter = rfa::engine::Vit::<I>::load(&run.dir.join("original"), &dev).unwrap();
+    let mut with_adapter = rfa::models::Vit::<I>::load(&run.dir.join("original"), &dev).unwrap();
     lora_core::load_adapter(&mut with_adapter, &run.dir.join("rfa/adapter")).unwrap();
-    let merged = rfa::engine::Vit::<I>::load(&run.dir.join("rfa/merged"), &dev).unwrap();
+    let merged = rfa::models::Vit::<I>::load(&run.dir.join("rfa/merged"), &dev).unwrap();
     let idx: Vec<usize> = (0..20).collect();
-    let a = rfa::engine::outputs(&with_adapter, &run.task.test, &idx, &dev).unwrap();
-    let b = rfa::engine::outputs(&merged, &run.task.test, &idx, &dev).unwrap();
+    let a = rfa::engine::outputs(&with_adapter, &run.images().unwrap().test, &idx, &dev).unwrap();
+    let b = rfa::engine::outputs(&merged, &run.images().unwrap().test, &idx, &dev).unwrap();
     let err = a.logits.iter().zip(&b.logits).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(err < 1e-4, "{err}");
     assert!(a.residual_norms.iter().any(|&r| r > 0.0), "the adapter must have moved");
@@ -161,10 +161,10 @@ fn a_model_whose_classes_differ_from_the_data_is_refused() {
     let run = Run::open(tiny("classes", tmp.path())).unwrap();
     let names: Vec<String> = (0..3).map(|i| i.to_string()).collect();
     let cfg = rfa_models::VitConfig::new(28, 7, 1, 32, 1, 2, 64, &names);
-    let model = rfa::engine::Vit::<AB>::init(&cfg, 0, &Default::default()).unwrap();
-    let err = rfa::engine::train_classifier(
+    let model = rfa::models::Vit::<AB>::init(&cfg, 0, &Default::default()).unwrap();
+    let err = rfa::engine::train_model(
         model,
-        &run.task.train,
+        &run.images().unwrap().train,
         &[0, 1],
         &run.cfg.train,
         0,

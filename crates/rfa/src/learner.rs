@@ -1,0 +1,316 @@
+//! What the engine needs of a model and of its data, so that one training loop, one RFA loop
+//! and one evaluation serve ViT on images, BERT on text classification and GPT-2 as a language
+//! model.
+
+use std::ops::Range;
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use lora_core::LoraModel;
+use rfa_data::text::TextDataset;
+use rfa_data::{ImageDataset, Preprocess};
+use rfa_models::tokenizer::TextTokenizer;
+use rfa_models::{BertForSequenceClassification, Gpt2LmHeadModel, Tap, VitForImageClassification};
+
+/// A labelled data set the engine can index.
+pub trait Samples {
+    fn len(&self) -> usize;
+    fn labels(&self) -> &[usize];
+    fn class_names(&self) -> &[String];
+    fn source(&self) -> &str;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Samples for ImageDataset {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+    fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+    fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+/// Texts tokenised once with the model's tokenizer; batches are padded to their longest row.
+#[derive(Debug, Clone)]
+pub struct TokenizedText {
+    pub text: TextDataset,
+    pub tokens: Vec<Vec<u32>>,
+    pub pad_id: u32,
+    pub max_len: usize,
+    /// Texts longer than `max_len` tokens, cut to it.
+    pub truncated: usize,
+}
+
+impl Samples for TokenizedText {
+    fn len(&self) -> usize {
+        self.tokens.len()
+    }
+    fn labels(&self) -> &[usize] {
+        &self.text.labels
+    }
+    fn class_names(&self) -> &[String] {
+        &self.text.class_names
+    }
+    fn source(&self) -> &str {
+        &self.text.source
+    }
+}
+
+impl TokenizedText {
+    /// Tokenises every text with special tokens (BERT's `[CLS] … [SEP]`), then `eos` when given
+    /// (GPT-2's `<|endoftext|>`, so that a language model learns where a text ends). Texts
+    /// longer than `max_len` keep their start; a closing special token (`[SEP]`) stays last.
+    pub fn new(text: TextDataset, tok: &TextTokenizer, max_len: usize, eos: Option<u32>) -> Result<Self> {
+        if max_len < 2 {
+            bail!("data.max_len must be at least 2, not {max_len}");
+        }
+        let closing = match tok.encode("", true)?.as_slice() {
+            [_, .., last] => Some(*last),
+            _ => None,
+        };
+        let mut tokens = Vec::with_capacity(text.len());
+        let mut truncated = 0;
+        for t in &text.texts {
+            let mut ids = tok.encode(t, true)?;
+            ids.extend(eos);
+            if ids.len() > max_len {
+                truncated += 1;
+                // A cut text gets no `eos`: it did not end there.
+                ids.truncate(max_len - usize::from(closing.is_some()));
+                ids.extend(closing);
+            }
+            if ids.is_empty() {
+                ids.push(tok.pad_id);
+            }
+            tokens.push(ids);
+        }
+        Ok(Self { text, tokens, pad_id: tok.pad_id, max_len, truncated })
+    }
+
+    /// Right-padded `ids` and `attention_mask` of the samples `idx`.
+    pub fn batch<B: Backend>(&self, idx: &[usize], device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
+        let seq = idx.iter().map(|&i| self.tokens[i].len()).max().unwrap_or(1).max(1);
+        let mut ids = Vec::with_capacity(idx.len() * seq);
+        let mut mask = Vec::with_capacity(idx.len() * seq);
+        for &i in idx {
+            let row = &self.tokens[i];
+            ids.extend(row.iter().map(|&x| x as i64));
+            ids.extend(std::iter::repeat_n(self.pad_id as i64, seq - row.len()));
+            mask.extend(std::iter::repeat_n(1i64, row.len()));
+            mask.extend(std::iter::repeat_n(0i64, seq - row.len()));
+        }
+        let shape = [idx.len(), seq];
+        (Tensor::from_data(TensorData::new(ids, shape), device), Tensor::from_data(TensorData::new(mask, shape), device))
+    }
+}
+
+/// A model's input for one batch.
+#[derive(Debug, Clone)]
+pub enum Input<B: Backend> {
+    Pixels(Tensor<B, 4>),
+    /// `ids` and `mask` (1 = token, 0 = padding), `[batch, seq]`.
+    Tokens {
+        ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 2, Int>,
+    },
+}
+
+/// One batch: the input and the samples' labels.
+#[derive(Debug, Clone)]
+pub struct Batch<B: Backend> {
+    pub input: Input<B>,
+    pub labels: Vec<usize>,
+}
+
+impl<B: Backend> Batch<B> {
+    /// The padding mask as floats, `[batch, seq]` (None for images: every patch is real).
+    pub fn token_mask(&self) -> Option<Tensor<B, 2>> {
+        match &self.input {
+            Input::Pixels(_) => None,
+            Input::Tokens { mask, .. } => Some(mask.clone().float()),
+        }
+    }
+
+    /// Causal-LM labels: the ids, with -100 (ignored) on padding.
+    pub fn lm_labels(&self) -> Option<Tensor<B, 2, Int>> {
+        match &self.input {
+            Input::Pixels(_) => None,
+            Input::Tokens { ids, mask } => Some(ids.clone().mask_fill(mask.clone().equal_elem(0), -100)),
+        }
+    }
+}
+
+/// What a model produces for a batch.
+#[derive(Debug, Clone)]
+pub enum Logits<B: Backend> {
+    /// `[batch, classes]`
+    Classes(Tensor<B, 2>),
+    /// Next-token logits, `[batch, seq, vocab]`
+    Tokens(Tensor<B, 3>),
+}
+
+/// One forward pass: logits when asked for, a feature vector per sample (the classifier's
+/// input; for a language model the mean of the last hidden state over real tokens) and the
+/// adapted layers' taps.
+#[derive(Debug, Clone)]
+pub struct Pass<B: Backend> {
+    pub logits: Option<Logits<B>>,
+    pub features: Tensor<B, 2>,
+    pub taps: Vec<Tap<B>>,
+}
+
+/// The task's loss (cross-entropy on the class, or the causal-LM loss) on rows `rows` of a pass.
+pub fn task_loss<B: Backend>(logits: &Logits<B>, batch: &Batch<B>, rows: Range<usize>) -> Tensor<B, 1> {
+    let n = rows.end - rows.start;
+    match logits {
+        Logits::Classes(l) => {
+            let y: Vec<i64> = batch.labels[rows.clone()].iter().map(|&c| c as i64).collect();
+            let device = l.device();
+            let y = Tensor::from_data(TensorData::new(y, [n]), &device);
+            CrossEntropyLossConfig::new().init(&device).forward(l.clone().narrow(0, rows.start, n), y)
+        }
+        Logits::Tokens(l) => {
+            let labels = batch.lm_labels().expect("token batch").narrow(0, rows.start, n);
+            rfa_models::gpt2::causal_lm_loss(l.clone().narrow(0, rows.start, n), labels)
+        }
+    }
+}
+
+/// A model the engine can train, unlearn and evaluate.
+pub trait Learner<B: Backend>: Module<B> + LoraModel<B> + Sized {
+    type Data: Samples;
+    /// `image classifier`, `text classifier` or `language model`, for messages.
+    const KIND: &'static str;
+
+    fn batch(&self, data: &Self::Data, idx: &[usize], device: &B::Device) -> Result<Batch<B>>;
+    /// With `logits = false` a model may skip its output layer (GPT-2's LM head, the largest
+    /// matmul) when only features and taps are needed.
+    fn pass(&self, input: &Input<B>, logits: bool) -> Pass<B>;
+    fn load(dir: &Path, device: &B::Device) -> Result<Self>;
+    fn save(&self, dir: &Path) -> Result<()>;
+    /// Classes of a classifier's head; None for a language model.
+    fn num_labels(&self) -> Option<usize>;
+}
+
+impl<B: Backend> Learner<B> for VitForImageClassification<B> {
+    type Data = ImageDataset;
+    const KIND: &'static str = "image classifier";
+
+    fn batch(&self, data: &ImageDataset, idx: &[usize], device: &B::Device) -> Result<Batch<B>> {
+        let c = &self.config;
+        let (mean, std) = self.normalisation();
+        // Resize to the model's image size, its channel count and the checkpoint's
+        // normalisation (`preprocessor_config.json`, else ViT's 0.5 / 0.5).
+        let pre = Preprocess { size: c.image_size, channels: c.num_channels, mean, std };
+        let x = pre.apply(data, idx)?;
+        let t = Tensor::from_data(TensorData::new(x, [idx.len(), pre.channels, pre.size, pre.size]), device);
+        Ok(Batch { input: Input::Pixels(t), labels: idx.iter().map(|&i| data.labels[i]).collect() })
+    }
+
+    fn pass(&self, input: &Input<B>, _logits: bool) -> Pass<B> {
+        let Input::Pixels(x) = input else { panic!("ViT takes pixels") };
+        let out = self.forward(x.clone());
+        Pass { logits: Some(Logits::Classes(out.logits)), features: out.features, taps: out.taps }
+    }
+
+    fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        Ok(Self::load(dir, device)?)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        Ok(self.save_pretrained(dir)?)
+    }
+
+    fn num_labels(&self) -> Option<usize> {
+        Some(VitForImageClassification::num_labels(self))
+    }
+}
+
+fn token_batch<B: Backend>(data: &TokenizedText, idx: &[usize], vocab: usize, device: &B::Device) -> Result<Batch<B>> {
+    if let Some((i, &t)) = idx.iter().flat_map(|&i| data.tokens[i].iter().map(move |t| (i, t))).find(|&(_, &t)| t as usize >= vocab) {
+        bail!("sample {i} has token id {t}, beyond the model's vocabulary of {vocab}: the tokenizer does not belong to this model");
+    }
+    let (ids, mask) = data.batch(idx, device);
+    Ok(Batch { input: Input::Tokens { ids, mask }, labels: idx.iter().map(|&i| data.text.labels[i]).collect() })
+}
+
+impl<B: Backend> Learner<B> for BertForSequenceClassification<B> {
+    type Data = TokenizedText;
+    const KIND: &'static str = "text classifier";
+
+    fn batch(&self, data: &TokenizedText, idx: &[usize], device: &B::Device) -> Result<Batch<B>> {
+        if data.max_len > self.bert.max_positions() {
+            bail!("data.max_len = {} exceeds the model's {} positions", data.max_len, self.bert.max_positions());
+        }
+        token_batch(data, idx, self.bert.vocab_size(), device)
+    }
+
+    fn pass(&self, input: &Input<B>, _logits: bool) -> Pass<B> {
+        let Input::Tokens { ids, mask } = input else { panic!("BERT takes tokens") };
+        let out = self.forward(ids.clone(), Some(mask.clone()), None);
+        Pass { logits: Some(Logits::Classes(out.logits)), features: out.features, taps: out.taps }
+    }
+
+    fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        Ok(Self::load(dir, device)?)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        Ok(self.save_pretrained(dir)?)
+    }
+
+    fn num_labels(&self) -> Option<usize> {
+        Some(BertForSequenceClassification::num_labels(self))
+    }
+}
+
+impl<B: Backend> Learner<B> for Gpt2LmHeadModel<B> {
+    type Data = TokenizedText;
+    const KIND: &'static str = "language model";
+
+    fn batch(&self, data: &TokenizedText, idx: &[usize], device: &B::Device) -> Result<Batch<B>> {
+        if data.max_len > self.config.n_positions {
+            bail!("data.max_len = {} exceeds the model's n_positions = {}", data.max_len, self.config.n_positions);
+        }
+        token_batch(data, idx, self.vocab_size(), device)
+    }
+
+    fn pass(&self, input: &Input<B>, logits: bool) -> Pass<B> {
+        let Input::Tokens { ids, mask } = input else { panic!("GPT-2 takes tokens") };
+        let (hidden, taps, logits) = if logits {
+            let out = self.forward(ids.clone(), Some(mask.clone()));
+            (out.features, out.taps, Some(Logits::Tokens(out.logits)))
+        } else {
+            let (mut hs, taps) = self.forward_hidden(ids.clone(), Some(mask.clone()));
+            (hs.pop().expect("hidden states"), taps, None)
+        };
+        let [b, t, d] = hidden.dims();
+        let m = mask.clone().float().reshape([b, t, 1]);
+        let features = (hidden * m.clone()).sum_dim(1).reshape([b, d]) / m.sum_dim(1).reshape([b, 1]);
+        Pass { logits, features, taps }
+    }
+
+    fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        Ok(Self::load(dir, device)?)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        Ok(self.save_pretrained(dir)?)
+    }
+
+    fn num_labels(&self) -> Option<usize> {
+        None
+    }
+}

@@ -1,0 +1,166 @@
+//! Data sets as the configuration names them, size limits and the forget / retain split.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rfa_data::images::{fashion_mnist_classes, load_cifar10_bin, load_idx, load_image_folder};
+use rfa_data::text::{TextDataset, eli5_experiment_set, load_aclimdb};
+use rfa_data::{ForgetSpec, ForgetSplit, ImageDataset, Rng, select_forget};
+
+use crate::config::DataConfig;
+use crate::learner::Samples;
+
+/// Training data, test data and the forget / retain split of the training data.
+pub struct Task<D> {
+    pub train: D,
+    pub test: D,
+    pub split: ForgetSplit,
+}
+
+impl<D: Samples> Task<D> {
+    pub fn new(train: D, test: D, forget: &str, seed: u64) -> Result<Self> {
+        if train.class_names() != test.class_names() {
+            bail!("{} and {} have different classes", train.source(), test.source());
+        }
+        let spec = ForgetSpec::parse(forget)?;
+        let split = select_forget(train.labels(), train.class_names(), &spec, seed)?;
+        Ok(Self { train, test, split })
+    }
+}
+
+/// The Fashion-MNIST subset shipped in the repository (data/fashion-mnist-subset).
+pub fn embedded_data_dir() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/fashion-mnist-subset");
+    if here.is_dir() { here } else { PathBuf::from("data/fashion-mnist-subset") }
+}
+
+/// Whether the configured data set is text (`imdb`, `eli5`) rather than images.
+pub fn is_text(cfg: &DataConfig) -> bool {
+    matches!(cfg.dataset.as_str(), "imdb" | "eli5")
+}
+
+fn idx_pair(dir: &Path, split: &str) -> Result<(PathBuf, PathBuf)> {
+    for ext in [".gz", ""] {
+        let i = dir.join(format!("{split}-images-idx3-ubyte{ext}"));
+        let l = dir.join(format!("{split}-labels-idx1-ubyte{ext}"));
+        if i.is_file() && l.is_file() {
+            return Ok((i, l));
+        }
+    }
+    bail!("{}: no {split}-images-idx3-ubyte[.gz] / {split}-labels-idx1-ubyte[.gz]", dir.display())
+}
+
+/// Reads the image data set the config names and applies the size limits.
+pub fn load_images(cfg: &DataConfig, seed: u64) -> Result<(ImageDataset, ImageDataset)> {
+    let dir = if cfg.path.as_os_str().is_empty() { embedded_data_dir() } else { cfg.path.clone() };
+    let (train, test) = match cfg.dataset.as_str() {
+        "fashion-mnist" | "mnist" => {
+            let names = if cfg.dataset == "mnist" { (0..10).map(|i| i.to_string()).collect() } else { fashion_mnist_classes() };
+            let (ti, tl) = idx_pair(&dir, "train")?;
+            let (vi, vl) = idx_pair(&dir, "t10k")?;
+            (load_idx(&ti, &tl, names.clone())?, load_idx(&vi, &vl, names)?)
+        }
+        "cifar10" => {
+            let train: Vec<PathBuf> = (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect();
+            (load_cifar10_bin(&train)?, load_cifar10_bin(&[dir.join("test_batch.bin")])?)
+        }
+        "image-folder" => (load_image_folder(&dir.join("train"))?, load_image_folder(&dir.join("test"))?),
+        other => bail!("unknown dataset `{other}` (fashion-mnist, mnist, cifar10, image-folder, imdb, eli5)"),
+    };
+    let train = train.subset(&balanced(&train.labels, train.num_classes(), cfg.max_train, seed));
+    let test = test.subset(&balanced(&test.labels, test.num_classes(), cfg.max_test, seed ^ 1));
+    Ok((train, test))
+}
+
+/// Reads the text data set the config names (untokenised) and applies the size limits.
+///
+/// `imdb`: `path` is an `aclImdb` folder (`train/`, `test/`). `eli5`: `path` is a JSON / JSONL
+/// file (gzipped or not) or a folder of them; the experiment set is `data.categories` (or the
+/// `data.n_categories` largest) with up to `data.per_category` questions each, and
+/// `data.test_percent` of each category is held out as the test set.
+pub fn load_text(cfg: &DataConfig, seed: u64) -> Result<(TextDataset, TextDataset)> {
+    if cfg.path.as_os_str().is_empty() {
+        bail!("data.path must name the {} data (no text data set is embedded)", cfg.dataset);
+    }
+    let (train, test) = match cfg.dataset.as_str() {
+        "imdb" => (load_aclimdb(&cfg.path, "train")?, load_aclimdb(&cfg.path, "test")?),
+        "eli5" => {
+            let files = eli5_files(&cfg.path)?;
+            let all = eli5_experiment_set(&files, &cfg.categories, cfg.n_categories, cfg.per_category, cfg.with_answer, seed)?;
+            if !(0.0..100.0).contains(&cfg.test_percent) || cfg.test_percent <= 0.0 {
+                bail!("data.test_percent must be in (0, 100), not {}", cfg.test_percent);
+            }
+            let mut rng = Rng::new(seed ^ 0xe115);
+            let (mut train, mut test) = (Vec::new(), Vec::new());
+            for c in 0..all.class_names.len() {
+                let mut members: Vec<usize> = (0..all.len()).filter(|&i| all.labels[i] == c).collect();
+                rng.shuffle(&mut members);
+                let k = ((members.len() as f64) * cfg.test_percent / 100.0).round().max(1.0) as usize;
+                test.extend_from_slice(&members[..k.min(members.len())]);
+                train.extend_from_slice(&members[k.min(members.len())..]);
+            }
+            train.sort();
+            test.sort();
+            (text_subset(&all, &train), text_subset(&all, &test))
+        }
+        other => bail!("`{other}` is not a text data set (imdb, eli5)"),
+    };
+    let n = train.class_names.len();
+    let train_keep = balanced(&train.labels, n, cfg.max_train, seed);
+    let test_keep = balanced(&test.labels, n, cfg.max_test, seed ^ 1);
+    Ok((text_subset(&train, &train_keep), text_subset(&test, &test_keep)))
+}
+
+fn eli5_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            [".json", ".jsonl", ".json.gz", ".jsonl.gz"].iter().any(|e| n.ends_with(e))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{}: no .json / .jsonl files (gzipped or not)", path.display());
+    }
+    Ok(files)
+}
+
+/// The samples `keep` (sorted) of a text data set.
+pub fn text_subset(ds: &TextDataset, keep: &[usize]) -> TextDataset {
+    TextDataset {
+        texts: keep.iter().map(|&i| ds.texts[i].clone()).collect(),
+        labels: keep.iter().map(|&i| ds.labels[i]).collect(),
+        ids: keep.iter().map(|&i| ds.ids[i].clone()).collect(),
+        class_names: ds.class_names.clone(),
+        source: ds.source.clone(),
+        lossy: ds.lossy,
+    }
+}
+
+/// Indices of at most `max` samples (all when `max` is 0), the same number from each class
+/// where possible, chosen by `seed`, in their original order.
+pub fn balanced(labels: &[usize], classes: usize, max: usize, seed: u64) -> Vec<usize> {
+    if max == 0 || max >= labels.len() {
+        return (0..labels.len()).collect();
+    }
+    let mut idx: Vec<usize> = (0..labels.len()).collect();
+    Rng::new(seed).shuffle(&mut idx);
+    let per = max.div_ceil(classes.max(1));
+    let mut taken = vec![0; classes.max(1)];
+    let mut keep: Vec<usize> = idx
+        .into_iter()
+        .filter(|&i| {
+            let c = labels[i].min(taken.len() - 1);
+            taken[c] += 1;
+            taken[c] <= per
+        })
+        .collect();
+    keep.truncate(max);
+    keep.sort();
+    keep
+}

@@ -1,0 +1,281 @@
+//! Text end to end on small real-format data: IMDB (aclImdb layout) with a BERT classifier,
+//! ELI5-Category (JSONL) with a GPT-2 language model; the fixtures' tiny checkpoints and
+//! tokenizers stand in for MiniLM and GPT-2.
+
+use std::path::{Path, PathBuf};
+
+use rfa::Run;
+use rfa::config::RunConfig;
+use rfa::learner::TokenizedText;
+
+type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+type I = burn::backend::NdArray<f32>;
+
+fn fixture(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(p)
+}
+
+const POS: [&str; 6] = [
+    "A wonderful film, the acting was great and the story moving.",
+    "I loved every minute of it. Brilliant and funny.",
+    "Great cast, great music, a delight from start to end.",
+    "One of the best movies I have seen this year, truly excellent.",
+    "Beautiful, warm and clever; I would watch it again.",
+    "The director did a great job, a superb and touching film.",
+];
+const NEG: [&str; 6] = [
+    "A terrible film, boring and far too long.",
+    "I hated it. The plot made no sense and the acting was bad.",
+    "Awful dialogue, dull characters, a waste of time.",
+    "One of the worst movies I have seen, truly dreadful.",
+    "Bad, slow and stupid; I walked out after an hour.",
+    "The director failed completely, a poor and lifeless film.",
+];
+
+/// An aclImdb folder: train and test, 6 reviews per class each (test reuses them reversed).
+fn imdb(dir: &Path) -> PathBuf {
+    let root = dir.join("aclImdb");
+    for (split, rev) in [("train", false), ("test", true)] {
+        for (class, texts) in [("neg", NEG), ("pos", POS)] {
+            let d = root.join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for (i, t) in texts.iter().enumerate() {
+                let text = if rev { t.chars().rev().collect() } else { t.to_string() };
+                std::fs::write(d.join(format!("{i}_{}.txt", if class == "pos" { 8 } else { 2 })), text).unwrap();
+            }
+        }
+    }
+    root
+}
+
+fn bert_config(name: &str, runs: &Path, data: &Path) -> RunConfig {
+    let mut c = RunConfig::demo();
+    c.name = name.into();
+    c.runs_dir = runs.to_path_buf();
+    c.data.dataset = "imdb".into();
+    c.data.path = data.to_path_buf();
+    c.data.forget = "random:25".into();
+    c.data.max_len = 32;
+    c.model.path = Some(fixture("hf-parity/bert/model"));
+    c.model.tokenizer = Some(fixture("hf-parity/bert/tokenizer"));
+    c.train.epochs = 1;
+    c.train.batch_size = 4;
+    c.unlearn.targets = "query,value".into();
+    c.unlearn.batch_size = 2;
+    c.unlearn.epochs = 1;
+    c
+}
+
+#[test]
+fn imdb_with_a_bert_classifier_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = imdb(tmp.path());
+    let run = Run::open(bert_config("imdb", tmp.path(), &data)).unwrap();
+    assert_eq!(run.sizes(), (12, 3, 9, 12));
+    let dev = Default::default();
+    run.train::<AB>(false, &dev).unwrap();
+    run.train::<AB>(true, &dev).unwrap();
+    run.unlearn::<AB>(&dev).unwrap();
+    let report = run.eval::<AB>("cpu", &dev).unwrap();
+    assert_eq!(report.models.len(), 3);
+    assert!(report.language_model.is_none());
+    let md = std::fs::read_to_string(run.dir.join("report.md")).unwrap();
+    assert!(md.contains("| RFA |") && md.contains("MIA-Efficacy"), "{md}");
+    // The saved models are complete Hugging Face checkpoints, tokenizer included.
+    for d in ["original", "retrain", "rfa/merged"] {
+        assert!(run.dir.join(d).join("tokenizer.json").is_file(), "{d}");
+    }
+    let adapter: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.dir.join("rfa/adapter/adapter_config.json")).unwrap()).unwrap();
+    let targets = adapter["target_modules"].to_string();
+    assert!(targets.contains("query") && targets.contains("value"), "{targets}");
+    // Base + adapter = merged.
+    let t = run.text().unwrap();
+    let mut with_adapter = rfa::models::Bert::<I>::load(&run.dir.join("original"), &dev).unwrap();
+    lora_core::load_adapter(&mut with_adapter, &run.dir.join("rfa/adapter")).unwrap();
+    let merged = rfa::models::Bert::<I>::load(&run.dir.join("rfa/merged"), &dev).unwrap();
+    let idx: Vec<usize> = (0..12).collect();
+    let a = rfa::engine::outputs(&with_adapter, &t.test, &idx, &dev).unwrap();
+    let b = rfa::engine::outputs(&merged, &t.test, &idx, &dev).unwrap();
+    let err = a.logits.iter().zip(&b.logits).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(err < 1e-4, "{err}");
+    assert!(a.residual_norms.iter().any(|&r| r > 0.0), "the adapter must have moved");
+}
+
+/// ELI5-Category as JSONL: three categories, ten questions each.
+fn eli5(dir: &Path) -> PathBuf {
+    let topics = [
+        ("Physics", "Why does light bend in water", "Light slows down in water, so its path bends at the surface."),
+        ("Biology", "Why do cells divide", "Cells divide so that organisms can grow and repair tissue."),
+        ("Economics", "Why do prices rise", "Prices rise when more money chases the same amount of goods."),
+    ];
+    let mut lines = String::new();
+    for (c, (cat, title, answer)) in topics.iter().enumerate() {
+        for i in 0..10 {
+            let v = serde_json::json!({
+                "q_id": format!("q{c}{i}"),
+                "category": cat,
+                "title": format!("{title} number {i}?"),
+                "selftext": if i % 2 == 0 { "I never understood this." } else { "" },
+                "answers": {"text": [format!("{answer} Example {i}.")]},
+            });
+            lines += &format!("{v}\n");
+        }
+    }
+    let p = dir.join("eli5.jsonl");
+    std::fs::write(&p, lines).unwrap();
+    p
+}
+
+fn gpt2_config(name: &str, runs: &Path, data: &Path) -> RunConfig {
+    let mut c = RunConfig::demo();
+    c.name = name.into();
+    c.runs_dir = runs.to_path_buf();
+    c.data.dataset = "eli5".into();
+    c.data.path = data.to_path_buf();
+    c.data.forget = "class:Biology".into();
+    c.data.max_len = 48;
+    c.data.test_percent = 20.0;
+    let cfg = runs.join("gpt2-config.json");
+    std::fs::write(
+        &cfg,
+        r#"{"model_type": "gpt2", "vocab_size": 300, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 2, "eos_token_id": 0}"#,
+    )
+    .unwrap();
+    c.model.config = Some(cfg);
+    c.model.tokenizer = Some(fixture("hf-parity/gpt2/tokenizer"));
+    c.train.epochs = 2;
+    c.train.batch_size = 8;
+    c.train.lr = 3e-3;
+    c.unlearn.targets = "c_attn".into();
+    c.unlearn.forget_tokens = "all".into();
+    c.unlearn.batch_size = 4;
+    c.unlearn.epochs = 1;
+    c.eval.generate_tokens = 8;
+    c
+}
+
+#[test]
+fn eli5_with_a_gpt2_language_model_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = eli5(tmp.path());
+    let run = Run::open(gpt2_config("eli5", tmp.path(), &data)).unwrap();
+    // 20 % of each category held out: 8 + 8 + 8 train, 2 + 2 + 2 test; Biology forgotten.
+    assert_eq!(run.sizes(), (24, 8, 16, 6));
+    let dev = Default::default();
+    run.train::<AB>(false, &dev).unwrap();
+    run.train::<AB>(true, &dev).unwrap();
+    run.unlearn::<AB>(&dev).unwrap();
+    let report = run.eval::<AB>("cpu", &dev).unwrap();
+    let lm = report.language_model.as_ref().expect("language-model section");
+    assert_eq!(lm.models.len(), 3);
+    assert_eq!(lm.held_out_samples, 2, "the forgotten category's held-out texts");
+    for m in &lm.models {
+        assert!(m.ppl_forget.is_finite() && m.ppl_forget > 1.0, "{m:?}");
+        assert!((0.0..=100.0).contains(&m.loss_auc) && (0.0..=100.0).contains(&m.min_k_auc), "{m:?}");
+    }
+    // Training lowers perplexity below the vocabulary size (a uniform guess).
+    assert!(lm.models[0].ppl_retain < 300.0, "{:?}", lm.models[0]);
+    assert_eq!(lm.generations.len(), 4);
+    assert!(lm.generations.iter().all(|g| g.continuations.len() == 3));
+    assert_eq!(lm.generations[0].category, "Biology");
+    let md = std::fs::read_to_string(run.dir.join("report.md")).unwrap();
+    assert!(md.contains("Min-K% AUC") && md.contains("## Generations"), "{md}");
+    assert!(run.dir.join("plots/loss_unlearning.png").is_file());
+    assert!(run.dir.join("rfa/merged/tokenizer.json").is_file());
+    // The merged language model is the base plus the adapter.
+    let t = run.text().unwrap();
+    let mut with_adapter = rfa::models::Gpt2::<I>::load(&run.dir.join("original"), &dev).unwrap();
+    lora_core::load_adapter(&mut with_adapter, &run.dir.join("rfa/adapter")).unwrap();
+    let merged = rfa::models::Gpt2::<I>::load(&run.dir.join("rfa/merged"), &dev).unwrap();
+    let idx = [0usize, 1, 2];
+    let a = rfa::engine::outputs(&with_adapter, &t.test, &idx, &dev).unwrap();
+    let b = rfa::engine::outputs(&merged, &t.test, &idx, &dev).unwrap();
+    for (x, y) in a.token_logprobs.iter().zip(&b.token_logprobs) {
+        assert_eq!(x.len(), y.len());
+        let err = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-4, "{err}");
+    }
+}
+
+#[test]
+fn long_texts_are_cut_keeping_the_closing_token() {
+    let bert = rfa_models::TextTokenizer::from_dir(&fixture("hf-parity/bert/tokenizer")).unwrap();
+    let text = rfa_data::text::TextDataset {
+        texts: vec!["the cat sat on the mat and the dog sat on the log".into(), "a".into()],
+        labels: vec![0, 1],
+        ids: vec!["0".into(), "1".into()],
+        class_names: vec!["neg".into(), "pos".into()],
+        source: "test".into(),
+        lossy: 0,
+    };
+    let full = bert.encode(&text.texts[0], true).unwrap();
+    let t = TokenizedText::new(text.clone(), &bert, 6, None).unwrap();
+    assert_eq!(t.truncated, 1);
+    assert_eq!(t.tokens[0].len(), 6);
+    assert_eq!(t.tokens[0][..5], full[..5]);
+    assert_eq!(t.tokens[0][5], *full.last().unwrap(), "[SEP] stays last");
+    // GPT-2: end-of-text after a whole text, none after a cut one.
+    let gpt2 = rfa_models::TextTokenizer::from_dir(&fixture("hf-parity/gpt2/tokenizer")).unwrap();
+    let t = TokenizedText::new(text, &gpt2, 5, Some(0)).unwrap();
+    assert_eq!(t.tokens[0].len(), 5);
+    assert_ne!(*t.tokens[0].last().unwrap(), 0);
+    assert_eq!(*t.tokens[1].last().unwrap(), 0);
+    let (ids, mask) = t.batch::<I>(&[0, 1], &Default::default());
+    assert_eq!(ids.dims(), [2, 5]);
+    let m: Vec<i64> = mask.into_data().convert::<i64>().into_vec().unwrap();
+    assert_eq!(m[5..].iter().sum::<i64>() as usize, t.tokens[1].len());
+}
+
+#[test]
+fn text_misconfigurations_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = imdb(tmp.path());
+    let dev = Default::default();
+    let err = |c: RunConfig| format!("{:#}", Run::open(c).err().expect("an error"));
+
+    let mut c = bert_config("vit", tmp.path(), &data);
+    c.model.path = None;
+    c.model.preset = "vit-tiny".into();
+    assert!(err(c).contains("is text"));
+
+    let mut c = bert_config("cat", tmp.path(), &data);
+    c.data.forget = "class:Comedy".into();
+    assert!(err(c).contains("unknown class `Comedy`"));
+
+    let mut c = bert_config("empty", tmp.path(), &data);
+    let empty = data.join("train/pos/99_7.txt");
+    std::fs::write(&empty, "  \n").unwrap();
+    c.name = "empty".into();
+    let e = err(c);
+    assert!(e.contains("99_7.txt") && e.contains("empty"), "{e}");
+    std::fs::remove_file(&empty).unwrap();
+
+    // More positions than the model has.
+    let mut c = bert_config("long", tmp.path(), &data);
+    c.data.max_len = 100;
+    let e = format!("{:#}", Run::open(c).unwrap().train::<AB>(false, &dev).unwrap_err());
+    assert!(e.contains("max_len = 100") && e.contains("64 positions"), "{e}");
+
+    // A tokenizer larger than the model's vocabulary: the real GPT-2 BPE against the 512-token fixture.
+    let eli = eli5(tmp.path());
+    let mut c = gpt2_config("vocab", tmp.path(), &eli);
+    c.model.config = None;
+    c.model.path = Some(fixture("hf-parity/gpt2/model"));
+    c.model.tokenizer = Some(fixture("gpt2-tokenizer"));
+    let e = format!("{:#}", Run::open(c).unwrap().train::<AB>(false, &dev).unwrap_err());
+    assert!(e.contains("50257") && e.contains("512"), "{e}");
+
+    // `cls` makes no sense for a language model.
+    let mut c = gpt2_config("cls", tmp.path(), &eli);
+    c.unlearn.forget_tokens = "cls".into();
+    c.train.epochs = 1;
+    let run = Run::open(c).unwrap();
+    run.train::<AB>(false, &dev).unwrap();
+    let e = format!("{:#}", run.unlearn::<AB>(&dev).unwrap_err());
+    assert!(e.contains("language model uses `all`"), "{e}");
+
+    let mut c = gpt2_config("nocat", tmp.path(), &eli);
+    c.data.categories = vec!["Physics".into(), "Poetry".into()];
+    assert!(err(c).contains("unknown category `Poetry`"));
+}
