@@ -246,6 +246,22 @@ impl RunConfig {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
+    /// Replaces a leading `~/` in every path with `$HOME`, so that shared configs can name the
+    /// asset cache (`~/.cache/rfa-assets`).
+    pub fn expand_home(&mut self) {
+        let Some(home) = std::env::var_os("HOME") else { return };
+        let expand = |p: &mut PathBuf| {
+            if let Ok(rest) = p.strip_prefix("~") {
+                *p = PathBuf::from(&home).join(rest);
+            }
+        };
+        expand(&mut self.runs_dir);
+        expand(&mut self.data.path);
+        for p in [&mut self.model.path, &mut self.model.config, &mut self.model.tokenizer].into_iter().flatten() {
+            expand(p);
+        }
+    }
+
     pub fn run_dir(&self) -> PathBuf {
         self.runs_dir.join(&self.name)
     }

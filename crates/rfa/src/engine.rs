@@ -8,7 +8,6 @@ use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::Tensor;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use indicatif::{ProgressBar, ProgressStyle};
 use lora_core::{LoraConfig, TargetModules, attach_lora, count_params};
@@ -272,26 +271,23 @@ pub struct Outputs {
 /// Runs `model` (without autodiff) over `indices` of `ds`.
 pub fn outputs<B: Backend, M: Learner<B>>(model: &M, ds: &M::Data, indices: &[usize], device: &B::Device) -> Result<Outputs> {
     let mut o = Outputs { classes: model.num_labels().unwrap_or(0), ..Outputs::default() };
-    // Language-model logits are [batch, seq, vocab]: keep batches small.
-    let per_batch = if model.num_labels().is_some() { 128 } else { 8 };
+    // Language-model logits are [tokens, vocab]: keep batches small.
+    let per_batch = if model.num_labels().is_some() { 128 } else { 16 };
     for b in batches(indices, per_batch, false, 0) {
         let batch = model.batch(ds, &b, device)?;
         let pass = model.pass(&batch.input, true);
         let mask = batch.token_mask();
         match pass.logits.expect("logits") {
             Logits::Classes(l) => o.logits.extend(host(l)),
-            Logits::Tokens(l) => {
-                let [n, t, _] = l.dims();
-                let ids = batch.lm_labels().expect("tokens");
-                let next = ids.narrow(1, 1, t - 1);
-                let valid = host(next.clone().greater_equal_elem(0).float());
-                let safe = next.clone().mask_fill(next.lower_elem(0), 0);
-                let lp = log_softmax(l.narrow(1, 0, t - 1), 2).gather(2, safe.reshape([n, t - 1, 1])).reshape([n, t - 1]);
-                let lp = host(lp);
-                for r in 0..n {
-                    let row = (0..t - 1).filter(|&j| valid[r * (t - 1) + j] > 0.5).map(|j| lp[r * (t - 1) + j]).collect();
-                    o.token_logprobs.push(row);
+            Logits::Tokens { hidden, head } => {
+                let next = batch.next.as_ref().expect("token batch");
+                let mut rows = vec![Vec::new(); b.len()];
+                if let (Some(lp), row) = crate::learner::next_token_logprobs(&hidden, &head, next, 0..b.len()) {
+                    for (r, x) in row.into_iter().zip(host(lp)) {
+                        rows[r].push(x);
+                    }
                 }
+                o.token_logprobs.extend(rows);
             }
         }
         o.feature_dim = pass.features.dims()[1];

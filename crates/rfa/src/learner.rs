@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use lora_core::LoraModel;
@@ -132,6 +133,32 @@ pub enum Input<B: Backend> {
 pub struct Batch<B: Backend> {
     pub input: Input<B>,
     pub labels: Vec<usize>,
+    /// Token batches: every real next-token prediction (host side).
+    pub next: Option<NextTokens>,
+}
+
+/// The positions of a `[batch, seq]` token batch that predict a real next token: row `row[i]`,
+/// flat index `flat[i]` = row · seq + t, predicting `target[i]` = the id at t + 1. Padding
+/// predicts nothing, so a language model's head only runs here.
+#[derive(Debug, Clone, Default)]
+pub struct NextTokens {
+    pub row: Vec<usize>,
+    pub flat: Vec<i64>,
+    pub target: Vec<i64>,
+}
+
+impl NextTokens {
+    fn new(rows: &[&[u32]], seq: usize) -> Self {
+        let mut n = Self::default();
+        for (r, toks) in rows.iter().enumerate() {
+            for t in 0..toks.len().saturating_sub(1) {
+                n.row.push(r);
+                n.flat.push((r * seq + t) as i64);
+                n.target.push(toks[t + 1] as i64);
+            }
+        }
+        n
+    }
 }
 
 impl<B: Backend> Batch<B> {
@@ -142,14 +169,6 @@ impl<B: Backend> Batch<B> {
             Input::Tokens { mask, .. } => Some(mask.clone().float()),
         }
     }
-
-    /// Causal-LM labels: the ids, with -100 (ignored) on padding.
-    pub fn lm_labels(&self) -> Option<Tensor<B, 2, Int>> {
-        match &self.input {
-            Input::Pixels(_) => None,
-            Input::Tokens { ids, mask } => Some(ids.clone().mask_fill(mask.clone().equal_elem(0), -100)),
-        }
-    }
 }
 
 /// What a model produces for a batch.
@@ -157,8 +176,32 @@ impl<B: Backend> Batch<B> {
 pub enum Logits<B: Backend> {
     /// `[batch, classes]`
     Classes(Tensor<B, 2>),
-    /// Next-token logits, `[batch, seq, vocab]`
-    Tokens(Tensor<B, 3>),
+    /// A language model's last hidden state `[batch, seq, d]` and its head's weight
+    /// `[vocab, d]`: the logits are made only where a real next token is predicted.
+    Tokens { hidden: Tensor<B, 3>, head: Tensor<B, 2> },
+}
+
+/// The log-probability of each real next token of rows `rows`, `[positions]`, and the row of
+/// each position. Runs the LM head on those positions only (no `[batch, seq, vocab]` tensor).
+pub fn next_token_logprobs<B: Backend>(
+    hidden: &Tensor<B, 3>,
+    head: &Tensor<B, 2>,
+    next: &NextTokens,
+    rows: Range<usize>,
+) -> (Option<Tensor<B, 1>>, Vec<usize>) {
+    let [b, t, d] = hidden.dims();
+    let keep: Vec<usize> = (0..next.row.len()).filter(|&i| rows.contains(&next.row[i])).collect();
+    if keep.is_empty() {
+        return (None, Vec::new());
+    }
+    let device = hidden.device();
+    let n = keep.len();
+    let flat = Tensor::<B, 1, Int>::from_data(TensorData::new(keep.iter().map(|&i| next.flat[i]).collect::<Vec<_>>(), [n]), &device);
+    let target = Tensor::<B, 2, Int>::from_data(TensorData::new(keep.iter().map(|&i| next.target[i]).collect::<Vec<_>>(), [n, 1]), &device);
+    let h = hidden.clone().reshape([b * t, d]).select(0, flat);
+    let logits = h.matmul(head.clone().transpose());
+    let lp = log_softmax(logits, 1).gather(1, target).reshape([n]);
+    (Some(lp), keep.iter().map(|&i| next.row[i]).collect())
 }
 
 /// One forward pass: logits when asked for, a feature vector per sample (the classifier's
@@ -181,10 +224,11 @@ pub fn task_loss<B: Backend>(logits: &Logits<B>, batch: &Batch<B>, rows: Range<u
             let y = Tensor::from_data(TensorData::new(y, [n]), &device);
             CrossEntropyLossConfig::new().init(&device).forward(l.clone().narrow(0, rows.start, n), y)
         }
-        Logits::Tokens(l) => {
-            let labels = batch.lm_labels().expect("token batch").narrow(0, rows.start, n);
-            rfa_models::gpt2::causal_lm_loss(l.clone().narrow(0, rows.start, n), labels)
-        }
+        // Mean over the rows' real next tokens, as Hugging Face's causal-LM loss.
+        Logits::Tokens { hidden, head } => match next_token_logprobs(hidden, head, batch.next.as_ref().expect("token batch"), rows) {
+            (Some(lp), _) => lp.mean().neg(),
+            (None, _) => hidden.clone().sum().mul_scalar(0.0),
+        },
     }
 }
 
@@ -216,7 +260,7 @@ impl<B: Backend> Learner<B> for VitForImageClassification<B> {
         let pre = Preprocess { size: c.image_size, channels: c.num_channels, mean, std };
         let x = pre.apply(data, idx)?;
         let t = Tensor::from_data(TensorData::new(x, [idx.len(), pre.channels, pre.size, pre.size]), device);
-        Ok(Batch { input: Input::Pixels(t), labels: idx.iter().map(|&i| data.labels[i]).collect() })
+        Ok(Batch { input: Input::Pixels(t), labels: idx.iter().map(|&i| data.labels[i]).collect(), next: None })
     }
 
     fn pass(&self, input: &Input<B>, _logits: bool) -> Pass<B> {
@@ -243,7 +287,9 @@ fn token_batch<B: Backend>(data: &TokenizedText, idx: &[usize], vocab: usize, de
         bail!("sample {i} has token id {t}, beyond the model's vocabulary of {vocab}: the tokenizer does not belong to this model");
     }
     let (ids, mask) = data.batch(idx, device);
-    Ok(Batch { input: Input::Tokens { ids, mask }, labels: idx.iter().map(|&i| data.text.labels[i]).collect() })
+    let rows: Vec<&[u32]> = idx.iter().map(|&i| data.tokens[i].as_slice()).collect();
+    let next = NextTokens::new(&rows, ids.dims()[1]);
+    Ok(Batch { input: Input::Tokens { ids, mask }, labels: idx.iter().map(|&i| data.text.labels[i]).collect(), next: Some(next) })
 }
 
 impl<B: Backend> Learner<B> for BertForSequenceClassification<B> {
@@ -289,13 +335,10 @@ impl<B: Backend> Learner<B> for Gpt2LmHeadModel<B> {
 
     fn pass(&self, input: &Input<B>, logits: bool) -> Pass<B> {
         let Input::Tokens { ids, mask } = input else { panic!("GPT-2 takes tokens") };
-        let (hidden, taps, logits) = if logits {
-            let out = self.forward(ids.clone(), Some(mask.clone()));
-            (out.features, out.taps, Some(Logits::Tokens(out.logits)))
-        } else {
-            let (mut hs, taps) = self.forward_hidden(ids.clone(), Some(mask.clone()));
-            (hs.pop().expect("hidden states"), taps, None)
-        };
+        let (mut hs, taps) = self.forward_hidden(ids.clone(), Some(mask.clone()));
+        let hidden = hs.pop().expect("hidden states");
+        // The head is tied to the token embedding.
+        let logits = logits.then(|| Logits::Tokens { hidden: hidden.clone(), head: self.transformer.wte.weight.val() });
         let [b, t, d] = hidden.dims();
         let m = mask.clone().float().reshape([b, t, 1]);
         let features = (hidden * m.clone()).sum_dim(1).reshape([b, d]) / m.sum_dim(1).reshape([b, 1]);

@@ -72,7 +72,8 @@ pub struct Run {
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
 
 impl Run {
-    pub fn open(cfg: RunConfig) -> Result<Self> {
+    pub fn open(mut cfg: RunConfig) -> Result<Self> {
+        cfg.expand_home();
         let arch = models::architecture(&cfg.model)?;
         let (data, tokenizer) = if task::is_text(&cfg.data) {
             if arch == Architecture::Vit {

@@ -7,6 +7,9 @@ use clap::{Args, Parser, Subcommand};
 use rfa::Run;
 use rfa::config::RunConfig;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "rfa", version, about = "Make pre-trained transformers forget chosen training data, and prove it")]
 struct Cli {

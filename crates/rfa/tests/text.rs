@@ -279,3 +279,32 @@ fn text_misconfigurations_are_reported() {
     c.data.categories = vec!["Physics".into(), "Poetry".into()];
     assert!(err(c).contains("unknown category `Poetry`"));
 }
+
+#[test]
+fn the_lm_loss_on_real_tokens_only_equals_hugging_faces_causal_lm_loss() {
+    use rfa::learner::{Learner, task_loss};
+    let dev = Default::default();
+    let model = rfa::models::Gpt2::<I>::load(&fixture("hf-parity/gpt2/model"), &dev).unwrap();
+    let tok = rfa_models::TextTokenizer::from_dir(&fixture("hf-parity/gpt2/tokenizer")).unwrap();
+    let text = rfa_data::text::TextDataset {
+        texts: vec!["the cat sat on the mat".into(), "a dog".into(), "hello world, hello again and again".into()],
+        labels: vec![0, 0, 1],
+        ids: vec!["0".into(), "1".into(), "2".into()],
+        class_names: vec!["a".into(), "b".into()],
+        source: "test".into(),
+        lossy: 0,
+    };
+    let data = TokenizedText::new(text, &tok, 32, Some(0)).unwrap();
+    let batch = model.batch(&data, &[0, 1, 2], &dev).unwrap();
+    let pass = model.pass(&batch.input, true);
+    let rfa::learner::Input::Tokens { ids, mask } = &batch.input else { panic!() };
+    for rows in [0..3, 1..3, 0..1] {
+        let n = rows.end - rows.start;
+        let ours: f32 = task_loss(pass.logits.as_ref().unwrap(), &batch, rows.clone()).into_scalar();
+        // Reference: full [batch, seq, vocab] logits, labels -100 on padding.
+        let full = model.forward(ids.clone().narrow(0, rows.start, n), Some(mask.clone().narrow(0, rows.start, n))).logits;
+        let labels = ids.clone().narrow(0, rows.start, n).mask_fill(mask.clone().narrow(0, rows.start, n).equal_elem(0), -100);
+        let reference: f32 = rfa_models::causal_lm_loss(full, labels).into_scalar();
+        assert!((ours - reference).abs() <= 1e-5 * reference.abs(), "{rows:?}: {ours} vs {reference}");
+    }
+}
