@@ -149,6 +149,74 @@ pub struct UnlearnConfig {
     /// mean over tokens) or `cls` (the first token only, which the classifier reads; ours).
     #[serde(default = "all_tokens")]
     pub forget_tokens: String,
+    /// Seed of the unlearning alone (adapter init, batch order); default: the run's seed. The
+    /// result goes to `<method>-s<seed>/` so that several seeds sit side by side.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Baselines: `lora` (train adapters like RFA's: same rank, alpha, targets) or `full`
+    /// (every weight of the model).
+    #[serde(default = "lora")]
+    pub adapter: String,
+    /// `grad-diff` / `neggrad+`: weight of the ascent term on Df (the retain term has weight 1).
+    #[serde(default = "one")]
+    pub forget_weight: f64,
+    /// `scrub` (Kurmanji et al., 2023): α, the weight of KL(M0 ‖ model) on Dr; γ, the weight of
+    /// the task loss on Dr; and how many of the epochs also take the max step on Df.
+    #[serde(default = "scrub_alpha")]
+    pub scrub_alpha: f64,
+    #[serde(default = "scrub_gamma")]
+    pub scrub_gamma: f64,
+    #[serde(default = "one_usize")]
+    pub scrub_max_epochs: usize,
+    /// `l1-sparse` (Jia et al., 2023): weight of the l1 norm of the trained weights.
+    #[serde(default = "l1_weight")]
+    pub l1_weight: f64,
+    /// `salun` (Fan et al., 2024): share of the weights, by forget-gradient magnitude, that are
+    /// updated.
+    #[serde(default = "half")]
+    pub salun_ratio: f64,
+    /// `npo` (Zhang et al., 2024): β of negative preference optimisation.
+    #[serde(default = "npo_beta")]
+    pub npo_beta: f64,
+}
+
+fn lora() -> String {
+    "lora".into()
+}
+fn one() -> f64 {
+    1.0
+}
+fn one_usize() -> usize {
+    1
+}
+fn scrub_alpha() -> f64 {
+    0.001
+}
+fn scrub_gamma() -> f64 {
+    0.99
+}
+fn l1_weight() -> f64 {
+    5e-5
+}
+fn half() -> f64 {
+    0.5
+}
+fn npo_beta() -> f64 {
+    0.1
+}
+
+/// The unlearning methods `rfa unlearn --method` takes.
+pub const METHODS: [&str; 10] =
+    ["rfa", "finetune", "grad-ascent", "random-label", "grad-diff", "neggrad+", "scrub", "l1-sparse", "salun", "npo"];
+
+impl UnlearnConfig {
+    /// The folder of this unlearning's result inside the run.
+    pub fn out_dir(&self) -> String {
+        match self.seed {
+            Some(s) => format!("{}-s{s}", self.method),
+            None => self.method.clone(),
+        }
+    }
 }
 
 /// Evaluation options.
@@ -236,6 +304,15 @@ impl RunConfig {
                 retain_task_weight: 0.0,
                 weight_decay: 0.0,
                 forget_tokens: "cls".into(),
+                seed: None,
+                adapter: lora(),
+                forget_weight: 1.0,
+                scrub_alpha: scrub_alpha(),
+                scrub_gamma: scrub_gamma(),
+                scrub_max_epochs: 1,
+                l1_weight: l1_weight(),
+                salun_ratio: half(),
+                npo_beta: npo_beta(),
             },
             eval: EvalConfig::default(),
         }

@@ -181,27 +181,45 @@ pub enum Logits<B: Backend> {
     Tokens { hidden: Tensor<B, 3>, head: Tensor<B, 2> },
 }
 
-/// The log-probability of each real next token of rows `rows`, `[positions]`, and the row of
-/// each position. Runs the LM head on those positions only (no `[batch, seq, vocab]` tensor).
-pub fn next_token_logprobs<B: Backend>(
+/// Log-softmax over the vocabulary at each real next-token position of rows `rows`
+/// (`[positions, vocab]`), the target ids (`[positions, 1]`) and each position's row. Runs the
+/// LM head on those positions only (no `[batch, seq, vocab]` tensor). None when the rows
+/// predict no token.
+pub fn next_token_log_softmax<B: Backend>(
     hidden: &Tensor<B, 3>,
     head: &Tensor<B, 2>,
     next: &NextTokens,
     rows: Range<usize>,
-) -> (Option<Tensor<B, 1>>, Vec<usize>) {
+) -> Option<(Tensor<B, 2>, Tensor<B, 2, Int>, Vec<usize>)> {
     let [b, t, d] = hidden.dims();
     let keep: Vec<usize> = (0..next.row.len()).filter(|&i| rows.contains(&next.row[i])).collect();
     if keep.is_empty() {
-        return (None, Vec::new());
+        return None;
     }
     let device = hidden.device();
     let n = keep.len();
     let flat = Tensor::<B, 1, Int>::from_data(TensorData::new(keep.iter().map(|&i| next.flat[i]).collect::<Vec<_>>(), [n]), &device);
     let target = Tensor::<B, 2, Int>::from_data(TensorData::new(keep.iter().map(|&i| next.target[i]).collect::<Vec<_>>(), [n, 1]), &device);
     let h = hidden.clone().reshape([b * t, d]).select(0, flat);
-    let logits = h.matmul(head.clone().transpose());
-    let lp = log_softmax(logits, 1).gather(1, target).reshape([n]);
-    (Some(lp), keep.iter().map(|&i| next.row[i]).collect())
+    let lp = log_softmax(h.matmul(head.clone().transpose()), 1);
+    Some((lp, target, keep.iter().map(|&i| next.row[i]).collect()))
+}
+
+/// The log-probability of each real next token of rows `rows`, `[positions]`, and the row of
+/// each position.
+pub fn next_token_logprobs<B: Backend>(
+    hidden: &Tensor<B, 3>,
+    head: &Tensor<B, 2>,
+    next: &NextTokens,
+    rows: Range<usize>,
+) -> (Option<Tensor<B, 1>>, Vec<usize>) {
+    match next_token_log_softmax(hidden, head, next, rows) {
+        Some((lp, target, row)) => {
+            let n = row.len();
+            (Some(lp.gather(1, target).reshape([n])), row)
+        }
+        None => (None, Vec::new()),
+    }
 }
 
 /// One forward pass: logits when asked for, a feature vector per sample (the classifier's

@@ -11,6 +11,7 @@
 //! report.json, report.md        metrics of M0, M*, RFA
 //! ```
 
+pub mod baselines;
 pub mod config;
 pub mod engine;
 pub mod learner;
@@ -184,10 +185,11 @@ impl Run {
         }
     }
 
-    /// `rfa unlearn --method rfa`: adapter and merged model under `rfa/`.
+    /// `rfa unlearn --method NAME`: under `NAME/` (or `NAME-s<seed>/`), the adapter (PEFT) when
+    /// adapters were trained, and the merged model (Hugging Face).
     pub fn unlearn<B: AutodiffBackend>(&self, device: &B::Device) -> Result<()> {
-        if self.cfg.unlearn.method != "rfa" {
-            bail!("unlearning method `{}` is not implemented yet (available: rfa)", self.cfg.unlearn.method);
+        if !config::METHODS.contains(&self.cfg.unlearn.method.as_str()) {
+            bail!("unknown unlearning method `{}` ({})", self.cfg.unlearn.method, config::METHODS.join(", "));
         }
         match self.arch {
             Architecture::Vit => self.unlearn_with::<B, Vit<B>>(self.images()?, device),
@@ -204,9 +206,23 @@ impl Run {
     {
         let m0 =
             <M as Learner<B>>::load(&self.dir.join("original"), device).context("loading the original model (run `rfa train` first)")?;
-        let ((model, log), phase) = measure(|| unlearn_rfa(m0, task, &self.cfg.unlearn, self.cfg.seed, device))?;
-        let out = self.dir.join("rfa");
-        lora_core::save_adapter(&model, &out.join("adapter"), Some("../../original"))?;
+        let uc = &self.cfg.unlearn;
+        let seed = uc.seed.unwrap_or(self.cfg.seed);
+        let ((model, log), phase) = measure(|| {
+            if uc.method == "rfa" {
+                unlearn_rfa(m0, task, uc, seed, device)
+            } else {
+                baselines::unlearn_baseline(m0, task, uc, seed, device)
+            }
+        })?;
+        let out = self.dir.join(uc.out_dir());
+        // A result left by an earlier run of this method must not mix with this one.
+        for sub in ["adapter", "merged"] {
+            let _ = std::fs::remove_dir_all(out.join(sub));
+        }
+        if !log.adapted.is_empty() {
+            lora_core::save_adapter(&model, &out.join("adapter"), Some("../../original"))?;
+        }
         let mut merged = model.valid();
         lora_core::merge_and_unload(&mut merged);
         merged.save(&out.join("merged"))?;
@@ -215,20 +231,55 @@ impl Run {
         write_json(&out.join("phase.json"), &PhaseRecord { phase, trainable_params: log.trainable_params })
     }
 
-    /// The three models the report compares: M0, M* and M0 with the unlearning adapter, each
-    /// with the record of the phase that made it.
+    /// The unlearning results in the run folder, in `METHODS` order then by seed: (display
+    /// name, folder).
+    pub fn unlearned(&self) -> Vec<(String, PathBuf)> {
+        let mut found: Vec<(usize, u64, String, PathBuf)> = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (method, seed) = match name.rsplit_once("-s") {
+                Some((m, s)) if s.parse::<u64>().is_ok() => (m.to_string(), Some(s.to_string())),
+                _ => (name.clone(), None),
+            };
+            let Some(rank) = config::METHODS.iter().position(|m| *m == method) else { continue };
+            let p = e.path();
+            if p.join("phase.json").is_file() && (p.join("adapter").is_dir() || p.join("merged").is_dir()) {
+                let display = if method == "rfa" { "RFA".to_string() } else { method.clone() };
+                let display = match &seed {
+                    Some(s) => format!("{display} (seed {s})"),
+                    None => display,
+                };
+                found.push((rank, seed.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0), display, p));
+            }
+        }
+        found.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        found.into_iter().map(|(_, _, d, p)| (d, p)).collect()
+    }
+
+    /// The models the report compares: M0, M*, and every unlearning result in the run (M0 with
+    /// its adapter, or its merged / fully trained model), each with the record of the phase
+    /// that made it.
     fn evaluated_models<B: Backend, M: Learner<B>>(&self, device: &B::Device) -> Result<Vec<(String, M, PhaseRecord)>> {
         let mut v = Vec::new();
-        for (name, dir, adapter) in [("original (M0)", "original", false), ("retrain (M*)", "retrain", false), ("RFA", "original", true)] {
+        for (name, dir) in [("original (M0)", "original"), ("retrain (M*)", "retrain")] {
             let path = self.dir.join(dir);
-            let mut model = <M as Learner<B>>::load(&path, device).with_context(|| format!("loading {}", path.display()))?;
-            let rec = if adapter {
-                lora_core::load_adapter(&mut model, &self.dir.join("rfa/adapter"))?;
-                read_phase(&self.dir.join("rfa"))?
+            let model = <M as Learner<B>>::load(&path, device).with_context(|| format!("loading {}", path.display()))?;
+            v.push((name.to_string(), model, read_phase(&path)?));
+        }
+        let unlearned = self.unlearned();
+        if unlearned.is_empty() {
+            bail!("no unlearning result in {} (run `rfa unlearn` first)", self.dir.display());
+        }
+        for (name, dir) in unlearned {
+            let model = if dir.join("adapter").is_dir() {
+                let mut m = <M as Learner<B>>::load(&self.dir.join("original"), device)?;
+                lora_core::load_adapter(&mut m, &dir.join("adapter"))?;
+                m
             } else {
-                read_phase(&path)?
+                <M as Learner<B>>::load(&dir.join("merged"), device).with_context(|| format!("loading {}", dir.display()))?
             };
-            v.push((name.to_string(), model, rec));
+            v.push((name, model, read_phase(&dir)?));
         }
         Ok(v)
     }
@@ -256,7 +307,8 @@ impl Run {
             });
         }
         let models = model_reports(&evaluated, "retrain (M*)")?;
-        let rfa = evaluated.last().expect("three models");
+        // The residual-norm histogram shows RFA's adapter (else the first result with adapters).
+        let rfa = evaluated.iter().skip(2).find(|e| !e.forget.residual_norms.is_empty()).unwrap_or(&evaluated[2]);
         let report = Report {
             name: self.cfg.name.clone(),
             dataset: format!("{} ({})", self.cfg.data.dataset, t.train.source()),
@@ -377,7 +429,7 @@ impl Run {
                 m.auc_gap = Some(((m.loss_auc - la).abs() + (m.min_k_auc - ka).abs()) / 2.0);
             }
         }
-        let rfa = &evaluated.last().expect("three models");
+        let rfa = evaluated.iter().skip(2).find(|e| !e.1.residual_norms.is_empty()).unwrap_or(&evaluated[2]);
         let report = Report {
             name: self.cfg.name.clone(),
             dataset: format!("{} ({})", self.cfg.data.dataset, t.train.source()),
@@ -422,6 +474,9 @@ impl Run {
         }
         plots::loss_curves("Training loss (cross-entropy / causal-LM)", "epoch", &train, &dir.join("loss_training.png"))?;
         let p = self.dir.join("rfa/unlearn_log.json");
+        if !p.is_file() {
+            return Ok(());
+        }
         let log: engine::UnlearnLog =
             serde_json::from_str(&std::fs::read_to_string(&p)?).with_context(|| format!("reading {}", p.display()))?;
         let x: Vec<f64> = log.steps.iter().map(|s| s.step as f64).collect();

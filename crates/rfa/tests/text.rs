@@ -308,3 +308,30 @@ fn the_lm_loss_on_real_tokens_only_equals_hugging_faces_causal_lm_loss() {
         assert!((ours - reference).abs() <= 1e-5 * reference.abs(), "{rows:?}: {ours} vs {reference}");
     }
 }
+
+#[test]
+fn baselines_on_a_language_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = eli5(tmp.path());
+    let dev = Default::default();
+    let mut c = gpt2_config("lm-baselines", tmp.path(), &data);
+    c.train.epochs = 1;
+    let run = Run::open(c.clone()).unwrap();
+    run.train::<AB>(false, &dev).unwrap();
+    run.train::<AB>(true, &dev).unwrap();
+    for m in ["npo", "grad-diff", "scrub"] {
+        let mut c = c.clone();
+        c.unlearn.method = m.into();
+        Run::open(c).unwrap().unlearn::<AB>(&dev).unwrap_or_else(|e| panic!("{m}: {e:#}"));
+    }
+    let log: rfa::engine::UnlearnLog =
+        serde_json::from_str(&std::fs::read_to_string(run.dir.join("npo/unlearn_log.json")).unwrap()).unwrap();
+    let s = &log.steps[0];
+    assert!((s.total - s.retain - 20.0 * 2f64.ln()).abs() < 1e-3, "NPO starts at (2/β)·ln 2: {s:?}");
+    let report = run.eval::<AB>("cpu", &dev).unwrap();
+    let names: Vec<String> = report.language_model.unwrap().models.into_iter().map(|m| m.name).collect();
+    assert_eq!(names, ["original (M0)", "retrain (M*)", "grad-diff", "scrub", "npo"]);
+    c.unlearn.method = "random-label".into();
+    let e = format!("{:#}", Run::open(c).unwrap().unlearn::<AB>(&dev).unwrap_err());
+    assert!(e.contains("needs a classifier"), "{e}");
+}
