@@ -5,8 +5,11 @@
 //! - `cargo xtask parity DIR…` — compares our models with a reference fixture directory
 //!   (`model/`, optional `adapter/`, `reference.safetensors`), prints the error of every compared
 //!   tensor and exits non-zero over tolerance.
+//! - `cargo xtask reproduce TASK [--small]` — every unlearning method against RFA on one task
+//!   (fashion-mnist, cifar10, imdb, eli5), three seeds each; writes docs/RESULTS.md sections.
 
 mod bench;
+mod reproduce;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -42,6 +45,25 @@ enum Cmd {
         /// CPU backends to time: ndarray, flex.
         #[arg(long, value_delimiter = ',', default_values_t = ["ndarray".to_string(), "flex".to_string()])]
         backends: Vec<String>,
+    },
+    /// Run every unlearning method on a task (original and gold standard included) and write
+    /// its comparison into docs/RESULTS.md.
+    Reproduce {
+        /// fashion-mnist, cifar10, imdb or eli5.
+        task: String,
+        /// The version that finishes within a session on 2 CPU cores.
+        #[arg(long)]
+        small: bool,
+        #[arg(long, default_value_t = 3)]
+        seeds: usize,
+        /// Only these methods (default: all that apply).
+        #[arg(long, value_delimiter = ',')]
+        methods: Vec<String>,
+        #[arg(long, default_value = "runs/reproduce")]
+        runs_dir: PathBuf,
+        /// cpu or cuda[:N].
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Check fixture directories against our models (CPU, f32).
     Parity {
@@ -116,6 +138,10 @@ fn run() -> Result<bool> {
                     println!("{row}");
                 }
             }
+            Ok(true)
+        }
+        Cmd::Reproduce { task, small, seeds, methods, runs_dir, device } => {
+            reproduce::run(&task, small, seeds.max(1), &methods, &runs_dir, &device)?;
             Ok(true)
         }
         Cmd::Parity { dirs, tol, rel_tol, scale_by_magnitude } => {

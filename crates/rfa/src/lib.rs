@@ -12,6 +12,7 @@
 //! ```
 
 pub mod baselines;
+pub mod compare;
 pub mod config;
 pub mod engine;
 pub mod learner;

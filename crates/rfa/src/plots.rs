@@ -13,7 +13,19 @@ use crate::report::Report;
 
 const W: u32 = 900;
 const H: u32 = 500;
-const COLOURS: [RGBColor; 4] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
+// matplotlib's tab10.
+const COLOURS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
 
 fn font() {
     static ONCE: Once = Once::new();
@@ -162,6 +174,45 @@ pub fn loss_curves(title: &str, x_desc: &str, series: &[(String, Vec<f64>, Vec<f
                 .map_err(e)?
                 .label(name.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], colour.stroke_width(2)));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(e)?;
+        root.present().map_err(e)?;
+    }
+    save(buf, path)
+}
+
+/// One labelled point per entry (name, x, y), x on a log scale (times span orders of magnitude).
+pub fn scatter_log_x(title: &str, x_desc: &str, y_desc: &str, points: &[(String, f64, f64)], path: &Path) -> Result<()> {
+    font();
+    let xs = points.iter().map(|p| p.1).filter(|x| *x > 0.0 && x.is_finite());
+    let (xmin, xmax) = xs.fold((f64::MAX, 0f64), |(a, b), x| (a.min(x), b.max(x)));
+    let (xmin, xmax) = if xmax > 0.0 { (xmin / 1.5, xmax * 1.5) } else { (0.1, 10.0) };
+    let ymax = points.iter().map(|p| p.2).filter(|v| v.is_finite()).fold(1e-9f64, f64::max) * 1.15;
+    let mut buf = vec![0u8; (W * H * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(e)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .build_cartesian_2d((xmin..xmax).log_scale(), 0f64..ymax)
+            .map_err(e)?;
+        chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(e)?;
+        for (j, (name, x, y)) in points.iter().enumerate() {
+            if !(x.is_finite() && y.is_finite() && *x > 0.0) {
+                continue;
+            }
+            let colour = COLOURS[j % COLOURS.len()];
+            chart
+                .draw_series(std::iter::once(Circle::new((*x, *y), 6, colour.filled())))
+                .map_err(e)?
+                .label(name.clone())
+                .legend(move |(x, y)| Circle::new((x + 6, y), 5, colour.filled()));
+            chart
+                .draw_series(std::iter::once(Text::new(name.clone(), (*x, *y), ("sans-serif", 13).into_font().color(&BLACK))))
+                .map_err(e)?;
         }
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(e)?;
         root.present().map_err(e)?;
