@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use rfa::config::RunConfig;
-use rfa::report::Report;
+use serde_json::Value;
 
 /// Per-method settings on top of the task's configuration. Not tuned per task: every baseline
 /// trains the same LoRA adapters as RFA with AdamW; methods that pass over the whole retain set
@@ -32,44 +31,69 @@ const METHOD_SETS: [(&str, &[&str]); 9] = [
 /// Methods that need class labels (not for language models).
 const LABEL_METHODS: [&str; 2] = ["random-label", "salun"];
 
+/// Run configurations as TOML tables (xtask drives the `rfa` binary and reads what it writes;
+/// it does not link the library).
 struct Scenario {
     name: String,
-    config: RunConfig,
+    config: toml::Table,
     language_model: bool,
 }
 
-fn read(root: &Path, rel: &str) -> Result<RunConfig> {
-    RunConfig::read(&root.join(rel))
+fn read(root: &Path, rel: &str) -> Result<toml::Table> {
+    let p = root.join(rel);
+    toml::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
+        .with_context(|| format!("parsing {}", p.display()))
 }
 
-fn scenarios(root: &Path, task: &str, small: bool) -> Result<Vec<Scenario>> {
+/// `table.section.key = value`.
+fn set(t: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
+    let s = t.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(s) = s.as_table_mut() {
+        s.insert(key.to_string(), value.into());
+    }
+}
+
+fn get_str(t: &toml::Table, section: &str, key: &str) -> Option<String> {
+    t.get(section)?.get(key)?.as_str().map(str::to_string)
+}
+
+/// The demo's configuration, from the `rfa` binary (`rfa demo --print-config`).
+fn demo(bin: &Path) -> Result<toml::Table> {
+    let out = Command::new(bin).args(["demo", "--print-config"]).output().context("running rfa demo --print-config")?;
+    if !out.status.success() {
+        bail!("rfa demo --print-config failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(toml::from_str(&String::from_utf8(out.stdout)?)?)
+}
+
+fn scenarios(root: &Path, bin: &Path, task: &str, small: bool) -> Result<Vec<Scenario>> {
     let mut out = Vec::new();
-    let mut add = |name: &str, mut c: RunConfig, forget: &str, lm: bool| {
-        c.name = format!("{name}{}", if small { "-small" } else { "" });
-        c.data.forget = forget.into();
-        out.push(Scenario { name: c.name.clone(), config: c, language_model: lm });
+    let mut add = |name: &str, mut c: toml::Table, forget: &str, lm: bool| {
+        let name = format!("{name}{}", if small { "-small" } else { "" });
+        c.insert("name".into(), name.clone().into());
+        set(&mut c, "data", "forget", forget);
+        out.push(Scenario { name, config: c, language_model: lm });
     };
     match task {
         "fashion-mnist" => {
-            let mut c = RunConfig::demo();
+            let mut c = demo(bin)?;
             if !small {
-                c.data.path = "~/.cache/rfa-assets/fashion-mnist".into();
+                set(&mut c, "data", "path", "~/.cache/rfa-assets/fashion-mnist");
             }
             add("fashion-mnist-class1", c.clone(), "class:1", false);
             add("fashion-mnist-random10", c, "random:10", false);
         }
         "cifar10" => {
-            let mut c = RunConfig::demo();
-            c.data.dataset = "image-folder".into();
-            c.data.path = "~/.cache/rfa-assets/cifar10".into();
-            c.model.preset = "vit-small".into();
-            c.train.epochs = 10;
-            c.train.lr = 1e-3;
-            c.train.batch_size = 128;
+            let mut c = demo(bin)?;
+            set(&mut c, "data", "dataset", "image-folder");
+            set(&mut c, "data", "path", "~/.cache/rfa-assets/cifar10");
+            set(&mut c, "model", "preset", "vit-small");
+            set(&mut c, "train", "epochs", if small { 5 } else { 10 });
+            set(&mut c, "train", "lr", 1e-3);
+            set(&mut c, "train", "batch_size", 128);
             if small {
-                c.data.max_train = 2000;
-                c.data.max_test = 500;
-                c.train.epochs = 5;
+                set(&mut c, "data", "max_train", 2000);
+                set(&mut c, "data", "max_test", 500);
             }
             add("cifar10-class0", c.clone(), "class:airplane", false);
             add("cifar10-random10", c, "random:10", false);
@@ -77,9 +101,9 @@ fn scenarios(root: &Path, task: &str, small: bool) -> Result<Vec<Scenario>> {
         "imdb" => {
             let mut c = read(root, "configs/imdb-minilm.toml")?;
             if small {
-                c.data.max_train = 200;
-                c.data.max_test = 100;
-                c.data.max_len = 64;
+                set(&mut c, "data", "max_train", 200);
+                set(&mut c, "data", "max_test", 100);
+                set(&mut c, "data", "max_len", 64);
             }
             add("imdb-random10", c.clone(), "random:10", false);
             if !small {
@@ -89,10 +113,11 @@ fn scenarios(root: &Path, task: &str, small: bool) -> Result<Vec<Scenario>> {
         "eli5" => {
             let mut c = read(root, "configs/eli5-gpt2.toml")?;
             if small {
-                c.data.per_category = 30;
-                c.data.max_len = 64;
+                set(&mut c, "data", "per_category", 30);
+                set(&mut c, "data", "max_len", 64);
             }
-            add("eli5-mathematics", c, "class:Mathematics", true);
+            let forget = get_str(&c, "data", "forget").unwrap_or_else(|| "class:Mathematics".into());
+            add("eli5-category", c, &forget, true);
         }
         other => bail!("unknown task `{other}` (fashion-mnist, cifar10, imdb, eli5)"),
     }
@@ -130,15 +155,10 @@ pub fn run(task: &str, small: bool, seeds: usize, only: &[String], runs: &Path, 
     let root = crate::root();
     let bin = rfa_binary(&root, device)?;
     std::fs::create_dir_all(runs)?;
-    for sc in scenarios(&root, task, small)? {
+    for sc in scenarios(&root, &bin, task, small)? {
         let config = runs.join(format!("{}.toml", sc.name));
-        std::fs::write(&config, sc.config.to_toml())?;
-        let dir = {
-            let mut c = sc.config.clone();
-            c.runs_dir = runs.to_path_buf();
-            c.expand_home();
-            c.run_dir()
-        };
+        std::fs::write(&config, toml::to_string_pretty(&sc.config)?)?;
+        let dir = runs.join(&sc.name);
         let started = std::time::Instant::now();
         rfa(&bin, &["train"], &config, runs, device, &[])?;
         rfa(&bin, &["retrain"], &config, runs, device, &[])?;
@@ -156,7 +176,7 @@ pub fn run(task: &str, small: bool, seeds: usize, only: &[String], runs: &Path, 
             }
         }
         rfa(&bin, &["eval"], &config, runs, device, &[])?;
-        let report: Report = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json"))?)?;
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json"))?)?;
         write_results(&root, task, &sc, &report, &dir, small, started.elapsed().as_secs_f64(), seeds)?;
     }
     Ok(())
@@ -167,7 +187,7 @@ fn write_results(
     root: &Path,
     task: &str,
     sc: &Scenario,
-    report: &Report,
+    report: &Value,
     dir: &Path,
     small: bool,
     seconds: f64,
@@ -175,12 +195,14 @@ fn write_results(
 ) -> Result<()> {
     let out = root.join("docs/results/reproduce").join(&sc.name);
     std::fs::create_dir_all(&out)?;
-    for f in ["report.md", "report.json", "config.toml"] {
-        std::fs::copy(dir.join(f), out.join(f))?;
+    for f in ["report.md", "report.json", "config.toml", "comparison.md", "plots/gap_vs_time.png"] {
+        let to = out.join(Path::new(f).file_name().expect("file name"));
+        std::fs::copy(dir.join(f), &to).with_context(|| format!("copying {}", dir.join(f).display()))?;
     }
-    rfa::compare::plot_gap_vs_time(report, &out.join("gap_vs_time.png"))?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let table = rfa::compare::markdown(report);
+    let table = std::fs::read_to_string(dir.join("comparison.md"))?;
+    let n = |k: &str| report[k].as_u64().unwrap_or(0);
+    let s = |k: &str| report[k].as_str().unwrap_or("").to_string();
     let section = format!(
         "### {name}\n\n`cargo xtask reproduce {task}{flag}` — {kind}; {train} training samples, {forget} forgotten (`{spec}`), {test} test \
 samples; {seeds} seed(s) per method; ran on {backend}, {cores} CPU cores visible, {minutes:.0} min for the whole scenario (training included).\n\n\
@@ -189,11 +211,11 @@ samples; {seeds} seed(s) per method; ran on {backend}, {cores} CPU cores visible
         name = sc.name,
         flag = if small { " --small" } else { "" },
         kind = if small { "the `--small` version (2 CPU cores, one session)" } else { "full size" },
-        train = report.train_samples,
-        forget = report.forget_samples,
-        spec = report.forget,
-        test = report.test_samples,
-        backend = report.backend,
+        train = n("train_samples"),
+        forget = n("forget_samples"),
+        spec = s("forget"),
+        test = n("test_samples"),
+        backend = s("backend"),
         minutes = seconds / 60.0,
     );
     std::fs::write(out.join("summary.md"), &section)?;

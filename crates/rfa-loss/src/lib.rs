@@ -10,6 +10,8 @@
 //! Means run over the batch and the (unpadded) tokens; `||·||²` sums over the features.
 //! The targets `mu_l` come from [`FeatureStats`], accumulated over `Dr` with the original model.
 
+pub mod baselines;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rfa_models::Tap;

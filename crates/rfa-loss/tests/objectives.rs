@@ -117,3 +117,26 @@ fn statistics_accumulate_over_batches_of_different_lengths() {
     assert_eq!(p, vec![2.0, 4.0, 7.0, 9.0]);
     assert!(matches!(s.add(&[tap(vec![0.0; 2], vec![0.0; 2], [1, 1, 2])], Some(&[3]), None), Err(LossError::ClassOutOfRange { .. })));
 }
+
+#[test]
+fn baseline_objectives_match_their_definitions() {
+    use rfa_loss::baselines::{kl_divergence, l1, npo_loss};
+    type B = burn::backend::NdArray<f32>;
+    let dev = Default::default();
+    let t = |v: Vec<f32>, s: [usize; 2]| Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(v, s), &dev);
+    // KL([0.5, 0.5] ‖ [0.25, 0.75]) = 0.5 ln 2 + 0.5 ln(2/3); the second row is identical → 0.
+    let p = t(vec![0.5f32.ln(), 0.5f32.ln(), 0.2f32.ln(), 0.8f32.ln()], [2, 2]);
+    let q = t(vec![0.25f32.ln(), 0.75f32.ln(), 0.2f32.ln(), 0.8f32.ln()], [2, 2]);
+    let kl: f32 = kl_divergence(p.clone(), q).into_scalar();
+    let want = (0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln()) / 2.0;
+    assert!((kl as f64 - want).abs() < 1e-6, "{kl} vs {want}");
+    assert!(kl_divergence(p.clone(), p).into_scalar().abs() < 1e-7);
+    // NPO at the reference: (2/β) ln 2; lower likelihood than the reference lowers it.
+    let v = |x: Vec<f32>| Tensor::<B, 1>::from_data(burn::tensor::TensorData::new(x.clone(), [x.len()]), &dev);
+    let at_ref: f32 = npo_loss(v(vec![-3.0, -5.0]), v(vec![-3.0, -5.0]), 0.1).into_scalar();
+    assert!((at_ref as f64 - 20.0 * 2f64.ln()).abs() < 1e-4);
+    let lower: f32 = npo_loss(v(vec![-30.0]), v(vec![-3.0]), 0.1).into_scalar();
+    // −20·log σ(−0.1·(−27)) = 20·ln(1 + e^(−2.7))
+    assert!((lower as f64 - 20.0 * (1.0 + (-2.7f64).exp()).ln()).abs() < 1e-4, "{lower}");
+    assert_eq!(l1(t(vec![1.0, -2.0, 0.5, 0.0], [2, 2])).into_scalar(), 3.5);
+}

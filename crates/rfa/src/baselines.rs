@@ -12,7 +12,8 @@
 //! | `salun` | L(f with random wrong labels) + L(r), gradients masked to the weights with the largest forget-loss gradient | Fan et al. 2024 |
 //! | `npo` | −(2/β)·log σ(−β·(log πθ(f) − log πM0(f))) + L(r) | Zhang et al. 2024 (NPO + retain loss) |
 //!
-//! L is the task loss (cross-entropy, or the causal-LM loss). SCRUB alternates max and min
+//! L is the task loss (cross-entropy, or the causal-LM loss); KL, NPO's term and the l1 norm
+//! are in `rfa_loss::baselines`. SCRUB alternates max and min
 //! steps in the paper; here both terms share one step on a paired batch (as RFA's steps do),
 //! with the max term in the first `scrub_max_epochs` epochs only.
 
@@ -22,11 +23,12 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::activation::{log_sigmoid, log_softmax};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use lora_core::{LoraConfig, TargetModules, attach_lora, count_params};
 use rfa_data::{Rng, batches};
+use rfa_loss::baselines::{kl_divergence, npo_loss};
 
 use crate::config::UnlearnConfig;
 use crate::engine::{StepLog, UnlearnLog, bar, scalar};
@@ -169,9 +171,7 @@ where
                     let t = teacher.pass(&inner_input(&batch.input), true).logits.expect("teacher logits");
                     let lp = sequence_logprob(logits, &batch, nr..nr + nf);
                     let lp_ref = Tensor::<B, 1>::from_inner(sequence_logprob(&t, &inner_batch(&batch), nr..nr + nf));
-                    let beta = uc.npo_beta;
-                    let npo = log_sigmoid((lp - lp_ref).mul_scalar(-beta)).mean().mul_scalar(-2.0 / beta);
-                    npo + r()
+                    npo_loss(lp, lp_ref, uc.npo_beta) + r()
                 }
             };
             let tv = scalar(total.clone());
@@ -226,11 +226,7 @@ fn kl_to_teacher<B: AutodiffBackend>(
     let s = log_probs(student, batch, rows.clone());
     let t = log_probs(teacher, &inner_batch(batch), rows);
     match (s, t) {
-        (Some(s), Some(t)) => {
-            let n = s.dims()[0];
-            let t = Tensor::<B, 2>::from_inner(t);
-            (t.clone().exp() * (t - s)).sum().div_scalar(n as f64)
-        }
+        (Some(s), Some(t)) => kl_divergence(Tensor::<B, 2>::from_inner(t), s),
         _ => Tensor::zeros([1], &batch_device(batch)),
     }
 }
@@ -278,7 +274,7 @@ fn l1_norm<B: Backend, M: Module<B>>(model: &M) -> Tensor<B, 1> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let v = param.val();
             if v.is_require_grad() {
-                let s = v.abs().sum();
+                let s = rfa_loss::baselines::l1(v);
                 self.0 = Some(match self.0.take() {
                     Some(a) => a + s,
                     None => s,

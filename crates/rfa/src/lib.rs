@@ -326,6 +326,7 @@ impl Run {
         };
         report.write(&self.dir)?;
         self.plot(&report)?;
+        self.write_comparison(&report)?;
         Ok(report)
     }
 
@@ -454,7 +455,15 @@ impl Run {
         };
         report.write(&self.dir)?;
         self.plot(&report)?;
+        self.write_comparison(&report)?;
         Ok(report)
+    }
+
+    /// `comparison.md` and `plots/gap_vs_time.png`: one row per method (mean ± std over seeds).
+    fn write_comparison(&self, report: &Report) -> Result<()> {
+        std::fs::create_dir_all(self.dir.join("plots"))?;
+        lora_core::tensors::write_atomic(&self.dir.join("comparison.md"), compare::markdown(report).as_bytes())?;
+        compare::plot_gap_vs_time(report, &self.dir.join("plots/gap_vs_time.png"))
     }
 
     /// `plots/`: per-class accuracy, residual norms on Df vs Dr, training and unlearning losses.

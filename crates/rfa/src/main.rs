@@ -66,6 +66,9 @@ struct Common {
     /// cpu, or cuda[:N] (needs the `cuda` build).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Print the resolved configuration (TOML) and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 impl Common {
@@ -127,6 +130,10 @@ fn run() -> Result<()> {
         Cmd::Demo(c) | Cmd::Train(c) | Cmd::Retrain(c) | Cmd::Eval(c) => c.clone(),
         Cmd::Unlearn { common, .. } | Cmd::Export { common, .. } => common.clone(),
     };
+    if common.print_config {
+        print!("{}", common.resolve()?.to_toml());
+        return Ok(());
+    }
     match common.device.as_str() {
         "cpu" => {
             dispatch::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&cli, &common, "cpu (burn ndarray, f32)", &Default::default())
