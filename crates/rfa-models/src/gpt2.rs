@@ -282,7 +282,10 @@ impl<B: Backend> Gpt2LmHeadModel<B> {
             let window: Vec<i64> = ids[start..].iter().map(|&x| x as i64).collect();
             let n = window.len();
             let input = Tensor::<B, 2, Int>::from_data(TensorData::new(window, [1, n]), &device);
-            let logits = self.forward(input, None).logits.narrow(1, n - 1, 1).reshape([self.vocab_size()]);
+            // Only the last position's logits are needed: run the head there alone.
+            let (hs, _) = self.forward_hidden(input, None);
+            let last = hs.last().expect("hidden states").clone().narrow(1, n - 1, 1).reshape([1, self.config.n_embd]);
+            let logits = last.matmul(self.transformer.wte.weight.val().transpose()).reshape([self.vocab_size()]);
             let logits: Vec<f32> = logits.into_data().convert::<f32>().into_vec().expect("f32 logits");
             let next = pick(&logits, top_k, temperature, &mut rng);
             ids.push(next);
