@@ -220,10 +220,18 @@ samples; {seeds} seed(s) per method; ran on {backend}, {cores} CPU cores visible
     );
     std::fs::write(out.join("summary.md"), &section)?;
     let results = root.join("docs/RESULTS.md");
-    let text = std::fs::read_to_string(&results).unwrap_or_default();
-    let (open, close) = (format!("<!-- reproduce:{} -->", sc.name), format!("<!-- /reproduce:{} -->", sc.name));
+    let text = with_section(&std::fs::read_to_string(&results).unwrap_or_default(), &sc.name, &section);
+    std::fs::write(&results, text)?;
+    eprintln!("wrote {} and docs/RESULTS.md", out.display());
+    Ok(())
+}
+
+/// `text` with the scenario's section (between its markers) replaced, or appended under the
+/// comparison heading when it is not there yet.
+fn with_section(text: &str, name: &str, section: &str) -> String {
+    let (open, close) = (format!("<!-- reproduce:{name} -->"), format!("<!-- /reproduce:{name} -->"));
     let block = format!("{open}\n{section}{close}");
-    let text = match (text.find(&open), text.find(&close)) {
+    match (text.find(&open), text.find(&close)) {
         (Some(a), Some(b)) if b > a => format!("{}{}{}", &text[..a], block, &text[b + close.len()..]),
         _ => {
             let heading = "## Method comparison (`cargo xtask reproduce`)";
@@ -236,8 +244,23 @@ targets), batches and AdamW; settings per method in xtask/src/reproduce.rs (not 
             }
             format!("{t}\n\n{block}\n")
         }
-    };
-    std::fs::write(&results, text)?;
-    eprintln!("wrote {} and docs/RESULTS.md", out.display());
-    Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_section;
+
+    #[test]
+    fn sections_are_appended_once_then_replaced_in_place() {
+        let doc = "# Results\n\nintro\n";
+        let once = with_section(doc, "a", "### a\nold\n");
+        assert!(once.contains("## Method comparison") && once.contains("<!-- reproduce:a -->\n### a\nold\n<!-- /reproduce:a -->"));
+        let two = with_section(&once, "b", "### b\n");
+        assert_eq!(two.matches("## Method comparison").count(), 1);
+        let again = with_section(&two, "a", "### a\nnew\n");
+        assert!(again.contains("new") && !again.contains("old"));
+        assert!(again.find("reproduce:a").unwrap() < again.find("reproduce:b").unwrap(), "replaced in place");
+        assert_eq!(again.len(), two.len());
+    }
 }

@@ -177,10 +177,8 @@ pub fn plot_gap_vs_time(report: &Report, path: &Path) -> Result<()> {
     let rows = summarize(report);
     let gap_col = if report.language_model.is_some() { "AUC gap" } else { "average gap" };
     let get = |r: &MethodRow, c: &str| r.metrics.iter().find(|m| m.0 == c).and_then(|m| m.1).map(|s| s.mean);
-    let points: Vec<(String, f64, f64)> = rows
-        .iter()
-        .filter_map(|r| Some((r.method.clone(), get(r, "time (s)")?, get(r, gap_col)?)))
-        .collect();
+    let points: Vec<(String, f64, f64)> =
+        rows.iter().filter_map(|r| Some((r.method.clone(), get(r, "time (s)")?, get(r, gap_col)?))).collect();
     crate::plots::scatter_log_x(&format!("{gap_col} to the retrained model vs time"), "time (s, log scale)", gap_col, &points, path)
 }
 
