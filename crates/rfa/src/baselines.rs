@@ -190,7 +190,7 @@ where
         }
     }
     pb.finish();
-    Ok((model, UnlearnLog { steps, adapted, trainable_params: trainable, total_params: params.total, stats_seconds }))
+    Ok((model, UnlearnLog { steps, adapted, trainable_params: trainable, total_params: params.total, stats_seconds, stats_samples: 0 }))
 }
 
 fn inner_input<B: AutodiffBackend>(input: &Input<B>) -> Input<B::InnerBackend> {

@@ -150,6 +150,9 @@ pub struct UnlearnLog {
     pub trainable_params: usize,
     pub total_params: usize,
     pub stats_seconds: f64,
+    /// Retained samples the targets were estimated from.
+    #[serde(default)]
+    pub stats_samples: usize,
 }
 
 /// Residual Feature Alignment (docs/rfa-method.md): LoRA adapters on the layers `uc.targets`
@@ -187,8 +190,14 @@ where
     let t0 = Instant::now();
     let mut stats = FeatureStats::<B>::new(task.train.class_names().len());
     let inner = model.valid();
-    let pb = bar(task.split.retain.len() as u64, "features");
-    for b in batches(&task.split.retain, 64, false, 0) {
+    let mut stats_set = task.split.retain.clone();
+    if uc.stats_samples > 0 && uc.stats_samples < stats_set.len() {
+        Rng::new(seed ^ 0x57a7).shuffle(&mut stats_set);
+        stats_set.truncate(uc.stats_samples);
+        stats_set.sort();
+    }
+    let pb = bar(stats_set.len() as u64, "features");
+    for b in batches(&stats_set, 64, false, 0) {
         let batch = inner.batch(&task.train, &b, device)?;
         let pass = inner.pass(&batch.input, false);
         let taps: Vec<rfa_models::Tap<B>> = pass.taps.into_iter().map(|t| t.map(|x| view(Tensor::from_inner(x)))).collect();
@@ -249,7 +258,17 @@ where
         }
     }
     pb.finish();
-    Ok((model, UnlearnLog { steps, adapted, trainable_params: params.trainable, total_params: params.total, stats_seconds }))
+    Ok((
+        model,
+        UnlearnLog {
+            steps,
+            adapted,
+            trainable_params: params.trainable,
+            total_params: params.total,
+            stats_seconds,
+            stats_samples: stats_set.len(),
+        },
+    ))
 }
 
 /// Outputs of a model over a set of samples, on the host.

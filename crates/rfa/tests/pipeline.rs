@@ -204,3 +204,26 @@ fn unlearning_is_reproducible_from_the_seed() {
     run.unlearn::<AB>(&dev).unwrap();
     assert_eq!(first, adapter(), "the same config and seed give the same adapter");
 }
+
+#[test]
+fn the_targets_can_be_estimated_from_a_sample_of_the_retain_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Default::default();
+    let mut cfg = tiny("stats", tmp.path());
+    let run = Run::open(cfg.clone()).unwrap();
+    run.train::<AB>(false, &dev).unwrap();
+    let log = |run: &Run| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.dir.join("rfa/unlearn_log.json")).unwrap()).unwrap()
+    };
+    run.unlearn::<AB>(&dev).unwrap();
+    let all = log(&run);
+    assert_eq!(all["stats_samples"].as_u64().unwrap() as usize, run.images().unwrap().split.retain.len());
+    cfg.unlearn.stats_samples = 50;
+    let run = Run::open(cfg).unwrap();
+    run.unlearn::<AB>(&dev).unwrap();
+    let part = log(&run);
+    assert_eq!(part["stats_samples"], 50);
+    // Other targets, so another first forget loss; the retain term starts at 0 either way.
+    assert_ne!(part["steps"][0]["forget"], all["steps"][0]["forget"]);
+    assert_eq!(part["steps"][0]["retain"], 0.0);
+}
