@@ -294,6 +294,24 @@ impl Run {
         }
     }
 
+    /// A report with the run's description and no models yet.
+    fn report_header<D: Samples>(&self, t: &Task<D>, backend: &str) -> Report {
+        Report {
+            name: self.cfg.name.clone(),
+            dataset: format!("{} ({})", self.cfg.data.dataset, t.train.source()),
+            classes: t.train.class_names().to_vec(),
+            train_samples: t.train.len(),
+            test_samples: t.test.len(),
+            forget_samples: t.split.forget.len(),
+            forget: self.cfg.data.forget.clone(),
+            backend: backend.into(),
+            models: Vec::new(),
+            language_model: None,
+            residual_norms_forget: Vec::new(),
+            residual_norms_retain: Vec::new(),
+        }
+    }
+
     fn eval_classifier<B: Backend, M: Learner<B>>(&self, t: &Task<M::Data>, backend: &str, device: &B::Device) -> Result<Report> {
         let test_idx: Vec<usize> = (0..t.test.len()).collect();
         let mut evaluated = Vec::new();
@@ -311,18 +329,10 @@ impl Run {
         // The residual-norm histogram shows RFA's adapter (else the first result with adapters).
         let rfa = evaluated.iter().skip(2).find(|e| !e.forget.residual_norms.is_empty()).unwrap_or(&evaluated[2]);
         let report = Report {
-            name: self.cfg.name.clone(),
-            dataset: format!("{} ({})", self.cfg.data.dataset, t.train.source()),
-            classes: t.train.class_names().to_vec(),
-            train_samples: t.train.len(),
-            test_samples: t.test.len(),
-            forget_samples: t.split.forget.len(),
-            forget: self.cfg.data.forget.clone(),
-            backend: backend.into(),
             models,
-            language_model: None,
             residual_norms_forget: rfa.forget.residual_norms.clone(),
             residual_norms_retain: rfa.retain.residual_norms.clone(),
+            ..self.report_header(t, backend)
         };
         report.write(&self.dir)?;
         self.plot(&report)?;
@@ -433,15 +443,6 @@ impl Run {
         }
         let rfa = evaluated.iter().skip(2).find(|e| !e.1.residual_norms.is_empty()).unwrap_or(&evaluated[2]);
         let report = Report {
-            name: self.cfg.name.clone(),
-            dataset: format!("{} ({})", self.cfg.data.dataset, t.train.source()),
-            classes: t.train.class_names().to_vec(),
-            train_samples: t.train.len(),
-            test_samples: t.test.len(),
-            forget_samples: t.split.forget.len(),
-            forget: self.cfg.data.forget.clone(),
-            backend: backend.into(),
-            models: Vec::new(),
             language_model: Some(report::LmSection {
                 models: lm_models,
                 generations,
@@ -452,6 +453,7 @@ impl Run {
             }),
             residual_norms_forget: rfa.1.residual_norms.clone(),
             residual_norms_retain: rfa.2.residual_norms.clone(),
+            ..self.report_header(t, backend)
         };
         report.write(&self.dir)?;
         self.plot(&report)?;

@@ -7,17 +7,12 @@ use rfa::Run;
 use rfa::config::RunConfig;
 use rfa::engine::UnlearnLog;
 
-type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+mod common;
+
+use common::AB;
 
 fn tiny(name: &str, runs: &Path) -> RunConfig {
-    let mut c = RunConfig::demo();
-    c.name = name.into();
-    c.runs_dir = runs.to_path_buf();
-    c.data.max_train = 200;
-    c.data.max_test = 100;
-    c.train.epochs = 1;
-    c.unlearn.epochs = 1;
-    c
+    common::tiny(name, runs, 1)
 }
 
 fn log(run: &Run, dir: &str) -> UnlearnLog {

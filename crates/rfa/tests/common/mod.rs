@@ -1,0 +1,20 @@
+//! Shared by the end-to-end tests: the demo configuration cut to a small slice of the embedded
+//! real data.
+
+use std::path::Path;
+
+use rfa::config::RunConfig;
+
+pub type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+
+/// The demo on 200 training / 100 test images, `train_epochs` epochs, one pass of unlearning.
+pub fn tiny(name: &str, runs: &Path, train_epochs: usize) -> RunConfig {
+    let mut c = RunConfig::demo();
+    c.name = name.into();
+    c.runs_dir = runs.to_path_buf();
+    c.data.max_train = 200;
+    c.data.max_test = 100;
+    c.train.epochs = train_epochs;
+    c.unlearn.epochs = 1;
+    c
+}
