@@ -30,6 +30,8 @@ pub struct TextTokenizer {
     pub inner: Tokenizer,
     pub source: PathBuf,
     pub pad_id: u32,
+    /// The special token that closes every encoded text (BERT's `[SEP]`), if there is one.
+    pub closing_id: Option<u32>,
 }
 
 impl TextTokenizer {
@@ -43,7 +45,7 @@ impl TextTokenizer {
         inner.with_padding(None);
         inner.with_truncation(None).map_err(|e| err(e.to_string()))?;
         let pad_id = ["[PAD]", "<pad>", "<|endoftext|>"].iter().find_map(|t| inner.token_to_id(t)).unwrap_or(0);
-        Ok(Self { inner, source: path.to_path_buf(), pad_id })
+        Self::with(inner, path, pad_id)
     }
 
     /// GPT-2's byte-level BPE from its vocabulary and merges files.
@@ -59,7 +61,17 @@ impl TextTokenizer {
         inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         let pad_id = inner.token_to_id("<|endoftext|>").unwrap_or(0);
-        Ok(Self { inner, source: vocab.to_path_buf(), pad_id })
+        Self::with(inner, vocab, pad_id)
+    }
+
+    fn with(inner: Tokenizer, source: &Path, pad_id: u32) -> Result<Self, ModelError> {
+        let mut tok = Self { inner, source: source.to_path_buf(), pad_id, closing_id: None };
+        // What the tokenizer wraps around an empty text: `[CLS] [SEP]` for BERT, nothing for GPT-2.
+        tok.closing_id = match tok.encode("", true)?.as_slice() {
+            [_, .., last] => Some(*last),
+            _ => None,
+        };
+        Ok(tok)
     }
 
     /// Reads what `dir` holds: `tokenizer.json`, else `vocab.json` + `merges.txt`, else
@@ -107,35 +119,47 @@ impl TextTokenizer {
         self.inner.decode(ids, true).map_err(|e| ModelError::Tokenizer { path: self.source.clone(), reason: e.to_string() })
     }
 
-    /// Encodes and right-pads to the longest input (at most `max_len`; longer inputs are cut,
-    /// keeping the start, and counted in `truncated`).
+    /// Encodes with special tokens, then `eos` when given. A text longer than `max_len` keeps
+    /// its start and its closing special token (`[SEP]`) and gets no `eos` (it did not end
+    /// there). Returns the ids and whether the text was cut.
+    pub fn encode_truncated(&self, text: &str, max_len: usize, eos: Option<u32>) -> Result<(Vec<u32>, bool), ModelError> {
+        let mut ids = self.encode(text, true)?;
+        ids.extend(eos);
+        let cut = ids.len() > max_len;
+        if cut {
+            ids.truncate(max_len.saturating_sub(usize::from(self.closing_id.is_some())));
+            ids.extend(self.closing_id);
+        }
+        Ok((ids, cut))
+    }
+
+    /// Encodes and right-pads to the longest input (at most `max_len`; longer inputs are cut as
+    /// [`Self::encode_truncated`] does, and counted in `truncated`).
     pub fn encode_batch(&self, texts: &[&str], max_len: usize) -> Result<TokenBatch, ModelError> {
         let mut rows = Vec::with_capacity(texts.len());
         let mut truncated = 0;
         for t in texts {
-            let mut ids = self.encode(t, true)?;
-            if ids.len() > max_len {
-                ids.truncate(max_len);
-                truncated += 1;
-            }
+            let (ids, cut) = self.encode_truncated(t, max_len, None)?;
+            truncated += usize::from(cut);
             rows.push(ids);
         }
-        let seq = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let mut batch = TokenBatch {
-            ids: Vec::with_capacity(rows.len() * seq),
-            attention_mask: Vec::with_capacity(rows.len() * seq),
-            token_type_ids: vec![0; rows.len() * seq],
-            batch: rows.len(),
-            seq,
-            truncated,
-        };
-        for r in rows {
-            let n = r.len();
-            batch.ids.extend(r.iter().map(|&x| x as i64));
-            batch.ids.extend(std::iter::repeat_n(self.pad_id as i64, seq - n));
-            batch.attention_mask.extend(std::iter::repeat_n(1, n));
-            batch.attention_mask.extend(std::iter::repeat_n(0, seq - n));
-        }
-        Ok(batch)
+        let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        let (ids, attention_mask, seq) = pad_rows(&rows, self.pad_id);
+        Ok(TokenBatch { token_type_ids: vec![0; ids.len()], ids, attention_mask, batch: rows.len(), seq, truncated })
     }
+}
+
+/// Right-pads token rows to the longest (at least 1): `ids` and `attention_mask` (1 = token),
+/// row-major, and the padded length.
+pub fn pad_rows(rows: &[&[u32]], pad_id: u32) -> (Vec<i64>, Vec<i64>, usize) {
+    let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+    let mut ids = Vec::with_capacity(rows.len() * seq);
+    let mut mask = Vec::with_capacity(rows.len() * seq);
+    for r in rows {
+        ids.extend(r.iter().map(|&x| x as i64));
+        ids.extend(std::iter::repeat_n(pad_id as i64, seq - r.len()));
+        mask.extend(std::iter::repeat_n(1i64, r.len()));
+        mask.extend(std::iter::repeat_n(0i64, seq - r.len()));
+    }
+    (ids, mask, seq)
 }

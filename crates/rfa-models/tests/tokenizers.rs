@@ -55,6 +55,9 @@ fn batches_are_padded_dynamically_and_truncated() {
     assert!(b.ids[b.seq + n1..].iter().all(|&i| i == tok.pad_id as i64));
     let t = tok.encode_batch(&["the movie was a delight"], 3).unwrap();
     assert_eq!((t.seq, t.truncated), (3, 1));
+    let full = tok.encode("the movie was a delight", true).unwrap();
+    assert_eq!(tok.closing_id, full.last().copied(), "[SEP]");
+    assert_eq!(t.ids[2], *full.last().unwrap() as i64, "a cut text keeps its closing [SEP]");
 }
 
 #[test]

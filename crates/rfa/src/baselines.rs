@@ -109,7 +109,7 @@ where
     let trainable = if full { params.total } else { params.trainable };
 
     let t0 = Instant::now();
-    let mask = if method == Method::Salun { Some(saliency_mask(&model, task, uc, seed, device)?) } else { None };
+    let mask = if method == Method::Salun { Some(saliency_mask(&model, task, uc, device)?) } else { None };
     let stats_seconds = t0.elapsed().as_secs_f64();
 
     let mut optim = AdamWConfig::new().with_weight_decay(uc.weight_decay as f32).with_epsilon(1e-8).init::<B, M>();
@@ -293,7 +293,6 @@ fn saliency_mask<B, M>(
     model: &M,
     task: &Task<M::Data>,
     uc: &UnlearnConfig,
-    _seed: u64,
     device: &B::Device,
 ) -> Result<HashMap<ParamId, Tensor<B::InnerBackend, 1>>>
 where

@@ -71,27 +71,17 @@ impl Samples for TokenizedText {
 
 impl TokenizedText {
     /// Tokenises every text with special tokens (BERT's `[CLS] … [SEP]`), then `eos` when given
-    /// (GPT-2's `<|endoftext|>`, so that a language model learns where a text ends). Texts
-    /// longer than `max_len` keep their start; a closing special token (`[SEP]`) stays last.
+    /// (GPT-2's `<|endoftext|>`, so that a language model learns where a text ends); longer texts
+    /// are cut as [`TextTokenizer::encode_truncated`] does.
     pub fn new(text: TextDataset, tok: &TextTokenizer, max_len: usize, eos: Option<u32>) -> Result<Self> {
         if max_len < 2 {
             bail!("data.max_len must be at least 2, not {max_len}");
         }
-        let closing = match tok.encode("", true)?.as_slice() {
-            [_, .., last] => Some(*last),
-            _ => None,
-        };
         let mut tokens = Vec::with_capacity(text.len());
         let mut truncated = 0;
         for t in &text.texts {
-            let mut ids = tok.encode(t, true)?;
-            ids.extend(eos);
-            if ids.len() > max_len {
-                truncated += 1;
-                // A cut text gets no `eos`: it did not end there.
-                ids.truncate(max_len - usize::from(closing.is_some()));
-                ids.extend(closing);
-            }
+            let (mut ids, cut) = tok.encode_truncated(t, max_len, eos)?;
+            truncated += usize::from(cut);
             if ids.is_empty() {
                 ids.push(tok.pad_id);
             }
@@ -102,16 +92,8 @@ impl TokenizedText {
 
     /// Right-padded `ids` and `attention_mask` of the samples `idx`.
     pub fn batch<B: Backend>(&self, idx: &[usize], device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
-        let seq = idx.iter().map(|&i| self.tokens[i].len()).max().unwrap_or(1).max(1);
-        let mut ids = Vec::with_capacity(idx.len() * seq);
-        let mut mask = Vec::with_capacity(idx.len() * seq);
-        for &i in idx {
-            let row = &self.tokens[i];
-            ids.extend(row.iter().map(|&x| x as i64));
-            ids.extend(std::iter::repeat_n(self.pad_id as i64, seq - row.len()));
-            mask.extend(std::iter::repeat_n(1i64, row.len()));
-            mask.extend(std::iter::repeat_n(0i64, seq - row.len()));
-        }
+        let rows: Vec<&[u32]> = idx.iter().map(|&i| self.tokens[i].as_slice()).collect();
+        let (ids, mask, seq) = rfa_models::tokenizer::pad_rows(&rows, self.pad_id);
         let shape = [idx.len(), seq];
         (Tensor::from_data(TensorData::new(ids, shape), device), Tensor::from_data(TensorData::new(mask, shape), device))
     }
