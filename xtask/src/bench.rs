@@ -1,18 +1,23 @@
-//! `cargo xtask bench`: the RFA unlearning step, timed (median of `--steps` after `--warmup`),
-//! one JSON line per configuration. The step is the method document's: one adapted pass over a
-//! retain and a forget batch (concatenated), the taps of every adapted layer, the retain and
-//! forget terms, backward through the adapters, AdamW. GPT-2 skips the LM head (RFA needs no
-//! logits). Weights are random: timing does not depend on their values.
+//! `cargo xtask bench`: the RFA unlearning step, timed, one JSON line per configuration. The step
+//! is the method document's: one adapted pass over a retain and a forget batch (concatenated),
+//! the taps of every adapted layer, the retain and forget terms, backward through the adapters,
+//! AdamW. GPT-2 skips the LM head and BERT the classifier (RFA needs no logits). Weights are
+//! random: timing does not depend on their values.
+//!
+//! The first step is reported on its own (`first_step_ms`): on CUDA it includes the run-time
+//! compilation of every kernel the step needs, which a user waits for once per process. The
+//! steady state is the median of `steps` after `warmup` further steps.
 
 use std::time::Instant;
 
 use anyhow::Result;
+use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Distribution, Int, Tensor};
-use lora_core::{LoraConfig, TargetModules, attach_lora, count_params};
+use burn::tensor::{DType, Distribution, Int, Tensor};
+use lora_core::{LoraConfig, LoraModel, TargetModules, attach_lora, count_params, set_base_dtype};
 use rfa_loss::RfaObjective;
-use rfa_models::{Gpt2Config, Gpt2LmHeadModel, Tap, VitConfig, VitForImageClassification};
+use rfa_models::{BertConfig, BertForSequenceClassification, Gpt2Config, Gpt2LmHeadModel, Tap, VitConfig, VitForImageClassification};
 
 pub struct Shape {
     pub model: String,
@@ -28,78 +33,148 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Times the step; returns the JSON row.
-pub fn run<B: AutodiffBackend>(s: &Shape, steps: usize, warmup: usize, backend: &str, device: &B::Device) -> Result<serde_json::Value> {
-    let obj = RfaObjective::default();
-    let (b, n) = (s.batch, 2 * s.batch);
+/// `f32`, or `bf16`: frozen base weights stored in bf16 (their products on bf16 tensor cores),
+/// activations, adapters, optimizer state and loss in f32 — PyTorch autocast's split, with the
+/// adapter kept in f32.
+pub fn base_dtype(dtype: &str) -> Result<Option<DType>> {
+    match dtype {
+        "f32" | "fp32" => Ok(None),
+        "bf16" => Ok(Some(DType::BF16)),
+        other => anyhow::bail!("unknown dtype `{other}` (f32, bf16)"),
+    }
+}
+
+/// Runs `first + warmup + steps` steps of `step`, timing each after a device sync.
+fn time_steps<B: AutodiffBackend>(
+    device: &B::Device,
+    steps: usize,
+    warmup: usize,
+    mut step: impl FnMut() -> Result<()>,
+) -> Result<(f64, Vec<f64>)> {
+    let mut first = 0.0;
     let mut times = Vec::new();
-    let (params, trainable, tokens);
+    for i in 0..1 + warmup + steps {
+        let t0 = Instant::now();
+        step()?;
+        B::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        if i == 0 {
+            first = ms;
+        } else if i > warmup {
+            times.push(ms);
+        }
+    }
+    Ok((first, times))
+}
+
+/// One RFA step on `model` for the inputs `forward` feeds it: taps split into retain (first `b`
+/// rows) and forget rows, targets `mus`, AdamW on the adapters.
+fn rfa_step<B, M>(
+    model: &mut Option<M>,
+    opt: &mut impl Optimizer<M, B>,
+    b: usize,
+    mus: &[Tensor<B, 3>],
+    forward: &impl Fn(&M) -> rfa_models::Taps<B>,
+) -> Result<()>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + LoraModel<B>,
+{
+    let m = model.take().expect("model");
+    let taps = forward(&m);
+    let (r, f) = Tap::split_rows(&taps, b);
+    let loss = RfaObjective::default().total(&r, None, &f, mus, None)?.total;
+    let g = GradientsParams::from_grads(loss.backward(), &m);
+    *model = Some(opt.step(5e-5, m, g));
+    Ok(())
+}
+
+/// Times the step; returns the JSON row.
+pub fn run<B: AutodiffBackend>(
+    s: &Shape,
+    dtype: &str,
+    steps: usize,
+    warmup: usize,
+    backend: &str,
+    device: &B::Device,
+) -> Result<serde_json::Value> {
+    let cast = base_dtype(dtype)?;
+    let (b, n) = (s.batch, 2 * s.batch);
+    let start = Instant::now();
+    let normal = Distribution::Normal(0.0, 1.0);
     // Parameters that do matmul work (embedding tables excluded), for the FLOP estimate.
-    let compute_params: usize;
+    let (params, trainable, tokens, compute_params, first, times);
+    macro_rules! bench {
+        ($model:expr, $targets:expr, $forward:expr) => {{
+            let (mut m, adapted) = attach_lora($model, &LoraConfig::new(8, 16.0, TargetModules::parse($targets)))?;
+            if let Some(dt) = cast {
+                set_base_dtype(&mut m, dt);
+            }
+            let pc = count_params(&m);
+            let widths: Vec<usize> =
+                adapted.iter().map(|p| m.linears().into_iter().find(|(q, _)| q == p).expect("adapted layer").1.d_out()).collect();
+            let mus: Vec<Tensor<B, 3>> = widths.iter().map(|&w| Tensor::random([1, 1, w], normal, device)).collect();
+            let mut opt = AdamWConfig::new().with_epsilon(1e-8).init();
+            let mut m = Some(m);
+            let fwd = $forward;
+            let (f, t) = time_steps::<B>(device, steps.max(1), warmup, || rfa_step(&mut m, &mut opt, b, &mus, &fwd))?;
+            (pc, f, t)
+        }};
+    }
     match s.model.as_str() {
         "gpt2" => {
             let cfg = Gpt2Config::new(50257, 1024, s.width, s.layers, s.heads);
-            let m = Gpt2LmHeadModel::<B>::init(&cfg, 0, device)?;
-            let (mut m, _) = attach_lora(m, &LoraConfig::new(8, 16.0, TargetModules::parse("c_attn")))?;
-            let pc = count_params(&m);
-            (params, trainable, tokens) = (pc.total, pc.trainable, s.seq);
-            compute_params = params - (50257 + 1024) * s.width;
-            let mut opt = AdamWConfig::new().with_epsilon(1e-8).init::<B, Gpt2LmHeadModel<B>>();
             let ids = Tensor::<B, 2, Int>::random([n, s.seq], Distribution::Uniform(0.0, 50257.0), device);
-            let mus: Vec<Tensor<B, 3>> =
-                (0..s.layers).map(|_| Tensor::random([1, 1, 3 * s.width], Distribution::Normal(0.0, 1.0), device)).collect();
-            for i in 0..warmup + steps {
-                let t0 = Instant::now();
-                let (_, taps) = m.forward_hidden(ids.clone(), None);
-                let (r, f) = Tap::split_rows(&taps, b);
-                let loss = obj.total(&r, None, &f, &mus, None)?.total;
-                let g = GradientsParams::from_grads(loss.backward(), &m);
-                m = opt.step(5e-5, m, g);
-                let _ = m.transformer.ln_f.gamma.val().into_data(); // wait for the backend
-                if i >= warmup {
-                    times.push(t0.elapsed().as_secs_f64() * 1000.0);
-                }
-            }
+            let (pc, f, t) = bench!(Gpt2LmHeadModel::<B>::init(&cfg, 0, device)?, "c_attn", |m: &Gpt2LmHeadModel<B>| m
+                .forward_hidden(ids.clone(), None)
+                .1);
+            (params, trainable, tokens, first, times) = (pc.total, pc.trainable, s.seq, f, t);
+            compute_params = params - (50257 + 1024) * s.width;
+        }
+        "bert" => {
+            let cfg = BertConfig::new(30522, 512, s.width, s.layers, s.heads);
+            let ids = Tensor::<B, 2, Int>::random([n, s.seq], Distribution::Uniform(0.0, 30522.0), device);
+            let mask = Tensor::<B, 2, Int>::ones([n, s.seq], device);
+            let (pc, f, t) =
+                bench!(BertForSequenceClassification::<B>::init(&cfg, 0, device)?, "query,value", |m: &BertForSequenceClassification<
+                    B,
+                >| m
+                    .bert
+                    .forward(ids.clone(), Some(mask.clone()), None)
+                    .taps);
+            (params, trainable, tokens, first, times) = (pc.total, pc.trainable, s.seq, f, t);
+            compute_params = params - (30522 + 512 + 2) * s.width;
         }
         "vit" => {
             let names: Vec<String> = (0..10).map(|i| i.to_string()).collect();
             let side = s.seq;
             let patch = if side % 16 == 0 { 16 } else { 7 };
             let cfg = VitConfig::new(side, patch, 3, s.width, s.layers, s.heads, 4 * s.width, &names);
-            let m = VitForImageClassification::<B>::init(&cfg, 0, device)?;
-            let (mut m, adapted) = attach_lora(m, &LoraConfig::new(8, 16.0, TargetModules::parse("query,value")))?;
-            let pc = count_params(&m);
-            (params, trainable, tokens) = (pc.total, pc.trainable, cfg.num_patches() + 1);
+            let x = Tensor::<B, 4>::random([n, 3, side, side], normal, device);
+            let (pc, f, t) =
+                bench!(VitForImageClassification::<B>::init(&cfg, 0, device)?, "query,value", |m: &VitForImageClassification<B>| m
+                    .forward(x.clone())
+                    .taps);
+            (params, trainable, tokens, first, times) = (pc.total, pc.trainable, cfg.num_patches() + 1, f, t);
             compute_params = params;
-            let mut opt = AdamWConfig::new().with_epsilon(1e-8).init::<B, VitForImageClassification<B>>();
-            let x = Tensor::<B, 4>::random([n, 3, side, side], Distribution::Normal(0.0, 1.0), device);
-            let mus: Vec<Tensor<B, 3>> =
-                adapted.iter().map(|_| Tensor::random([1, 1, s.width], Distribution::Normal(0.0, 1.0), device)).collect();
-            for i in 0..warmup + steps {
-                let t0 = Instant::now();
-                let out = m.forward(x.clone());
-                let (r, f) = Tap::split_rows(&out.taps, b);
-                let loss = obj.total(&r, None, &f, &mus, None)?.total;
-                let g = GradientsParams::from_grads(loss.backward(), &m);
-                m = opt.step(5e-5, m, g);
-                let _ = m.classifier.base.weight.val().into_data();
-                if i >= warmup {
-                    times.push(t0.elapsed().as_secs_f64() * 1000.0);
-                }
-            }
         }
-        other => anyhow::bail!("unknown bench model `{other}` (gpt2, vit)"),
+        other => anyhow::bail!("unknown bench model `{other}` (gpt2, bert, vit)"),
     }
     let med = median(times.clone());
     // Adapted forward (2·N·T) + input-gradient backward (2·N·T) over both batches, N without
     // embedding tables; attention's T² terms not counted.
     let flops = 4.0 * compute_params as f64 * (n * tokens) as f64;
+    let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
     Ok(serde_json::json!({
-        "model": s.model, "backend": backend, "dtype": "f32", "layers": s.layers, "width": s.width, "heads": s.heads,
+        "model": s.model, "backend": backend, "dtype": if cast.is_some() { "bf16" } else { "f32" },
+        "layers": s.layers, "width": s.width, "heads": s.heads,
         "batch_retain": b, "batch_forget": b, "tokens_per_sample": tokens, "params": params, "trainable": trainable,
-        "step_ms_median": (med * 1000.0).round() / 1000.0,
-        "step_ms_min": times.iter().cloned().fold(f64::INFINITY, f64::min),
-        "step_ms_max": times.iter().cloned().fold(0.0, f64::max),
+        "first_step_ms": r3(first),
+        "step_ms_median": r3(med),
+        "step_ms_min": r3(times.iter().cloned().fold(f64::INFINITY, f64::min)),
+        "step_ms_max": r3(times.iter().cloned().fold(0.0, f64::max)),
+        "steps_timed": times.len(),
+        "total_s": r3(start.elapsed().as_secs_f64()),
         "samples_per_s": (n as f64 / (med / 1000.0) * 10.0).round() / 10.0,
         "approx_gflops": (flops / (med / 1000.0) / 1e9 * 10.0).round() / 10.0,
     }))
@@ -113,13 +188,16 @@ mod tests {
     #[test]
     fn bench_rows_are_complete() {
         type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
-        for (model, seq) in [("gpt2", 8), ("vit", 28)] {
+        for (model, seq) in [("gpt2", 8), ("bert", 8), ("vit", 28)] {
             let s = Shape { model: model.into(), layers: 1, width: 32, heads: 2, batch: 2, seq };
-            let row = run::<AB>(&s, 1, 0, "cpu ndarray", &Default::default()).unwrap();
-            assert!(row["step_ms_median"].as_f64().unwrap() > 0.0, "{row}");
+            let row = run::<AB>(&s, "f32", 1, 0, "cpu ndarray", &Default::default()).unwrap();
+            assert!(row["step_ms_median"].as_f64().unwrap() > 0.0 && row["first_step_ms"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["trainable"].as_u64().unwrap() > 0 && row["trainable"].as_u64() < row["params"].as_u64(), "{row}");
+            assert_eq!(row["steps_timed"], 1);
         }
         let bad = Shape { model: "llama".into(), layers: 1, width: 32, heads: 2, batch: 1, seq: 8 };
-        assert!(run::<AB>(&bad, 1, 0, "cpu", &Default::default()).is_err());
+        assert!(run::<AB>(&bad, "f32", 1, 0, "cpu", &Default::default()).is_err());
+        let s = Shape { model: "vit".into(), layers: 1, width: 32, heads: 2, batch: 1, seq: 28 };
+        assert!(run::<AB>(&s, "f16", 1, 0, "cpu", &Default::default()).is_err());
     }
 }

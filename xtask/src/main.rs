@@ -33,18 +33,23 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Time the RFA unlearning step (CPU, f32), one JSON line per configuration.
+    /// Time the RFA unlearning step, one JSON line per configuration × backend × dtype.
     Bench {
-        /// Configurations MODEL:LAYERSxWIDTH:HEADS:BATCH:SEQ (SEQ = tokens for gpt2, image side for vit).
+        /// Configurations MODEL:LAYERSxWIDTH:HEADS:BATCH:SEQ (MODEL gpt2, bert or vit; BATCH per set;
+        /// SEQ = tokens for gpt2/bert, image side for vit).
         #[arg(long, value_delimiter = ',', default_values_t = ["gpt2:12x768:12:4:128".to_string(), "vit:2x64:4:32:28".to_string()])]
         configs: Vec<String>,
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// Steps after the first (which is reported alone) and before the timed ones.
         #[arg(long, default_value_t = 1)]
         warmup: usize,
-        /// CPU backends to time: ndarray, flex.
+        /// Backends: ndarray, flex (CPU), cuda[:N] (build with --features cuda).
         #[arg(long, value_delimiter = ',', default_values_t = ["ndarray".to_string(), "flex".to_string()])]
         backends: Vec<String>,
+        /// f32, or bf16 (frozen weights in bf16; adapters, optimizer and loss in f32).
+        #[arg(long, value_delimiter = ',', default_values_t = ["f32".to_string()])]
+        dtypes: Vec<String>,
     },
     /// Run every unlearning method on a task (original and gold standard included) and write
     /// its comparison into docs/RESULTS.md.
@@ -97,6 +102,28 @@ fn main() -> ExitCode {
     }
 }
 
+fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, warmup: usize) -> Result<serde_json::Value> {
+    use burn::backend::Autodiff;
+    if dtype == "bf16" && !backend.starts_with("cuda") {
+        // burn 0.21's CPU backends have no bf16 tensors (ndarray and flex panic on the cast).
+        bail!("--dtypes bf16 needs the cuda backend (burn's CPU backends have no bf16)");
+    }
+    match backend {
+        "ndarray" => bench::run::<Autodiff<burn::backend::NdArray<f32>>>(shape, dtype, steps, warmup, "cpu ndarray", &Default::default()),
+        "flex" => bench::run::<Autodiff<burn::backend::Flex>>(shape, dtype, steps, warmup, "cpu flex", &Default::default()),
+        #[cfg(feature = "cuda")]
+        d if d.starts_with("cuda") => {
+            let n: usize = d.strip_prefix("cuda:").map(str::parse).transpose().context("--backends cuda:N")?.unwrap_or(0);
+            let device = burn::backend::cuda::CudaDevice::new(n);
+            bench::run::<Autodiff<burn::backend::Cuda<f32, i32>>>(shape, dtype, steps, warmup, &format!("cuda:{n} burn-cuda 0.21"), &device)
+        }
+        other => bail!(
+            "unknown backend `{other}` (ndarray, flex{})",
+            if cfg!(feature = "cuda") { ", cuda[:N]" } else { "; cuda needs `--features cuda`" }
+        ),
+    }
+}
+
 fn run() -> Result<bool> {
     match Cli::parse().cmd {
         Cmd::Test { args } => {
@@ -109,7 +136,7 @@ fn run() -> Result<bool> {
             let status = Command::new(cargo).current_dir(root()).args(["test", "--workspace"]).args(&args).status()?;
             Ok(status.success())
         }
-        Cmd::Bench { configs, steps, warmup, backends } => {
+        Cmd::Bench { configs, steps, warmup, backends, dtypes } => {
             for c in configs {
                 let p: Vec<&str> = c.split(':').collect();
                 let (lw, num) = (p.get(1).and_then(|x| x.split_once('x')), |i: usize| p.get(i).and_then(|x| x.parse::<usize>().ok()));
@@ -118,24 +145,9 @@ fn run() -> Result<bool> {
                 };
                 let shape = bench::Shape { model: p[0].to_string(), layers: l.parse()?, width: w.parse()?, heads, batch, seq };
                 for b in &backends {
-                    let row = match b.as_str() {
-                        "ndarray" => bench::run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
-                            &shape,
-                            steps.max(1),
-                            warmup,
-                            "cpu ndarray",
-                            &Default::default(),
-                        )?,
-                        "flex" => bench::run::<burn::backend::Autodiff<burn::backend::Flex>>(
-                            &shape,
-                            steps.max(1),
-                            warmup,
-                            "cpu flex",
-                            &Default::default(),
-                        )?,
-                        other => bail!("unknown backend `{other}` (ndarray, flex)"),
-                    };
-                    println!("{row}");
+                    for dt in &dtypes {
+                        println!("{}", bench_one(&shape, b, dt, steps, warmup)?);
+                    }
                 }
             }
             Ok(true)

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 
 pub use linear::{LoraAdapter, LoraLinear, WeightLayout};
 pub use model::{
-    LoraConfig, LoraModel, ParamCount, TargetModules, adapted_paths, attach_lora, count_params, merge, merge_and_unload, unfreeze, unmerge,
+    LoraConfig, LoraModel, ParamCount, TargetModules, adapted_paths, attach_lora, count_params, merge, merge_and_unload, set_base_dtype,
+    unfreeze, unmerge,
 };
 pub use peft::{PeftConfig, load_adapter, save_adapter};
 pub use tensors::{HostData, HostTensor, TensorFile, TensorFileError};

@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 /// How the base weight of a layer is laid out in its Hugging Face checkpoint.
 ///
@@ -111,9 +111,36 @@ impl<B: Backend> LoraLinear<B> {
         match (&self.lora, self.merged) {
             (Some(lora), false) => {
                 let residual = lora.forward(x.clone());
-                (self.base.forward(x), Some(residual))
+                (self.base_forward(x), Some(residual))
             }
-            _ => (self.base.forward(x), None),
+            _ => (self.base_forward(x), None),
+        }
+    }
+
+    /// `x W0 + b`. When `W0` is stored in another float type than `x` (see
+    /// [`LoraLinear::set_base_dtype`]), the product runs in W0's type and is cast back: frozen
+    /// matrix products in bf16, everything else — adapter, bias, norms, the loss — at x's
+    /// precision, which is PyTorch autocast's rule with the adapter kept in f32.
+    fn base_forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let w = self.base.weight.val();
+        let dt = x.dtype();
+        if w.dtype() == dt {
+            return self.base.forward(x);
+        }
+        let y = x.cast(w.dtype()).matmul(w.unsqueeze::<D>()).cast(dt);
+        match &self.base.bias {
+            Some(b) => y + b.val().unsqueeze::<D>(),
+            None => y,
+        }
+    }
+
+    /// Stores the frozen base weight in `dtype` (bias stays): halves its memory and runs its
+    /// product on bf16 tensor cores. Lossy (bf16 keeps 8 mantissa bits): keep the original
+    /// weights elsewhere for export.
+    pub fn set_base_dtype(&mut self, dtype: DType) {
+        if self.base.weight.val().dtype() != dtype {
+            let w = self.base.weight.val().cast(dtype);
+            self.base.weight = Param::from_tensor(w).set_require_grad(false);
         }
     }
 
@@ -135,7 +162,9 @@ impl<B: Backend> LoraLinear<B> {
     /// [`LoraLinear::unmerge`] can undo it. A no-op without an adapter or when already merged.
     pub fn merge(&mut self) {
         if let (Some(lora), false) = (&self.lora, self.merged) {
-            let w = self.base.weight.val() + lora.delta_weight();
+            let w = self.base.weight.val();
+            let dt = w.dtype();
+            let w = w + lora.delta_weight().cast(dt);
             self.base.weight = Param::from_tensor(w).set_require_grad(false);
             self.merged = true;
         }
@@ -144,7 +173,9 @@ impl<B: Backend> LoraLinear<B> {
     /// Undoes [`LoraLinear::merge`] (exact up to float rounding).
     pub fn unmerge(&mut self) {
         if let (Some(lora), true) = (&self.lora, self.merged) {
-            let w = self.base.weight.val() - lora.delta_weight();
+            let w = self.base.weight.val();
+            let dt = w.dtype();
+            let w = w - lora.delta_weight().cast(dt);
             self.base.weight = Param::from_tensor(w).set_require_grad(false);
             self.merged = false;
         }

@@ -168,6 +168,13 @@ pub fn merge_and_unload<B: Backend, M: LoraModel<B>>(model: &mut M) {
     model.linears_mut().into_iter().for_each(|(_, l)| l.merge_and_unload());
 }
 
+/// Stores every frozen base weight of the linear layers in `dtype` (`--dtype bf16`): their
+/// products then run in that type while activations, adapters, norms and the loss stay in the
+/// backend's float type (see [`LoraLinear::set_base_dtype`]).
+pub fn set_base_dtype<B: Backend, M: LoraModel<B>>(model: &mut M, dtype: burn::tensor::DType) {
+    model.linears_mut().into_iter().for_each(|(_, l)| l.set_base_dtype(dtype));
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ParamCount {
     pub total: usize,

@@ -328,3 +328,37 @@ fn adapter_init_is_seeded_and_within_peft_bounds() {
     let bound = 1.0 / 9f32.sqrt();
     assert!(a.iter().flatten().all(|v| v.abs() <= bound));
 }
+
+/// `set_base_dtype` keeps the layer's function: the frozen product runs in the weight's type and
+/// comes back in the activation's, and the adapter's gradient flows through the casts. f64
+/// weights under f32 activations exercise the same path as bf16 on CUDA (`--dtype bf16`) with an
+/// error small enough to compare exactly.
+#[test]
+fn a_base_weight_in_another_float_type_gives_the_same_output_and_adapter_gradient() {
+    use burn::tensor::DType;
+    let mut reference = layer::<Ad>(6, 5, WeightLayout::Linear);
+    reference.attach(2, 4.0, false, 3);
+    let lora = reference.lora.take().unwrap();
+    let b = rand::<Ad, 2>([2, 5]);
+    reference.lora = Some(LoraAdapter::from_tensors(lora.lora_a.val(), b, lora.alpha, lora.rslora));
+    let mut cast = reference.clone();
+    cast.set_base_dtype(DType::F64);
+    assert_eq!(cast.base.weight.val().dtype(), DType::F64);
+    let x = rand::<Ad, 3>([2, 3, 6]);
+    let run = |l: &LoraLinear<Ad>| {
+        let y = l.forward(x.clone());
+        assert_eq!(y.dtype(), DType::F32);
+        let grads = y.clone().powf_scalar(2.0).sum().backward();
+        let lora = l.lora.as_ref().unwrap();
+        (vals(y), vals(lora.lora_a.grad(&grads).unwrap()), vals(lora.lora_b.grad(&grads).unwrap()))
+    };
+    let (y0, ga0, gb0) = run(&reference);
+    let (y1, ga1, gb1) = run(&cast);
+    assert!(max_diff(&y0, &y1) < 1e-4, "output {}", max_diff(&y0, &y1));
+    assert!(max_diff(&ga0, &ga1) < 1e-3 && max_diff(&gb0, &gb1) < 1e-3, "grads {} {}", max_diff(&ga0, &ga1), max_diff(&gb0, &gb1));
+    // Merging adds the f32 update in the weight's own type.
+    let mut merged = burn::module::AutodiffModule::valid(&cast);
+    merged.merge();
+    assert_eq!(merged.base.weight.val().dtype(), DType::F64);
+    assert!(max_diff(&vals(merged.forward(x.inner())), &y0) < 1e-4);
+}

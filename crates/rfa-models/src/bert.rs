@@ -60,6 +60,34 @@ fn absolute() -> String {
 }
 
 impl BertConfig {
+    /// A BERT config with Hugging Face's defaults for everything but the sizes (GELU, 2 token
+    /// types, eps 1e-12, absolute positions, 2 labels).
+    pub fn new(
+        vocab_size: usize,
+        max_position_embeddings: usize,
+        hidden_size: usize,
+        num_hidden_layers: usize,
+        num_attention_heads: usize,
+    ) -> Self {
+        Self {
+            vocab_size,
+            hidden_size,
+            num_hidden_layers,
+            num_attention_heads,
+            intermediate_size: 4 * hidden_size,
+            hidden_act: gelu(),
+            max_position_embeddings,
+            type_vocab_size: two(),
+            layer_norm_eps: eps(),
+            pad_token_id: Some(0),
+            position_embedding_type: absolute(),
+            id2label: None,
+            num_labels: None,
+            architectures: None,
+            extra: Default::default(),
+        }
+    }
+
     /// Hugging Face's `num_labels`: the size of `id2label`, else 2.
     pub fn num_labels(&self) -> usize {
         self.id2label.as_ref().map(|m| m.len()).or(self.num_labels).unwrap_or(2)
@@ -383,6 +411,17 @@ impl<B: Backend> BertForSequenceClassification<B> {
         };
         ck.finish()?;
         Ok(Self { bert, classifier })
+    }
+
+    /// A freshly initialised classifier (N(0, 0.02) weights, as Hugging Face's
+    /// `initializer_range`; with a pooler), `cfg.num_labels()` outputs, every parameter trainable.
+    pub fn init(cfg: &BertConfig, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
+        let path = Path::new("<config>");
+        let act = cfg.validate(path)?;
+        let mut ck = Checkpoint::<B>::random(0.02, seed, device);
+        let bert = BertModel::from_checkpoint(cfg, act, &mut ck, "bert.")?;
+        let classifier = ck.linear("classifier", cfg.hidden_size, cfg.num_labels(), true, WeightLayout::Linear)?;
+        Ok(lora_core::unfreeze(Self { bert, classifier }))
     }
 
     pub fn num_labels(&self) -> usize {

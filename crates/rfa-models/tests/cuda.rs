@@ -37,8 +37,8 @@ fn models_on_cuda_match_the_reference() {
 
 #[test]
 fn lora_gradients_on_cuda_equal_the_cpu() {
-    let (loss_cpu, cpu) = gpt2_lora_grads::<AB>(&Default::default());
-    let (loss_gpu, gpu) = gpt2_lora_grads::<Autodiff<C>>(&Default::default());
+    let (loss_cpu, cpu) = gpt2_lora_grads::<AB>(&Default::default(), None);
+    let (loss_gpu, gpu) = gpt2_lora_grads::<Autodiff<C>>(&Default::default(), None);
     println!("loss cpu {loss_cpu:.7} cuda {loss_gpu:.7}");
     assert!((loss_cpu - loss_gpu).abs() <= 1e-4 * loss_cpu.abs().max(1.0));
     assert_eq!(cpu.len(), gpu.len());
@@ -50,4 +50,21 @@ fn lora_gradients_on_cuda_equal_the_cpu() {
     }
     println!("{} adapter gradients, worst max-abs error relative to the tensor's largest entry: {worst:.2e}", cpu.len());
     assert!(worst <= 1e-2, "{worst}");
+}
+
+/// `--dtype bf16`: frozen weights in bf16, adapters and everything else in f32. Gradients equal
+/// the CPU's f32 ones to bf16's precision (8 mantissa bits, 3.9e-3 relative per operand).
+#[test]
+fn bf16_base_weights_on_cuda_give_the_cpu_gradients_to_bf16_precision() {
+    let (loss_cpu, cpu) = gpt2_lora_grads::<AB>(&Default::default(), None);
+    let (loss_gpu, gpu) = gpt2_lora_grads::<Autodiff<C>>(&Default::default(), Some(burn::tensor::DType::BF16));
+    println!("loss cpu f32 {loss_cpu:.7} cuda bf16 base {loss_gpu:.7}");
+    assert!((loss_cpu - loss_gpu).abs() <= 1e-2 * loss_cpu.abs().max(1.0));
+    let mut worst = 0f32;
+    for (c, g) in cpu.iter().zip(&gpu) {
+        let scale = c.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        worst = worst.max(c.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale);
+    }
+    println!("{} adapter gradients with bf16 base weights, worst error relative to the tensor's largest entry: {worst:.2e}", cpu.len());
+    assert!(worst <= 5e-2, "{worst}");
 }

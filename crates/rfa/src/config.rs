@@ -184,6 +184,16 @@ pub struct UnlearnConfig {
     /// `npo` (Zhang et al., 2024): β of negative preference optimisation.
     #[serde(default = "npo_beta")]
     pub npo_beta: f64,
+    /// `f32`, or `bf16` (CUDA only): the frozen base weights are stored in bf16 and their
+    /// products run on bf16 tensor cores; adapters, optimizer state, activations between layers
+    /// and the loss stay f32, and the merged model is built from the f32 original. Methods that
+    /// update every weight (`adapter = "full"`) run in f32 only.
+    #[serde(default = "f32_name")]
+    pub dtype: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 fn lora() -> String {
@@ -216,6 +226,18 @@ pub const METHODS: [&str; 10] =
     ["rfa", "finetune", "grad-ascent", "random-label", "grad-diff", "neggrad+", "scrub", "l1-sparse", "salun", "npo"];
 
 impl UnlearnConfig {
+    /// The float type of the frozen weights during unlearning (`None`: the backend's f32).
+    pub fn base_dtype(&self) -> anyhow::Result<Option<burn::tensor::DType>> {
+        match (self.dtype.as_str(), self.adapter.as_str()) {
+            ("f32", _) => Ok(None),
+            ("bf16", "full") => {
+                anyhow::bail!("unlearn.dtype = \"bf16\" needs adapters: with adapter = \"full\" every weight is trained, in f32")
+            }
+            ("bf16", _) => Ok(Some(burn::tensor::DType::BF16)),
+            (other, _) => anyhow::bail!("unknown unlearn.dtype `{other}` (f32, bf16)"),
+        }
+    }
+
     /// The folder of this unlearning's result inside the run.
     pub fn out_dir(&self) -> String {
         match self.seed {
@@ -320,6 +342,7 @@ impl RunConfig {
                 l1_weight: l1_weight(),
                 salun_ratio: half(),
                 npo_beta: npo_beta(),
+                dtype: f32_name(),
             },
             eval: EvalConfig::default(),
         }

@@ -205,9 +205,13 @@ impl Run {
         M: Learner<B> + AutodiffModule<B>,
         M::InnerModule: Learner<Inner<B>, Data = M::Data>,
     {
-        let m0 =
-            <M as Learner<B>>::load(&self.dir.join("original"), device).context("loading the original model (run `rfa train` first)")?;
         let uc = &self.cfg.unlearn;
+        let base_dtype = uc.base_dtype()?;
+        let mut m0 =
+            <M as Learner<B>>::load(&self.dir.join("original"), device).context("loading the original model (run `rfa train` first)")?;
+        if let Some(dt) = base_dtype {
+            lora_core::set_base_dtype(&mut m0, dt);
+        }
         let seed = uc.seed.unwrap_or(self.cfg.seed);
         let ((model, log), phase) = measure(|| {
             if uc.method == "rfa" {
@@ -224,7 +228,15 @@ impl Run {
         if !log.adapted.is_empty() {
             lora_core::save_adapter(&model, &out.join("adapter"), Some("../../original"))?;
         }
-        let mut merged = model.valid();
+        let mut merged = match base_dtype {
+            // The bf16 copy of W0 is lossy: the f32 adapter goes into the f32 original instead.
+            Some(_) => {
+                let mut m = <M::InnerModule as Learner<Inner<B>>>::load(&self.dir.join("original"), device)?;
+                lora_core::load_adapter(&mut m, &out.join("adapter"))?;
+                m
+            }
+            None => model.valid(),
+        };
         lora_core::merge_and_unload(&mut merged);
         merged.save(&out.join("merged"))?;
         self.copy_tokenizer(&out.join("merged"))?;

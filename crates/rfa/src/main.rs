@@ -66,6 +66,10 @@ struct Common {
     /// cpu, or cuda[:N] (needs the `cuda` build).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// f32, or bf16 (CUDA; unlearning): frozen weights in bf16, adapters, optimizer state and the
+    /// loss in f32 (sets unlearn.dtype). Training M0 and M* updates every weight and runs in f32.
+    #[arg(long)]
+    dtype: Option<String>,
     /// Print the resolved configuration (TOML) and exit.
     #[arg(long)]
     print_config: bool,
@@ -88,6 +92,9 @@ impl Common {
         }
         if let Some(v) = &self.forget {
             cfg.data.forget = v.clone();
+        }
+        if let Some(v) = &self.dtype {
+            cfg.unlearn.dtype = v.clone();
         }
         if !self.sets.is_empty() {
             let mut doc: toml::Table = toml::from_str(&cfg.to_toml())?;
@@ -130,6 +137,9 @@ fn run() -> Result<()> {
         Cmd::Demo(c) | Cmd::Train(c) | Cmd::Retrain(c) | Cmd::Eval(c) => c.clone(),
         Cmd::Unlearn { common, .. } | Cmd::Export { common, .. } => common.clone(),
     };
+    if matches!(cli.cmd, Cmd::Train(_) | Cmd::Retrain(_)) && common.dtype.as_deref() == Some("bf16") {
+        bail!("--dtype bf16 applies to unlearning: training M0 and M* updates every weight and runs in f32");
+    }
     if common.print_config {
         print!("{}", common.resolve()?.to_toml());
         return Ok(());
@@ -160,6 +170,10 @@ fn dispatch<B: burn::tensor::backend::AutodiffBackend>(cli: &Cli, common: &Commo
     let mut cfg = common.resolve()?;
     if let Cmd::Unlearn { method: Some(m), .. } = &cli.cmd {
         cfg.unlearn.method = m.clone();
+    }
+    cfg.unlearn.base_dtype()?;
+    if cfg.unlearn.dtype == "bf16" && common.device == "cpu" {
+        bail!("unlearn.dtype = \"bf16\" needs --device cuda: burn's CPU backends have no bf16 tensors");
     }
     let run = Run::open(cfg)?;
     let (train, forget, retain, test) = run.sizes();

@@ -81,6 +81,23 @@ fn the_command_runs_the_whole_pipeline() {
     assert!(exp.join("adapter/adapter_config.json").is_file() && exp.join("merged/config.json").is_file());
 }
 
+/// `--dtype bf16` is refused where it cannot apply, before anything runs: on CPU (no bf16
+/// tensors), for training (every weight updated), with full-weight baselines, and unknown types.
+#[test]
+fn bf16_is_refused_where_it_cannot_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rfa = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rfa")).args(args).arg("--runs-dir").arg(tmp.path()).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(rfa(&["train", "--dtype", "bf16"]).contains("training M0 and M* updates every weight"));
+    assert!(rfa(&["unlearn", "--dtype", "bf16"]).contains("needs --device cuda"));
+    assert!(rfa(&["unlearn", "--dtype", "bf16", "--set", "unlearn.adapter=\"full\""]).contains("needs adapters"));
+    assert!(rfa(&["unlearn", "--dtype", "f16"]).contains("unknown unlearn.dtype `f16` (f32, bf16)"));
+    assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "nothing may be written");
+}
+
 #[test]
 fn merged_model_equals_base_plus_adapter() {
     let tmp = tempfile::tempdir().unwrap();

@@ -22,7 +22,10 @@ pub fn fixtures() -> PathBuf {
 /// Gradients of every adapter matrix (A then B, in tap order) for one backward pass through the
 /// GPT-2 fixture with its peft adapter: causal-LM loss plus the RFA retain term (mean squared
 /// residual of every tap), so both the logits path and the taps are differentiated.
-pub fn gpt2_lora_grads<AB: burn::tensor::backend::AutodiffBackend>(device: &AB::Device) -> (f32, Vec<Vec<f32>>) {
+pub fn gpt2_lora_grads<AB: burn::tensor::backend::AutodiffBackend>(
+    device: &AB::Device,
+    base_dtype: Option<burn::tensor::DType>,
+) -> (f32, Vec<Vec<f32>>) {
     use burn::tensor::{Int, Tensor, TensorData};
     use lora_core::{LoraModel, TensorFile};
     use rfa_models::{Gpt2LmHeadModel, causal_lm_loss};
@@ -30,6 +33,9 @@ pub fn gpt2_lora_grads<AB: burn::tensor::backend::AutodiffBackend>(device: &AB::
     let dir = fixtures().join("hf-parity/gpt2");
     let mut model = Gpt2LmHeadModel::<AB>::load(&dir.join("model"), device).unwrap();
     lora_core::load_adapter(&mut model, &dir.join("adapter")).unwrap();
+    if let Some(dt) = base_dtype {
+        lora_core::set_base_dtype(&mut model, dt);
+    }
     let reference = TensorFile::open(dir.join("reference.safetensors")).unwrap();
     let ids = reference.get("input_ids").unwrap();
     let mask = reference.get("attention_mask").unwrap();
