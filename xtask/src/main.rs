@@ -9,6 +9,7 @@
 //!   (fashion-mnist, cifar10, imdb, eli5), three seeds each; writes docs/RESULTS.md sections.
 
 mod bench;
+mod ops;
 mod reproduce;
 
 use std::path::PathBuf;
@@ -50,6 +51,17 @@ enum Cmd {
         /// f32, or bf16 (frozen weights in bf16; adapters, optimizer and loss in f32).
         #[arg(long, value_delimiter = ',', default_values_t = ["f32".to_string()])]
         dtypes: Vec<String>,
+    },
+    /// Time the operations of one transformer block alone (GELU, softmax, LayerNorm, add, matmul),
+    /// forward and forward + backward: one JSON line per operation.
+    BenchOps {
+        /// BATCH:SEQ:WIDTH:HEADS (default: the CPU comparison's GPT-2 small shape).
+        #[arg(long, default_value = "4:128:768:12")]
+        shape: String,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long, value_delimiter = ',', default_values_t = ["ndarray".to_string(), "flex".to_string()])]
+        backends: Vec<String>,
     },
     /// Run every unlearning method on a task (original and gold standard included) and write
     /// its comparison into docs/RESULTS.md.
@@ -149,6 +161,24 @@ fn run() -> Result<bool> {
                         println!("{}", bench_one(&shape, b, dt, steps, warmup)?);
                     }
                 }
+            }
+            Ok(true)
+        }
+        Cmd::BenchOps { shape, reps, backends } => {
+            let v: Vec<usize> = shape.split(':').map(str::parse).collect::<Result<_, _>>().context("--shape BATCH:SEQ:WIDTH:HEADS")?;
+            let [b, t, d, h] = v[..] else { bail!("--shape {shape}: expected BATCH:SEQ:WIDTH:HEADS") };
+            use burn::backend::Autodiff;
+            for backend in &backends {
+                let rows = match backend.as_str() {
+                    "ndarray" => ops::run::<Autodiff<burn::backend::NdArray<f32>>>(b, t, d, h, reps, "cpu ndarray", &Default::default()),
+                    "flex" => ops::run::<Autodiff<burn::backend::Flex>>(b, t, d, h, reps, "cpu flex", &Default::default()),
+                    #[cfg(feature = "cuda")]
+                    "cuda" => {
+                        ops::run::<Autodiff<burn::backend::Cuda<f32, i32>>>(b, t, d, h, reps, "cuda burn-cuda 0.21", &Default::default())
+                    }
+                    other => bail!("unknown backend `{other}` (ndarray, flex, cuda with --features cuda)"),
+                };
+                rows.iter().for_each(|r| println!("{r}"));
             }
             Ok(true)
         }

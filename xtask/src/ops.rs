@@ -1,0 +1,85 @@
+//! `cargo xtask bench-ops`: the operations of one GPT-2 block at a given shape, timed alone,
+//! forward and forward + backward, on a backend — where a step's time goes beyond the matrix
+//! products. One JSON line per operation.
+
+use std::time::Instant;
+
+use burn::nn::LayerNormConfig;
+use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, Tensor};
+use rfa_models::Activation;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median milliseconds of `f` over `reps` runs after one untimed run.
+fn time<B: AutodiffBackend>(reps: usize, device: &B::Device, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t = Vec::new();
+    for _ in 0..reps {
+        let s = Instant::now();
+        f();
+        let _ = B::sync(device);
+        t.push(s.elapsed().as_secs_f64() * 1000.0);
+    }
+    median(t)
+}
+
+/// Rows for batch × seq tokens of width `d` (MLP 4d, `heads` heads).
+pub fn run<B: AutodiffBackend>(
+    batch: usize,
+    seq: usize,
+    d: usize,
+    heads: usize,
+    reps: usize,
+    backend: &str,
+    device: &B::Device,
+) -> Vec<serde_json::Value> {
+    let n = Distribution::Normal(0.0, 1.0);
+    let mlp = Tensor::<B, 3>::random([batch, seq, 4 * d], n, device);
+    let scores = Tensor::<B, 4>::random([batch, heads, seq, seq], n, device);
+    let hidden = Tensor::<B, 3>::random([batch, seq, d], n, device);
+    let w = Tensor::<B, 2>::random([d, 4 * d], n, device);
+    let ln = LayerNormConfig::new(d).init::<B>(device);
+    let mut rows = Vec::new();
+    let mut row = |op: &str, shape: Vec<usize>, elems: usize, fwd: f64, fwd_bwd: f64, flops: f64| {
+        rows.push(serde_json::json!({
+            "op": op, "backend": backend, "shape": shape,
+            "forward_ms": (fwd * 1000.0).round() / 1000.0,
+            "forward_backward_ms": (fwd_bwd * 1000.0).round() / 1000.0,
+            "forward_melem_per_s": (elems as f64 / fwd / 1e3).round(),
+            "forward_gflops": if flops > 0.0 { ((flops / fwd / 1e6) * 10.0).round() / 10.0 } else { 0.0 },
+        }));
+    };
+    // Each backward starts from a tracked copy so that only this op's gradient is computed.
+    macro_rules! op {
+        ($name:expr, $x:expr, $f:expr, $flops:expr) => {{
+            let x = $x.clone();
+            let fwd = time::<B>(reps, device, || {
+                let _ = $f(x.clone().detach()).into_data();
+            });
+            let fb = time::<B>(reps, device, || {
+                let t = x.clone().require_grad();
+                let _ = $f(t.clone()).sum().backward();
+            });
+            row($name, x.dims().to_vec(), x.shape().num_elements(), fwd, fb, $flops);
+        }};
+    }
+    op!("gelu erf (burn)", mlp, |t: Tensor<B, 3>| gelu(t), 0.0);
+    op!("gelu erf (ours)", mlp, |t: Tensor<B, 3>| Activation::Gelu.forward(t), 0.0);
+    op!("gelu tanh (burn)", mlp, |t: Tensor<B, 3>| gelu_approximate(t), 0.0);
+    op!("gelu tanh (ours, x·σ(2u))", mlp, |t: Tensor<B, 3>| Activation::GeluTanh.forward(t), 0.0);
+    op!("tanh", mlp, |t: Tensor<B, 3>| t.tanh(), 0.0);
+    op!("sigmoid", mlp, |t: Tensor<B, 3>| sigmoid(t), 0.0);
+    op!("exp", mlp, |t: Tensor<B, 3>| t.exp(), 0.0);
+    op!("mul", mlp, |t: Tensor<B, 3>| t.clone() * t, 0.0);
+    op!("softmax", scores, |t: Tensor<B, 4>| softmax(t, 3), 0.0);
+    op!("layer_norm", hidden, |t: Tensor<B, 3>| ln.forward(t), 0.0);
+    op!("add", mlp, |t: Tensor<B, 3>| t.clone() + t, 0.0);
+    let flops = 2.0 * (batch * seq * d * 4 * d) as f64;
+    op!("matmul [b·t, d] × [d, 4d]", hidden, |t: Tensor<B, 3>| t.matmul(w.clone().unsqueeze::<3>()), flops);
+    rows
+}
