@@ -6,7 +6,8 @@
 #      memory belongs to that row), with a fresh persistent PTX cache and a compile log; then
 #      the first configuration again with the cache warm (time to first step, cold vs warm);
 #   3. the PyTorch + transformers + peft reference (bench/torch_rfa_reference.py), same shapes,
-#      one process per row, nvidia-smi peak alongside torch's own max_memory_allocated;
+#      one process per row, nvidia-smi peak alongside torch's own max_memory_allocated; then its
+#      f32 rows again with TF32 matmuls (bench/torch_variants.py), as burn-cuda computes f32;
 #   4. with the time left: full CIFAR-10, random 10 % forgetting (M0, M*, RFA, report).
 # Expects in .device/ (scripts/device-prepare.sh puts them there): xtask-cuda.gz, rfa.gz,
 # rfa-models-cuda-tests.gz (built `--release --features cuda` with CUDARC_CUDA_VERSION=13000,
@@ -27,7 +28,7 @@ mkdir -p "$out/bench" "$out/torch" "$out/tests"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
 } > "$out/device.txt" 2>&1
 cat "$out/device.txt"
-bin=/tmp/rfa-bin
+bin=$(mktemp -d)
 mkdir -p "$bin"
 for x in xtask-cuda rfa rfa-models-cuda-tests; do
   gunzip -c ".device/$x.gz" > "$bin/$x" && chmod +x "$bin/$x"
@@ -93,11 +94,11 @@ for m in gpt2 bert vit; do
   [ "$(left)" -gt 330 ] && bench_row "$m-f32" "${!m}" f32 75
 done
 # The same process again with every kernel in the PTX cache: what a second run costs to start.
-[ "$(left)" -gt 300 ] && bench_row gpt2-f32-warm-cache "$gpt2" f32 60
+[ "$(left)" -gt 250 ] && bench_row gpt2-f32-warm-cache "$gpt2" f32 60
 du -sh "$cache" > "$out/bench/ptx_cache_size.txt" 2>&1
 ls "$cache" >> "$out/bench/ptx_cache_size.txt" 2>&1
 # Per-op profile at GPT-2 small's MLP / attention shapes (8 × 512 tokens).
-if [ "$(left)" -gt 300 ]; then
+if [ "$(left)" -gt 280 ]; then
   (cd /tmp/bench-gpt2-f32 && timeout 40 "$bin/xtask-cuda" bench-ops --backends cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-cuda.jsonl" 2> "$out/bench/ops-cuda.err")
   note "bench-ops cuda rc=$?"
 fi
@@ -121,13 +122,21 @@ for m in gpt2 bert vit; do
   [ "$(left)" -gt 230 ] && bench_row "$m-bf16" "${!m}" bf16 50
 done
 
-# 4. CIFAR-10, random 10 %: epochs sized to the time left (assumes >= 5,000 training samples/s
-# at batch 512, measured 3,800-4,300 at batch 128 on this card; 130 s kept for loading, RFA and
+# PyTorch with TF32 matmuls in f32 (burn-cuda's f32 is TF32 too): like-for-like f32 rows.
+if [ "$(left)" -gt 200 ]; then
+  s=$(date +%s.%N)
+  timeout 60 python3 bench/torch_variants.py .device/torch_rfa_reference.py --device cuda --tf32 --models gpt2,bert,vit \
+    --dtypes fp32 --warmup 3 --steps 10 > "$out/torch/tf32.jsonl" 2> "$out/torch/tf32.err"
+  note "torch tf32 rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
+fi
+
+# 4. CIFAR-10, random 10 %: epochs sized to the time left (assumes >= 3,500 training samples/s
+# at batch 512, measured 3,800-4,300 at batch 128 on this card; 150 s kept for loading, RFA and
 # evaluation).
 wait $untar
-budget=$(($(left) - 130))
+budget=$(($(left) - 150))
 if [ "$budget" -gt 60 ]; then
-  epochs=$(python3 -c "print(max(2, min(40, int($budget * 5000 / 95000))))")
+  epochs=$(python3 -c "print(max(2, min(40, int($budget * 3500 / 95000))))")
   note "cifar10 random 10 %: $epochs epochs (budget ${budget}s)"
   timeout $(($(left) - 10)) "$bin/rfa" demo --device cuda --name cifar10-random10 --runs-dir "$out/runs" \
     --set 'data.dataset="image-folder"' --set "data.path=\"$data\"" --set 'model.preset="vit-small"' \
