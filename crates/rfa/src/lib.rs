@@ -14,6 +14,7 @@
 pub mod baselines;
 pub mod compare;
 pub mod config;
+pub mod kernel_cache;
 pub mod engine;
 pub mod learner;
 pub mod models;

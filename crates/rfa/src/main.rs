@@ -151,6 +151,9 @@ fn run() -> Result<()> {
         #[cfg(feature = "cuda")]
         d if d.starts_with("cuda") => {
             let n: usize = d.strip_prefix("cuda:").map(str::parse).transpose().context("--device cuda:N")?.unwrap_or(0);
+            if let Some(dir) = rfa::kernel_cache::enable() {
+                eprintln!("compiled CUDA kernels are cached in {} (RFA_KERNEL_CACHE=off to disable)", dir.display());
+            }
             let device = burn::backend::cuda::CudaDevice::new(n);
             dispatch::<burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>>(
                 &cli,
