@@ -13,10 +13,12 @@
 # rfa-models-cuda-tests.gz (built `--release --features cuda` with CUDARC_CUDA_VERSION=13000,
 # stripped and gzipped to fit the 64 MiB carry), torch_rfa_reference.py, cifar10_jpeg_q75.tar.gz;
 # fixtures/ comes with the tree.
-# Everything it writes goes to $OUT; every part runs under its own time limit and a failure does
-# not stop the next part.
+# Everything it writes is packed into $OUT/device-run.tgz at the end (the device tool returns only
+# a limited number of files); every part runs under its own time limit and a failure does not
+# stop the next part.
 set -uo pipefail
-out=${OUT:-$(mktemp -d)}
+final=${OUT:-$(mktemp -d)}
+out=$(mktemp -d)
 root=$PWD
 t0=$(date +%s)
 deadline=$((t0 + ${TOTAL_S:-540}))
@@ -146,5 +148,6 @@ if [ "$budget" -gt 60 ]; then
   find "$out/runs" -name model.safetensors -delete
 fi
 note "done"
+tar czf "$final/device-run.tgz" -C "$out" .
 tail -5 "$out/cifar10.log" 2>/dev/null
 cat "$out"/bench/*.json "$out"/torch/*.jsonl 2>/dev/null
