@@ -25,7 +25,8 @@ pub fn cache_dir(cwd: &Path, env: impl Fn(&str) -> Option<String>) -> Option<Pat
     if cwd.ancestors().any(|d| CUBECL_CONFIG_FILES.iter().any(|f| d.join(f).is_file())) {
         return None;
     }
-    let base = env("XDG_CACHE_HOME").filter(|s| !s.is_empty()).map(PathBuf::from).or_else(|| env("HOME").map(|h| Path::new(&h).join(".cache")))?;
+    let base =
+        env("XDG_CACHE_HOME").filter(|s| !s.is_empty()).map(PathBuf::from).or_else(|| env("HOME").map(|h| Path::new(&h).join(".cache")))?;
     Some(base.join("rfa").join("cubecl"))
 }
 

@@ -14,8 +14,8 @@
 pub mod baselines;
 pub mod compare;
 pub mod config;
-pub mod kernel_cache;
 pub mod engine;
+pub mod kernel_cache;
 pub mod learner;
 pub mod models;
 pub mod plots;
