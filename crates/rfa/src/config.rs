@@ -143,6 +143,12 @@ pub struct UnlearnConfig {
     /// γ: weight of a cross-entropy term on the retain batch (0 = off, the method's default).
     #[serde(default)]
     pub retain_task_weight: f64,
+    /// Ours, classifiers: weight of an extra retain term on the CLS token alone (its residual →
+    /// 0). The retain term averages the CLS token with every patch / word token, so with
+    /// `forget_tokens = "cls"` a change of the CLS token — the one the forget term and the
+    /// classifier read — costs it only 1/T of its weight. 0 = off (the method document's form).
+    #[serde(default)]
+    pub retain_cls_weight: f64,
     #[serde(default)]
     pub weight_decay: f64,
     /// Tokens the forget term (and the target statistics) use: `all` (the method document's
@@ -330,6 +336,7 @@ impl RunConfig {
                 target: TargetStrategy::GlobalMean,
                 layer_weights: Vec::new(),
                 retain_task_weight: 0.0,
+                retain_cls_weight: 0.0,
                 weight_decay: 0.0,
                 forget_tokens: "cls".into(),
                 stats_samples: 0,

@@ -175,6 +175,9 @@ where
         "cls" => bail!("unlearn.forget_tokens = `cls` needs a classifier that reads the first token; a {} uses `all`", M::KIND),
         other => bail!("unlearn.forget_tokens must be `all` or `cls`, not `{other}`"),
     };
+    if uc.retain_cls_weight > 0.0 && model.num_labels().is_none() {
+        bail!("unlearn.retain_cls_weight needs a classifier that reads the first token; a {} has none", M::KIND);
+    }
     // The forget term's view of a tap (and of the padding mask): every token, or the first
     // (CLS) one.
     let view = |t: Tensor<B, 3>| if cls_only { t.narrow(1, 0, 1) } else { t };
@@ -240,6 +243,10 @@ where
             let mu = targets.for_batch(nf, seq, Some(&batch.labels[nr..]))?;
             let parts = objective.total(&rt, rmask.as_ref(), &ft, &mu, fmask.as_ref())?;
             let mut total = parts.total.clone();
+            if uc.retain_cls_weight > 0.0 {
+                let cls: Vec<_> = rt.iter().map(|t| t.clone().map(|x| x.narrow(1, 0, 1))).collect();
+                total = total + objective.retain_loss(&cls, None)?.mul_scalar(uc.retain_cls_weight);
+            }
             if uc.retain_task_weight > 0.0 {
                 let ce_r = task_loss(pass.logits.as_ref().expect("logits"), &batch, 0..nr);
                 total = total + ce_r.mul_scalar(uc.retain_task_weight);

@@ -239,3 +239,32 @@ fn the_targets_can_be_estimated_from_a_sample_of_the_retain_set() {
     assert_ne!(part["steps"][0]["forget"], all["steps"][0]["forget"]);
     assert_eq!(part["steps"][0]["retain"], 0.0);
 }
+
+/// `unlearn.retain_cls_weight = w` adds w · (mean squared CLS residual of the retain batch) to
+/// the loss: nothing at the first step (B = 0, no residual), something afterwards, and nothing
+/// at all with w = 0 (the method document's loss).
+#[test]
+fn the_cls_retain_term_enters_the_loss_only_when_weighted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Default::default();
+    let mut cfg = tiny("cls-retain", tmp.path());
+    cfg.unlearn.epochs = 3; // the tiny forget set is one batch: three steps
+    let lambda = cfg.unlearn.lambda;
+    let run = Run::open(cfg.clone()).unwrap();
+    run.train::<AB>(false, &dev).unwrap();
+    // total − (retain + λ·forget) per step.
+    let extra = |run: &Run| -> Vec<f64> {
+        let log: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.dir.join("rfa/unlearn_log.json")).unwrap()).unwrap();
+        let f = |s: &serde_json::Value, k: &str| s[k].as_f64().unwrap();
+        log["steps"].as_array().unwrap().iter().map(|s| f(s, "total") - (f(s, "retain") + lambda * f(s, "forget"))).collect()
+    };
+    run.unlearn::<AB>(&dev).unwrap();
+    let plain = extra(&run);
+    assert!(plain.len() > 2 && plain.iter().all(|x| x.abs() < 1e-4), "{plain:?}");
+    cfg.unlearn.retain_cls_weight = 100.0;
+    let run = Run::open(cfg).unwrap();
+    run.unlearn::<AB>(&dev).unwrap();
+    let weighted = extra(&run);
+    assert!(weighted[0].abs() < 1e-6, "{weighted:?}");
+    assert!(weighted[1..].iter().all(|&x| x > 1e-6), "{weighted:?}");
+}
