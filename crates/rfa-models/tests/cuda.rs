@@ -1,5 +1,5 @@
 //! The same models on CUDA (cargo feature `cuda`; run on the GPU machine by
-//! scripts/device-check.sh): parity with the reference and a LoRA backward pass whose gradients
+//! scripts/device-run.sh): parity with the reference and a LoRA backward pass whose gradients
 //! equal the CPU's.
 //!
 //! Tolerances are TF32's, not f32's: burn-cuda 0.21 runs every f32 matmul on tensor cores with
