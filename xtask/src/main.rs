@@ -5,6 +5,8 @@
 //! - `cargo xtask parity DIR…` — compares our models with a reference fixture directory
 //!   (`model/`, optional `adapter/`, `reference.safetensors`), prints the error of every compared
 //!   tensor and exits non-zero over tolerance.
+//! - `cargo xtask bench [--backends ndarray,flex,cuda] [--dtypes f32,bf16]` — the RFA step,
+//!   timed (docs/BENCHMARKS.md); `cargo xtask bench-ops` — single operations, timed.
 //! - `cargo xtask reproduce TASK [--small]` — every unlearning method against RFA on one task
 //!   (fashion-mnist, cifar10, imdb, eli5), three seeds each; writes docs/RESULTS.md sections.
 
