@@ -59,3 +59,14 @@ fn lora_backward_reaches_every_adapter() {
         assert!(g.iter().any(|&v| v != 0.0));
     }
 }
+
+/// The same checks on burn's `flex` backend with threads and SIMD (`rfa --device cpu-flex`).
+#[test]
+fn all_three_match_transformers_on_flex() {
+    for name in ["gpt2", "bert", "vit"] {
+        let report =
+            check_dir::<burn::backend::Flex>(&fixtures().join("hf-parity").join(name), Tolerance::default(), &Default::default()).unwrap();
+        println!("flex {report}");
+        assert!(report.ok(), "{name} on flex: over tolerance: {:?}", report.failures());
+    }
+}

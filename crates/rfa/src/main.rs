@@ -63,7 +63,8 @@ struct Common {
     /// Override any config field: --set train.epochs=5 --set unlearn.targets=query,value
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// cpu, or cuda[:N] (needs the `cuda` build).
+    /// cpu (ndarray, deterministic), cpu-flex (threads + SIMD: faster for large models), or
+    /// cuda[:N] (needs the `cuda` build).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// f32, or bf16 (CUDA; unlearning): frozen weights in bf16, adapters, optimizer state and the
@@ -148,6 +149,14 @@ fn run() -> Result<()> {
         "cpu" => {
             dispatch::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&cli, &common, "cpu (burn ndarray, f32)", &Default::default())
         }
+        // Threaded GEMM (rayon) and SIMD: 1.3-1.6x faster for GPT-2-small-sized models, slower for
+        // the demo's tiny ViT, and not bit-reproducible across thread counts (docs/BENCHMARKS.md).
+        "cpu-flex" => dispatch::<burn::backend::Autodiff<burn::backend::Flex>>(
+            &cli,
+            &common,
+            "cpu-flex (burn flex, f32, threads + SIMD)",
+            &Default::default(),
+        ),
         #[cfg(feature = "cuda")]
         d if d.starts_with("cuda") => {
             let n: usize = d.strip_prefix("cuda:").map(str::parse).transpose().context("--device cuda:N")?.unwrap_or(0);
@@ -163,7 +172,7 @@ fn run() -> Result<()> {
             )
         }
         other => bail!(
-            "unknown device `{other}` (cpu{})",
+            "unknown device `{other}` (cpu, cpu-flex{})",
             if cfg!(feature = "cuda") { ", cuda[:N]" } else { "; this build has no CUDA: build with --features cuda" }
         ),
     }
@@ -175,7 +184,7 @@ fn dispatch<B: burn::tensor::backend::AutodiffBackend>(cli: &Cli, common: &Commo
         cfg.unlearn.method = m.clone();
     }
     cfg.unlearn.base_dtype()?;
-    if cfg.unlearn.dtype == "bf16" && common.device == "cpu" {
+    if cfg.unlearn.dtype == "bf16" && common.device.starts_with("cpu") {
         bail!("unlearn.dtype = \"bf16\" needs --device cuda: burn's CPU backends have no bf16 tensors");
     }
     let run = Run::open(cfg)?;
