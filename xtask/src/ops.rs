@@ -10,10 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
 use rfa_models::Activation;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use crate::bench::median;
 
 /// Median milliseconds of `f` over `reps` runs after one untimed run.
 fn time<B: AutodiffBackend>(reps: usize, device: &B::Device, mut f: impl FnMut()) -> f64 {
