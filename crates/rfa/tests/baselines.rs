@@ -5,18 +5,13 @@ use std::path::Path;
 
 use rfa::Run;
 use rfa::config::RunConfig;
-use rfa::engine::UnlearnLog;
 
 mod common;
 
-use common::AB;
+use common::{AB, unlearn_log as log};
 
 fn tiny(name: &str, runs: &Path) -> RunConfig {
     common::tiny(name, runs, 1)
-}
-
-fn log(run: &Run, dir: &str) -> UnlearnLog {
-    serde_json::from_str(&std::fs::read_to_string(run.dir.join(dir).join("unlearn_log.json")).unwrap()).unwrap()
 }
 
 #[test]

@@ -8,7 +8,7 @@ use rfa::config::RunConfig;
 
 mod common;
 
-use common::AB;
+use common::{AB, unlearn_log};
 
 fn tiny(name: &str, runs: &Path) -> RunConfig {
     common::tiny(name, runs, 2)
@@ -224,20 +224,17 @@ fn the_targets_can_be_estimated_from_a_sample_of_the_retain_set() {
     let mut cfg = tiny("stats", tmp.path());
     let run = Run::open(cfg.clone()).unwrap();
     run.train::<AB>(false, &dev).unwrap();
-    let log = |run: &Run| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(run.dir.join("rfa/unlearn_log.json")).unwrap()).unwrap()
-    };
     run.unlearn::<AB>(&dev).unwrap();
-    let all = log(&run);
-    assert_eq!(all["stats_samples"].as_u64().unwrap() as usize, run.images().unwrap().split.retain.len());
+    let all = unlearn_log(&run, "rfa");
+    assert_eq!(all.stats_samples, run.images().unwrap().split.retain.len());
     cfg.unlearn.stats_samples = 50;
     let run = Run::open(cfg).unwrap();
     run.unlearn::<AB>(&dev).unwrap();
-    let part = log(&run);
-    assert_eq!(part["stats_samples"], 50);
+    let part = unlearn_log(&run, "rfa");
+    assert_eq!(part.stats_samples, 50);
     // Other targets, so another first forget loss; the retain term starts at 0 either way.
-    assert_ne!(part["steps"][0]["forget"], all["steps"][0]["forget"]);
-    assert_eq!(part["steps"][0]["retain"], 0.0);
+    assert_ne!(part.steps[0].forget, all.steps[0].forget);
+    assert_eq!(part.steps[0].retain, 0.0);
 }
 
 /// `unlearn.retain_cls_weight = w` adds w · (mean squared CLS residual of the retain batch) to
@@ -253,11 +250,8 @@ fn the_cls_retain_term_enters_the_loss_only_when_weighted() {
     let run = Run::open(cfg.clone()).unwrap();
     run.train::<AB>(false, &dev).unwrap();
     // total − (retain + λ·forget) per step.
-    let extra = |run: &Run| -> Vec<f64> {
-        let log: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.dir.join("rfa/unlearn_log.json")).unwrap()).unwrap();
-        let f = |s: &serde_json::Value, k: &str| s[k].as_f64().unwrap();
-        log["steps"].as_array().unwrap().iter().map(|s| f(s, "total") - (f(s, "retain") + lambda * f(s, "forget"))).collect()
-    };
+    let extra =
+        |run: &Run| -> Vec<f64> { unlearn_log(run, "rfa").steps.iter().map(|s| s.total - (s.retain + lambda * s.forget)).collect() };
     run.unlearn::<AB>(&dev).unwrap();
     let plain = extra(&run);
     assert!(plain.len() > 2 && plain.iter().all(|x| x.abs() < 1e-4), "{plain:?}");

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
+use rfa::Run;
 use rfa::config::RunConfig;
+use rfa::engine::UnlearnLog;
 
 pub type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 
@@ -17,4 +19,9 @@ pub fn tiny(name: &str, runs: &Path, train_epochs: usize) -> RunConfig {
     c.train.epochs = train_epochs;
     c.unlearn.epochs = 1;
     c
+}
+
+/// The unlearning log an `rfa unlearn` wrote into `dir` of the run.
+pub fn unlearn_log(run: &Run, dir: &str) -> UnlearnLog {
+    serde_json::from_str(&std::fs::read_to_string(run.dir.join(dir).join("unlearn_log.json")).unwrap()).unwrap()
 }
