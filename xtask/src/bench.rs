@@ -13,11 +13,12 @@ use std::time::Instant;
 use anyhow::Result;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Distribution, Int, Tensor};
 use lora_core::{LoraConfig, LoraModel, TargetModules, attach_lora, count_params, set_base_dtype};
 use rfa_loss::RfaObjective;
-use rfa_models::{BertConfig, BertForSequenceClassification, Gpt2Config, Gpt2LmHeadModel, Tap, VitConfig, VitForImageClassification};
+use rfa_models::{
+    BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel, Tap, VitConfig, VitForImageClassification,
+};
 
 pub struct Shape {
     pub model: String,
@@ -45,7 +46,7 @@ pub fn base_dtype(dtype: &str) -> Result<Option<DType>> {
 }
 
 /// Runs `first + warmup + steps` steps of `step`, timing each after a device sync.
-fn time_steps<B: AutodiffBackend>(
+fn time_steps<B: FusedAutodiff>(
     device: &B::Device,
     steps: usize,
     warmup: usize,
@@ -77,7 +78,7 @@ fn rfa_step<B, M>(
     forward: &impl Fn(&M) -> rfa_models::Taps<B>,
 ) -> Result<()>
 where
-    B: AutodiffBackend,
+    B: FusedAutodiff,
     M: AutodiffModule<B> + LoraModel<B>,
 {
     let m = model.take().expect("model");
@@ -90,7 +91,7 @@ where
 }
 
 /// Times the step; returns the JSON row.
-pub fn run<B: AutodiffBackend>(
+pub fn run<B: FusedAutodiff>(
     s: &Shape,
     dtype: &str,
     steps: usize,

@@ -5,15 +5,16 @@
 use std::time::Instant;
 
 use burn::nn::LayerNormConfig;
+use burn::tensor::TensorPrimitive;
 use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
-use rfa_models::Activation;
+use rfa_models::ops::{GeluKind, fallback, softmax_last};
+use rfa_models::{Activation, FusedAutodiff};
 
 use crate::bench::median;
 
 /// Median milliseconds of `f` over `reps` runs after one untimed run.
-fn time<B: AutodiffBackend>(reps: usize, device: &B::Device, mut f: impl FnMut()) -> f64 {
+fn time<B: FusedAutodiff>(reps: usize, device: &B::Device, mut f: impl FnMut()) -> f64 {
     f();
     let mut t = Vec::new();
     for _ in 0..reps {
@@ -25,8 +26,14 @@ fn time<B: AutodiffBackend>(reps: usize, device: &B::Device, mut f: impl FnMut()
     median(t)
 }
 
+/// The tanh GELU in burn's element-wise ops, differentiated by burn's autodiff op by op (what the
+/// models ran before the fused op).
+fn unfused_gelu_tanh<B: burn::tensor::backend::AutodiffBackend>(t: Tensor<B, 3>) -> Tensor<B, 3> {
+    Tensor::from_primitive(TensorPrimitive::Float(fallback::gelu::<B>(t.into_primitive().tensor(), GeluKind::Tanh)))
+}
+
 /// Rows for batch × seq tokens of width `d` (MLP 4d, `heads` heads).
-pub fn run<B: AutodiffBackend>(
+pub fn run<B: FusedAutodiff>(
     batch: usize,
     seq: usize,
     d: usize,
@@ -66,14 +73,16 @@ pub fn run<B: AutodiffBackend>(
         }};
     }
     op!("gelu erf (burn)", mlp, |t: Tensor<B, 3>| gelu(t), 0.0);
-    op!("gelu erf (ours)", mlp, |t: Tensor<B, 3>| Activation::Gelu.forward(t), 0.0);
+    op!("gelu erf (rfa, fused)", mlp, |t: Tensor<B, 3>| Activation::Gelu.forward(t), 0.0);
     op!("gelu tanh (burn)", mlp, |t: Tensor<B, 3>| gelu_approximate(t), 0.0);
-    op!("gelu tanh (ours, x·σ(2u))", mlp, |t: Tensor<B, 3>| Activation::GeluTanh.forward(t), 0.0);
+    op!("gelu tanh (rfa, fused)", mlp, |t: Tensor<B, 3>| Activation::GeluTanh.forward(t), 0.0);
+    op!("gelu tanh (burn ops, x·σ(2u))", mlp, |t: Tensor<B, 3>| unfused_gelu_tanh(t), 0.0);
     op!("tanh", mlp, |t: Tensor<B, 3>| t.tanh(), 0.0);
     op!("sigmoid", mlp, |t: Tensor<B, 3>| sigmoid(t), 0.0);
     op!("exp", mlp, |t: Tensor<B, 3>| t.exp(), 0.0);
     op!("mul", mlp, |t: Tensor<B, 3>| t.clone() * t, 0.0);
-    op!("softmax", scores, |t: Tensor<B, 4>| softmax(t, 3), 0.0);
+    op!("softmax (burn)", scores, |t: Tensor<B, 4>| softmax(t, 3), 0.0);
+    op!("softmax (rfa, fused)", scores, |t: Tensor<B, 4>| softmax_last(t), 0.0);
     op!("layer_norm", hidden, |t: Tensor<B, 3>| ln.forward(t), 0.0);
     op!("add", mlp, |t: Tensor<B, 3>| t.clone() + t, 0.0);
     let flops = 2.0 * (batch * seq * d * 4 * d) as f64;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::ModelError;
 use crate::common::StateDict;
 use crate::common::{Activation, Checkpoint, ClassifierOutput, SelfAttention, Taps, check_divisible, padding_bias, read_config, tapped};
+use crate::ops::FusedOps;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct BertConfig {
@@ -179,7 +180,7 @@ impl<B: Backend> BertOutput<B> {
     }
 }
 
-impl<B: Backend> BertLayer<B> {
+impl<B: FusedOps> BertLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, bias: Option<&Tensor<B, 4>>, taps: &mut Taps<B>) -> Tensor<B, 3> {
         let ctx = self.attention.self_.forward(x.clone(), bias.cloned(), taps);
         let x = self.attention.output.forward(ctx, x, taps);
@@ -188,7 +189,7 @@ impl<B: Backend> BertLayer<B> {
     }
 }
 
-impl<B: Backend> BertModel<B> {
+impl<B: FusedOps> BertModel<B> {
     /// Reads `config.json` and `model.safetensors` (keys with or without `bert.`; a missing
     /// pooler is allowed, as sentence-transformers checkpoints drop it).
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
@@ -354,7 +355,7 @@ fn ignore_foreign<B: Backend>(ck: &mut Checkpoint<B>) {
     ck.ignore(|k| k.ends_with("embeddings.position_ids") || k.starts_with("cls."));
 }
 
-impl<B: Backend> LoraModel<B> for BertModel<B> {
+impl<B: FusedOps> LoraModel<B> for BertModel<B> {
     fn linears(&self) -> Vec<(String, &LoraLinear<B>)> {
         let mut v = Vec::new();
         self.push_linears(&mut v);
@@ -380,7 +381,7 @@ pub struct BertForSequenceClassification<B: Backend> {
     pub classifier: LoraLinear<B>,
 }
 
-impl<B: Backend> BertForSequenceClassification<B> {
+impl<B: FusedOps> BertForSequenceClassification<B> {
     /// Reads a fine-tuned classifier (the `classifier` tensors must be there).
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
         Self::load_inner(dir, None, device)
@@ -462,7 +463,7 @@ impl<B: Backend> BertForSequenceClassification<B> {
     }
 }
 
-impl<B: Backend> LoraModel<B> for BertForSequenceClassification<B> {
+impl<B: FusedOps> LoraModel<B> for BertForSequenceClassification<B> {
     fn linears(&self) -> Vec<(String, &LoraLinear<B>)> {
         let mut v = Vec::new();
         self.bert.push_linears(&mut v);

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
-use burn::tensor::activation::{relu, sigmoid, silu, softmax};
+use burn::tensor::activation::{relu, sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use lora_core::{LoraLinear, TensorFile, WeightLayout};
 use serde::de::DeserializeOwned;
 
 use crate::ModelError;
+use crate::ops::{self, FusedOps, GeluKind};
 
 /// One adapted layer's two features from a forward pass: `p_l` (frozen weights) and `r_l`
 /// (adapter). Taps come in the order of [`lora_core::adapted_paths`].
@@ -104,20 +105,13 @@ impl Activation {
         })
     }
 
-    /// Both GELUs are written out in elementary ops rather than burn's `gelu` /
-    /// `gelu_approximate`: on burn-ndarray 0.21 those cost, forward + backward on a GPT-2 MLP
-    /// activation [4, 128, 3072], 147 ms (erf) and 201 ms (tanh) against 33 ms and 92 ms for the
-    /// forms below (`cargo xtask bench-ops`), because their backward and `powf` / `tanh` run
-    /// element by element in f64. The tanh form uses ½(1 + tanh u) = σ(2u), exact in real
-    /// arithmetic; σ's backward is one product.
-    pub fn forward<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+    /// The GELUs run as fused ops ([`crate::ops`]): one kernel and the analytic derivative
+    /// instead of burn's `gelu` / `gelu_approximate`, whose backward is wrong for the exact GELU
+    /// and, with the rest of the element-wise chain, costs several passes over memory.
+    pub fn forward<B: FusedOps, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Self::Gelu => (x.clone() * (x * std::f64::consts::FRAC_1_SQRT_2).erf().add_scalar(1.0)).mul_scalar(0.5),
-            Self::GeluTanh => {
-                const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-                let cube = x.clone() * x.clone() * x.clone();
-                x.clone() * sigmoid((cube.mul_scalar(0.044715) + x).mul_scalar(2.0 * SQRT_2_OVER_PI))
-            }
+            Self::Gelu => ops::gelu(x, GeluKind::Erf),
+            Self::GeluTanh => ops::gelu(x, GeluKind::Tanh),
             Self::Relu => relu(x),
             Self::Silu => silu(x),
             Self::QuickGelu => x.clone() * sigmoid(x.mul_scalar(1.702)),
@@ -145,7 +139,7 @@ pub(crate) fn causal_bias<B: Backend>(t: usize, device: &B::Device) -> Tensor<B,
 }
 
 /// Multi-head scaled dot-product attention over `[batch, seq, hidden]` projections.
-pub(crate) fn attention<B: Backend>(
+pub(crate) fn attention<B: FusedOps>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
@@ -161,7 +155,7 @@ pub(crate) fn attention<B: Backend>(
     if let Some(bias) = bias {
         scores = scores + bias;
     }
-    softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, d])
+    ops::softmax_last(scores).matmul(v).swap_dims(1, 2).reshape([b, t, d])
 }
 
 /// Self-attention with separate `query`, `key`, `value` projections (BERT's `attention.self`,
@@ -174,7 +168,7 @@ pub struct SelfAttention<B: Backend> {
     pub num_heads: usize,
 }
 
-impl<B: Backend> SelfAttention<B> {
+impl<B: FusedOps> SelfAttention<B> {
     /// Reads `path.{query,key,value}` of a `d × d` attention.
     pub fn load(ck: &mut Checkpoint<B>, path: &str, d: usize, heads: usize, bias: bool) -> Result<Self, ModelError> {
         let mut lin = |name: &str| ck.linear(&format!("{path}.{name}"), d, d, bias, WeightLayout::Linear);

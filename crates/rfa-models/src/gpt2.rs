@@ -16,6 +16,7 @@ use crate::common::StateDict;
 use crate::common::{
     Activation, CausalLmOutput, Checkpoint, SplitMix64, Taps, attention, causal_bias, check_divisible, padding_bias, read_config, tapped,
 };
+use crate::ops::FusedOps;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Gpt2Config {
@@ -122,7 +123,7 @@ pub struct Gpt2LmHeadModel<B: Backend> {
     pub config: Gpt2Config,
 }
 
-impl<B: Backend> Gpt2Block<B> {
+impl<B: FusedOps> Gpt2Block<B> {
     fn forward(&self, x: Tensor<B, 3>, bias: &Tensor<B, 4>, taps: &mut Taps<B>) -> Tensor<B, 3> {
         let a = &self.attn;
         let [_, _, d] = x.dims();
@@ -138,7 +139,7 @@ impl<B: Backend> Gpt2Block<B> {
     }
 }
 
-impl<B: Backend> Gpt2LmHeadModel<B> {
+impl<B: FusedOps> Gpt2LmHeadModel<B> {
     /// Reads `config.json` and `model.safetensors` from `dir` (keys with or without `transformer.`;
     /// the causal-mask buffers `attn.bias` / `attn.masked_bias` of old checkpoints and a stored
     /// `lm_head.weight`, which is tied to `wte`, are ignored).
@@ -334,7 +335,7 @@ fn pick(logits: &[f32], top_k: Option<usize>, temperature: f64, rng: &mut SplitM
     idx[k - 1] as u32
 }
 
-impl<B: Backend> LoraModel<B> for Gpt2LmHeadModel<B> {
+impl<B: FusedOps> LoraModel<B> for Gpt2LmHeadModel<B> {
     fn linears(&self) -> Vec<(String, &LoraLinear<B>)> {
         let mut v = Vec::new();
         for (i, b) in self.transformer.h.iter().enumerate() {

@@ -10,6 +10,7 @@
 pub mod bert;
 pub mod common;
 pub mod gpt2;
+pub mod ops;
 pub mod parity;
 pub mod tokenizer;
 pub mod vit;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 pub use bert::{BertConfig, BertForSequenceClassification, BertModel};
 pub use common::{Activation, CausalLmOutput, ClassifierOutput, Tap, Taps};
 pub use gpt2::{Gpt2Config, Gpt2LmHeadModel, causal_lm_loss};
+pub use ops::{FusedAutodiff, FusedOps, GeluKind};
 pub use tokenizer::TextTokenizer;
 pub use vit::{VitConfig, VitForImageClassification};
 

@@ -14,6 +14,7 @@ use burn::tensor::{Int, Tensor};
 use lora_core::{HostTensor, TensorFile, load_adapter, merge_and_unload};
 
 use crate::gpt2::causal_lm_loss;
+use crate::ops::FusedOps;
 use crate::{Architecture, BertForSequenceClassification, BertModel, Gpt2LmHeadModel, ModelError, VitForImageClassification};
 
 /// Tolerances of the comparison.
@@ -92,7 +93,7 @@ pub enum AnyModel<B: Backend> {
     Vit(VitForImageClassification<B>),
 }
 
-impl<B: Backend> AnyModel<B> {
+impl<B: FusedOps> AnyModel<B> {
     /// Loads the model in `dir` by its `model_type`; a BERT checkpoint with a `classifier` loads
     /// as `BertForSequenceClassification`, one without as `BertModel`.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
@@ -231,7 +232,7 @@ fn mean_block_mse(a: &[HostTensor], b: &[HostTensor]) -> f32 {
 }
 
 /// Checks one fixture directory on backend `B`.
-pub fn check_dir<B: Backend>(dir: &Path, tol: Tolerance, device: &B::Device) -> Result<ParityReport, ModelError> {
+pub fn check_dir<B: FusedOps>(dir: &Path, tol: Tolerance, device: &B::Device) -> Result<ParityReport, ModelError> {
     let reference = TensorFile::open(dir.join("reference.safetensors"))?;
     let mut model = AnyModel::<B>::load(&dir.join("model"), device)?;
     let mut comparisons = Vec::new();

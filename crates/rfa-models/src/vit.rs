@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 use crate::common::{Activation, Checkpoint, ClassifierOutput, SelfAttention, StateDict, Taps, check_divisible, read_config, tapped};
+use crate::ops::FusedOps;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct VitConfig {
@@ -180,7 +181,7 @@ impl<B: Backend> VitEmbeddings<B> {
     }
 }
 
-impl<B: Backend> VitLayer<B> {
+impl<B: FusedOps> VitLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, taps: &mut Taps<B>) -> Tensor<B, 3> {
         let ctx = self.attention.attention.forward(self.layernorm_before.forward(x.clone()), None, taps);
         let x = x + tapped(&self.attention.output, ctx, taps);
@@ -189,7 +190,7 @@ impl<B: Backend> VitLayer<B> {
     }
 }
 
-impl<B: Backend> VitForImageClassification<B> {
+impl<B: FusedOps> VitForImageClassification<B> {
     /// Reads a fine-tuned classifier from `config.json` + `model.safetensors` (keys with or
     /// without `vit.`; a `pooler`, which this head does not use, is ignored).
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
@@ -313,7 +314,7 @@ impl<B: Backend> VitForImageClassification<B> {
     }
 }
 
-impl<B: Backend> VitModel<B> {
+impl<B: FusedOps> VitModel<B> {
     pub fn from_checkpoint(cfg: &VitConfig, act: Activation, ck: &mut Checkpoint<B>) -> Result<Self, ModelError> {
         let (d, eps, lin) = (cfg.hidden_size, cfg.layer_norm_eps, WeightLayout::Linear);
         let (c, p) = (cfg.num_channels, cfg.patch_size);
@@ -346,7 +347,7 @@ impl<B: Backend> VitModel<B> {
     }
 }
 
-impl<B: Backend> LoraModel<B> for VitForImageClassification<B> {
+impl<B: FusedOps> LoraModel<B> for VitForImageClassification<B> {
     fn linears(&self) -> Vec<(String, &LoraLinear<B>)> {
         let mut v = Vec::new();
         for (i, l) in self.vit.layer.iter().enumerate() {

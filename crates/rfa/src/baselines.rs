@@ -29,6 +29,7 @@ use burn::tensor::{Tensor, TensorData};
 use lora_core::{LoraConfig, TargetModules, attach_lora, count_params};
 use rfa_data::{Rng, batches};
 use rfa_loss::baselines::{kl_divergence, npo_loss};
+use rfa_models::FusedAutodiff;
 
 use crate::config::UnlearnConfig;
 use crate::engine::{StepLog, UnlearnLog, bar, scalar};
@@ -83,7 +84,7 @@ impl Method {
 /// Runs one baseline from `m0`. Returns the trained model (with adapters in `lora` mode).
 pub fn unlearn_baseline<B, M>(m0: M, task: &Task<M::Data>, uc: &UnlearnConfig, seed: u64, device: &B::Device) -> Result<(M, UnlearnLog)>
 where
-    B: AutodiffBackend,
+    B: FusedAutodiff,
     M: Learner<B> + AutodiffModule<B>,
     M::InnerModule: Learner<B::InnerBackend, Data = M::Data>,
 {
@@ -296,7 +297,7 @@ fn saliency_mask<B, M>(
     device: &B::Device,
 ) -> Result<HashMap<ParamId, Tensor<B::InnerBackend, 1>>>
 where
-    B: AutodiffBackend,
+    B: FusedAutodiff,
     M: Learner<B> + AutodiffModule<B>,
 {
     if !(uc.salun_ratio > 0.0 && uc.salun_ratio <= 1.0) {

@@ -8,11 +8,12 @@ use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::Tensor;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use lora_core::{LoraConfig, TargetModules, attach_lora, count_params};
 use rfa_data::{Rng, batches};
 use rfa_loss::{FeatureStats, RfaObjective, Targets};
+use rfa_models::{FusedAutodiff, FusedOps};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{TrainConfig, UnlearnConfig};
@@ -50,7 +51,7 @@ pub struct EpochLog {
 /// moments restart). A non-finite loss stops training with an error that names the last good
 /// checkpoint.
 #[allow(clippy::too_many_arguments)]
-pub fn train_model<B: AutodiffBackend, M: Learner<B> + AutodiffModule<B>>(
+pub fn train_model<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
     mut model: M,
     ds: &M::Data,
     indices: &[usize],
@@ -127,7 +128,7 @@ pub fn train_model<B: AutodiffBackend, M: Learner<B> + AutodiffModule<B>>(
 
 /// Saves the model and the epoch log into `dir` (each file atomically; the log last, so that a
 /// kill between the two leaves the previous epoch's state consistent enough to resume).
-fn save_checkpoint<B: Backend, M: Learner<B>>(model: &M, dir: &Path, log: &[EpochLog]) -> Result<()> {
+fn save_checkpoint<B: FusedOps, M: Learner<B>>(model: &M, dir: &Path, log: &[EpochLog]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     model.save(dir)?;
     lora_core::tensors::write_atomic(&dir.join("train_state.json"), serde_json::to_string_pretty(log)?.as_bytes())?;
@@ -162,7 +163,7 @@ pub struct UnlearnLog {
 /// adapters. Padding tokens take part in neither term.
 pub fn unlearn_rfa<B, M>(m0: M, task: &Task<M::Data>, uc: &UnlearnConfig, seed: u64, device: &B::Device) -> Result<(M, UnlearnLog)>
 where
-    B: AutodiffBackend,
+    B: FusedAutodiff,
     M: Learner<B> + AutodiffModule<B>,
     M::InnerModule: Learner<B::InnerBackend, Data = M::Data>,
 {
@@ -295,7 +296,7 @@ pub struct Outputs {
 }
 
 /// Runs `model` (without autodiff) over `indices` of `ds`.
-pub fn outputs<B: Backend, M: Learner<B>>(model: &M, ds: &M::Data, indices: &[usize], device: &B::Device) -> Result<Outputs> {
+pub fn outputs<B: FusedOps, M: Learner<B>>(model: &M, ds: &M::Data, indices: &[usize], device: &B::Device) -> Result<Outputs> {
     let mut o = Outputs { classes: model.num_labels().unwrap_or(0), ..Outputs::default() };
     // Language-model logits are [tokens, vocab]: keep batches small.
     let per_batch = if model.num_labels().is_some() { 128 } else { 16 };

@@ -15,7 +15,7 @@ use lora_core::LoraModel;
 use rfa_data::text::TextDataset;
 use rfa_data::{ImageDataset, Preprocess};
 use rfa_models::tokenizer::TextTokenizer;
-use rfa_models::{BertForSequenceClassification, Gpt2LmHeadModel, Tap, VitForImageClassification};
+use rfa_models::{BertForSequenceClassification, FusedOps, Gpt2LmHeadModel, Tap, VitForImageClassification};
 
 /// A labelled data set the engine can index.
 pub trait Samples {
@@ -233,7 +233,7 @@ pub fn task_loss<B: Backend>(logits: &Logits<B>, batch: &Batch<B>, rows: Range<u
 }
 
 /// A model the engine can train, unlearn and evaluate.
-pub trait Learner<B: Backend>: Module<B> + LoraModel<B> + Sized {
+pub trait Learner<B: FusedOps>: Module<B> + LoraModel<B> + Sized {
     type Data: Samples;
     /// `image classifier`, `text classifier` or `language model`, for messages.
     const KIND: &'static str;
@@ -248,7 +248,7 @@ pub trait Learner<B: Backend>: Module<B> + LoraModel<B> + Sized {
     fn num_labels(&self) -> Option<usize>;
 }
 
-impl<B: Backend> Learner<B> for VitForImageClassification<B> {
+impl<B: FusedOps> Learner<B> for VitForImageClassification<B> {
     type Data = ImageDataset;
     const KIND: &'static str = "image classifier";
 
@@ -292,7 +292,7 @@ fn token_batch<B: Backend>(data: &TokenizedText, idx: &[usize], vocab: usize, de
     Ok(Batch { input: Input::Tokens { ids, mask }, labels: idx.iter().map(|&i| data.text.labels[i]).collect(), next: Some(next) })
 }
 
-impl<B: Backend> Learner<B> for BertForSequenceClassification<B> {
+impl<B: FusedOps> Learner<B> for BertForSequenceClassification<B> {
     type Data = TokenizedText;
     const KIND: &'static str = "text classifier";
 
@@ -322,7 +322,7 @@ impl<B: Backend> Learner<B> for BertForSequenceClassification<B> {
     }
 }
 
-impl<B: Backend> Learner<B> for Gpt2LmHeadModel<B> {
+impl<B: FusedOps> Learner<B> for Gpt2LmHeadModel<B> {
     type Data = TokenizedText;
     const KIND: &'static str = "language model";
 

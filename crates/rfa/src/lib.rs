@@ -26,10 +26,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use rfa_data::ImageDataset;
-use rfa_models::Architecture;
 use rfa_models::tokenizer::TextTokenizer;
+use rfa_models::{Architecture, FusedAutodiff, FusedOps};
 use serde::{Deserialize, Serialize};
 
 use config::RunConfig;
@@ -142,7 +142,7 @@ impl Run {
     }
 
     /// `rfa train` (all of D → `original/`) or `rfa retrain` (Dr only → `retrain/`).
-    pub fn train<B: AutodiffBackend>(&self, retrain: bool, device: &B::Device) -> Result<()> {
+    pub fn train<B: FusedAutodiff>(&self, retrain: bool, device: &B::Device) -> Result<()> {
         let (m, seed) = (&self.cfg.model, self.cfg.seed);
         match self.arch {
             Architecture::Vit => {
@@ -161,7 +161,7 @@ impl Run {
         }
     }
 
-    fn train_with<B: AutodiffBackend, M: Learner<B> + AutodiffModule<B>>(
+    fn train_with<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
         &self,
         model: M,
         task: &Task<M::Data>,
@@ -189,7 +189,7 @@ impl Run {
 
     /// `rfa unlearn --method NAME`: under `NAME/` (or `NAME-s<seed>/`), the adapter (PEFT) when
     /// adapters were trained, and the merged model (Hugging Face).
-    pub fn unlearn<B: AutodiffBackend>(&self, device: &B::Device) -> Result<()> {
+    pub fn unlearn<B: FusedAutodiff>(&self, device: &B::Device) -> Result<()> {
         if !config::METHODS.contains(&self.cfg.unlearn.method.as_str()) {
             bail!("unknown unlearning method `{}` ({})", self.cfg.unlearn.method, config::METHODS.join(", "));
         }
@@ -202,7 +202,7 @@ impl Run {
 
     fn unlearn_with<B, M>(&self, task: &Task<M::Data>, device: &B::Device) -> Result<()>
     where
-        B: AutodiffBackend,
+        B: FusedAutodiff,
         M: Learner<B> + AutodiffModule<B>,
         M::InnerModule: Learner<Inner<B>, Data = M::Data>,
     {
@@ -274,7 +274,7 @@ impl Run {
     /// The models the report compares: M0, M*, and every unlearning result in the run (M0 with
     /// its adapter, or its merged / fully trained model), each with the record of the phase
     /// that made it.
-    fn evaluated_models<B: Backend, M: Learner<B>>(&self, device: &B::Device) -> Result<Vec<(String, M, PhaseRecord)>> {
+    fn evaluated_models<B: FusedOps, M: Learner<B>>(&self, device: &B::Device) -> Result<Vec<(String, M, PhaseRecord)>> {
         let mut v = Vec::new();
         for (name, dir) in [("original (M0)", "original"), ("retrain (M*)", "retrain")] {
             let path = self.dir.join(dir);
@@ -299,7 +299,7 @@ impl Run {
     }
 
     /// `rfa eval`: metrics of M0, M*, RFA → report.json, report.md, plots.
-    pub fn eval<B: AutodiffBackend>(&self, backend: &str, device: &B::Device) -> Result<Report> {
+    pub fn eval<B: FusedAutodiff>(&self, backend: &str, device: &B::Device) -> Result<Report> {
         match self.arch {
             Architecture::Vit => self.eval_classifier::<Inner<B>, Vit<Inner<B>>>(self.images()?, backend, device),
             Architecture::Bert => self.eval_classifier::<Inner<B>, Bert<Inner<B>>>(self.text()?, backend, device),
@@ -325,7 +325,7 @@ impl Run {
         }
     }
 
-    fn eval_classifier<B: Backend, M: Learner<B>>(&self, t: &Task<M::Data>, backend: &str, device: &B::Device) -> Result<Report> {
+    fn eval_classifier<B: FusedOps, M: Learner<B>>(&self, t: &Task<M::Data>, backend: &str, device: &B::Device) -> Result<Report> {
         let test_idx: Vec<usize> = (0..t.test.len()).collect();
         let mut evaluated = Vec::new();
         for (name, model, rec) in self.evaluated_models::<B, M>(device)? {
@@ -355,7 +355,7 @@ impl Run {
 
     /// Language-model evaluation: perplexities, loss and Min-K% attacks of Df against held-out
     /// text, greedy generations from Df and Dr prompts.
-    fn eval_lm<B: Backend>(&self, backend: &str, device: &B::Device) -> Result<Report> {
+    fn eval_lm<B: FusedOps>(&self, backend: &str, device: &B::Device) -> Result<Report> {
         use rfa_eval::{auc, feature_distance, mean_nll, min_k_prob, perplexity};
         let t = self.text()?;
         let tok = &self.tokenizer.as_ref().context("text run without tokenizer")?.0;

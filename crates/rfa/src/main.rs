@@ -178,7 +178,7 @@ fn run() -> Result<()> {
     }
 }
 
-fn dispatch<B: burn::tensor::backend::AutodiffBackend>(cli: &Cli, common: &Common, backend: &str, device: &B::Device) -> Result<()> {
+fn dispatch<B: rfa_models::FusedAutodiff>(cli: &Cli, common: &Common, backend: &str, device: &B::Device) -> Result<()> {
     let mut cfg = common.resolve()?;
     if let Cmd::Unlearn { method: Some(m), .. } = &cli.cmd {
         cfg.unlearn.method = m.clone();

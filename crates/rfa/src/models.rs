@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::Backend;
 use rfa_models::tokenizer::TextTokenizer;
-use rfa_models::{Architecture, BertForSequenceClassification, Gpt2Config, Gpt2LmHeadModel, VitConfig, VitForImageClassification};
+use rfa_models::{
+    Architecture, BertForSequenceClassification, FusedOps, Gpt2Config, Gpt2LmHeadModel, VitConfig, VitForImageClassification,
+};
 
 use crate::config::ModelConfig;
 
@@ -62,7 +63,7 @@ pub fn gpt2_preset(model: &ModelConfig, vocab: usize, eos: Option<u32>) -> Resul
 }
 
 /// The ViT to train as the original (and as the retrained gold standard).
-pub fn initial_vit<B: Backend>(model: &ModelConfig, classes: &[String], channels: usize, seed: u64, device: &B::Device) -> Result<Vit<B>> {
+pub fn initial_vit<B: FusedOps>(model: &ModelConfig, classes: &[String], channels: usize, seed: u64, device: &B::Device) -> Result<Vit<B>> {
     Ok(match (&model.path, &model.config) {
         (Some(p), _) => lora_core::unfreeze(Vit::load_with_new_head(p, classes.len(), seed, device)?),
         (None, Some(c)) => {
@@ -76,13 +77,13 @@ pub fn initial_vit<B: Backend>(model: &ModelConfig, classes: &[String], channels
 }
 
 /// A pre-trained BERT with a fresh classification head.
-pub fn initial_bert<B: Backend>(model: &ModelConfig, classes: usize, seed: u64, device: &B::Device) -> Result<Bert<B>> {
+pub fn initial_bert<B: FusedOps>(model: &ModelConfig, classes: usize, seed: u64, device: &B::Device) -> Result<Bert<B>> {
     let p = model.path.as_ref().context("BERT needs model.path: a pre-trained checkpoint")?;
     Ok(lora_core::unfreeze(Bert::load_with_new_head(p, classes, seed, device)?))
 }
 
 /// The language model to train: a checkpoint to continue, a `config.json` or a preset.
-pub fn initial_gpt2<B: Backend>(model: &ModelConfig, tok: &TextTokenizer, seed: u64, device: &B::Device) -> Result<Gpt2<B>> {
+pub fn initial_gpt2<B: FusedOps>(model: &ModelConfig, tok: &TextTokenizer, seed: u64, device: &B::Device) -> Result<Gpt2<B>> {
     let eos = eos_id(tok);
     let m = match (&model.path, &model.config) {
         (Some(p), _) => lora_core::unfreeze(Gpt2::load(p, device)?),

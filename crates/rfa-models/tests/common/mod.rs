@@ -22,7 +22,7 @@ pub fn fixtures() -> PathBuf {
 /// Gradients of every adapter matrix (A then B, in tap order) for one backward pass through the
 /// GPT-2 fixture with its peft adapter: causal-LM loss plus the RFA retain term (mean squared
 /// residual of every tap), so both the logits path and the taps are differentiated.
-pub fn gpt2_lora_grads<AB: burn::tensor::backend::AutodiffBackend>(
+pub fn gpt2_lora_grads<AB: rfa_models::FusedAutodiff>(
     device: &AB::Device,
     base_dtype: Option<burn::tensor::DType>,
 ) -> (f32, Vec<Vec<f32>>) {
