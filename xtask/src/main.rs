@@ -21,6 +21,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use rfa_models::parity::{Tolerance, check_dir};
 
+/// The `rfa` binary's allocator and policy (`rfa::alloc`: mimalloc, freed memory kept), so that
+/// the benchmark times what users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rfa project tasks")]
 struct Cli {
@@ -106,6 +111,10 @@ fn root() -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    // rfa::alloc::keep_freed_memory (xtask drives the rfa binary rather than linking it):
+    // mi_option_purge_delay = −1.
+    // SAFETY: sets a global option of the global allocator.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     match run() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -11,6 +11,7 @@
 //! report.json, report.md        metrics of M0, M*, RFA
 //! ```
 
+pub mod alloc;
 pub mod baselines;
 pub mod compare;
 pub mod config;

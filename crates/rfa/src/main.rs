@@ -126,6 +126,7 @@ fn set_key(doc: &mut toml::Table, key: &str, value: &str) -> Result<()> {
 }
 
 fn main() {
+    rfa::alloc::keep_freed_memory();
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
