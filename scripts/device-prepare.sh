@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
 # Builds what scripts/device-run.sh needs on the GPU machine and puts it in .device/ (ignored by
 # git; name it in the device tool's `carry`). Binaries are stripped and gzipped: the carry is
-# limited to 64 MiB.
+# limited to 64 MiB. CIFAR=1 adds the `rfa` binary and CIFAR-10 for scripts/device-cifar10.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDARC_CUDA_VERSION=13000 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target-cuda}
-cargo build --release --features cuda -p rfa -p xtask
+cargo build --release --features cuda -p xtask
+mkdir -p .device
+pack() { strip -o "/tmp/$2" "$1" && gzip -c "/tmp/$2" > ".device/$2.gz" && rm "/tmp/$2"; }
+pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda
+# The same benchmark with burn's kernel fusion (cargo keeps both feature sets' builds apart).
+cargo build --release --features fusion -p xtask
+pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda-fusion
 test_bin=$(cargo test --release --features cuda -p rfa-models --test cuda --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"): print(m["executable"])')
-mkdir -p .device
-pack() { strip -o "/tmp/$2" "$1" && gzip -c "/tmp/$2" > ".device/$2.gz" && rm "/tmp/$2"; }
-pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda
-pack "$CARGO_TARGET_DIR/release/rfa" rfa
 pack "$test_bin" rfa-models-cuda-tests
 cp "${SHARED:-../shared}/bench/torch_rfa_reference.py" .device/
-[ -f .device/cifar10_jpeg_q75.tar.gz ] || tar czf .device/cifar10_jpeg_q75.tar.gz -C "${ASSETS:-$HOME/.cache/rfa-assets}/cifar10" .
+if [ "${CIFAR:-0}" = 1 ]; then
+  cargo build --release --features cuda -p rfa
+  pack "$CARGO_TARGET_DIR/release/rfa" rfa
+  [ -f .device/cifar10_jpeg_q75.tar.gz ] || tar czf .device/cifar10_jpeg_q75.tar.gz -C "${ASSETS:-$HOME/.cache/rfa-assets}/cifar10" .
+fi
 du -ch .device/* | tail -1

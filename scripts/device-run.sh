@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# One call on the lent GPU machine (the `device` tool) for issues 6 and 3, within TOTAL_S seconds:
+# One call on the lent GPU machine (the `device` tool) for issue 6, within TOTAL_S seconds, most
+# important first (each part runs only if its time is left):
 #   1. CUDA tests (parity, LoRA gradients f32 and with bf16 base weights vs the CPU);
 #   2. the RFA step benchmark, burn-cuda (`xtask bench`), GPT-2 small / BERT-base / ViT-B/16 at the
-#      PyTorch reference's shapes, f32 then bf16, one process per row (so that nvidia-smi's peak
-#      memory belongs to that row), with a fresh persistent PTX cache and a compile log; then
-#      the first configuration again with the cache warm (time to first step, cold vs warm);
+#      PyTorch reference's shapes, f32, one process per row (so that nvidia-smi's peak memory
+#      belongs to that row), with a persistent PTX cache and a compile log per row;
 #   3. the PyTorch + transformers + peft reference (bench/torch_rfa_reference.py), same shapes,
-#      one process per row, nvidia-smi peak alongside torch's own max_memory_allocated; then its
-#      f32 rows again with TF32 matmuls (bench/torch_variants.py), as burn-cuda computes f32;
-#   4. with the time left: full CIFAR-10, random 10 % forgetting (M0, M*, RFA, report).
-# Expects in .device/ (scripts/device-prepare.sh puts them there): xtask-cuda.gz, rfa.gz,
-# rfa-models-cuda-tests.gz (built `--release --features cuda` with CUDARC_CUDA_VERSION=13000,
-# stripped and gzipped to fit the 64 MiB carry), torch_rfa_reference.py, cifar10_jpeg_q75.tar.gz;
-# fixtures/ comes with the tree.
+#      f32 one process per row (nvidia-smi peak alongside torch's max_memory_allocated), then its
+#      f32 rows with TF32 matmuls (bench/torch_variants.py), as burn-cuda computes f32;
+#   4. the burn rows again from the build with burn's kernel fusion (`xtask-cuda-fusion`);
+#   5. bf16: PyTorch autocast, burn, burn with fusion;
+#   6. the per-op profile (`xtask bench-ops`) at GPT-2 small's shapes, without and with fusion.
+# Expects in .device/ (scripts/device-prepare.sh puts them there): xtask-cuda.gz,
+# xtask-cuda-fusion.gz, rfa-models-cuda-tests.gz (built `--release` with CUDARC_CUDA_VERSION=13000,
+# stripped and gzipped to fit the 64 MiB carry), torch_rfa_reference.py; fixtures/ comes with the
+# tree. (Full CIFAR-10 on the GPU: scripts/device-cifar10.sh.)
 # Everything it writes is packed into $OUT/device-run.tgz at the end (the device tool returns only
 # a limited number of files); every part runs under its own time limit and a failure does not
 # stop the next part.
@@ -32,14 +34,9 @@ mkdir -p "$out/bench" "$out/torch" "$out/tests"
 cat "$out/device.txt"
 bin=$(mktemp -d)
 mkdir -p "$bin"
-for x in xtask-cuda rfa rfa-models-cuda-tests; do
+for x in xtask-cuda xtask-cuda-fusion rfa-models-cuda-tests; do
   gunzip -c ".device/$x.gz" > "$bin/$x" && chmod +x "$bin/$x"
 done
-
-# CIFAR-10 unpacks on the CPU while the GPU parts run (needed only at the end).
-data=/tmp/cifar10
-(mkdir -p "$data" && tar xzf .device/cifar10_jpeg_q75.tar.gz -C "$data") &
-untar=$!
 
 # Peak GPU memory of one command: nvidia-smi sampled every 50 ms (MiB, whole device, so CUDA
 # context and allocator pools included); writes the peak to $2.
@@ -70,8 +67,8 @@ done
 # compilation) per row.
 cache=/tmp/cubecl-cache
 rm -rf "$cache"
-bench_row() { # name config dtype limit
-  local name=$1 cfg=$2 dt=$3 limit=$4 dir=/tmp/bench-$1
+bench_row() { # name config dtype limit [binary]
+  local name=$1 cfg=$2 dt=$3 limit=$4 exe=${5:-xtask-cuda} dir=/tmp/bench-$1
   mkdir -p "$dir"
   cat > "$dir/cubecl.toml" <<EOF
 [compilation]
@@ -83,7 +80,7 @@ append = false
 EOF
   local s=$(date +%s.%N)
   (cd "$dir" && with_mem "$out/bench/$name.mem" "$out/bench/$name.peak_mib" \
-    timeout "$limit" "$bin/xtask-cuda" bench --backends cuda --configs "$cfg" --dtypes "$dt" --warmup 3 --steps 10 \
+    timeout "$limit" "$bin/$exe" bench --backends cuda --configs "$cfg" --dtypes "$dt" --warmup 3 --steps 10 \
     > "$out/bench/$name.json" 2> "$out/bench/$name.err")
   local rc=$?
   rm -f "$out/bench/$name.mem"
@@ -95,59 +92,47 @@ vit=vit:12x768:12:64:224
 for m in gpt2 bert vit; do
   [ "$(left)" -gt 330 ] && bench_row "$m-f32" "${!m}" f32 75
 done
-# The same process again with every kernel in the PTX cache: what a second run costs to start.
-[ "$(left)" -gt 250 ] && bench_row gpt2-f32-warm-cache "$gpt2" f32 60
-du -sh "$cache" > "$out/bench/ptx_cache_size.txt" 2>&1
-ls "$cache" >> "$out/bench/ptx_cache_size.txt" 2>&1
-# Per-op profile at GPT-2 small's MLP / attention shapes (8 × 512 tokens).
-if [ "$(left)" -gt 280 ]; then
-  (cd /tmp/bench-gpt2-f32 && timeout 40 "$bin/xtask-cuda" bench-ops --backends cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-cuda.jsonl" 2> "$out/bench/ops-cuda.err")
-  note "bench-ops cuda rc=$?"
-fi
 
-# 3. PyTorch reference, one row per process.
+# 3. PyTorch reference, one row per process; then its f32 rows with TF32 matmuls.
+torch_row() { # model dtype
+  local m=$1 dt=$2 s=$(date +%s.%N)
+  with_mem "$out/torch/$m-$dt.mem" "$out/torch/$m-$dt.peak_mib" \
+    timeout 60 python3 .device/torch_rfa_reference.py --models "$m" --dtypes "$dt" --variants branch --warmup 3 --steps 10 \
+    > "$out/torch/$m-$dt.jsonl" 2> "$out/torch/$m-$dt.err"
+  local rc=$?
+  rm -f "$out/torch/$m-$dt.mem"
+  note "torch $m-$dt rc=$rc wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}") peak_mib=$(cat "$out/torch/$m-$dt.peak_mib")"
+}
 for m in gpt2 bert vit; do
-  for dt in fp32 bf16; do
-    [ "$(left)" -gt 250 ] || continue
-    s=$(date +%s.%N)
-    with_mem "$out/torch/$m-$dt.mem" "$out/torch/$m-$dt.peak_mib" \
-      timeout 60 python3 .device/torch_rfa_reference.py --models "$m" --dtypes "$dt" --variants branch --warmup 3 --steps 10 \
-      > "$out/torch/$m-$dt.jsonl" 2> "$out/torch/$m-$dt.err"
-    rc=$?
-    rm -f "$out/torch/$m-$dt.mem"
-    note "torch $m-$dt rc=$rc wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}") peak_mib=$(cat "$out/torch/$m-$dt.peak_mib")"
-  done
+  [ "$(left)" -gt 270 ] && torch_row "$m" fp32
 done
-
-# burn bf16 rows (after torch: f32 side by side comes first).
-for m in gpt2 bert vit; do
-  [ "$(left)" -gt 230 ] && bench_row "$m-bf16" "${!m}" bf16 50
-done
-
-# PyTorch with TF32 matmuls in f32 (burn-cuda's f32 is TF32 too): like-for-like f32 rows.
-if [ "$(left)" -gt 200 ]; then
+if [ "$(left)" -gt 240 ]; then
   s=$(date +%s.%N)
   timeout 60 python3 bench/torch_variants.py .device/torch_rfa_reference.py --device cuda --tf32 --models gpt2,bert,vit \
     --dtypes fp32 --warmup 3 --steps 10 > "$out/torch/tf32.jsonl" 2> "$out/torch/tf32.err"
   note "torch tf32 rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
 fi
 
-# 4. CIFAR-10, random 10 %: epochs sized to the time left (assumes >= 3,500 training samples/s
-# at batch 512, measured 3,800-4,300 at batch 128 on this card; 150 s kept for loading, RFA and
-# evaluation).
-wait $untar
-budget=$(($(left) - 150))
-if [ "$budget" -gt 60 ]; then
-  epochs=$(python3 -c "print(max(2, min(40, int($budget * 3500 / 95000))))")
-  note "cifar10 random 10 %: $epochs epochs (budget ${budget}s)"
-  timeout $(($(left) - 10)) "$bin/rfa" demo --device cuda --name cifar10-random10 --runs-dir "$out/runs" \
-    --set 'data.dataset="image-folder"' --set "data.path=\"$data\"" --set 'model.preset="vit-small"' \
-    --set train.batch_size=512 --set train.lr=2e-3 --set train.epochs="$epochs" \
-    --set unlearn.epochs=1 --set unlearn.lr=2e-3 --forget random:10 > "$out/cifar10.log" 2>&1
-  note "cifar10 rc=$?"
-  find "$out/runs" -name model.safetensors -delete
-fi
+# 4. burn with kernel fusion (its own kernels: a cold cache, compile log per row).
+for m in gpt2 bert vit; do
+  [ "$(left)" -gt 150 ] && bench_row "$m-f32-fusion" "${!m}" f32 90 xtask-cuda-fusion
+done
+
+# 5. bf16.
+for m in gpt2 bert vit; do
+  [ "$(left)" -gt 110 ] && torch_row "$m" bf16
+  [ "$(left)" -gt 90 ] && bench_row "$m-bf16" "${!m}" bf16 45
+  [ "$(left)" -gt 70 ] && bench_row "$m-bf16-fusion" "${!m}" bf16 45 xtask-cuda-fusion
+done
+du -sh "$cache" > "$out/bench/ptx_cache_size.txt" 2>&1
+
+# 6. Per-op profile at GPT-2 small's MLP / attention shapes (8 × 512 tokens).
+for exe in xtask-cuda xtask-cuda-fusion; do
+  if [ "$(left)" -gt 30 ]; then
+    (cd /tmp/bench-gpt2-f32 && timeout 25 "$bin/$exe" bench-ops --backends cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-$exe.jsonl" 2> "$out/bench/ops-$exe.err")
+    note "bench-ops $exe rc=$?"
+  fi
+done
 note "done"
 tar czf "$final/device-run.tgz" -C "$out" .
-tail -5 "$out/cifar10.log" 2>/dev/null
 cat "$out"/bench/*.json "$out"/torch/*.jsonl 2>/dev/null
