@@ -178,7 +178,17 @@ pub fn run<B: FusedAutodiff>(
         "total_s": r3(start.elapsed().as_secs_f64()),
         "samples_per_s": (n as f64 / (med / 1000.0) * 10.0).round() / 10.0,
         "approx_gflops": (flops / (med / 1000.0) / 1e9 * 10.0).round() / 10.0,
+        // The process's peak resident memory, as the PyTorch reference reports on CPU
+        // (ru_maxrss); on CUDA the device's peak is nvidia-smi's (scripts/device-run.sh).
+        "peak_rss_gib": peak_rss_gib().map(|g| (g * 100.0).round() / 100.0),
     }))
+}
+
+/// `VmHWM` of /proc/self/status (Linux), in GiB.
+fn peak_rss_gib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / (1024.0 * 1024.0))
 }
 
 #[cfg(test)]
@@ -195,6 +205,9 @@ mod tests {
             assert!(row["step_ms_median"].as_f64().unwrap() > 0.0 && row["first_step_ms"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["trainable"].as_u64().unwrap() > 0 && row["trainable"].as_u64() < row["params"].as_u64(), "{row}");
             assert_eq!(row["steps_timed"], 1);
+            if cfg!(target_os = "linux") {
+                assert!(row["peak_rss_gib"].as_f64().unwrap() > 0.0, "{row}");
+            }
         }
         let bad = Shape { model: "llama".into(), layers: 1, width: 32, heads: 2, batch: 1, seq: 8 };
         assert!(run::<AB>(&bad, "f32", 1, 0, "cpu", &Default::default()).is_err());

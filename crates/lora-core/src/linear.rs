@@ -124,10 +124,10 @@ impl<B: Backend> LoraLinear<B> {
     ///
     /// The product runs on a `[rows, in]` view of x, as one GEMM: burn's `linear` op broadcasts
     /// a 2-d weight against a 3-d input by reshaping its transpose in the backward pass, which
-    /// burn-flex does by copying the weight. Measured on flex, interleaved runs on this 2-core
-    /// machine: GPT-2 small step 3.35–3.50 s against 4.0–4.6 s through `Linear::forward` and
-    /// 4.0–4.4 s as a batched product with the weight unsqueezed; the demo's ViT 17.0–17.7 ms
-    /// against 19.0–20.2 ms. The view is free for the contiguous inputs the models pass.
+    /// burn-flex does by copying the weight. Measured on flex (interleaved runs on a 2-core
+    /// machine, fastest step per run): GPT-2 small step 3.35–3.50 s against 4.0–4.6 s through
+    /// `Linear::forward` and 4.0–4.4 s as a batched product with the weight unsqueezed; the
+    /// demo's ViT 17.0–17.7 ms against 19.0–20.2 ms. The view is free for contiguous inputs.
     fn base_forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let mut out = x.dims();
         let d_in = out[D - 1];
