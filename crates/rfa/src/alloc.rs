@@ -1,9 +1,9 @@
 //! The binaries' allocator policy. Tensors of tens of MiB are freed and allocated again on every
 //! step; an allocator that hands them back to the OS pays to fault and zero the pages each time:
-//! glibc (over 32 MiB) at once, mimalloc after its `purge_delay` (1 s in mimalloc 3, 10 ms in 2). On the GPT-2-small
-//! flex step that was 8 % (glibc) and 14 % (mimalloc) of the time in the kernel's `clear_page`;
-//! with purging off the step went from 3.6–4.4 s to 3.1–3.7 s (medians of interleaved runs,
-//! this 2-core machine). The cost is that the process keeps its peak memory until it exits.
+//! glibc (over 32 MiB) at once, mimalloc after its `purge_delay` (1 s in mimalloc 3, 10 ms in
+//! 2). On the GPT-2-small flex step that was 8 % (glibc) and 14 % (mimalloc) of the time in the
+//! kernel's `clear_page`; with purging off the step went from 3.6–4.4 s to 3.1–3.7 s (medians of
+//! interleaved runs, this 2-core machine). The cost: the process keeps its peak memory until exit.
 
 /// `mi_option_purge_delay` in mimalloc 2.x and 3.x's `mi_option_e` (libmimalloc-sys names no
 /// constant for it); a test checks that the index still holds the option's default.
