@@ -72,7 +72,6 @@ pub fn softmax_last<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D
 }
 
 impl FusedOps for burn::backend::NdArray<f32> {}
-impl FusedOps for burn::backend::NdArray<f64> {}
 #[cfg(feature = "cuda")]
 impl FusedOps for burn::backend::Cuda<f32, i32> {}
 
