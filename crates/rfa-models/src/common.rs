@@ -147,15 +147,7 @@ pub(crate) fn attention<B: FusedOps>(
     scale: f64,
     bias: Option<Tensor<B, 4>>,
 ) -> Tensor<B, 3> {
-    let [b, t, d] = q.dims();
-    let dh = d / n_heads;
-    let heads = |x: Tensor<B, 3>| x.reshape([b, t, n_heads, dh]).swap_dims(1, 2);
-    let (q, k, v) = (heads(q), heads(k), heads(v));
-    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-    if let Some(bias) = bias {
-        scores = scores + bias;
-    }
-    ops::softmax_last(scores).matmul(v).swap_dims(1, 2).reshape([b, t, d])
+    ops::attention(q, k, v, bias, n_heads, scale)
 }
 
 /// Self-attention with separate `query`, `key`, `value` projections (BERT's `attention.self`,
@@ -205,7 +197,7 @@ pub fn read_config<C: DeserializeOwned>(path: &Path) -> Result<C, ModelError> {
 }
 
 pub(crate) fn check_divisible(path: &Path, hidden: usize, heads: usize) -> Result<(), ModelError> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(ModelError::Config {
             path: path.to_path_buf(),
             reason: format!("hidden size {hidden} is not divisible by the number of attention heads {heads}"),

@@ -55,6 +55,47 @@ pub trait FusedOps: Backend {
     fn fused_softmax_backward(y: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         fallback::softmax_last_backward::<Self>(y, grad)
     }
+
+    /// Multi-head scaled dot-product attention on `[batch, seq, heads · d]` projections:
+    /// `softmax(q_h k_hᵀ · scale + bias) v_h` per head, heads concatenated again in the output
+    /// `[batch, seq_q, heads · d_v]` — the layout the output projection reads. `q` `[b, tq, c]`,
+    /// `k` `[b, tk, c]`, `v` `[b, tk, cv]`; `bias` broadcasts to `[b, heads, tq, tk]` and is a
+    /// constant (masks): no gradient reaches it.
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        heads: usize,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        Self::fused_attention_probs(q, k, v, bias, heads, scale).0
+    }
+
+    /// [`FusedOps::fused_attention`] and its attention weights `[b, heads, tq, tk]`, which the
+    /// backward pass needs.
+    fn fused_attention_probs(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        heads: usize,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        fallback::attention::<Self>(q, k, v, bias, heads, scale)
+    }
+
+    /// The gradients of `q`, `k` and `v` from the output's gradient and the attention weights.
+    fn fused_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f64,
+    ) -> [FloatTensor<Self>; 3] {
+        fallback::attention_backward::<Self>(q, k, v, probs, grad, scale)
+    }
 }
 
 /// An autodiff backend whose inner backend has the fused operations too (evaluation runs on it).
@@ -69,6 +110,53 @@ pub fn gelu<B: FusedOps, const D: usize>(x: Tensor<B, D>, kind: GeluKind) -> Ten
 /// Softmax over the last dimension of a tensor of any rank.
 pub fn softmax_last<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_softmax(x.into_primitive().tensor())))
+}
+
+/// Multi-head attention; see [`FusedOps::fused_attention`].
+pub fn attention<B: FusedOps>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    bias: Option<Tensor<B, 4>>,
+    heads: usize,
+    scale: f64,
+) -> Tensor<B, 3> {
+    let p = |x: Tensor<B, 3>| x.into_primitive().tensor();
+    let bias = bias.map(|b| b.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(p(q), p(k), p(v), bias, heads, scale)))
+}
+
+/// The sizes of an attention call, checked: `[b, tq, c]`, `[b, tk, c]`, `[b, tk, cv]`, heads
+/// dividing `c` and `cv`, a bias that broadcasts to `[b, heads, tq, tk]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AttentionDims {
+    pub batch: usize,
+    pub heads: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub dk: usize,
+    pub dv: usize,
+}
+
+impl AttentionDims {
+    pub(crate) fn new(q: &Shape, k: &Shape, v: &Shape, bias: Option<&Shape>, heads: usize) -> Self {
+        let dims3 = |s: &Shape, name: &str| -> [usize; 3] {
+            assert_eq!(s.num_dims(), 3, "attention: {name} must be [batch, seq, hidden], got {s:?}");
+            [s[0], s[1], s[2]]
+        };
+        let ([b, tq, c], [bk, tk, ck], [bv, tv, cv]) = (dims3(q, "query"), dims3(k, "key"), dims3(v, "value"));
+        assert!(b == bk && b == bv, "attention: batch sizes differ (query {b}, key {bk}, value {bv})");
+        assert_eq!(tk, tv, "attention: key and value lengths differ");
+        assert_eq!(c, ck, "attention: query and key widths differ");
+        assert!(heads > 0 && c.is_multiple_of(heads) && cv.is_multiple_of(heads), "attention: {heads} heads do not divide widths {c} / {cv}");
+        if let Some(bs) = bias {
+            assert_eq!(bs.num_dims(), 4, "attention: the bias must be 4-d, got {bs:?}");
+            for (i, want) in [b, heads, tq, tk].into_iter().enumerate() {
+                assert!(bs[i] == want || bs[i] == 1, "attention: bias {bs:?} does not broadcast to [{b}, {heads}, {tq}, {tk}]");
+            }
+        }
+        Self { batch: b, heads, tq, tk, dk: c / heads, dv: cv / heads }
+    }
 }
 
 impl FusedOps for burn::backend::NdArray<f32> {}
@@ -147,6 +235,54 @@ pub mod fallback {
         let dot = (grad.clone() * y.clone()).sum_dim(1);
         B::float_reshape((y * (grad - dot)).into_primitive().tensor(), shape)
     }
+
+    /// `[b, t, heads · d]` → `[b, heads, t, d]` (a view where the backend allows).
+    fn split_heads<B: Backend>(x: FloatTensor<B>, heads: usize) -> Tensor<B, 4> {
+        let [b, t, c] = tensor::<B, 3>(x.clone()).dims();
+        tensor::<B, 3>(x).reshape([b, t, heads, c / heads]).swap_dims(1, 2)
+    }
+
+    fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> FloatTensor<B> {
+        let [b, h, t, d] = x.dims();
+        x.swap_dims(1, 2).reshape([b, t, h * d]).into_primitive().tensor()
+    }
+
+    pub fn attention<B: FusedOps>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        v: FloatTensor<B>,
+        bias: Option<FloatTensor<B>>,
+        heads: usize,
+        scale: f64,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        AttentionDims::new(&q.shape(), &k.shape(), &v.shape(), bias.as_ref().map(|b| b.shape()).as_ref(), heads);
+        let mut scores = split_heads::<B>(q, heads).matmul(split_heads::<B>(k, heads).swap_dims(2, 3)).mul_scalar(scale);
+        if let Some(bias) = bias {
+            scores = scores + tensor::<B, 4>(bias);
+        }
+        let probs = super::softmax_last(scores);
+        (merge_heads(probs.clone().matmul(split_heads::<B>(v, heads))), probs.into_primitive().tensor())
+    }
+
+    pub fn attention_backward<B: FusedOps>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        v: FloatTensor<B>,
+        probs: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        scale: f64,
+    ) -> [FloatTensor<B>; 3] {
+        let probs = tensor::<B, 4>(probs);
+        let heads = probs.dims()[1];
+        let grad = split_heads::<B>(grad, heads);
+        let dv = probs.clone().swap_dims(2, 3).matmul(grad.clone());
+        let dprobs = grad.matmul(split_heads::<B>(v, heads).swap_dims(2, 3));
+        let dscores =
+            tensor::<B, 4>(B::fused_softmax_backward(probs.into_primitive().tensor(), dprobs.into_primitive().tensor())).mul_scalar(scale);
+        let dq = dscores.clone().matmul(split_heads::<B>(k, heads));
+        let dk = dscores.swap_dims(2, 3).matmul(split_heads::<B>(q, heads));
+        [merge_heads(dq), merge_heads(dk), merge_heads(dv)]
+    }
 }
 
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
@@ -194,6 +330,46 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(B::fused_softmax(x.primitive)),
         }
     }
+
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        heads: usize,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionBackward(f64);
+
+        impl<B: FusedOps> Backward<B, 3> for AttentionBackward {
+            // q, k, v and the attention weights: what the decomposed graph keeps too, without
+            // its scaled and biased scores.
+            type State = [FloatTensor<B>; 4];
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let [q, k, v, probs] = ops.state;
+                let d = B::fused_attention_backward(q, k, v, probs, grad, self.0);
+                for (node, d) in ops.parents.into_iter().zip(d) {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, d);
+                    }
+                }
+            }
+        }
+
+        let bias = bias.map(|b| b.primitive);
+        let parents = [q.node.clone(), k.node.clone(), v.node.clone()];
+        match AttentionBackward(scale).prepare::<C>(parents).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (out, probs) =
+                    B::fused_attention_probs(q.primitive.clone(), k.primitive.clone(), v.primitive.clone(), bias, heads, scale);
+                prep.finish([q.primitive, k.primitive, v.primitive, probs], out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(q.primitive, k.primitive, v.primitive, bias, heads, scale)),
+        }
+    }
 }
 
 /// burn-flex: the f32 case runs [`kernels`]; other float types take the fallback.
@@ -235,6 +411,53 @@ impl FusedOps for Flex {
         let (y, grad) = (y.to_contiguous(), grad.to_contiguous());
         flex_f32(kernels::softmax_rows_backward(f32s(&y), f32s(&grad), last), shape)
     }
+
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        heads: usize,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        if !all_f32(&[&q, &k, &v]) || bias.as_ref().is_some_and(|b| b.dtype() != DType::F32) {
+            return fallback::attention::<Self>(q, k, v, bias, heads, scale).0;
+        }
+        attention::forward(&q, &k, &v, bias.as_ref(), heads, scale, false).0
+    }
+
+    fn fused_attention_probs(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        heads: usize,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if !all_f32(&[&q, &k, &v]) || bias.as_ref().is_some_and(|b| b.dtype() != DType::F32) {
+            return fallback::attention::<Self>(q, k, v, bias, heads, scale);
+        }
+        let (out, probs) = attention::forward(&q, &k, &v, bias.as_ref(), heads, scale, true);
+        (out, probs.expect("attention weights were asked for"))
+    }
+
+    fn fused_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f64,
+    ) -> [FloatTensor<Self>; 3] {
+        if !all_f32(&[&q, &k, &v, &probs, &grad]) {
+            return fallback::attention_backward::<Self>(q, k, v, probs, grad, scale);
+        }
+        attention::backward(&q, &k, &v, &probs, &grad, scale)
+    }
+}
+
+fn all_f32(ts: &[&FlexTensor]) -> bool {
+    ts.iter().all(|t| t.dtype() == DType::F32)
 }
 
 fn f32s(x: &FlexTensor) -> &[f32] {
@@ -244,6 +467,8 @@ fn f32s(x: &FlexTensor) -> &[f32] {
 fn flex_f32(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
 }
+
+mod attention;
 
 /// Single-pass f32 loops, split over rayon's threads in blocks and written so that the compiler
 /// vectorises them (AVX2 + FMA when the CPU has them, chosen at run time): `exp` by range
@@ -416,6 +641,35 @@ pub mod kernels {
         (BLOCK / last.max(1)).max(1) * last.max(1)
     }
 
+    /// Softmax of one row in place. A NaN is never the max; it still makes its row NaN through
+    /// exp and the sum.
+    #[inline(always)]
+    fn softmax_row(r: &mut [f32]) {
+        let m = row_reduce(r, f32::NEG_INFINITY, |a, v| select(v > a, v, a));
+        for v in r.iter_mut() {
+            *v = exp(*v - m);
+        }
+        let inv = 1.0 / row_reduce(r, 0.0, |a, v| a + v);
+        for v in r.iter_mut() {
+            *v *= inv;
+        }
+    }
+
+    /// `g ← scale · y · (g − Σ g·y)` for one row: the softmax's input gradient from its output.
+    #[inline(always)]
+    fn softmax_row_grad(y: &[f32], g: &mut [f32], scale: f32) {
+        let mut acc = [0.0f32; LANES];
+        for (y, g) in y.chunks(LANES).zip(g.chunks(LANES)) {
+            for i in 0..y.len() {
+                acc[i] += y[i] * g[i];
+            }
+        }
+        let dot: f32 = acc.iter().sum();
+        for (g, &y) in g.iter_mut().zip(y) {
+            *g = scale * y * (*g - dot);
+        }
+    }
+
     pub fn softmax_rows(x: &[f32], last: usize) -> Vec<f32> {
         if last == 0 {
             return Vec::new();
@@ -423,17 +677,11 @@ pub mod kernels {
         build(x.len(), row_block(last), |start, out| {
             let x = &x[start..start + out.len()];
             with_simd!(for (o, r) in out.chunks_mut(last).zip(x.chunks(last)) {
-                // A NaN is never the max; it still makes its row NaN through exp and the sum.
-                let m = row_reduce(r, f32::NEG_INFINITY, |a, v| select(v > a, v, a));
                 for (o, &v) in o.iter_mut().zip(r) {
-                    o.write(exp(v - m));
+                    o.write(v);
                 }
                 // SAFETY: the loop above wrote the whole row.
-                let o = unsafe { assume_init(o) };
-                let inv = 1.0 / row_reduce(o, 0.0, |a, v| a + v);
-                for v in o.iter_mut() {
-                    *v *= inv;
-                }
+                softmax_row(unsafe { assume_init(o) });
             })
         })
     }
@@ -446,17 +694,33 @@ pub mod kernels {
         build(y.len(), row_block(last), |start, out| {
             let (y, g) = (&y[start..start + out.len()], &grad[start..start + out.len()]);
             with_simd!(for ((o, y), g) in out.chunks_mut(last).zip(y.chunks(last)).zip(g.chunks(last)) {
-                let mut acc = [0.0f32; LANES];
-                for (y, g) in y.chunks(LANES).zip(g.chunks(LANES)) {
-                    for i in 0..y.len() {
-                        acc[i] += y[i] * g[i];
-                    }
+                for (o, &g) in o.iter_mut().zip(g) {
+                    o.write(g);
                 }
-                let dot: f32 = acc.iter().sum();
-                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                    o.write(y * (g - dot));
-                }
+                // SAFETY: the loop above wrote the whole row.
+                softmax_row_grad(y, unsafe { assume_init(o) }, 1.0);
             })
+        })
+    }
+
+    /// The rows `[rows, last]` of attention scores in place: `bias(i)` added to row `i` where
+    /// there is one, then softmax.
+    pub(crate) fn biased_softmax_rows<'a>(s: &mut [f32], last: usize, bias: impl Fn(usize) -> Option<&'a [f32]>) {
+        with_simd!(for (i, r) in s.chunks_mut(last.max(1)).enumerate() {
+            if let Some(b) = bias(i) {
+                for (v, &b) in r.iter_mut().zip(b) {
+                    *v += b;
+                }
+            }
+            softmax_row(r);
+        })
+    }
+
+    /// The gradient of scores `[rows, last]` in place, from the softmax's output `y` and the
+    /// gradient `g` of that output, times `scale`.
+    pub(crate) fn softmax_rows_grad_in_place(y: &[f32], g: &mut [f32], last: usize, scale: f32) {
+        with_simd!(for (y, g) in y.chunks(last.max(1)).zip(g.chunks_mut(last.max(1))) {
+            softmax_row_grad(y, g, scale);
         })
     }
 }

@@ -108,7 +108,7 @@ impl VitConfig {
 
     fn validate(&self, path: &Path) -> Result<Activation, ModelError> {
         check_divisible(path, self.hidden_size, self.num_attention_heads)?;
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(ModelError::Config {
                 path: path.to_path_buf(),
                 reason: format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size),

@@ -1,0 +1,278 @@
+//! Multi-head attention on burn-flex in f32, forward and backward, one task per (batch, head).
+//!
+//! Why: written in burn's ops, attention splits the heads with a reshape + transpose, adds the
+//! mask as a broadcast binary op, merges the heads with another transpose + reshape, and autodiff
+//! repeats each in the backward pass; on flex every one of those is a strided copy (≈ 8 % of the
+//! GPT-2-small step in the profile). Here each head's products read `q`, `k`, `v` where they lie
+//! — usually column slices of one fused projection — through gemm's strides, the scores of a
+//! head stay in cache between the two products, and the context is written straight into the
+//! `[batch, seq, heads · d]` layout the output projection reads.
+
+use std::mem::MaybeUninit;
+
+use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
+use burn_flex::{FlexTensor, Layout};
+use rayon::prelude::*;
+
+use super::AttentionDims;
+
+/// A `[batch, seq, width]` f32 operand as it lies in memory: any strides.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [f32],
+    start: isize,
+    strides: [isize; 3],
+}
+
+impl<'a> Operand<'a> {
+    fn new(t: &'a FlexTensor) -> Self {
+        let l = t.layout();
+        let s = l.strides();
+        Self { data: t.storage::<f32>(), start: l.start_offset() as isize, strides: [s[0], s[1], s[2]] }
+    }
+
+    /// The `[seq, d]` block of head `h` (width `d`) in batch `b`.
+    fn head(&self, b: usize, h: usize, d: usize) -> *const f32 {
+        let off = self.start + b as isize * self.strides[0] + (h * d) as isize * self.strides[2];
+        self.data.as_ptr().wrapping_offset(off)
+    }
+
+    fn row_stride(&self) -> isize {
+        self.strides[1]
+    }
+
+    fn col_stride(&self) -> isize {
+        self.strides[2]
+    }
+}
+
+/// An output buffer that tasks write disjoint blocks of.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every task writes its own (batch, head) block; nobody reads until all tasks are done.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The element at `offset` (a method, so that closures capture the whole `Out`, not its
+    /// raw pointer).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `dst[m × n] = beta · lhs[m × k] · rhs[k × n]`, each matrix given by a pointer and its row and
+/// column strides (`dst`'s columns are contiguous); single-threaded, the caller runs tasks in
+/// parallel.
+///
+/// SAFETY: the pointers address matrices of those sizes and strides; `dst` is not read.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    beta: f32,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.0,
+            rhs.2,
+            rhs.1,
+            0.0f32,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// A bias `[b|1, heads|1, tq|1, tk]` made contiguous, with zero strides on broadcast dimensions.
+struct Bias {
+    t: FlexTensor,
+    strides: [usize; 3],
+}
+
+impl Bias {
+    fn new(bias: &FlexTensor, d: &AttentionDims) -> Self {
+        let shape = bias.shape();
+        // A broadcast key dimension is expanded so that every row is a slice.
+        let bias = if shape[3] == 1 && d.tk != 1 {
+            let rows = [(shape[1] * shape[2]) as isize, shape[2] as isize, 1, 0];
+            let expanded = Layout::new(Shape::new([shape[0], shape[1], shape[2], d.tk]), rows.to_vec(), 0);
+            bias.to_contiguous().with_layout(expanded).to_contiguous()
+        } else {
+            bias.to_contiguous()
+        };
+        let [b0, b1, b2] = [shape[0], shape[1], shape[2]];
+        let tk = d.tk;
+        let strides = [if b0 == 1 { 0 } else { b1 * b2 * tk }, if b1 == 1 { 0 } else { b2 * tk }, if b2 == 1 { 0 } else { tk }];
+        Self { t: bias, strides }
+    }
+
+    fn row(&self, b: usize, h: usize, i: usize, tk: usize) -> &[f32] {
+        let start = b * self.strides[0] + h * self.strides[1] + i * self.strides[2];
+        &self.t.storage::<f32>()[start..start + tk]
+    }
+}
+
+fn dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, bias: Option<&FlexTensor>, heads: usize) -> AttentionDims {
+    AttentionDims::new(&q.shape(), &k.shape(), &v.shape(), bias.map(|b| b.shape()).as_ref(), heads)
+}
+
+fn tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::new(Bytes::from_elems(values), Layout::contiguous(shape.into()), DType::F32)
+}
+
+/// A vector of `n` values written through `fill` before anything reads them.
+fn written(n: usize, fill: impl FnOnce(Out)) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    fill(Out(v.spare_capacity_mut().as_mut_ptr() as *mut f32));
+    // SAFETY: `fill` wrote every element of [0, n) (each caller's tasks tile it exactly).
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// The context `[b, tq, heads · dv]` and, when `keep_probs`, the weights `[b, heads, tq, tk]`.
+pub(super) fn forward(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    heads: usize,
+    scale: f64,
+    keep_probs: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
+    let d = dims(q, k, v, bias, heads);
+    let (cv, tasks, block) = (heads * d.dv, d.batch * heads, d.tq * d.tk);
+    if tasks * d.tq == 0 || d.tk == 0 {
+        let probs = keep_probs.then(|| tensor(vec![0.0; tasks * block], [d.batch, heads, d.tq, d.tk]));
+        return (tensor(vec![0.0; d.batch * d.tq * cv], [d.batch, d.tq, cv]), probs);
+    }
+    let (qo, ko, vo) = (Operand::new(q), Operand::new(k), Operand::new(v));
+    let bias = bias.map(|b| Bias::new(b, &d));
+    let scale = scale as f32;
+
+    let run = |out: Out, task: usize, s: &mut [f32]| {
+        let (b, h) = (task / heads, task % heads);
+        // SAFETY (both products): the operands' blocks lie inside their tensors (shapes checked by
+        // `dims`), `s` holds tq × tk values, the output block of (b, h) is tq rows of dv values
+        // at row stride cv inside a [b, tq, cv] buffer.
+        unsafe {
+            let kt = (ko.head(b, h, d.dk), ko.col_stride(), ko.row_stride());
+            product(d.tq, d.tk, d.dk, s.as_mut_ptr(), d.tk, (qo.head(b, h, d.dk), qo.row_stride(), qo.col_stride()), kt, scale);
+        }
+        super::kernels::biased_softmax_rows(s, d.tk, |i| bias.as_ref().map(|bias| bias.row(b, h, i, d.tk)));
+        unsafe {
+            let dst = out.at(b * d.tq * cv + h * d.dv);
+            product(
+                d.tq,
+                d.dv,
+                d.tk,
+                dst,
+                cv,
+                (s.as_ptr(), d.tk as isize, 1),
+                (vo.head(b, h, d.dv), vo.row_stride(), vo.col_stride()),
+                1.0,
+            );
+        }
+    };
+
+    if keep_probs {
+        let mut probs: Vec<f32> = Vec::with_capacity(tasks * block);
+        let context = written(d.batch * d.tq * cv, |out| {
+            probs.spare_capacity_mut()[..tasks * block].par_chunks_mut(block).enumerate().for_each(|(task, s)| {
+                // SAFETY: the first product writes all of `s` before the softmax reads it.
+                let s = unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                run(out, task, s)
+            });
+        });
+        // SAFETY: the chunks cover [0, tasks · block) and each was written whole.
+        unsafe { probs.set_len(tasks * block) };
+        (tensor(context, [d.batch, d.tq, cv]), Some(tensor(probs, [d.batch, heads, d.tq, d.tk])))
+    } else {
+        let context = written(d.batch * d.tq * cv, |out| {
+            (0..tasks).into_par_iter().for_each_init(|| vec![0.0f32; block], |s, task| run(out, task, s));
+        });
+        (tensor(context, [d.batch, d.tq, cv]), None)
+    }
+}
+
+/// The gradients of `q`, `k`, `v` (contiguous, their shapes) from the weights `probs`
+/// `[b, heads, tq, tk]` and the context's gradient `grad` `[b, tq, heads · dv]`.
+pub(super) fn backward(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    probs: &FlexTensor,
+    grad: &FlexTensor,
+    scale: f64,
+) -> [FlexTensor; 3] {
+    let heads = probs.shape()[1];
+    let d = dims(q, k, v, None, heads);
+    let (c, cv, tasks, block) = (heads * d.dk, heads * d.dv, d.batch * heads, d.tq * d.tk);
+    let (nq, nk, nv) = (d.batch * d.tq * c, d.batch * d.tk * c, d.batch * d.tk * cv);
+    if tasks * block == 0 {
+        return [
+            tensor(vec![0.0; nq], [d.batch, d.tq, c]),
+            tensor(vec![0.0; nk], [d.batch, d.tk, c]),
+            tensor(vec![0.0; nv], [d.batch, d.tk, cv]),
+        ];
+    }
+    let (probs, grad) = (probs.to_contiguous(), grad.to_contiguous());
+    assert_eq!(probs.shape().dims::<4>(), [d.batch, heads, d.tq, d.tk], "attention backward: weights of the wrong shape");
+    assert_eq!(grad.shape().dims::<3>(), [d.batch, d.tq, cv], "attention backward: gradient of the wrong shape");
+    let (qo, ko, vo) = (Operand::new(q), Operand::new(k), Operand::new(v));
+    let (p, g) = (probs.storage::<f32>(), grad.storage::<f32>());
+    let scale = scale as f32;
+
+    let (mut dq, mut dk) = (Vec::new(), Vec::new());
+    let dv = written(nv, |dv| {
+        dk = written(nk, |dk| {
+            dq = written(nq, |dq| {
+                (0..tasks).into_par_iter().for_each_init(
+                    || vec![0.0f32; block],
+                    |ds, task| {
+                        let (b, h) = (task / heads, task % heads);
+                        let p = &p[task * block..(task + 1) * block];
+                        // SAFETY: as in `forward`; the gradient block of (b, h) is tq rows of dv
+                        // values at row stride cv, every output block is this task's own.
+                        unsafe {
+                            let g = (g.as_ptr().add(b * d.tq * cv + h * d.dv), cv as isize, 1);
+                            // dV_h = Pᵀ · dO_h
+                            product(d.tk, d.dv, d.tq, dv.at(b * d.tk * cv + h * d.dv), cv, (p.as_ptr(), 1, d.tk as isize), g, 1.0);
+                            // dP = dO_h · V_hᵀ
+                            let vt = (vo.head(b, h, d.dv), vo.col_stride(), vo.row_stride());
+                            product(d.tq, d.tk, d.dv, ds.as_mut_ptr(), d.tk, g, vt, 1.0);
+                        }
+                        // dS = scale · P ⊙ (dP − Σ dP ⊙ P)
+                        super::kernels::softmax_rows_grad_in_place(p, ds, d.tk, scale);
+                        unsafe {
+                            // dQ_h = dS · K_h,  dK_h = dSᵀ · Q_h
+                            let kh = (ko.head(b, h, d.dk), ko.row_stride(), ko.col_stride());
+                            product(d.tq, d.dk, d.tk, dq.at(b * d.tq * c + h * d.dk), c, (ds.as_ptr(), d.tk as isize, 1), kh, 1.0);
+                            let qh = (qo.head(b, h, d.dk), qo.row_stride(), qo.col_stride());
+                            product(d.tk, d.dk, d.tq, dk.at(b * d.tk * c + h * d.dk), c, (ds.as_ptr(), 1, d.tk as isize), qh, 1.0);
+                        }
+                    },
+                );
+            });
+        });
+    });
+    [tensor(dq, [d.batch, d.tq, c]), tensor(dk, [d.batch, d.tk, c]), tensor(dv, [d.batch, d.tk, cv])]
+}
