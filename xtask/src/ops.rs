@@ -8,7 +8,7 @@ use burn::nn::LayerNormConfig;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
 use burn::tensor::{Distribution, Tensor};
-use rfa_models::ops::{GeluKind, fallback, softmax_last};
+use rfa_models::ops::{GeluKind, attention, attention_packed, fallback, softmax_last};
 use rfa_models::{Activation, FusedAutodiff};
 
 use crate::bench::median;
@@ -32,6 +32,21 @@ fn unfused_gelu_tanh<B: burn::tensor::backend::AutodiffBackend>(t: Tensor<B, 3>)
     Tensor::from_primitive(TensorPrimitive::Float(fallback::gelu::<B>(t.into_primitive().tensor(), GeluKind::Tanh)))
 }
 
+/// Multi-head attention written in burn's ops (what the models ran before the fused op): heads
+/// split by reshape + transpose, the bias added as a broadcast op, autodiff op by op.
+fn unfused_attention<B: burn::tensor::backend::Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    bias: Tensor<B, 4>,
+    heads: usize,
+) -> Tensor<B, 3> {
+    let [b, t, d] = q.dims();
+    let split = |x: Tensor<B, 3>| x.reshape([b, t, heads, d / heads]).swap_dims(1, 2);
+    let scores = split(q).matmul(split(k).swap_dims(2, 3)).mul_scalar(1.0 / ((d / heads) as f64).sqrt()) + bias;
+    softmax(scores, 3).matmul(split(v)).swap_dims(1, 2).reshape([b, t, d])
+}
+
 /// Rows for batch × seq tokens of width `d` (MLP 4d, `heads` heads).
 pub fn run<B: FusedAutodiff>(
     batch: usize,
@@ -48,6 +63,10 @@ pub fn run<B: FusedAutodiff>(
     let hidden = Tensor::<B, 3>::random([batch, seq, d], n, device);
     let w = Tensor::<B, 2>::random([d, 4 * d], n, device);
     let ln = LayerNormConfig::new(d).init::<B>(device);
+    // GPT-2's attention input: the packed q, k, v projection and a causal bias.
+    let qkv = Tensor::<B, 3>::random([batch, seq, 3 * d], n, device);
+    let causal: Vec<f32> = (0..seq * seq).map(|i| if i % seq > i / seq { -1.0e30 } else { 0.0 }).collect();
+    let causal = Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(causal, [1, 1, seq, seq]), device);
     let mut rows = Vec::new();
     let mut row = |op: &str, shape: Vec<usize>, elems: usize, fwd: f64, fwd_bwd: f64, flops: f64| {
         rows.push(serde_json::json!({
@@ -85,6 +104,32 @@ pub fn run<B: FusedAutodiff>(
     op!("softmax (rfa, fused)", scores, |t: Tensor<B, 4>| softmax_last(t), 0.0);
     op!("layer_norm", hidden, |t: Tensor<B, 3>| ln.forward(t), 0.0);
     op!("add", mlp, |t: Tensor<B, 3>| t.clone() + t, 0.0);
+    let split = |t: Tensor<B, 3>| (t.clone().narrow(2, 0, d), t.clone().narrow(2, d, d), t.narrow(2, 2 * d, d));
+    let flops = 4.0 * (batch * seq * seq * d) as f64;
+    op!(
+        "attention (burn ops)",
+        qkv,
+        |t: Tensor<B, 3>| {
+            let (q, k, v) = split(t);
+            unfused_attention(q, k, v, causal.clone(), heads)
+        },
+        flops
+    );
+    op!(
+        "attention (rfa, fused)",
+        qkv,
+        |t: Tensor<B, 3>| {
+            let (q, k, v) = split(t);
+            attention(q, k, v, Some(causal.clone()), heads, 1.0 / ((d / heads) as f64).sqrt())
+        },
+        flops
+    );
+    op!(
+        "attention, packed q·k·v (rfa, fused)",
+        qkv,
+        |t: Tensor<B, 3>| attention_packed(t, Some(causal.clone()), heads, 1.0 / ((d / heads) as f64).sqrt()),
+        flops
+    );
     let flops = 2.0 * (batch * seq * d * 4 * d) as f64;
     op!("matmul [b·t, d] × [d, 4d]", hidden, |t: Tensor<B, 3>| t.matmul(w.clone().unsqueeze::<3>()), flops);
     rows

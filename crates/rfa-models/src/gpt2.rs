@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::ModelError;
 use crate::common::StateDict;
 use crate::common::{
-    Activation, CausalLmOutput, Checkpoint, SplitMix64, Taps, attention, causal_bias, check_divisible, padding_bias, read_config, tapped,
+    Activation, CausalLmOutput, Checkpoint, SplitMix64, Taps, causal_bias, check_divisible, padding_bias, read_config, tapped,
 };
-use crate::ops::FusedOps;
+use crate::ops::{self, FusedOps};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Gpt2Config {
@@ -126,12 +126,8 @@ pub struct Gpt2LmHeadModel<B: Backend> {
 impl<B: FusedOps> Gpt2Block<B> {
     fn forward(&self, x: Tensor<B, 3>, bias: &Tensor<B, 4>, taps: &mut Taps<B>) -> Tensor<B, 3> {
         let a = &self.attn;
-        let [_, _, d] = x.dims();
         let qkv = tapped(&a.c_attn, self.ln_1.forward(x.clone()), taps);
-        let q = qkv.clone().narrow(2, 0, d);
-        let k = qkv.clone().narrow(2, d, d);
-        let v = qkv.narrow(2, 2 * d, d);
-        let ctx = attention(q, k, v, a.n_head, a.scale, Some(bias.clone()));
+        let ctx = ops::attention_packed(qkv, Some(bias.clone()), a.n_head, a.scale);
         let x = x + tapped(&a.c_proj, ctx, taps);
         let m = &self.mlp;
         let hmid = m.act.forward(tapped(&m.c_fc, self.ln_2.forward(x.clone()), taps));

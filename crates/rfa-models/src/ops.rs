@@ -21,7 +21,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{Bytes, DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor, Layout};
 
@@ -96,6 +96,25 @@ pub trait FusedOps: Backend {
     ) -> [FloatTensor<Self>; 3] {
         fallback::attention_backward::<Self>(q, k, v, probs, grad, scale)
     }
+
+    /// Attention over a packed projection `[b, t, 3c]`: q, k and v side by side (GPT-2's
+    /// `c_attn`). One autodiff node for the projection, so that its gradient is written once
+    /// instead of as three zero-padded slices that are then added up.
+    fn fused_attention_packed(qkv: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, heads: usize, scale: f64) -> FloatTensor<Self> {
+        let [q, k, v] = fallback::unpack::<Self>(qkv);
+        Self::fused_attention(q, k, v, bias, heads, scale)
+    }
+
+    /// The gradient of the packed projection: those of q, k and v side by side.
+    fn fused_attention_packed_backward(
+        qkv: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let [q, k, v] = fallback::unpack::<Self>(qkv);
+        Self::float_cat(Self::fused_attention_backward(q, k, v, probs, grad, scale).to_vec(), 2)
+    }
 }
 
 /// An autodiff backend whose inner backend has the fused operations too (evaluation runs on it).
@@ -126,6 +145,13 @@ pub fn attention<B: FusedOps>(
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(p(q), p(k), p(v), bias, heads, scale)))
 }
 
+/// Multi-head attention over a packed `[batch, seq, 3 · hidden]` projection; see
+/// [`FusedOps::fused_attention_packed`].
+pub fn attention_packed<B: FusedOps>(qkv: Tensor<B, 3>, bias: Option<Tensor<B, 4>>, heads: usize, scale: f64) -> Tensor<B, 3> {
+    let bias = bias.map(|b| b.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention_packed(qkv.into_primitive().tensor(), bias, heads, scale)))
+}
+
 /// The sizes of an attention call, checked: `[b, tq, c]`, `[b, tk, c]`, `[b, tk, cv]`, heads
 /// dividing `c` and `cv`, a bias that broadcasts to `[b, heads, tq, tk]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +174,10 @@ impl AttentionDims {
         assert!(b == bk && b == bv, "attention: batch sizes differ (query {b}, key {bk}, value {bv})");
         assert_eq!(tk, tv, "attention: key and value lengths differ");
         assert_eq!(c, ck, "attention: query and key widths differ");
-        assert!(heads > 0 && c.is_multiple_of(heads) && cv.is_multiple_of(heads), "attention: {heads} heads do not divide widths {c} / {cv}");
+        assert!(
+            heads > 0 && c.is_multiple_of(heads) && cv.is_multiple_of(heads),
+            "attention: {heads} heads do not divide widths {c} / {cv}"
+        );
         if let Some(bs) = bias {
             assert_eq!(bs.num_dims(), 4, "attention: the bias must be 4-d, got {bs:?}");
             for (i, want) in [b, heads, tq, tk].into_iter().enumerate() {
@@ -234,6 +263,14 @@ pub mod fallback {
         let (grad, _) = rows::<B>(grad);
         let dot = (grad.clone() * y.clone()).sum_dim(1);
         B::float_reshape((y * (grad - dot)).into_primitive().tensor(), shape)
+    }
+
+    /// q, k, v: views of the three equal column blocks of `[b, t, 3c]`.
+    pub fn unpack<B: Backend>(qkv: FloatTensor<B>) -> [FloatTensor<B>; 3] {
+        let x = tensor::<B, 3>(qkv);
+        let w = x.dims()[2];
+        assert!(w.is_multiple_of(3), "packed attention: width {w} is not 3 × the hidden size");
+        [0, 1, 2].map(|i| x.clone().narrow(2, i * w / 3, w / 3).into_primitive().tensor())
     }
 
     /// `[b, t, heads · d]` → `[b, heads, t, d]` (a view where the backend allows).
@@ -370,6 +407,30 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(q.primitive, k.primitive, v.primitive, bias, heads, scale)),
         }
     }
+
+    fn fused_attention_packed(qkv: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, heads: usize, scale: f64) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct PackedAttentionBackward(f64);
+
+        impl<B: FusedOps> Backward<B, 1> for PackedAttentionBackward {
+            type State = [FloatTensor<B>; 2];
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [qkv, probs] = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| B::fused_attention_packed_backward(qkv, probs, grad, self.0));
+            }
+        }
+
+        let bias = bias.map(|b| b.primitive);
+        match PackedAttentionBackward(scale).prepare::<C>([qkv.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let [q, k, v] = fallback::unpack::<B>(qkv.primitive.clone());
+                let (out, probs) = B::fused_attention_probs(q, k, v, bias, heads, scale);
+                prep.finish([qkv.primitive, probs], out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention_packed(qkv.primitive, bias, heads, scale)),
+        }
+    }
 }
 
 /// burn-flex: the f32 case runs [`kernels`]; other float types take the fallback.
@@ -453,6 +514,19 @@ impl FusedOps for Flex {
             return fallback::attention_backward::<Self>(q, k, v, probs, grad, scale);
         }
         attention::backward(&q, &k, &v, &probs, &grad, scale)
+    }
+
+    fn fused_attention_packed_backward(
+        qkv: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        if !all_f32(&[&qkv, &probs, &grad]) {
+            let [q, k, v] = fallback::unpack::<Self>(qkv);
+            return Self::float_cat(fallback::attention_backward::<Self>(q, k, v, probs, grad, scale).to_vec(), 2);
+        }
+        attention::backward_packed(&qkv, &probs, &grad, scale)
     }
 }
 

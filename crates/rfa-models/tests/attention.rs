@@ -1,14 +1,14 @@
 //! The fused multi-head attention (`rfa_models::ops::attention`): the context and the gradients
 //! of q, k, v against an f64 computation written out here, on ndarray (the fallback in burn's
 //! ops) and on flex (the per-head kernel), through autodiff and without it, for operands that
-//! are contiguous, column slices of one fused projection, or transposed views, with biases of
-//! every broadcast shape and fully masked rows.
+//! are contiguous, column slices of one fused projection, transposed views, or one packed
+//! projection (`attention_packed`), with biases of every broadcast shape and fully masked rows.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use proptest::prelude::*;
 use rfa_models::FusedAutodiff;
-use rfa_models::ops::{FusedOps, attention};
+use rfa_models::ops::{FusedOps, attention, attention_packed};
 
 type Nd = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 type Fx = burn::backend::Autodiff<burn::backend::Flex>;
@@ -21,6 +21,8 @@ enum Layout {
     Fused,
     /// `[b, c, t]` tensors viewed as `[b, t, c]`: column stride t.
     Transposed,
+    /// One `[b, t, 3c]` tensor given to `attention_packed`; needs tq == tk and dk == dv.
+    Packed,
 }
 
 #[derive(Debug, Clone)]
@@ -170,7 +172,7 @@ fn leaves<B: Backend>(c: &Case, d: &Data, dev: &B::Device) -> Vec<Tensor<B, 3>> 
     let (q, k, v) = (t3::<B>(&d.q, [c.b, c.tq, ck], dev), t3::<B>(&d.k, [c.b, c.tk, ck], dev), t3::<B>(&d.v, [c.b, c.tk, cv], dev));
     match c.layout {
         Layout::Contiguous => vec![q, k, v],
-        Layout::Fused => vec![Tensor::cat(vec![q, k, v], 2)],
+        Layout::Fused | Layout::Packed => vec![Tensor::cat(vec![q, k, v], 2)],
         // Stored as [b, width, t].
         Layout::Transposed => [q, k, v].into_iter().map(|x| Tensor::from_data(x.swap_dims(1, 2).into_data(), dev)).collect(),
     }
@@ -181,7 +183,7 @@ fn operands<B: Backend>(c: &Case, leaves: &[Tensor<B, 3>]) -> Operands<B> {
     let (ck, cv) = (c.h * c.dk, c.h * c.dv);
     match c.layout {
         Layout::Contiguous => Operands { q: leaves[0].clone(), k: leaves[1].clone(), v: leaves[2].clone() },
-        Layout::Fused => {
+        Layout::Fused | Layout::Packed => {
             let j = &leaves[0];
             Operands { q: j.clone().narrow(2, 0, ck), k: j.clone().narrow(2, ck, ck), v: j.clone().narrow(2, 2 * ck, cv) }
         }
@@ -200,7 +202,7 @@ fn leaf_grads(c: &Case, grads: Vec<Vec<f32>>) -> [Vec<f32>; 3] {
     let (ck, cv) = (c.h * c.dk, c.h * c.dv);
     match c.layout {
         Layout::Contiguous => grads.try_into().unwrap(),
-        Layout::Fused => {
+        Layout::Fused | Layout::Packed => {
             let width = 2 * ck + cv;
             let cols = |lo: usize, n: usize| grads[0].chunks(width).flat_map(|row| row[lo..lo + n].to_vec()).collect();
             [cols(0, ck), cols(ck, ck), cols(2 * ck, cv)]
@@ -216,6 +218,15 @@ fn leaf_grads(c: &Case, grads: Vec<Vec<f32>>) -> [Vec<f32>; 3] {
     }
 }
 
+/// The attention of the case's operands: `attention_packed` for the packed layout.
+fn run<B: FusedOps>(c: &Case, leaves: &[Tensor<B, 3>], bias: Option<Tensor<B, 4>>, scale: f64) -> Tensor<B, 3> {
+    if c.layout == Layout::Packed {
+        return attention_packed(leaves[0].clone(), bias, c.h, scale);
+    }
+    let ops = operands(c, leaves);
+    attention(ops.q, ops.k, ops.v, bias, c.h, scale)
+}
+
 fn check_on<AB: FusedAutodiff>(c: &Case) {
     let d = data(c);
     let want = reference(c, &d);
@@ -224,8 +235,7 @@ fn check_on<AB: FusedAutodiff>(c: &Case) {
 
     // Through autodiff.
     let inputs: Vec<_> = leaves::<AB>(c, &d, &dev).into_iter().map(|l| l.require_grad()).collect();
-    let ops = operands(c, &inputs);
-    let out = attention(ops.q, ops.k, ops.v, bias::<AB>(c, &d, &dev), c.h, scale);
+    let out = run(c, &inputs, bias::<AB>(c, &d, &dev), scale);
     close("out", c, &values(out.clone()), &want.out);
     let w = t3::<AB>(&d.w, [c.b, c.tq, c.h * c.dv], &dev);
     let g = (out * w).sum().backward();
@@ -236,8 +246,7 @@ fn check_on<AB: FusedAutodiff>(c: &Case) {
     close("dv", c, &dv, &want.dv);
 
     // Without autodiff: the inference path (flex: no weights kept).
-    let ops = operands(c, &leaves::<AB::InnerBackend>(c, &d, &dev));
-    let out = attention(ops.q, ops.k, ops.v, bias::<AB::InnerBackend>(c, &d, &dev), c.h, scale);
+    let out = run(c, &leaves::<AB::InnerBackend>(c, &d, &dev), bias::<AB::InnerBackend>(c, &d, &dev), scale);
     close("out (no autodiff)", c, &values(out), &want.out);
 }
 
@@ -257,7 +266,7 @@ fn attention_matches_f64_for_every_bias_shape_and_layout() {
     let biases =
         [None, Some([b, 1, 1, t]), Some([1, 1, t, t]), Some([b, 1, t, t]), Some([b, h, t, t]), Some([1, h, 1, t]), Some([b, 1, t, 1])];
     for bias in biases {
-        for layout in [Layout::Contiguous, Layout::Fused, Layout::Transposed] {
+        for layout in [Layout::Contiguous, Layout::Fused, Layout::Transposed, Layout::Packed] {
             check(&case([b, h, t, t, dk, dk], bias, layout));
         }
     }
@@ -274,6 +283,7 @@ fn attention_with_different_lengths_and_widths() {
 fn attention_at_model_like_sizes() {
     // Long enough rows for the vectorised loops and gemm's blocking; a causal + padding bias.
     check(&case([2, 4, 70, 70, 16, 16], Some([2, 1, 70, 70]), Layout::Fused));
+    check(&case([2, 4, 70, 70, 16, 16], Some([2, 1, 70, 70]), Layout::Packed));
     check(&case([1, 2, 129, 129, 40, 24], Some([1, 1, 1, 129]), Layout::Contiguous));
 }
 
@@ -308,9 +318,14 @@ proptest! {
     #[test]
     fn attention_matches_f64_on_random_sizes(
         b in 1usize..3, h in 1usize..4, tq in 1usize..12, tk in 1usize..12, dk in 1usize..7, dv in 1usize..7,
-        bias_kind in 0usize..5, layout_kind in 0usize..3, seed in any::<u64>(),
+        bias_kind in 0usize..5, layout_kind in 0usize..4, seed in any::<u64>(),
     ) {
-        let layout = match layout_kind { 0 => Layout::Contiguous, 1 if tq == tk => Layout::Fused, _ => Layout::Transposed };
+        let layout = match layout_kind {
+            0 => Layout::Contiguous,
+            1 if tq == tk => Layout::Fused,
+            3 if tq == tk && dk == dv => Layout::Packed,
+            _ => Layout::Transposed,
+        };
         let bias = match bias_kind {
             0 => None,
             1 => Some([b, 1, 1, tk]),

@@ -223,16 +223,52 @@ pub(super) fn backward(
     grad: &FlexTensor,
     scale: f64,
 ) -> [FlexTensor; 3] {
-    let heads = probs.shape()[1];
-    let d = dims(q, k, v, None, heads);
+    let d = dims(q, k, v, None, probs.shape()[1]);
+    let (c, cv) = (d.heads * d.dk, d.heads * d.dv);
+    let (mut dq, mut dk) = (Vec::new(), Vec::new());
+    let dv = written(d.batch * d.tk * cv, |dv| {
+        dk = written(d.batch * d.tk * c, |dk| {
+            dq = written(d.batch * d.tq * c, |dq| backward_into(&d, q, k, v, probs, grad, scale, [(dq, c), (dk, c), (dv, cv)]));
+        });
+    });
+    [tensor(dq, [d.batch, d.tq, c]), tensor(dk, [d.batch, d.tk, c]), tensor(dv, [d.batch, d.tk, cv])]
+}
+
+/// The gradient of a packed `[b, t, 3c]` projection (q, k, v side by side), written in one buffer.
+pub(super) fn backward_packed(qkv: &FlexTensor, probs: &FlexTensor, grad: &FlexTensor, scale: f64) -> FlexTensor {
+    let [b, t, w] = qkv.shape().dims::<3>();
+    let c = w / 3;
+    let (q, k, v) = (qkv.narrow(2, 0, c), qkv.narrow(2, c, c), qkv.narrow(2, 2 * c, c));
+    let d = dims(&q, &k, &v, None, probs.shape()[1]);
+    let g = written(b * t * w, |g| backward_into(&d, &q, &k, &v, probs, grad, scale, [(g, w), (Out(g.at(c)), w), (Out(g.at(2 * c)), w)]));
+    tensor(g, [b, t, w])
+}
+
+/// Writes the gradients of q, k, v into `dst`: for each, the pointer to its (batch 0, row 0,
+/// column 0) element and the row stride of the `[b, t, ·]` buffer (rows consecutive per batch).
+#[allow(clippy::too_many_arguments)]
+fn backward_into(
+    d: &AttentionDims,
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    probs: &FlexTensor,
+    grad: &FlexTensor,
+    scale: f64,
+    dst: [(Out, usize); 3],
+) {
+    let heads = d.heads;
     let (c, cv, tasks, block) = (heads * d.dk, heads * d.dv, d.batch * heads, d.tq * d.tk);
-    let (nq, nk, nv) = (d.batch * d.tq * c, d.batch * d.tk * c, d.batch * d.tk * cv);
-    if tasks * block == 0 {
-        return [
-            tensor(vec![0.0; nq], [d.batch, d.tq, c]),
-            tensor(vec![0.0; nk], [d.batch, d.tk, c]),
-            tensor(vec![0.0; nv], [d.batch, d.tk, cv]),
-        ];
+    let [(dq, rq), (dk, rk), (dv, rv)] = dst;
+    if block == 0 {
+        // No scores (no queries or no keys): every gradient is zero.
+        for ((out, rs), rows, width) in [(dq, rq, d.tq, c), (dk, rk, d.tk, c), (dv, rv, d.tk, cv)].map(|(o, r, t, w)| ((o, r), t, w)) {
+            for r in 0..d.batch * rows {
+                // SAFETY: row r of the destination holds `width` elements from its start.
+                unsafe { std::ptr::write_bytes(out.at(r * rs), 0, width) };
+            }
+        }
+        return;
     }
     let (probs, grad) = (probs.to_contiguous(), grad.to_contiguous());
     assert_eq!(probs.shape().dims::<4>(), [d.batch, heads, d.tq, d.tk], "attention backward: weights of the wrong shape");
@@ -241,38 +277,30 @@ pub(super) fn backward(
     let (p, g) = (probs.storage::<f32>(), grad.storage::<f32>());
     let scale = scale as f32;
 
-    let (mut dq, mut dk) = (Vec::new(), Vec::new());
-    let dv = written(nv, |dv| {
-        dk = written(nk, |dk| {
-            dq = written(nq, |dq| {
-                (0..tasks).into_par_iter().for_each_init(
-                    || vec![0.0f32; block],
-                    |ds, task| {
-                        let (b, h) = (task / heads, task % heads);
-                        let p = &p[task * block..(task + 1) * block];
-                        // SAFETY: as in `forward`; the gradient block of (b, h) is tq rows of dv
-                        // values at row stride cv, every output block is this task's own.
-                        unsafe {
-                            let g = (g.as_ptr().add(b * d.tq * cv + h * d.dv), cv as isize, 1);
-                            // dV_h = Pᵀ · dO_h
-                            product(d.tk, d.dv, d.tq, dv.at(b * d.tk * cv + h * d.dv), cv, (p.as_ptr(), 1, d.tk as isize), g, 1.0);
-                            // dP = dO_h · V_hᵀ
-                            let vt = (vo.head(b, h, d.dv), vo.col_stride(), vo.row_stride());
-                            product(d.tq, d.tk, d.dv, ds.as_mut_ptr(), d.tk, g, vt, 1.0);
-                        }
-                        // dS = scale · P ⊙ (dP − Σ dP ⊙ P)
-                        super::kernels::softmax_rows_grad_in_place(p, ds, d.tk, scale);
-                        unsafe {
-                            // dQ_h = dS · K_h,  dK_h = dSᵀ · Q_h
-                            let kh = (ko.head(b, h, d.dk), ko.row_stride(), ko.col_stride());
-                            product(d.tq, d.dk, d.tk, dq.at(b * d.tq * c + h * d.dk), c, (ds.as_ptr(), d.tk as isize, 1), kh, 1.0);
-                            let qh = (qo.head(b, h, d.dk), qo.row_stride(), qo.col_stride());
-                            product(d.tk, d.dk, d.tq, dk.at(b * d.tk * c + h * d.dk), c, (ds.as_ptr(), 1, d.tk as isize), qh, 1.0);
-                        }
-                    },
-                );
-            });
-        });
-    });
-    [tensor(dq, [d.batch, d.tq, c]), tensor(dk, [d.batch, d.tk, c]), tensor(dv, [d.batch, d.tk, cv])]
+    (0..tasks).into_par_iter().for_each_init(
+        || vec![0.0f32; block],
+        |ds, task| {
+            let (b, h) = (task / heads, task % heads);
+            let p = &p[task * block..(task + 1) * block];
+            // SAFETY: as in `forward`; the gradient block of (b, h) is tq rows of dv values at row
+            // stride cv, and every destination block is this task's own.
+            unsafe {
+                let g = (g.as_ptr().add(b * d.tq * cv + h * d.dv), cv as isize, 1);
+                // dV_h = Pᵀ · dO_h
+                product(d.tk, d.dv, d.tq, dv.at(b * d.tk * rv + h * d.dv), rv, (p.as_ptr(), 1, d.tk as isize), g, 1.0);
+                // dP = dO_h · V_hᵀ
+                let vt = (vo.head(b, h, d.dv), vo.col_stride(), vo.row_stride());
+                product(d.tq, d.tk, d.dv, ds.as_mut_ptr(), d.tk, g, vt, 1.0);
+            }
+            // dS = scale · P ⊙ (dP − Σ dP ⊙ P)
+            super::kernels::softmax_rows_grad_in_place(p, ds, d.tk, scale);
+            unsafe {
+                // dQ_h = dS · K_h,  dK_h = dSᵀ · Q_h
+                let kh = (ko.head(b, h, d.dk), ko.row_stride(), ko.col_stride());
+                product(d.tq, d.dk, d.tk, dq.at(b * d.tq * rq + h * d.dk), rq, (ds.as_ptr(), d.tk as isize, 1), kh, 1.0);
+                let qh = (qo.head(b, h, d.dk), qo.row_stride(), qo.col_stride());
+                product(d.tk, d.dk, d.tq, dk.at(b * d.tk * rk + h * d.dk), rk, (ds.as_ptr(), 1, d.tk as isize), qh, 1.0);
+            }
+        },
+    );
 }
