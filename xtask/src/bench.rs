@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: the RFA unlearning step, timed, one JSON line per configuration. The step
 //! is the method document's: one adapted pass over a retain and a forget batch (concatenated),
 //! the taps of every adapted layer, the retain and forget terms, backward through the adapters,
-//! AdamW. GPT-2 skips the LM head and BERT the classifier (RFA needs no logits). Weights are
+//! AdamW. The pass ends at the last adapted layer (`forward_taps`, as `rfa unlearn` runs it: RFA
+//! needs no logits), so the rest of the last block and the head are not computed. Weights are
 //! random: timing does not depend on their values.
 //!
 //! The first step is reported on its own (`first_step_ms`): on CUDA it includes the run-time
@@ -126,9 +127,8 @@ pub fn run<B: FusedAutodiff>(
         "gpt2" => {
             let cfg = Gpt2Config::new(50257, 1024, s.width, s.layers, s.heads);
             let ids = Tensor::<B, 2, Int>::random([n, s.seq], Distribution::Uniform(0.0, 50257.0), device);
-            let (pc, f, t) = bench!(Gpt2LmHeadModel::<B>::init(&cfg, 0, device)?, "c_attn", |m: &Gpt2LmHeadModel<B>| m
-                .forward_hidden(ids.clone(), None)
-                .1);
+            let (pc, f, t) =
+                bench!(Gpt2LmHeadModel::<B>::init(&cfg, 0, device)?, "c_attn", |m: &Gpt2LmHeadModel<B>| m.forward_taps(ids.clone(), None));
             (params, trainable, tokens, first, times) = (pc.total, pc.trainable, s.seq, f, t);
             compute_params = params - (50257 + 1024) * s.width;
         }
@@ -139,10 +139,11 @@ pub fn run<B: FusedAutodiff>(
             let (pc, f, t) =
                 bench!(BertForSequenceClassification::<B>::init(&cfg, 0, device)?, "query,value", |m: &BertForSequenceClassification<
                     B,
-                >| m
-                    .bert
-                    .forward(ids.clone(), Some(mask.clone()), None)
-                    .taps);
+                >| m.forward_taps(
+                    ids.clone(),
+                    Some(mask.clone()),
+                    None
+                ));
             (params, trainable, tokens, first, times) = (pc.total, pc.trainable, s.seq, f, t);
             compute_params = params - (30522 + 512 + 2) * s.width;
         }
@@ -154,8 +155,7 @@ pub fn run<B: FusedAutodiff>(
             let x = Tensor::<B, 4>::random([n, 3, side, side], normal, device);
             let (pc, f, t) =
                 bench!(VitForImageClassification::<B>::init(&cfg, 0, device)?, "query,value", |m: &VitForImageClassification<B>| m
-                    .forward(x.clone())
-                    .taps);
+                    .forward_taps(x.clone()));
             (params, trainable, tokens, first, times) = (pc.total, pc.trainable, cfg.num_patches() + 1, f, t);
             compute_params = params;
         }

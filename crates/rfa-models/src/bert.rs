@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 use crate::common::StateDict;
-use crate::common::{Activation, Checkpoint, ClassifierOutput, SelfAttention, Taps, check_divisible, padding_bias, read_config, tapped};
+use crate::common::{
+    Activation, Checkpoint, ClassifierOutput, SelfAttention, TapSink, Taps, check_divisible, padding_bias, read_config, tapped,
+};
 use crate::ops::FusedOps;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -175,16 +177,17 @@ pub struct BertModelOutput<B: Backend> {
 }
 
 impl<B: Backend> BertOutput<B> {
-    fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>, taps: &mut Taps<B>) -> Tensor<B, 3> {
-        self.LayerNorm.forward(tapped(&self.dense, x, taps) + residual)
+    fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+        Some(self.LayerNorm.forward(tapped(&self.dense, x, taps)? + residual))
     }
 }
 
 impl<B: FusedOps> BertLayer<B> {
-    fn forward(&self, x: Tensor<B, 3>, bias: Option<&Tensor<B, 4>>, taps: &mut Taps<B>) -> Tensor<B, 3> {
-        let ctx = self.attention.self_.forward(x.clone(), bias.cloned(), taps);
-        let x = self.attention.output.forward(ctx, x, taps);
-        let mid = self.intermediate.act.forward(tapped(&self.intermediate.dense, x.clone(), taps));
+    /// `None` once `taps` is full (the pass ends there).
+    fn forward(&self, x: Tensor<B, 3>, bias: Option<&Tensor<B, 4>>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+        let ctx = self.attention.self_.forward(x.clone(), bias.cloned(), taps)?;
+        let x = self.attention.output.forward(ctx, x, taps)?;
+        let mid = self.intermediate.act.forward(tapped(&self.intermediate.dense, x.clone(), taps)?);
         self.output.forward(mid, x, taps)
     }
 }
@@ -298,6 +301,21 @@ impl<B: FusedOps> BertModel<B> {
         attention_mask: Option<Tensor<B, 2, Int>>,
         token_type_ids: Option<Tensor<B, 2, Int>>,
     ) -> BertModelOutput<B> {
+        let mut sink = TapSink::all();
+        let (last_hidden_state, pooler_output, hidden_states) =
+            self.run(input_ids, attention_mask, token_type_ids, &mut sink).expect("a pass without a tap limit runs to the end");
+        BertModelOutput { last_hidden_state, pooler_output, hidden_states, taps: sink.taps }
+    }
+
+    /// The encoder into `taps`; `None` where the sink filled up before the end.
+    #[allow(clippy::type_complexity)]
+    fn run(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+        taps: &mut TapSink<B>,
+    ) -> Option<(Tensor<B, 3>, Option<Tensor<B, 2>>, Vec<Tensor<B, 3>>)> {
         let [b, t] = input_ids.dims();
         let device = input_ids.device();
         let e = &self.embeddings;
@@ -307,17 +325,19 @@ impl<B: FusedOps> BertModel<B> {
         let mut x = e.LayerNorm.forward(x);
         let bias = attention_mask.map(padding_bias);
         let mut hidden_states = vec![x.clone()];
-        let mut taps = Vec::new();
         for layer in &self.encoder.layer {
-            x = layer.forward(x, bias.as_ref(), &mut taps);
+            x = layer.forward(x, bias.as_ref(), taps)?;
             hidden_states.push(x.clone());
         }
-        let pooler_output = self.pooler.as_ref().map(|p| {
-            let [_, _, d] = x.dims();
-            let cls = x.clone().narrow(1, 0, 1);
-            tapped(&p.dense, cls, &mut taps).tanh().reshape([b, d])
-        });
-        BertModelOutput { last_hidden_state: x, pooler_output, hidden_states, taps }
+        let pooler_output = match &self.pooler {
+            Some(p) => {
+                let [_, _, d] = x.dims();
+                let cls = x.clone().narrow(1, 0, 1);
+                Some(tapped(&p.dense, cls, taps)?.tanh().reshape([b, d]))
+            }
+            None => None,
+        };
+        Some((x, pooler_output, hidden_states))
     }
 
     fn push_linears<'a>(&'a self, v: &mut Vec<(String, &'a LoraLinear<B>)>) {
@@ -449,17 +469,42 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
         attention_mask: Option<Tensor<B, 2, Int>>,
         token_type_ids: Option<Tensor<B, 2, Int>>,
     ) -> ClassifierOutput<B> {
-        let out = self.bert.forward(input_ids, attention_mask, token_type_ids);
-        let features = match out.pooler_output {
+        let mut sink = TapSink::all();
+        let (logits, hidden_states, features) =
+            self.run(input_ids, attention_mask, token_type_ids, &mut sink).expect("a pass without a tap limit runs to the end");
+        ClassifierOutput { logits, hidden_states, features, taps: sink.taps }
+    }
+
+    /// Only the taps of the adapted layers: the pass stops after the last of them.
+    pub fn forward_taps(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+    ) -> Taps<B> {
+        let mut sink = TapSink::first(lora_core::adapted_paths(self).len());
+        let _ = self.run(input_ids, attention_mask, token_type_ids, &mut sink);
+        sink.taps
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+        taps: &mut TapSink<B>,
+    ) -> Option<(Tensor<B, 2>, Vec<Tensor<B, 3>>, Tensor<B, 2>)> {
+        let (last, pooled, hidden_states) = self.bert.run(input_ids, attention_mask, token_type_ids, taps)?;
+        let features = match pooled {
             Some(p) => p,
             None => {
-                let [b, _, d] = out.last_hidden_state.dims();
-                out.last_hidden_state.narrow(1, 0, 1).reshape([b, d])
+                let [b, _, d] = last.dims();
+                last.narrow(1, 0, 1).reshape([b, d])
             }
         };
-        let mut taps = out.taps;
-        let logits = tapped(&self.classifier, features.clone().unsqueeze_dim(1), &mut taps).squeeze_dim(1);
-        ClassifierOutput { logits, hidden_states: out.hidden_states, features, taps }
+        let logits = tapped(&self.classifier, features.clone().unsqueeze_dim(1), taps)?.squeeze_dim(1);
+        Some((logits, hidden_states, features))
     }
 }
 

@@ -41,15 +41,44 @@ impl<B: Backend> Tap<B> {
 /// Where a forward pass leaves the taps of its adapted layers.
 pub type Taps<B> = Vec<Tap<B>>;
 
-/// `LoraLinear::forward` that also records `(p_l, r_l)` when the layer is adapted.
-pub(crate) fn tapped<B: Backend>(lin: &LoraLinear<B>, x: Tensor<B, 3>, taps: &mut Taps<B>) -> Tensor<B, 3> {
-    match lin.split(x) {
+/// Collects the taps of a forward pass. With a limit the pass stops as soon as it holds that
+/// many: nothing after the last adapted layer reaches an objective built from taps alone (RFA's),
+/// so that work — most of the last block, the head — is skipped.
+pub(crate) struct TapSink<B: Backend> {
+    pub taps: Taps<B>,
+    limit: usize,
+}
+
+impl<B: Backend> TapSink<B> {
+    /// Every tap: the pass runs to the end.
+    pub fn all() -> Self {
+        Self { taps: Vec::new(), limit: usize::MAX }
+    }
+
+    /// The first `limit` taps.
+    pub fn first(limit: usize) -> Self {
+        Self { taps: Vec::new(), limit }
+    }
+
+    fn full(&self) -> bool {
+        self.taps.len() >= self.limit
+    }
+}
+
+/// `LoraLinear::forward` that also records `(p_l, r_l)` when the layer is adapted; `None` once
+/// the sink is full, which ends the pass (callers write `tapped(..)?`).
+pub(crate) fn tapped<B: Backend>(lin: &LoraLinear<B>, x: Tensor<B, 3>, sink: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+    if sink.full() {
+        return None;
+    }
+    let y = match lin.split(x) {
         (p, Some(r)) => {
-            taps.push(Tap { pre: p.clone(), residual: r.clone() });
+            sink.taps.push(Tap { pre: p.clone(), residual: r.clone() });
             p + r
         }
         (p, None) => p,
-    }
+    };
+    (!sink.full()).then_some(y)
 }
 
 /// Output of a sequence or image classifier (ViT, BERT).
@@ -168,13 +197,13 @@ impl<B: FusedOps> SelfAttention<B> {
     }
 
     /// The attention context (before the output projection), tapping q, k, v in that order.
-    pub fn forward(&self, x: Tensor<B, 3>, bias: Option<Tensor<B, 4>>, taps: &mut Taps<B>) -> Tensor<B, 3> {
-        let q = tapped(&self.query, x.clone(), taps);
-        let k = tapped(&self.key, x.clone(), taps);
-        let v = tapped(&self.value, x.clone(), taps);
+    pub(crate) fn forward(&self, x: Tensor<B, 3>, bias: Option<Tensor<B, 4>>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+        let q = tapped(&self.query, x.clone(), taps)?;
+        let k = tapped(&self.key, x.clone(), taps)?;
+        let v = tapped(&self.value, x.clone(), taps)?;
         let d = x.dims()[2];
         let scale = 1.0 / ((d / self.num_heads) as f64).sqrt();
-        attention(q, k, v, self.num_heads, scale, bias)
+        Some(attention(q, k, v, self.num_heads, scale, bias))
     }
 
     pub fn push_linears<'a>(&'a self, path: &str, v: &mut Vec<(String, &'a LoraLinear<B>)>) {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::ModelError;
 use crate::common::StateDict;
 use crate::common::{
-    Activation, CausalLmOutput, Checkpoint, SplitMix64, Taps, causal_bias, check_divisible, padding_bias, read_config, tapped,
+    Activation, CausalLmOutput, Checkpoint, SplitMix64, TapSink, Taps, causal_bias, check_divisible, padding_bias, read_config, tapped,
 };
 use crate::ops::{self, FusedOps};
 
@@ -124,14 +124,15 @@ pub struct Gpt2LmHeadModel<B: Backend> {
 }
 
 impl<B: FusedOps> Gpt2Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, bias: &Tensor<B, 4>, taps: &mut Taps<B>) -> Tensor<B, 3> {
+    /// `None` once `taps` is full (the pass ends there).
+    fn forward(&self, x: Tensor<B, 3>, bias: &Tensor<B, 4>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
         let a = &self.attn;
-        let qkv = tapped(&a.c_attn, self.ln_1.forward(x.clone()), taps);
+        let qkv = tapped(&a.c_attn, self.ln_1.forward(x.clone()), taps)?;
         let ctx = ops::attention_packed(qkv, Some(bias.clone()), a.n_head, a.scale);
-        let x = x + tapped(&a.c_proj, ctx, taps);
+        let x = x + tapped(&a.c_proj, ctx, taps)?;
         let m = &self.mlp;
-        let hmid = m.act.forward(tapped(&m.c_fc, self.ln_2.forward(x.clone()), taps));
-        x + tapped(&m.c_proj, hmid, taps)
+        let hmid = m.act.forward(tapped(&m.c_fc, self.ln_2.forward(x.clone()), taps)?);
+        Some(x + tapped(&m.c_proj, hmid, taps)?)
     }
 }
 
@@ -230,6 +231,24 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
     /// The forward pass without the LM head: hidden states (the last after `ln_f`) and taps.
     /// For objectives that need no logits (RFA's feature terms), this skips the largest matmul.
     pub fn forward_hidden(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> (Vec<Tensor<B, 3>>, Taps<B>) {
+        let mut sink = TapSink::all();
+        let hidden_states = self.run(input_ids, attention_mask, &mut sink).expect("a pass without a tap limit runs to the end");
+        (hidden_states, sink.taps)
+    }
+
+    /// Only the taps of the adapted layers: the pass stops after the last of them.
+    pub fn forward_taps(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> Taps<B> {
+        let mut sink = TapSink::first(lora_core::adapted_paths(self).len());
+        let _ = self.run(input_ids, attention_mask, &mut sink);
+        sink.taps
+    }
+
+    fn run(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        taps: &mut TapSink<B>,
+    ) -> Option<Vec<Tensor<B, 3>>> {
         let [_, t] = input_ids.dims();
         let device = input_ids.device();
         let tr = &self.transformer;
@@ -240,13 +259,12 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
             bias = bias + padding_bias(mask);
         }
         let mut hidden_states = vec![x.clone()];
-        let mut taps = Vec::new();
         for block in &tr.h {
-            x = block.forward(x, &bias, &mut taps);
+            x = block.forward(x, &bias, taps)?;
             hidden_states.push(x.clone());
         }
         *hidden_states.last_mut().expect("embeddings") = tr.ln_f.forward(x);
-        (hidden_states, taps)
+        Some(hidden_states)
     }
 
     /// A freshly initialised model (N(0, 0.02) weights, as Hugging Face's `initializer_range`),

@@ -13,7 +13,9 @@ use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
-use crate::common::{Activation, Checkpoint, ClassifierOutput, SelfAttention, StateDict, Taps, check_divisible, read_config, tapped};
+use crate::common::{
+    Activation, Checkpoint, ClassifierOutput, SelfAttention, StateDict, TapSink, Taps, check_divisible, read_config, tapped,
+};
 use crate::ops::FusedOps;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -182,11 +184,12 @@ impl<B: Backend> VitEmbeddings<B> {
 }
 
 impl<B: FusedOps> VitLayer<B> {
-    fn forward(&self, x: Tensor<B, 3>, taps: &mut Taps<B>) -> Tensor<B, 3> {
-        let ctx = self.attention.attention.forward(self.layernorm_before.forward(x.clone()), None, taps);
-        let x = x + tapped(&self.attention.output, ctx, taps);
-        let mid = self.act.forward(tapped(&self.intermediate, self.layernorm_after.forward(x.clone()), taps));
-        x + tapped(&self.output, mid, taps)
+    /// `None` once `taps` is full (the pass ends there).
+    fn forward(&self, x: Tensor<B, 3>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+        let ctx = self.attention.attention.forward(self.layernorm_before.forward(x.clone()), None, taps)?;
+        let x = x + tapped(&self.attention.output, ctx, taps)?;
+        let mid = self.act.forward(tapped(&self.intermediate, self.layernorm_after.forward(x.clone()), taps)?);
+        Some(x + tapped(&self.output, mid, taps)?)
     }
 }
 
@@ -299,18 +302,31 @@ impl<B: FusedOps> VitForImageClassification<B> {
 
     /// `pixel_values [batch, channels, image_size, image_size]`, already normalised.
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> ClassifierOutput<B> {
+        let mut sink = TapSink::all();
+        let (logits, hidden_states, features) = self.run(pixel_values, &mut sink).expect("a pass without a tap limit runs to the end");
+        ClassifierOutput { logits, hidden_states, features, taps: sink.taps }
+    }
+
+    /// Only the taps of the adapted layers: the pass stops after the last of them.
+    pub fn forward_taps(&self, pixel_values: Tensor<B, 4>) -> Taps<B> {
+        let mut sink = TapSink::first(lora_core::adapted_paths(self).len());
+        let _ = self.run(pixel_values, &mut sink);
+        sink.taps
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run(&self, pixel_values: Tensor<B, 4>, taps: &mut TapSink<B>) -> Option<(Tensor<B, 2>, Vec<Tensor<B, 3>>, Tensor<B, 2>)> {
         let mut x = self.vit.embeddings.forward(pixel_values);
         let mut hidden_states = vec![x.clone()];
-        let mut taps = Vec::new();
         for layer in &self.vit.layer {
-            x = layer.forward(x, &mut taps);
+            x = layer.forward(x, taps)?;
             hidden_states.push(x.clone());
         }
         let x = self.vit.layernorm.forward(x);
         let [b, _, d] = x.dims();
         let cls = x.narrow(1, 0, 1);
-        let logits = tapped(&self.classifier, cls.clone(), &mut taps).reshape([b, self.num_labels()]);
-        ClassifierOutput { logits, hidden_states, features: cls.reshape([b, d]), taps }
+        let logits = tapped(&self.classifier, cls.clone(), taps)?.reshape([b, self.num_labels()]);
+        Some((logits, hidden_states, cls.reshape([b, d])))
     }
 }
 

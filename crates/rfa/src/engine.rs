@@ -203,8 +203,7 @@ where
     let pb = bar(stats_set.len() as u64, "features");
     for b in batches(&stats_set, 64, false, 0) {
         let batch = inner.batch(&task.train, &b, device)?;
-        let pass = inner.pass(&batch.input, false);
-        let taps: Vec<rfa_models::Tap<B>> = pass.taps.into_iter().map(|t| t.map(|x| view(Tensor::from_inner(x)))).collect();
+        let taps: Vec<rfa_models::Tap<B>> = inner.taps(&batch.input).into_iter().map(|t| t.map(|x| view(Tensor::from_inner(x)))).collect();
         let mask = view_mask(batch.token_mask().map(Tensor::from_inner));
         stats.add(&taps, Some(&batch.labels), mask.as_ref())?;
         pb.inc(b.len() as u64);
@@ -234,8 +233,14 @@ where
             let both: Vec<usize> = rb.iter().chain(&fb).copied().collect();
             let (nr, nf) = (rb.len(), fb.len());
             let batch = model.batch(&task.train, &both, device)?;
-            let pass = model.pass(&batch.input, uc.retain_task_weight > 0.0);
-            let (rt, ft) = rfa_models::Tap::split_rows(&pass.taps, nr);
+            // The task term needs the logits; without it the pass ends at the last adapted layer.
+            let (taps, logits) = if uc.retain_task_weight > 0.0 {
+                let pass = model.pass(&batch.input, true);
+                (pass.taps, pass.logits)
+            } else {
+                (model.taps(&batch.input), None)
+            };
+            let (rt, ft) = rfa_models::Tap::split_rows(&taps, nr);
             let ft: Vec<_> = ft.into_iter().map(|t| t.map(view)).collect();
             let mask = batch.token_mask();
             let rmask = mask.clone().map(|m| m.narrow(0, 0, nr));
@@ -249,7 +254,7 @@ where
                 total = total + objective.retain_loss(&cls, None)?.mul_scalar(uc.retain_cls_weight);
             }
             if uc.retain_task_weight > 0.0 {
-                let ce_r = task_loss(pass.logits.as_ref().expect("logits"), &batch, 0..nr);
+                let ce_r = task_loss(logits.as_ref().expect("logits"), &batch, 0..nr);
                 total = total + ce_r.mul_scalar(uc.retain_task_weight);
             }
             let (tv, rv, fv) = (scalar(total.clone()), scalar(parts.retain), scalar(parts.forget));

@@ -15,7 +15,7 @@ use lora_core::LoraModel;
 use rfa_data::text::TextDataset;
 use rfa_data::{ImageDataset, Preprocess};
 use rfa_models::tokenizer::TextTokenizer;
-use rfa_models::{BertForSequenceClassification, FusedOps, Gpt2LmHeadModel, Tap, VitForImageClassification};
+use rfa_models::{BertForSequenceClassification, FusedOps, Gpt2LmHeadModel, Tap, Taps, VitForImageClassification};
 
 /// A labelled data set the engine can index.
 pub trait Samples {
@@ -242,6 +242,9 @@ pub trait Learner<B: FusedOps>: Module<B> + LoraModel<B> + Sized {
     /// With `logits = false` a model may skip its output layer (GPT-2's LM head, the largest
     /// matmul) when only features and taps are needed.
     fn pass(&self, input: &Input<B>, logits: bool) -> Pass<B>;
+    /// Only the taps of the adapted layers: the pass stops after the last of them (what an
+    /// objective made of taps alone needs — RFA's with no task term).
+    fn taps(&self, input: &Input<B>) -> Taps<B>;
     fn load(dir: &Path, device: &B::Device) -> Result<Self>;
     fn save(&self, dir: &Path) -> Result<()>;
     /// Classes of a classifier's head; None for a language model.
@@ -267,6 +270,11 @@ impl<B: FusedOps> Learner<B> for VitForImageClassification<B> {
         let Input::Pixels(x) = input else { panic!("ViT takes pixels") };
         let out = self.forward(x.clone());
         Pass { logits: Some(Logits::Classes(out.logits)), features: out.features, taps: out.taps }
+    }
+
+    fn taps(&self, input: &Input<B>) -> Taps<B> {
+        let Input::Pixels(x) = input else { panic!("ViT takes pixels") };
+        self.forward_taps(x.clone())
     }
 
     fn load(dir: &Path, device: &B::Device) -> Result<Self> {
@@ -309,6 +317,11 @@ impl<B: FusedOps> Learner<B> for BertForSequenceClassification<B> {
         Pass { logits: Some(Logits::Classes(out.logits)), features: out.features, taps: out.taps }
     }
 
+    fn taps(&self, input: &Input<B>) -> Taps<B> {
+        let Input::Tokens { ids, mask } = input else { panic!("BERT takes tokens") };
+        self.forward_taps(ids.clone(), Some(mask.clone()), None)
+    }
+
     fn load(dir: &Path, device: &B::Device) -> Result<Self> {
         Ok(Self::load(dir, device)?)
     }
@@ -343,6 +356,11 @@ impl<B: FusedOps> Learner<B> for Gpt2LmHeadModel<B> {
         let m = mask.clone().float().reshape([b, t, 1]);
         let features = (hidden * m.clone()).sum_dim(1).reshape([b, d]) / m.sum_dim(1).reshape([b, 1]);
         Pass { logits, features, taps }
+    }
+
+    fn taps(&self, input: &Input<B>) -> Taps<B> {
+        let Input::Tokens { ids, mask } = input else { panic!("GPT-2 takes tokens") };
+        self.forward_taps(ids.clone(), Some(mask.clone()))
     }
 
     fn load(dir: &Path, device: &B::Device) -> Result<Self> {
