@@ -1,5 +1,5 @@
-//! Element-wise operations the models run as one kernel with a hand-written backward, where a
-//! backend is worth it: the GELUs and the softmax over the last dimension.
+//! Operations the models run as one op with a hand-written backward, where a backend is worth
+//! it: the GELUs, the softmax over the last dimension and multi-head attention.
 //!
 //! Why not burn's own: burn 0.21's `gelu` backward is the tanh approximation's derivative even
 //! for the exact GELU (up to 7 % wrong near x ≈ −3), and written in burn's element-wise ops both
@@ -12,7 +12,8 @@
 //! tensor ops (what ndarray and CUDA run), [`Autodiff`] records one node per call whose backward
 //! is the analytic derivative (so every backend gets the right GELU gradient and keeps only the
 //! input), and burn-flex overrides the f32 case with single-pass, multi-threaded, vectorised
-//! loops ([`kernels`]).
+//! loops ([`kernels`]) and, for attention, per-head products on strided views
+//! (`ops/attention.rs`, which says why).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
