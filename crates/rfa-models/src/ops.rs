@@ -70,12 +70,13 @@ pub trait FusedOps: Backend {
         heads: usize,
         scale: f64,
     ) -> FloatTensor<Self> {
-        Self::fused_attention_probs(q, k, v, bias, heads, scale).0
+        Self::fused_attention_stats(q, k, v, bias, heads, scale).0
     }
 
-    /// [`FusedOps::fused_attention`] and its attention weights `[b, heads, tq, tk]`, which the
-    /// backward pass needs.
-    fn fused_attention_probs(
+    /// [`FusedOps::fused_attention`] and, per query row, the max of its scores and the sum of
+    /// their exponentials `[b, heads, tq, 2]`: the backward pass recomputes the attention
+    /// weights from them instead of keeping `b · heads · tq · tk` values per layer.
+    fn fused_attention_stats(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
@@ -86,16 +87,9 @@ pub trait FusedOps: Backend {
         fallback::attention::<Self>(q, k, v, bias, heads, scale)
     }
 
-    /// The gradients of `q`, `k` and `v` from the output's gradient and the attention weights.
-    fn fused_attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        probs: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        scale: f64,
-    ) -> [FloatTensor<Self>; 3] {
-        fallback::attention_backward::<Self>(q, k, v, probs, grad, scale)
+    /// The gradients of `q`, `k` and `v` from the output's gradient.
+    fn fused_attention_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
+        fallback::attention_backward::<Self>(saved, grad)
     }
 
     /// Attention over a packed projection `[b, t, 3c]`: q, k and v side by side (GPT-2's
@@ -106,15 +100,47 @@ pub trait FusedOps: Backend {
         Self::fused_attention(q, k, v, bias, heads, scale)
     }
 
-    /// The gradient of the packed projection: those of q, k and v side by side.
-    fn fused_attention_packed_backward(
-        qkv: FloatTensor<Self>,
-        probs: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        scale: f64,
-    ) -> FloatTensor<Self> {
-        let [q, k, v] = fallback::unpack::<Self>(qkv);
-        Self::float_cat(Self::fused_attention_backward(q, k, v, probs, grad, scale).to_vec(), 2)
+    /// The gradient of the packed projection (`saved.q` holds it, `k` and `v` are unused):
+    /// those of q, k and v side by side.
+    fn fused_attention_packed_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_cat(Self::fused_attention_backward(saved.unpacked(), grad).to_vec(), 2)
+    }
+}
+
+/// What the attention's backward pass keeps: the operands, the bias, the per-row statistics of
+/// [`FusedOps::fused_attention_stats`] and the scale. For the packed op `q` is the packed
+/// projection and `k`, `v` are `None`.
+#[derive(Debug, Clone)]
+pub struct AttentionSaved<B: Backend> {
+    pub q: FloatTensor<B>,
+    pub k: Option<FloatTensor<B>>,
+    pub v: Option<FloatTensor<B>>,
+    pub bias: Option<FloatTensor<B>>,
+    pub stats: FloatTensor<B>,
+    pub scale: f64,
+}
+
+impl<B: Backend> AttentionSaved<B> {
+    pub fn heads(&self) -> usize {
+        self.stats.shape()[1]
+    }
+
+    /// q, k, v as separate views (of the packed projection if that is what `q` holds).
+    pub fn unpacked(self) -> Self {
+        match (&self.k, &self.v) {
+            (Some(_), Some(_)) => self,
+            _ => {
+                let [q, k, v] = fallback::unpack::<B>(self.q);
+                Self { q, k: Some(k), v: Some(v), ..self }
+            }
+        }
+    }
+
+    /// `[q, k, v]`; panics for a packed record (call [`AttentionSaved::unpacked`] first).
+    pub fn operands(&self) -> [FloatTensor<B>; 3] {
+        let k = self.k.clone().expect("separate q, k, v");
+        let v = self.v.clone().expect("separate q, k, v");
+        [self.q.clone(), k, v]
     }
 }
 
@@ -285,6 +311,15 @@ pub mod fallback {
         x.swap_dims(1, 2).reshape([b, t, h * d]).into_primitive().tensor()
     }
 
+    /// Scores `[b, heads, tq, tk]`: `q_h k_hᵀ · scale + bias`.
+    fn scores<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, bias: Option<FloatTensor<B>>, heads: usize, scale: f64) -> Tensor<B, 4> {
+        let scores = split_heads::<B>(q, heads).matmul(split_heads::<B>(k, heads).swap_dims(2, 3)).mul_scalar(scale);
+        match bias {
+            Some(bias) => scores + tensor::<B, 4>(bias),
+            None => scores,
+        }
+    }
+
     pub fn attention<B: FusedOps>(
         q: FloatTensor<B>,
         k: FloatTensor<B>,
@@ -294,29 +329,28 @@ pub mod fallback {
         scale: f64,
     ) -> (FloatTensor<B>, FloatTensor<B>) {
         AttentionDims::new(&q.shape(), &k.shape(), &v.shape(), bias.as_ref().map(|b| b.shape()).as_ref(), heads);
-        let mut scores = split_heads::<B>(q, heads).matmul(split_heads::<B>(k, heads).swap_dims(2, 3)).mul_scalar(scale);
-        if let Some(bias) = bias {
-            scores = scores + tensor::<B, 4>(bias);
-        }
-        let probs = super::softmax_last(scores);
-        (merge_heads(probs.clone().matmul(split_heads::<B>(v, heads))), probs.into_primitive().tensor())
+        // burn's softmax, op for op (so ndarray's numbers do not move), keeping its max and sum.
+        let s = scores::<B>(q, k, bias, heads, scale);
+        let max = s.clone().max_dim(3);
+        let e = (s - max.clone()).exp();
+        let sum = e.clone().sum_dim(3);
+        let probs = e / sum.clone();
+        let out = merge_heads(probs.matmul(split_heads::<B>(v, heads)));
+        (out, Tensor::cat(vec![max, sum], 3).into_primitive().tensor())
     }
 
-    pub fn attention_backward<B: FusedOps>(
-        q: FloatTensor<B>,
-        k: FloatTensor<B>,
-        v: FloatTensor<B>,
-        probs: FloatTensor<B>,
-        grad: FloatTensor<B>,
-        scale: f64,
-    ) -> [FloatTensor<B>; 3] {
-        let probs = tensor::<B, 4>(probs);
-        let heads = probs.dims()[1];
+    pub fn attention_backward<B: FusedOps>(saved: AttentionSaved<B>, grad: FloatTensor<B>) -> [FloatTensor<B>; 3] {
+        let saved = saved.unpacked();
+        let heads = saved.heads();
+        let [q, k, v] = saved.operands();
+        let stats = tensor::<B, 4>(saved.stats);
+        let (max, sum) = (stats.clone().narrow(3, 0, 1), stats.narrow(3, 1, 1));
+        let probs = (scores::<B>(q.clone(), k.clone(), saved.bias, heads, saved.scale) - max).exp() / sum;
         let grad = split_heads::<B>(grad, heads);
         let dv = probs.clone().swap_dims(2, 3).matmul(grad.clone());
         let dprobs = grad.matmul(split_heads::<B>(v, heads).swap_dims(2, 3));
-        let dscores =
-            tensor::<B, 4>(B::fused_softmax_backward(probs.into_primitive().tensor(), dprobs.into_primitive().tensor())).mul_scalar(scale);
+        let dscores = tensor::<B, 4>(B::fused_softmax_backward(probs.into_primitive().tensor(), dprobs.into_primitive().tensor()))
+            .mul_scalar(saved.scale);
         let dq = dscores.clone().matmul(split_heads::<B>(k, heads));
         let dk = dscores.swap_dims(2, 3).matmul(split_heads::<B>(q, heads));
         [merge_heads(dq), merge_heads(dk), merge_heads(dv)]
@@ -378,17 +412,16 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         scale: f64,
     ) -> FloatTensor<Self> {
         #[derive(Debug)]
-        struct AttentionBackward(f64);
+        struct AttentionBackward;
 
         impl<B: FusedOps> Backward<B, 3> for AttentionBackward {
-            // q, k, v and the attention weights: what the decomposed graph keeps too, without
-            // its scaled and biased scores.
-            type State = [FloatTensor<B>; 4];
+            // q, k, v (what the decomposed graph keeps too), the bias and two numbers per query
+            // row — not the attention weights.
+            type State = AttentionSaved<B>;
 
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let grad = grads.consume::<B>(&ops.node);
-                let [q, k, v, probs] = ops.state;
-                let d = B::fused_attention_backward(q, k, v, probs, grad, self.0);
+                let d = B::fused_attention_backward(ops.state, grad);
                 for (node, d) in ops.parents.into_iter().zip(d) {
                     if let Some(node) = node {
                         grads.register::<B>(node.id, d);
@@ -399,11 +432,11 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
         let bias = bias.map(|b| b.primitive);
         let parents = [q.node.clone(), k.node.clone(), v.node.clone()];
-        match AttentionBackward(scale).prepare::<C>(parents).compute_bound().stateful() {
+        match AttentionBackward.prepare::<C>(parents).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (out, probs) =
-                    B::fused_attention_probs(q.primitive.clone(), k.primitive.clone(), v.primitive.clone(), bias, heads, scale);
-                prep.finish([q.primitive, k.primitive, v.primitive, probs], out)
+                let (q, k, v) = (q.primitive, k.primitive, v.primitive);
+                let (out, stats) = B::fused_attention_stats(q.clone(), k.clone(), v.clone(), bias.clone(), heads, scale);
+                prep.finish(AttentionSaved { q, k: Some(k), v: Some(v), bias, stats, scale }, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(q.primitive, k.primitive, v.primitive, bias, heads, scale)),
         }
@@ -411,23 +444,23 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
     fn fused_attention_packed(qkv: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, heads: usize, scale: f64) -> FloatTensor<Self> {
         #[derive(Debug)]
-        struct PackedAttentionBackward(f64);
+        struct PackedAttentionBackward;
 
         impl<B: FusedOps> Backward<B, 1> for PackedAttentionBackward {
-            type State = [FloatTensor<B>; 2];
+            type State = AttentionSaved<B>;
 
             fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let [qkv, probs] = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| B::fused_attention_packed_backward(qkv, probs, grad, self.0));
+                let saved = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| B::fused_attention_packed_backward(saved, grad));
             }
         }
 
         let bias = bias.map(|b| b.primitive);
-        match PackedAttentionBackward(scale).prepare::<C>([qkv.node.clone()]).compute_bound().stateful() {
+        match PackedAttentionBackward.prepare::<C>([qkv.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let [q, k, v] = fallback::unpack::<B>(qkv.primitive.clone());
-                let (out, probs) = B::fused_attention_probs(q, k, v, bias, heads, scale);
-                prep.finish([qkv.primitive, probs], out)
+                let (out, stats) = B::fused_attention_stats(q, k, v, bias.clone(), heads, scale);
+                prep.finish(AttentionSaved { q: qkv.primitive, k: None, v: None, bias, stats, scale }, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_attention_packed(qkv.primitive, bias, heads, scale)),
         }
@@ -482,13 +515,13 @@ impl FusedOps for Flex {
         heads: usize,
         scale: f64,
     ) -> FloatTensor<Self> {
-        if !all_f32(&[&q, &k, &v]) || bias.as_ref().is_some_and(|b| b.dtype() != DType::F32) {
+        if !all_f32(&[Some(&q), Some(&k), Some(&v), bias.as_ref()]) {
             return fallback::attention::<Self>(q, k, v, bias, heads, scale).0;
         }
         attention::forward(&q, &k, &v, bias.as_ref(), heads, scale, false).0
     }
 
-    fn fused_attention_probs(
+    fn fused_attention_stats(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
@@ -496,43 +529,36 @@ impl FusedOps for Flex {
         heads: usize,
         scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        if !all_f32(&[&q, &k, &v]) || bias.as_ref().is_some_and(|b| b.dtype() != DType::F32) {
+        if !all_f32(&[Some(&q), Some(&k), Some(&v), bias.as_ref()]) {
             return fallback::attention::<Self>(q, k, v, bias, heads, scale);
         }
-        let (out, probs) = attention::forward(&q, &k, &v, bias.as_ref(), heads, scale, true);
-        (out, probs.expect("attention weights were asked for"))
+        let (out, stats) = attention::forward(&q, &k, &v, bias.as_ref(), heads, scale, true);
+        (out, stats.expect("row statistics were asked for"))
     }
 
-    fn fused_attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        probs: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        scale: f64,
-    ) -> [FloatTensor<Self>; 3] {
-        if !all_f32(&[&q, &k, &v, &probs, &grad]) {
-            return fallback::attention_backward::<Self>(q, k, v, probs, grad, scale);
+    fn fused_attention_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
+        let saved = saved.unpacked();
+        if !flex_f32_saved(&saved, &grad) {
+            return fallback::attention_backward::<Self>(saved, grad);
         }
-        attention::backward(&q, &k, &v, &probs, &grad, scale)
+        attention::backward(&saved, &grad)
     }
 
-    fn fused_attention_packed_backward(
-        qkv: FloatTensor<Self>,
-        probs: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        scale: f64,
-    ) -> FloatTensor<Self> {
-        if !all_f32(&[&qkv, &probs, &grad]) {
-            let [q, k, v] = fallback::unpack::<Self>(qkv);
-            return Self::float_cat(fallback::attention_backward::<Self>(q, k, v, probs, grad, scale).to_vec(), 2);
+    fn fused_attention_packed_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !flex_f32_saved(&saved, &grad) || saved.k.is_some() {
+            return Self::float_cat(Self::fused_attention_backward(saved.unpacked(), grad).to_vec(), 2);
         }
-        attention::backward_packed(&qkv, &probs, &grad, scale)
+        attention::backward_packed(&saved, &grad)
     }
 }
 
-fn all_f32(ts: &[&FlexTensor]) -> bool {
-    ts.iter().all(|t| t.dtype() == DType::F32)
+fn flex_f32_saved(saved: &AttentionSaved<Flex>, grad: &FlexTensor) -> bool {
+    all_f32(&[Some(&saved.q), saved.k.as_ref(), saved.v.as_ref(), saved.bias.as_ref(), Some(&saved.stats), Some(grad)])
+}
+
+/// Every tensor present is f32.
+fn all_f32(ts: &[Option<&FlexTensor>]) -> bool {
+    ts.iter().flatten().all(|t| t.dtype() == DType::F32)
 }
 
 fn f32s(x: &FlexTensor) -> &[f32] {
@@ -716,15 +742,21 @@ pub mod kernels {
         (BLOCK / last.max(1)).max(1) * last.max(1)
     }
 
-    /// Softmax of one row in place. A NaN is never the max; it still makes its row NaN through
-    /// exp and the sum.
+    /// Softmax of one row in place; returns the row's max and the sum of `exp(x − max)`. A NaN
+    /// is never the max; it still makes its row NaN through exp and the sum.
     #[inline(always)]
-    fn softmax_row(r: &mut [f32]) {
+    fn softmax_row(r: &mut [f32]) -> (f32, f32) {
         let m = row_reduce(r, f32::NEG_INFINITY, |a, v| select(v > a, v, a));
         for v in r.iter_mut() {
             *v = exp(*v - m);
         }
-        let inv = 1.0 / row_reduce(r, 0.0, |a, v| a + v);
+        let sum = row_reduce(r, 0.0, |a, v| a + v);
+        scale_row(r, 1.0 / sum);
+        (m, sum)
+    }
+
+    #[inline(always)]
+    fn scale_row(r: &mut [f32], inv: f32) {
         for v in r.iter_mut() {
             *v *= inv;
         }
@@ -778,16 +810,43 @@ pub mod kernels {
         })
     }
 
-    /// The rows `[rows, last]` of attention scores in place: `bias(i)` added to row `i` where
-    /// there is one, then softmax.
-    pub(crate) fn biased_softmax_rows<'a>(s: &mut [f32], last: usize, bias: impl Fn(usize) -> Option<&'a [f32]>) {
-        with_simd!(for (i, r) in s.chunks_mut(last.max(1)).enumerate() {
-            if let Some(b) = bias(i) {
-                for (v, &b) in r.iter_mut().zip(b) {
-                    *v += b;
-                }
+    #[inline(always)]
+    fn add_row(r: &mut [f32], b: Option<&[f32]>) {
+        if let Some(b) = b {
+            for (v, &b) in r.iter_mut().zip(b) {
+                *v += b;
             }
-            softmax_row(r);
+        }
+    }
+
+    /// The rows `[rows, last]` of attention scores in place: `bias(i)` added to row `i` where
+    /// there is one, then softmax; each row's max and sum go to `stats` (pairs) when given.
+    pub(crate) fn biased_softmax_rows<'a>(
+        s: &mut [f32],
+        last: usize,
+        bias: impl Fn(usize) -> Option<&'a [f32]>,
+        mut stats: Option<&mut [f32]>,
+    ) {
+        with_simd!(for (i, r) in s.chunks_mut(last.max(1)).enumerate() {
+            add_row(r, bias(i));
+            let (m, sum) = softmax_row(r);
+            if let Some(st) = stats.as_deref_mut() {
+                st[2 * i] = m;
+                st[2 * i + 1] = sum;
+            }
+        })
+    }
+
+    /// The same softmax from the rows' stored max and sum (pairs in `stats`): the weights of
+    /// [`biased_softmax_rows`] again, bit for bit, without a max or sum pass.
+    pub(crate) fn biased_softmax_rows_from<'a>(s: &mut [f32], last: usize, bias: impl Fn(usize) -> Option<&'a [f32]>, stats: &[f32]) {
+        with_simd!(for (i, r) in s.chunks_mut(last.max(1)).enumerate() {
+            add_row(r, bias(i));
+            let m = stats[2 * i];
+            for v in r.iter_mut() {
+                *v = exp(*v - m);
+            }
+            scale_row(r, 1.0 / stats[2 * i + 1]);
         })
     }
 

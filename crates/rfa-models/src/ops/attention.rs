@@ -8,13 +8,11 @@
 //! head stay in cache between the two products, and the context is written straight into the
 //! `[batch, seq, heads · d]` layout the output projection reads.
 
-use std::mem::MaybeUninit;
-
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
-use burn_flex::{FlexTensor, Layout};
+use burn_flex::{Flex, FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::AttentionDims;
+use super::{AttentionDims, AttentionSaved};
 
 /// A `[batch, seq, width]` f32 operand as it lies in memory: any strides.
 #[derive(Clone, Copy)]
@@ -148,7 +146,8 @@ fn written(n: usize, fill: impl FnOnce(Out)) -> Vec<f32> {
     v
 }
 
-/// The context `[b, tq, heads · dv]` and, when `keep_probs`, the weights `[b, heads, tq, tk]`.
+/// The context `[b, tq, heads · dv]` and, when `keep_stats`, each query row's score max and
+/// sum of exponentials `[b, heads, tq, 2]` (what the backward pass recomputes the weights from).
 pub(super) fn forward(
     q: &FlexTensor,
     k: &FlexTensor,
@@ -156,113 +155,107 @@ pub(super) fn forward(
     bias: Option<&FlexTensor>,
     heads: usize,
     scale: f64,
-    keep_probs: bool,
+    keep_stats: bool,
 ) -> (FlexTensor, Option<FlexTensor>) {
     let d = dims(q, k, v, bias, heads);
     let (cv, tasks, block) = (heads * d.dv, d.batch * heads, d.tq * d.tk);
     if tasks * d.tq == 0 || d.tk == 0 {
-        let probs = keep_probs.then(|| tensor(vec![0.0; tasks * block], [d.batch, heads, d.tq, d.tk]));
-        return (tensor(vec![0.0; d.batch * d.tq * cv], [d.batch, d.tq, cv]), probs);
+        // No keys: a zero context (and rows that the backward pass treats as empty).
+        let stats = keep_stats.then(|| tensor(vec![0.0; tasks * d.tq * 2], [d.batch, heads, d.tq, 2]));
+        return (tensor(vec![0.0; d.batch * d.tq * cv], [d.batch, d.tq, cv]), stats);
     }
     let (qo, ko, vo) = (Operand::new(q), Operand::new(k), Operand::new(v));
     let bias = bias.map(|b| Bias::new(b, &d));
-    let scale = scale as f32;
-
-    let run = |out: Out, task: usize, s: &mut [f32]| {
-        let (b, h) = (task / heads, task % heads);
-        // SAFETY (both products): the operands' blocks lie inside their tensors (shapes checked by
-        // `dims`), `s` holds tq × tk values, the output block of (b, h) is tq rows of dv values
-        // at row stride cv inside a [b, tq, cv] buffer.
-        unsafe {
-            let kt = (ko.head(b, h, d.dk), ko.col_stride(), ko.row_stride());
-            product(d.tq, d.tk, d.dk, s.as_mut_ptr(), d.tk, (qo.head(b, h, d.dk), qo.row_stride(), qo.col_stride()), kt, scale);
+    let mut stats = vec![0.0f32; if keep_stats { tasks * d.tq * 2 } else { 0 }];
+    let context = written(d.batch * d.tq * cv, |out| {
+        let run = |task: usize, s: &mut [f32], st: Option<&mut [f32]>| {
+            let (b, h) = (task / heads, task % heads);
+            let pt = scores(&d, &qo, &ko, bias.as_ref(), scale, b, h, s);
+            super::kernels::biased_softmax_rows(s, d.tk, pt, st);
+            // SAFETY: `s` holds tq × tk weights; the output block of (b, h) is tq rows of dv
+            // values at row stride cv inside a [b, tq, cv] buffer, this task's own.
+            unsafe {
+                let dst = out.at(b * d.tq * cv + h * d.dv);
+                product(
+                    d.tq,
+                    d.dv,
+                    d.tk,
+                    dst,
+                    cv,
+                    (s.as_ptr(), d.tk as isize, 1),
+                    (vo.head(b, h, d.dv), vo.row_stride(), vo.col_stride()),
+                    1.0,
+                );
+            }
+        };
+        if keep_stats {
+            stats.par_chunks_mut(2 * d.tq).enumerate().for_each_init(|| vec![0.0f32; block], |s, (task, st)| run(task, s, Some(st)));
+        } else {
+            (0..tasks).into_par_iter().for_each_init(|| vec![0.0f32; block], |s, task| run(task, s, None));
         }
-        super::kernels::biased_softmax_rows(s, d.tk, |i| bias.as_ref().map(|bias| bias.row(b, h, i, d.tk)));
-        unsafe {
-            let dst = out.at(b * d.tq * cv + h * d.dv);
-            product(
-                d.tq,
-                d.dv,
-                d.tk,
-                dst,
-                cv,
-                (s.as_ptr(), d.tk as isize, 1),
-                (vo.head(b, h, d.dv), vo.row_stride(), vo.col_stride()),
-                1.0,
-            );
-        }
-    };
-
-    if keep_probs {
-        let mut probs: Vec<f32> = Vec::with_capacity(tasks * block);
-        let context = written(d.batch * d.tq * cv, |out| {
-            probs.spare_capacity_mut()[..tasks * block].par_chunks_mut(block).enumerate().for_each(|(task, s)| {
-                // SAFETY: the first product writes all of `s` before the softmax reads it.
-                let s = unsafe { &mut *(s as *mut [MaybeUninit<f32>] as *mut [f32]) };
-                run(out, task, s)
-            });
-        });
-        // SAFETY: the chunks cover [0, tasks · block) and each was written whole.
-        unsafe { probs.set_len(tasks * block) };
-        (tensor(context, [d.batch, d.tq, cv]), Some(tensor(probs, [d.batch, heads, d.tq, d.tk])))
-    } else {
-        let context = written(d.batch * d.tq * cv, |out| {
-            (0..tasks).into_par_iter().for_each_init(|| vec![0.0f32; block], |s, task| run(out, task, s));
-        });
-        (tensor(context, [d.batch, d.tq, cv]), None)
-    }
+    });
+    (tensor(context, [d.batch, d.tq, cv]), keep_stats.then(|| tensor(stats, [d.batch, heads, d.tq, 2])))
 }
 
-/// The gradients of `q`, `k`, `v` (contiguous, their shapes) from the weights `probs`
-/// `[b, heads, tq, tk]` and the context's gradient `grad` `[b, tq, heads · dv]`.
-pub(super) fn backward(
-    q: &FlexTensor,
-    k: &FlexTensor,
-    v: &FlexTensor,
-    probs: &FlexTensor,
-    grad: &FlexTensor,
+/// Scores `q_h k_hᵀ · scale` of (b, h) into `s` (tq × tk); returns the bias row lookup.
+#[allow(clippy::too_many_arguments)]
+fn scores<'a>(
+    d: &AttentionDims,
+    qo: &Operand,
+    ko: &Operand,
+    bias: Option<&'a Bias>,
     scale: f64,
-) -> [FlexTensor; 3] {
-    let d = dims(q, k, v, None, probs.shape()[1]);
+    b: usize,
+    h: usize,
+    s: &mut [f32],
+) -> impl Fn(usize) -> Option<&'a [f32]> + use<'a> {
+    assert_eq!(s.len(), d.tq * d.tk);
+    // SAFETY: the operands' head blocks lie inside their tensors (shapes checked by `dims`), `s`
+    // holds tq × tk values.
+    unsafe {
+        let kt = (ko.head(b, h, d.dk), ko.col_stride(), ko.row_stride());
+        product(d.tq, d.tk, d.dk, s.as_mut_ptr(), d.tk, (qo.head(b, h, d.dk), qo.row_stride(), qo.col_stride()), kt, scale as f32);
+    }
+    let tk = d.tk;
+    move |i| bias.map(|bias| bias.row(b, h, i, tk))
+}
+
+/// The gradients of `q`, `k`, `v` (contiguous, their shapes) from what the forward pass kept and
+/// the context's gradient `grad` `[b, tq, heads · dv]`.
+pub(super) fn backward(saved: &AttentionSaved<Flex>, grad: &FlexTensor) -> [FlexTensor; 3] {
+    let [q, k, v] = saved.operands();
+    let d = dims(&q, &k, &v, None, saved.heads());
     let (c, cv) = (d.heads * d.dk, d.heads * d.dv);
     let (mut dq, mut dk) = (Vec::new(), Vec::new());
     let dv = written(d.batch * d.tk * cv, |dv| {
         dk = written(d.batch * d.tk * c, |dk| {
-            dq = written(d.batch * d.tq * c, |dq| backward_into(&d, q, k, v, probs, grad, scale, [(dq, c), (dk, c), (dv, cv)]));
+            dq = written(d.batch * d.tq * c, |dq| backward_into(&d, [&q, &k, &v], saved, grad, [(dq, c), (dk, c), (dv, cv)]));
         });
     });
     [tensor(dq, [d.batch, d.tq, c]), tensor(dk, [d.batch, d.tk, c]), tensor(dv, [d.batch, d.tk, cv])]
 }
 
-/// The gradient of a packed `[b, t, 3c]` projection (q, k, v side by side), written in one buffer.
-pub(super) fn backward_packed(qkv: &FlexTensor, probs: &FlexTensor, grad: &FlexTensor, scale: f64) -> FlexTensor {
+/// The gradient of the packed `[b, t, 3c]` projection in `saved.q` (q, k, v side by side),
+/// written in one buffer.
+pub(super) fn backward_packed(saved: &AttentionSaved<Flex>, grad: &FlexTensor) -> FlexTensor {
+    let qkv = &saved.q;
     let [b, t, w] = qkv.shape().dims::<3>();
     let c = w / 3;
     let (q, k, v) = (qkv.narrow(2, 0, c), qkv.narrow(2, c, c), qkv.narrow(2, 2 * c, c));
-    let d = dims(&q, &k, &v, None, probs.shape()[1]);
-    let g = written(b * t * w, |g| backward_into(&d, &q, &k, &v, probs, grad, scale, [(g, w), (Out(g.at(c)), w), (Out(g.at(2 * c)), w)]));
+    let d = dims(&q, &k, &v, None, saved.heads());
+    let g = written(b * t * w, |g| backward_into(&d, [&q, &k, &v], saved, grad, [(g, w), (Out(g.at(c)), w), (Out(g.at(2 * c)), w)]));
     tensor(g, [b, t, w])
 }
 
 /// Writes the gradients of q, k, v into `dst`: for each, the pointer to its (batch 0, row 0,
 /// column 0) element and the row stride of the `[b, t, ·]` buffer (rows consecutive per batch).
-#[allow(clippy::too_many_arguments)]
-fn backward_into(
-    d: &AttentionDims,
-    q: &FlexTensor,
-    k: &FlexTensor,
-    v: &FlexTensor,
-    probs: &FlexTensor,
-    grad: &FlexTensor,
-    scale: f64,
-    dst: [(Out, usize); 3],
-) {
+fn backward_into(d: &AttentionDims, [q, k, v]: [&FlexTensor; 3], saved: &AttentionSaved<Flex>, grad: &FlexTensor, dst: [(Out, usize); 3]) {
     let heads = d.heads;
     let (c, cv, tasks, block) = (heads * d.dk, heads * d.dv, d.batch * heads, d.tq * d.tk);
     let [(dq, rq), (dk, rk), (dv, rv)] = dst;
     if block == 0 {
         // No scores (no queries or no keys): every gradient is zero.
-        for ((out, rs), rows, width) in [(dq, rq, d.tq, c), (dk, rk, d.tk, c), (dv, rv, d.tk, cv)].map(|(o, r, t, w)| ((o, r), t, w)) {
+        for (out, rs, rows, width) in [(dq, rq, d.tq, c), (dk, rk, d.tk, c), (dv, rv, d.tk, cv)] {
             for r in 0..d.batch * rows {
                 // SAFETY: row r of the destination holds `width` elements from its start.
                 unsafe { std::ptr::write_bytes(out.at(r * rs), 0, width) };
@@ -270,18 +263,21 @@ fn backward_into(
         }
         return;
     }
-    let (probs, grad) = (probs.to_contiguous(), grad.to_contiguous());
-    assert_eq!(probs.shape().dims::<4>(), [d.batch, heads, d.tq, d.tk], "attention backward: weights of the wrong shape");
+    let (stats, grad) = (saved.stats.to_contiguous(), grad.to_contiguous());
+    assert_eq!(stats.shape().dims::<4>(), [d.batch, heads, d.tq, 2], "attention backward: row statistics of the wrong shape");
     assert_eq!(grad.shape().dims::<3>(), [d.batch, d.tq, cv], "attention backward: gradient of the wrong shape");
     let (qo, ko, vo) = (Operand::new(q), Operand::new(k), Operand::new(v));
-    let (p, g) = (probs.storage::<f32>(), grad.storage::<f32>());
-    let scale = scale as f32;
+    let bias = saved.bias.as_ref().map(|b| Bias::new(b, d));
+    let (st, g) = (stats.storage::<f32>(), grad.storage::<f32>());
+    let scale = saved.scale;
 
     (0..tasks).into_par_iter().for_each_init(
-        || vec![0.0f32; block],
-        |ds, task| {
+        || (vec![0.0f32; block], vec![0.0f32; block]),
+        |(p, ds), task| {
             let (b, h) = (task / heads, task % heads);
-            let p = &p[task * block..(task + 1) * block];
+            // The weights again, from the scores and the forward pass's row statistics.
+            let pt = scores(d, &qo, &ko, bias.as_ref(), scale, b, h, p);
+            super::kernels::biased_softmax_rows_from(p, d.tk, pt, &st[task * 2 * d.tq..(task + 1) * 2 * d.tq]);
             // SAFETY: as in `forward`; the gradient block of (b, h) is tq rows of dv values at row
             // stride cv, and every destination block is this task's own.
             unsafe {
@@ -293,7 +289,7 @@ fn backward_into(
                 product(d.tq, d.tk, d.dv, ds.as_mut_ptr(), d.tk, g, vt, 1.0);
             }
             // dS = scale · P ⊙ (dP − Σ dP ⊙ P)
-            super::kernels::softmax_rows_grad_in_place(p, ds, d.tk, scale);
+            super::kernels::softmax_rows_grad_in_place(p, ds, d.tk, scale as f32);
             unsafe {
                 // dQ_h = dS · K_h,  dK_h = dSᵀ · Q_h
                 let kh = (ko.head(b, h, d.dk), ko.row_stride(), ko.col_stride());
