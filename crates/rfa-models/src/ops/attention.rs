@@ -6,7 +6,9 @@
 //! GPT-2-small step in the profile). Here each head's products read `q`, `k`, `v` where they lie
 //! — usually column slices of one fused projection — through gemm's strides, the scores of a
 //! head stay in cache between the two products, and the context is written straight into the
-//! `[batch, seq, heads · d]` layout the output projection reads.
+//! `[batch, seq, heads · d]` layout the output projection reads. The backward pass recomputes a
+//! head's weights from its scores and the forward pass's row max and sum — the same operations
+//! on the same values, so the same weights — instead of keeping `tq × tk` values per head.
 
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
 use burn_flex::{Flex, FlexTensor, Layout};
