@@ -262,3 +262,21 @@ fn the_cls_retain_term_enters_the_loss_only_when_weighted() {
     assert!(weighted[0].abs() < 1e-6, "{weighted:?}");
     assert!(weighted[1..].iter().all(|&x| x > 1e-6), "{weighted:?}");
 }
+
+/// `unlearn.retain_task_weight = γ > 0` adds γ · (the task loss on the retain batch) — the pass
+/// then runs to the logits instead of ending at the last adapted layer: a positive cross-entropy
+/// from the first step on.
+#[test]
+fn the_task_term_enters_the_loss_only_when_weighted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Default::default();
+    let mut cfg = tiny("task-retain", tmp.path());
+    cfg.unlearn.epochs = 2;
+    cfg.unlearn.retain_task_weight = 0.5;
+    let lambda = cfg.unlearn.lambda;
+    let run = Run::open(cfg).unwrap();
+    run.train::<AB>(false, &dev).unwrap();
+    run.unlearn::<AB>(&dev).unwrap();
+    let extra: Vec<f64> = unlearn_log(&run, "rfa").steps.iter().map(|s| s.total - (s.retain + lambda * s.forget)).collect();
+    assert!(!extra.is_empty() && extra.iter().all(|&x| x > 1e-3 && x.is_finite()), "{extra:?}");
+}
