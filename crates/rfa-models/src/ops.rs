@@ -507,20 +507,6 @@ impl FusedOps for Flex {
         flex_f32(kernels::softmax_rows_backward(f32s(&y), f32s(&grad), last), shape)
     }
 
-    fn fused_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        bias: Option<FloatTensor<Self>>,
-        heads: usize,
-        scale: f64,
-    ) -> FloatTensor<Self> {
-        if !all_f32(&[Some(&q), Some(&k), Some(&v), bias.as_ref()]) {
-            return fallback::attention::<Self>(q, k, v, bias, heads, scale).0;
-        }
-        attention::forward(&q, &k, &v, bias.as_ref(), heads, scale, false).0
-    }
-
     fn fused_attention_stats(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -532,8 +518,7 @@ impl FusedOps for Flex {
         if !all_f32(&[Some(&q), Some(&k), Some(&v), bias.as_ref()]) {
             return fallback::attention::<Self>(q, k, v, bias, heads, scale);
         }
-        let (out, stats) = attention::forward(&q, &k, &v, bias.as_ref(), heads, scale, true);
-        (out, stats.expect("row statistics were asked for"))
+        attention::forward(&q, &k, &v, bias.as_ref(), heads, scale)
     }
 
     fn fused_attention_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
@@ -820,20 +805,13 @@ pub mod kernels {
     }
 
     /// The rows `[rows, last]` of attention scores in place: `bias(i)` added to row `i` where
-    /// there is one, then softmax; each row's max and sum go to `stats` (pairs) when given.
-    pub(crate) fn biased_softmax_rows<'a>(
-        s: &mut [f32],
-        last: usize,
-        bias: impl Fn(usize) -> Option<&'a [f32]>,
-        mut stats: Option<&mut [f32]>,
-    ) {
+    /// there is one, then softmax; each row's max and sum go to `stats` (pairs).
+    pub(crate) fn biased_softmax_rows<'a>(s: &mut [f32], last: usize, bias: impl Fn(usize) -> Option<&'a [f32]>, stats: &mut [f32]) {
         with_simd!(for (i, r) in s.chunks_mut(last.max(1)).enumerate() {
             add_row(r, bias(i));
             let (m, sum) = softmax_row(r);
-            if let Some(st) = stats.as_deref_mut() {
-                st[2 * i] = m;
-                st[2 * i + 1] = sum;
-            }
+            stats[2 * i] = m;
+            stats[2 * i + 1] = sum;
         })
     }
 

@@ -148,8 +148,9 @@ fn written(n: usize, fill: impl FnOnce(Out)) -> Vec<f32> {
     v
 }
 
-/// The context `[b, tq, heads · dv]` and, when `keep_stats`, each query row's score max and
-/// sum of exponentials `[b, heads, tq, 2]` (what the backward pass recomputes the weights from).
+/// The context `[b, tq, heads · dv]` and each query row's score max and sum of exponentials
+/// `[b, heads, tq, 2]` (what the backward pass recomputes the weights from; two numbers per row
+/// cost nothing worth skipping when no backward pass follows).
 pub(super) fn forward(
     q: &FlexTensor,
     k: &FlexTensor,
@@ -157,46 +158,34 @@ pub(super) fn forward(
     bias: Option<&FlexTensor>,
     heads: usize,
     scale: f64,
-    keep_stats: bool,
-) -> (FlexTensor, Option<FlexTensor>) {
+) -> (FlexTensor, FlexTensor) {
     let d = dims(q, k, v, bias, heads);
     let (cv, tasks, block) = (heads * d.dv, d.batch * heads, d.tq * d.tk);
+    let mut stats = vec![0.0f32; tasks * d.tq * 2];
     if tasks * d.tq == 0 || d.tk == 0 {
         // No keys: a zero context (and rows that the backward pass treats as empty).
-        let stats = keep_stats.then(|| tensor(vec![0.0; tasks * d.tq * 2], [d.batch, heads, d.tq, 2]));
-        return (tensor(vec![0.0; d.batch * d.tq * cv], [d.batch, d.tq, cv]), stats);
+        return (tensor(vec![0.0; d.batch * d.tq * cv], [d.batch, d.tq, cv]), tensor(stats, [d.batch, heads, d.tq, 2]));
     }
     let (qo, ko, vo) = (Operand::new(q), Operand::new(k), Operand::new(v));
     let bias = bias.map(|b| Bias::new(b, &d));
-    let mut stats = vec![0.0f32; if keep_stats { tasks * d.tq * 2 } else { 0 }];
     let context = written(d.batch * d.tq * cv, |out| {
-        let run = |task: usize, s: &mut [f32], st: Option<&mut [f32]>| {
-            let (b, h) = (task / heads, task % heads);
-            let pt = scores(&d, &qo, &ko, bias.as_ref(), scale, b, h, s);
-            super::kernels::biased_softmax_rows(s, d.tk, pt, st);
-            // SAFETY: `s` holds tq × tk weights; the output block of (b, h) is tq rows of dv
-            // values at row stride cv inside a [b, tq, cv] buffer, this task's own.
-            unsafe {
-                let dst = out.at(b * d.tq * cv + h * d.dv);
-                product(
-                    d.tq,
-                    d.dv,
-                    d.tk,
-                    dst,
-                    cv,
-                    (s.as_ptr(), d.tk as isize, 1),
-                    (vo.head(b, h, d.dv), vo.row_stride(), vo.col_stride()),
-                    1.0,
-                );
-            }
-        };
-        if keep_stats {
-            stats.par_chunks_mut(2 * d.tq).enumerate().for_each_init(|| vec![0.0f32; block], |s, (task, st)| run(task, s, Some(st)));
-        } else {
-            (0..tasks).into_par_iter().for_each_init(|| vec![0.0f32; block], |s, task| run(task, s, None));
-        }
+        stats.par_chunks_mut(2 * d.tq).enumerate().for_each_init(
+            || vec![0.0f32; block],
+            |s, (task, st)| {
+                let (b, h) = (task / heads, task % heads);
+                let pt = scores(&d, &qo, &ko, bias.as_ref(), scale, b, h, s);
+                super::kernels::biased_softmax_rows(s, d.tk, pt, st);
+                // SAFETY: `s` holds tq × tk weights; the output block of (b, h) is tq rows of dv
+                // values at row stride cv inside a [b, tq, cv] buffer, this task's own.
+                unsafe {
+                    let dst = out.at(b * d.tq * cv + h * d.dv);
+                    let vh = (vo.head(b, h, d.dv), vo.row_stride(), vo.col_stride());
+                    product(d.tq, d.dv, d.tk, dst, cv, (s.as_ptr(), d.tk as isize, 1), vh, 1.0);
+                }
+            },
+        );
     });
-    (tensor(context, [d.batch, d.tq, cv]), keep_stats.then(|| tensor(stats, [d.batch, heads, d.tq, 2])))
+    (tensor(context, [d.batch, d.tq, cv]), tensor(stats, [d.batch, heads, d.tq, 2]))
 }
 
 /// Scores `q_h k_hᵀ · scale` of (b, h) into `s` (tq × tk); returns the bias row lookup.
