@@ -12,6 +12,9 @@ pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda
 # The same benchmark with burn's kernel fusion (cargo keeps both feature sets' builds apart).
 cargo build --release --features fusion -p xtask
 pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda-fusion
+# And with cubecl's autotune (matmul / reduction kernels chosen per shape by timing).
+cargo build --release --features autotune -p xtask
+pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda-autotune
 test_bin=$(cargo test --release --features cuda -p rfa-models --test cuda --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
 for l in sys.stdin:
@@ -19,6 +22,7 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"): print(m["executable"])')
 pack "$test_bin" rfa-models-cuda-tests
 cp "${SHARED:-../shared}/bench/torch_rfa_reference.py" .device/
+# bench/torch_ops.py and bench/torch_variants.py travel with the tree.
 if [ "${CIFAR:-0}" = 1 ]; then
   cargo build --release --features cuda -p rfa
   pack "$CARGO_TARGET_DIR/release/rfa" rfa

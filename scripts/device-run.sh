@@ -9,10 +9,14 @@
 #      f32 one process per row (nvidia-smi peak alongside torch's max_memory_allocated), then its
 #      f32 rows with TF32 matmuls (bench/torch_variants.py), as burn-cuda computes f32;
 #   4. the burn rows again from the build with burn's kernel fusion (`xtask-cuda-fusion`);
-#   5. bf16: PyTorch autocast, burn, burn with fusion;
-#   6. the per-op profile (`xtask bench-ops`) at GPT-2 small's shapes, without and with fusion.
+#   5. GPT-2 from the build with cubecl's autotune (`xtask-cuda-autotune`): a cold first step
+#      (every matmul / reduction shape timed over its candidate kernels), then a second process
+#      with the tuning cache warm; BERT and ViT if time is left;
+#   6. the per-op profile at GPT-2 small's shapes (8 × 512 tokens): `xtask bench-ops` from each
+#      build, and bench/torch_ops.py (the same operations and matmul shapes in PyTorch, TF32);
+#   7. bf16: PyTorch autocast, burn, burn with fusion.
 # Expects in .device/ (scripts/device-prepare.sh puts them there): xtask-cuda.gz,
-# xtask-cuda-fusion.gz, rfa-models-cuda-tests.gz (built `--release` with CUDARC_CUDA_VERSION=13000,
+# xtask-cuda-fusion.gz, xtask-cuda-autotune.gz, rfa-models-cuda-tests.gz (built `--release` with CUDARC_CUDA_VERSION=13000,
 # stripped and gzipped to fit the 64 MiB carry), torch_rfa_reference.py; fixtures/ comes with the
 # tree. (Full CIFAR-10 on the GPU: scripts/device-cifar10.sh.)
 # Everything it writes is packed into $OUT/device-run.tgz at the end (the device tool returns only
@@ -34,7 +38,7 @@ mkdir -p "$out/bench" "$out/torch" "$out/tests"
 cat "$out/device.txt"
 bin=$(mktemp -d)
 mkdir -p "$bin"
-for x in xtask-cuda xtask-cuda-fusion rfa-models-cuda-tests; do
+for x in xtask-cuda xtask-cuda-fusion xtask-cuda-autotune rfa-models-cuda-tests; do
   gunzip -c ".device/$x.gz" > "$bin/$x" && chmod +x "$bin/$x"
 done
 
@@ -64,10 +68,11 @@ for t in models_on_cuda_match_the_reference lora_gradients_on_cuda_equal_the_cpu
 done
 
 # 2. burn-cuda benchmark. cubecl reads cubecl.toml from the working directory: a persistent PTX
-# cache (shared by all rows, emptied first) and a basic compile log (one line per NVRTC
-# compilation) per row.
+# cache (shared by all rows, emptied first), a basic compile log (one line per NVRTC
+# compilation) per row, and (read by the autotune build only) a persistent tuning cache and log.
 cache=/tmp/cubecl-cache
-rm -rf "$cache"
+tune_cache=/tmp/cubecl-autotune
+rm -rf "$cache" "$tune_cache"
 bench_row() { # name config dtype limit [binary]
   local name=$1 cfg=$2 dt=$3 limit=$4 exe=${5:-xtask-cuda} dir=/tmp/bench-$1
   mkdir -p "$dir"
@@ -77,6 +82,12 @@ cache = { file = "$cache" }
 [compilation.logger]
 level = "basic"
 file = "$out/bench/$name.compile.log"
+append = false
+[autotune]
+cache = { file = "$tune_cache" }
+[autotune.logger]
+level = "full"
+file = "$out/bench/$name.autotune.log"
 append = false
 EOF
   local s=$(date +%s.%N)
@@ -116,24 +127,38 @@ fi
 
 # 4. burn with kernel fusion (its own kernels: a cold cache, compile log per row).
 for m in gpt2 bert vit; do
-  [ "$(left)" -gt 150 ] && bench_row "$m-f32-fusion" "${!m}" f32 90 xtask-cuda-fusion
+  [ "$(left)" -gt 250 ] && bench_row "$m-f32-fusion" "${!m}" f32 90 xtask-cuda-fusion
 done
 
-# 5. bf16.
-for m in gpt2 bert vit; do
-  [ "$(left)" -gt 110 ] && torch_row "$m" bf16
-  [ "$(left)" -gt 90 ] && bench_row "$m-bf16" "${!m}" bf16 45
-  [ "$(left)" -gt 70 ] && bench_row "$m-bf16-fusion" "${!m}" bf16 45 xtask-cuda-fusion
+# 5. burn with cubecl's autotune: cold (tuning + compiling the candidates), then warm.
+[ "$(left)" -gt 250 ] && bench_row gpt2-f32-autotune "$gpt2" f32 150 xtask-cuda-autotune
+[ "$(left)" -gt 200 ] && bench_row gpt2-f32-autotune-warm "$gpt2" f32 40 xtask-cuda-autotune
+for m in bert vit; do
+  [ "$(left)" -gt 200 ] && bench_row "$m-f32-autotune" "${!m}" f32 75 xtask-cuda-autotune
 done
-du -sh "$cache" > "$out/bench/ptx_cache_size.txt" 2>&1
 
-# 6. Per-op profile at GPT-2 small's MLP / attention shapes (8 × 512 tokens).
-for exe in xtask-cuda xtask-cuda-fusion; do
-  if [ "$(left)" -gt 30 ]; then
-    (cd /tmp/bench-gpt2-f32 && timeout 25 "$bin/$exe" bench-ops --backends cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-$exe.jsonl" 2> "$out/bench/ops-$exe.err")
+# 6. Per-op profile at GPT-2 small's MLP / attention shapes (8 × 512 tokens), each build in the
+# working directory of its GPT-2 row (its caches), then PyTorch's same operations.
+for exe in xtask-cuda xtask-cuda-fusion xtask-cuda-autotune; do
+  dir=/tmp/bench-gpt2-f32${exe#xtask-cuda}
+  if [ "$(left)" -gt 100 ] && [ -d "$dir" ]; then
+    (cd "$dir" && timeout 40 "$bin/$exe" bench-ops --backends cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-$exe.jsonl" 2> "$out/bench/ops-$exe.err")
     note "bench-ops $exe rc=$?"
   fi
 done
+if [ "$(left)" -gt 80 ]; then
+  timeout 40 python3 bench/torch_ops.py --device cuda --tf32 --shape 8:512:768:12 --reps 10 > "$out/torch/ops-tf32.jsonl" 2> "$out/torch/ops-tf32.err"
+  note "torch ops tf32 rc=$?"
+fi
+
+# 7. bf16.
+for m in gpt2 bert vit; do
+  [ "$(left)" -gt 60 ] && torch_row "$m" bf16
+  [ "$(left)" -gt 45 ] && bench_row "$m-bf16" "${!m}" bf16 40
+  [ "$(left)" -gt 30 ] && bench_row "$m-bf16-fusion" "${!m}" bf16 40 xtask-cuda-fusion
+done
+du -sh "$cache" "$tune_cache" > "$out/bench/cache_size.txt" 2>&1
+
 note "done"
 tar czf "$final/device-run.tgz" -C "$out" .
 cat "$out"/bench/*.json "$out"/torch/*.jsonl 2>/dev/null

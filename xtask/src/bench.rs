@@ -46,6 +46,12 @@ pub fn base_dtype(dtype: &str) -> Result<Option<DType>> {
     }
 }
 
+/// A device allocator's state: bytes held by live tensors, bytes it has reserved from the driver.
+pub struct DeviceMemory {
+    pub in_use: u64,
+    pub reserved: u64,
+}
+
 /// Runs `first + warmup + steps` steps of `step`, timing each after a device sync.
 fn time_steps<B: FusedAutodiff>(
     device: &B::Device,
@@ -70,13 +76,15 @@ fn time_steps<B: FusedAutodiff>(
 }
 
 /// One RFA step on `model` for the inputs `forward` feeds it: taps split into retain (first `b`
-/// rows) and forget rows, targets `mus`, AdamW on the adapters.
+/// rows) and forget rows, targets `mus`, AdamW on the adapters. `after_loss` runs between the
+/// forward pass and the backward pass, when the most activations are alive.
 fn rfa_step<B, M>(
     model: &mut Option<M>,
     opt: &mut impl Optimizer<M, B>,
     b: usize,
     mus: &[Tensor<B, 3>],
     forward: &impl Fn(&M) -> rfa_models::Taps<B>,
+    after_loss: &mut dyn FnMut(&Tensor<B, 1>),
 ) -> Result<()>
 where
     B: FusedAutodiff,
@@ -86,12 +94,15 @@ where
     let taps = forward(&m);
     let (r, f) = Tap::split_rows(&taps, b);
     let loss = RfaObjective::default().total(&r, None, &f, mus, None)?.total;
+    after_loss(&loss);
     let g = GradientsParams::from_grads(loss.backward(), &m);
     *model = Some(opt.step(5e-5, m, g));
     Ok(())
 }
 
-/// Times the step; returns the JSON row.
+/// Times the step; returns the JSON row. `memory` reads the device allocator (`None` on CPU
+/// backends): after the timed steps one more step samples it at the end of the forward pass,
+/// with a device sync there, so the timed steps run undisturbed.
 pub fn run<B: FusedAutodiff>(
     s: &Shape,
     dtype: &str,
@@ -99,13 +110,15 @@ pub fn run<B: FusedAutodiff>(
     warmup: usize,
     backend: &str,
     device: &B::Device,
+    memory: &dyn Fn() -> Option<DeviceMemory>,
 ) -> Result<serde_json::Value> {
     let cast = base_dtype(dtype)?;
     let (b, n) = (s.batch, 2 * s.batch);
     let start = Instant::now();
     let normal = Distribution::Normal(0.0, 1.0);
-    // Parameters that do matmul work (embedding tables excluded), for the FLOP estimate.
-    let (params, trainable, tokens, compute_params, first, times);
+    // Weights of the linear layers the step runs (the pass ends at the last adapted one), for the
+    // FLOP estimate.
+    let (params, trainable, tokens, compute_params, first, times, mem_forward);
     macro_rules! bench {
         ($model:expr, $targets:expr, $forward:expr) => {{
             let (mut m, adapted) = attach_lora($model, &LoraConfig::new(8, 16.0, TargetModules::parse($targets)))?;
@@ -113,30 +126,41 @@ pub fn run<B: FusedAutodiff>(
                 set_base_dtype(&mut m, dt);
             }
             let pc = count_params(&m);
+            let linears = m.linears();
+            let last = linears.iter().rposition(|(p, _)| adapted.contains(p)).expect("an adapted layer");
+            let ran: usize = linears[..=last].iter().map(|(_, l)| l.d_in() * l.d_out()).sum();
             let widths: Vec<usize> =
                 adapted.iter().map(|p| m.linears().into_iter().find(|(q, _)| q == p).expect("adapted layer").1.d_out()).collect();
             let mus: Vec<Tensor<B, 3>> = widths.iter().map(|&w| Tensor::random([1, 1, w], normal, device)).collect();
             let mut opt = AdamWConfig::new().with_epsilon(1e-8).init();
             let mut m = Some(m);
             let fwd = $forward;
-            let (f, t) = time_steps::<B>(device, steps.max(1), warmup, || rfa_step(&mut m, &mut opt, b, &mus, &fwd))?;
-            (pc, f, t)
+            let (f, t) = time_steps::<B>(device, steps.max(1), warmup, || rfa_step(&mut m, &mut opt, b, &mus, &fwd, &mut |_| ()))?;
+            let mut at_forward = None;
+            if memory().is_some() {
+                rfa_step(&mut m, &mut opt, b, &mus, &fwd, &mut |loss| {
+                    // The loss's value forces the forward pass to run (lazy backends).
+                    let _ = loss.clone().into_data();
+                    let _ = B::sync(device);
+                    at_forward = memory();
+                })?;
+            }
+            (pc, ran, f, t, at_forward)
         }};
     }
     match s.model.as_str() {
         "gpt2" => {
             let cfg = Gpt2Config::new(50257, 1024, s.width, s.layers, s.heads);
             let ids = Tensor::<B, 2, Int>::random([n, s.seq], Distribution::Uniform(0.0, 50257.0), device);
-            let (pc, f, t) =
+            let (pc, ran, f, t, mf) =
                 bench!(Gpt2LmHeadModel::<B>::init(&cfg, 0, device)?, "c_attn", |m: &Gpt2LmHeadModel<B>| m.forward_taps(ids.clone(), None));
-            (params, trainable, tokens, first, times) = (pc.total, pc.trainable, s.seq, f, t);
-            compute_params = params - (50257 + 1024) * s.width;
+            (params, trainable, tokens, compute_params, first, times, mem_forward) = (pc.total, pc.trainable, s.seq, ran, f, t, mf);
         }
         "bert" => {
             let cfg = BertConfig::new(30522, 512, s.width, s.layers, s.heads);
             let ids = Tensor::<B, 2, Int>::random([n, s.seq], Distribution::Uniform(0.0, 30522.0), device);
             let mask = Tensor::<B, 2, Int>::ones([n, s.seq], device);
-            let (pc, f, t) =
+            let (pc, ran, f, t, mf) =
                 bench!(BertForSequenceClassification::<B>::init(&cfg, 0, device)?, "query,value", |m: &BertForSequenceClassification<
                     B,
                 >| m.forward_taps(
@@ -144,8 +168,7 @@ pub fn run<B: FusedAutodiff>(
                     Some(mask.clone()),
                     None
                 ));
-            (params, trainable, tokens, first, times) = (pc.total, pc.trainable, s.seq, f, t);
-            compute_params = params - (30522 + 512 + 2) * s.width;
+            (params, trainable, tokens, compute_params, first, times, mem_forward) = (pc.total, pc.trainable, s.seq, ran, f, t, mf);
         }
         "vit" => {
             let names: Vec<String> = (0..10).map(|i| i.to_string()).collect();
@@ -153,17 +176,18 @@ pub fn run<B: FusedAutodiff>(
             let patch = if side % 16 == 0 { 16 } else { 7 };
             let cfg = VitConfig::new(side, patch, 3, s.width, s.layers, s.heads, 4 * s.width, &names);
             let x = Tensor::<B, 4>::random([n, 3, side, side], normal, device);
-            let (pc, f, t) =
+            let (pc, ran, f, t, mf) =
                 bench!(VitForImageClassification::<B>::init(&cfg, 0, device)?, "query,value", |m: &VitForImageClassification<B>| m
                     .forward_taps(x.clone()));
-            (params, trainable, tokens, first, times) = (pc.total, pc.trainable, cfg.num_patches() + 1, f, t);
-            compute_params = params;
+            (params, trainable, tokens, compute_params, first, times, mem_forward) =
+                (pc.total, pc.trainable, cfg.num_patches() + 1, ran, f, t, mf);
         }
         other => anyhow::bail!("unknown bench model `{other}` (gpt2, bert, vit)"),
     }
     let med = median(times.clone());
-    // Adapted forward (2·N·T) + input-gradient backward (2·N·T) over both batches, N without
-    // embedding tables; attention's T² terms not counted.
+    // Forward (2·N·T) + input-gradient backward (2·N·T) over both batches, N the weights of the
+    // linear layers run (LoRA's rank-r products, attention's T² terms and ViT's patch
+    // projection not counted).
     let flops = 4.0 * compute_params as f64 * (n * tokens) as f64;
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
     Ok(serde_json::json!({
@@ -177,11 +201,20 @@ pub fn run<B: FusedAutodiff>(
         "steps_timed": times.len(),
         "total_s": r3(start.elapsed().as_secs_f64()),
         "samples_per_s": (n as f64 / (med / 1000.0) * 10.0).round() / 10.0,
+        "flop_per_step": flops,
         "approx_gflops": (flops / (med / 1000.0) / 1e9 * 10.0).round() / 10.0,
         // The process's peak resident memory, as the PyTorch reference reports on CPU
         // (ru_maxrss); on CUDA the device's peak is nvidia-smi's (scripts/device-run.sh).
         "peak_rss_gib": peak_rss_gib().map(|g| (g * 100.0).round() / 100.0),
+        // The device allocator at the end of the forward pass (tensors alive: weights, optimizer
+        // state, what autodiff keeps for the backward pass) and what it had reserved then.
+        "device_in_use_after_forward_gib": mem_forward.as_ref().map(|m| gib(m.in_use)),
+        "device_reserved_after_forward_gib": mem_forward.as_ref().map(|m| gib(m.reserved)),
     }))
+}
+
+fn gib(bytes: u64) -> f64 {
+    (bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0
 }
 
 /// `VmHWM` of /proc/self/status (Linux), in GiB.
@@ -199,19 +232,33 @@ mod tests {
     #[test]
     fn bench_rows_are_complete() {
         type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
-        for (model, seq) in [("gpt2", 8), ("bert", 8), ("vit", 28)] {
+        // (model, seq, tokens per sample, weights of the linear layers up to the last adapted one)
+        for (model, seq, tokens, ran) in [("gpt2", 8, 8, 32 * 96), ("bert", 8, 8, 3 * 32 * 32), ("vit", 28, 17, 3 * 32 * 32)] {
             let s = Shape { model: model.into(), layers: 1, width: 32, heads: 2, batch: 2, seq };
-            let row = run::<AB>(&s, "f32", 1, 0, "cpu ndarray", &Default::default()).unwrap();
+            let samples = std::cell::Cell::new(0);
+            let memory = || {
+                samples.set(samples.get() + 1);
+                Some(DeviceMemory { in_use: 3 << 30, reserved: 5 << 29 })
+            };
+            let row = run::<AB>(&s, "f32", 1, 0, "cpu ndarray", &Default::default(), &memory).unwrap();
             assert!(row["step_ms_median"].as_f64().unwrap() > 0.0 && row["first_step_ms"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["trainable"].as_u64().unwrap() > 0 && row["trainable"].as_u64() < row["params"].as_u64(), "{row}");
             assert_eq!(row["steps_timed"], 1);
+            assert_eq!(row["flop_per_step"].as_f64(), Some(4.0 * ran as f64 * (4 * tokens) as f64), "{row}");
+            // One probe to see whether the device has an allocator, one at the end of the forward pass.
+            assert_eq!(samples.get(), 2);
+            assert_eq!(row["device_in_use_after_forward_gib"].as_f64(), Some(3.0), "{row}");
+            assert_eq!(row["device_reserved_after_forward_gib"].as_f64(), Some(2.5), "{row}");
             if cfg!(target_os = "linux") {
                 assert!(row["peak_rss_gib"].as_f64().unwrap() > 0.0, "{row}");
             }
         }
+        let s = Shape { model: "gpt2".into(), layers: 1, width: 32, heads: 2, batch: 1, seq: 8 };
+        let row = run::<AB>(&s, "f32", 1, 0, "cpu", &Default::default(), &|| None).unwrap();
+        assert!(row["device_in_use_after_forward_gib"].is_null(), "{row}");
         let bad = Shape { model: "llama".into(), layers: 1, width: 32, heads: 2, batch: 1, seq: 8 };
-        assert!(run::<AB>(&bad, "f32", 1, 0, "cpu", &Default::default()).is_err());
+        assert!(run::<AB>(&bad, "f32", 1, 0, "cpu", &Default::default(), &|| None).is_err());
         let s = Shape { model: "vit".into(), layers: 1, width: 32, heads: 2, batch: 1, seq: 28 };
-        assert!(run::<AB>(&s, "f16", 1, 0, "cpu", &Default::default()).is_err());
+        assert!(run::<AB>(&s, "f16", 1, 0, "cpu", &Default::default(), &|| None).is_err());
     }
 }

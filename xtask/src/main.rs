@@ -132,13 +132,28 @@ fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, war
         bail!("--dtypes bf16 needs the cuda backend (burn's CPU backends have no bf16)");
     }
     match backend {
-        "ndarray" => bench::run::<Autodiff<burn::backend::NdArray<f32>>>(shape, dtype, steps, warmup, "cpu ndarray", &Default::default()),
-        "flex" => bench::run::<Autodiff<burn::backend::Flex>>(shape, dtype, steps, warmup, "cpu flex", &Default::default()),
+        "ndarray" => {
+            bench::run::<Autodiff<burn::backend::NdArray<f32>>>(shape, dtype, steps, warmup, "cpu ndarray", &Default::default(), &|| None)
+        }
+        "flex" => bench::run::<Autodiff<burn::backend::Flex>>(shape, dtype, steps, warmup, "cpu flex", &Default::default(), &|| None),
         #[cfg(feature = "cuda")]
         d if d.starts_with("cuda") => {
             let n: usize = d.strip_prefix("cuda:").map(str::parse).transpose().context("--backends cuda:N")?.unwrap_or(0);
             let device = burn::backend::cuda::CudaDevice::new(n);
-            bench::run::<Autodiff<burn::backend::Cuda<f32, i32>>>(shape, dtype, steps, warmup, &format!("cuda:{n} burn-cuda 0.21"), &device)
+            let memory = || {
+                use cubecl_runtime::runtime::Runtime;
+                let usage = cubecl_cuda::CudaRuntime::client(&device).memory_usage().ok()?;
+                Some(bench::DeviceMemory { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved })
+            };
+            bench::run::<Autodiff<burn::backend::Cuda<f32, i32>>>(
+                shape,
+                dtype,
+                steps,
+                warmup,
+                &format!("cuda:{n} burn-cuda 0.21"),
+                &device,
+                &memory,
+            )
         }
         other => bail!(
             "unknown backend `{other}` (ndarray, flex{})",

@@ -132,5 +132,25 @@ pub fn run<B: FusedAutodiff>(
     );
     let flops = 2.0 * (batch * seq * d * 4 * d) as f64;
     op!("matmul [b·t, d] × [d, 4d]", hidden, |t: Tensor<B, 3>| t.matmul(w.clone().unsqueeze::<3>()), flops);
+    // The products of a LoRA step as the models issue them (2-d views, `LoraLinear`): the frozen
+    // forward, the input gradient through the transposed weight (a strided view, not a copy),
+    // the adapter's down projection and its weight gradient (inner dimension = all tokens), and
+    // attention's per-head scores. Matmul rate per shape is what separates backends on a GPU.
+    let tokens = batch * seq;
+    let rank = 8;
+    let x2 = hidden.clone().reshape([tokens, d]);
+    let g2 = mlp.clone().reshape([tokens, 4 * d]);
+    let a = Tensor::<B, 2>::random([d, rank], n, device);
+    let g_low = Tensor::<B, 2>::random([tokens, rank], n, device);
+    op!("matmul x·W [b·t, d] × [d, 4d] (2-d)", x2, |t: Tensor<B, 2>| t.matmul(w.clone()), flops);
+    op!("matmul dY·Wᵀ [b·t, 4d] × [d, 4d]ᵀ", g2, |t: Tensor<B, 2>| t.matmul(w.clone().transpose()), flops);
+    let flops = 2.0 * (tokens * d * rank) as f64;
+    op!("matmul x·A [b·t, d] × [d, r]", x2, |t: Tensor<B, 2>| t.matmul(a.clone()), flops);
+    op!("matmul xᵀ·G [b·t, d]ᵀ × [b·t, r]", x2, |t: Tensor<B, 2>| t.transpose().matmul(g_low.clone()), flops);
+    let dh = d / heads;
+    let q4 = Tensor::<B, 4>::random([batch, heads, seq, dh], n, device);
+    let k4 = Tensor::<B, 4>::random([batch, heads, dh, seq], n, device);
+    let flops = 2.0 * (batch * heads * seq * seq * dh) as f64;
+    op!("matmul q·kᵀ per head [b, h, t, d/h] × [b, h, d/h, t]", q4, |t: Tensor<B, 4>| t.matmul(k4.clone()), flops);
     rows
 }

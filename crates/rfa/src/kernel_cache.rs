@@ -5,7 +5,8 @@
 //! 7.0 s; with those kernels in cubecl's persistent PTX cache, a new process's first step takes
 //! 0.20 s (steady state: 0.19 s). cubecl keeps no cache unless a `cubecl.toml` asks for one, so
 //! the `rfa` binary turns it on, in a per-user directory, unless the user configured cubecl
-//! themselves.
+//! themselves. A build with cubecl's autotune (feature `autotune`) keeps its per-shape kernel
+//! choices in the `autotune` folder beneath, so that only the first run pays for the timing.
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +40,8 @@ pub fn enable() -> Option<PathBuf> {
     let dir = cache_dir(&std::env::current_dir().ok()?, |k| std::env::var(k).ok())?;
     let mut cfg = CubeClRuntimeConfig::default();
     cfg.compilation.cache = Some(CacheConfig::File(dir.clone()));
+    // A folder apart, so that the tuning results can be dropped without the compiled kernels.
+    cfg.autotune.cache = CacheConfig::File(dir.join("autotune"));
     CubeClRuntimeConfig::set(cfg.override_from_env());
     Some(dir)
 }
