@@ -21,6 +21,17 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"): print(m["executable"])')
 pack "$test_bin" rfa-models-cuda-tests
+# burn's libtorch backend, built against PyTorch 2.11's headers and libraries (the GPU machine's
+# version), linked dynamically: it runs there with that PyTorch's lib folder on LD_LIBRARY_PATH.
+eval "$(bash scripts/fetch-libtorch.sh)"
+cargo build --release --features tch -p xtask
+pack "$CARGO_TARGET_DIR/release/xtask" xtask-tch
+test_bin=$(cargo test --release --features tch -p rfa-models --test tch --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "tch" and m.get("executable"): print(m["executable"])')
+pack "$test_bin" rfa-models-tch-tests
 cp "${SHARED:-../shared}/bench/torch_rfa_reference.py" .device/
 # bench/torch_ops.py and bench/torch_variants.py travel with the tree.
 if [ "${CIFAR:-0}" = 1 ]; then

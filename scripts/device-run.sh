@@ -4,10 +4,13 @@
 #   1. CUDA tests (parity, LoRA gradients f32 and with bf16 base weights vs the CPU);
 #   2. the RFA step benchmark, burn-cuda (`xtask bench`), GPT-2 small / BERT-base / ViT-B/16 at the
 #      PyTorch reference's shapes, f32, one process per row (so that nvidia-smi's peak memory
-#      belongs to that row), with a persistent PTX cache and a compile log per row;
+#      belongs to that row), with a persistent PTX cache and a compile log per row; then GPT-2
+#      once more with cubecl's kernel profiler on (every kernel of a step timed on the GPU, one
+#      table per step in bench/<row>.profile.log);
 #   3. the PyTorch + transformers + peft reference (bench/torch_rfa_reference.py), same shapes,
 #      f32 one process per row (nvidia-smi peak alongside torch's max_memory_allocated), then its
-#      f32 rows with TF32 matmuls (bench/torch_variants.py), as burn-cuda computes f32;
+#      f32 rows with TF32 matmuls (bench/torch_variants.py), as burn-cuda computes f32; then rfa
+#      on burn's libtorch backend (`xtask-tch`: PyTorch's kernels, strict f32 like the reference);
 #   4. the burn rows again from the build with burn's kernel fusion (`xtask-cuda-fusion`);
 #   5. GPT-2 from the build with cubecl's autotune (`xtask-cuda-autotune`): a cold first step
 #      (every matmul / reduction shape timed over its candidate kernels), then a second process
@@ -16,7 +19,8 @@
 #      build, and bench/torch_ops.py (the same operations and matmul shapes in PyTorch, TF32);
 #   7. bf16: PyTorch autocast, burn, burn with fusion.
 # Expects in .device/ (scripts/device-prepare.sh puts them there): xtask-cuda.gz,
-# xtask-cuda-fusion.gz, xtask-cuda-autotune.gz, rfa-models-cuda-tests.gz (built `--release` with CUDARC_CUDA_VERSION=13000,
+# xtask-cuda-fusion.gz, xtask-cuda-autotune.gz, xtask-tch.gz, rfa-models-cuda-tests.gz,
+# rfa-models-tch-tests.gz (built `--release` with CUDARC_CUDA_VERSION=13000,
 # stripped and gzipped to fit the 64 MiB carry), torch_rfa_reference.py; fixtures/ comes with the
 # tree. (Full CIFAR-10 on the GPU: scripts/device-cifar10.sh.)
 # Everything it writes is packed into $OUT/device-run.tgz at the end (the device tool returns only
@@ -38,7 +42,7 @@ mkdir -p "$out/bench" "$out/torch" "$out/tests"
 cat "$out/device.txt"
 bin=$(mktemp -d)
 mkdir -p "$bin"
-for x in xtask-cuda xtask-cuda-fusion xtask-cuda-autotune rfa-models-cuda-tests; do
+for x in xtask-cuda xtask-cuda-fusion xtask-cuda-autotune xtask-tch rfa-models-cuda-tests rfa-models-tch-tests; do
   gunzip -c ".device/$x.gz" > "$bin/$x" && chmod +x "$bin/$x"
 done
 
@@ -66,6 +70,11 @@ for t in models_on_cuda_match_the_reference lora_gradients_on_cuda_equal_the_cpu
   rc=$?
   note "test $t rc=$rc wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
 done
+# The libtorch build: this machine's PyTorch libraries (they find CUDA's by their RPATH).
+torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)
+s=$(date +%s.%N)
+LD_LIBRARY_PATH=$torch_lib RFA_TCH_DEVICE=tch-cuda timeout 120 "$bin/rfa-models-tch-tests" --nocapture --test-threads=1 > "$out/tests/tch.log" 2>&1
+note "tests tch-cuda rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
 
 # 2. burn-cuda benchmark. cubecl reads cubecl.toml from the working directory: a persistent PTX
 # cache (shared by all rows, emptied first), a basic compile log (one line per NVRTC
@@ -90,9 +99,15 @@ level = "full"
 file = "$out/bench/$name.autotune.log"
 append = false
 EOF
+  [ -n "${PROFILE:-}" ] && cat >> "$dir/cubecl.toml" <<EOF
+[profiling.logger]
+level = "basic"
+file = "$out/bench/$name.profile.log"
+append = false
+EOF
   local s=$(date +%s.%N)
   (cd "$dir" && with_mem "$out/bench/$name.mem" "$out/bench/$name.peak_mib" \
-    timeout "$limit" "$bin/$exe" bench --backends cuda --configs "$cfg" --dtypes "$dt" --warmup 3 --steps 10 \
+    timeout "$limit" "$bin/$exe" bench --backends cuda --configs "$cfg" --dtypes "$dt" ${BENCH_STEPS:---warmup 3 --steps 10} \
     > "$out/bench/$name.json" 2> "$out/bench/$name.err")
   local rc=$?
   rm -f "$out/bench/$name.mem"
@@ -104,6 +119,9 @@ vit=vit:12x768:12:64:224
 for m in gpt2 bert vit; do
   [ "$(left)" -gt 330 ] && bench_row "$m-f32" "${!m}" f32 75
 done
+# The profiler times each kernel alone (a sync after each), so this row's step times are not
+# comparable; its table per step is the point. Kernels are cached by now.
+[ "$(left)" -gt 320 ] && PROFILE=1 BENCH_STEPS="--warmup 1 --steps 1" bench_row gpt2-f32-profile "$gpt2" f32 45
 
 # 3. PyTorch reference, one row per process; then its f32 rows with TF32 matmuls.
 torch_row() { # model dtype
@@ -125,6 +143,20 @@ if [ "$(left)" -gt 240 ]; then
   note "torch tf32 rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
 fi
 
+# 3b. rfa on burn's libtorch backend, f32 (strict, as the reference), one process per row.
+tch_row() { # name config dtype limit
+  local name=$1 cfg=$2 dt=$3 limit=$4 s=$(date +%s.%N)
+  with_mem "$out/bench/$name.mem" "$out/bench/$name.peak_mib" \
+    env LD_LIBRARY_PATH="$torch_lib" timeout "$limit" "$bin/xtask-tch" bench --backends tch-cuda --configs "$cfg" --dtypes "$dt" \
+    --warmup 3 --steps 10 > "$out/bench/$name.json" 2> "$out/bench/$name.err"
+  local rc=$?
+  rm -f "$out/bench/$name.mem"
+  note "burn-tch $name rc=$rc wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}") peak_mib=$(cat "$out/bench/$name.peak_mib")"
+}
+for m in gpt2 bert vit; do
+  [ "$(left)" -gt 260 ] && tch_row "$m-f32-tch" "${!m}" f32 60
+done
+
 # 4. burn with kernel fusion (its own kernels: a cold cache, compile log per row).
 for m in gpt2 bert vit; do
   [ "$(left)" -gt 250 ] && bench_row "$m-f32-fusion" "${!m}" f32 90 xtask-cuda-fusion
@@ -138,7 +170,12 @@ for m in bert vit; do
 done
 
 # 6. Per-op profile at GPT-2 small's MLP / attention shapes (8 × 512 tokens), each build in the
-# working directory of its GPT-2 row (its caches), then PyTorch's same operations.
+# working directory of its GPT-2 row (its caches), then PyTorch's same operations, then the
+# kernel profile of a GPT-2 step with fusion and with autotune (caches warm).
+if [ "$(left)" -gt 110 ]; then
+  LD_LIBRARY_PATH=$torch_lib timeout 40 "$bin/xtask-tch" bench-ops --backends tch-cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-xtask-tch.jsonl" 2> "$out/bench/ops-xtask-tch.err"
+  note "bench-ops xtask-tch rc=$?"
+fi
 for exe in xtask-cuda xtask-cuda-fusion xtask-cuda-autotune; do
   dir=/tmp/bench-gpt2-f32${exe#xtask-cuda}
   if [ "$(left)" -gt 100 ] && [ -d "$dir" ]; then
@@ -150,10 +187,13 @@ if [ "$(left)" -gt 80 ]; then
   timeout 40 python3 bench/torch_ops.py --device cuda --tf32 --shape 8:512:768:12 --reps 10 > "$out/torch/ops-tf32.jsonl" 2> "$out/torch/ops-tf32.err"
   note "torch ops tf32 rc=$?"
 fi
+[ "$(left)" -gt 70 ] && PROFILE=1 BENCH_STEPS="--warmup 1 --steps 1" bench_row gpt2-f32-fusion-profile "$gpt2" f32 40 xtask-cuda-fusion
+[ "$(left)" -gt 70 ] && PROFILE=1 BENCH_STEPS="--warmup 1 --steps 1" bench_row gpt2-f32-autotune-profile "$gpt2" f32 40 xtask-cuda-autotune
 
 # 7. bf16.
 for m in gpt2 bert vit; do
   [ "$(left)" -gt 60 ] && torch_row "$m" bf16
+  [ "$(left)" -gt 50 ] && tch_row "$m-bf16-tch" "${!m}" bf16 40
   [ "$(left)" -gt 45 ] && bench_row "$m-bf16" "${!m}" bf16 40
   [ "$(left)" -gt 30 ] && bench_row "$m-bf16-fusion" "${!m}" bf16 40 xtask-cuda-fusion
 done

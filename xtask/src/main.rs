@@ -103,6 +103,9 @@ enum Cmd {
         /// Scale --tol by max(1, max |reference|) per tensor (reduced-precision matmuls).
         #[arg(long)]
         scale_by_magnitude: bool,
+        /// ndarray, flex, cuda[:N] (`--features cuda`), tch or tch-cuda[:N] (`--features tch`).
+        #[arg(long, default_value = "ndarray")]
+        backend: String,
     },
 }
 
@@ -127,9 +130,9 @@ fn main() -> ExitCode {
 
 fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, warmup: usize) -> Result<serde_json::Value> {
     use burn::backend::Autodiff;
-    if dtype == "bf16" && !backend.starts_with("cuda") {
+    if dtype == "bf16" && !(backend.starts_with("cuda") || backend.starts_with("tch")) {
         // burn 0.21's CPU backends have no bf16 tensors (ndarray and flex panic on the cast).
-        bail!("--dtypes bf16 needs the cuda backend (burn's CPU backends have no bf16)");
+        bail!("--dtypes bf16 needs the cuda or tch backend (burn's CPU backends have no bf16)");
     }
     match backend {
         "ndarray" => {
@@ -155,11 +158,49 @@ fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, war
                 &memory,
             )
         }
+        #[cfg(feature = "tch")]
+        d if d.starts_with("tch") => {
+            let device = tch_device(d)?;
+            // PyTorch's caching allocator is not visible through burn: nvidia-smi gives the peak.
+            bench::run::<Autodiff<burn::backend::LibTorch<f32>>>(
+                shape,
+                dtype,
+                steps,
+                warmup,
+                &format!("{d} burn-tch 0.21"),
+                &device,
+                &|| None,
+            )
+        }
         other => bail!(
-            "unknown backend `{other}` (ndarray, flex{})",
-            if cfg!(feature = "cuda") { ", cuda[:N]" } else { "; cuda needs `--features cuda`" }
+            "unknown backend `{other}` (ndarray, flex{}{})",
+            if cfg!(feature = "cuda") { ", cuda[:N]" } else { "; cuda needs `--features cuda`" },
+            if cfg!(feature = "tch") { ", tch, tch-cuda[:N]" } else { "" }
         ),
     }
+}
+
+#[cfg(feature = "tch")]
+fn tch_device(name: &str) -> Result<burn::backend::libtorch::LibTorchDevice> {
+    rfa_models::tch_device(name).unwrap_or_else(|| Err(format!("unknown backend `{name}` (tch, tch-cuda[:N])"))).map_err(anyhow::Error::msg)
+}
+
+/// Checks each fixture directory on `B`, prints its report; true when all are within tolerance.
+fn parity<B: rfa_models::FusedOps>(dirs: &[PathBuf], tol: Tolerance, device: &B::Device) -> bool {
+    let mut all_ok = true;
+    for dir in dirs {
+        match check_dir::<B>(dir, tol, device) {
+            Ok(report) => {
+                print!("{report}");
+                all_ok &= report.ok();
+            }
+            Err(e) => {
+                eprintln!("{}: error: {e}", dir.display());
+                all_ok = false;
+            }
+        }
+    }
+    all_ok
 }
 
 fn run() -> Result<bool> {
@@ -202,7 +243,17 @@ fn run() -> Result<bool> {
                     "cuda" => {
                         ops::run::<Autodiff<burn::backend::Cuda<f32, i32>>>(b, t, d, h, reps, "cuda burn-cuda 0.21", &Default::default())
                     }
-                    other => bail!("unknown backend `{other}` (ndarray, flex, cuda with --features cuda)"),
+                    #[cfg(feature = "tch")]
+                    name if name.starts_with("tch") => ops::run::<Autodiff<burn::backend::LibTorch<f32>>>(
+                        b,
+                        t,
+                        d,
+                        h,
+                        reps,
+                        &format!("{name} burn-tch 0.21"),
+                        &tch_device(name)?,
+                    ),
+                    other => bail!("unknown backend `{other}` (ndarray, flex, cuda with --features cuda, tch[-cuda] with --features tch)"),
                 };
                 rows.iter().for_each(|r| println!("{r}"));
             }
@@ -212,23 +263,20 @@ fn run() -> Result<bool> {
             reproduce::run(&task, small, seeds.max(1), &methods, &runs_dir, &device)?;
             Ok(true)
         }
-        Cmd::Parity { dirs, tol, rel_tol, scale_by_magnitude } => {
-            type B = burn::backend::NdArray<f32>;
-            let device = Default::default();
+        Cmd::Parity { dirs, tol, rel_tol, scale_by_magnitude, backend } => {
             let tol = Tolerance { abs: tol, rel: rel_tol, scale_by_magnitude };
-            let mut all_ok = true;
-            for dir in dirs {
-                match check_dir::<B>(&dir, tol, &device) {
-                    Ok(report) => {
-                        print!("{report}");
-                        all_ok &= report.ok();
-                    }
-                    Err(e) => {
-                        eprintln!("{}: error: {e}", dir.display());
-                        all_ok = false;
-                    }
+            let all_ok = match backend.as_str() {
+                "ndarray" => parity::<burn::backend::NdArray<f32>>(&dirs, tol, &Default::default()),
+                "flex" => parity::<burn::backend::Flex>(&dirs, tol, &Default::default()),
+                #[cfg(feature = "cuda")]
+                d if d.starts_with("cuda") => {
+                    let n: usize = d.strip_prefix("cuda:").map(str::parse).transpose().context("--backend cuda:N")?.unwrap_or(0);
+                    parity::<burn::backend::Cuda<f32, i32>>(&dirs, tol, &burn::backend::cuda::CudaDevice::new(n))
                 }
-            }
+                #[cfg(feature = "tch")]
+                d if d.starts_with("tch") => parity::<burn::backend::LibTorch<f32>>(&dirs, tol, &tch_device(d)?),
+                other => bail!("unknown backend `{other}` (ndarray, flex, cuda with --features cuda, tch[-cuda] with --features tch)"),
+            };
             println!("{}", if all_ok { "parity: all within tolerance" } else { "parity: FAILED" });
             Ok(all_ok)
         }

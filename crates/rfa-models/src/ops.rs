@@ -218,6 +218,8 @@ impl AttentionDims {
 impl FusedOps for burn::backend::NdArray<f32> {}
 #[cfg(feature = "cuda")]
 impl FusedOps for burn::backend::Cuda<f32, i32> {}
+#[cfg(feature = "tch")]
+impl FusedOps for burn::backend::LibTorch<f32> {}
 
 /// The definitions in burn's tensor ops (any backend, any float type).
 pub mod fallback {

@@ -12,7 +12,7 @@
 mod common;
 
 use burn::backend::{Autodiff, Cuda};
-use common::{AB, fixtures, gpt2_lora_grads};
+use common::{AB, attention_case, fixtures, gpt2_lora_grads, max_rel_error};
 use rfa_models::parity::{Tolerance, check_dir};
 
 type C = Cuda<f32, i32>;
@@ -42,12 +42,7 @@ fn lora_gradients_on_cuda_equal_the_cpu() {
     println!("loss cpu {loss_cpu:.7} cuda {loss_gpu:.7}");
     assert!((loss_cpu - loss_gpu).abs() <= 1e-4 * loss_cpu.abs().max(1.0));
     assert_eq!(cpu.len(), gpu.len());
-    let mut worst = 0f32;
-    for (c, g) in cpu.iter().zip(&gpu) {
-        let scale = c.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-        let err = c.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
-        worst = worst.max(err);
-    }
+    let worst = cpu.iter().zip(&gpu).map(|(c, g)| max_rel_error(c, g)).fold(0.0f32, f32::max);
     println!("{} adapter gradients, worst max-abs error relative to the tensor's largest entry: {worst:.2e}", cpu.len());
     assert!(worst <= 1e-2, "{worst}");
 }
@@ -60,11 +55,7 @@ fn bf16_base_weights_on_cuda_give_the_cpu_gradients_to_bf16_precision() {
     let (loss_gpu, gpu) = gpt2_lora_grads::<Autodiff<C>>(&Default::default(), Some(burn::tensor::DType::BF16));
     println!("loss cpu f32 {loss_cpu:.7} cuda bf16 base {loss_gpu:.7}");
     assert!((loss_cpu - loss_gpu).abs() <= 1e-2 * loss_cpu.abs().max(1.0));
-    let mut worst = 0f32;
-    for (c, g) in cpu.iter().zip(&gpu) {
-        let scale = c.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-        worst = worst.max(c.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale);
-    }
+    let worst = cpu.iter().zip(&gpu).map(|(c, g)| max_rel_error(c, g)).fold(0.0f32, f32::max);
     println!("{} adapter gradients with bf16 base weights, worst error relative to the tensor's largest entry: {worst:.2e}", cpu.len());
     assert!(worst <= 5e-2, "{worst}");
 }
@@ -74,38 +65,9 @@ fn bf16_base_weights_on_cuda_give_the_cpu_gradients_to_bf16_precision() {
 /// covered by `lora_gradients_on_cuda_equal_the_cpu`.
 #[test]
 fn attention_gradients_on_cuda_equal_the_cpu() {
-    use burn::tensor::{Tensor, TensorData};
-    use rfa_models::FusedAutodiff;
-
-    fn run<A: FusedAutodiff>() -> Vec<Vec<f32>> {
-        let device = Default::default();
-        let (b, t, c, heads) = (2, 37, 64, 4);
-        let values = |seed: u64| -> Vec<f32> {
-            let mut s = seed;
-            (0..b * t * c)
-                .map(|_| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                })
-                .collect()
-        };
-        let leaf = |seed| Tensor::<A, 3>::from_data(TensorData::new(values(seed), [b, t, c]), &device).require_grad();
-        let (q, k, v) = (leaf(1), leaf(2), leaf(3));
-        // Batch 1's last five keys are padding.
-        let bias: Vec<f32> = (0..b * t).map(|i| if i / t == 1 && i % t >= t - 5 { -1.0e30 } else { 0.0 }).collect();
-        let bias = Tensor::<A, 4>::from_data(TensorData::new(bias, [b, 1, 1, t]), &device);
-        let out = rfa_models::ops::attention(q.clone(), k.clone(), v.clone(), Some(bias), heads, 0.25);
-        let w = Tensor::<A, 3>::from_data(TensorData::new(values(4), [b, t, c]), &device);
-        let grads = (out.clone() * w).sum().backward();
-        let host = |x: Tensor<A::InnerBackend, 3>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-        let mut all = vec![host(out.inner())];
-        all.extend([q, k, v].iter().map(|x| host(x.grad(&grads).expect("a gradient"))));
-        all
-    }
-    let (cpu, gpu) = (run::<AB>(), run::<Autodiff<C>>());
+    let (cpu, gpu) = (attention_case::<AB>(&Default::default()), attention_case::<Autodiff<C>>(&Default::default()));
     for (name, (c, g)) in ["out", "dq", "dk", "dv"].iter().zip(cpu.iter().zip(&gpu)) {
-        let scale = c.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-        let err = c.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
+        let err = max_rel_error(c, g);
         println!("attention {name}: max-abs error relative to the largest entry {err:.2e}");
         assert!(err <= 1e-2, "{name}: {err}");
     }

@@ -70,3 +70,34 @@ mod tests {
         assert_eq!(cache_dir(&cwd, env(&[("HOME", "/home/u"), ("RFA_KERNEL_CACHE", "/k")])), Some(PathBuf::from("/k")));
     }
 }
+
+/// The `cubecl.toml` that `scripts/device-run.sh` writes for each benchmark row must be one that
+/// cubecl accepts: cubecl panics on a file it cannot read, which would lose a GPU session's row.
+#[cfg(all(test, feature = "cuda"))]
+mod device_script {
+    #[test]
+    fn the_device_scripts_cubecl_configuration_parses() {
+        let script = include_str!("../../../scripts/device-run.sh");
+        let mut sections = Vec::new();
+        let mut lines = script.lines();
+        while let Some(line) = lines.next() {
+            if line.contains("cubecl.toml\" <<EOF") {
+                sections.push(lines.by_ref().take_while(|l| *l != "EOF").collect::<Vec<_>>().join("\n"));
+            }
+        }
+        assert_eq!(sections.len(), 2, "the row's configuration and the profiler's section");
+        let text = sections
+            .join("\n")
+            .replace("$cache", "/tmp/c")
+            .replace("$tune_cache", "/tmp/t")
+            .replace("$out", "/tmp/o")
+            .replace("$name", "row");
+        let cfg: cubecl_runtime::config::CubeClRuntimeConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let dbg = format!("{cfg:?}");
+        for expected in
+            ["/tmp/c", "/tmp/t", "/tmp/o/bench/row.compile.log", "/tmp/o/bench/row.autotune.log", "/tmp/o/bench/row.profile.log"]
+        {
+            assert!(dbg.contains(expected), "{expected} missing from {dbg}");
+        }
+    }
+}

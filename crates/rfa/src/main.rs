@@ -63,8 +63,9 @@ struct Common {
     /// Override any config field: --set train.epochs=5 --set unlearn.targets=query,value
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// cpu (ndarray, deterministic), cpu-flex (threads + SIMD: faster for large models), or
-    /// cuda[:N] (needs the `cuda` build).
+    /// cpu (ndarray, deterministic), cpu-flex (threads + SIMD: faster for large models),
+    /// cuda[:N] (needs the `cuda` build), or tch-cpu / tch-cuda[:N] (PyTorch's libtorch kernels;
+    /// needs the `tch` build).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// f32, or bf16 (CUDA; unlearning): frozen weights in bf16, adapters, optimizer state and the
@@ -172,9 +173,21 @@ fn run() -> Result<()> {
                 &device,
             )
         }
+        #[cfg(feature = "tch")]
+        d if d.starts_with("tch") => {
+            let device = rfa_models::tch_device(d).unwrap_or_else(|| Err(format!("unknown device `{d}` (tch-cpu, tch-cuda[:N])")));
+            let device = device.map_err(anyhow::Error::msg)?;
+            dispatch::<burn::backend::Autodiff<burn::backend::LibTorch<f32>>>(
+                &cli,
+                &common,
+                &format!("{d} (burn-tch, libtorch {:?})", device),
+                &device,
+            )
+        }
         other => bail!(
-            "unknown device `{other}` (cpu, cpu-flex{})",
-            if cfg!(feature = "cuda") { ", cuda[:N]" } else { "; this build has no CUDA: build with --features cuda" }
+            "unknown device `{other}` (cpu, cpu-flex{}{})",
+            if cfg!(feature = "cuda") { ", cuda[:N]" } else { "; this build has no CUDA: build with --features cuda" },
+            if cfg!(feature = "tch") { ", tch-cpu, tch-cuda[:N]" } else { "" }
         ),
     }
 }

@@ -59,3 +59,38 @@ pub fn gpt2_lora_grads<AB: rfa_models::FusedAutodiff>(
     }
     (value, all)
 }
+
+/// The largest absolute difference between `a` and `b`, relative to `a`'s largest entry.
+pub fn max_rel_error(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max) / scale
+}
+
+/// The fused attention (separate q, k, v of 2 × 37 × 64, 4 heads, batch 1's last five keys
+/// padded) on `A`: its output, then the gradients of q, k and v for a fixed weighting of the
+/// output — to compare backends.
+pub fn attention_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<Vec<f32>> {
+    use burn::tensor::{Tensor, TensorData};
+    let (b, t, c, heads) = (2, 37, 64, 4);
+    let values = |seed: u64| -> Vec<f32> {
+        let mut s = seed;
+        (0..b * t * c)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    };
+    let leaf = |seed| Tensor::<A, 3>::from_data(TensorData::new(values(seed), [b, t, c]), device).require_grad();
+    let (q, k, v) = (leaf(1), leaf(2), leaf(3));
+    let bias: Vec<f32> = (0..b * t).map(|i| if i / t == 1 && i % t >= t - 5 { -1.0e30 } else { 0.0 }).collect();
+    let bias = Tensor::<A, 4>::from_data(TensorData::new(bias, [b, 1, 1, t]), device);
+    let out = rfa_models::ops::attention(q.clone(), k.clone(), v.clone(), Some(bias), heads, 0.25);
+    let w = Tensor::<A, 3>::from_data(TensorData::new(values(4), [b, t, c]), device);
+    let grads = (out.clone() * w).sum().backward();
+    let host = |x: Tensor<A::InnerBackend, 3>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let mut all = vec![host(out.inner())];
+    all.extend([q, k, v].iter().map(|x| host(x.grad(&grads).expect("a gradient"))));
+    all
+}

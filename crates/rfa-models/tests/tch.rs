@@ -1,0 +1,90 @@
+//! The same models on burn's libtorch backend (cargo feature `tch`): PyTorch's kernels under our
+//! model code, autodiff and fused-op definitions. Parity with the reference and LoRA / attention
+//! gradients equal to burn-ndarray's.
+//!
+//! The device comes from `RFA_TCH_DEVICE` (`tch-cpu`, the default, or `tch-cuda[:N]`; the GPU
+//! machine runs these through scripts/device-run.sh). The test binary needs the libtorch it was
+//! built against on the library path (scripts/fetch-libtorch.sh).
+//!
+//! Tolerances: on the CPU both sides compute in f32 (measured: ≤ 1e-5 relative); on CUDA PyTorch
+//! keeps f32 matmuls in f32 but lets cuDNN run convolutions (ViT's patch embedding) on TF32.
+#![cfg(feature = "tch")]
+
+mod common;
+
+use burn::backend::libtorch::LibTorchDevice;
+use burn::backend::{Autodiff, LibTorch};
+use common::{AB, attention_case, fixtures, gpt2_lora_grads, max_rel_error};
+use rfa_models::parity::{Tolerance, check_dir};
+
+type T = LibTorch<f32>;
+
+fn device() -> LibTorchDevice {
+    let name = std::env::var("RFA_TCH_DEVICE").unwrap_or_else(|_| "tch-cpu".into());
+    rfa_models::tch_device(&name).expect("RFA_TCH_DEVICE: tch-cpu or tch-cuda[:N]").unwrap()
+}
+
+/// (abs tolerance of logits and hidden states, scaled by magnitude; relative for losses; gradients)
+fn tolerances(device: &LibTorchDevice) -> (f32, f32, f32) {
+    match device {
+        LibTorchDevice::Cpu => (1e-4, 1e-5, 1e-4),
+        _ => (4e-3, 1e-3, 1e-2),
+    }
+}
+
+#[test]
+fn models_on_tch_match_the_reference() {
+    let device = device();
+    let (abs, rel, _) = tolerances(&device);
+    let tol = Tolerance { abs, rel, scale_by_magnitude: true };
+    let reports: Vec<_> = ["gpt2", "bert", "vit"]
+        .iter()
+        .map(|name| check_dir::<T>(&fixtures().join("hf-parity").join(name), tol, &device).unwrap())
+        .collect();
+    for r in &reports {
+        println!("tch {device:?} {r}");
+    }
+    for r in &reports {
+        assert!(r.ok(), "{}: {:?}", r.dir.display(), r.failures());
+    }
+}
+
+#[test]
+fn lora_gradients_on_tch_equal_ndarrays() {
+    let device = device();
+    let (_, rel, grad_tol) = tolerances(&device);
+    let (loss_cpu, cpu) = gpt2_lora_grads::<AB>(&Default::default(), None);
+    let (loss_tch, tch) = gpt2_lora_grads::<Autodiff<T>>(&device, None);
+    println!("loss ndarray {loss_cpu:.7} tch {loss_tch:.7}");
+    assert!((loss_cpu - loss_tch).abs() <= rel * loss_cpu.abs().max(1.0), "{loss_cpu} vs {loss_tch}");
+    assert_eq!(cpu.len(), tch.len());
+    let worst = cpu.iter().zip(&tch).map(|(c, g)| max_rel_error(c, g)).fold(0.0f32, f32::max);
+    println!("{} adapter gradients, worst max-abs error relative to the tensor's largest entry: {worst:.2e}", cpu.len());
+    assert!(worst <= grad_tol, "{worst}");
+}
+
+#[test]
+fn attention_gradients_on_tch_equal_ndarrays() {
+    let device = device();
+    let (_, _, grad_tol) = tolerances(&device);
+    let (cpu, tch) = (attention_case::<AB>(&Default::default()), attention_case::<Autodiff<T>>(&device));
+    for (name, (c, g)) in ["out", "dq", "dk", "dv"].iter().zip(cpu.iter().zip(&tch)) {
+        let err = max_rel_error(c, g);
+        println!("attention {name}: max-abs error relative to the largest entry {err:.2e}");
+        assert!(err <= grad_tol, "{name}: {err}");
+    }
+}
+
+/// `--dtype bf16` on libtorch: frozen weights in bf16, the rest in f32; gradients equal the f32
+/// ones to bf16's precision (as on burn-cuda).
+#[test]
+fn bf16_base_weights_on_tch_give_ndarrays_gradients_to_bf16_precision() {
+    let device = device();
+    let (loss_cpu, cpu) = gpt2_lora_grads::<AB>(&Default::default(), None);
+    let (loss_tch, tch) = gpt2_lora_grads::<Autodiff<T>>(&device, Some(burn::tensor::DType::BF16));
+    println!("loss ndarray f32 {loss_cpu:.7} tch bf16 base {loss_tch:.7}");
+    assert!((loss_cpu - loss_tch).abs() <= 1e-2 * loss_cpu.abs().max(1.0));
+    let worst = cpu.iter().zip(&tch).map(|(c, g)| max_rel_error(c, g)).fold(0.0f32, f32::max);
+    println!("{} adapter gradients with bf16 base weights, worst relative error {worst:.2e}", cpu.len());
+    assert!(worst <= 5e-2, "{worst}");
+}
