@@ -2,36 +2,52 @@
 # LibTorch for the `tch` builds (burn's libtorch backend: `--features tch`). tch 0.22 is written for
 # PyTorch 2.9; we build against 2.11, the version installed on the GPU machines, so that the
 # binary runs there with their PyTorch (its C++ wrapper compiles against 2.11's headers and its
-# symbols resolve in 2.11's libraries; checked by crates/rfa-models/tests/tch.rs).
+# symbols resolve in 2.11's libraries; crates/rfa-models/tests/tch.rs checks the result).
 #
-#   scripts/fetch-libtorch.sh [DEST]            headers and libraries from PyPI's torch wheel
-#                                               (no dependencies): enough to build
-#   RUNTIME=1 scripts/fetch-libtorch.sh [DEST]  torch and the CUDA libraries its libraries load
-#                                               (nvidia-* wheels, ~4 GB), beside it in DEST, so that
-#                                               tch-cpu also runs on a machine without PyTorch
+#   eval "$(scripts/fetch-libtorch.sh [DEST])"        headers and libraries of PyPI's torch wheel
+#       (no dependencies, 1 GB): builds binaries that link libtorch_cuda, to run where PyTorch
+#       with CUDA is installed (LD_LIBRARY_PATH=<site-packages>/torch/lib)
+#   eval "$(CPU=1 scripts/fetch-libtorch.sh [DEST])"  the same, plus CUDA's runtime and profiler
+#       libraries that libtorch_cpu loads (13 MB), and a link folder without libtorch_cuda: builds
+#       binaries that run `tch-cpu` here (sets LD_LIBRARY_PATH too)
 #
-# DEST defaults to ~/.cache/rfa-assets/libtorch-VERSION. Prints the environment to build with; run
-# with LD_LIBRARY_PATH=DEST/torch/lib (torch's libraries find the nvidia ones by their RPATH).
+# DEST defaults to ~/.cache/rfa-assets/libtorch-VERSION. Prints the environment to use.
 set -euo pipefail
 version=${TORCH_VERSION:-2.11.0}
 dest=${1:-$HOME/.cache/rfa-assets/libtorch-$version}
-if [ "${RUNTIME:-0}" = 1 ]; then
-  if [ ! -f "$dest/.runtime" ]; then
-    # Everything torch's wheel declares, laid out as in site-packages (torch/, nvidia/).
-    pip install --quiet --no-compile --disable-pip-version-check --target "$dest.partial" "torch==$version" >&2
-    rm -rf "$dest" && mv "$dest.partial" "$dest" && touch "$dest/.runtime"
-  fi
-elif [ ! -f "$dest/torch/lib/libtorch_cpu.so" ]; then
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  pip download --quiet --no-deps --disable-pip-version-check "torch==$version" -d "$tmp" >&2
-  rm -rf "$dest.partial" && mkdir -p "$dest.partial"
-  python3 - "$tmp"/torch-*.whl "$dest.partial" <<'EOF'
+
+# Extracts the members of wheel $1 under prefix $2 into folder $3.
+unwheel() {
+  python3 - "$@" <<'EOF'
 import sys, zipfile
-wheel, dest = sys.argv[1], sys.argv[2]
+wheel, prefix, dest = sys.argv[1:4]
 with zipfile.ZipFile(wheel) as z:
-    z.extractall(dest, [n for n in z.namelist() if n.startswith(("torch/include/", "torch/lib/", "torch/share/"))])
+    z.extractall(dest, [n for n in z.namelist() if n.startswith(prefix)])
 EOF
+}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pipdl() { pip download --quiet --no-deps --disable-pip-version-check -d "$tmp" "$@" >&2; }
+
+if [ ! -f "$dest/torch/lib/libtorch_cpu.so" ]; then
+  pipdl "torch==$version"
+  rm -rf "$dest.partial" && mkdir -p "$dest.partial"
+  for part in torch/include/ torch/lib/ torch/share/; do unwheel "$tmp"/torch-*.whl "$part" "$dest.partial"; done
   rm -rf "$dest" && mv "$dest.partial" "$dest"
 fi
-echo "export LIBTORCH=$dest/torch LIBTORCH_BYPASS_VERSION_CHECK=1"
+if [ "${CPU:-0}" != 1 ]; then
+  echo "export LIBTORCH=$dest/torch LIBTORCH_BYPASS_VERSION_CHECK=1"
+  exit 0
+fi
+if [ ! -f "$dest/nvidia/cu13/lib/libcupti.so.13" ]; then
+  # The versions torch 2.11's wheel asks for (cuda-toolkit 13.0.2); libtorch_cpu's RPATH finds
+  # them in ../../nvidia/cu13/lib.
+  pipdl "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-cupti==13.0.85"
+  for w in "$tmp"/nvidia_*.whl; do unwheel "$w" nvidia/cu13/lib/ "$dest"; done
+fi
+# torch-sys links libtorch_cuda whenever its link folder has it; this one has the rest only.
+mkdir -p "$dest/cpu/lib"
+for f in "$dest"/torch/lib/*.so*; do
+  case $(basename "$f") in libtorch_cuda*) ;; *) ln -sf "$f" "$dest/cpu/lib/" ;; esac
+done
+echo "export LIBTORCH=$dest/torch LIBTORCH_LIB=$dest/cpu LIBTORCH_BYPASS_VERSION_CHECK=1 LD_LIBRARY_PATH=$dest/torch/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
