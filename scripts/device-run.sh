@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine (the `device` tool) for issue 6, within TOTAL_S seconds, most
-# important first (each part runs only if its time is left):
-#   1. CUDA tests (parity, LoRA gradients f32 and with bf16 base weights vs the CPU);
-#   2. the RFA step benchmark, burn-cuda (`xtask bench`), GPT-2 small / BERT-base / ViT-B/16 at the
-#      PyTorch reference's shapes, f32, one process per row (so that nvidia-smi's peak memory
-#      belongs to that row), with a persistent PTX cache and a compile log per row; then GPT-2
-#      once more with cubecl's kernel profiler on (every kernel of a step timed on the GPU, one
-#      table per step in bench/<row>.profile.log);
-#   3. the PyTorch + transformers + peft reference (bench/torch_rfa_reference.py), same shapes,
-#      f32 one process per row (nvidia-smi peak alongside torch's max_memory_allocated), then its
-#      f32 rows with TF32 matmuls (bench/torch_variants.py), as burn-cuda computes f32; then rfa
-#      on burn's libtorch backend (`xtask-tch`: PyTorch's kernels, strict f32 like the reference);
-#   4. the burn rows again from the build with burn's kernel fusion (`xtask-cuda-fusion`);
-#   5. GPT-2 from the build with cubecl's autotune (`xtask-cuda-autotune`): a cold first step
-#      (every matmul / reduction shape timed over its candidate kernels), then a second process
-#      with the tuning cache warm; BERT and ViT if time is left;
-#   6. the per-op profile at GPT-2 small's shapes (8 × 512 tokens): `xtask bench-ops` from each
-#      build, and bench/torch_ops.py (the same operations and matmul shapes in PyTorch, TF32);
-#   7. bf16: PyTorch autocast, burn, burn with fusion.
+# important first (each part runs only if its share of the time is left):
+#   1. tests: burn-cuda (parity, LoRA gradients f32 and with bf16 base weights, attention vs the
+#      CPU) and burn's libtorch backend on CUDA (crates/rfa-models/tests/tch.rs);
+#   2. the RFA step (`xtask bench`), GPT-2 small / BERT-base / ViT-B/16 at the PyTorch reference's
+#      shapes, f32, burn-cuda beside the PyTorch + transformers + peft reference
+#      (bench/torch_rfa_reference.py), one process per row (so that nvidia-smi's peak memory
+#      belongs to that row; torch's max_memory_allocated too), then the reference with TF32
+#      matmuls (bench/torch_variants.py), as burn-cuda computes f32. burn rows share a persistent
+#      PTX cache and log their compilations;
+#   3. GPT-2 on burn's libtorch backend (`xtask-tch`: PyTorch's kernels, strict f32, then TF32),
+#      with burn's kernel fusion (`xtask-cuda-fusion`), with cubecl's autotune
+#      (`xtask-cuda-autotune`: a cold first step, every matmul / reduction shape timed over its
+#      candidate kernels, then a second process with the tuning cache warm);
+#   4. where a GPT-2 step's time goes: cubecl's kernel profiler on one step (every kernel's GPU
+#      time, bench/<row>.profile.log), the step's operations alone (`xtask bench-ops`, each build,
+#      and bench/torch_ops.py: the same operations and matmul shapes in PyTorch, TF32);
+#   5. BERT and ViT on libtorch, with autotune, with fusion; bf16 (PyTorch autocast, libtorch,
+#      burn-cuda, burn-cuda with fusion).
 # Expects in .device/ (scripts/device-prepare.sh puts them there): xtask-cuda.gz,
 # xtask-cuda-fusion.gz, xtask-cuda-autotune.gz, xtask-tch.gz, rfa-models-cuda-tests.gz,
 # rfa-models-tch-tests.gz (built `--release` with CUDARC_CUDA_VERSION=13000,
@@ -116,14 +116,8 @@ EOF
 gpt2=gpt2:12x768:12:8:512
 bert=bert:12x768:12:32:256
 vit=vit:12x768:12:64:224
-for m in gpt2 bert vit; do
-  [ "$(left)" -gt 330 ] && bench_row "$m-f32" "${!m}" f32 75
-done
-# The profiler times each kernel alone (a sync after each), so this row's step times are not
-# comparable; its table per step is the point. Kernels are cached by now.
-[ "$(left)" -gt 320 ] && PROFILE=1 BENCH_STEPS="--warmup 1 --steps 1" bench_row gpt2-f32-profile "$gpt2" f32 45
 
-# 3. PyTorch reference, one row per process; then its f32 rows with TF32 matmuls.
+# The PyTorch + peft reference, one row per process.
 torch_row() { # model dtype
   local m=$1 dt=$2 s=$(date +%s.%N)
   with_mem "$out/torch/$m-$dt.mem" "$out/torch/$m-$dt.peak_mib" \
@@ -133,64 +127,70 @@ torch_row() { # model dtype
   rm -f "$out/torch/$m-$dt.mem"
   note "torch $m-$dt rc=$rc wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}") peak_mib=$(cat "$out/torch/$m-$dt.peak_mib")"
 }
-for m in gpt2 bert vit; do
-  [ "$(left)" -gt 270 ] && torch_row "$m" fp32
-done
-if [ "$(left)" -gt 240 ]; then
-  s=$(date +%s.%N)
-  timeout 60 python3 bench/torch_variants.py .device/torch_rfa_reference.py --device cuda --tf32 --models gpt2,bert,vit \
-    --dtypes fp32 --warmup 3 --steps 10 > "$out/torch/tf32.jsonl" 2> "$out/torch/tf32.err"
-  note "torch tf32 rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
-fi
-
-# 3b. rfa on burn's libtorch backend, f32 (strict, as the reference), one process per row.
+# rfa on burn's libtorch backend: f32 strict, as the reference; TF32=1: cuBLAS on TF32 through
+# PyTorch's TORCH_ALLOW_TF32_CUBLAS_OVERRIDE, as burn-cuda and the "PyTorch TF32" rows.
 tch_row() { # name config dtype limit
   local name=$1 cfg=$2 dt=$3 limit=$4 s=$(date +%s.%N)
   with_mem "$out/bench/$name.mem" "$out/bench/$name.peak_mib" \
-    env LD_LIBRARY_PATH="$torch_lib" timeout "$limit" "$bin/xtask-tch" bench --backends tch-cuda --configs "$cfg" --dtypes "$dt" \
+    env ${TF32:+TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1} LD_LIBRARY_PATH="$torch_lib" timeout "$limit" "$bin/xtask-tch" bench --backends tch-cuda --configs "$cfg" --dtypes "$dt" \
     --warmup 3 --steps 10 > "$out/bench/$name.json" 2> "$out/bench/$name.err"
   local rc=$?
   rm -f "$out/bench/$name.mem"
   note "burn-tch $name rc=$rc wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}") peak_mib=$(cat "$out/bench/$name.peak_mib")"
 }
+# The profiler times each kernel alone (a sync after each), so a profiled row's step times are
+# not comparable; its table per step is the point. Kernels are cached by then.
+profile_row() { # name exe
+  PROFILE=1 BENCH_STEPS="--warmup 1 --steps 1" bench_row "$1" "$gpt2" f32 40 "$2"
+}
+bench_ops() { # exe (in the working directory of its GPT-2 row: its caches)
+  local exe=$1 dir=/tmp/bench-gpt2-f32${1#xtask-cuda}
+  [ -d "$dir" ] || return 0
+  (cd "$dir" && timeout 40 "$bin/$exe" bench-ops --backends cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-$exe.jsonl" 2> "$out/bench/ops-$exe.err")
+  note "bench-ops $exe rc=$?"
+}
+
+# Most important first; each step runs only if its share of the time is left.
+# 2-3. rfa (burn-cuda) and PyTorch + peft, f32, side by side; PyTorch with TF32.
 for m in gpt2 bert vit; do
-  [ "$(left)" -gt 260 ] && tch_row "$m-f32-tch" "${!m}" f32 60
+  [ "$(left)" -gt 400 ] && bench_row "$m-f32" "${!m}" f32 75
+  [ "$(left)" -gt 380 ] && torch_row "$m" fp32
 done
-
-# 4. burn with kernel fusion (its own kernels: a cold cache, compile log per row).
-for m in gpt2 bert vit; do
-  [ "$(left)" -gt 250 ] && bench_row "$m-f32-fusion" "${!m}" f32 90 xtask-cuda-fusion
-done
-
-# 5. burn with cubecl's autotune: cold (tuning + compiling the candidates), then warm.
-[ "$(left)" -gt 250 ] && bench_row gpt2-f32-autotune "$gpt2" f32 150 xtask-cuda-autotune
-[ "$(left)" -gt 200 ] && bench_row gpt2-f32-autotune-warm "$gpt2" f32 40 xtask-cuda-autotune
-for m in bert vit; do
-  [ "$(left)" -gt 200 ] && bench_row "$m-f32-autotune" "${!m}" f32 75 xtask-cuda-autotune
-done
-
-# 6. Per-op profile at GPT-2 small's MLP / attention shapes (8 × 512 tokens), each build in the
-# working directory of its GPT-2 row (its caches), then PyTorch's same operations, then the
-# kernel profile of a GPT-2 step with fusion and with autotune (caches warm).
-if [ "$(left)" -gt 110 ]; then
-  LD_LIBRARY_PATH=$torch_lib timeout 40 "$bin/xtask-tch" bench-ops --backends tch-cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-xtask-tch.jsonl" 2> "$out/bench/ops-xtask-tch.err"
-  note "bench-ops xtask-tch rc=$?"
+if [ "$(left)" -gt 350 ]; then
+  s=$(date +%s.%N)
+  timeout 60 python3 bench/torch_variants.py .device/torch_rfa_reference.py --device cuda --tf32 --models gpt2,bert,vit \
+    --dtypes fp32 --warmup 3 --steps 10 > "$out/torch/tf32.jsonl" 2> "$out/torch/tf32.err"
+  note "torch tf32 rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
 fi
-for exe in xtask-cuda xtask-cuda-fusion xtask-cuda-autotune; do
-  dir=/tmp/bench-gpt2-f32${exe#xtask-cuda}
-  if [ "$(left)" -gt 100 ] && [ -d "$dir" ]; then
-    (cd "$dir" && timeout 40 "$bin/$exe" bench-ops --backends cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-$exe.jsonl" 2> "$out/bench/ops-$exe.err")
-    note "bench-ops $exe rc=$?"
-  fi
-done
-if [ "$(left)" -gt 80 ]; then
+# 3b. GPT-2 on libtorch (strict f32, TF32), with fusion, with autotune (cold, then warm).
+[ "$(left)" -gt 330 ] && tch_row gpt2-f32-tch "$gpt2" f32 60
+[ "$(left)" -gt 320 ] && TF32=1 tch_row gpt2-tf32-tch "$gpt2" f32 45
+[ "$(left)" -gt 300 ] && bench_row gpt2-f32-fusion "$gpt2" f32 90 xtask-cuda-fusion
+[ "$(left)" -gt 280 ] && bench_row gpt2-f32-autotune "$gpt2" f32 120 xtask-cuda-autotune
+[ "$(left)" -gt 200 ] && bench_row gpt2-f32-autotune-warm "$gpt2" f32 40 xtask-cuda-autotune
+# 6. Where a GPT-2 step's time goes: kernel profile (default build), the step's operations alone
+# on each backend and in PyTorch.
+[ "$(left)" -gt 180 ] && profile_row gpt2-f32-profile xtask-cuda
+[ "$(left)" -gt 160 ] && bench_ops xtask-cuda
+if [ "$(left)" -gt 150 ]; then
   timeout 40 python3 bench/torch_ops.py --device cuda --tf32 --shape 8:512:768:12 --reps 10 > "$out/torch/ops-tf32.jsonl" 2> "$out/torch/ops-tf32.err"
   note "torch ops tf32 rc=$?"
 fi
-[ "$(left)" -gt 70 ] && PROFILE=1 BENCH_STEPS="--warmup 1 --steps 1" bench_row gpt2-f32-fusion-profile "$gpt2" f32 40 xtask-cuda-fusion
-[ "$(left)" -gt 70 ] && PROFILE=1 BENCH_STEPS="--warmup 1 --steps 1" bench_row gpt2-f32-autotune-profile "$gpt2" f32 40 xtask-cuda-autotune
-
-# 7. bf16.
+if [ "$(left)" -gt 140 ]; then
+  LD_LIBRARY_PATH=$torch_lib timeout 40 "$bin/xtask-tch" bench-ops --backends tch-cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-xtask-tch.jsonl" 2> "$out/bench/ops-xtask-tch.err"
+  note "bench-ops xtask-tch rc=$?"
+fi
+[ "$(left)" -gt 130 ] && bench_ops xtask-cuda-autotune
+[ "$(left)" -gt 120 ] && bench_ops xtask-cuda-fusion
+[ "$(left)" -gt 110 ] && profile_row gpt2-f32-fusion-profile xtask-cuda-fusion
+[ "$(left)" -gt 100 ] && profile_row gpt2-f32-autotune-profile xtask-cuda-autotune
+# 7. BERT and ViT on libtorch and with fusion / autotune; bf16.
+for m in bert vit; do
+  [ "$(left)" -gt 90 ] && TF32=1 tch_row "$m-tf32-tch" "${!m}" f32 40
+  [ "$(left)" -gt 85 ] && tch_row "$m-f32-tch" "${!m}" f32 40
+  [ "$(left)" -gt 80 ] && bench_row "$m-f32-autotune" "${!m}" f32 60 xtask-cuda-autotune
+  [ "$(left)" -gt 75 ] && bench_row "$m-f32-fusion" "${!m}" f32 60 xtask-cuda-fusion
+done
 for m in gpt2 bert vit; do
   [ "$(left)" -gt 60 ] && torch_row "$m" bf16
   [ "$(left)" -gt 50 ] && tch_row "$m-bf16-tch" "${!m}" bf16 40
