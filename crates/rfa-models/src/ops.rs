@@ -219,7 +219,7 @@ impl FusedOps for burn::backend::NdArray<f32> {}
 #[cfg(feature = "cuda")]
 impl FusedOps for burn::backend::Cuda<f32, i32> {}
 #[cfg(feature = "tch")]
-impl FusedOps for burn::backend::LibTorch<f32> {}
+mod libtorch;
 
 /// The definitions in burn's tensor ops (any backend, any float type).
 pub mod fallback {

@@ -88,3 +88,49 @@ fn bf16_base_weights_on_tch_give_ndarrays_gradients_to_bf16_precision() {
     println!("{} adapter gradients with bf16 base weights, worst relative error {worst:.2e}", cpu.len());
     assert!(worst <= 5e-2, "{worst}");
 }
+
+/// libtorch's own GELU (both kinds) and softmax kernels behind the fused ops equal the burn-ops
+/// definitions on ndarray, values and input gradients.
+#[test]
+fn fused_gelu_and_softmax_on_tch_equal_ndarrays() {
+    use burn::tensor::{Tensor, TensorData};
+    use rfa_models::ops::{gelu, softmax_last};
+    use rfa_models::{FusedAutodiff, GeluKind};
+
+    fn run<A: FusedAutodiff>(device: &A::Device) -> Vec<Vec<f32>> {
+        let shape = [3, 5, 67];
+        let mut s = 7u64;
+        let values: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
+            })
+            .collect();
+        let weights: Vec<f32> = values.iter().rev().map(|v| v * 0.5 + 0.25).collect();
+        let w = Tensor::<A, 3>::from_data(TensorData::new(weights, shape), device);
+        let host = |x: Tensor<A::InnerBackend, 3>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        let mut all = Vec::new();
+        for op in 0..3 {
+            let x = Tensor::<A, 3>::from_data(TensorData::new(values.clone(), shape), device).require_grad();
+            let y = match op {
+                0 => gelu(x.clone(), GeluKind::Erf),
+                1 => gelu(x.clone(), GeluKind::Tanh),
+                _ => softmax_last(x.clone()),
+            };
+            let grads = (y.clone() * w.clone()).sum().backward();
+            all.push(host(y.inner()));
+            all.push(host(x.grad(&grads).expect("a gradient")));
+        }
+        all
+    }
+    // Element-wise work and row sums: no TF32 on any device, so tight enough everywhere that
+    // the two GELUs (1.2e-4 apart here) cannot pass for each other.
+    let device = device();
+    let (cpu, tch) = (run::<AB>(&Default::default()), run::<Autodiff<T>>(&device));
+    let names = ["gelu erf", "gelu erf grad", "gelu tanh", "gelu tanh grad", "softmax", "softmax grad"];
+    for (name, (c, g)) in names.iter().zip(cpu.iter().zip(&tch)) {
+        let err = max_rel_error(c, g);
+        println!("{name}: max-abs error relative to the largest entry {err:.2e}");
+        assert!(err <= 1e-5, "{name}: {err}");
+    }
+}
