@@ -134,3 +134,15 @@ fn fused_gelu_and_softmax_on_tch_equal_ndarrays() {
         assert!(err <= 1e-5, "{name}: {err}");
     }
 }
+
+#[test]
+fn device_names_parse() {
+    use rfa_models::tch_device;
+    assert_eq!(tch_device("tch"), Some(Ok(LibTorchDevice::Cpu)));
+    assert_eq!(tch_device("tch-cpu"), Some(Ok(LibTorchDevice::Cpu)));
+    assert_eq!(tch_device("tch-cuda"), Some(Ok(LibTorchDevice::Cuda(0))));
+    assert_eq!(tch_device("tch-cuda:3"), Some(Ok(LibTorchDevice::Cuda(3))));
+    assert!(matches!(tch_device("tch-cuda:x"), Some(Err(e)) if e.contains("tch-cuda:N")));
+    assert_eq!(tch_device("cuda:0"), None);
+    assert_eq!(tch_device("cpu"), None);
+}
