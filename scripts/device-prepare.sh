@@ -8,6 +8,16 @@ export CUDARC_CUDA_VERSION=13000 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/targe
 cargo build --release --features cuda -p xtask
 mkdir -p .device
 pack() { strip -o "/tmp/$2" "$1" && gzip -c "/tmp/$2" > ".device/$2.gz" && rm "/tmp/$2"; }
+# Builds rfa-models' integration test file $1 (tests/$1.rs, feature $1) and packs its binary.
+pack_tests() {
+  local exe
+  exe=$(cargo test --release --features "$1" -p rfa-models --test "$1" --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"): print(m["executable"])' "$1")
+  pack "$exe" "rfa-models-$1-tests"
+}
 pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda
 # The same benchmark with burn's kernel fusion (cargo keeps both feature sets' builds apart).
 cargo build --release --features fusion -p xtask
@@ -15,23 +25,13 @@ pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda-fusion
 # And with cubecl's autotune (matmul / reduction kernels chosen per shape by timing).
 cargo build --release --features autotune -p xtask
 pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda-autotune
-test_bin=$(cargo test --release --features cuda -p rfa-models --test cuda --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"): print(m["executable"])')
-pack "$test_bin" rfa-models-cuda-tests
+pack_tests cuda
 # burn's libtorch backend, built against PyTorch 2.11's headers and libraries (the GPU machine's
 # version), linked dynamically: it runs there with that PyTorch's lib folder on LD_LIBRARY_PATH.
 eval "$(bash scripts/fetch-libtorch.sh)"
 cargo build --release --features tch -p xtask
 pack "$CARGO_TARGET_DIR/release/xtask" xtask-tch
-test_bin=$(cargo test --release --features tch -p rfa-models --test tch --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "tch" and m.get("executable"): print(m["executable"])')
-pack "$test_bin" rfa-models-tch-tests
+pack_tests tch
 cp "${SHARED:-../shared}/bench/torch_rfa_reference.py" .device/
 # bench/torch_ops.py and bench/torch_variants.py travel with the tree.
 if [ "${CIFAR:-0}" = 1 ]; then
