@@ -130,7 +130,7 @@ pub fn run<B: FusedAutodiff>(
             let last = linears.iter().rposition(|(p, _)| adapted.contains(p)).expect("an adapted layer");
             let ran: usize = linears[..=last].iter().map(|(_, l)| l.d_in() * l.d_out()).sum();
             let widths: Vec<usize> =
-                adapted.iter().map(|p| m.linears().into_iter().find(|(q, _)| q == p).expect("adapted layer").1.d_out()).collect();
+                adapted.iter().map(|p| linears.iter().find(|(q, _)| q == p).expect("adapted layer").1.d_out()).collect();
             let mus: Vec<Tensor<B, 3>> = widths.iter().map(|&w| Tensor::random([1, 1, w], normal, device)).collect();
             let mut opt = AdamWConfig::new().with_epsilon(1e-8).init();
             let mut m = Some(m);
