@@ -12,8 +12,8 @@
 mod common;
 
 use burn::backend::{Autodiff, Cuda};
-use common::{AB, attention_case, fixtures, gpt2_lora_grads, max_rel_error};
-use rfa_models::parity::{Tolerance, check_dir};
+use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, max_rel_error};
+use rfa_models::parity::Tolerance;
 
 type C = Cuda<f32, i32>;
 
@@ -23,16 +23,7 @@ fn models_on_cuda_match_the_reference() {
     // max abs error <= 4e-3 · max(1, max |reference|) per tensor; loss and retain MSE to 1e-3
     // relative (measured: 2.2e-4 at worst, the ViT retain MSE).
     let tol = Tolerance { abs: 4e-3, rel: 1e-3, scale_by_magnitude: true };
-    let reports: Vec<_> = ["gpt2", "bert", "vit"]
-        .iter()
-        .map(|name| check_dir::<C>(&fixtures().join("hf-parity").join(name), tol, &device).unwrap())
-        .collect();
-    for r in &reports {
-        println!("CUDA {r}");
-    }
-    for r in &reports {
-        assert!(r.ok(), "{}: {:?}", r.dir.display(), r.failures());
-    }
+    assert_fixtures_match::<C>("CUDA", tol, &device);
 }
 
 #[test]

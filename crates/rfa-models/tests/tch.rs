@@ -14,8 +14,8 @@ mod common;
 
 use burn::backend::libtorch::LibTorchDevice;
 use burn::backend::{Autodiff, LibTorch};
-use common::{AB, attention_case, fixtures, gpt2_lora_grads, max_rel_error};
-use rfa_models::parity::{Tolerance, check_dir};
+use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, max_rel_error};
+use rfa_models::parity::Tolerance;
 
 type T = LibTorch<f32>;
 
@@ -37,16 +37,7 @@ fn models_on_tch_match_the_reference() {
     let device = device();
     let (abs, rel, _) = tolerances(&device);
     let tol = Tolerance { abs, rel, scale_by_magnitude: true };
-    let reports: Vec<_> = ["gpt2", "bert", "vit"]
-        .iter()
-        .map(|name| check_dir::<T>(&fixtures().join("hf-parity").join(name), tol, &device).unwrap())
-        .collect();
-    for r in &reports {
-        println!("tch {device:?} {r}");
-    }
-    for r in &reports {
-        assert!(r.ok(), "{}: {:?}", r.dir.display(), r.failures());
-    }
+    assert_fixtures_match::<T>(&format!("tch {device:?}"), tol, &device);
 }
 
 #[test]

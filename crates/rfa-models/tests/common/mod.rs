@@ -60,6 +60,21 @@ pub fn gpt2_lora_grads<AB: rfa_models::FusedAutodiff>(
     (value, all)
 }
 
+/// Checks the GPT-2, BERT and ViT fixtures on `B` against the reference outputs, prints each
+/// report under `label`, and fails on any comparison over `tol`.
+pub fn assert_fixtures_match<B: rfa_models::FusedOps>(label: &str, tol: rfa_models::parity::Tolerance, device: &B::Device) {
+    let reports: Vec<_> = ["gpt2", "bert", "vit"]
+        .iter()
+        .map(|name| rfa_models::parity::check_dir::<B>(&fixtures().join("hf-parity").join(name), tol, device).unwrap())
+        .collect();
+    for r in &reports {
+        println!("{label} {r}");
+    }
+    for r in &reports {
+        assert!(r.ok(), "{}: {:?}", r.dir.display(), r.failures());
+    }
+}
+
 /// The largest absolute difference between `a` and `b`, relative to `a`'s largest entry.
 pub fn max_rel_error(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
