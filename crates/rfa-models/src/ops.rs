@@ -87,6 +87,14 @@ pub trait FusedOps: Backend {
         fallback::attention::<Self>(q, k, v, bias, heads, scale)
     }
 
+    /// Whether [`FusedOps::fused_attention_backward`] reads the forward pass's output
+    /// ([`AttentionSaved::out`]): the kernels that recompute the weights from a per-row
+    /// logsumexp (PyTorch's SDPA) need `Σ dO ⊙ O` per row. Off by default, so that the other
+    /// backends do not keep one more `[b, tq, cv]` tensor per layer.
+    fn attention_backward_uses_output() -> bool {
+        false
+    }
+
     /// The gradients of `q`, `k` and `v` from the output's gradient.
     fn fused_attention_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
         fallback::attention_backward::<Self>(saved, grad)
@@ -108,7 +116,8 @@ pub trait FusedOps: Backend {
 }
 
 /// What the attention's backward pass keeps: the operands, the bias, the per-row statistics of
-/// [`FusedOps::fused_attention_stats`] and the scale. For the packed op `q` is the packed
+/// [`FusedOps::fused_attention_stats`], the scale, and the output where the backend asks for it
+/// ([`FusedOps::attention_backward_uses_output`]). For the packed op `q` is the packed
 /// projection and `k`, `v` are `None`.
 #[derive(Debug, Clone)]
 pub struct AttentionSaved<B: Backend> {
@@ -116,8 +125,11 @@ pub struct AttentionSaved<B: Backend> {
     pub k: Option<FloatTensor<B>>,
     pub v: Option<FloatTensor<B>>,
     pub bias: Option<FloatTensor<B>>,
+    /// `[b, heads, rows, n]`: the generic ops' `n = 2` (row max, sum of exponentials); a
+    /// backend's own kernels may keep other per-row numbers (libtorch: `n = 1`, logsumexp).
     pub stats: FloatTensor<B>,
     pub scale: f64,
+    pub out: Option<FloatTensor<B>>,
 }
 
 impl<B: Backend> AttentionSaved<B> {
@@ -438,7 +450,8 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             OpsKind::Tracked(prep) => {
                 let (q, k, v) = (q.primitive, k.primitive, v.primitive);
                 let (out, stats) = B::fused_attention_stats(q.clone(), k.clone(), v.clone(), bias.clone(), heads, scale);
-                prep.finish(AttentionSaved { q, k: Some(k), v: Some(v), bias, stats, scale }, out)
+                let kept = B::attention_backward_uses_output().then(|| out.clone());
+                prep.finish(AttentionSaved { q, k: Some(k), v: Some(v), bias, stats, scale, out: kept }, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(q.primitive, k.primitive, v.primitive, bias, heads, scale)),
         }
@@ -462,7 +475,8 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             OpsKind::Tracked(prep) => {
                 let [q, k, v] = fallback::unpack::<B>(qkv.primitive.clone());
                 let (out, stats) = B::fused_attention_stats(q, k, v, bias.clone(), heads, scale);
-                prep.finish(AttentionSaved { q: qkv.primitive, k: None, v: None, bias, stats, scale }, out)
+                let kept = B::attention_backward_uses_output().then(|| out.clone());
+                prep.finish(AttentionSaved { q: qkv.primitive, k: None, v: None, bias, stats, scale, out: kept }, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_attention_packed(qkv.primitive, bias, heads, scale)),
         }

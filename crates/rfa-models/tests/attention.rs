@@ -3,6 +3,7 @@
 //! ops) and on flex (the per-head kernel), through autodiff and without it, for operands that
 //! are contiguous, column slices of one fused projection, transposed views, or one packed
 //! projection (`attention_packed`), with biases of every broadcast shape and fully masked rows.
+//! With the `tch` feature also on libtorch (PyTorch's flash / memory-efficient attention kernels).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -98,19 +99,41 @@ struct Reference {
     dv: Vec<f64>,
 }
 
+/// The bias at `[batch, head, query, key]`, broadcast; 0 without one.
+fn bias_at(c: &Case, d: &Data, at: [usize; 4]) -> f64 {
+    match (&c.bias, &d.bias) {
+        (Some(s), Some(v)) => {
+            let idx = at.iter().zip(s).fold(0, |acc, (&x, &n)| acc * n + if n == 1 { 0 } else { x });
+            v[idx] as f64
+        }
+        _ => 0.0,
+    }
+}
+
+/// PyTorch's SDPA kernels (libtorch's path) get a fully masked row's gradients wrong, as
+/// PyTorch does itself with a finite mask: the row's logsumexp, −1e30 + ln tk, rounds to −1e30,
+/// so the backward pass weighs every key 1 instead of 1/tk (its output is right). rfa never
+/// sends a gradient into such a row — only a padding query sees nothing but padding, and the
+/// losses leave padding out — so on libtorch the test gives those rows no output gradient.
+#[cfg(feature = "tch")]
+fn without_gradient_into_fully_masked_rows(c: &Case, d: &mut Data) {
+    let cv = c.h * c.dv;
+    for b in 0..c.b {
+        for h in 0..c.h {
+            for i in 0..c.tq {
+                if (0..c.tk).all(|j| bias_at(c, d, [b, h, i, j]) <= MASK as f64) {
+                    d.w[(b * c.tq + i) * cv + h * c.dv..][..c.dv].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
 /// softmax(q_h k_hᵀ / √dk + bias) v_h per head, and the gradients of Σ out ⊙ w, in f64.
 fn reference(c: &Case, d: &Data) -> Reference {
     let (ck, cv) = (c.h * c.dk, c.h * c.dv);
     let scale = 1.0 / (c.dk as f64).sqrt();
-    let bias_at = |b: usize, h: usize, i: usize, j: usize| -> f64 {
-        match (&c.bias, &d.bias) {
-            (Some(s), Some(v)) => {
-                let idx = [b, h, i, j].iter().zip(s).fold(0, |acc, (&x, &n)| acc * n + if n == 1 { 0 } else { x });
-                v[idx] as f64
-            }
-            _ => 0.0,
-        }
-    };
+    let bias_at = |b, h, i, j| bias_at(c, d, [b, h, i, j]);
     let f = |x: &Vec<f32>| x.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let (q, k, v, w) = (f(&d.q), f(&d.k), f(&d.v), f(&d.w));
     let mut r = Reference {
@@ -237,16 +260,18 @@ fn run<B: FusedOps>(c: &Case, leaves: &[Tensor<B, 3>], bias: Option<Tensor<B, 4>
 }
 
 fn check_on<AB: FusedAutodiff>(c: &Case) {
-    let d = data(c);
-    let want = reference(c, &d);
-    let dev = Default::default();
+    check_on_device::<AB>(c, &data(c), &Default::default())
+}
+
+fn check_on_device<AB: FusedAutodiff>(c: &Case, d: &Data, dev: &AB::Device) {
+    let want = reference(c, d);
     let scale = 1.0 / (c.dk as f64).sqrt();
 
     // Through autodiff.
-    let inputs: Vec<_> = leaves::<AB>(c, &d, &dev).into_iter().map(|l| l.require_grad()).collect();
-    let out = run(c, &inputs, bias::<AB>(c, &d, &dev), scale);
+    let inputs: Vec<_> = leaves::<AB>(c, d, dev).into_iter().map(|l| l.require_grad()).collect();
+    let out = run(c, &inputs, bias::<AB>(c, d, dev), scale);
     close("out", c, &values(out.clone()), &want.out);
-    let w = t3::<AB>(&d.w, [c.b, c.tq, c.h * c.dv], &dev);
+    let w = t3::<AB>(&d.w, [c.b, c.tq, c.h * c.dv], dev);
     let g = (out * w).sum().backward();
     let grads = inputs.iter().map(|l| values(l.grad(&g).expect("a gradient for every operand"))).collect();
     let [dq, dk, dv] = leaf_grads(c, grads);
@@ -255,13 +280,27 @@ fn check_on<AB: FusedAutodiff>(c: &Case) {
     close("dv", c, &dv, &want.dv);
 
     // Without autodiff: the inference path (flex: no weights kept).
-    let out = run(c, &leaves::<AB::InnerBackend>(c, &d, &dev), bias::<AB::InnerBackend>(c, &d, &dev), scale);
+    let out = run(c, &leaves::<AB::InnerBackend>(c, d, dev), bias::<AB::InnerBackend>(c, d, dev), scale);
     close("out (no autodiff)", c, &values(out), &want.out);
 }
 
 fn check(c: &Case) {
     check_on::<Nd>(c);
     check_on::<Fx>(c);
+    #[cfg(feature = "tch")]
+    {
+        let mut d = data(c);
+        without_gradient_into_fully_masked_rows(c, &mut d);
+        check_on_device::<burn::backend::Autodiff<burn::backend::LibTorch<f32>>>(c, &d, &tch_device());
+    }
+}
+
+/// libtorch (PyTorch's SDPA kernels where they take the operands): `RFA_TCH_DEVICE`, as in
+/// tests/tch.rs.
+#[cfg(feature = "tch")]
+fn tch_device() -> burn::backend::libtorch::LibTorchDevice {
+    let name = std::env::var("RFA_TCH_DEVICE").unwrap_or_else(|_| "tch-cpu".into());
+    rfa_models::tch_device(&name).expect("RFA_TCH_DEVICE: tch-cpu or tch-cuda[:N]").unwrap()
 }
 
 /// `[b, heads, tq, tk, dk, dv]`.

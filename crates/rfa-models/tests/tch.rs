@@ -137,3 +137,26 @@ fn device_names_parse() {
     assert_eq!(tch_device("cuda:0"), None);
     assert_eq!(tch_device("cpu"), None);
 }
+
+/// Attention runs PyTorch's SDPA kernels (flash on the CPU, memory-efficient on CUDA): they keep
+/// one logsumexp per query row, where rfa's generic attention keeps the row max and sum.
+/// `RFA_TCH_ATTENTION=ops` switches back to the generic ops (CI runs this file both ways).
+#[test]
+fn attention_takes_pytorchs_sdpa_kernels_unless_switched_off() {
+    use burn::tensor::{Distribution, Tensor, TensorPrimitive};
+    use rfa_models::ops::FusedOps;
+
+    let device = device();
+    let (b, t, heads, d) = (2, 5, 2, 8);
+    let x = || Tensor::<T, 3>::random([b, t, heads * d], Distribution::Default, &device).into_primitive().tensor();
+    let (_, stats) = T::fused_attention_stats(x(), x(), x(), None, heads, 0.5);
+    let stats: Tensor<T, 4> = Tensor::from_primitive(TensorPrimitive::Float(stats));
+    let [sb, sh, rows, n] = stats.dims();
+    assert_eq!([sb, sh], [b, heads]);
+    match std::env::var("RFA_TCH_ATTENTION").as_deref() {
+        Ok("ops") => assert_eq!([rows, n], [t, 2], "the generic ops keep each row's max and sum"),
+        // CUDA's kernel pads the rows to a multiple of 32.
+        _ => assert!(n == 1 && rows >= t, "expected SDPA's logsumexp per row, got stats {:?}", stats.dims()),
+    }
+    assert_eq!(<T as FusedOps>::attention_backward_uses_output(), n == 1);
+}
