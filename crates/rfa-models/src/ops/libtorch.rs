@@ -81,7 +81,7 @@ fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, dims: &AttentionDims) -> Option<Ke
         Device::Cpu if dims.dk == dims.dv => Some(Kernel::CpuFlash),
         // The cutlass kernel reads 128-bit vectors: head widths and row strides in multiples
         // of 8 elements (PyTorch's own dispatcher asks the same before choosing it).
-        Device::Cuda(_) if dims.dk % 8 == 0 && dims.dv % 8 == 0 => {
+        Device::Cuda(_) if dims.dk.is_multiple_of(8) && dims.dv.is_multiple_of(8) => {
             let aligned = [q, k, v].iter().all(|x| x.stride()[1] % 8 == 0);
             aligned.then_some(Kernel::CudaEfficient)
         }
