@@ -8,15 +8,17 @@ export CUDARC_CUDA_VERSION=13000 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/targe
 cargo build --release --features cuda -p xtask
 mkdir -p .device
 pack() { strip -o "/tmp/$2" "$1" && gzip -c "/tmp/$2" > ".device/$2.gz" && rm "/tmp/$2"; }
-# Builds rfa-models' integration test file $1 (tests/$1.rs, feature $1) and packs its binary.
+# Builds rfa-models' integration test file $2 (tests/$2.rs; default $1) with feature $1 and packs
+# its binary as rfa-models-$2-tests (with -$1 before -tests when they differ).
 pack_tests() {
-  local exe
-  exe=$(cargo test --release --features "$1" -p rfa-models --test "$1" --no-run --message-format=json 2>/dev/null |
+  local exe test=${2:-$1} name
+  name=rfa-models-$test$([ "$test" = "$1" ] || echo "-$1")-tests
+  exe=$(cargo test --release --features "$1" -p rfa-models --test "$test" --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"): print(m["executable"])' "$1")
-  pack "$exe" "rfa-models-$1-tests"
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"): print(m["executable"])' "$test")
+  pack "$exe" "$name"
 }
 pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda
 # The same benchmark with burn's kernel fusion (cargo keeps both feature sets' builds apart).
@@ -32,6 +34,7 @@ eval "$(bash scripts/fetch-libtorch.sh)"
 cargo build --release --features tch -p xtask
 pack "$CARGO_TARGET_DIR/release/xtask" xtask-tch
 pack_tests tch
+pack_tests tch attention
 cp "${SHARED:-../shared}/bench/torch_rfa_reference.py" .device/
 # bench/torch_ops.py and bench/torch_variants.py travel with the tree.
 if [ "${CIFAR:-0}" = 1 ]; then

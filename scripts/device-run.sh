@@ -2,14 +2,16 @@
 # One call on the lent GPU machine (the `device` tool) for issue 6, within TOTAL_S seconds, most
 # important first (each part runs only if its share of the time is left):
 #   1. tests: burn-cuda (parity, LoRA gradients f32 and with bf16 base weights, attention vs the
-#      CPU) and burn's libtorch backend on CUDA (crates/rfa-models/tests/tch.rs);
+#      CPU) and burn's libtorch backend on CUDA (crates/rfa-models/tests/tch.rs, and
+#      tests/attention.rs: PyTorch's memory-efficient attention kernel against f64);
 #   2. the RFA step (`xtask bench`), GPT-2 small / BERT-base / ViT-B/16 at the PyTorch reference's
 #      shapes, f32, burn-cuda beside the PyTorch + transformers + peft reference
 #      (bench/torch_rfa_reference.py), one process per row (so that nvidia-smi's peak memory
 #      belongs to that row; torch's max_memory_allocated too), then the reference with TF32
 #      matmuls (bench/torch_variants.py), as burn-cuda computes f32. burn rows share a persistent
 #      PTX cache and log their compilations;
-#   3. GPT-2 on burn's libtorch backend (`xtask-tch`: PyTorch's kernels, strict f32, then TF32),
+#   3. GPT-2 on burn's libtorch backend (`xtask-tch`: PyTorch's kernels, strict f32, then TF32,
+#      then TF32 with attention in elementary ops instead of the SDPA kernel),
 #      with burn's kernel fusion (`xtask-cuda-fusion`), with cubecl's autotune
 #      (`xtask-cuda-autotune`: a cold first step, every matmul / reduction shape timed over its
 #      candidate kernels, then a second process with the tuning cache warm);
@@ -20,7 +22,7 @@
 #      burn-cuda, burn-cuda with fusion).
 # Expects in .device/ (scripts/device-prepare.sh puts them there): xtask-cuda.gz,
 # xtask-cuda-fusion.gz, xtask-cuda-autotune.gz, xtask-tch.gz, rfa-models-cuda-tests.gz,
-# rfa-models-tch-tests.gz (built `--release` with CUDARC_CUDA_VERSION=13000,
+# rfa-models-tch-tests.gz, rfa-models-attention-tch-tests.gz (built `--release` with CUDARC_CUDA_VERSION=13000,
 # stripped and gzipped to fit the 64 MiB carry), torch_rfa_reference.py; fixtures/ comes with the
 # tree. (Full CIFAR-10 on the GPU: scripts/device-cifar10.sh.)
 # Everything it writes is packed into $OUT/device-run.tgz at the end (the device tool returns only
@@ -42,7 +44,7 @@ mkdir -p "$out/bench" "$out/torch" "$out/tests"
 cat "$out/device.txt"
 bin=$(mktemp -d)
 mkdir -p "$bin"
-for x in xtask-cuda xtask-cuda-fusion xtask-cuda-autotune xtask-tch rfa-models-cuda-tests rfa-models-tch-tests; do
+for x in xtask-cuda xtask-cuda-fusion xtask-cuda-autotune xtask-tch rfa-models-cuda-tests rfa-models-tch-tests rfa-models-attention-tch-tests; do
   gunzip -c ".device/$x.gz" > "$bin/$x" && chmod +x "$bin/$x"
 done
 
@@ -75,6 +77,11 @@ torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(tor
 s=$(date +%s.%N)
 LD_LIBRARY_PATH=$torch_lib RFA_TCH_DEVICE=tch-cuda timeout 120 "$bin/rfa-models-tch-tests" --nocapture --test-threads=1 > "$out/tests/tch.log" 2>&1
 note "tests tch-cuda rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
+# The attention against its f64 reference on every bias shape and layout: PyTorch's
+# memory-efficient kernel where it takes the operands, the generic ops where not.
+s=$(date +%s.%N)
+LD_LIBRARY_PATH=$torch_lib RFA_TCH_DEVICE=tch-cuda timeout 90 "$bin/rfa-models-attention-tch-tests" --test-threads=2 > "$out/tests/attention-tch.log" 2>&1
+note "tests attention tch-cuda rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
 
 # 2. burn-cuda benchmark. cubecl reads cubecl.toml from the working directory: a persistent PTX
 # cache (shared by all rows, emptied first), a basic compile log (one line per NVRTC
@@ -132,7 +139,7 @@ torch_row() { # model dtype
 tch_row() { # name config dtype limit
   local name=$1 cfg=$2 dt=$3 limit=$4 s=$(date +%s.%N)
   with_mem "$out/bench/$name.mem" "$out/bench/$name.peak_mib" \
-    env ${TF32:+TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1} LD_LIBRARY_PATH="$torch_lib" timeout "$limit" "$bin/xtask-tch" bench --backends tch-cuda --configs "$cfg" --dtypes "$dt" \
+    env ${TF32:+TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1} ${ATT:+RFA_TCH_ATTENTION=$ATT} LD_LIBRARY_PATH="$torch_lib" timeout "$limit" "$bin/xtask-tch" bench --backends tch-cuda --configs "$cfg" --dtypes "$dt" \
     --warmup 3 --steps 10 > "$out/bench/$name.json" 2> "$out/bench/$name.err"
   local rc=$?
   rm -f "$out/bench/$name.mem"
@@ -165,6 +172,8 @@ fi
 # 3b. GPT-2 on libtorch (strict f32, TF32), with fusion, with autotune (cold, then warm).
 [ "$(left)" -gt 330 ] && tch_row gpt2-f32-tch "$gpt2" f32 60
 [ "$(left)" -gt 320 ] && TF32=1 tch_row gpt2-tf32-tch "$gpt2" f32 45
+# The same with attention in elementary ops instead of PyTorch's SDPA kernel (A/B).
+[ "$(left)" -gt 310 ] && ATT=ops TF32=1 tch_row gpt2-tf32-tch-ops "$gpt2" f32 45
 [ "$(left)" -gt 300 ] && bench_row gpt2-f32-fusion "$gpt2" f32 90 xtask-cuda-fusion
 [ "$(left)" -gt 280 ] && bench_row gpt2-f32-autotune "$gpt2" f32 120 xtask-cuda-autotune
 [ "$(left)" -gt 200 ] && bench_row gpt2-f32-autotune-warm "$gpt2" f32 40 xtask-cuda-autotune
