@@ -26,7 +26,8 @@
 # stripped and gzipped to fit the 64 MiB carry), torch_rfa_reference.py; fixtures/ comes with the
 # tree. (Full CIFAR-10 on the GPU: scripts/device-cifar10.sh.)
 # Everything it writes is packed into $OUT/device-run.tgz at the end (the device tool returns only
-# a limited number of files); every part runs under its own time limit and a failure does not
+# a limited number of files), with summary.md (bench/summarize_device_run.py: the tables), which is
+# also printed last; every part runs under its own time limit and a failure does not
 # stop the next part.
 set -uo pipefail
 final=${OUT:-$(mktemp -d)}
@@ -209,5 +210,8 @@ done
 du -sh "$cache" "$tune_cache" > "$out/bench/cache_size.txt" 2>&1
 
 note "done"
+python3 bench/summarize_device_run.py "$out" > "$out/summary.md" 2>&1
 tar czf "$final/device-run.tgz" -C "$out" .
 cat "$out"/bench/*.json "$out"/torch/*.jsonl 2>/dev/null
+# Last, so that it is what the device tool's output tail shows: the tables for docs/BENCHMARKS.md.
+cat "$out/summary.md"

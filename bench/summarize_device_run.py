@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Tables from one scripts/device-run.sh run, for docs/BENCHMARKS.md.
+
+Usage: python3 bench/summarize_device_run.py DIR   (DIR: device-run.tgz unpacked)
+
+Prints Markdown: the tests' outcome, every rfa row (burn-cuda builds and libtorch) with its first
+step, median step, samples/s and memory, the PyTorch + peft rows, and for each rfa row the ratio
+PyTorch time / rfa time against the PyTorch row of the same arithmetic: strict f32 for libtorch's
+f32 rows, TF32 for burn-cuda's f32 rows (burn-cuda 0.21 has no strict f32 matmul) and libtorch's
+TF32 rows, autocast bf16 for bf16 rows. Standard library only (runs on the GPU machine or here).
+"""
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def json_rows(path):
+    """The JSON objects of a file that holds one per line among other output."""
+    rows = []
+    try:
+        text = path.read_text()
+    except OSError:
+        return rows
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return rows
+
+
+def timed(rows):
+    return [r for r in rows if "step_ms_median" in r]
+
+
+def read_number(path):
+    try:
+        return float(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def fmt(x, digits=1, unit=""):
+    return "—" if x is None else f"{x:,.{digits}f}{unit}"
+
+
+def tests_table(root):
+    lines = ["| tests | outcome |", "|---|---|"]
+    for log in sorted((root / "tests").glob("*.log")):
+        text = log.read_text(errors="replace")
+        results = re.findall(r"test result: (\w+)\. (\d+) passed; (\d+) failed", text)
+        if results:
+            passed = sum(int(p) for _, p, _ in results)
+            failed = sum(int(f) for _, _, f in results)
+            outcome = f"{passed} passed, {failed} failed"
+        else:
+            outcome = "no result line (crashed or timed out; see the log)"
+        lines.append(f"| {log.stem} | {outcome} |")
+    return lines
+
+
+def precision(name, row):
+    """Which PyTorch row an rfa row compares with: fp32 (strict), tf32 or bf16."""
+    if row.get("dtype") == "bf16":
+        return "bf16"
+    if "-tch" in name and "tf32" not in name:
+        return "fp32"
+    return "tf32"
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    root = Path(sys.argv[1])
+    out = ["# device run " + (root / "device.txt").read_text().strip().replace("\n", " · ") if (root / "device.txt").exists() else "# device run"]
+    out += [""] + tests_table(root) + [""]
+
+    torch = {}
+    for f in sorted((root / "torch").glob("*.jsonl")):
+        for r in timed(json_rows(f)):
+            if f.stem.startswith("ops"):
+                continue
+            kind = "tf32" if r.get("tf32") else r["dtype"]
+            peak = read_number(f.with_suffix(".peak_mib")) if f.stem != "tf32" else None
+            torch[(r["model"], kind)] = dict(r, smi_peak_mib=peak)
+
+    out += ["| PyTorch + peft | step | samples/s | max_memory_allocated | nvidia-smi peak |", "|---|---:|---:|---:|---:|"]
+    for (model, kind), r in sorted(torch.items()):
+        peak = r.get("smi_peak_mib")
+        out.append(
+            f"| {model} {kind} | {fmt(r['step_ms_median'], 1, ' ms')} | {fmt(r['samples_per_s'])} | {fmt(r.get('peak_mem_gib'), 2, ' GiB')} "
+            f"| {fmt(peak / 1024 if peak else None, 2, ' GiB')} |"
+        )
+    out.append("")
+
+    out += [
+        "| rfa row | backend | first step | step | samples/s | vs PyTorch | nvidia-smi peak | in use / reserved after forward | kernels compiled |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in sorted((root / "bench").glob("*.json"), key=lambda f: f.stem):
+        rows = timed(json_rows(f))
+        if not rows:
+            err = f.with_suffix(".err")
+            tail = err.read_text(errors="replace").strip().splitlines()[-1:] if err.exists() else []
+            out.append(f"| {f.stem} | failed: {tail[0][:120] if tail else 'no output'} | | | | | | | |")
+            continue
+        r = rows[-1]
+        peer = torch.get((r["model"], precision(f.stem, r)))
+        ratio = f"{peer['step_ms_median'] / r['step_ms_median']:.2f} ({precision(f.stem, r)})" if peer else "—"
+        peak = read_number(f.with_suffix(".peak_mib"))
+        compile_log = f.with_suffix(".compile.log")
+        compiled = compile_log.read_text(errors="replace").count("Compiling kernel") if compile_log.exists() else None
+        dev = f"{fmt(r.get('device_in_use_after_forward_gib'), 2)} / {fmt(r.get('device_reserved_after_forward_gib'), 2, ' GiB')}"
+        out.append(
+            f"| {f.stem} | {r.get('backend', '?')} | {fmt(r.get('first_step_ms'), 1, ' ms')} | {fmt(r['step_ms_median'], 1, ' ms')} "
+            f"| {fmt(r['samples_per_s'])} | {ratio} | {fmt(peak / 1024 if peak else None, 2, ' GiB')} | {dev} "
+            f"| {'—' if compiled is None else compiled} |"
+        )
+    timeline = root / "timeline.txt"
+    if timeline.exists():
+        out += ["", "Timeline:", "", "```", timeline.read_text().strip(), "```"]
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
