@@ -63,7 +63,8 @@ pub fn run<B: FusedAutodiff>(
     let hidden = Tensor::<B, 3>::random([batch, seq, d], n, device);
     let w = Tensor::<B, 2>::random([d, 4 * d], n, device);
     let ln = LayerNormConfig::new(d).init::<B>(device);
-    // GPT-2's attention input: the packed q, k, v projection and a causal bias.
+    // GPT-2's attention input: the packed q, k, v projection; a causal bias (for the unfused op
+    // and the fused one given it as a bias) or the causal flag (what GPT-2 runs).
     let qkv = Tensor::<B, 3>::random([batch, seq, 3 * d], n, device);
     let causal: Vec<f32> = (0..seq * seq).map(|i| if i % seq > i / seq { -1.0e30 } else { 0.0 }).collect();
     let causal = Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(causal, [1, 1, seq, seq]), device);
@@ -120,14 +121,14 @@ pub fn run<B: FusedAutodiff>(
         qkv,
         |t: Tensor<B, 3>| {
             let (q, k, v) = split(t);
-            attention(q, k, v, Some(causal.clone()), heads, 1.0 / ((d / heads) as f64).sqrt())
+            attention(q, k, v, Some(causal.clone()), false, heads, 1.0 / ((d / heads) as f64).sqrt())
         },
         flops
     );
     op!(
-        "attention, packed q·k·v (rfa, fused)",
+        "attention, packed q·k·v, causal flag (rfa, fused)",
         qkv,
-        |t: Tensor<B, 3>| attention_packed(t, Some(causal.clone()), heads, 1.0 / ((d / heads) as f64).sqrt()),
+        |t: Tensor<B, 3>| attention_packed(t, None, true, heads, 1.0 / ((d / heads) as f64).sqrt()),
         flops
     );
     let flops = 2.0 * (batch * seq * d * 4 * d) as f64;

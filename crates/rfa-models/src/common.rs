@@ -149,22 +149,12 @@ impl Activation {
     }
 }
 
-/// Added to the attention scores of masked keys. Finite, so that a fully masked row (a padded
-/// query under a causal mask) gives a uniform row instead of NaN; the sum of two such biases is
-/// still finite in f32.
-pub(crate) const MASK_BIAS: f32 = -1.0e30;
-
-/// Additive attention bias `[batch, 1, 1, seq]` from a 0/1 padding mask `[batch, seq]`.
+/// Additive attention bias `[batch, 1, 1, seq]` from a 0/1 padding mask `[batch, seq]`
+/// ([`ops::MASK_BIAS`] on padding).
 pub(crate) fn padding_bias<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
     let [b, t] = mask.dims();
     let keep = mask.float();
-    keep.neg().add_scalar(1.0).mul_scalar(MASK_BIAS).reshape([b, 1, 1, t])
-}
-
-/// Additive causal bias `[1, 1, seq, seq]`: query `i` sees keys `j <= i`.
-pub(crate) fn causal_bias<B: Backend>(t: usize, device: &B::Device) -> Tensor<B, 4> {
-    let v: Vec<f32> = (0..t * t).map(|k| if k % t > k / t { MASK_BIAS } else { 0.0 }).collect();
-    Tensor::from_data(TensorData::new(v, [1, 1, t, t]), device)
+    keep.neg().add_scalar(1.0).mul_scalar(ops::MASK_BIAS).reshape([b, 1, 1, t])
 }
 
 /// Multi-head scaled dot-product attention over `[batch, seq, hidden]` projections.
@@ -176,7 +166,7 @@ pub(crate) fn attention<B: FusedOps>(
     scale: f64,
     bias: Option<Tensor<B, 4>>,
 ) -> Tensor<B, 3> {
-    ops::attention(q, k, v, bias, n_heads, scale)
+    ops::attention(q, k, v, bias, false, n_heads, scale)
 }
 
 /// Self-attention with separate `query`, `key`, `value` projections (BERT's `attention.self`,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::ModelError;
 use crate::common::StateDict;
 use crate::common::{
-    Activation, CausalLmOutput, Checkpoint, SplitMix64, TapSink, Taps, causal_bias, check_divisible, padding_bias, read_config, tapped,
+    Activation, CausalLmOutput, Checkpoint, SplitMix64, TapSink, Taps, check_divisible, padding_bias, read_config, tapped,
 };
 use crate::ops::{self, FusedOps};
 
@@ -125,10 +125,11 @@ pub struct Gpt2LmHeadModel<B: Backend> {
 
 impl<B: FusedOps> Gpt2Block<B> {
     /// `None` once `taps` is full (the pass ends there).
-    fn forward(&self, x: Tensor<B, 3>, bias: &Tensor<B, 4>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+    /// `bias`: padding, if any; the causal mask is the attention op's own.
+    fn forward(&self, x: Tensor<B, 3>, bias: Option<&Tensor<B, 4>>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
         let a = &self.attn;
         let qkv = tapped(&a.c_attn, self.ln_1.forward(x.clone()), taps)?;
-        let ctx = ops::attention_packed(qkv, Some(bias.clone()), a.n_head, a.scale);
+        let ctx = ops::attention_packed(qkv, bias.cloned(), true, a.n_head, a.scale);
         let x = x + tapped(&a.c_proj, ctx, taps)?;
         let m = &self.mlp;
         let hmid = m.act.forward(tapped(&m.c_fc, self.ln_2.forward(x.clone()), taps)?);
@@ -254,13 +255,10 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
         let tr = &self.transformer;
         let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &device).reshape([1, t]);
         let mut x = tr.wte.forward(input_ids) + tr.wpe.forward(positions);
-        let mut bias = causal_bias::<B>(t, &device);
-        if let Some(mask) = attention_mask {
-            bias = bias + padding_bias(mask);
-        }
+        let bias = attention_mask.map(padding_bias);
         let mut hidden_states = vec![x.clone()];
         for block in &tr.h {
-            x = block.forward(x, &bias, taps)?;
+            x = block.forward(x, bias.as_ref(), taps)?;
             hidden_states.push(x.clone());
         }
         *hidden_states.last_mut().expect("embeddings") = tr.ln_f.forward(x);

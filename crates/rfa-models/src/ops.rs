@@ -23,7 +23,7 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{Bytes, DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{Bool, Bytes, DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor, Layout};
 
 /// Which GELU: Hugging Face's `gelu` (erf) or the tanh approximation (`gelu_new`).
@@ -61,16 +61,18 @@ pub trait FusedOps: Backend {
     /// `softmax(q_h k_hᵀ · scale + bias) v_h` per head, heads concatenated again in the output
     /// `[batch, seq_q, heads · d_v]` — the layout the output projection reads. `q` `[b, tq, c]`,
     /// `k` `[b, tk, c]`, `v` `[b, tk, cv]`; `bias` broadcasts to `[b, heads, tq, tk]` and is a
-    /// constant (masks): no gradient reaches it.
+    /// constant (masks): no gradient reaches it. `causal`: query `i` also sees only keys
+    /// `j <= i` (top-left aligned; a causal model's own mask, which kernels can skip instead of
+    /// reading: the generic ops add it to the bias as [`MASK_BIAS`]).
     fn fused_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        bias: Option<FloatTensor<Self>>,
+        mask: AttentionMask<Self>,
         heads: usize,
         scale: f64,
     ) -> FloatTensor<Self> {
-        Self::fused_attention_stats(q, k, v, bias, heads, scale).0
+        Self::fused_attention_stats(q, k, v, mask, heads, scale).0
     }
 
     /// [`FusedOps::fused_attention`] and, per query row, the max of its scores and the sum of
@@ -80,11 +82,11 @@ pub trait FusedOps: Backend {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        bias: Option<FloatTensor<Self>>,
+        mask: AttentionMask<Self>,
         heads: usize,
         scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        fallback::attention::<Self>(q, k, v, bias, heads, scale)
+        fallback::attention::<Self>(q, k, v, mask, heads, scale)
     }
 
     /// Whether [`FusedOps::fused_attention_backward`] reads the forward pass's output
@@ -103,9 +105,9 @@ pub trait FusedOps: Backend {
     /// Attention over a packed projection `[b, t, 3c]`: q, k and v side by side (GPT-2's
     /// `c_attn`). One autodiff node for the projection, so that its gradient is written once
     /// instead of as three zero-padded slices that are then added up.
-    fn fused_attention_packed(qkv: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, heads: usize, scale: f64) -> FloatTensor<Self> {
+    fn fused_attention_packed(qkv: FloatTensor<Self>, mask: AttentionMask<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
         let [q, k, v] = fallback::unpack::<Self>(qkv);
-        Self::fused_attention(q, k, v, bias, heads, scale)
+        Self::fused_attention(q, k, v, mask, heads, scale)
     }
 
     /// The gradient of the packed projection (`saved.q` holds it, `k` and `v` are unused):
@@ -115,7 +117,45 @@ pub trait FusedOps: Backend {
     }
 }
 
-/// What the attention's backward pass keeps: the operands, the bias, the per-row statistics of
+/// The attention's mask: an additive bias and/or the causal mask; see [`FusedOps::fused_attention`].
+#[derive(Debug, Clone)]
+pub struct AttentionMask<B: Backend> {
+    pub bias: Option<FloatTensor<B>>,
+    pub causal: bool,
+}
+
+impl<B: Backend> AttentionMask<B> {
+    pub fn none() -> Self {
+        Self { bias: None, causal: false }
+    }
+
+    /// The causal mask folded into the bias (`causal` false after): what kernels without a
+    /// causal mode of their own run. `[1, 1, tq, tk]` alone, or the sum with the bias (causal
+    /// first, as the models added them before the flag existed, so the numbers do not move).
+    pub fn folded(self, tq: usize, tk: usize, device: &B::Device) -> Self {
+        if !self.causal {
+            return self;
+        }
+        // Built on the device (a host copy per layer and pass would cost a transfer on a GPU).
+        let above = Tensor::<B, 4, Bool>::tril_mask([1, 1, tq, tk], 0, device);
+        let causal = Tensor::<B, 4>::zeros([1, 1, tq, tk], device).mask_fill(above, MASK_BIAS);
+        let bias = match self.bias {
+            Some(bias) => {
+                let bias: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(bias));
+                causal + bias
+            }
+            None => causal,
+        };
+        Self { bias: Some(bias.into_primitive().tensor()), causal: false }
+    }
+}
+
+/// The additive bias of a masked position: finite, so that a row with every key masked has
+/// uniform weights instead of NaN (what Hugging Face's models use is `finfo.min`; any value
+/// whose exponential underflows does the same).
+pub const MASK_BIAS: f32 = -1.0e30;
+
+/// What the attention's backward pass keeps: the operands, the mask, the per-row statistics of
 /// [`FusedOps::fused_attention_stats`], the scale, and the output where the backend asks for it
 /// ([`FusedOps::attention_backward_uses_output`]). For the packed op `q` is the packed
 /// projection and `k`, `v` are `None`.
@@ -124,7 +164,7 @@ pub struct AttentionSaved<B: Backend> {
     pub q: FloatTensor<B>,
     pub k: Option<FloatTensor<B>>,
     pub v: Option<FloatTensor<B>>,
-    pub bias: Option<FloatTensor<B>>,
+    pub mask: AttentionMask<B>,
     /// `[b, heads, rows, n]`: the generic ops' `n = 2` (row max, sum of exponentials); a
     /// backend's own kernels may keep other per-row numbers (libtorch: `n = 1`, logsumexp).
     pub stats: FloatTensor<B>,
@@ -176,19 +216,26 @@ pub fn attention<B: FusedOps>(
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
     bias: Option<Tensor<B, 4>>,
+    causal: bool,
     heads: usize,
     scale: f64,
 ) -> Tensor<B, 3> {
     let p = |x: Tensor<B, 3>| x.into_primitive().tensor();
-    let bias = bias.map(|b| b.into_primitive().tensor());
-    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(p(q), p(k), p(v), bias, heads, scale)))
+    let mask = AttentionMask { bias: bias.map(|b| b.into_primitive().tensor()), causal };
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(p(q), p(k), p(v), mask, heads, scale)))
 }
 
 /// Multi-head attention over a packed `[batch, seq, 3 · hidden]` projection; see
 /// [`FusedOps::fused_attention_packed`].
-pub fn attention_packed<B: FusedOps>(qkv: Tensor<B, 3>, bias: Option<Tensor<B, 4>>, heads: usize, scale: f64) -> Tensor<B, 3> {
-    let bias = bias.map(|b| b.into_primitive().tensor());
-    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention_packed(qkv.into_primitive().tensor(), bias, heads, scale)))
+pub fn attention_packed<B: FusedOps>(
+    qkv: Tensor<B, 3>,
+    bias: Option<Tensor<B, 4>>,
+    causal: bool,
+    heads: usize,
+    scale: f64,
+) -> Tensor<B, 3> {
+    let mask = AttentionMask { bias: bias.map(|b| b.into_primitive().tensor()), causal };
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention_packed(qkv.into_primitive().tensor(), mask, heads, scale)))
 }
 
 /// The sizes of an attention call, checked: `[b, tq, c]`, `[b, tk, c]`, `[b, tk, cv]`, heads
@@ -338,11 +385,12 @@ pub mod fallback {
         q: FloatTensor<B>,
         k: FloatTensor<B>,
         v: FloatTensor<B>,
-        bias: Option<FloatTensor<B>>,
+        mask: AttentionMask<B>,
         heads: usize,
         scale: f64,
     ) -> (FloatTensor<B>, FloatTensor<B>) {
-        AttentionDims::new(&q.shape(), &k.shape(), &v.shape(), bias.as_ref().map(|b| b.shape()).as_ref(), heads);
+        let d = AttentionDims::new(&q.shape(), &k.shape(), &v.shape(), mask.bias.as_ref().map(|b| b.shape()).as_ref(), heads);
+        let bias = mask.folded(d.tq, d.tk, &B::float_device(&q)).bias;
         // burn's softmax, op for op (so ndarray's numbers do not move), keeping its max and sum.
         let s = scores::<B>(q, k, bias, heads, scale);
         let max = s.clone().max_dim(3);
@@ -357,9 +405,11 @@ pub mod fallback {
         let saved = saved.unpacked();
         let heads = saved.heads();
         let [q, k, v] = saved.operands();
+        let (tq, tk) = (q.shape()[1], k.shape()[1]);
+        let bias = saved.mask.folded(tq, tk, &B::float_device(&q)).bias;
         let stats = tensor::<B, 4>(saved.stats);
         let (max, sum) = (stats.clone().narrow(3, 0, 1), stats.narrow(3, 1, 1));
-        let probs = (scores::<B>(q.clone(), k.clone(), saved.bias, heads, saved.scale) - max).exp() / sum;
+        let probs = (scores::<B>(q.clone(), k.clone(), bias, heads, saved.scale) - max).exp() / sum;
         let grad = split_heads::<B>(grad, heads);
         let dv = probs.clone().swap_dims(2, 3).matmul(grad.clone());
         let dprobs = grad.matmul(split_heads::<B>(v, heads).swap_dims(2, 3));
@@ -421,7 +471,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        bias: Option<FloatTensor<Self>>,
+        mask: AttentionMask<Self>,
         heads: usize,
         scale: f64,
     ) -> FloatTensor<Self> {
@@ -444,20 +494,20 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             }
         }
 
-        let bias = bias.map(|b| b.primitive);
+        let mask = AttentionMask { bias: mask.bias.map(|b| b.primitive), causal: mask.causal };
         let parents = [q.node.clone(), k.node.clone(), v.node.clone()];
         match AttentionBackward.prepare::<C>(parents).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let (q, k, v) = (q.primitive, k.primitive, v.primitive);
-                let (out, stats) = B::fused_attention_stats(q.clone(), k.clone(), v.clone(), bias.clone(), heads, scale);
+                let (out, stats) = B::fused_attention_stats(q.clone(), k.clone(), v.clone(), mask.clone(), heads, scale);
                 let kept = B::attention_backward_uses_output().then(|| out.clone());
-                prep.finish(AttentionSaved { q, k: Some(k), v: Some(v), bias, stats, scale, out: kept }, out)
+                prep.finish(AttentionSaved { q, k: Some(k), v: Some(v), mask, stats, scale, out: kept }, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(q.primitive, k.primitive, v.primitive, bias, heads, scale)),
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(q.primitive, k.primitive, v.primitive, mask, heads, scale)),
         }
     }
 
-    fn fused_attention_packed(qkv: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, heads: usize, scale: f64) -> FloatTensor<Self> {
+    fn fused_attention_packed(qkv: FloatTensor<Self>, mask: AttentionMask<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct PackedAttentionBackward;
 
@@ -470,15 +520,15 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             }
         }
 
-        let bias = bias.map(|b| b.primitive);
+        let mask = AttentionMask { bias: mask.bias.map(|b| b.primitive), causal: mask.causal };
         match PackedAttentionBackward.prepare::<C>([qkv.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let [q, k, v] = fallback::unpack::<B>(qkv.primitive.clone());
-                let (out, stats) = B::fused_attention_stats(q, k, v, bias.clone(), heads, scale);
+                let (out, stats) = B::fused_attention_stats(q, k, v, mask.clone(), heads, scale);
                 let kept = B::attention_backward_uses_output().then(|| out.clone());
-                prep.finish(AttentionSaved { q: qkv.primitive, k: None, v: None, bias, stats, scale, out: kept }, out)
+                prep.finish(AttentionSaved { q: qkv.primitive, k: None, v: None, mask, stats, scale, out: kept }, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention_packed(qkv.primitive, bias, heads, scale)),
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention_packed(qkv.primitive, mask, heads, scale)),
         }
     }
 }
@@ -527,13 +577,14 @@ impl FusedOps for Flex {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        bias: Option<FloatTensor<Self>>,
+        mask: AttentionMask<Self>,
         heads: usize,
         scale: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        if !all_f32(&[Some(&q), Some(&k), Some(&v), bias.as_ref()]) {
-            return fallback::attention::<Self>(q, k, v, bias, heads, scale);
+        if !all_f32(&[Some(&q), Some(&k), Some(&v), mask.bias.as_ref()]) {
+            return fallback::attention::<Self>(q, k, v, mask, heads, scale);
         }
+        let bias = mask.folded(q.shape()[1], k.shape()[1], &Default::default()).bias;
         attention::forward(&q, &k, &v, bias.as_ref(), heads, scale)
     }
 
@@ -542,19 +593,27 @@ impl FusedOps for Flex {
         if !flex_f32_saved(&saved, &grad) {
             return fallback::attention_backward::<Self>(saved, grad);
         }
-        attention::backward(&saved, &grad)
+        attention::backward(&flex_folded(saved), &grad)
     }
 
     fn fused_attention_packed_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         if !flex_f32_saved(&saved, &grad) || saved.k.is_some() {
             return Self::float_cat(Self::fused_attention_backward(saved.unpacked(), grad).to_vec(), 2);
         }
-        attention::backward_packed(&saved, &grad)
+        attention::backward_packed(&flex_folded(saved), &grad)
     }
 }
 
+/// The saved record with the causal mask folded into the bias, as the forward pass ran it.
+fn flex_folded(saved: AttentionSaved<Flex>) -> AttentionSaved<Flex> {
+    let t = saved.q.shape()[1];
+    // Self-attention when packed (tq = tk = t); otherwise the keys' length is k's.
+    let tk = saved.k.as_ref().map_or(t, |k| k.shape()[1]);
+    AttentionSaved { mask: saved.mask.folded(t, tk, &Default::default()), ..saved }
+}
+
 fn flex_f32_saved(saved: &AttentionSaved<Flex>, grad: &FlexTensor) -> bool {
-    all_f32(&[Some(&saved.q), saved.k.as_ref(), saved.v.as_ref(), saved.bias.as_ref(), Some(&saved.stats), Some(grad)])
+    all_f32(&[Some(&saved.q), saved.k.as_ref(), saved.v.as_ref(), saved.mask.bias.as_ref(), Some(&saved.stats), Some(grad)])
 }
 
 /// Every tensor present is f32.

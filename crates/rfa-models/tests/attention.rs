@@ -2,14 +2,15 @@
 //! of q, k, v against an f64 computation written out here, on ndarray (the fallback in burn's
 //! ops) and on flex (the per-head kernel), through autodiff and without it, for operands that
 //! are contiguous, column slices of one fused projection, transposed views, or one packed
-//! projection (`attention_packed`), with biases of every broadcast shape and fully masked rows.
+//! projection (`attention_packed`), with biases of every broadcast shape and fully masked rows,
+//! with and without the causal flag.
 //! With the `tch` feature also on libtorch (PyTorch's flash / memory-efficient attention kernels).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use proptest::prelude::*;
 use rfa_models::FusedAutodiff;
-use rfa_models::ops::{FusedOps, attention, attention_packed};
+use rfa_models::ops::{AttentionMask, FusedOps, attention, attention_packed};
 
 type Nd = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 type Fx = burn::backend::Autodiff<burn::backend::Flex>;
@@ -36,6 +37,8 @@ struct Case {
     dv: usize,
     /// The bias's shape: each dimension the full size or 1.
     bias: Option<[usize; 4]>,
+    /// The causal flag: query `i` sees keys `j <= i` only.
+    causal: bool,
     layout: Layout,
     seed: u64,
 }
@@ -65,6 +68,8 @@ struct Data {
     bias: Option<Vec<f32>>,
     /// The weights of the scalar whose gradients are compared: Σ out ⊙ w.
     w: Vec<f32>,
+    /// Output elements not compared (see `for_sdpa_kernels`); empty: all compared.
+    out_unchecked: Vec<bool>,
 }
 
 fn data(c: &Case) -> Data {
@@ -87,7 +92,7 @@ fn data(c: &Case) -> Data {
         values
     });
     let w = r.vec(c.b * c.tq * cv, 1.0);
-    Data { q, k, v, bias, w }
+    Data { q, k, v, bias, w, out_unchecked: Vec::new() }
 }
 
 struct Reference {
@@ -99,30 +104,40 @@ struct Reference {
     dv: Vec<f64>,
 }
 
-/// The bias at `[batch, head, query, key]`, broadcast; 0 without one.
+/// What is added to the score at `[batch, head, query, key]`: the bias, broadcast (0 without
+/// one), and with the causal flag `MASK` above the diagonal (the generic ops' definition).
 fn bias_at(c: &Case, d: &Data, at: [usize; 4]) -> f64 {
-    match (&c.bias, &d.bias) {
-        (Some(s), Some(v)) => {
-            let idx = at.iter().zip(s).fold(0, |acc, (&x, &n)| acc * n + if n == 1 { 0 } else { x });
-            v[idx] as f64
+    let causal = if c.causal && at[3] > at[2] { MASK as f64 } else { 0.0 };
+    causal
+        + match (&c.bias, &d.bias) {
+            (Some(s), Some(v)) => {
+                let idx = at.iter().zip(s).fold(0, |acc, (&x, &n)| acc * n + if n == 1 { 0 } else { x });
+                v[idx] as f64
+            }
+            _ => 0.0,
         }
-        _ => 0.0,
-    }
 }
 
-/// PyTorch's SDPA kernels (libtorch's path) get a fully masked row's gradients wrong, as
-/// PyTorch does itself with a finite mask: the row's logsumexp, −1e30 + ln tk, rounds to −1e30,
-/// so the backward pass weighs every key 1 instead of 1/tk (its output is right). rfa never
-/// sends a gradient into such a row — only a padding query sees nothing but padding, and the
-/// losses leave padding out — so on libtorch the test gives those rows no output gradient.
+/// Fully masked rows on PyTorch's SDPA kernels (libtorch's path). Their gradients are wrong, as
+/// in PyTorch itself with a finite mask: the row's logsumexp, −1e30 + ln tk, rounds to −1e30,
+/// so the backward pass weighs every key 1 instead of 1/tk. With the causal flag their output
+/// differs too: the kernels leave the keys above the diagonal out, where the generic ops add
+/// −1e30 to them like to the masked ones, so the uniform weights spread over another set of
+/// keys. Both are padding queries' rows (only a padding query sees nothing but padding) and
+/// rfa's losses leave padding out, so no gradient reaches them and nothing reads their output:
+/// on libtorch the test gives them no output gradient and, with the causal flag, does not
+/// compare their output.
 #[cfg(feature = "tch")]
-fn without_gradient_into_fully_masked_rows(c: &Case, d: &mut Data) {
+fn for_sdpa_kernels(c: &Case, d: &mut Data) {
     let cv = c.h * c.dv;
+    d.out_unchecked = vec![false; d.w.len()];
     for b in 0..c.b {
         for h in 0..c.h {
             for i in 0..c.tq {
                 if (0..c.tk).all(|j| bias_at(c, d, [b, h, i, j]) <= MASK as f64) {
-                    d.w[(b * c.tq + i) * cv + h * c.dv..][..c.dv].fill(0.0);
+                    let row = (b * c.tq + i) * cv + h * c.dv..(b * c.tq + i) * cv + (h + 1) * c.dv;
+                    d.w[row.clone()].fill(0.0);
+                    d.out_unchecked[row].fill(c.causal);
                 }
             }
         }
@@ -186,8 +201,16 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 fn close(what: &str, c: &Case, got: &[f32], want: &[f64]) {
+    close_except(what, c, got, want, &[]);
+}
+
+/// [`close`] on the elements whose `unchecked` flag is not set (`unchecked` empty: all).
+fn close_except(what: &str, c: &Case, got: &[f32], want: &[f64], unchecked: &[bool]) {
     assert_eq!(got.len(), want.len(), "{what}: length, {c:?}");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if unchecked.get(i).copied().unwrap_or(false) {
+            continue;
+        }
         assert!((g as f64 - w).abs() <= 2e-5 * w.abs().max(1.0), "{what}[{i}]: {g} vs {w}, {c:?}");
     }
 }
@@ -253,10 +276,10 @@ fn leaf_grads(c: &Case, grads: Vec<Vec<f32>>) -> [Vec<f32>; 3] {
 /// The attention of the case's operands: `attention_packed` for the packed layout.
 fn run<B: FusedOps>(c: &Case, leaves: &[Tensor<B, 3>], bias: Option<Tensor<B, 4>>, scale: f64) -> Tensor<B, 3> {
     if c.layout == Layout::Packed {
-        return attention_packed(leaves[0].clone(), bias, c.h, scale);
+        return attention_packed(leaves[0].clone(), bias, c.causal, c.h, scale);
     }
     let ops = operands(c, leaves);
-    attention(ops.q, ops.k, ops.v, bias, c.h, scale)
+    attention(ops.q, ops.k, ops.v, bias, c.causal, c.h, scale)
 }
 
 fn check_on<AB: FusedAutodiff>(c: &Case) {
@@ -270,7 +293,7 @@ fn check_on_device<AB: FusedAutodiff>(c: &Case, d: &Data, dev: &AB::Device) {
     // Through autodiff.
     let inputs: Vec<_> = leaves::<AB>(c, d, dev).into_iter().map(|l| l.require_grad()).collect();
     let out = run(c, &inputs, bias::<AB>(c, d, dev), scale);
-    close("out", c, &values(out.clone()), &want.out);
+    close_except("out", c, &values(out.clone()), &want.out, &d.out_unchecked);
     let w = t3::<AB>(&d.w, [c.b, c.tq, c.h * c.dv], dev);
     let g = (out * w).sum().backward();
     let grads = inputs.iter().map(|l| values(l.grad(&g).expect("a gradient for every operand"))).collect();
@@ -281,7 +304,7 @@ fn check_on_device<AB: FusedAutodiff>(c: &Case, d: &Data, dev: &AB::Device) {
 
     // Without autodiff: the inference path (flex: no weights kept).
     let out = run(c, &leaves::<AB::InnerBackend>(c, d, dev), bias::<AB::InnerBackend>(c, d, dev), scale);
-    close("out (no autodiff)", c, &values(out), &want.out);
+    close_except("out (no autodiff)", c, &values(out), &want.out, &d.out_unchecked);
 }
 
 fn check(c: &Case) {
@@ -290,7 +313,7 @@ fn check(c: &Case) {
     #[cfg(feature = "tch")]
     {
         let mut d = data(c);
-        without_gradient_into_fully_masked_rows(c, &mut d);
+        for_sdpa_kernels(c, &mut d);
         check_on_device::<burn::backend::Autodiff<burn::backend::LibTorch<f32>>>(c, &d, &tch_device());
     }
 }
@@ -305,7 +328,11 @@ fn tch_device() -> burn::backend::libtorch::LibTorchDevice {
 
 /// `[b, heads, tq, tk, dk, dv]`.
 fn case([b, h, tq, tk, dk, dv]: [usize; 6], bias: Option<[usize; 4]>, layout: Layout) -> Case {
-    Case { b, h, tq, tk, dk, dv, bias, layout, seed: (b * 31 + h * 7 + tq * 5 + tk * 3 + dk + dv) as u64 }
+    Case { b, h, tq, tk, dk, dv, bias, causal: false, layout, seed: (b * 31 + h * 7 + tq * 5 + tk * 3 + dk + dv) as u64 }
+}
+
+fn causal(c: Case) -> Case {
+    Case { causal: true, ..c }
 }
 
 #[test]
@@ -316,6 +343,7 @@ fn attention_matches_f64_for_every_bias_shape_and_layout() {
     for bias in biases {
         for layout in [Layout::Contiguous, Layout::Fused, Layout::Transposed, Layout::Packed] {
             check(&case([b, h, t, t, dk, dk], bias, layout));
+            check(&causal(case([b, h, t, t, dk, dk], bias, layout)));
         }
     }
 }
@@ -325,13 +353,18 @@ fn attention_with_different_lengths_and_widths() {
     check(&case([2, 2, 3, 7, 5, 3], Some([2, 1, 1, 7]), Layout::Contiguous));
     check(&case([1, 4, 9, 2, 2, 6], Some([1, 4, 9, 2]), Layout::Transposed));
     check(&case([3, 1, 1, 1, 8, 8], None, Layout::Fused));
+    // Causal with fewer queries than keys (top-left: query i sees keys 0..=i) and more.
+    check(&causal(case([2, 2, 3, 7, 4, 4], Some([2, 1, 1, 7]), Layout::Contiguous)));
+    check(&causal(case([1, 3, 9, 4, 8, 8], None, Layout::Contiguous)));
 }
 
 #[test]
 fn attention_at_model_like_sizes() {
-    // Long enough rows for the vectorised loops and gemm's blocking; a causal + padding bias.
+    // Long enough rows for the vectorised loops and gemm's blocking; a causal + padding bias,
+    // then GPT-2's call: padding as the bias and the causal flag.
     check(&case([2, 4, 70, 70, 16, 16], Some([2, 1, 70, 70]), Layout::Fused));
     check(&case([2, 4, 70, 70, 16, 16], Some([2, 1, 70, 70]), Layout::Packed));
+    check(&causal(case([2, 4, 70, 70, 16, 16], Some([2, 1, 1, 70]), Layout::Packed)));
     check(&case([1, 2, 129, 129, 40, 24], Some([1, 1, 1, 129]), Layout::Contiguous));
 }
 
@@ -341,8 +374,8 @@ fn stats_on<B: FusedOps>(c: &Case) {
     let dev = Default::default();
     let ops = operands(c, &leaves::<B>(c, &d, &dev));
     let p = |t: Tensor<B, 3>| t.into_primitive().tensor();
-    let bias = bias::<B>(c, &d, &dev).map(|b| b.into_primitive().tensor());
-    let (_, stats) = B::fused_attention_stats(p(ops.q), p(ops.k), p(ops.v), bias, c.h, 1.0 / (c.dk as f64).sqrt());
+    let mask = AttentionMask { bias: bias::<B>(c, &d, &dev).map(|b| b.into_primitive().tensor()), causal: c.causal };
+    let (_, stats) = B::fused_attention_stats(p(ops.q), p(ops.k), p(ops.v), mask, c.h, 1.0 / (c.dk as f64).sqrt());
     let stats: Tensor<B, 4> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(stats));
     assert_eq!(stats.dims(), [c.b, c.h, c.tq, 2]);
     close("stats", c, &values(stats), &want.stats);
@@ -354,6 +387,9 @@ fn fused_attention_stats_are_each_rows_max_and_sum() {
     let c = case([2, 2, 4, 6, 3, 3], Some([2, 1, 4, 6]), Layout::Contiguous);
     stats_on::<burn::backend::Flex>(&c);
     stats_on::<burn::backend::NdArray<f32>>(&c);
+    let c = causal(c);
+    stats_on::<burn::backend::Flex>(&c);
+    stats_on::<burn::backend::NdArray<f32>>(&c);
 }
 
 proptest! {
@@ -361,7 +397,7 @@ proptest! {
     #[test]
     fn attention_matches_f64_on_random_sizes(
         b in 1usize..3, h in 1usize..4, tq in 1usize..12, tk in 1usize..12, dk in 1usize..7, dv in 1usize..7,
-        bias_kind in 0usize..5, layout_kind in 0usize..4, seed in any::<u64>(),
+        bias_kind in 0usize..5, layout_kind in 0usize..4, causal in any::<bool>(), seed in any::<u64>(),
     ) {
         let layout = match layout_kind {
             0 => Layout::Contiguous,
@@ -376,6 +412,6 @@ proptest! {
             3 => Some([b, h, tq, tk]),
             _ => Some([1, h, tq, 1]),
         };
-        check(&Case { b, h, tq, tk, dk, dv, bias, layout, seed });
+        check(&Case { b, h, tq, tk, dk, dv, bias, causal, layout, seed });
     }
 }

@@ -149,7 +149,7 @@ fn attention_takes_pytorchs_sdpa_kernels_unless_switched_off() {
     let device = device();
     let (b, t, heads, d) = (2, 5, 2, 8);
     let x = || Tensor::<T, 3>::random([b, t, heads * d], Distribution::Default, &device).into_primitive().tensor();
-    let (_, stats) = T::fused_attention_stats(x(), x(), x(), None, heads, 0.5);
+    let (_, stats) = T::fused_attention_stats(x(), x(), x(), rfa_models::ops::AttentionMask::none(), heads, 0.5);
     let stats: Tensor<T, 4> = Tensor::from_primitive(TensorPrimitive::Float(stats));
     let [sb, sh, rows, n] = stats.dims();
     assert_eq!([sb, sh], [b, heads]);

@@ -258,7 +258,9 @@ fn backward_into(d: &AttentionDims, [q, k, v]: [&FlexTensor; 3], saved: &Attenti
     assert_eq!(stats.shape().dims::<4>(), [d.batch, heads, d.tq, 2], "attention backward: row statistics of the wrong shape");
     assert_eq!(grad.shape().dims::<3>(), [d.batch, d.tq, cv], "attention backward: gradient of the wrong shape");
     let (qo, ko, vo) = (Operand::new(q), Operand::new(k), Operand::new(v));
-    let bias = saved.bias.as_ref().map(|b| Bias::new(b, d));
+    // The causal mask is folded into the bias by the caller (`flex_folded`).
+    debug_assert!(!saved.mask.causal);
+    let bias = saved.mask.bias.as_ref().map(|b| Bias::new(b, d));
     let (st, g) = (stats.storage::<f32>(), grad.storage::<f32>());
     let scale = saved.scale;
 

@@ -11,6 +11,8 @@
 //!   per-row logsumexp, and the backward pass recomputes the weights from it and needs the
 //!   output (`attention_backward_uses_output`). The operands stay in rfa's `[b, t, heads · d]`
 //!   layout — for these kernels `[b, t, heads, d]` is the native one, so the head split is a view.
+//!   A causal mask is the kernels' own (`is_causal`, top-left): the CUDA kernel skips the tiles
+//!   above the diagonal instead of reading a `[t, t]` bias, as PyTorch's GPT-2 does.
 //!
 //! One difference from rfa's other attention kernels: a query row whose every key is masked
 //! (the bias's −1e30) gets the right output — uniform weights — but not the right gradients:
@@ -29,7 +31,7 @@ use burn::backend::libtorch::TchTensor;
 use burn::tensor::TensorMetadata;
 use tch::{Device, Kind, Tensor};
 
-use super::{AttentionDims, AttentionSaved, FusedOps, GeluKind, fallback};
+use super::{AttentionDims, AttentionMask, AttentionSaved, FusedOps, GeluKind, fallback};
 
 /// libtorch's name for the GELU variant.
 fn approximate(kind: GeluKind) -> &'static str {
@@ -130,11 +132,13 @@ fn efficient_bias(bias: &Tensor, dims: &AttentionDims, kind: Kind) -> Tensor {
 
 /// The attention's output `[b, tq, heads · dv]` and per-row logsumexp `[b, heads, rows]`
 /// (`rows` ≥ `tq`: the cutlass kernel pads it to a multiple of 32).
+#[allow(clippy::too_many_arguments)]
 fn sdpa_forward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     bias: Option<&Tensor>,
+    causal: bool,
     dims: &AttentionDims,
     scale: f64,
     kernel: Kernel,
@@ -144,12 +148,12 @@ fn sdpa_forward(
     let (out, lse) = match kernel {
         Kernel::CpuFlash => {
             let bias = bias.map(|b| b.to_kind(q.kind()));
-            Tensor::internal_scaled_dot_product_flash_attention_for_cpu(&qh, &kh, &vh, 0.0, false, bias.as_ref(), scale)
+            Tensor::internal_scaled_dot_product_flash_attention_for_cpu(&qh, &kh, &vh, 0.0, causal, bias.as_ref(), scale)
         }
         Kernel::CudaEfficient => {
             let bias = bias.map(|b| efficient_bias(b, dims, q.kind()));
             let (out, lse, _seed, _offset) =
-                Tensor::internal_scaled_dot_product_efficient_attention(&qh, &kh, &vh, bias.as_ref(), true, 0.0, false, scale);
+                Tensor::internal_scaled_dot_product_efficient_attention(&qh, &kh, &vh, bias.as_ref(), true, 0.0, causal, scale);
             (out, lse)
         }
     };
@@ -161,7 +165,7 @@ fn sdpa_backward(saved: &AttentionSaved<LibTorch<f32>>, out: &Tensor, grad: &Ten
     let [q, k, v] = saved.operands().map(|x| x.tensor);
     let h = dims.heads;
     let lse = saved.stats.tensor.squeeze_dim(3);
-    let bias = saved.bias.as_ref().map(|b| &b.tensor);
+    let (bias, causal) = (saved.mask.bias.as_ref().map(|b| &b.tensor), saved.mask.causal);
     let (dq, dk, dv) = match kernel {
         Kernel::CpuFlash => {
             let bias = bias.map(|b| b.to_kind(q.kind()));
@@ -173,7 +177,7 @@ fn sdpa_backward(saved: &AttentionSaved<LibTorch<f32>>, out: &Tensor, grad: &Ten
                 &heads_first(out, h),
                 &lse,
                 0.0,
-                false,
+                causal,
                 bias.as_ref(),
                 saved.scale,
             );
@@ -199,7 +203,8 @@ fn sdpa_backward(saved: &AttentionSaved<LibTorch<f32>>, out: &Tensor, grad: &Ten
                 0.0,
                 &unused(),
                 &unused(),
-                0,
+                // sdp::CustomMaskType: 0 none, 1 causal from the top left.
+                i64::from(causal),
                 false,
                 saved.scale,
                 None,
@@ -243,17 +248,18 @@ impl FusedOps for LibTorch<f32> {
         q: TchTensor,
         k: TchTensor,
         v: TchTensor,
-        bias: Option<TchTensor>,
+        mask: AttentionMask<Self>,
         heads: usize,
         scale: f64,
     ) -> (TchTensor, TchTensor) {
-        let dims = dims_of(&q.tensor, &k.tensor, &v.tensor, bias.as_ref().map(|b| &b.tensor), heads);
+        let bias = mask.bias.as_ref().map(|b| &b.tensor);
+        let dims = dims_of(&q.tensor, &k.tensor, &v.tensor, bias, heads);
         match kernel(&q.tensor, &k.tensor, &v.tensor, &dims) {
             Some(kernel) => {
-                let (out, lse) = sdpa_forward(&q.tensor, &k.tensor, &v.tensor, bias.as_ref().map(|b| &b.tensor), &dims, scale, kernel);
+                let (out, lse) = sdpa_forward(&q.tensor, &k.tensor, &v.tensor, bias, mask.causal, &dims, scale, kernel);
                 (TchTensor::new(out), TchTensor::new(lse.unsqueeze(3)))
             }
-            None => fallback::attention::<Self>(q, k, v, bias, heads, scale),
+            None => fallback::attention::<Self>(q, k, v, mask, heads, scale),
         }
     }
 
@@ -270,7 +276,7 @@ impl FusedOps for LibTorch<f32> {
             _ => return fallback::attention_backward::<Self>(saved, grad),
         };
         let [q, k, v] = saved.operands().map(|x| x.tensor);
-        let dims = dims_of(&q, &k, &v, saved.bias.as_ref().map(|b| &b.tensor), saved.heads());
+        let dims = dims_of(&q, &k, &v, saved.mask.bias.as_ref().map(|b| &b.tensor), saved.heads());
         let kernel = match q.device() {
             Device::Cpu => Kernel::CpuFlash,
             _ => Kernel::CudaEfficient,

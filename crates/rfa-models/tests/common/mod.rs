@@ -101,7 +101,7 @@ pub fn attention_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<V
     let (q, k, v) = (leaf(1), leaf(2), leaf(3));
     let bias: Vec<f32> = (0..b * t).map(|i| if i / t == 1 && i % t >= t - 5 { -1.0e30 } else { 0.0 }).collect();
     let bias = Tensor::<A, 4>::from_data(TensorData::new(bias, [b, 1, 1, t]), device);
-    let out = rfa_models::ops::attention(q.clone(), k.clone(), v.clone(), Some(bias), heads, 0.25);
+    let out = rfa_models::ops::attention(q.clone(), k.clone(), v.clone(), Some(bias), false, heads, 0.25);
     let w = Tensor::<A, 3>::from_data(TensorData::new(values(4), [b, t, c]), device);
     let grads = (out.clone() * w).sum().backward();
     let host = |x: Tensor<A::InnerBackend, 3>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
