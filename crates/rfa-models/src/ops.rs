@@ -584,8 +584,7 @@ impl FusedOps for Flex {
         if !all_f32(&[Some(&q), Some(&k), Some(&v), mask.bias.as_ref()]) {
             return fallback::attention::<Self>(q, k, v, mask, heads, scale);
         }
-        let bias = mask.folded(q.shape()[1], k.shape()[1], &Default::default()).bias;
-        attention::forward(&q, &k, &v, bias.as_ref(), heads, scale)
+        attention::forward(&q, &k, &v, mask.bias.as_ref(), mask.causal, heads, scale)
     }
 
     fn fused_attention_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
@@ -593,23 +592,15 @@ impl FusedOps for Flex {
         if !flex_f32_saved(&saved, &grad) {
             return fallback::attention_backward::<Self>(saved, grad);
         }
-        attention::backward(&flex_folded(saved), &grad)
+        attention::backward(&saved, &grad)
     }
 
     fn fused_attention_packed_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         if !flex_f32_saved(&saved, &grad) || saved.k.is_some() {
             return Self::float_cat(Self::fused_attention_backward(saved.unpacked(), grad).to_vec(), 2);
         }
-        attention::backward_packed(&flex_folded(saved), &grad)
+        attention::backward_packed(&saved, &grad)
     }
-}
-
-/// The saved record with the causal mask folded into the bias, as the forward pass ran it.
-fn flex_folded(saved: AttentionSaved<Flex>) -> AttentionSaved<Flex> {
-    let t = saved.q.shape()[1];
-    // Self-attention when packed (tq = tk = t); otherwise the keys' length is k's.
-    let tk = saved.k.as_ref().map_or(t, |k| k.shape()[1]);
-    AttentionSaved { mask: saved.mask.folded(t, tk, &Default::default()), ..saved }
 }
 
 fn flex_f32_saved(saved: &AttentionSaved<Flex>, grad: &FlexTensor) -> bool {

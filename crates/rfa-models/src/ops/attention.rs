@@ -9,6 +9,10 @@
 //! `[batch, seq, heads · d]` layout the output projection reads. The backward pass recomputes a
 //! head's weights from its scores and the forward pass's row max and sum — the same operations
 //! on the same values, so the same weights — instead of keeping `tq × tk` values per head.
+//!
+//! With the causal flag (GPT-2) the query rows go in blocks of [`CAUSAL_BLOCK`], each block's
+//! products stopping at the last key its rows see: at 512 tokens about half the work of the full
+//! `tq × tk` products, which the bias-only path computes and then masks.
 
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
 use burn_flex::{Flex, FlexTensor, Layout};
@@ -61,11 +65,28 @@ impl Out {
     }
 }
 
-/// `dst[m × n] = beta · lhs[m × k] · rhs[k × n]`, each matrix given by a pointer and its row and
-/// column strides (`dst`'s columns are contiguous); single-threaded, the caller runs tasks in
-/// parallel.
+/// Query rows per block under the causal flag: small enough that the skipped keys add up
+/// (a 512-token head does 56 % of the full products), large enough for gemm's blocking.
+const CAUSAL_BLOCK: usize = 64;
+
+/// The query row blocks `[r0, r1)` of a head and the keys `[0, n)` they see: one block of all
+/// keys without the causal flag, [`CAUSAL_BLOCK`] rows up to the last one's key with it (query
+/// `i` sees keys `j <= i`, top-left aligned).
+fn row_blocks(d: &AttentionDims, causal: bool) -> impl Iterator<Item = (usize, usize, usize)> + use<> {
+    let (tq, tk) = (d.tq, d.tk);
+    let step = if causal { CAUSAL_BLOCK } else { tq.max(1) };
+    (0..tq).step_by(step).map(move |r0| {
+        let r1 = (r0 + step).min(tq);
+        (r0, r1, if causal { r1.min(tk) } else { tk })
+    })
+}
+
+/// `dst[m × n] = beta · lhs[m × k] · rhs[k × n]` (`+=` with `accumulate`), each matrix given by a
+/// pointer and its row and column strides (`dst`'s columns are contiguous); single-threaded, the
+/// caller runs tasks in parallel.
 ///
-/// SAFETY: the pointers address matrices of those sizes and strides; `dst` is not read.
+/// SAFETY: the pointers address matrices of those sizes and strides; `dst` is read only when
+/// accumulating.
 #[allow(clippy::too_many_arguments)]
 unsafe fn product(
     m: usize,
@@ -76,6 +97,7 @@ unsafe fn product(
     lhs: (*const f32, isize, isize),
     rhs: (*const f32, isize, isize),
     beta: f32,
+    accumulate: bool,
 ) {
     unsafe {
         gemm::gemm(
@@ -85,14 +107,14 @@ unsafe fn product(
             dst,
             1,
             dst_rs as isize,
-            false,
+            accumulate,
             lhs.0,
             lhs.2,
             lhs.1,
             rhs.0,
             rhs.2,
             rhs.1,
-            0.0f32,
+            if accumulate { 1.0f32 } else { 0.0 },
             beta,
             false,
             false,
@@ -150,12 +172,14 @@ fn written(n: usize, fill: impl FnOnce(Out)) -> Vec<f32> {
 
 /// The context `[b, tq, heads · dv]` and each query row's score max and sum of exponentials
 /// `[b, heads, tq, 2]` (what the backward pass recomputes the weights from; two numbers per row
-/// cost nothing worth skipping when no backward pass follows).
+/// cost nothing worth skipping when no backward pass follows). Under `causal` a row's max and
+/// sum are over the keys it sees.
 pub(super) fn forward(
     q: &FlexTensor,
     k: &FlexTensor,
     v: &FlexTensor,
     bias: Option<&FlexTensor>,
+    causal: bool,
     heads: usize,
     scale: f64,
 ) -> (FlexTensor, FlexTensor) {
@@ -173,14 +197,23 @@ pub(super) fn forward(
             || vec![0.0f32; block],
             |s, (task, st)| {
                 let (b, h) = (task / heads, task % heads);
-                let pt = scores(&d, &qo, &ko, bias.as_ref(), scale, b, h, s);
-                super::kernels::biased_softmax_rows(s, d.tk, pt, st);
-                // SAFETY: `s` holds tq × tk weights; the output block of (b, h) is tq rows of dv
-                // values at row stride cv inside a [b, tq, cv] buffer, this task's own.
-                unsafe {
-                    let dst = out.at(b * d.tq * cv + h * d.dv);
-                    let vh = (vo.head(b, h, d.dv), vo.row_stride(), vo.col_stride());
-                    product(d.tq, d.dv, d.tk, dst, cv, (s.as_ptr(), d.tk as isize, 1), vh, 1.0);
+                for (r0, r1, n) in row_blocks(&d, causal) {
+                    let pt = scores(&d, &qo, &ko, bias.as_ref(), scale, b, h, s, (r0, r1, n));
+                    if causal {
+                        causal_rows(&d, s, (r0, r1, n), |i, row| {
+                            super::kernels::biased_softmax_rows(row, row.len(), |_| pt(i), &mut st[2 * i..2 * i + 2])
+                        });
+                    } else {
+                        super::kernels::biased_softmax_rows(s, d.tk, pt, st);
+                    }
+                    // SAFETY: `s` holds the block's weights, rows r0..r1 of n at row stride tk;
+                    // the output rows r0..r1 of (b, h) are dv values at row stride cv inside a
+                    // [b, tq, cv] buffer, this task's own.
+                    unsafe {
+                        let dst = out.at((b * d.tq + r0) * cv + h * d.dv);
+                        let vh = (vo.head(b, h, d.dv), vo.row_stride(), vo.col_stride());
+                        product(r1 - r0, d.dv, n, dst, cv, (s.as_ptr().add(r0 * d.tk), d.tk as isize, 1), vh, 1.0, false);
+                    }
                 }
             },
         );
@@ -188,7 +221,8 @@ pub(super) fn forward(
     (tensor(context, [d.batch, d.tq, cv]), tensor(stats, [d.batch, heads, d.tq, 2]))
 }
 
-/// Scores `q_h k_hᵀ · scale` of (b, h) into `s` (tq × tk); returns the bias row lookup.
+/// Scores `q_h k_hᵀ · scale` of (b, h) for query rows `r0..r1` and keys `0..n` into `s`
+/// (tq × tk, row stride tk); returns the bias row lookup (whole rows).
 #[allow(clippy::too_many_arguments)]
 fn scores<'a>(
     d: &AttentionDims,
@@ -199,16 +233,31 @@ fn scores<'a>(
     b: usize,
     h: usize,
     s: &mut [f32],
+    (r0, r1, n): (usize, usize, usize),
 ) -> impl Fn(usize) -> Option<&'a [f32]> + use<'a> {
     assert_eq!(s.len(), d.tq * d.tk);
-    // SAFETY: the operands' head blocks lie inside their tensors (shapes checked by `dims`), `s`
-    // holds tq × tk values.
+    assert!(r0 <= r1 && r1 <= d.tq && n <= d.tk);
+    // SAFETY: the operands' head blocks lie inside their tensors (shapes checked by `dims`), rows
+    // r0..r1 of q are inside its head block, `s` holds tq × tk values.
     unsafe {
         let kt = (ko.head(b, h, d.dk), ko.col_stride(), ko.row_stride());
-        product(d.tq, d.tk, d.dk, s.as_mut_ptr(), d.tk, (qo.head(b, h, d.dk), qo.row_stride(), qo.col_stride()), kt, scale as f32);
+        let qh = qo.head(b, h, d.dk).wrapping_offset(r0 as isize * qo.row_stride());
+        product(r1 - r0, n, d.dk, s.as_mut_ptr().add(r0 * d.tk), d.tk, (qh, qo.row_stride(), qo.col_stride()), kt, scale as f32, false);
     }
     let tk = d.tk;
     move |i| bias.map(|bias| bias.row(b, h, i, tk))
+}
+
+/// Under the causal flag, turns the scores of rows `r0..r1` (keys `0..n`) into weights:
+/// `softmax(i, keys)` on the keys `0..=i` row `i` sees, zero weight on the rest of the block's
+/// `n` columns (the next products read them).
+fn causal_rows(d: &AttentionDims, s: &mut [f32], (r0, r1, n): (usize, usize, usize), mut softmax: impl FnMut(usize, &mut [f32])) {
+    for i in r0..r1 {
+        let row = &mut s[i * d.tk..i * d.tk + n];
+        let seen = (i + 1).min(n);
+        softmax(i, &mut row[..seen]);
+        row[seen..].fill(0.0);
+    }
 }
 
 /// The gradients of `q`, `k`, `v` (contiguous, their shapes) from what the forward pass kept and
@@ -258,37 +307,66 @@ fn backward_into(d: &AttentionDims, [q, k, v]: [&FlexTensor; 3], saved: &Attenti
     assert_eq!(stats.shape().dims::<4>(), [d.batch, heads, d.tq, 2], "attention backward: row statistics of the wrong shape");
     assert_eq!(grad.shape().dims::<3>(), [d.batch, d.tq, cv], "attention backward: gradient of the wrong shape");
     let (qo, ko, vo) = (Operand::new(q), Operand::new(k), Operand::new(v));
-    // The causal mask is folded into the bias by the caller (`flex_folded`).
-    debug_assert!(!saved.mask.causal);
     let bias = saved.mask.bias.as_ref().map(|b| Bias::new(b, d));
     let (st, g) = (stats.storage::<f32>(), grad.storage::<f32>());
-    let scale = saved.scale;
+    let (scale, causal) = (saved.scale, saved.mask.causal);
 
     (0..tasks).into_par_iter().for_each_init(
         || (vec![0.0f32; block], vec![0.0f32; block]),
         |(p, ds), task| {
             let (b, h) = (task / heads, task % heads);
-            // The weights again, from the scores and the forward pass's row statistics.
-            let pt = scores(d, &qo, &ko, bias.as_ref(), scale, b, h, p);
-            super::kernels::biased_softmax_rows_from(p, d.tk, pt, &st[task * 2 * d.tq..(task + 1) * 2 * d.tq]);
-            // SAFETY: as in `forward`; the gradient block of (b, h) is tq rows of dv values at row
-            // stride cv, and every destination block is this task's own.
-            unsafe {
-                let g = (g.as_ptr().add(b * d.tq * cv + h * d.dv), cv as isize, 1);
-                // dV_h = Pᵀ · dO_h
-                product(d.tk, d.dv, d.tq, dv.at(b * d.tk * rv + h * d.dv), rv, (p.as_ptr(), 1, d.tk as isize), g, 1.0);
-                // dP = dO_h · V_hᵀ
-                let vt = (vo.head(b, h, d.dv), vo.col_stride(), vo.row_stride());
-                product(d.tq, d.tk, d.dv, ds.as_mut_ptr(), d.tk, g, vt, 1.0);
+            let st = &st[task * 2 * d.tq..(task + 1) * 2 * d.tq];
+            if causal {
+                // Blocks add into dK and dV (each sees a prefix of the keys): start from zero.
+                for (out, rs, width, w0) in [(dk, rk, d.dk, h * d.dk), (dv, rv, d.dv, h * d.dv)] {
+                    for r in 0..d.tk {
+                        // SAFETY: row r of batch b holds this head's `width` columns from w0.
+                        unsafe { std::ptr::write_bytes(out.at((b * d.tk + r) * rs + w0), 0, width) };
+                    }
+                }
             }
-            // dS = scale · P ⊙ (dP − Σ dP ⊙ P)
-            super::kernels::softmax_rows_grad_in_place(p, ds, d.tk, scale as f32);
-            unsafe {
-                // dQ_h = dS · K_h,  dK_h = dSᵀ · Q_h
-                let kh = (ko.head(b, h, d.dk), ko.row_stride(), ko.col_stride());
-                product(d.tq, d.dk, d.tk, dq.at(b * d.tq * rq + h * d.dk), rq, (ds.as_ptr(), d.tk as isize, 1), kh, 1.0);
-                let qh = (qo.head(b, h, d.dk), qo.row_stride(), qo.col_stride());
-                product(d.tk, d.dk, d.tq, dk.at(b * d.tk * rk + h * d.dk), rk, (ds.as_ptr(), 1, d.tk as isize), qh, 1.0);
+            for (r0, r1, n) in row_blocks(d, causal) {
+                let m = r1 - r0;
+                // The weights again, from the scores and the forward pass's row statistics.
+                let pt = scores(d, &qo, &ko, bias.as_ref(), scale, b, h, p, (r0, r1, n));
+                if causal {
+                    causal_rows(d, p, (r0, r1, n), |i, row| {
+                        super::kernels::biased_softmax_rows_from(row, row.len(), |_| pt(i), &st[2 * i..2 * i + 2])
+                    });
+                } else {
+                    super::kernels::biased_softmax_rows_from(p, d.tk, pt, st);
+                }
+                let (pb, dsb) = (r0 * d.tk, r0 * d.tk);
+                // SAFETY: as in `forward`; the gradient rows r0..r1 of (b, h) are dv values at
+                // row stride cv; every destination block is this task's own.
+                unsafe {
+                    let g = (g.as_ptr().add((b * d.tq + r0) * cv + h * d.dv), cv as isize, 1);
+                    // dV_h[0..n] (+)= P_blockᵀ · dO_block
+                    let p_t = (p.as_ptr().add(pb), 1, d.tk as isize);
+                    product(n, d.dv, m, dv.at(b * d.tk * rv + h * d.dv), rv, p_t, g, 1.0, causal);
+                    // dP_block = dO_block · V_h[0..n]ᵀ
+                    let vt = (vo.head(b, h, d.dv), vo.col_stride(), vo.row_stride());
+                    product(m, n, d.dv, ds.as_mut_ptr().add(dsb), d.tk, g, vt, 1.0, false);
+                }
+                // dS = scale · P ⊙ (dP − Σ dP ⊙ P): rows of the block's n keys (zero weight past
+                // what a row sees, so zero gradient there).
+                if causal {
+                    for i in r0..r1 {
+                        let row = i * d.tk..i * d.tk + n;
+                        super::kernels::softmax_rows_grad_in_place(&p[row.clone()], &mut ds[row], n, scale as f32);
+                    }
+                } else {
+                    super::kernels::softmax_rows_grad_in_place(p, ds, d.tk, scale as f32);
+                }
+                unsafe {
+                    // dQ_block = dS_block · K_h[0..n],  dK_h[0..n] (+)= dS_blockᵀ · Q_block
+                    let kh = (ko.head(b, h, d.dk), ko.row_stride(), ko.col_stride());
+                    let dsr = (ds.as_ptr().add(dsb), d.tk as isize, 1);
+                    product(m, d.dk, n, dq.at((b * d.tq + r0) * rq + h * d.dk), rq, dsr, kh, 1.0, false);
+                    let qh = (qo.head(b, h, d.dk).wrapping_offset(r0 as isize * qo.row_stride()), qo.row_stride(), qo.col_stride());
+                    let ds_t = (ds.as_ptr().add(dsb), 1, d.tk as isize);
+                    product(n, d.dk, m, dk.at(b * d.tk * rk + h * d.dk), rk, ds_t, qh, 1.0, causal);
+                }
             }
         },
     );
