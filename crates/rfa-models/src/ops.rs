@@ -279,6 +279,8 @@ impl FusedOps for burn::backend::NdArray<f32> {}
 impl FusedOps for burn::backend::Cuda<f32, i32> {}
 #[cfg(feature = "tch")]
 mod libtorch;
+#[cfg(feature = "tch")]
+pub use libtorch::attention_kernels as tch_attention_kernels;
 
 /// The definitions in burn's tensor ops (any backend, any float type).
 pub mod fallback {

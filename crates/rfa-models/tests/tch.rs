@@ -159,4 +159,6 @@ fn attention_takes_pytorchs_sdpa_kernels_unless_switched_off() {
         _ => assert!(n == 1 && rows >= t, "expected SDPA's logsumexp per row, got stats {:?}", stats.dims()),
     }
     assert_eq!(<T as FusedOps>::attention_backward_uses_output(), n == 1);
+    // What the reports and benchmark rows name.
+    assert_eq!(rfa_models::ops::tch_attention_kernels(), if n == 1 { "sdpa" } else { "ops" });
 }

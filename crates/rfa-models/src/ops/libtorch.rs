@@ -48,6 +48,14 @@ enum AttentionPath {
     Ops,
 }
 
+/// Which attention the libtorch backend runs, for reports: `sdpa` (PyTorch's kernels) or `ops`.
+pub fn attention_kernels() -> &'static str {
+    match attention_path() {
+        AttentionPath::Sdpa => "sdpa",
+        AttentionPath::Ops => "ops",
+    }
+}
+
 fn attention_path() -> AttentionPath {
     static PATH: OnceLock<AttentionPath> = OnceLock::new();
     *PATH.get_or_init(|| match std::env::var("RFA_TCH_ATTENTION").as_deref() {
