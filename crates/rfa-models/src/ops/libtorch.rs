@@ -138,6 +138,16 @@ fn efficient_bias(bias: &Tensor, dims: &AttentionDims, kind: Kind) -> Tensor {
     bias.expand(full, false)
 }
 
+/// What a failing kernel call leaves the user with: the error and the switch around it
+/// (PyTorch's checks name the constraint; burn's backend API has no error channel).
+fn kernel_failed(what: &str, e: tch::TchError) -> ! {
+    let e = e.to_string();
+    let first = e.lines().next().unwrap_or_default();
+    panic!(
+        "PyTorch's fused attention kernel ({what}) failed: {first}\nSet RFA_TCH_ATTENTION=ops to run attention in elementary tensor ops instead."
+    )
+}
+
 /// The attention's output `[b, tq, heads · dv]` and per-row logsumexp `[b, heads, rows]`
 /// (`rows` ≥ `tq`: the cutlass kernel pads it to a multiple of 32).
 #[allow(clippy::too_many_arguments)]
@@ -156,12 +166,14 @@ fn sdpa_forward(
     let (out, lse) = match kernel {
         Kernel::CpuFlash => {
             let bias = bias.map(|b| b.to_kind(q.kind()));
-            Tensor::internal_scaled_dot_product_flash_attention_for_cpu(&qh, &kh, &vh, 0.0, causal, bias.as_ref(), scale)
+            Tensor::f_internal_scaled_dot_product_flash_attention_for_cpu(&qh, &kh, &vh, 0.0, causal, bias.as_ref(), scale)
+                .unwrap_or_else(|e| kernel_failed("CPU flash, forward", e))
         }
         Kernel::CudaEfficient => {
             let bias = bias.map(|b| efficient_bias(b, dims, q.kind()));
             let (out, lse, _seed, _offset) =
-                Tensor::internal_scaled_dot_product_efficient_attention(&qh, &kh, &vh, bias.as_ref(), true, 0.0, causal, scale);
+                Tensor::f_internal_scaled_dot_product_efficient_attention(&qh, &kh, &vh, bias.as_ref(), true, 0.0, causal, scale)
+                    .unwrap_or_else(|e| kernel_failed("CUDA memory-efficient, forward", e));
             (out, lse)
         }
     };
@@ -177,7 +189,7 @@ fn sdpa_backward(saved: &AttentionSaved<LibTorch<f32>>, out: &Tensor, grad: &Ten
     let (dq, dk, dv) = match kernel {
         Kernel::CpuFlash => {
             let bias = bias.map(|b| b.to_kind(q.kind()));
-            let (dq, dk, dv) = Tensor::internal_scaled_dot_product_flash_attention_for_cpu_backward(
+            let (dq, dk, dv) = Tensor::f_internal_scaled_dot_product_flash_attention_for_cpu_backward(
                 &heads_first(grad, h),
                 &heads_first(&q, h),
                 &heads_first(&k, h),
@@ -188,7 +200,8 @@ fn sdpa_backward(saved: &AttentionSaved<LibTorch<f32>>, out: &Tensor, grad: &Ten
                 causal,
                 bias.as_ref(),
                 saved.scale,
-            );
+            )
+            .unwrap_or_else(|e| kernel_failed("CPU flash, backward", e));
             (merge(dq), merge(dk), merge(dv))
         }
         Kernel::CudaEfficient => {
@@ -196,7 +209,7 @@ fn sdpa_backward(saved: &AttentionSaved<LibTorch<f32>>, out: &Tensor, grad: &Ten
             let bias = bias.map(|b| efficient_bias(b, dims, q.kind()));
             // Dropout's random state: unused at p = 0, but the signature wants tensors.
             let unused = || Tensor::zeros(&[] as &[i64], (Kind::Int64, Device::Cpu));
-            let (dq, dk, dv, _) = Tensor::internal_efficient_attention_backward(
+            let (dq, dk, dv, _) = Tensor::f_internal_efficient_attention_backward(
                 &split(grad, h),
                 &split(&q, h),
                 &split(&k, h),
@@ -218,7 +231,8 @@ fn sdpa_backward(saved: &AttentionSaved<LibTorch<f32>>, out: &Tensor, grad: &Ten
                 None,
                 None,
                 false,
-            );
+            )
+            .unwrap_or_else(|e| kernel_failed("CUDA memory-efficient, backward", e));
             let flat = |x: Tensor| {
                 let s = x.size();
                 x.reshape([s[0], s[1], s[2] * s[3]])
