@@ -336,17 +336,18 @@ fn backward_into(d: &AttentionDims, [q, k, v]: [&FlexTensor; 3], saved: &Attenti
                 } else {
                     super::kernels::biased_softmax_rows_from(p, d.tk, pt, st);
                 }
-                let (pb, dsb) = (r0 * d.tk, r0 * d.tk);
+                // Row r0 of the block in the tq × tk buffers `p` and `ds`.
+                let at = r0 * d.tk;
                 // SAFETY: as in `forward`; the gradient rows r0..r1 of (b, h) are dv values at
                 // row stride cv; every destination block is this task's own.
                 unsafe {
                     let g = (g.as_ptr().add((b * d.tq + r0) * cv + h * d.dv), cv as isize, 1);
                     // dV_h[0..n] (+)= P_blockᵀ · dO_block
-                    let p_t = (p.as_ptr().add(pb), 1, d.tk as isize);
+                    let p_t = (p.as_ptr().add(at), 1, d.tk as isize);
                     product(n, d.dv, m, dv.at(b * d.tk * rv + h * d.dv), rv, p_t, g, 1.0, causal);
                     // dP_block = dO_block · V_h[0..n]ᵀ
                     let vt = (vo.head(b, h, d.dv), vo.col_stride(), vo.row_stride());
-                    product(m, n, d.dv, ds.as_mut_ptr().add(dsb), d.tk, g, vt, 1.0, false);
+                    product(m, n, d.dv, ds.as_mut_ptr().add(at), d.tk, g, vt, 1.0, false);
                 }
                 // dS = scale · P ⊙ (dP − Σ dP ⊙ P): rows of the block's n keys (zero weight past
                 // what a row sees, so zero gradient there).
@@ -361,10 +362,10 @@ fn backward_into(d: &AttentionDims, [q, k, v]: [&FlexTensor; 3], saved: &Attenti
                 unsafe {
                     // dQ_block = dS_block · K_h[0..n],  dK_h[0..n] (+)= dS_blockᵀ · Q_block
                     let kh = (ko.head(b, h, d.dk), ko.row_stride(), ko.col_stride());
-                    let dsr = (ds.as_ptr().add(dsb), d.tk as isize, 1);
+                    let dsr = (ds.as_ptr().add(at), d.tk as isize, 1);
                     product(m, d.dk, n, dq.at((b * d.tq + r0) * rq + h * d.dk), rq, dsr, kh, 1.0, false);
                     let qh = (qo.head(b, h, d.dk).wrapping_offset(r0 as isize * qo.row_stride()), qo.row_stride(), qo.col_stride());
-                    let ds_t = (ds.as_ptr().add(dsb), 1, d.tk as isize);
+                    let ds_t = (ds.as_ptr().add(at), 1, d.tk as isize);
                     product(n, d.dk, m, dk.at(b * d.tk * rk + h * d.dk), rk, ds_t, qh, 1.0, causal);
                 }
             }
