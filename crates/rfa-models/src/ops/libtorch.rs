@@ -15,11 +15,13 @@
 //!   above the diagonal instead of reading a `[t, t]` bias, as PyTorch's GPT-2 does.
 //!
 //! One difference from rfa's other attention kernels: a query row whose every key is masked
-//! (the bias's −1e30) gets the right output — uniform weights — but not the right gradients:
-//! its logsumexp, −1e30 + ln tk, rounds to −1e30, and the backward pass weighs each key 1
-//! instead of 1/tk (PyTorch itself does the same with a finite mask). Such a row is always a
-//! padding query (it sees only padding), and rfa's losses leave padding out, so no gradient
-//! reaches it in rfa's training; tests/attention.rs states this.
+//! (the bias's −1e30) gets uniform weights but not the right gradients: its logsumexp,
+//! −1e30 + ln tk, rounds to −1e30, and the backward pass weighs each key 1 instead of 1/tk
+//! (PyTorch itself does the same with a finite mask); under the causal flag its weights spread
+//! over the keys it sees, where the generic ops' folded bias also takes in the unmasked keys
+//! above the diagonal. Such a row is always a padding query's (it sees only padding), and rfa's
+//! losses leave padding out, so no gradient reaches it and nothing reads its output;
+//! tests/attention.rs states this (`exempt_fully_masked_rows`).
 //!
 //! `RFA_TCH_ATTENTION=ops` runs attention in elementary tensor ops instead (the burn-ops
 //! fallback, on libtorch's kernels): a diagnostic switch, to time one against the other.
