@@ -129,6 +129,10 @@ impl<B: Backend> AttentionMask<B> {
         Self { bias: None, causal: false }
     }
 
+    fn of(bias: Option<Tensor<B, 4>>, causal: bool) -> Self {
+        Self { bias: bias.map(|b| b.into_primitive().tensor()), causal }
+    }
+
     /// The causal mask folded into the bias (`causal` false after): what kernels without a
     /// causal mode of their own run. `[1, 1, tq, tk]` alone, or the sum with the bias (causal
     /// first, as the models added them before the flag existed, so the numbers do not move).
@@ -221,8 +225,7 @@ pub fn attention<B: FusedOps>(
     scale: f64,
 ) -> Tensor<B, 3> {
     let p = |x: Tensor<B, 3>| x.into_primitive().tensor();
-    let mask = AttentionMask { bias: bias.map(|b| b.into_primitive().tensor()), causal };
-    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(p(q), p(k), p(v), mask, heads, scale)))
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(p(q), p(k), p(v), AttentionMask::of(bias, causal), heads, scale)))
 }
 
 /// Multi-head attention over a packed `[batch, seq, 3 · hidden]` projection; see
@@ -234,7 +237,7 @@ pub fn attention_packed<B: FusedOps>(
     heads: usize,
     scale: f64,
 ) -> Tensor<B, 3> {
-    let mask = AttentionMask { bias: bias.map(|b| b.into_primitive().tensor()), causal };
+    let mask = AttentionMask::of(bias, causal);
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention_packed(qkv.into_primitive().tensor(), mask, heads, scale)))
 }
 

@@ -183,8 +183,14 @@ fn sdpa_forward(
 }
 
 /// The gradients of q, k and v, each `[b, t, heads · w]`.
-fn sdpa_backward(saved: &AttentionSaved<LibTorch<f32>>, out: &Tensor, grad: &Tensor, dims: &AttentionDims, kernel: Kernel) -> [Tensor; 3] {
-    let [q, k, v] = saved.operands().map(|x| x.tensor);
+fn sdpa_backward(
+    saved: &AttentionSaved<LibTorch<f32>>,
+    [q, k, v]: &[Tensor; 3],
+    out: &Tensor,
+    grad: &Tensor,
+    dims: &AttentionDims,
+    kernel: Kernel,
+) -> [Tensor; 3] {
     let h = dims.heads;
     let lse = saved.stats.tensor.squeeze_dim(3);
     let (bias, causal) = (saved.mask.bias.as_ref().map(|b| &b.tensor), saved.mask.causal);
@@ -193,9 +199,9 @@ fn sdpa_backward(saved: &AttentionSaved<LibTorch<f32>>, out: &Tensor, grad: &Ten
             let bias = bias.map(|b| b.to_kind(q.kind()));
             let (dq, dk, dv) = Tensor::f_internal_scaled_dot_product_flash_attention_for_cpu_backward(
                 &heads_first(grad, h),
-                &heads_first(&q, h),
-                &heads_first(&k, h),
-                &heads_first(&v, h),
+                &heads_first(q, h),
+                &heads_first(k, h),
+                &heads_first(v, h),
                 &heads_first(out, h),
                 &lse,
                 0.0,
@@ -213,9 +219,9 @@ fn sdpa_backward(saved: &AttentionSaved<LibTorch<f32>>, out: &Tensor, grad: &Ten
             let unused = || Tensor::zeros(&[] as &[i64], (Kind::Int64, Device::Cpu));
             let (dq, dk, dv, _) = Tensor::f_internal_efficient_attention_backward(
                 &split(grad, h),
-                &split(&q, h),
-                &split(&k, h),
-                &split(&v, h),
+                &split(q, h),
+                &split(k, h),
+                &split(v, h),
                 bias.as_ref(),
                 &split(out, h),
                 None::<&Tensor>,
@@ -299,13 +305,14 @@ impl FusedOps for LibTorch<f32> {
             (Some(out), 1) => out.tensor.shallow_clone(),
             _ => return fallback::attention_backward::<Self>(saved, grad),
         };
-        let [q, k, v] = saved.operands().map(|x| x.tensor);
-        let dims = dims_of(&q, &k, &v, saved.mask.bias.as_ref().map(|b| &b.tensor), saved.heads());
+        let qkv = saved.operands().map(|x| x.tensor);
+        let [q, k, v] = &qkv;
+        let dims = dims_of(q, k, v, saved.mask.bias.as_ref().map(|b| &b.tensor), saved.heads());
         let kernel = match q.device() {
             Device::Cpu => Kernel::CpuFlash,
             _ => Kernel::CudaEfficient,
         };
         // Autodiff may hand over a broadcast (zero-stride) gradient.
-        sdpa_backward(&saved, &out, &grad.tensor.contiguous(), &dims, kernel).map(TchTensor::new)
+        sdpa_backward(&saved, &qkv, &out, &grad.tensor.contiguous(), &dims, kernel).map(TchTensor::new)
     }
 }
