@@ -45,6 +45,10 @@ use task::Task;
 pub struct PhaseRecord {
     pub phase: Phase,
     pub trainable_params: usize,
+    /// Backend and precision the phase ran on (its time depends on them); absent in records
+    /// written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_on: Option<String>,
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
@@ -71,6 +75,8 @@ pub struct Run {
     pub dir: PathBuf,
     /// Text runs: the tokenizer and the folder it came from.
     pub tokenizer: Option<(TextTokenizer, PathBuf)>,
+    /// The backend the phases run on, as the report names it (the `rfa` binary sets it).
+    pub backend: Option<String>,
 }
 
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
@@ -114,7 +120,15 @@ impl Run {
         let dir = cfg.run_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         lora_core::tensors::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-        Ok(Self { cfg, arch, data, dir, tokenizer })
+        Ok(Self { cfg, arch, data, dir, tokenizer, backend: None })
+    }
+
+    /// What a phase's record says it ran on: the backend, and a precision other than f32.
+    fn ran_on(&self, precision: Option<String>) -> Option<String> {
+        match (&self.backend, precision) {
+            (Some(b), Some(p)) => Some(format!("{b}; {p}")),
+            (b, p) => b.clone().or(p),
+        }
     }
 
     /// Training, forget, retain and test set sizes.
@@ -178,7 +192,7 @@ impl Run {
         let prev = read_phase(&out).ok();
         // A resumed run adds the time of the interrupted one.
         let phase = Phase { seconds: phase.seconds + prev.map(|p| p.phase.seconds).unwrap_or(0.0), ..phase };
-        write_json(&out.join("phase.json"), &PhaseRecord { phase, trainable_params: params })
+        write_json(&out.join("phase.json"), &PhaseRecord { phase, trainable_params: params, ran_on: self.ran_on(None) })
     }
 
     fn copy_tokenizer(&self, to: &Path) -> Result<()> {
@@ -243,7 +257,8 @@ impl Run {
         merged.save(&out.join("merged"))?;
         self.copy_tokenizer(&out.join("merged"))?;
         write_json(&out.join("unlearn_log.json"), &log)?;
-        write_json(&out.join("phase.json"), &PhaseRecord { phase, trainable_params: log.trainable_params })
+        let precision = base_dtype.map(|_| format!("frozen weights in {}", uc.dtype));
+        write_json(&out.join("phase.json"), &PhaseRecord { phase, trainable_params: log.trainable_params, ran_on: self.ran_on(precision) })
     }
 
     /// The unlearning results in the run folder, in `METHODS` order then by seed: (display
@@ -337,6 +352,7 @@ impl Run {
                 test: outputs(&model, &t.test, &test_idx, device)?,
                 phase: rec.phase,
                 trainable_params: rec.trainable_params,
+                ran_on: rec.ran_on,
             });
         }
         let models = model_reports(&evaluated, "retrain (M*)")?;
@@ -448,6 +464,7 @@ impl Run {
                 seconds: rec.phase.seconds,
                 peak_rss_mib: rec.phase.peak_rss_mib,
                 trainable_params: rec.trainable_params,
+                ran_on: rec.ran_on.clone(),
             });
         }
         if let Some((la, ka)) = lm_models.iter().find(|m| m.name == "retrain (M*)").map(|m| (m.loss_auc, m.min_k_auc)) {

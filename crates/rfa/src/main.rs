@@ -68,7 +68,7 @@ struct Common {
     /// needs the `tch` build).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// f32, or bf16 (CUDA; unlearning): frozen weights in bf16, adapters, optimizer state and the
+    /// f32, or bf16 (unlearning on cuda, tch-cpu or tch-cuda): frozen weights in bf16, adapters, optimizer state and the
     /// loss in f32 (sets unlearn.dtype). Training M0 and M* updates every weight and runs in f32.
     #[arg(long)]
     dtype: Option<String>,
@@ -199,9 +199,11 @@ fn dispatch<B: rfa_models::FusedAutodiff>(cli: &Cli, common: &Common, backend: &
     }
     cfg.unlearn.base_dtype()?;
     if cfg.unlearn.dtype == "bf16" && common.device.starts_with("cpu") {
-        bail!("unlearn.dtype = \"bf16\" needs --device cuda: burn's CPU backends have no bf16 tensors");
+        // burn's ndarray has no bf16 tensors; flex has them but multiplies in f32 (no speed, only casts).
+        bail!("unlearn.dtype = \"bf16\" needs --device cuda, tch-cpu or tch-cuda: burn's ndarray and flex backends have no bf16 products");
     }
-    let run = Run::open(cfg)?;
+    let mut run = Run::open(cfg)?;
+    run.backend = Some(backend.to_string());
     let (train, forget, retain, test) = run.sizes();
     eprintln!(
         "run `{}` in {}: {:?} on {}, {train} training samples ({forget} to forget, {retain} to retain), {test} test samples, backend {backend}",

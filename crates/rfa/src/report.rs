@@ -44,6 +44,8 @@ pub struct Evaluated {
     pub test: Outputs,
     pub phase: Phase,
     pub trainable_params: usize,
+    /// Backend and precision of the phase that produced the model, where recorded.
+    pub ran_on: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,6 +67,9 @@ pub struct ModelReport {
     pub seconds: f64,
     pub peak_rss_mib: Option<f64>,
     pub trainable_params: usize,
+    /// Backend and precision of the phase that produced the model (its time depends on them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_on: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +162,7 @@ pub fn model_reports(models: &[Evaluated], retrained: &str) -> Result<Vec<ModelR
             seconds: m.phase.seconds,
             peak_rss_mib: m.phase.peak_rss_mib,
             trainable_params: m.trainable_params,
+            ran_on: m.ran_on.clone(),
         });
     }
     if let Some(g) = out.iter().find(|r| r.name == retrained).map(|r| r.summary) {
@@ -197,6 +203,9 @@ pub struct LmModelReport {
     pub seconds: f64,
     pub peak_rss_mib: Option<f64>,
     pub trainable_params: usize,
+    /// Backend and precision of the phase that produced the model (its time depends on them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_on: Option<String>,
 }
 
 /// Greedy continuations of one prompt by each model.
@@ -262,6 +271,7 @@ impl Report {
 MIA-Efficacy: % of Df that SalUn's SVC membership attack calls non-member. Activation distance and JS divergence: \
 between the model's and the retrained model's output distributions on Df. Average gap: mean |difference| to the \
 retrained model over UA, RA, TA, MIA-Efficacy. Time: the phase that produced the model (training, retraining, unlearning).\n\n";
+        s += &ran_on(self.models.iter().map(|m| (&m.name, &m.ran_on)));
         s += "## Features\n\n| model | feature distance to retrain on Df | on Dr | residual norm on Df | on Dr |\n|---|---:|---:|---:|---:|\n";
         for m in &self.models {
             s += &format!(
@@ -296,6 +306,12 @@ retrained model over UA, RA, TA, MIA-Efficacy. Time: the phase that produced the
         lora_core::tensors::write_atomic(&dir.join("report.md"), self.markdown().as_bytes())?;
         Ok(())
     }
+}
+
+/// A paragraph naming where each model's phase ran, for the models whose record says so.
+fn ran_on<'a>(models: impl Iterator<Item = (&'a String, &'a Option<String>)>) -> String {
+    let known: Vec<String> = models.filter_map(|(name, on)| on.as_ref().map(|on| format!("{name}: {on}"))).collect();
+    if known.is_empty() { String::new() } else { format!("Phases ran on — {}.\n\n", known.join("; ")) }
 }
 
 /// Markdown cell text: one line, no table separators.
@@ -333,6 +349,7 @@ they cannot be told apart, which is what the retrained model shows for data it n
 the retrained model over the two AUCs. Dr perplexity over {} retained texts.\n\n",
             self.held_out, self.held_out_samples, self.min_k_percent, self.retain_samples_evaluated
         );
+        s += &ran_on(self.models.iter().map(|m| (&m.name, &m.ran_on)));
         if !self.generations.is_empty() {
             s += "## Generations (greedy)\n\n| from | prompt | model | continuation |\n|---|---|---|---|\n";
             for g in &self.generations {

@@ -67,6 +67,11 @@ fn the_command_runs_the_whole_pipeline() {
     }
     // The retrained model never saw the class: it cannot be recognised.
     assert!(models[1]["ua"].as_f64().unwrap() > 99.0, "{}", models[1]);
+    // Each phase's time comes with the backend and precision it ran on.
+    for m in models {
+        assert_eq!(m["ran_on"].as_str(), Some("cpu (burn ndarray, f32)"), "{m}");
+    }
+    assert!(stdout.contains("Phases ran on — original (M0): cpu (burn ndarray, f32); retrain (M*): cpu"), "{stdout}");
 
     // export copies both artefacts.
     let exp = tmp.path().join("exported");
@@ -92,7 +97,7 @@ fn bf16_is_refused_where_it_cannot_apply() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     assert!(rfa(&["train", "--dtype", "bf16"]).contains("training M0 and M* updates every weight"));
-    assert!(rfa(&["unlearn", "--dtype", "bf16"]).contains("needs --device cuda"));
+    assert!(rfa(&["unlearn", "--dtype", "bf16"]).contains("needs --device cuda, tch-cpu or tch-cuda"));
     assert!(rfa(&["unlearn", "--dtype", "bf16", "--set", "unlearn.adapter=\"full\""]).contains("needs adapters"));
     assert!(rfa(&["unlearn", "--dtype", "f16"]).contains("unknown unlearn.dtype `f16` (f32, bf16)"));
     assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "nothing may be written");
