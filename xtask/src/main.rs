@@ -158,6 +158,16 @@ fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, war
                 &memory,
             )
         }
+        #[cfg(feature = "wgpu")]
+        "wgpu" => bench::run::<Autodiff<burn::backend::Wgpu<f32, i32>>>(
+            shape,
+            dtype,
+            steps,
+            warmup,
+            if cfg!(feature = "wgpu-fusion") { "wgpu burn-wgpu 0.21, fusion" } else { "wgpu burn-wgpu 0.21" },
+            &Default::default(),
+            &|| None,
+        ),
         #[cfg(feature = "tch")]
         d if d.starts_with("tch") => {
             let device = tch_device(d)?;

@@ -280,6 +280,8 @@ impl AttentionDims {
 impl FusedOps for burn::backend::NdArray<f32> {}
 #[cfg(feature = "cuda")]
 impl FusedOps for burn::backend::Cuda<f32, i32> {}
+#[cfg(feature = "wgpu")]
+impl FusedOps for burn::backend::Wgpu<f32, i32> {}
 #[cfg(feature = "tch")]
 mod libtorch;
 #[cfg(feature = "tch")]

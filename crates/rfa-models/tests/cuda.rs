@@ -7,15 +7,23 @@
 //! off), i.e. 10 mantissa bits, relative rounding 2^-11 ≈ 4.9e-4 per operand. Measured on an
 //! H100: max abs errors up to 7.8e-3 on GPT-2 hidden states of magnitude 3.4 (2.3e-3 relative);
 //! the CPU matches the same references to 2.4e-6.
-#![cfg(feature = "cuda")]
+//!
+//! Without a GPU, feature `wgpu` (and not `cuda`) runs the same checks on burn's cubecl backend
+//! over wgpu — with Mesa's lavapipe, on the CPU: burn-cuda's cubecl code paths (and, with
+//! `--features burn/fusion`, its kernel fusion) compiled to WGSL. bf16 is CUDA's only.
+#![cfg(any(feature = "cuda", feature = "wgpu"))]
 
 mod common;
 
-use burn::backend::{Autodiff, Cuda};
+use burn::backend::Autodiff;
 use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, max_rel_error};
 use rfa_models::parity::Tolerance;
 
-type C = Cuda<f32, i32>;
+#[cfg(feature = "cuda")]
+type C = burn::backend::Cuda<f32, i32>;
+#[cfg(not(feature = "cuda"))]
+type C = burn::backend::Wgpu<f32, i32>;
+const GPU: &str = if cfg!(feature = "cuda") { "CUDA" } else { "wgpu" };
 
 #[test]
 fn models_on_cuda_match_the_reference() {
@@ -23,14 +31,14 @@ fn models_on_cuda_match_the_reference() {
     // max abs error <= 4e-3 · max(1, max |reference|) per tensor; loss and retain MSE to 1e-3
     // relative (measured: 2.2e-4 at worst, the ViT retain MSE).
     let tol = Tolerance { abs: 4e-3, rel: 1e-3, scale_by_magnitude: true };
-    assert_fixtures_match::<C>("CUDA", tol, &device);
+    assert_fixtures_match::<C>(GPU, tol, &device);
 }
 
 #[test]
 fn lora_gradients_on_cuda_equal_the_cpu() {
     let (loss_cpu, cpu) = gpt2_lora_grads::<AB>(&Default::default(), None);
     let (loss_gpu, gpu) = gpt2_lora_grads::<Autodiff<C>>(&Default::default(), None);
-    println!("loss cpu {loss_cpu:.7} cuda {loss_gpu:.7}");
+    println!("loss cpu {loss_cpu:.7} {GPU} {loss_gpu:.7}");
     assert!((loss_cpu - loss_gpu).abs() <= 1e-4 * loss_cpu.abs().max(1.0));
     assert_eq!(cpu.len(), gpu.len());
     let worst = cpu.iter().zip(&gpu).map(|(c, g)| max_rel_error(c, g)).fold(0.0f32, f32::max);
@@ -40,6 +48,7 @@ fn lora_gradients_on_cuda_equal_the_cpu() {
 
 /// `--dtype bf16`: frozen weights in bf16, adapters and everything else in f32. Gradients equal
 /// the CPU's f32 ones to bf16's precision (8 mantissa bits, 3.9e-3 relative per operand).
+#[cfg(feature = "cuda")]
 #[test]
 fn bf16_base_weights_on_cuda_give_the_cpu_gradients_to_bf16_precision() {
     let (loss_cpu, cpu) = gpt2_lora_grads::<AB>(&Default::default(), None);
