@@ -52,7 +52,8 @@ enum Cmd {
         /// Steps after the first (which is reported alone) and before the timed ones.
         #[arg(long, default_value_t = 1)]
         warmup: usize,
-        /// Backends: ndarray, flex (CPU), cuda[:N] (build with --features cuda).
+        /// Backends: ndarray, flex (CPU), cuda[:N] (build with --features cuda), tch, tch-cuda[:N]
+        /// (--features tch), wgpu (--features wgpu: kernel counts, not speed).
         #[arg(long, value_delimiter = ',', default_values_t = ["ndarray".to_string(), "flex".to_string()])]
         backends: Vec<String>,
         /// f32, or bf16 (frozen weights in bf16; adapters, optimizer and loss in f32).
@@ -183,9 +184,10 @@ fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, war
             )
         }
         other => bail!(
-            "unknown backend `{other}` (ndarray, flex{}{})",
+            "unknown backend `{other}` (ndarray, flex{}{}{})",
             if cfg!(feature = "cuda") { ", cuda[:N]" } else { "; cuda needs `--features cuda`" },
-            if cfg!(feature = "tch") { ", tch, tch-cuda[:N]" } else { "" }
+            if cfg!(feature = "tch") { ", tch, tch-cuda[:N]" } else { "" },
+            if cfg!(feature = "wgpu") { ", wgpu" } else { "" }
         ),
     }
 }

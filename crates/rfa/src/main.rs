@@ -68,8 +68,9 @@ struct Common {
     /// needs the `tch` build).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// f32, or bf16 (unlearning on cuda, tch-cpu or tch-cuda): frozen weights in bf16, adapters, optimizer state and the
-    /// loss in f32 (sets unlearn.dtype). Training M0 and M* updates every weight and runs in f32.
+    /// f32, or bf16 (unlearning on cuda, tch-cpu or tch-cuda): frozen weights in bf16, adapters,
+    /// optimizer state and the loss in f32 (sets unlearn.dtype). Training M0 and M* updates every
+    /// weight and runs in f32.
     #[arg(long)]
     dtype: Option<String>,
     /// Print the resolved configuration (TOML) and exit.
