@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::Module;
-use burn::nn::{Embedding, LayerNorm};
+use burn::nn::Embedding;
+use crate::common::LayerNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
@@ -176,7 +177,7 @@ pub struct BertModelOutput<B: Backend> {
     pub taps: Taps<B>,
 }
 
-impl<B: Backend> BertOutput<B> {
+impl<B: FusedOps> BertOutput<B> {
     fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
         Some(self.LayerNorm.forward(tapped(&self.dense, x, taps)? + residual))
     }

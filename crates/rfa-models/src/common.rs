@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::activation::{relu, sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -146,6 +147,23 @@ impl Activation {
             Self::QuickGelu => x.clone() * sigmoid(x.mul_scalar(1.702)),
             Self::Tanh => x.tanh(),
         }
+    }
+}
+
+/// LayerNorm over the last dimension, Hugging Face's `weight` / `bias` as burn's `gamma` / `beta`.
+/// burn's `nn::LayerNorm` keeps its epsilon private and is always differentiated op by op; this
+/// one runs [`ops::layer_norm`], which backends with LayerNorm kernels of their own (libtorch)
+/// train as one op.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    pub gamma: Param<Tensor<B, 1>>,
+    pub beta: Param<Tensor<B, 1>>,
+    pub epsilon: f64,
+}
+
+impl<B: FusedOps> LayerNorm<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        ops::layer_norm(x, self.gamma.val(), self.beta.val(), self.epsilon)
     }
 }
 
@@ -311,10 +329,7 @@ impl<B: Backend> Checkpoint<B> {
     }
 
     pub fn layer_norm(&mut self, path: &str, d: usize, eps: f64) -> Result<LayerNorm<B>, ModelError> {
-        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(&self.device);
-        ln.gamma = self.frozen(&format!("{path}.weight"), [d])?;
-        ln.beta = Some(self.frozen(&format!("{path}.bias"), [d])?);
-        Ok(ln)
+        Ok(LayerNorm { gamma: self.frozen(&format!("{path}.weight"), [d])?, beta: self.frozen(&format!("{path}.bias"), [d])?, epsilon: eps })
     }
 
     pub fn embedding(&mut self, path: &str, n: usize, d: usize) -> Result<Embedding<B>, ModelError> {
@@ -404,9 +419,7 @@ impl StateDict {
 
     pub fn layer_norm<B: Backend>(&mut self, path: &str, ln: &LayerNorm<B>) {
         self.tensor(&format!("{path}.weight"), ln.gamma.val());
-        if let Some(b) = &ln.beta {
-            self.tensor(&format!("{path}.bias"), b.val());
-        }
+        self.tensor(&format!("{path}.bias"), ln.beta.val());
     }
 
     pub fn embedding<B: Backend>(&mut self, path: &str, e: &Embedding<B>) {

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::nn::{Embedding, LayerNorm};
+use burn::nn::Embedding;
+use crate::common::LayerNorm;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};

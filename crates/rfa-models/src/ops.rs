@@ -115,6 +115,54 @@ pub trait FusedOps: Backend {
     fn fused_attention_packed_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_cat(Self::fused_attention_backward(saved.unpacked(), grad).to_vec(), 2)
     }
+
+    /// LayerNorm over the last dimension: `(x − mean) / sqrt(var + eps) · gamma + beta`
+    /// (Hugging Face's and burn's). By default the backend's own `layer_norm`, which is what
+    /// burn's `nn::LayerNorm` runs.
+    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        Self::layer_norm(x, gamma, Some(beta), eps)
+    }
+
+    /// Whether training records LayerNorm as one autodiff node over
+    /// [`FusedOps::fused_layer_norm_forward`] / [`FusedOps::fused_layer_norm_backward`] — one
+    /// kernel forward where the backend has it (libtorch). Off by default: autodiff then
+    /// differentiates burn's definition op by op, exactly as with burn's `nn::LayerNorm` (9
+    /// element-wise passes and reductions forward, more backward, each keeping its inputs), so
+    /// those backends' numbers do not move.
+    fn layer_norm_as_one_node() -> bool {
+        false
+    }
+
+    /// The forward pass of the one-node LayerNorm and what its backward pass keeps. By default
+    /// burn's definition op for op (the same output) keeping the normalised input and the
+    /// per-row standard deviation.
+    fn fused_layer_norm_forward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, LayerNormSaved<Self>) {
+        fallback::layer_norm_forward::<Self>(x, gamma, beta, eps)
+    }
+
+    /// The gradients of x, gamma and beta (those `need`ed: LayerNorm weights are frozen under
+    /// LoRA) from the output's gradient.
+    fn fused_layer_norm_backward(saved: LayerNormSaved<Self>, grad: FloatTensor<Self>, need: [bool; 3]) -> [Option<FloatTensor<Self>>; 3] {
+        fallback::layer_norm_backward::<Self>(saved, grad, need)
+    }
+}
+
+/// What the one-node LayerNorm's backward pass keeps; the backend's forward pass chooses.
+#[derive(Debug, Clone)]
+pub struct LayerNormSaved<B: Backend> {
+    /// The generic ops keep the normalised input x̂, libtorch the input x.
+    pub kept: FloatTensor<B>,
+    /// Per-row statistics `[.., 1]`: the generic ops' standard deviation, libtorch's mean and
+    /// reciprocal standard deviation.
+    pub stats: Vec<FloatTensor<B>>,
+    pub gamma: FloatTensor<B>,
+    pub beta: FloatTensor<B>,
+    pub eps: f64,
 }
 
 /// The attention's mask: an additive bias and/or the causal mask; see [`FusedOps::fused_attention`].
@@ -207,6 +255,12 @@ impl<B> FusedAutodiff for B where B: AutodiffBackend<InnerBackend: FusedOps> + F
 /// GELU of a tensor of any rank.
 pub fn gelu<B: FusedOps, const D: usize>(x: Tensor<B, D>, kind: GeluKind) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_gelu(x.into_primitive().tensor(), kind)))
+}
+
+/// LayerNorm over the last dimension; see [`FusedOps::fused_layer_norm`].
+pub fn layer_norm<B: FusedOps, const D: usize>(x: Tensor<B, D>, gamma: Tensor<B, 1>, beta: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+    let p = |t: Tensor<B, 1>| t.into_primitive().tensor();
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_layer_norm(x.into_primitive().tensor(), p(gamma), p(beta), eps)))
 }
 
 /// Softmax over the last dimension of a tensor of any rank.
@@ -358,6 +412,51 @@ pub mod fallback {
         let (grad, _) = rows::<B>(grad);
         let dot = (grad.clone() * y.clone()).sum_dim(1);
         B::float_reshape((y * (grad - dot)).into_primitive().tensor(), shape)
+    }
+
+    /// Along the last dimension of a rank-`rank` shape: `[1, …, 1, d]`.
+    fn row_vector<B: Backend>(v: FloatTensor<B>, rank: usize) -> FloatTensor<B> {
+        let d = v.shape().num_elements();
+        B::float_reshape(v, Shape::from((0..rank).map(|i| if i + 1 == rank { d } else { 1 }).collect::<Vec<_>>()))
+    }
+
+    /// burn's `layer_norm` op for op (the same output), keeping x̂ and the standard deviation.
+    pub fn layer_norm_forward<B: Backend>(
+        x: FloatTensor<B>,
+        gamma: FloatTensor<B>,
+        beta: FloatTensor<B>,
+        eps: f64,
+    ) -> (FloatTensor<B>, LayerNormSaved<B>) {
+        let rank = x.shape().num_dims();
+        let last = rank - 1;
+        let mean = B::float_mean_dim(x.clone(), last);
+        let centered = B::float_sub(x, mean);
+        let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), last);
+        let std = B::float_sqrt(B::float_add_scalar(var, eps.into()));
+        let normalized = B::float_div(centered, std.clone());
+        let y = B::float_add(
+            B::float_mul(normalized.clone(), row_vector::<B>(gamma.clone(), rank)),
+            row_vector::<B>(beta.clone(), rank),
+        );
+        (y, LayerNormSaved { kept: normalized, stats: vec![std], gamma, beta, eps })
+    }
+
+    /// dx = (g − mean(g) − x̂ · mean(g ⊙ x̂)) / std with g = grad ⊙ gamma; dgamma = Σ grad ⊙ x̂
+    /// and dbeta = Σ grad over every dimension but the last.
+    pub fn layer_norm_backward<B: Backend>(saved: LayerNormSaved<B>, grad: FloatTensor<B>, need: [bool; 3]) -> [Option<FloatTensor<B>>; 3] {
+        let (xhat, shape) = rows::<B>(saved.kept);
+        let (grad, _) = rows::<B>(grad);
+        let gamma = tensor::<B, 1>(saved.gamma).unsqueeze::<2>();
+        let std = tensor::<B, 2>(B::float_reshape(saved.stats[0].clone(), Shape::new([xhat.dims()[0], 1])));
+        let dx = need[0].then(|| {
+            let g = grad.clone() * gamma;
+            let m1 = g.clone().mean_dim(1);
+            let m2 = (g.clone() * xhat.clone()).mean_dim(1);
+            B::float_reshape(((g - m1 - xhat.clone() * m2) / std).into_primitive().tensor(), shape)
+        });
+        let dgamma = need[1].then(|| (grad.clone() * xhat).sum_dim(0).flatten::<1>(0, 1).into_primitive().tensor());
+        let dbeta = need[2].then(|| grad.sum_dim(0).flatten::<1>(0, 1).into_primitive().tensor());
+        [dx, dgamma, dbeta]
     }
 
     /// q, k, v: views of the three equal column blocks of `[b, t, 3c]`.
@@ -536,6 +635,39 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish(AttentionSaved { q: qkv.primitive, k: None, v: None, mask, stats, scale, out: kept }, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_attention_packed(qkv.primitive, mask, heads, scale)),
+        }
+    }
+
+    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNormBackward;
+
+        impl<B: FusedOps> Backward<B, 3> for LayerNormBackward {
+            type State = LayerNormSaved<B>;
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let need = [0, 1, 2].map(|i| ops.parents[i].is_some());
+                let d = B::fused_layer_norm_backward(ops.state, grad, need);
+                for (node, d) in ops.parents.into_iter().zip(d) {
+                    if let (Some(node), Some(d)) = (node, d) {
+                        grads.register::<B>(node.id, d);
+                    }
+                }
+            }
+        }
+
+        if !B::layer_norm_as_one_node() {
+            // burn's definition in this backend's (autodiff) ops: what `nn::LayerNorm` records.
+            return <Self as burn::tensor::ops::ModuleOps<Self>>::layer_norm(x, gamma, Some(beta), eps);
+        }
+        let parents = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+        match LayerNormBackward.prepare::<C>(parents).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (y, saved) = B::fused_layer_norm_forward(x.primitive, gamma.primitive, beta.primitive, eps);
+                prep.finish(saved, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(x.primitive, gamma.primitive, beta.primitive, eps)),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, Param};
-use burn::nn::LayerNorm;
+use crate::common::LayerNorm;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use lora_core::{LoraLinear, LoraModel, WeightLayout};

@@ -166,3 +166,60 @@ fn softmax_matches_burns_on_ndarray_and_flex() {
     softmax_matches_burn::<Nd>();
     softmax_matches_burn::<Fx>();
 }
+
+/// The one-node LayerNorm's generic definition (`ops::fallback::layer_norm_forward` /
+/// `_backward`, the default of backends that opt in to the node without kernels of their own)
+/// equals burn's op-by-op LayerNorm differentiated by autodiff: the same output bit for bit,
+/// the gradients of x, gamma and beta to rounding; and computes only the gradients it is asked
+/// for.
+#[test]
+fn layer_norm_node_equals_burns_op_by_op_gradients() {
+    use burn::tensor::TensorPrimitive;
+    use rfa_models::ops::fallback::{layer_norm_backward, layer_norm_forward};
+    type Inner = burn::backend::NdArray<f32>;
+    let device = Default::default();
+    let (rows, d) = (9, 33);
+    let vals = |seed: u64, n: usize, scale: f32| -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+            })
+            .collect()
+    };
+    let (x, gamma, beta, w) = (vals(1, rows * d, 3.0), vals(2, d, 1.0), vals(3, d, 1.0), vals(4, rows * d, 1.0));
+    // burn's LayerNorm through autodiff.
+    let xa = Tensor::<Nd, 2>::from_data(TensorData::new(x.clone(), [rows, d]), &device).require_grad();
+    let ga = Tensor::<Nd, 1>::from_data(TensorData::new(gamma.clone(), [d]), &device).require_grad();
+    let ba = Tensor::<Nd, 1>::from_data(TensorData::new(beta.clone(), [d]), &device).require_grad();
+    let prim = |t: Tensor<Nd, 1>| t.into_primitive().tensor();
+    let ya: Tensor<Nd, 2> = Tensor::from_primitive(TensorPrimitive::Float(<Nd as burn::tensor::ops::ModuleOps<Nd>>::layer_norm(
+        xa.clone().into_primitive().tensor(),
+        prim(ga.clone()),
+        Some(prim(ba.clone())),
+        1e-5,
+    )));
+    let wa = Tensor::<Nd, 2>::from_data(TensorData::new(w.clone(), [rows, d]), &device);
+    let grads = (ya.clone() * wa).sum().backward();
+    let host = |t: Tensor<Inner, 2>| t.into_data().to_vec::<f32>().unwrap();
+    let host1 = |t: Tensor<Inner, 1>| t.into_data().to_vec::<f32>().unwrap();
+    let want = [host(ya.inner()), host(xa.grad(&grads).unwrap()), host1(ga.grad(&grads).unwrap()), host1(ba.grad(&grads).unwrap())];
+    // The node's forward and backward on the inner backend.
+    let t2 = |v: Vec<f32>| Tensor::<Inner, 2>::from_data(TensorData::new(v, [rows, d]), &device).into_primitive().tensor();
+    let t1 = |v: Vec<f32>| Tensor::<Inner, 1>::from_data(TensorData::new(v, [d]), &device).into_primitive().tensor();
+    let (y, saved) = layer_norm_forward::<Inner>(t2(x), t1(gamma), t1(beta), 1e-5);
+    let to2 = |p| host(Tensor::from_primitive(TensorPrimitive::Float(p)));
+    let to1 = |p| host1(Tensor::from_primitive(TensorPrimitive::Float(p)));
+    assert_eq!(to2(y), want[0], "the forward pass is burn's, op for op");
+    let [dx, dg, db] = layer_norm_backward::<Inner>(saved.clone(), t2(w.clone()), [true, true, true]);
+    let got = [to2(dx.unwrap()), to1(dg.unwrap()), to1(db.unwrap())];
+    for (name, (g, want)) in ["dx", "dgamma", "dbeta"].iter().zip(got.iter().zip(&want[1..])) {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = g.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+        assert!(err <= 1e-5, "{name}: {err}");
+    }
+    // LoRA freezes LayerNorm weights: only dx is computed.
+    let [dx, dg, db] = layer_norm_backward::<Inner>(saved, t2(w), [true, false, false]);
+    assert!(dx.is_some() && dg.is_none() && db.is_none());
+}

@@ -14,7 +14,7 @@ mod common;
 
 use burn::backend::libtorch::LibTorchDevice;
 use burn::backend::{Autodiff, LibTorch};
-use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, max_rel_error};
+use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, layer_norm_case, max_rel_error};
 use rfa_models::parity::Tolerance;
 
 type T = LibTorch<f32>;
@@ -122,6 +122,20 @@ fn fused_gelu_and_softmax_on_tch_equal_ndarrays() {
     for (name, (c, g)) in names.iter().zip(cpu.iter().zip(&tch)) {
         let err = max_rel_error(c, g);
         println!("{name}: max-abs error relative to the largest entry {err:.2e}");
+        assert!(err <= 1e-5, "{name}: {err}");
+    }
+}
+
+/// LayerNorm on libtorch is one autodiff node over PyTorch's kernel; its output and the
+/// gradients of x, gamma and beta equal burn's op-by-op definition on ndarray.
+#[test]
+fn layer_norm_on_tch_equals_ndarrays() {
+    assert!(<T as rfa_models::FusedOps>::layer_norm_as_one_node());
+    let device = device();
+    let (cpu, tch) = (layer_norm_case::<AB>(&Default::default()), layer_norm_case::<Autodiff<T>>(&device));
+    for (name, (c, g)) in ["out", "dx", "dgamma", "dbeta"].iter().zip(cpu.iter().zip(&tch)) {
+        let err = max_rel_error(c, g);
+        println!("layer norm {name}: max-abs error relative to the largest entry {err:.2e}");
         assert!(err <= 1e-5, "{name}: {err}");
     }
 }

@@ -33,7 +33,7 @@ use burn::backend::libtorch::TchTensor;
 use burn::tensor::TensorMetadata;
 use tch::{Device, Kind, Tensor};
 
-use super::{AttentionDims, AttentionMask, AttentionSaved, FusedOps, GeluKind, fallback};
+use super::{AttentionDims, AttentionMask, AttentionSaved, FusedOps, GeluKind, LayerNormSaved, fallback};
 
 /// libtorch's name for the GELU variant.
 fn approximate(kind: GeluKind) -> &'static str {
@@ -315,4 +315,43 @@ impl FusedOps for LibTorch<f32> {
         // Autodiff may hand over a broadcast (zero-stride) gradient.
         sdpa_backward(&saved, &qkv, &out, &grad.tensor.contiguous(), &dims, kernel).map(TchTensor::new)
     }
+
+    fn fused_layer_norm(x: TchTensor, gamma: TchTensor, beta: TchTensor, eps: f64) -> TchTensor {
+        let d = last_dim(&x.tensor);
+        TchTensor::new(x.tensor.layer_norm([d], Some(&gamma.tensor), Some(&beta.tensor), eps, true))
+    }
+
+    fn layer_norm_as_one_node() -> bool {
+        true
+    }
+
+    /// PyTorch's LayerNorm kernel (one pass instead of burn's nine), keeping x and the per-row
+    /// mean and 1/std it returns.
+    fn fused_layer_norm_forward(x: TchTensor, gamma: TchTensor, beta: TchTensor, eps: f64) -> (TchTensor, LayerNormSaved<Self>) {
+        let d = last_dim(&x.tensor);
+        let (y, mean, rstd) = x.tensor.native_layer_norm([d], Some(&gamma.tensor), Some(&beta.tensor), eps);
+        (TchTensor::new(y), LayerNormSaved { kept: x, stats: vec![TchTensor::new(mean), TchTensor::new(rstd)], gamma, beta, eps })
+    }
+
+    /// tch has no binding for `native_layer_norm_backward`: the analytic gradients in a few
+    /// libtorch ops on the kept x, mean and 1/std.
+    fn fused_layer_norm_backward(saved: LayerNormSaved<Self>, grad: TchTensor, need: [bool; 3]) -> [Option<TchTensor>; 3] {
+        let (x, grad) = (&saved.kept.tensor, &grad.tensor);
+        let (mean, rstd) = (&saved.stats[0].tensor, &saved.stats[1].tensor);
+        let xhat = (x - mean) * rstd;
+        let rows: Vec<i64> = (0..x.dim() as i64 - 1).collect();
+        let dx = need[0].then(|| {
+            let g = grad * &saved.gamma.tensor;
+            let m1 = g.mean_dim(-1, true, None);
+            let m2 = (&g * &xhat).mean_dim(-1, true, None);
+            (g - m1 - &xhat * m2) * rstd
+        });
+        let dgamma = need[1].then(|| (grad * &xhat).sum_dim_intlist(rows.as_slice(), false, None));
+        let dbeta = need[2].then(|| grad.sum_dim_intlist(rows.as_slice(), false, None));
+        [dx, dgamma, dbeta].map(|d| d.map(TchTensor::new))
+    }
+}
+
+fn last_dim(x: &Tensor) -> i64 {
+    *x.size().last().expect("LayerNorm of a 0-d tensor")
 }

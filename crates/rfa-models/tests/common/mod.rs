@@ -109,3 +109,41 @@ pub fn attention_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<V
     all.extend([q, k, v].iter().map(|x| host(x.grad(&grads).expect("a gradient"))));
     all
 }
+
+/// LayerNorm (`ops::layer_norm`, eps 1e-5) of a `[3, 5, 67]` input with trained gamma and beta
+/// on `A`: its output, then the gradients of x, gamma and beta for a fixed weighting of the
+/// output — to compare backends. Rows of very different scales, one nearly constant.
+pub fn layer_norm_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<Vec<f32>> {
+    use burn::tensor::{Tensor, TensorData};
+    let (rows, d) = (15, 67);
+    let values = |seed: u64, n: usize| -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    };
+    let x: Vec<f32> = values(1, rows * d)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match i / d {
+            0 => 3.0 + v * 1e-3,
+            r => v * (r as f32) + r as f32,
+        })
+        .collect();
+    let x = Tensor::<A, 3>::from_data(TensorData::new(x, [3, 5, d]), device).require_grad();
+    let gamma = Tensor::<A, 1>::from_data(TensorData::new(values(2, d), [d]), device).require_grad();
+    let beta = Tensor::<A, 1>::from_data(TensorData::new(values(3, d), [d]), device).require_grad();
+    let y = rfa_models::ops::layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+    let w = Tensor::<A, 3>::from_data(TensorData::new(values(4, rows * d), [3, 5, d]), device);
+    let grads = (y.clone() * w).sum().backward();
+    let host = |x: burn::tensor::TensorData| x.convert::<f32>().to_vec::<f32>().unwrap();
+    vec![
+        host(y.inner().into_data()),
+        host(x.grad(&grads).expect("x's gradient").into_data()),
+        host(gamma.grad(&grads).expect("gamma's gradient").into_data()),
+        host(beta.grad(&grads).expect("beta's gradient").into_data()),
+    ]
+}
