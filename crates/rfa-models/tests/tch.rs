@@ -133,10 +133,14 @@ fn layer_norm_on_tch_equals_ndarrays() {
     assert!(<T as rfa_models::FusedOps>::layer_norm_as_one_node());
     let device = device();
     let (cpu, tch) = (layer_norm_case::<AB>(&Default::default()), layer_norm_case::<Autodiff<T>>(&device));
-    for (name, (c, g)) in ["out", "dx", "dgamma", "dbeta"].iter().zip(cpu.iter().zip(&tch)) {
-        let err = max_rel_error(c, g);
-        println!("layer norm {name}: max-abs error relative to the largest entry {err:.2e}");
-        assert!(err <= 1e-5, "{name}: {err}");
+    let errs: Vec<f32> = cpu.iter().zip(&tch).map(|(c, g)| max_rel_error(c, g)).collect();
+    println!("layer norm out, dx, dgamma, dbeta: max-abs errors relative to the largest entry {errs:?}");
+    // The first row spreads 1e-3 around 3.0: f32's rounding of x − mean there is ~1e-3 of the
+    // row's deviation, and burn's two-pass statistics and PyTorch's Welford round differently
+    // (measured: up to 3.2e-5 of the output's largest entry). A wrong formula, or a wrong eps
+    // on that row (variance 3e-7 against eps 1e-5), is off by far more.
+    for (name, err) in ["out", "dx", "dgamma", "dbeta"].iter().zip(errs) {
+        assert!(err <= 1e-4, "{name}: {err}");
     }
 }
 
