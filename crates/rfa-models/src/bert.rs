@@ -8,13 +8,13 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::Embedding;
-use crate::common::LayerNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::common::LayerNorm;
 use crate::common::StateDict;
 use crate::common::{
     Activation, Checkpoint, ClassifierOutput, SelfAttention, TapSink, Taps, check_divisible, padding_bias, read_config, tapped,

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use burn::module::Param;
 use burn::module::Module;
+use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::activation::{relu, sigmoid, silu};
 use burn::tensor::backend::Backend;
@@ -329,7 +329,11 @@ impl<B: Backend> Checkpoint<B> {
     }
 
     pub fn layer_norm(&mut self, path: &str, d: usize, eps: f64) -> Result<LayerNorm<B>, ModelError> {
-        Ok(LayerNorm { gamma: self.frozen(&format!("{path}.weight"), [d])?, beta: self.frozen(&format!("{path}.bias"), [d])?, epsilon: eps })
+        Ok(LayerNorm {
+            gamma: self.frozen(&format!("{path}.weight"), [d])?,
+            beta: self.frozen(&format!("{path}.bias"), [d])?,
+            epsilon: eps,
+        })
     }
 
     pub fn embedding(&mut self, path: &str, n: usize, d: usize) -> Result<Embedding<B>, ModelError> {

@@ -5,7 +5,6 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::Embedding;
-use crate::common::LayerNorm;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -13,6 +12,7 @@ use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::common::LayerNorm;
 use crate::common::StateDict;
 use crate::common::{
     Activation, CausalLmOutput, Checkpoint, SplitMix64, TapSink, Taps, check_divisible, padding_bias, read_config, tapped,

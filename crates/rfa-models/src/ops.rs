@@ -1,5 +1,6 @@
 //! Operations the models run as one op with a hand-written backward, where a backend is worth
-//! it: the GELUs, the softmax over the last dimension and multi-head attention.
+//! it: the GELUs, the softmax over the last dimension, multi-head attention, and LayerNorm (as
+//! one op only where a backend has its own kernel for it: libtorch).
 //!
 //! Why not burn's own: burn 0.21's `gelu` backward is the tanh approximation's derivative even
 //! for the exact GELU (up to 7 % wrong near x ≈ −3), and written in burn's element-wise ops both
@@ -434,10 +435,7 @@ pub mod fallback {
         let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), last);
         let std = B::float_sqrt(B::float_add_scalar(var, eps.into()));
         let normalized = B::float_div(centered, std.clone());
-        let y = B::float_add(
-            B::float_mul(normalized.clone(), row_vector::<B>(gamma.clone(), rank)),
-            row_vector::<B>(beta.clone(), rank),
-        );
+        let y = B::float_add(B::float_mul(normalized.clone(), row_vector::<B>(gamma.clone(), rank)), row_vector::<B>(beta.clone(), rank));
         (y, LayerNormSaved { kept: normalized, stats: vec![std], gamma, beta, eps })
     }
 

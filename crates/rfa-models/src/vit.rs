@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, Param};
-use crate::common::LayerNorm;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::common::LayerNorm;
 use crate::common::{
     Activation, Checkpoint, ClassifierOutput, SelfAttention, StateDict, TapSink, Taps, check_divisible, read_config, tapped,
 };
