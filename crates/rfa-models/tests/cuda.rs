@@ -16,7 +16,7 @@
 mod common;
 
 use burn::backend::Autodiff;
-use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, max_rel_error};
+use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, layer_norm_case, max_rel_error};
 use rfa_models::parity::Tolerance;
 
 #[cfg(feature = "cuda")]
@@ -70,5 +70,19 @@ fn attention_gradients_on_cuda_equal_the_cpu() {
         let err = max_rel_error(c, g);
         println!("attention {name}: max-abs error relative to the largest entry {err:.2e}");
         assert!(err <= 1e-2, "{name}: {err}");
+    }
+}
+
+/// LayerNorm as one autodiff node (`FusedOps::layer_norm_as_one_node`): output and the gradients
+/// of x, gamma and beta (full fine-tuning trains them) equal ndarray's op-by-op definition.
+#[test]
+fn layer_norm_on_cuda_equals_the_cpu() {
+    assert!(<C as rfa_models::FusedOps>::layer_norm_as_one_node());
+    let (cpu, gpu) = (layer_norm_case::<AB>(&Default::default()), layer_norm_case::<Autodiff<C>>(&Default::default()));
+    for (name, (c, g)) in ["out", "dx", "dgamma", "dbeta"].iter().zip(cpu.iter().zip(&gpu)) {
+        let err = max_rel_error(c, g);
+        println!("layer norm {name}: max-abs error relative to the largest entry {err:.2e}");
+        // No matmul (no TF32); the near-constant first row's rounding (see tests/tch.rs).
+        assert!(err <= 1e-4, "{name}: {err}");
     }
 }
