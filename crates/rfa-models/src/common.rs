@@ -152,8 +152,8 @@ impl Activation {
 
 /// LayerNorm over the last dimension, Hugging Face's `weight` / `bias` as burn's `gamma` / `beta`.
 /// burn's `nn::LayerNorm` keeps its epsilon private and is always differentiated op by op; this
-/// one runs [`ops::layer_norm`], which backends with LayerNorm kernels of their own (libtorch)
-/// train as one op.
+/// one runs [`ops::layer_norm`], which libtorch and the GPU backends train as one op
+/// ([`crate::FusedOps::layer_norm_as_one_node`]).
 #[derive(Module, Debug)]
 pub struct LayerNorm<B: Backend> {
     pub gamma: Param<Tensor<B, 1>>,

@@ -163,7 +163,6 @@ pub struct LayerNormSaved<B: Backend> {
     pub stats: Vec<FloatTensor<B>>,
     pub gamma: FloatTensor<B>,
     pub beta: FloatTensor<B>,
-    pub eps: f64,
 }
 
 /// The attention's mask: an additive bias and/or the causal mask; see [`FusedOps::fused_attention`].
@@ -448,7 +447,7 @@ pub mod fallback {
         let std = B::float_sqrt(B::float_add_scalar(var, eps.into()));
         let normalized = B::float_div(centered, std.clone());
         let y = B::float_add(B::float_mul(normalized.clone(), row_vector::<B>(gamma.clone(), rank)), row_vector::<B>(beta.clone(), rank));
-        (y, LayerNormSaved { kept: normalized, stats: vec![std], gamma, beta, eps })
+        (y, LayerNormSaved { kept: normalized, stats: vec![std], gamma, beta })
     }
 
     /// dx = (g − mean(g) − x̂ · mean(g ⊙ x̂)) / std with g = grad ⊙ gamma; dgamma = Σ grad ⊙ x̂

@@ -330,7 +330,7 @@ impl FusedOps for LibTorch<f32> {
     fn fused_layer_norm_forward(x: TchTensor, gamma: TchTensor, beta: TchTensor, eps: f64) -> (TchTensor, LayerNormSaved<Self>) {
         let d = last_dim(&x.tensor);
         let (y, mean, rstd) = x.tensor.native_layer_norm([d], Some(&gamma.tensor), Some(&beta.tensor), eps);
-        (TchTensor::new(y), LayerNormSaved { kept: x, stats: vec![TchTensor::new(mean), TchTensor::new(rstd)], gamma, beta, eps })
+        (TchTensor::new(y), LayerNormSaved { kept: x, stats: vec![TchTensor::new(mean), TchTensor::new(rstd)], gamma, beta })
     }
 
     /// tch has no binding for `native_layer_norm_backward`: the analytic gradients in a few
