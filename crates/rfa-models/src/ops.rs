@@ -536,6 +536,16 @@ pub mod fallback {
     }
 }
 
+/// Hands each tracked parent of a multi-input node its gradient (untracked parents, and the
+/// gradients a backward did not compute for them, get none).
+fn register_grads<B: Backend, const N: usize>(grads: &mut Gradients, parents: [Option<NodeId>; N], d: [Option<FloatTensor<B>>; N]) {
+    for (id, d) in parents.into_iter().zip(d) {
+        if let (Some(id), Some(d)) = (id, d) {
+            grads.register::<B>(id, d);
+        }
+    }
+}
+
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_gelu(x: FloatTensor<Self>, kind: GeluKind) -> FloatTensor<Self> {
         #[derive(Debug)]
@@ -601,11 +611,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let grad = grads.consume::<B>(&ops.node);
                 let d = B::fused_attention_backward(ops.state, grad);
-                for (node, d) in ops.parents.into_iter().zip(d) {
-                    if let Some(node) = node {
-                        grads.register::<B>(node.id, d);
-                    }
-                }
+                register_grads::<B, 3>(grads, ops.parents.map(|p| p.map(|n| n.id)), d.map(Some));
             }
         }
 
@@ -658,11 +664,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 let grad = grads.consume::<B>(&ops.node);
                 let need = [0, 1, 2].map(|i| ops.parents[i].is_some());
                 let d = B::fused_layer_norm_backward(ops.state, grad, need);
-                for (node, d) in ops.parents.into_iter().zip(d) {
-                    if let (Some(node), Some(d)) = (node, d) {
-                        grads.register::<B>(node.id, d);
-                    }
-                }
+                register_grads::<B, 3>(grads, ops.parents.map(|p| p.map(|n| n.id)), d);
             }
         }
 
