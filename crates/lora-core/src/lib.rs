@@ -5,9 +5,11 @@
 //! - [`LoraModel`]: a model that lists its linear layers by Hugging Face module path, so that
 //!   adapters can be attached by pattern ([`attach_lora`]), merged, counted, and read or written
 //!   in PEFT's format ([`peft`]).
+//! - [`ForeachAdamW`]: AdamW over all adapter tensors at once (one flat update per step).
 
 pub mod linear;
 pub mod model;
+pub mod optim;
 pub mod peft;
 pub mod tensors;
 
@@ -18,6 +20,7 @@ pub use model::{
     LoraConfig, LoraModel, ParamCount, TargetModules, adapted_paths, attach_lora, count_params, merge, merge_and_unload, set_base_dtype,
     unfreeze, unmerge,
 };
+pub use optim::{ForeachAdamW, OptimError};
 pub use peft::{PeftConfig, load_adapter, save_adapter};
 pub use tensors::{HostData, HostTensor, TensorFile, TensorFileError};
 
