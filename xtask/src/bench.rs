@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{DType, Distribution, Int, Tensor};
-use lora_core::{LoraConfig, LoraModel, TargetModules, attach_lora, count_params, set_base_dtype};
+use lora_core::{ForeachAdamW, LoraConfig, LoraModel, TargetModules, attach_lora, count_params, set_base_dtype};
 use rfa_loss::RfaObjective;
 use rfa_models::{
     BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel, Tap, VitConfig, VitForImageClassification,
@@ -28,6 +29,8 @@ pub struct Shape {
     pub heads: usize,
     pub batch: usize,
     pub seq: usize,
+    /// `foreach` (rfa's optimizer) or `burn` (burn's AdamW).
+    pub optimizer: String,
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
@@ -75,12 +78,37 @@ fn time_steps<B: FusedAutodiff>(
     Ok((first, times))
 }
 
+/// The step's optimizer: rfa's (`ForeachAdamW`, what `rfa unlearn` runs) or burn's `AdamW`
+/// (one parameter at a time; the same numbers, for launch-count and time comparisons).
+enum StepOptimizer<B: FusedAutodiff, M: AutodiffModule<B>> {
+    Foreach(ForeachAdamW<B>),
+    Burn(OptimizerAdaptor<AdamW, M, B>),
+}
+
+impl<B: FusedAutodiff, M: AutodiffModule<B>> StepOptimizer<B, M> {
+    fn new(name: &str) -> Result<Self> {
+        // Both with burn's AdamWConfig default weight decay (1e-4).
+        match name {
+            "foreach" => Ok(Self::Foreach(ForeachAdamW::new(1e-4, 1e-8))),
+            "burn" => Ok(Self::Burn(AdamWConfig::new().with_epsilon(1e-8).init())),
+            other => anyhow::bail!("unknown optimizer `{other}` (foreach, burn)"),
+        }
+    }
+
+    fn step(&mut self, lr: f64, m: M, g: GradientsParams) -> Result<M> {
+        Ok(match self {
+            Self::Foreach(o) => o.step(lr, m, g)?,
+            Self::Burn(o) => o.step(lr, m, g),
+        })
+    }
+}
+
 /// One RFA step on `model` for the inputs `forward` feeds it: taps split into retain (first `b`
 /// rows) and forget rows, targets `mus`, AdamW on the adapters. `after_loss` runs between the
 /// forward pass and the backward pass, when the most activations are alive.
 fn rfa_step<B, M>(
     model: &mut Option<M>,
-    opt: &mut impl Optimizer<M, B>,
+    opt: &mut StepOptimizer<B, M>,
     b: usize,
     mus: &[Tensor<B, 3>],
     forward: &impl Fn(&M) -> rfa_models::Taps<B>,
@@ -96,7 +124,7 @@ where
     let loss = RfaObjective::default().total(&r, None, &f, mus, None)?.total;
     after_loss(&loss);
     let g = GradientsParams::from_grads(loss.backward(), &m);
-    *model = Some(opt.step(5e-5, m, g));
+    *model = Some(opt.step(5e-5, m, g)?);
     Ok(())
 }
 
@@ -132,7 +160,7 @@ pub fn run<B: FusedAutodiff>(
             let widths: Vec<usize> =
                 adapted.iter().map(|p| linears.iter().find(|(q, _)| q == p).expect("adapted layer").1.d_out()).collect();
             let mus: Vec<Tensor<B, 3>> = widths.iter().map(|&w| Tensor::random([1, 1, w], normal, device)).collect();
-            let mut opt = AdamWConfig::new().with_epsilon(1e-8).init();
+            let mut opt = StepOptimizer::new(&s.optimizer)?;
             let mut m = Some(m);
             let fwd = $forward;
             let (f, t) = time_steps::<B>(device, steps.max(1), warmup, || rfa_step(&mut m, &mut opt, b, &mus, &fwd, &mut |_| ()))?;
@@ -191,7 +219,7 @@ pub fn run<B: FusedAutodiff>(
     let flops = 4.0 * compute_params as f64 * (n * tokens) as f64;
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
     Ok(serde_json::json!({
-        "model": s.model, "backend": backend, "dtype": if cast.is_some() { "bf16" } else { "f32" },
+        "model": s.model, "backend": backend, "optimizer": s.optimizer, "dtype": if cast.is_some() { "bf16" } else { "f32" },
         "layers": s.layers, "width": s.width, "heads": s.heads,
         "batch_retain": b, "batch_forget": b, "tokens_per_sample": tokens, "params": params, "trainable": trainable,
         "first_step_ms": r3(first),

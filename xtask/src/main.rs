@@ -59,6 +59,10 @@ enum Cmd {
         /// f32, or bf16 (frozen weights in bf16; adapters, optimizer and loss in f32).
         #[arg(long, value_delimiter = ',', default_values_t = ["f32".to_string()])]
         dtypes: Vec<String>,
+        /// AdamW over all adapters at once (`foreach`, as `rfa unlearn` runs) or burn's AdamW, one
+        /// tensor at a time (`burn`): the same numbers, for comparing time and kernel launches.
+        #[arg(long, default_value = "foreach")]
+        optimizer: String,
     },
     /// Time the operations of one transformer block alone (GELU, softmax, LayerNorm, add, matmul),
     /// forward and forward + backward: one JSON line per operation.
@@ -227,14 +231,22 @@ fn run() -> Result<bool> {
             let status = Command::new(cargo).current_dir(root()).args(["test", "--workspace"]).args(&args).status()?;
             Ok(status.success())
         }
-        Cmd::Bench { configs, steps, warmup, backends, dtypes } => {
+        Cmd::Bench { configs, steps, warmup, backends, dtypes, optimizer } => {
             for c in configs {
                 let p: Vec<&str> = c.split(':').collect();
                 let (lw, num) = (p.get(1).and_then(|x| x.split_once('x')), |i: usize| p.get(i).and_then(|x| x.parse::<usize>().ok()));
                 let (Some((l, w)), Some(heads), Some(batch), Some(seq)) = (lw, num(2), num(3), num(4)) else {
                     bail!("--configs {c}: expected MODEL:LAYERSxWIDTH:HEADS:BATCH:SEQ");
                 };
-                let shape = bench::Shape { model: p[0].to_string(), layers: l.parse()?, width: w.parse()?, heads, batch, seq };
+                let shape = bench::Shape {
+                    model: p[0].to_string(),
+                    layers: l.parse()?,
+                    width: w.parse()?,
+                    heads,
+                    batch,
+                    seq,
+                    optimizer: optimizer.clone(),
+                };
                 for b in &backends {
                     for dt in &dtypes {
                         println!("{}", bench_one(&shape, b, dt, steps, warmup)?);

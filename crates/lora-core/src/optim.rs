@@ -96,9 +96,10 @@ impl<B: AutodiffBackend> ForeachAdamW<B> {
             let grad = if flat.len() == 1 { flat.into_iter().next().expect("one") } else { Tensor::cat(flat, 0) };
             // burn's AdaptiveMomentumW::transform, operation for operation.
             let (m, v) = match (group.moment_1.take(), group.moment_2.take()) {
-                (Some(m), Some(v)) => {
-                    (m.mul_scalar(self.beta_1).add(grad.clone().mul_scalar(f1)), v.mul_scalar(self.beta_2).add(grad.square().mul_scalar(f2)))
-                }
+                (Some(m), Some(v)) => (
+                    m.mul_scalar(self.beta_1).add(grad.clone().mul_scalar(f1)),
+                    v.mul_scalar(self.beta_2).add(grad.square().mul_scalar(f2)),
+                ),
                 _ => (grad.clone().mul_scalar(f1), grad.square().mul_scalar(f2)),
             };
             let m_hat = m.clone().div_scalar(1f32 - self.beta_1.powi(time));

@@ -22,11 +22,11 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use lora_core::{LoraConfig, TargetModules, attach_lora, count_params};
+use lora_core::{ForeachAdamW, LoraConfig, TargetModules, attach_lora, count_params};
 use rfa_data::{Rng, batches};
 use rfa_loss::baselines::{kl_divergence, npo_loss};
 use rfa_models::FusedAutodiff;
@@ -113,7 +113,7 @@ where
     let mask = if method == Method::Salun { Some(saliency_mask(&model, task, uc, device)?) } else { None };
     let stats_seconds = t0.elapsed().as_secs_f64();
 
-    let mut optim = AdamWConfig::new().with_weight_decay(uc.weight_decay as f32).with_epsilon(1e-8).init::<B, M>();
+    let mut optim = ForeachAdamW::<B>::new(uc.weight_decay as f32, 1e-8);
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut label_rng = Rng::new(seed ^ 0x1abe1);
     let mut retain_pool: Vec<usize> = Vec::new();
@@ -184,7 +184,7 @@ where
             if let Some(m) = &mask {
                 grads = apply_mask(&model, grads, m);
             }
-            model = optim.step(uc.lr, model, grads);
+            model = optim.step(uc.lr, model, grads)?;
             steps.push(StepLog { step: steps.len(), total: tv, retain: rv, forget: fv });
             pb.inc(b.len() as u64);
             pb.set_message(format!("loss {tv:.4}"));

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
-use lora_core::{LoraConfig, TargetModules, attach_lora, count_params};
+use lora_core::{ForeachAdamW, LoraConfig, TargetModules, attach_lora, count_params};
 use rfa_data::{Rng, batches};
 use rfa_loss::{FeatureStats, RfaObjective, Targets};
 use rfa_models::{FusedAutodiff, FusedOps};
@@ -74,7 +74,7 @@ pub fn train_model<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
         model = lora_core::unfreeze(<M as Learner<B>>::load(ckpt, device)?);
         eprintln!("{what}: resuming after epoch {} from {}", log.len(), ckpt.display());
     }
-    let mut optim = AdamWConfig::new().with_weight_decay(tc.weight_decay as f32).with_epsilon(1e-8).init::<B, M>();
+    let mut optim = ForeachAdamW::<B>::new(tc.weight_decay as f32, 1e-8);
     for epoch in log.len()..tc.epochs {
         let bs = batches(indices, tc.batch_size, true, seed.wrapping_add(epoch as u64 * 7919));
         let pb = bar(indices.len() as u64, what);
@@ -98,7 +98,7 @@ pub fn train_model<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
                 );
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(tc.lr, model, grads);
+            model = optim.step(tc.lr, model, grads)?;
             sum += l * b.len() as f64;
             n += b.len();
             pb.inc(b.len() as u64);
@@ -212,7 +212,7 @@ where
     let stats_seconds = t0.elapsed().as_secs_f64();
     let targets = Targets::resolve(uc.target, &stats, seed)?;
 
-    let mut optim = AdamWConfig::new().with_weight_decay(uc.weight_decay as f32).with_epsilon(1e-8).init::<B, M>();
+    let mut optim = ForeachAdamW::<B>::new(uc.weight_decay as f32, 1e-8);
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut retain_pool: Vec<usize> = Vec::new();
     let mut steps = Vec::new();
@@ -263,7 +263,7 @@ where
                 bail!("unlearning: the loss became {tv} at step {}; lower unlearn.lr", steps.len());
             }
             let grads = GradientsParams::from_grads(total.backward(), &model);
-            model = optim.step(uc.lr, model, grads);
+            model = optim.step(uc.lr, model, grads)?;
             steps.push(StepLog { step: steps.len(), total: tv, retain: rv, forget: fv });
             pb.inc(nf as u64);
             seen += nr + nf;
