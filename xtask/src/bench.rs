@@ -19,7 +19,7 @@ use burn::tensor::{DType, Distribution, Int, Tensor};
 use lora_core::{ForeachAdamW, LoraConfig, LoraModel, TargetModules, attach_lora, count_params, set_base_dtype};
 use rfa_loss::RfaObjective;
 use rfa_models::{
-    BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel, Tap, VitConfig, VitForImageClassification,
+    BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel, TapSplit, VitConfig, VitForImageClassification,
 };
 
 pub struct Shape {
@@ -120,8 +120,8 @@ where
 {
     let m = model.take().expect("model");
     let taps = forward(&m);
-    let (r, f) = Tap::split_rows(&taps, b);
-    let loss = RfaObjective::default().total(&r, None, &f, mus, None)?.total;
+    let split = TapSplit { retain_rows: b, forget_first_token_only: false };
+    let loss = RfaObjective::default().total_rows(&taps, split, None, mus)?.total;
     after_loss(&loss);
     let g = GradientsParams::from_grads(loss.backward(), &m);
     *model = Some(opt.step(5e-5, m, g)?);

@@ -14,7 +14,8 @@ pub mod baselines;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use rfa_models::Tap;
+use rfa_models::ops::tap_terms;
+use rfa_models::{FusedOps, Tap, TapSplit};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -25,6 +26,8 @@ pub enum LossError {
     NoStatistics,
     #[error("class-mean target for class {class}: no other class has retain samples")]
     NoOtherClass { class: usize },
+    #[error("a step needs retain and forget rows: {retain} retain rows of {rows}")]
+    EmptySplit { retain: usize, rows: usize },
     #[error("class {class} is out of range for {classes} classes")]
     ClassOutOfRange { class: usize, classes: usize },
 }
@@ -119,6 +122,82 @@ impl RfaObjective {
         let forget = self.forget_loss(forget_taps, forget_targets, forget_mask)?;
         let total = retain.clone() + forget.clone().mul_scalar(self.lambda);
         Ok(RfaLoss { total, retain, forget })
+    }
+
+    /// `retain + λ · forget` from the taps of one pass over a retain batch (rows
+    /// `0..split.retain_rows`) and a forget batch concatenated; `mask [rows, tokens]` is their
+    /// padding (1 = real token), `targets` one per layer for the forget rows as
+    /// [`RfaObjective::forget_loss`] takes them. Where the backend asks for it
+    /// ([`FusedOps::tap_terms_as_one_node`]: libtorch, CUDA) each layer's two terms are one
+    /// autodiff node ([`tap_terms`]); elsewhere the taps are split into their two batches and
+    /// [`RfaObjective::total`] runs — the same value up to rounding.
+    pub fn total_rows<B: FusedOps>(
+        &self,
+        taps: &[Tap<B>],
+        split: TapSplit,
+        mask: Option<&Tensor<B, 2>>,
+        targets: &[Tensor<B, 3>],
+    ) -> Result<RfaLoss<B>, LossError> {
+        self.total_rows_as(taps, split, mask, targets, B::tap_terms_as_one_node())
+    }
+
+    /// [`RfaObjective::total_rows`] with the way chosen by the caller (`one_node`), for tests and
+    /// benchmarks.
+    pub fn total_rows_as<B: FusedOps>(
+        &self,
+        taps: &[Tap<B>],
+        split: TapSplit,
+        mask: Option<&Tensor<B, 2>>,
+        targets: &[Tensor<B, 3>],
+        one_node: bool,
+    ) -> Result<RfaLoss<B>, LossError> {
+        self.check("taps", taps.len(), targets.len())?;
+        if !one_node {
+            let s = SplitTaps::new(taps, split, mask)?;
+            return self.total(&s.retain, s.retain_mask.as_ref(), &s.forget, targets, s.forget_mask.as_ref());
+        }
+        let (nr, rows) = (split.retain_rows, taps[0].pre.dims()[0]);
+        if nr == 0 || nr >= rows {
+            return Err(LossError::EmptySplit { retain: nr, rows });
+        }
+        let retain_mask = mask.map(|m| m.clone().narrow(0, 0, nr));
+        let forget_mask = mask.filter(|_| !split.forget_first_token_only).map(|m| m.clone().narrow(0, nr, rows - nr));
+        // A mask divided by its count: the weighted sum is the masked mean.
+        let weights = |m: Option<Tensor<B, 2>>| m.map(|m| m.clone() / m.sum().reshape([1, 1]));
+        let w = [weights(retain_mask), weights(forget_mask)];
+        let n = taps.len() as f64;
+        let terms =
+            taps.iter().zip(targets).enumerate().map(|(l, (t, mu))| {
+                tap_terms(t.pre.clone(), t.residual.clone(), mu.clone(), w.clone(), split).mul_scalar(self.weight(l) / n)
+            });
+        let both = sum(terms, &taps[0].pre.device());
+        let (retain, forget) = (both.clone().narrow(0, 0, 1), both.narrow(0, 1, 1));
+        let total = retain.clone() + forget.clone().mul_scalar(self.lambda);
+        Ok(RfaLoss { total, retain, forget })
+    }
+}
+
+/// A step's taps split into the retain batch's and the forget batch's (the forget term's view:
+/// every token or the first), with the masks each term reads.
+pub struct SplitTaps<B: Backend> {
+    pub retain: Vec<Tap<B>>,
+    pub forget: Vec<Tap<B>>,
+    pub retain_mask: Option<Tensor<B, 2>>,
+    pub forget_mask: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> SplitTaps<B> {
+    pub fn new(taps: &[Tap<B>], split: TapSplit, mask: Option<&Tensor<B, 2>>) -> Result<Self, LossError> {
+        let (nr, rows) = (split.retain_rows, taps.first().map_or(0, |t| t.pre.dims()[0]));
+        if nr == 0 || nr >= rows {
+            return Err(LossError::EmptySplit { retain: nr, rows });
+        }
+        let cls = split.forget_first_token_only;
+        let (retain, forget) = Tap::split_rows(taps, nr);
+        let forget = if cls { forget.into_iter().map(|t| t.map(|x| x.narrow(1, 0, 1))).collect() } else { forget };
+        let retain_mask = mask.map(|m| m.clone().narrow(0, 0, nr));
+        let forget_mask = mask.filter(|_| !cls).map(|m| m.clone().narrow(0, nr, rows - nr));
+        Ok(Self { retain, forget, retain_mask, forget_mask })
     }
 }
 

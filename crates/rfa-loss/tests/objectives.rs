@@ -140,3 +140,81 @@ fn baseline_objectives_match_their_definitions() {
     assert!((lower as f64 - 20.0 * (1.0 + (-2.7f64).exp()).ln()).abs() < 1e-4, "{lower}");
     assert_eq!(l1(t(vec![1.0, -2.0, 0.5, 0.0], [2, 2])).into_scalar(), 3.5);
 }
+
+/// Pseudo-random values in [-2, 2) without burn's global RNG (tests run in parallel).
+fn values(n: usize, state: &mut u64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((*state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+/// The loss and the gradients of every tap's pre-trained and residual feature, with the terms
+/// as one node per layer or split op by op; three layers, 3 retain + 2 forget rows.
+fn rows_case(one_node: bool, masked: bool, cls: bool, mu_tokens: usize, seed: u64) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let (rows, t, d, nr) = (5, 4, 6, 3);
+    let st = &mut seed.clone();
+    let leaf = |st: &mut u64, tracked: bool| {
+        let x = Tensor::<AB, 3>::from_data(TensorData::new(values(rows * t * d, st), [rows, t, d]), &Default::default());
+        if tracked { x.require_grad() } else { x }
+    };
+    // The first layer's pre-trained feature is a constant (nothing trainable before it).
+    let taps: Vec<Tap<AB>> = (0..3).map(|l| Tap { pre: leaf(st, l > 0), residual: leaf(st, true) }).collect();
+    let tm = if cls { 1 } else { mu_tokens };
+    let mus: Vec<Tensor<AB, 3>> = (0..3)
+        .map(|_| Tensor::from_data(TensorData::new(values((rows - nr) * tm * d, st), [rows - nr, tm, d]), &Default::default()))
+        .collect();
+    // Padding: the last token of rows 1 and 4, the last two of row 2.
+    let mask: Vec<f32> =
+        (0..rows * t).map(|i| if (i / t == 1 || i / t == 4) && i % t == 3 || i / t == 2 && i % t >= 2 { 0.0 } else { 1.0 }).collect();
+    let mask = Tensor::<AB, 2>::from_data(TensorData::new(mask, [rows, t]), &Default::default());
+    let obj = RfaObjective { lambda: 0.7, layer_weights: vec![1.0, 0.5, 2.0], ..RfaObjective::default() };
+    let split = rfa_models::TapSplit { retain_rows: nr, forget_first_token_only: cls };
+    let loss = obj.total_rows_as(&taps, split, masked.then_some(&mask), &mus, one_node).unwrap();
+    let (r, f) = (scalar(loss.retain.clone()), scalar(loss.forget.clone()));
+    let grads = loss.total.clone().backward();
+    let host = |x: Option<Tensor<B, 3>>| x.map(|x| x.into_data().convert::<f32>().into_vec::<f32>().unwrap()).unwrap_or_default();
+    let g = taps.iter().flat_map(|tp| [host(tp.pre.grad(&grads)), host(tp.residual.grad(&grads))]).collect();
+    (vec![scalar(loss.total), r, f], g)
+}
+
+#[test]
+fn one_node_terms_equal_the_split_objective() {
+    for (masked, cls, mu_tokens) in [(false, false, 1), (true, false, 4), (true, true, 1), (false, true, 1), (true, false, 1)] {
+        let (v1, g1) = rows_case(true, masked, cls, mu_tokens, 9);
+        let (v2, g2) = rows_case(false, masked, cls, mu_tokens, 9);
+        let case = format!("masked {masked} cls {cls} mu tokens {mu_tokens}");
+        for (a, b) in v1.iter().zip(&v2) {
+            assert_relative_eq!(*a, *b, max_relative = 1e-5);
+        }
+        assert_eq!(g1.len(), g2.len());
+        assert!(g1[0].is_empty() && g2[0].is_empty(), "{case}: the constant first layer got a gradient");
+        for (k, (a, b)) in g1.iter().zip(&g2).enumerate() {
+            assert_eq!(a.len(), b.len(), "{case}: gradient {k}");
+            let scale = b.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+            let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(err <= 1e-5 * scale, "{case}: gradient {k} differs by {err} (largest entry {scale})");
+        }
+        // Padding and, with `cls`, every token after the first get no forget gradient.
+        let pre = &g1[2];
+        let at = |r: usize, tok: usize| pre[(r * 4 + tok) * 6..(r * 4 + tok + 1) * 6].iter().all(|x| *x == 0.0);
+        assert!((0..3).all(|r| (0..4).all(|tok| at(r, tok))), "{case}: retain rows got a pre-trained feature gradient");
+        assert_eq!(at(4, 3), masked || cls, "{case}");
+        assert_eq!(at(3, 1), cls, "{case}");
+    }
+}
+
+#[test]
+fn a_split_without_retain_or_forget_rows_is_refused() {
+    let taps = vec![tap(vec![0.0; 8], vec![1.0; 8], [2, 2, 2])];
+    let mu = [t3::<B>(vec![0.0; 2], [1, 1, 2])];
+    for retain_rows in [0, 2] {
+        let split = rfa_models::TapSplit { retain_rows, forget_first_token_only: false };
+        for one_node in [false, true] {
+            let err = RfaObjective::default().total_rows_as(&taps, split, None, &mu, one_node).unwrap_err();
+            assert_eq!(err, LossError::EmptySplit { retain: retain_rows, rows: 2 });
+        }
+    }
+}

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub use bert::{BertConfig, BertForSequenceClassification, BertModel};
 pub use common::{Activation, CausalLmOutput, ClassifierOutput, Tap, Taps};
 pub use gpt2::{Gpt2Config, Gpt2LmHeadModel, causal_lm_loss};
-pub use ops::{FusedAutodiff, FusedOps, GeluKind};
+pub use ops::{FusedAutodiff, FusedOps, GeluKind, TapSplit};
 pub use tokenizer::TextTokenizer;
 pub use vit::{VitConfig, VitForImageClassification};
 

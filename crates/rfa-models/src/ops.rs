@@ -151,6 +151,56 @@ pub trait FusedOps: Backend {
     fn fused_layer_norm_backward(saved: LayerNormSaved<Self>, grad: FloatTensor<Self>, need: [bool; 3]) -> [Option<FloatTensor<Self>>; 3] {
         fallback::layer_norm_backward::<Self>(saved, grad, need)
     }
+
+    /// Whether RFA's objective records each tap's two terms as one autodiff node
+    /// ([`tap_terms`]): on libtorch and burn's cubecl backends, where every operation is a
+    /// kernel launch. Off by default: the objective then splits the taps into retain and forget
+    /// rows and autodiff differentiates its definition op by op (each split row block costs a
+    /// zero fill, a slice-assign and an add in the backward pass), so the CPU backends' numbers
+    /// do not move.
+    fn tap_terms_as_one_node() -> bool {
+        false
+    }
+
+    /// [`tap_terms`]'s value, `[2]`.
+    fn fused_tap_terms(
+        pre: FloatTensor<Self>,
+        res: FloatTensor<Self>,
+        mu: FloatTensor<Self>,
+        w: TapWeights<Self>,
+        split: TapSplit,
+    ) -> FloatTensor<Self> {
+        fallback::tap_terms_forward::<Self>(pre, res, mu, w, split).0
+    }
+}
+
+/// Where a step's concatenated batch splits for RFA's objective: rows `0..retain_rows` are
+/// the retain batch, the rest the forget batch; the forget term reads every token or only the
+/// first (`unlearn.forget_tokens = "cls"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapSplit {
+    pub retain_rows: usize,
+    pub forget_first_token_only: bool,
+}
+
+/// Per-token weights of the two terms, `[retain_rows, tokens]` and `[forget_rows, forget
+/// tokens]`, each summing to 1 (a padding mask divided by its count); `None`: the mean over
+/// every token.
+#[derive(Debug, Clone)]
+pub struct TapWeights<B: Backend> {
+    pub retain: Option<FloatTensor<B>>,
+    pub forget: Option<FloatTensor<B>>,
+}
+
+/// What the tap-terms node's backward pass keeps: the retain rows' residual and the forget
+/// rows' `p + r − mu` (the inputs of the two squares, as the op-by-op graph keeps them).
+#[derive(Debug, Clone)]
+pub struct TapTermsSaved<B: Backend> {
+    pub res_retain: FloatTensor<B>,
+    pub diff: FloatTensor<B>,
+    pub weights: TapWeights<B>,
+    /// `[rows, tokens, width]` of the taps.
+    pub shape: [usize; 3],
 }
 
 /// What the one-node LayerNorm's backward pass keeps; the backend's forward pass chooses.
@@ -263,6 +313,34 @@ pub fn layer_norm<B: FusedOps, const D: usize>(x: Tensor<B, D>, gamma: Tensor<B,
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_layer_norm(x.into_primitive().tensor(), p(gamma), p(beta), eps)))
 }
 
+/// RFA's two terms for one adapted layer over a pass of the retain and the forget batch
+/// concatenated (docs/rfa-method.md): `[Σ w_r ‖r‖², Σ w_f ‖p + r − mu‖²]`, the first over
+/// the retain rows' tokens, the second over the forget rows' (first) tokens, `w` the
+/// [`TapWeights`] (uniform: the mean). `pre`, `res` `[rows, tokens, width]`; `mu` broadcasts
+/// to the forget rows' `[forget_rows, forget_tokens, width]` and is a constant, as are the
+/// weights. One autodiff node where the backend asks for it ([`FusedOps::tap_terms_as_one_node`];
+/// whoever calls this decides, as `rfa-loss` does), with the analytic backward: no split of the
+/// taps, so no zero-padded gradients to add up.
+pub fn tap_terms<B: FusedOps>(
+    pre: Tensor<B, 3>,
+    res: Tensor<B, 3>,
+    mu: Tensor<B, 3>,
+    weights: [Option<Tensor<B, 2>>; 2],
+    split: TapSplit,
+) -> Tensor<B, 1> {
+    let [rows, ..] = res.dims();
+    assert!(
+        split.retain_rows > 0 && split.retain_rows < rows,
+        "tap_terms: {} retain rows of {rows} leaves a batch empty",
+        split.retain_rows
+    );
+    assert_eq!(pre.dims(), res.dims(), "tap_terms: pre-trained and residual features differ in shape");
+    let [wr, wf] = weights.map(|w| w.map(|w| w.into_primitive().tensor()));
+    let w = TapWeights { retain: wr, forget: wf };
+    let p = |x: Tensor<B, 3>| x.into_primitive().tensor();
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_tap_terms(p(pre), p(res), p(mu), w, split)))
+}
+
 /// Softmax over the last dimension of a tensor of any rank.
 pub fn softmax_last<B: FusedOps, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(B::fused_softmax(x.into_primitive().tensor())))
@@ -341,10 +419,18 @@ impl FusedOps for burn::backend::Cuda<f32, i32> {
     fn layer_norm_as_one_node() -> bool {
         true
     }
+
+    fn tap_terms_as_one_node() -> bool {
+        true
+    }
 }
 #[cfg(feature = "wgpu")]
 impl FusedOps for burn::backend::Wgpu<f32, i32> {
     fn layer_norm_as_one_node() -> bool {
+        true
+    }
+
+    fn tap_terms_as_one_node() -> bool {
         true
     }
 }
@@ -466,6 +552,73 @@ pub mod fallback {
         let dgamma = need[1].then(|| (grad.clone() * xhat).sum_dim(0).flatten::<1>(0, 1).into_primitive().tensor());
         let dbeta = need[2].then(|| grad.sum_dim(0).flatten::<1>(0, 1).into_primitive().tensor());
         [dx, dgamma, dbeta]
+    }
+
+    /// `[Σ w ‖x‖²]` over a `[rows, tokens, width]` block: the weighted sum, or the mean.
+    fn weighted_sq<B: Backend>(x: Tensor<B, 3>, w: &Option<FloatTensor<B>>) -> Tensor<B, 1> {
+        let [a, b, _] = x.dims();
+        let sq = (x.clone() * x).sum_dim(2).reshape([a, b]);
+        match w {
+            Some(w) => (sq * tensor::<B, 2>(w.clone())).sum(),
+            None => sq.mean(),
+        }
+    }
+
+    /// [`super::tap_terms`] in burn's tensor ops, and what its backward pass keeps.
+    pub fn tap_terms_forward<B: Backend>(
+        pre: FloatTensor<B>,
+        res: FloatTensor<B>,
+        mu: FloatTensor<B>,
+        weights: TapWeights<B>,
+        split: TapSplit,
+    ) -> (FloatTensor<B>, TapTermsSaved<B>) {
+        let (pre, res, mu) = (tensor::<B, 3>(pre), tensor::<B, 3>(res), tensor::<B, 3>(mu));
+        let shape = res.dims();
+        let [rows, tokens, _] = shape;
+        let (nr, nf) = (split.retain_rows, rows - split.retain_rows);
+        let tf = if split.forget_first_token_only { 1 } else { tokens };
+        let forget = |x: Tensor<B, 3>| {
+            let x = x.narrow(0, nr, nf);
+            if tf < tokens { x.narrow(1, 0, tf) } else { x }
+        };
+        let res_retain = res.clone().narrow(0, 0, nr);
+        let diff = forget(pre) + forget(res) - mu;
+        let out = Tensor::cat(vec![weighted_sq(res_retain.clone(), &weights.retain), weighted_sq(diff.clone(), &weights.forget)], 0);
+        let saved =
+            TapTermsSaved { res_retain: res_retain.into_primitive().tensor(), diff: diff.into_primitive().tensor(), weights, shape };
+        (out.into_primitive().tensor(), saved)
+    }
+
+    /// The gradients of `pre` (when `need_pre`) and `res` from the terms' gradient `[2]`:
+    /// `2 w_r g_0 r` on the retain rows, `2 w_f g_1 (p + r − mu)` on the forget rows' tokens
+    /// (both for `res`, the second alone for `pre`), zero elsewhere.
+    pub fn tap_terms_backward<B: Backend>(saved: TapTermsSaved<B>, grad: FloatTensor<B>, need_pre: bool) -> [Option<FloatTensor<B>>; 2] {
+        let g = tensor::<B, 1>(grad);
+        let [rows, tokens, width] = saved.shape;
+        let scaled = |x: FloatTensor<B>, w: Option<FloatTensor<B>>, gi: Tensor<B, 1>| {
+            let x = tensor::<B, 3>(x);
+            let [a, b, _] = x.dims();
+            let c = match w {
+                Some(w) => tensor::<B, 2>(w).unsqueeze_dim::<3>(2) * gi.reshape([1, 1, 1]).mul_scalar(2.0),
+                None => gi.reshape([1, 1, 1]).mul_scalar(2.0 / (a * b) as f64),
+            };
+            x * c
+        };
+        let g_retain = scaled(saved.res_retain, saved.weights.retain, g.clone().narrow(0, 0, 1));
+        let g_forget = scaled(saved.diff, saved.weights.forget, g.narrow(0, 1, 1));
+        let nr = g_retain.dims()[0];
+        let [nf, tf, _] = g_forget.dims();
+        let device = g_forget.device();
+        let g_forget = if tf < tokens {
+            Tensor::zeros([nf, tokens, width], &device).slice_assign([0..nf, 0..tf, 0..width], g_forget)
+        } else {
+            g_forget
+        };
+        debug_assert_eq!(nr + nf, rows);
+        let d_pre =
+            need_pre.then(|| Tensor::cat(vec![Tensor::zeros([nr, tokens, width], &device), g_forget.clone()], 0).into_primitive().tensor());
+        let d_res = Tensor::cat(vec![g_retain, g_forget], 0).into_primitive().tensor();
+        [d_pre, Some(d_res)]
     }
 
     /// q, k, v: views of the three equal column blocks of `[b, t, 3c]`.
@@ -679,6 +832,42 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish(saved, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(x.primitive, gamma.primitive, beta.primitive, eps)),
+        }
+    }
+
+    fn tap_terms_as_one_node() -> bool {
+        B::tap_terms_as_one_node()
+    }
+
+    fn fused_tap_terms(
+        pre: FloatTensor<Self>,
+        res: FloatTensor<Self>,
+        mu: FloatTensor<Self>,
+        w: TapWeights<Self>,
+        split: TapSplit,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct TapTermsBackward;
+
+        impl<B: FusedOps> Backward<B, 2> for TapTermsBackward {
+            type State = TapTermsSaved<B>;
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let d = fallback::tap_terms_backward::<B>(ops.state, grad, ops.parents[0].is_some());
+                register_grads::<B, 2>(grads, ops.parents.map(|p| p.map(|n| n.id)), d);
+            }
+        }
+
+        // The targets and weights are constants: their values, not their graphs.
+        let w = TapWeights { retain: w.retain.map(|t| t.primitive), forget: w.forget.map(|t| t.primitive) };
+        let parents = [pre.node.clone(), res.node.clone()];
+        match TapTermsBackward.prepare::<C>(parents).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (out, saved) = fallback::tap_terms_forward::<B>(pre.primitive, res.primitive, mu.primitive, w, split);
+                prep.finish(saved, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_tap_terms(pre.primitive, res.primitive, mu.primitive, w, split)),
         }
     }
 }

@@ -12,7 +12,7 @@ use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use lora_core::{ForeachAdamW, LoraConfig, TargetModules, attach_lora, count_params};
 use rfa_data::{Rng, batches};
-use rfa_loss::{FeatureStats, RfaObjective, Targets};
+use rfa_loss::{FeatureStats, RfaObjective, SplitTaps, Targets};
 use rfa_models::{FusedAutodiff, FusedOps};
 use serde::{Deserialize, Serialize};
 
@@ -240,18 +240,20 @@ where
             } else {
                 (model.taps(&batch.input), None)
             };
-            let (rt, ft) = rfa_models::Tap::split_rows(&taps, nr);
-            let ft: Vec<_> = ft.into_iter().map(|t| t.map(view)).collect();
             let mask = batch.token_mask();
-            let rmask = mask.clone().map(|m| m.narrow(0, 0, nr));
-            let fmask = view_mask(mask.map(|m| m.narrow(0, nr, nf)));
-            let [_, seq, _] = ft[0].pre.dims();
+            let seq = if cls_only { 1 } else { taps[0].pre.dims()[1] };
             let mu = targets.for_batch(nf, seq, Some(&batch.labels[nr..]))?;
-            let parts = objective.total(&rt, rmask.as_ref(), &ft, &mu, fmask.as_ref())?;
-            let mut total = parts.total.clone();
+            let split = rfa_models::TapSplit { retain_rows: nr, forget_first_token_only: cls_only };
+            let (parts, mut total);
             if uc.retain_cls_weight > 0.0 {
-                let cls: Vec<_> = rt.iter().map(|t| t.clone().map(|x| x.narrow(1, 0, 1))).collect();
-                total = total + objective.retain_loss(&cls, None)?.mul_scalar(uc.retain_cls_weight);
+                // The extra term reads the retain rows' first tokens: split the taps once for both.
+                let s = SplitTaps::new(&taps, split, mask.as_ref())?;
+                parts = objective.total(&s.retain, s.retain_mask.as_ref(), &s.forget, &mu, s.forget_mask.as_ref())?;
+                let cls: Vec<_> = s.retain.iter().map(|t| t.clone().map(|x| x.narrow(1, 0, 1))).collect();
+                total = parts.total.clone() + objective.retain_loss(&cls, None)?.mul_scalar(uc.retain_cls_weight);
+            } else {
+                parts = objective.total_rows(&taps, split, mask.as_ref(), &mu)?;
+                total = parts.total.clone();
             }
             if uc.retain_task_weight > 0.0 {
                 let ce_r = task_loss(logits.as_ref().expect("logits"), &batch, 0..nr);
