@@ -16,7 +16,7 @@
 mod common;
 
 use burn::backend::Autodiff;
-use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, layer_norm_case, max_rel_error};
+use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, layer_norm_case, max_rel_error, tap_terms_case};
 use rfa_models::parity::Tolerance;
 
 #[cfg(feature = "cuda")]
@@ -84,5 +84,22 @@ fn layer_norm_on_cuda_equals_the_cpu() {
         println!("layer norm {name}: max-abs error relative to the largest entry {err:.2e}");
         // No matmul (no TF32); the near-constant first row's rounding (see tests/tch.rs).
         assert!(err <= 1e-4, "{name}: {err}");
+    }
+}
+
+/// RFA's per-layer terms as one autodiff node (`FusedOps::tap_terms_as_one_node`), every token
+/// and the first only: value and the gradients of both features equal ndarray's op-by-op
+/// definition of the same terms.
+#[test]
+fn tap_terms_on_cuda_equal_the_cpu() {
+    assert!(<C as rfa_models::FusedOps>::tap_terms_as_one_node());
+    for cls in [false, true] {
+        let (cpu, gpu) =
+            (tap_terms_case::<AB>(&Default::default(), false, cls), tap_terms_case::<Autodiff<C>>(&Default::default(), true, cls));
+        for (name, (c, g)) in ["terms", "dpre", "dres"].iter().zip(cpu.iter().zip(&gpu)) {
+            let err = max_rel_error(c, g);
+            println!("tap terms (cls {cls}) {name}: max-abs error relative to the largest entry {err:.2e}");
+            assert!(err <= 1e-5, "{name}: {err}");
+        }
     }
 }

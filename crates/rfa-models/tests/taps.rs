@@ -10,6 +10,8 @@ use rfa_models::{
     BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel, Tap, VitConfig, VitForImageClassification,
 };
 
+mod common;
+
 type Nd = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 type Fx = burn::backend::Autodiff<burn::backend::Flex>;
 
@@ -114,4 +116,22 @@ fn bert_taps_only_equal_the_full_pass() {
 fn vit_taps_only_equal_the_full_pass() {
     vit::<Nd>();
     vit::<Fx>();
+}
+
+/// RFA's per-layer terms as one node (`ops::tap_terms`: what libtorch and the GPU backends run)
+/// against the same definition differentiated op by op, on ndarray and flex.
+#[test]
+fn tap_terms_node_equals_its_op_by_op_definition() {
+    fn check<A: FusedAutodiff>(label: &str) {
+        for cls in [false, true] {
+            let (ops, node) =
+                (common::tap_terms_case::<A>(&Default::default(), false, cls), common::tap_terms_case::<A>(&Default::default(), true, cls));
+            for (name, (a, b)) in ["terms", "dpre", "dres"].iter().zip(ops.iter().zip(&node)) {
+                let err = common::max_rel_error(a, b);
+                assert!(err <= 1e-6, "{label} cls {cls} {name}: {err}");
+            }
+        }
+    }
+    check::<Nd>("ndarray");
+    check::<Fx>("flex");
 }

@@ -14,7 +14,7 @@ mod common;
 
 use burn::backend::libtorch::LibTorchDevice;
 use burn::backend::{Autodiff, LibTorch};
-use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, layer_norm_case, max_rel_error};
+use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, layer_norm_case, max_rel_error, tap_terms_case};
 use rfa_models::parity::Tolerance;
 
 type T = LibTorch<f32>;
@@ -179,4 +179,19 @@ fn attention_takes_pytorchs_sdpa_kernels_unless_switched_off() {
     assert_eq!(<T as FusedOps>::attention_backward_uses_output(), n == 1);
     // What the reports and benchmark rows name.
     assert_eq!(rfa_models::ops::tch_attention_kernels(), if n == 1 { "sdpa" } else { "ops" });
+}
+
+/// RFA's per-layer terms as one autodiff node on libtorch, every token and the first only:
+/// value and the gradients of both features equal ndarray's op-by-op definition.
+#[test]
+fn tap_terms_on_tch_equal_ndarrays() {
+    assert!(<T as rfa_models::FusedOps>::tap_terms_as_one_node());
+    let device = device();
+    let tol = if matches!(device, LibTorchDevice::Cpu) { 1e-5 } else { 1e-4 };
+    for cls in [false, true] {
+        let (cpu, tch) = (tap_terms_case::<AB>(&Default::default(), false, cls), tap_terms_case::<Autodiff<T>>(&device, true, cls));
+        let errs: Vec<f32> = cpu.iter().zip(&tch).map(|(c, g)| max_rel_error(c, g)).collect();
+        println!("tap terms (cls {cls}) value, dpre, dres: max-abs errors relative to the largest entry {errs:?}");
+        assert!(errs.iter().all(|e| *e <= tol), "{errs:?}");
+    }
 }

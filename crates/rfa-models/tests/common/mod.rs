@@ -147,3 +147,51 @@ pub fn layer_norm_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<
         host(beta.grad(&grads).expect("beta's gradient").into_data()),
     ]
 }
+
+/// RFA's per-layer terms over 3 retain + 2 forget rows of `[5, 4, 6]` taps with a padding
+/// mask, the forget term over every token (`cls` false) or the first: `[out, dpre, dres]` for
+/// a fixed weighting of the two terms. `one_node`: `ops::tap_terms` (the node with its
+/// analytic backward); otherwise the same definition in burn's ops, differentiated by autodiff.
+pub fn tap_terms_case<A: rfa_models::FusedAutodiff>(device: &A::Device, one_node: bool, cls: bool) -> Vec<Vec<f32>> {
+    use burn::tensor::{Tensor, TensorData};
+    let (rows, t, d, nr) = (5, 4, 6, 3);
+    let (nf, tf) = (rows - nr, if cls { 1 } else { t });
+    let values = |seed: u64, n: usize| -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    };
+    let leaf = |seed| Tensor::<A, 3>::from_data(TensorData::new(values(seed, rows * t * d), [rows, t, d]), device).require_grad();
+    let (pre, res) = (leaf(1), leaf(2));
+    let mu = Tensor::<A, 3>::from_data(TensorData::new(values(3, nf * d), [nf, 1, d]), device);
+    // Weights: a padding mask over its count (row 1's and row 4's last token padded).
+    let mask = |r0: usize, n: usize, tk: usize| {
+        let m: Vec<f32> = (r0..r0 + n).flat_map(|r| (0..tk).map(move |k| if (r == 1 || r == 4) && k == 3 { 0.0 } else { 1.0 })).collect();
+        let count: f32 = m.iter().sum();
+        Tensor::<A, 2>::from_data(TensorData::new(m.iter().map(|x| x / count).collect::<Vec<f32>>(), [n, tk]), device)
+    };
+    let (wr, wf) = (mask(0, nr, t), mask(nr, nf, tf));
+    let out = if one_node {
+        let split = rfa_models::TapSplit { retain_rows: nr, forget_first_token_only: cls };
+        rfa_models::ops::tap_terms(pre.clone(), res.clone(), mu, [Some(wr), Some(wf)], split)
+    } else {
+        let sq = |x: Tensor<A, 3>, w: Tensor<A, 2>| {
+            let [a, b, _] = x.dims();
+            (x.powf_scalar(2.0).sum_dim(2).reshape([a, b]) * w).sum()
+        };
+        let forget = |x: Tensor<A, 3>| x.narrow(0, nr, nf).narrow(1, 0, tf);
+        let diff = forget(pre.clone()) + forget(res.clone()) - mu;
+        Tensor::cat(vec![sq(res.clone().narrow(0, 0, nr), wr), sq(diff, wf)], 0)
+    };
+    let grads = (out.clone() * Tensor::<A, 1>::from_data(TensorData::new(vec![0.3f32, 1.7], [2]), device)).sum().backward();
+    let host = |x: burn::tensor::TensorData| x.convert::<f32>().to_vec::<f32>().unwrap();
+    vec![
+        host(out.inner().into_data()),
+        host(pre.grad(&grads).expect("pre's gradient").into_data()),
+        host(res.grad(&grads).expect("res's gradient").into_data()),
+    ]
+}
