@@ -67,7 +67,7 @@ with_mem() {
 # 1. CUDA tests.
 export RFA_FIXTURES=$root/fixtures
 for t in models_on_cuda_match_the_reference lora_gradients_on_cuda_equal_the_cpu bf16_base_weights_on_cuda_give_the_cpu_gradients_to_bf16_precision \
-  attention_gradients_on_cuda_equal_the_cpu layer_norm_on_cuda_equals_the_cpu; do
+  attention_gradients_on_cuda_equal_the_cpu layer_norm_on_cuda_equals_the_cpu tap_terms_on_cuda_equal_the_cpu; do
   s=$(date +%s.%N)
   timeout 90 "$bin/rfa-models-cuda-tests" --exact "$t" --nocapture --test-threads=1 > "$out/tests/$t.log" 2>&1
   rc=$?

@@ -31,6 +31,9 @@ pub struct Shape {
     pub seq: usize,
     /// `foreach` (rfa's optimizer) or `burn` (burn's AdamW).
     pub optimizer: String,
+    /// The objective's terms split op by op even where the backend runs them as one node per
+    /// layer (`FusedOps::tap_terms_as_one_node`): for A/B comparisons.
+    pub split_taps: bool,
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
@@ -110,6 +113,7 @@ fn rfa_step<B, M>(
     model: &mut Option<M>,
     opt: &mut StepOptimizer<B, M>,
     b: usize,
+    one_node: bool,
     mus: &[Tensor<B, 3>],
     forward: &impl Fn(&M) -> rfa_models::Taps<B>,
     after_loss: &mut dyn FnMut(&Tensor<B, 1>),
@@ -121,7 +125,7 @@ where
     let m = model.take().expect("model");
     let taps = forward(&m);
     let split = TapSplit { retain_rows: b, forget_first_token_only: false };
-    let loss = RfaObjective::default().total_rows(&taps, split, None, mus)?.total;
+    let loss = RfaObjective::default().total_rows_as(&taps, split, None, mus, one_node)?.total;
     after_loss(&loss);
     let g = GradientsParams::from_grads(loss.backward(), &m);
     *model = Some(opt.step(5e-5, m, g)?);
@@ -141,6 +145,7 @@ pub fn run<B: FusedAutodiff>(
     memory: &dyn Fn() -> Option<DeviceMemory>,
 ) -> Result<serde_json::Value> {
     let cast = base_dtype(dtype)?;
+    let one_node = B::tap_terms_as_one_node() && !s.split_taps;
     let (b, n) = (s.batch, 2 * s.batch);
     let start = Instant::now();
     let normal = Distribution::Normal(0.0, 1.0);
@@ -163,10 +168,11 @@ pub fn run<B: FusedAutodiff>(
             let mut opt = StepOptimizer::new(&s.optimizer)?;
             let mut m = Some(m);
             let fwd = $forward;
-            let (f, t) = time_steps::<B>(device, steps.max(1), warmup, || rfa_step(&mut m, &mut opt, b, &mus, &fwd, &mut |_| ()))?;
+            let (f, t) =
+                time_steps::<B>(device, steps.max(1), warmup, || rfa_step(&mut m, &mut opt, b, one_node, &mus, &fwd, &mut |_| ()))?;
             let mut at_forward = None;
             if memory().is_some() {
-                rfa_step(&mut m, &mut opt, b, &mus, &fwd, &mut |loss| {
+                rfa_step(&mut m, &mut opt, b, one_node, &mus, &fwd, &mut |loss| {
                     // The loss's value forces the forward pass to run (lazy backends).
                     let _ = loss.clone().into_data();
                     let _ = B::sync(device);
@@ -219,7 +225,7 @@ pub fn run<B: FusedAutodiff>(
     let flops = 4.0 * compute_params as f64 * (n * tokens) as f64;
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
     Ok(serde_json::json!({
-        "model": s.model, "backend": backend, "optimizer": s.optimizer, "dtype": if cast.is_some() { "bf16" } else { "f32" },
+        "model": s.model, "backend": backend, "optimizer": s.optimizer, "objective": if one_node { "one node per layer" } else { "split, op by op" }, "dtype": if cast.is_some() { "bf16" } else { "f32" },
         "layers": s.layers, "width": s.width, "heads": s.heads,
         "batch_retain": b, "batch_forget": b, "tokens_per_sample": tokens, "params": params, "trainable": trainable,
         "first_step_ms": r3(first),

@@ -63,6 +63,10 @@ enum Cmd {
         /// tensor at a time (`burn`): the same numbers, for comparing time and kernel launches.
         #[arg(long, default_value = "foreach")]
         optimizer: String,
+        /// Split the taps and differentiate the objective op by op even on the backends that run
+        /// each layer's terms as one node (libtorch, cuda, wgpu): for comparisons.
+        #[arg(long)]
+        split_taps: bool,
     },
     /// Time the operations of one transformer block alone (GELU, softmax, LayerNorm, add, matmul),
     /// forward and forward + backward: one JSON line per operation.
@@ -231,7 +235,7 @@ fn run() -> Result<bool> {
             let status = Command::new(cargo).current_dir(root()).args(["test", "--workspace"]).args(&args).status()?;
             Ok(status.success())
         }
-        Cmd::Bench { configs, steps, warmup, backends, dtypes, optimizer } => {
+        Cmd::Bench { configs, steps, warmup, backends, dtypes, optimizer, split_taps } => {
             for c in configs {
                 let p: Vec<&str> = c.split(':').collect();
                 let (lw, num) = (p.get(1).and_then(|x| x.split_once('x')), |i: usize| p.get(i).and_then(|x| x.parse::<usize>().ok()));
@@ -246,6 +250,7 @@ fn run() -> Result<bool> {
                     batch,
                     seq,
                     optimizer: optimizer.clone(),
+                    split_taps,
                 };
                 for b in &backends {
                     for dt in &dtypes {
