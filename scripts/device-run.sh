@@ -179,7 +179,7 @@ fi
 [ "$(left)" -gt 280 ] && bench_row gpt2-f32-autotune "$gpt2" f32 120 xtask-cuda-autotune
 [ "$(left)" -gt 200 ] && bench_row gpt2-f32-autotune-warm "$gpt2" f32 40 xtask-cuda-autotune
 # A/B of the seventh session's launch cuts: burn's per-tensor AdamW and the split objective.
-[ "$(left)" -gt 190 ] && BENCH_STEPS="--warmup 3 --steps 10 --optimizer burn --split-taps" bench_row gpt2-f32-before-foreach "$gpt2" f32 45
+[ "$(left)" -gt 190 ] && BENCH_STEPS="--warmup 3 --steps 10 --optimizer burn --split-taps" bench_row bert-f32-before-foreach "$bert" f32 45
 # 6. Where a GPT-2 step's time goes: kernel profile (default build), the step's operations alone
 # on each backend and in PyTorch.
 [ "$(left)" -gt 180 ] && profile_row gpt2-f32-profile xtask-cuda
