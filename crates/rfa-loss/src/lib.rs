@@ -128,7 +128,7 @@ impl RfaObjective {
     /// `0..split.retain_rows`) and a forget batch concatenated; `mask [rows, tokens]` is their
     /// padding (1 = real token), `targets` one per layer for the forget rows as
     /// [`RfaObjective::forget_loss`] takes them. Where the backend asks for it
-    /// ([`FusedOps::tap_terms_as_one_node`]: libtorch, CUDA) each layer's two terms are one
+    /// ([`FusedOps::tap_terms_as_one_node`]: libtorch, CUDA, wgpu) each layer's two terms are one
     /// autodiff node ([`tap_terms`]); elsewhere the taps are split into their two batches and
     /// [`RfaObjective::total`] runs — the same value up to rounding.
     pub fn total_rows<B: FusedOps>(
@@ -156,7 +156,7 @@ impl RfaObjective {
             let s = SplitTaps::new(taps, split, mask)?;
             return self.total(&s.retain, s.retain_mask.as_ref(), &s.forget, targets, s.forget_mask.as_ref());
         }
-        let (nr, rows) = (split.retain_rows, taps[0].pre.dims()[0]);
+        let (nr, rows) = (split.retain_rows, taps.first().map_or(0, |t| t.pre.dims()[0]));
         if nr == 0 || nr >= rows {
             return Err(LossError::EmptySplit { retain: nr, rows });
         }

@@ -218,3 +218,12 @@ fn a_split_without_retain_or_forget_rows_is_refused() {
         }
     }
 }
+
+#[test]
+fn no_taps_is_an_error_not_a_panic() {
+    let split = rfa_models::TapSplit { retain_rows: 2, forget_first_token_only: false };
+    for one_node in [false, true] {
+        let err = RfaObjective::default().total_rows_as::<B>(&[], split, None, &[], one_node).unwrap_err();
+        assert_eq!(err, LossError::EmptySplit { retain: 2, rows: 0 });
+    }
+}

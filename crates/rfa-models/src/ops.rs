@@ -1,6 +1,7 @@
 //! Operations the models run as one op with a hand-written backward, where a backend is worth
-//! it: the GELUs, the softmax over the last dimension, multi-head attention, and LayerNorm (one
-//! op on libtorch and the GPU backends; see [`FusedOps::layer_norm_as_one_node`]).
+//! it: the GELUs, the softmax over the last dimension, multi-head attention, LayerNorm (one
+//! op on libtorch and the GPU backends; see [`FusedOps::layer_norm_as_one_node`]), and RFA's
+//! per-layer objective terms ([`tap_terms`]; likewise).
 //!
 //! Why not burn's own: burn 0.21's `gelu` backward is the tanh approximation's derivative even
 //! for the exact GELU (up to 7 % wrong near x ≈ −3), and written in burn's element-wise ops both
@@ -318,9 +319,10 @@ pub fn layer_norm<B: FusedOps, const D: usize>(x: Tensor<B, D>, gamma: Tensor<B,
 /// the retain rows' tokens, the second over the forget rows' (first) tokens, `w` the
 /// [`TapWeights`] (uniform: the mean). `pre`, `res` `[rows, tokens, width]`; `mu` broadcasts
 /// to the forget rows' `[forget_rows, forget_tokens, width]` and is a constant, as are the
-/// weights. One autodiff node where the backend asks for it ([`FusedOps::tap_terms_as_one_node`];
-/// whoever calls this decides, as `rfa-loss` does), with the analytic backward: no split of the
-/// taps, so no zero-padded gradients to add up.
+/// weights (no gradient reaches them). Under autodiff always one node with the analytic
+/// backward — no split of the taps, so no zero-padded gradients to add up; callers choose
+/// between it and the split op-by-op definition by [`FusedOps::tap_terms_as_one_node`], as
+/// `rfa_loss::RfaObjective::total_rows` does.
 pub fn tap_terms<B: FusedOps>(
     pre: Tensor<B, 3>,
     res: Tensor<B, 3>,
