@@ -262,13 +262,17 @@ fn peak_rss_gib() -> Option<f64> {
 mod tests {
     use super::*;
 
+    fn shape(model: &str, batch: usize, seq: usize) -> Shape {
+        Shape { model: model.into(), layers: 1, width: 32, heads: 2, batch, seq, optimizer: "foreach".into(), split_taps: false }
+    }
+
     /// The benchmark runs and reports what it measured (no timing is asserted).
     #[test]
     fn bench_rows_are_complete() {
         type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
         // (model, seq, tokens per sample, weights of the linear layers up to the last adapted one)
         for (model, seq, tokens, ran) in [("gpt2", 8, 8, 32 * 96), ("bert", 8, 8, 3 * 32 * 32), ("vit", 28, 17, 3 * 32 * 32)] {
-            let s = Shape { model: model.into(), layers: 1, width: 32, heads: 2, batch: 2, seq };
+            let s = shape(model, 2, seq);
             let samples = std::cell::Cell::new(0);
             let memory = || {
                 samples.set(samples.get() + 1);
@@ -278,6 +282,8 @@ mod tests {
             assert!(row["step_ms_median"].as_f64().unwrap() > 0.0 && row["first_step_ms"].as_f64().unwrap() > 0.0, "{row}");
             assert!(row["trainable"].as_u64().unwrap() > 0 && row["trainable"].as_u64() < row["params"].as_u64(), "{row}");
             assert_eq!(row["steps_timed"], 1);
+            // ndarray keeps the split objective (`FusedOps::tap_terms_as_one_node` is off there).
+            assert_eq!((row["optimizer"].as_str(), row["objective"].as_str()), (Some("foreach"), Some("split, op by op")), "{row}");
             assert_eq!(row["flop_per_step"].as_f64(), Some(4.0 * ran as f64 * (4 * tokens) as f64), "{row}");
             // One probe to see whether the device has an allocator, one at the end of the forward pass.
             assert_eq!(samples.get(), 2);
@@ -287,12 +293,25 @@ mod tests {
                 assert!(row["peak_rss_gib"].as_f64().unwrap() > 0.0, "{row}");
             }
         }
-        let s = Shape { model: "gpt2".into(), layers: 1, width: 32, heads: 2, batch: 1, seq: 8 };
+        let s = shape("gpt2", 1, 8);
         let row = run::<AB>(&s, "f32", 1, 0, "cpu", &Default::default(), &|| None).unwrap();
         assert!(row["device_in_use_after_forward_gib"].is_null(), "{row}");
-        let bad = Shape { model: "llama".into(), layers: 1, width: 32, heads: 2, batch: 1, seq: 8 };
-        assert!(run::<AB>(&bad, "f32", 1, 0, "cpu", &Default::default(), &|| None).is_err());
-        let s = Shape { model: "vit".into(), layers: 1, width: 32, heads: 2, batch: 1, seq: 28 };
-        assert!(run::<AB>(&s, "f16", 1, 0, "cpu", &Default::default(), &|| None).is_err());
+        // burn's AdamW for the A/B; an unknown optimizer is refused.
+        let row = run::<AB>(
+            &Shape { optimizer: "burn".into(), split_taps: true, ..shape("gpt2", 1, 8) },
+            "f32",
+            1,
+            0,
+            "cpu",
+            &Default::default(),
+            &|| None,
+        )
+        .unwrap();
+        assert_eq!(row["optimizer"].as_str(), Some("burn"), "{row}");
+        let err = run::<AB>(&Shape { optimizer: "sgd".into(), ..shape("gpt2", 1, 8) }, "f32", 1, 0, "cpu", &Default::default(), &|| None)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown optimizer `sgd`"), "{err}");
+        assert!(run::<AB>(&shape("llama", 1, 8), "f32", 1, 0, "cpu", &Default::default(), &|| None).is_err());
+        assert!(run::<AB>(&shape("vit", 1, 28), "f16", 1, 0, "cpu", &Default::default(), &|| None).is_err());
     }
 }
