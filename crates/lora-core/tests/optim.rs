@@ -70,7 +70,10 @@ fn values(m: &Toy<Ad>) -> Vec<Vec<f32>> {
 
 /// Runs `steps` steps of burn's AdamW and of ForeachAdamW from the same start; returns both
 /// models' parameters after each step.
-fn run(seed: u64, steps: usize, weight_decay: f32, lr: f64, group_numel: usize) -> Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+/// Every parameter tensor's values, in `values`' order.
+type Params = Vec<Vec<f32>>;
+
+fn run(seed: u64, steps: usize, weight_decay: f32, lr: f64, group_numel: usize) -> Vec<(Params, Params)> {
     let x = tensor([4, 5], &mut (seed ^ 0xabc));
     let (mut ours, mut theirs) = (init(seed), init(seed));
     let mut burn_opt = AdamWConfig::new().with_weight_decay(weight_decay).with_epsilon(1e-8).init::<Ad, Toy<Ad>>();
