@@ -168,15 +168,23 @@ fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, war
             )
         }
         #[cfg(feature = "wgpu")]
-        "wgpu" => bench::run::<Autodiff<burn::backend::Wgpu<f32, i32>>>(
-            shape,
-            dtype,
-            steps,
-            warmup,
-            if cfg!(feature = "wgpu-fusion") { "wgpu burn-wgpu 0.21, fusion" } else { "wgpu burn-wgpu 0.21" },
-            &Default::default(),
-            &|| None,
-        ),
+        "wgpu" => {
+            let device = burn::backend::wgpu::WgpuDevice::default();
+            let memory = || {
+                use cubecl_runtime::runtime::Runtime;
+                let usage = cubecl_wgpu::WgpuRuntime::client(&device).memory_usage().ok()?;
+                Some(bench::DeviceMemory { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved })
+            };
+            bench::run::<Autodiff<burn::backend::Wgpu<f32, i32>>>(
+                shape,
+                dtype,
+                steps,
+                warmup,
+                if cfg!(feature = "wgpu-fusion") { "wgpu burn-wgpu 0.21, fusion" } else { "wgpu burn-wgpu 0.21" },
+                &device,
+                &memory,
+            )
+        }
         #[cfg(feature = "tch")]
         d if d.starts_with("tch") => {
             let device = tch_device(d)?;
