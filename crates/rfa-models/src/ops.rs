@@ -412,30 +412,30 @@ impl AttentionDims {
 }
 
 impl FusedOps for burn::backend::NdArray<f32> {}
-// burn's cubecl backends (CUDA; wgpu, which runs the same code without a GPU): LayerNorm as one
-// autodiff node over the generic definition — the same forward ops, a backward of 8 ops instead
-// of autodiff's ≈ 20 and one kept activation instead of two (a BERT-base step: 3,832 → 3,436
-// kernel launches, counted on lavapipe).
+
+// burn's cubecl backends (CUDA; wgpu, which runs the same code without a GPU), where every op is
+// a kernel launch: LayerNorm as one autodiff node over the generic definition (the same forward
+// ops, a backward of 8 ops instead of autodiff's ≈ 20, one kept activation instead of two) and
+// the objective's terms as one node per layer (no split of the taps). A BERT-base step, counted
+// on lavapipe: 3,832 → 3,436 launches with the LayerNorm node, → 3,082 with the objective node.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+macro_rules! cubecl_fused_ops {
+    ($backend:ty) => {
+        impl FusedOps for $backend {
+            fn layer_norm_as_one_node() -> bool {
+                true
+            }
+
+            fn tap_terms_as_one_node() -> bool {
+                true
+            }
+        }
+    };
+}
 #[cfg(feature = "cuda")]
-impl FusedOps for burn::backend::Cuda<f32, i32> {
-    fn layer_norm_as_one_node() -> bool {
-        true
-    }
-
-    fn tap_terms_as_one_node() -> bool {
-        true
-    }
-}
+cubecl_fused_ops!(burn::backend::Cuda<f32, i32>);
 #[cfg(feature = "wgpu")]
-impl FusedOps for burn::backend::Wgpu<f32, i32> {
-    fn layer_norm_as_one_node() -> bool {
-        true
-    }
-
-    fn tap_terms_as_one_node() -> bool {
-        true
-    }
-}
+cubecl_fused_ops!(burn::backend::Wgpu<f32, i32>);
 #[cfg(feature = "tch")]
 mod libtorch;
 #[cfg(feature = "tch")]

@@ -75,6 +75,18 @@ pub fn assert_fixtures_match<B: rfa_models::FusedOps>(label: &str, tol: rfa_mode
     }
 }
 
+/// `n` pseudo-random values, uniform in `[-half_width, half_width)` (a fixed LCG: the same on
+/// every backend and run, without burn's global RNG).
+pub fn uniform(seed: u64, n: usize, half_width: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 * half_width - half_width
+        })
+        .collect()
+}
+
 /// The largest absolute difference between `a` and `b`, relative to `a`'s largest entry.
 pub fn max_rel_error(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -88,15 +100,7 @@ pub fn max_rel_error(a: &[f32], b: &[f32]) -> f32 {
 pub fn attention_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<Vec<f32>> {
     use burn::tensor::{Tensor, TensorData};
     let (b, t, c, heads) = (2, 37, 64, 4);
-    let values = |seed: u64| -> Vec<f32> {
-        let mut s = seed;
-        (0..b * t * c)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    };
+    let values = |seed: u64| uniform(seed, b * t * c, 1.0);
     let leaf = |seed| Tensor::<A, 3>::from_data(TensorData::new(values(seed), [b, t, c]), device).require_grad();
     let (q, k, v) = (leaf(1), leaf(2), leaf(3));
     let bias: Vec<f32> = (0..b * t).map(|i| if i / t == 1 && i % t >= t - 5 { -1.0e30 } else { 0.0 }).collect();
@@ -116,15 +120,7 @@ pub fn attention_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<V
 pub fn layer_norm_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<Vec<f32>> {
     use burn::tensor::{Tensor, TensorData};
     let (rows, d) = (15, 67);
-    let values = |seed: u64, n: usize| -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    };
+    let values = |seed: u64, n: usize| uniform(seed, n, 1.0);
     let x: Vec<f32> = values(1, rows * d)
         .iter()
         .enumerate()
@@ -156,15 +152,7 @@ pub fn tap_terms_case<A: rfa_models::FusedAutodiff>(device: &A::Device, one_node
     use burn::tensor::{Tensor, TensorData};
     let (rows, t, d, nr) = (5, 4, 6, 3);
     let (nf, tf) = (rows - nr, if cls { 1 } else { t });
-    let values = |seed: u64, n: usize| -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
-    };
+    let values = |seed: u64, n: usize| uniform(seed, n, 2.0);
     let leaf = |seed| Tensor::<A, 3>::from_data(TensorData::new(values(seed, rows * t * d), [rows, t, d]), device).require_grad();
     let (pre, res) = (leaf(1), leaf(2));
     let mu = Tensor::<A, 3>::from_data(TensorData::new(values(3, nf * d), [nf, 1, d]), device);
