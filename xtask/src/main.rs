@@ -137,6 +137,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// The cubecl allocator's bytes in use and reserved on `device` (CUDA, wgpu).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn allocator_memory<R: cubecl_runtime::runtime::Runtime>(device: &R::Device) -> Option<bench::DeviceMemory> {
+    let usage = R::client(device).memory_usage().ok()?;
+    Some(bench::DeviceMemory { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved })
+}
+
 fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, warmup: usize) -> Result<serde_json::Value> {
     use burn::backend::Autodiff;
     if dtype == "bf16" && !(backend.starts_with("cuda") || backend.starts_with("tch")) {
@@ -152,11 +159,7 @@ fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, war
         d if d.starts_with("cuda") => {
             let n: usize = d.strip_prefix("cuda:").map(str::parse).transpose().context("--backends cuda:N")?.unwrap_or(0);
             let device = burn::backend::cuda::CudaDevice::new(n);
-            let memory = || {
-                use cubecl_runtime::runtime::Runtime;
-                let usage = cubecl_cuda::CudaRuntime::client(&device).memory_usage().ok()?;
-                Some(bench::DeviceMemory { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved })
-            };
+            let memory = || allocator_memory::<cubecl_cuda::CudaRuntime>(&device);
             bench::run::<Autodiff<burn::backend::Cuda<f32, i32>>>(
                 shape,
                 dtype,
@@ -170,11 +173,7 @@ fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, war
         #[cfg(feature = "wgpu")]
         "wgpu" => {
             let device = burn::backend::wgpu::WgpuDevice::default();
-            let memory = || {
-                use cubecl_runtime::runtime::Runtime;
-                let usage = cubecl_wgpu::WgpuRuntime::client(&device).memory_usage().ok()?;
-                Some(bench::DeviceMemory { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved })
-            };
+            let memory = || allocator_memory::<cubecl_wgpu::WgpuRuntime>(&device);
             bench::run::<Autodiff<burn::backend::Wgpu<f32, i32>>>(
                 shape,
                 dtype,

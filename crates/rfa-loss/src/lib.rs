@@ -156,12 +156,7 @@ impl RfaObjective {
             let s = SplitTaps::new(taps, split, mask)?;
             return self.total(&s.retain, s.retain_mask.as_ref(), &s.forget, targets, s.forget_mask.as_ref());
         }
-        let (nr, rows) = (split.retain_rows, taps.first().map_or(0, |t| t.pre.dims()[0]));
-        if nr == 0 || nr >= rows {
-            return Err(LossError::EmptySplit { retain: nr, rows });
-        }
-        let retain_mask = mask.map(|m| m.clone().narrow(0, 0, nr));
-        let forget_mask = mask.filter(|_| !split.forget_first_token_only).map(|m| m.clone().narrow(0, nr, rows - nr));
+        let [retain_mask, forget_mask] = split_masks(taps, split, mask)?;
         // A mask divided by its count: the weighted sum is the masked mean.
         let weights = |m: Option<Tensor<B, 2>>| m.map(|m| m.clone() / m.sum().reshape([1, 1]));
         let w = [weights(retain_mask), weights(forget_mask)];
@@ -188,17 +183,24 @@ pub struct SplitTaps<B: Backend> {
 
 impl<B: Backend> SplitTaps<B> {
     pub fn new(taps: &[Tap<B>], split: TapSplit, mask: Option<&Tensor<B, 2>>) -> Result<Self, LossError> {
-        let (nr, rows) = (split.retain_rows, taps.first().map_or(0, |t| t.pre.dims()[0]));
-        if nr == 0 || nr >= rows {
-            return Err(LossError::EmptySplit { retain: nr, rows });
-        }
-        let cls = split.forget_first_token_only;
-        let (retain, forget) = Tap::split_rows(taps, nr);
-        let forget = if cls { forget.into_iter().map(|t| t.map(|x| x.narrow(1, 0, 1))).collect() } else { forget };
-        let retain_mask = mask.map(|m| m.clone().narrow(0, 0, nr));
-        let forget_mask = mask.filter(|_| !cls).map(|m| m.clone().narrow(0, nr, rows - nr));
+        let [retain_mask, forget_mask] = split_masks(taps, split, mask)?;
+        let (retain, forget) = Tap::split_rows(taps, split.retain_rows);
+        let forget =
+            if split.forget_first_token_only { forget.into_iter().map(|t| t.map(|x| x.narrow(1, 0, 1))).collect() } else { forget };
         Ok(Self { retain, forget, retain_mask, forget_mask })
     }
+}
+
+/// The padding masks the retain and the forget term read (none for a first-token-only forget
+/// term), after checking that the split leaves both batches rows.
+fn split_masks<B: Backend>(taps: &[Tap<B>], split: TapSplit, mask: Option<&Tensor<B, 2>>) -> Result<[Option<Tensor<B, 2>>; 2], LossError> {
+    let (nr, rows) = (split.retain_rows, taps.first().map_or(0, |t| t.pre.dims()[0]));
+    if nr == 0 || nr >= rows {
+        return Err(LossError::EmptySplit { retain: nr, rows });
+    }
+    let retain = mask.map(|m| m.clone().narrow(0, 0, nr));
+    let forget = mask.filter(|_| !split.forget_first_token_only).map(|m| m.clone().narrow(0, nr, rows - nr));
+    Ok([retain, forget])
 }
 
 /// The loss and its two parts (for logging).
