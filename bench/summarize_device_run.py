@@ -7,7 +7,9 @@ Prints Markdown: the tests' outcome, every rfa row (burn-cuda builds and libtorc
 step, median step, samples/s and memory, the PyTorch + peft rows, and for each rfa row the ratio
 PyTorch time / rfa time against the PyTorch row of the same arithmetic: strict f32 for libtorch's
 f32 rows, TF32 for burn-cuda's f32 rows (burn-cuda 0.21 has no strict f32 matmul) and libtorch's
-TF32 rows, autocast bf16 for bf16 rows. Standard library only (runs on the GPU machine or here).
+TF32 rows, autocast bf16 for bf16 rows; then each framework's own cost per step (the "overhead"
+rows: full depth at width 64, where the arithmetic is negligible). Standard library only (runs on
+the GPU machine or here).
 """
 import json
 import re
@@ -71,6 +73,33 @@ def precision(name, row):
     return "tf32"
 
 
+def overhead_table(root):
+    """Each framework's step at full depth and width 64 (1 + 1 short samples): what it costs per
+    step beyond the arithmetic. Rows by model (the part of the name before ':')."""
+    torch = {r["model"].split(":")[0]: r for r in timed(json_rows(root / "torch" / "overhead.jsonl"))}
+    rfa = {}
+    for name in ("cuda", "tch"):
+        for r in timed(json_rows(root / "bench" / f"overhead-{name}.json")):
+            rfa[(r["model"], name)] = r
+    if not torch and not rfa:
+        return []
+    lines = [
+        "",
+        "Cost per step at full depth, width 64, 1 + 1 samples (the framework's own work per step):",
+        "",
+        "| model | PyTorch + peft | its ATen ops (not views) | rfa burn-cuda | rfa libtorch | PyTorch / burn-cuda | PyTorch / libtorch |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model in sorted(set(torch) | {m for m, _ in rfa}):
+        t = torch.get(model)
+        c, h = rfa.get((model, "cuda")), rfa.get((model, "tch"))
+        ms = lambda r: fmt(r["step_ms_median"], 2, " ms") if r else "—"
+        ratio = lambda r: f"{t['step_ms_median'] / r['step_ms_median']:.2f}" if r and t else "—"
+        ops = f"{t.get('aten_ops_per_step', '—')} ({t.get('aten_compute_ops_per_step', '—')})" if t else "—"
+        lines.append(f"| {model} | {ms(t)} | {ops} | {ms(c)} | {ms(h)} | {ratio(c)} | {ratio(h)} |")
+    return lines
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -81,7 +110,7 @@ def main():
     torch = {}
     for f in sorted((root / "torch").glob("*.jsonl")):
         for r in timed(json_rows(f)):
-            if f.stem.startswith("ops"):
+            if f.stem.startswith(("ops", "overhead")):
                 continue
             kind = "tf32" if r.get("tf32") else r["dtype"]
             peak = read_number(f.with_suffix(".peak_mib")) if f.stem != "tf32" else None
@@ -101,6 +130,8 @@ def main():
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for f in sorted((root / "bench").glob("*.json"), key=lambda f: f.stem):
+        if f.stem.startswith("overhead"):
+            continue
         rows = timed(json_rows(f))
         if not rows:
             err = f.with_suffix(".err")
@@ -119,6 +150,7 @@ def main():
             f"| {fmt(r['samples_per_s'])} | {ratio} | {fmt(peak / 1024 if peak else None, 2, ' GiB')} | {dev} "
             f"| {'—' if compiled is None else compiled} |"
         )
+    out += overhead_table(root)
     timeline = root / "timeline.txt"
     if timeline.exists():
         out += ["", "Timeline:", "", "```", timeline.read_text().strip(), "```"]

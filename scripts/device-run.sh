@@ -15,6 +15,7 @@
 #      with burn's kernel fusion (`xtask-cuda-fusion`), with cubecl's autotune
 #      (`xtask-cuda-autotune`: a cold first step, every matmul / reduction shape timed over its
 #      candidate kernels, then a second process with the tuning cache warm);
+#      each framework's own cost per step (all three at full depth, width 64: host work, launches);
 #   4. where a GPT-2 step's time goes: cubecl's kernel profiler on one step (every kernel's GPU
 #      time, bench/<row>.profile.log), the step's operations alone (`xtask bench-ops`, each build,
 #      and bench/torch_ops.py: the same operations and matmul shapes in PyTorch, TF32);
@@ -158,6 +159,22 @@ bench_ops() { # exe (in the working directory of its GPT-2 row: its caches)
   note "bench-ops $exe rc=$?"
 }
 
+# Each framework's own cost per step (host work per operation, launches): the reference models'
+# full depth at width 64 and 1 + 1 short samples, where the arithmetic is negligible, so the step
+# takes what the framework adds to every step whatever its kernels: burn-cuda, rfa on libtorch,
+# PyTorch + peft (with its ATen operation count per step). bench/summarize_device_run.py's
+# "cost per step" table.
+tiny_models=gpt2:12x64:4,bert:12x64:4,vit:12x64:4
+tiny_configs=gpt2:12x64:4:1:16,bert:12x64:4:1:16,vit:12x64:4:1:32
+overhead_rows() {
+  BENCH_STEPS="--warmup 3 --steps 20" bench_row overhead-cuda "$tiny_configs" f32 60
+  TF32=1 tch_row overhead-tch "$tiny_configs" f32 40
+  local s=$(date +%s.%N)
+  timeout 60 python3 bench/torch_variants.py .device/torch_rfa_reference.py --device cuda --tf32 --models "$tiny_models" \
+    --batch 1 --dtypes fp32 --warmup 3 --steps 20 --count-ops > "$out/torch/overhead.jsonl" 2> "$out/torch/overhead.err"
+  note "torch overhead rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
+}
+
 # Most important first; each step runs only if its share of the time is left.
 # 2-3. rfa (burn-cuda) and PyTorch + peft, f32, side by side; PyTorch with TF32.
 for m in gpt2 bert vit; do
@@ -175,8 +192,9 @@ fi
 [ "$(left)" -gt 320 ] && TF32=1 tch_row gpt2-tf32-tch "$gpt2" f32 45
 # The same with attention in elementary ops instead of PyTorch's SDPA kernel (A/B).
 [ "$(left)" -gt 310 ] && ATT=ops TF32=1 tch_row gpt2-tf32-tch-ops "$gpt2" f32 45
-[ "$(left)" -gt 300 ] && bench_row gpt2-f32-fusion "$gpt2" f32 90 xtask-cuda-fusion
-[ "$(left)" -gt 280 ] && bench_row gpt2-f32-autotune "$gpt2" f32 120 xtask-cuda-autotune
+[ "$(left)" -gt 305 ] && overhead_rows
+[ "$(left)" -gt 270 ] && bench_row gpt2-f32-fusion "$gpt2" f32 90 xtask-cuda-fusion
+[ "$(left)" -gt 260 ] && bench_row gpt2-f32-autotune "$gpt2" f32 120 xtask-cuda-autotune
 [ "$(left)" -gt 200 ] && bench_row gpt2-f32-autotune-warm "$gpt2" f32 40 xtask-cuda-autotune
 # A/B of the seventh session's launch cuts: burn's per-tensor AdamW and the split objective.
 [ "$(left)" -gt 190 ] && BENCH_STEPS="--warmup 3 --steps 10 --optimizer burn --split-taps" bench_row bert-f32-before-foreach "$bert" f32 45
