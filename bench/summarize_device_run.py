@@ -126,8 +126,8 @@ def main():
     out.append("")
 
     out += [
-        "| rfa row | backend | first step | step | samples/s | vs PyTorch | nvidia-smi peak | in use / reserved after forward | kernels compiled |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| rfa row | backend | first step | step | samples/s | vs PyTorch | nvidia-smi peak | in use / reserved after forward | sampled peak in use / reserved | kernels compiled |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for f in sorted((root / "bench").glob("*.json"), key=lambda f: f.stem):
         if f.stem.startswith("overhead"):
@@ -136,7 +136,7 @@ def main():
         if not rows:
             err = f.with_suffix(".err")
             tail = err.read_text(errors="replace").strip().splitlines()[-1:] if err.exists() else []
-            out.append(f"| {f.stem} | failed: {tail[0][:120] if tail else 'no output'} | | | | | | | |")
+            out.append(f"| {f.stem} | failed: {tail[0][:120] if tail else 'no output'} | | | | | | | | |")
             continue
         r = rows[-1]
         peer = torch.get((r["model"], precision(f.stem, r)))
@@ -145,9 +145,10 @@ def main():
         compile_log = f.with_suffix(".compile.log")
         compiled = compile_log.read_text(errors="replace").count("Compiling kernel") if compile_log.exists() else None
         dev = f"{fmt(r.get('device_in_use_after_forward_gib'), 2)} / {fmt(r.get('device_reserved_after_forward_gib'), 2, ' GiB')}"
+        peak_dev = f"{fmt(r.get('device_peak_in_use_sampled_gib'), 2)} / {fmt(r.get('device_peak_reserved_sampled_gib'), 2, ' GiB')}"
         out.append(
             f"| {f.stem} | {r.get('backend', '?')} | {fmt(r.get('first_step_ms'), 1, ' ms')} | {fmt(r['step_ms_median'], 1, ' ms')} "
-            f"| {fmt(r['samples_per_s'])} | {ratio} | {fmt(peak / 1024 if peak else None, 2, ' GiB')} | {dev} "
+            f"| {fmt(r['samples_per_s'])} | {ratio} | {fmt(peak / 1024 if peak else None, 2, ' GiB')} | {dev} | {peak_dev} "
             f"| {'—' if compiled is None else compiled} |"
         )
     out += overhead_table(root)

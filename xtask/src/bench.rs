@@ -132,9 +132,53 @@ where
     Ok(())
 }
 
+/// The largest allocator readings seen while sampling it.
+#[derive(Default)]
+struct SampledPeak {
+    in_use: u64,
+    reserved: u64,
+    samples: u64,
+}
+
+impl SampledPeak {
+    fn add(&mut self, m: &DeviceMemory) {
+        self.in_use = self.in_use.max(m.in_use);
+        self.reserved = self.reserved.max(m.reserved);
+        self.samples += 1;
+    }
+}
+
+/// Runs `work` while a second thread reads `memory` over and over; returns `work`'s result and
+/// the largest readings. Each reading is a round trip to the device's server between two of its
+/// operations, so a peak that lasts less than one round trip can be missed: the result is a lower
+/// bound of the true peak (on CUDA the allocator's, not nvidia-smi's, which adds the context).
+fn sample_peak<T>(memory: &(dyn Fn() -> Option<DeviceMemory> + Sync), work: impl FnOnce() -> T) -> (T, SampledPeak) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak = SampledPeak::default();
+            // At least one reading, however short the work.
+            loop {
+                let last = done.load(Ordering::Acquire);
+                if let Some(m) = memory() {
+                    peak.add(&m);
+                }
+                if last {
+                    return peak;
+                }
+            }
+        });
+        let out = work();
+        done.store(true, Ordering::Release);
+        (out, sampler.join().expect("memory sampler"))
+    })
+}
+
 /// Times the step; returns the JSON row. `memory` reads the device allocator (`None` on CPU
-/// backends): after the timed steps one more step samples it at the end of the forward pass,
-/// with a device sync there, so the timed steps run undisturbed.
+/// backends) from any thread: after the timed steps one more step reads it at the end of the
+/// forward pass (with a device sync there) while a second thread samples it throughout, so the
+/// timed steps run undisturbed.
 pub fn run<B: FusedAutodiff>(
     s: &Shape,
     dtype: &str,
@@ -142,7 +186,7 @@ pub fn run<B: FusedAutodiff>(
     warmup: usize,
     backend: &str,
     device: &B::Device,
-    memory: &dyn Fn() -> Option<DeviceMemory>,
+    memory: &(dyn Fn() -> Option<DeviceMemory> + Sync),
 ) -> Result<serde_json::Value> {
     let cast = base_dtype(dtype)?;
     let one_node = B::tap_terms_as_one_node() && !s.split_taps;
@@ -151,7 +195,7 @@ pub fn run<B: FusedAutodiff>(
     let normal = Distribution::Normal(0.0, 1.0);
     // Weights of the linear layers the step runs (the pass ends at the last adapted one), for the
     // FLOP estimate.
-    let (params, trainable, tokens, compute_params, first, times, mem_forward);
+    let (params, trainable, tokens, compute_params, first, times, mem);
     macro_rules! bench {
         ($model:expr, $targets:expr, $forward:expr) => {{
             let (mut m, adapted) = attach_lora($model, &LoraConfig::new(8, 16.0, TargetModules::parse($targets)))?;
@@ -171,15 +215,21 @@ pub fn run<B: FusedAutodiff>(
             let (f, t) =
                 time_steps::<B>(device, steps.max(1), warmup, || rfa_step(&mut m, &mut opt, b, one_node, &mus, &fwd, &mut |_| ()))?;
             let mut at_forward = None;
+            let mut peak = None;
             if memory().is_some() {
-                rfa_step(&mut m, &mut opt, b, one_node, &mus, &fwd, &mut |loss| {
-                    // The loss's value forces the forward pass to run (lazy backends).
-                    let _ = loss.clone().into_data();
-                    let _ = B::sync(device);
-                    at_forward = memory();
-                })?;
+                let (done, sampled) = sample_peak(memory, || {
+                    rfa_step(&mut m, &mut opt, b, one_node, &mus, &fwd, &mut |loss| {
+                        // The loss's value forces the forward pass to run (lazy backends).
+                        let _ = loss.clone().into_data();
+                        let _ = B::sync(device);
+                        at_forward = memory();
+                    })
+                    .and_then(|()| B::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}")))
+                });
+                done?;
+                peak = Some(sampled);
             }
-            (pc, ran, f, t, at_forward)
+            (pc, ran, f, t, (at_forward, peak))
         }};
     }
     match s.model.as_str() {
@@ -188,7 +238,7 @@ pub fn run<B: FusedAutodiff>(
             let ids = Tensor::<B, 2, Int>::random([n, s.seq], Distribution::Uniform(0.0, 50257.0), device);
             let (pc, ran, f, t, mf) =
                 bench!(Gpt2LmHeadModel::<B>::init(&cfg, 0, device)?, "c_attn", |m: &Gpt2LmHeadModel<B>| m.forward_taps(ids.clone(), None));
-            (params, trainable, tokens, compute_params, first, times, mem_forward) = (pc.total, pc.trainable, s.seq, ran, f, t, mf);
+            (params, trainable, tokens, compute_params, first, times, mem) = (pc.total, pc.trainable, s.seq, ran, f, t, mf);
         }
         "bert" => {
             let cfg = BertConfig::new(30522, 512, s.width, s.layers, s.heads);
@@ -202,7 +252,7 @@ pub fn run<B: FusedAutodiff>(
                     Some(mask.clone()),
                     None
                 ));
-            (params, trainable, tokens, compute_params, first, times, mem_forward) = (pc.total, pc.trainable, s.seq, ran, f, t, mf);
+            (params, trainable, tokens, compute_params, first, times, mem) = (pc.total, pc.trainable, s.seq, ran, f, t, mf);
         }
         "vit" => {
             let names: Vec<String> = (0..10).map(|i| i.to_string()).collect();
@@ -213,11 +263,12 @@ pub fn run<B: FusedAutodiff>(
             let (pc, ran, f, t, mf) =
                 bench!(VitForImageClassification::<B>::init(&cfg, 0, device)?, "query,value", |m: &VitForImageClassification<B>| m
                     .forward_taps(x.clone()));
-            (params, trainable, tokens, compute_params, first, times, mem_forward) =
+            (params, trainable, tokens, compute_params, first, times, mem) =
                 (pc.total, pc.trainable, cfg.num_patches() + 1, ran, f, t, mf);
         }
         other => anyhow::bail!("unknown bench model `{other}` (gpt2, bert, vit)"),
     }
+    let (mem_forward, mem_peak): (Option<DeviceMemory>, Option<SampledPeak>) = mem;
     let med = median(times.clone());
     // Forward (2·N·T) + input-gradient backward (2·N·T) over both batches, N the weights of the
     // linear layers run (LoRA's rank-r products, attention's T² terms and ViT's patch
@@ -244,6 +295,11 @@ pub fn run<B: FusedAutodiff>(
         // state, what autodiff keeps for the backward pass) and what it had reserved then.
         "device_in_use_after_forward_gib": mem_forward.as_ref().map(|m| gib(m.in_use)),
         "device_reserved_after_forward_gib": mem_forward.as_ref().map(|m| gib(m.reserved)),
+        // The largest readings of the allocator sampled from a second thread during that step: a
+        // lower bound of its peak (see `sample_peak`), and how many readings it took.
+        "device_peak_in_use_sampled_gib": mem_peak.as_ref().map(|p| gib(p.in_use)),
+        "device_peak_reserved_sampled_gib": mem_peak.as_ref().map(|p| gib(p.reserved)),
+        "device_memory_samples": mem_peak.as_ref().map(|p| p.samples),
     }))
 }
 
@@ -260,10 +316,41 @@ fn peak_rss_gib() -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
 
     fn shape(model: &str, batch: usize, seq: usize) -> Shape {
         Shape { model: model.into(), layers: 1, width: 32, heads: 2, batch, seq, optimizer: "foreach".into(), split_taps: false }
+    }
+
+    /// The sampler reads while the work runs and at least once after it, keeps the largest
+    /// in-use and reserved readings (from different readings too) and stops when the work ends.
+    #[test]
+    fn sample_peak_keeps_the_largest_readings() {
+        let n = AtomicU64::new(0);
+        // Readings: in use 5, 9, 2, 2, …; reserved 10, 10, 12, 12, … GiB.
+        let memory = || {
+            let k = n.fetch_add(1, Ordering::SeqCst);
+            let in_use = [5u64, 9, 2].get(k as usize).copied().unwrap_or(2);
+            let reserved = if k < 2 { 10 } else { 12 };
+            Some(DeviceMemory { in_use: in_use << 30, reserved: reserved << 30 })
+        };
+        let (out, peak) = sample_peak(&memory, || {
+            // Until the sampler has read four times.
+            while n.load(Ordering::SeqCst) < 4 {
+                std::thread::yield_now();
+            }
+            7
+        });
+        assert_eq!(out, 7);
+        assert_eq!((peak.in_use, peak.reserved), (9 << 30, 12 << 30));
+        assert_eq!(peak.samples, n.load(Ordering::SeqCst));
+        // Work that ends at once still gets a reading; a probe that reads nothing gives none.
+        let (_, peak) = sample_peak(&|| Some(DeviceMemory { in_use: 1, reserved: 2 }), || ());
+        assert!(peak.samples >= 1 && peak.in_use == 1 && peak.reserved == 2);
+        let (_, peak) = sample_peak(&|| None, || ());
+        assert_eq!((peak.samples, peak.in_use), (0, 0));
     }
 
     /// The benchmark runs and reports what it measured (no timing is asserted).
@@ -273,10 +360,17 @@ mod tests {
         // (model, seq, tokens per sample, weights of the linear layers up to the last adapted one)
         for (model, seq, tokens, ran) in [("gpt2", 8, 8, 32 * 96), ("bert", 8, 8, 3 * 32 * 32), ("vit", 28, 17, 3 * 32 * 32)] {
             let s = shape(model, 2, seq);
-            let samples = std::cell::Cell::new(0);
+            // On the bench thread: 3 GiB in use, 2.5 reserved. From the sampling thread: 4 / 6 GiB
+            // at its first reading, 1 / 1 after, so its peak must be the first reading's.
+            let bench_thread = std::thread::current().id();
+            let (samples, sampled) = (AtomicU64::new(0), AtomicU64::new(0));
             let memory = || {
-                samples.set(samples.get() + 1);
-                Some(DeviceMemory { in_use: 3 << 30, reserved: 5 << 29 })
+                if std::thread::current().id() == bench_thread {
+                    samples.fetch_add(1, Ordering::Relaxed);
+                    return Some(DeviceMemory { in_use: 3 << 30, reserved: 5 << 29 });
+                }
+                let first = sampled.fetch_add(1, Ordering::Relaxed) == 0;
+                Some(if first { DeviceMemory { in_use: 4 << 30, reserved: 6 << 30 } } else { DeviceMemory { in_use: 1 << 30, reserved: 1 << 30 } })
             };
             let row = run::<AB>(&s, "f32", 1, 0, "cpu ndarray", &Default::default(), &memory).unwrap();
             assert!(row["step_ms_median"].as_f64().unwrap() > 0.0 && row["first_step_ms"].as_f64().unwrap() > 0.0, "{row}");
@@ -286,9 +380,14 @@ mod tests {
             assert_eq!((row["optimizer"].as_str(), row["objective"].as_str()), (Some("foreach"), Some("split, op by op")), "{row}");
             assert_eq!(row["flop_per_step"].as_f64(), Some(4.0 * ran as f64 * (4 * tokens) as f64), "{row}");
             // One probe to see whether the device has an allocator, one at the end of the forward pass.
-            assert_eq!(samples.get(), 2);
+            assert_eq!(samples.load(Ordering::Relaxed), 2);
             assert_eq!(row["device_in_use_after_forward_gib"].as_f64(), Some(3.0), "{row}");
             assert_eq!(row["device_reserved_after_forward_gib"].as_f64(), Some(2.5), "{row}");
+            // The sampler's largest readings, and all of its readings counted.
+            assert_eq!(row["device_peak_in_use_sampled_gib"].as_f64(), Some(4.0), "{row}");
+            assert_eq!(row["device_peak_reserved_sampled_gib"].as_f64(), Some(6.0), "{row}");
+            assert_eq!(row["device_memory_samples"].as_u64(), Some(sampled.load(Ordering::Relaxed)), "{row}");
+            assert!(sampled.load(Ordering::Relaxed) >= 1);
             if cfg!(target_os = "linux") {
                 assert!(row["peak_rss_gib"].as_f64().unwrap() > 0.0, "{row}");
             }
@@ -296,6 +395,7 @@ mod tests {
         let s = shape("gpt2", 1, 8);
         let row = run::<AB>(&s, "f32", 1, 0, "cpu", &Default::default(), &|| None).unwrap();
         assert!(row["device_in_use_after_forward_gib"].is_null(), "{row}");
+        assert!(row["device_peak_in_use_sampled_gib"].is_null() && row["device_memory_samples"].is_null(), "{row}");
         // burn's AdamW for the A/B; an unknown optimizer is refused.
         let row = run::<AB>(
             &Shape { optimizer: "burn".into(), split_taps: true, ..shape("gpt2", 1, 8) },
