@@ -9,7 +9,7 @@
 //! compilation of every kernel the step needs, which a user waits for once per process. The
 //! steady state is the median of `steps` after `warmup` further steps.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use burn::module::AutodiffModule;
@@ -18,6 +18,8 @@ use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{DType, Distribution, Int, Tensor};
 use lora_core::{ForeachAdamW, LoraConfig, LoraModel, TargetModules, attach_lora, count_params, set_base_dtype};
 use rfa_loss::RfaObjective;
+use rfa_models::memory::DeviceMemory;
+use rfa_models::memory::{SampledPeak, sample_peak};
 use rfa_models::{
     BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel, TapSplit, VitConfig, VitForImageClassification,
 };
@@ -50,12 +52,6 @@ pub fn base_dtype(dtype: &str) -> Result<Option<DType>> {
         "bf16" => Ok(Some(DType::BF16)),
         other => anyhow::bail!("unknown dtype `{other}` (f32, bf16)"),
     }
-}
-
-/// A device allocator's state: bytes held by live tensors, bytes it has reserved from the driver.
-pub struct DeviceMemory {
-    pub in_use: u64,
-    pub reserved: u64,
 }
 
 /// Runs `first + warmup + steps` steps of `step`, timing each after a device sync.
@@ -132,49 +128,6 @@ where
     Ok(())
 }
 
-/// The largest allocator readings seen while sampling it.
-#[derive(Default)]
-struct SampledPeak {
-    in_use: u64,
-    reserved: u64,
-    samples: u64,
-}
-
-impl SampledPeak {
-    fn add(&mut self, m: &DeviceMemory) {
-        self.in_use = self.in_use.max(m.in_use);
-        self.reserved = self.reserved.max(m.reserved);
-        self.samples += 1;
-    }
-}
-
-/// Runs `work` while a second thread reads `memory` over and over; returns `work`'s result and
-/// the largest readings. Each reading is a round trip to the device's server between two of its
-/// operations, so a peak that lasts less than one round trip can be missed: the result is a lower
-/// bound of the true peak (on CUDA the allocator's, not nvidia-smi's, which adds the context).
-fn sample_peak<T>(memory: &(dyn Fn() -> Option<DeviceMemory> + Sync), work: impl FnOnce() -> T) -> (T, SampledPeak) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let done = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let sampler = scope.spawn(|| {
-            let mut peak = SampledPeak::default();
-            // At least one reading, however short the work.
-            loop {
-                let last = done.load(Ordering::Acquire);
-                if let Some(m) = memory() {
-                    peak.add(&m);
-                }
-                if last {
-                    return peak;
-                }
-            }
-        });
-        let out = work();
-        done.store(true, Ordering::Release);
-        (out, sampler.join().expect("memory sampler"))
-    })
-}
-
 /// Times the step; returns the JSON row. `memory` reads the device allocator (`None` on CPU
 /// backends) from any thread: after the timed steps one more step reads it at the end of the
 /// forward pass (with a device sync there) while a second thread samples it throughout, so the
@@ -217,7 +170,8 @@ pub fn run<B: FusedAutodiff>(
             let mut at_forward = None;
             let mut peak = None;
             if memory().is_some() {
-                let (done, sampled) = sample_peak(memory, || {
+                // Back to back: this step is not timed, and a short peak is less likely missed.
+                let (done, sampled) = sample_peak(memory, Duration::ZERO, || {
                     rfa_step(&mut m, &mut opt, b, one_node, &mus, &fwd, &mut |loss| {
                         // The loss's value forces the forward pass to run (lazy backends).
                         let _ = loss.clone().into_data();
@@ -263,8 +217,7 @@ pub fn run<B: FusedAutodiff>(
             let (pc, ran, f, t, mf) =
                 bench!(VitForImageClassification::<B>::init(&cfg, 0, device)?, "query,value", |m: &VitForImageClassification<B>| m
                     .forward_taps(x.clone()));
-            (params, trainable, tokens, compute_params, first, times, mem) =
-                (pc.total, pc.trainable, cfg.num_patches() + 1, ran, f, t, mf);
+            (params, trainable, tokens, compute_params, first, times, mem) = (pc.total, pc.trainable, cfg.num_patches() + 1, ran, f, t, mf);
         }
         other => anyhow::bail!("unknown bench model `{other}` (gpt2, bert, vit)"),
     }
@@ -324,35 +277,6 @@ mod tests {
         Shape { model: model.into(), layers: 1, width: 32, heads: 2, batch, seq, optimizer: "foreach".into(), split_taps: false }
     }
 
-    /// The sampler reads while the work runs and at least once after it, keeps the largest
-    /// in-use and reserved readings (from different readings too) and stops when the work ends.
-    #[test]
-    fn sample_peak_keeps_the_largest_readings() {
-        let n = AtomicU64::new(0);
-        // Readings: in use 5, 9, 2, 2, …; reserved 10, 10, 12, 12, … GiB.
-        let memory = || {
-            let k = n.fetch_add(1, Ordering::SeqCst);
-            let in_use = [5u64, 9, 2].get(k as usize).copied().unwrap_or(2);
-            let reserved = if k < 2 { 10 } else { 12 };
-            Some(DeviceMemory { in_use: in_use << 30, reserved: reserved << 30 })
-        };
-        let (out, peak) = sample_peak(&memory, || {
-            // Until the sampler has read four times.
-            while n.load(Ordering::SeqCst) < 4 {
-                std::thread::yield_now();
-            }
-            7
-        });
-        assert_eq!(out, 7);
-        assert_eq!((peak.in_use, peak.reserved), (9 << 30, 12 << 30));
-        assert_eq!(peak.samples, n.load(Ordering::SeqCst));
-        // Work that ends at once still gets a reading; a probe that reads nothing gives none.
-        let (_, peak) = sample_peak(&|| Some(DeviceMemory { in_use: 1, reserved: 2 }), || ());
-        assert!(peak.samples >= 1 && peak.in_use == 1 && peak.reserved == 2);
-        let (_, peak) = sample_peak(&|| None, || ());
-        assert_eq!((peak.samples, peak.in_use), (0, 0));
-    }
-
     /// The benchmark runs and reports what it measured (no timing is asserted).
     #[test]
     fn bench_rows_are_complete() {
@@ -370,7 +294,11 @@ mod tests {
                     return Some(DeviceMemory { in_use: 3 << 30, reserved: 5 << 29 });
                 }
                 let first = sampled.fetch_add(1, Ordering::Relaxed) == 0;
-                Some(if first { DeviceMemory { in_use: 4 << 30, reserved: 6 << 30 } } else { DeviceMemory { in_use: 1 << 30, reserved: 1 << 30 } })
+                Some(if first {
+                    DeviceMemory { in_use: 4 << 30, reserved: 6 << 30 }
+                } else {
+                    DeviceMemory { in_use: 1 << 30, reserved: 1 << 30 }
+                })
             };
             let row = run::<AB>(&s, "f32", 1, 0, "cpu ndarray", &Default::default(), &memory).unwrap();
             assert!(row["step_ms_median"].as_f64().unwrap() > 0.0 && row["first_step_ms"].as_f64().unwrap() > 0.0, "{row}");

@@ -137,22 +137,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The cubecl allocator's bytes in use and reserved on `device` (CUDA, wgpu), in the stream of the
-/// thread that calls this: cubecl keeps one allocator per stream, and a stream per thread, so the
-/// returned probe reads that thread's allocator from any thread (the benchmark samples it from a
-/// second one during a step).
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn allocator_memory<R: cubecl_runtime::runtime::Runtime>(device: &R::Device) -> impl Fn() -> Option<bench::DeviceMemory> + Sync + '_ {
-    let stream = cubecl_common::stream_id::StreamId::current();
-    move || {
-        let mut client = R::client(device);
-        // Safety: the client only reads the allocator's counters of that stream (`memory_usage`).
-        unsafe { client.set_stream(stream) };
-        let usage = client.memory_usage().ok()?;
-        Some(bench::DeviceMemory { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved })
-    }
-}
-
 fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, warmup: usize) -> Result<serde_json::Value> {
     use burn::backend::Autodiff;
     if dtype == "bf16" && !(backend.starts_with("cuda") || backend.starts_with("tch")) {
@@ -168,7 +152,7 @@ fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, war
         d if d.starts_with("cuda") => {
             let n: usize = d.strip_prefix("cuda:").map(str::parse).transpose().context("--backends cuda:N")?.unwrap_or(0);
             let device = burn::backend::cuda::CudaDevice::new(n);
-            let memory = allocator_memory::<cubecl_cuda::CudaRuntime>(&device);
+            let memory = rfa_models::memory::cuda_allocator(device.clone());
             bench::run::<Autodiff<burn::backend::Cuda<f32, i32>>>(
                 shape,
                 dtype,
@@ -182,7 +166,7 @@ fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, war
         #[cfg(feature = "wgpu")]
         "wgpu" => {
             let device = burn::backend::wgpu::WgpuDevice::default();
-            let memory = allocator_memory::<cubecl_wgpu::WgpuRuntime>(&device);
+            let memory = rfa_models::memory::wgpu_allocator(device.clone());
             bench::run::<Autodiff<burn::backend::Wgpu<f32, i32>>>(
                 shape,
                 dtype,

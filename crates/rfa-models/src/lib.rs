@@ -10,6 +10,7 @@
 pub mod bert;
 pub mod common;
 pub mod gpt2;
+pub mod memory;
 pub mod ops;
 pub mod parity;
 pub mod tokenizer;

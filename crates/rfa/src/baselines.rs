@@ -122,6 +122,7 @@ where
     let mut steps = Vec::new();
     for epoch in 0..uc.epochs {
         for b in batches(driver, uc.batch_size, true, seed.wrapping_add(31 * epoch as u64 + 1)) {
+            let step_start = Instant::now();
             let (rb, fb) = if method.over_retain() {
                 (b.clone(), Vec::new())
             } else if method.uses_retain() {
@@ -185,7 +186,7 @@ where
                 grads = apply_mask(&model, grads, m);
             }
             model = optim.step(uc.lr, model, grads)?;
-            steps.push(StepLog { step: steps.len(), total: tv, retain: rv, forget: fv });
+            steps.push(StepLog { step: steps.len(), total: tv, retain: rv, forget: fv, seconds: step_start.elapsed().as_secs_f64() });
             pb.inc(b.len() as u64);
             pb.set_message(format!("loss {tv:.4}"));
         }

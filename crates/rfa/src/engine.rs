@@ -142,6 +142,11 @@ pub struct StepLog {
     pub total: f64,
     pub retain: f64,
     pub forget: f64,
+    /// Wall time from the step's batch to its optimizer update. The loss is read each step, so
+    /// on a GPU a step also waits for the previous one's kernels; the first step includes the
+    /// run-time compilation of every kernel (none with a warm kernel cache). 0 in older logs.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +159,17 @@ pub struct UnlearnLog {
     /// Retained samples the targets were estimated from.
     #[serde(default)]
     pub stats_samples: usize,
+}
+
+impl UnlearnLog {
+    /// The first step's time and the median of the others' (`None` without steps; no median
+    /// with a single step): a GPU run's start-up cost apart from its steady pace.
+    pub fn step_times(&self) -> Option<(f64, Option<f64>)> {
+        let (first, rest) = self.steps.split_first()?;
+        let mut rest: Vec<f64> = rest.iter().map(|s| s.seconds).collect();
+        rest.sort_by(f64::total_cmp);
+        Some((first.seconds, (!rest.is_empty()).then(|| rest[rest.len() / 2])))
+    }
 }
 
 /// Residual Feature Alignment (docs/rfa-method.md): LoRA adapters on the layers `uc.targets`
@@ -222,6 +238,7 @@ where
     let mut seen = 0usize;
     for epoch in 0..uc.epochs {
         for fb in batches(forget, uc.batch_size, true, seed.wrapping_add(31 * epoch as u64 + 1)) {
+            let step_start = Instant::now();
             let mut rb = Vec::with_capacity(fb.len());
             while rb.len() < fb.len() {
                 if retain_pool.is_empty() {
@@ -266,7 +283,7 @@ where
             }
             let grads = GradientsParams::from_grads(total.backward(), &model);
             model = optim.step(uc.lr, model, grads)?;
-            steps.push(StepLog { step: steps.len(), total: tv, retain: rv, forget: fv });
+            steps.push(StepLog { step: steps.len(), total: tv, retain: rv, forget: fv, seconds: step_start.elapsed().as_secs_f64() });
             pb.inc(nf as u64);
             seen += nr + nf;
             pb.set_message(format!("retain {rv:.4} forget {fv:.4} {:.0} samples/s", seen as f64 / started.elapsed().as_secs_f64()));

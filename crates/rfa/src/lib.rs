@@ -258,6 +258,8 @@ impl Run {
         self.copy_tokenizer(&out.join("merged"))?;
         write_json(&out.join("unlearn_log.json"), &log)?;
         let precision = base_dtype.map(|_| format!("frozen weights in {}", uc.dtype));
+        let (first, median) = log.step_times().map_or((None, None), |(f, m)| (Some(f), m));
+        let phase = Phase { first_step_seconds: first, median_step_seconds: median, ..phase };
         write_json(&out.join("phase.json"), &PhaseRecord { phase, trainable_params: log.trainable_params, ran_on: self.ran_on(precision) })
     }
 
@@ -463,6 +465,10 @@ impl Run {
                 residual_norm_retain: mean(&r.residual_norms),
                 seconds: rec.phase.seconds,
                 peak_rss_mib: rec.phase.peak_rss_mib,
+                peak_device_mib: rec.phase.peak_device_mib,
+                peak_device_reserved_mib: rec.phase.peak_device_reserved_mib,
+                first_step_seconds: rec.phase.first_step_seconds,
+                median_step_seconds: rec.phase.median_step_seconds,
                 trainable_params: rec.trainable_params,
                 ran_on: rec.ran_on.clone(),
             });

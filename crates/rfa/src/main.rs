@@ -167,6 +167,8 @@ fn run() -> Result<()> {
                 eprintln!("compiled CUDA kernels are cached in {} (RFA_KERNEL_CACHE=off to disable)", dir.display());
             }
             let device = burn::backend::cuda::CudaDevice::new(n);
+            // The report's peak device memory: cubecl's allocator, sampled during each phase.
+            rfa::report::watch_device_memory(rfa_models::memory::cuda_allocator(device.clone()));
             dispatch::<burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>>(
                 &cli,
                 &common,

@@ -2,31 +2,82 @@
 //! programs) and Markdown (for people).
 
 use std::path::Path;
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use rfa_eval::{
     Rows, Summary, accuracy, activation_distance, feature_distance, js_divergence, mia_efficacy, per_class_accuracy, true_label_confidence,
 };
+use rfa_models::memory::{DeviceMemory, sample_peak};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Outputs;
 
-/// Wall time and peak resident memory of one phase.
+/// Wall time and peak memory of one phase.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Phase {
     pub seconds: f64,
     /// Peak resident set size during the phase (Linux VmHWM after resetting it), MiB.
     pub peak_rss_mib: Option<f64>,
+    /// Peak of the device allocator during the phase, on the GPU backends whose allocator is
+    /// readable (burn-cuda: cubecl's), sampled every few milliseconds — a lower bound: MiB held
+    /// by tensors, and reserved from the driver (what nvidia-smi sees, less the CUDA context).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_device_mib: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_device_reserved_mib: Option<f64>,
+    /// Unlearning phases: the first step's wall time (on a GPU it includes compiling every kernel
+    /// the step needs, unless the kernel cache holds them) and the median of the other steps'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_step_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median_step_seconds: Option<f64>,
 }
 
-/// Runs `f`, measuring wall time and the process's peak RSS over it.
+type DeviceProbe = Box<dyn Fn() -> Option<DeviceMemory> + Send + Sync>;
+
+static DEVICE_MEMORY: OnceLock<DeviceProbe> = OnceLock::new();
+
+/// How often `measure` reads the device allocator: often enough for the peak at the end of each
+/// forward pass (steps take tens of milliseconds or more), rarely enough to cost nothing.
+const DEVICE_SAMPLE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Has every later `measure` sample the device allocator through `probe` (`rfa_models::memory`;
+/// set once, by `main`, for the backend it chose). Returns false if a probe was already set.
+pub fn watch_device_memory(probe: impl Fn() -> Option<DeviceMemory> + Send + Sync + 'static) -> bool {
+    DEVICE_MEMORY.set(Box::new(probe)).is_ok()
+}
+
+/// Runs `f`, measuring wall time, the process's peak RSS and, where `watch_device_memory` set a
+/// probe, the device allocator's sampled peak over it.
 pub fn measure<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Phase)> {
+    measure_with(DEVICE_MEMORY.get().map(|p| &**p as &(dyn Fn() -> Option<DeviceMemory> + Sync)), f)
+}
+
+fn measure_with<T>(probe: Option<&(dyn Fn() -> Option<DeviceMemory> + Sync)>, f: impl FnOnce() -> Result<T>) -> Result<(T, Phase)> {
     // Writing 5 to clear_refs resets the peak-RSS counter (Linux ≥ 4.0).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let t = Instant::now();
-    let v = f()?;
-    Ok((v, Phase { seconds: t.elapsed().as_secs_f64(), peak_rss_mib: peak_rss_mib() }))
+    let (v, device) = match probe {
+        Some(probe) => {
+            let (v, peak) = sample_peak(probe, DEVICE_SAMPLE_INTERVAL, f);
+            (v?, (peak.samples > 0).then_some(peak))
+        }
+        None => (f()?, None),
+    };
+    let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+    Ok((
+        v,
+        Phase {
+            seconds: t.elapsed().as_secs_f64(),
+            peak_rss_mib: peak_rss_mib(),
+            peak_device_mib: device.map(|p| mib(p.in_use)),
+            peak_device_reserved_mib: device.map(|p| mib(p.reserved)),
+            first_step_seconds: None,
+            median_step_seconds: None,
+        },
+    ))
 }
 
 fn peak_rss_mib() -> Option<f64> {
@@ -66,6 +117,16 @@ pub struct ModelReport {
     pub per_class_test_accuracy: Vec<Option<f64>>,
     pub seconds: f64,
     pub peak_rss_mib: Option<f64>,
+    /// The device allocator's sampled peak (MiB in use, reserved) where the backend's is readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_device_mib: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_device_reserved_mib: Option<f64>,
+    /// Unlearning phases: the first step's time and the median of the others' (see `Phase`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_step_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median_step_seconds: Option<f64>,
     pub trainable_params: usize,
     /// Backend and precision of the phase that produced the model (its time depends on them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +222,10 @@ pub fn model_reports(models: &[Evaluated], retrained: &str) -> Result<Vec<ModelR
             per_class_test_accuracy: per_class_accuracy(&lt, &m.test.labels, c),
             seconds: m.phase.seconds,
             peak_rss_mib: m.phase.peak_rss_mib,
+            peak_device_mib: m.phase.peak_device_mib,
+            peak_device_reserved_mib: m.phase.peak_device_reserved_mib,
+            first_step_seconds: m.phase.first_step_seconds,
+            median_step_seconds: m.phase.median_step_seconds,
             trainable_params: m.trainable_params,
             ran_on: m.ran_on.clone(),
         });
@@ -202,6 +267,16 @@ pub struct LmModelReport {
     pub residual_norm_retain: Option<f64>,
     pub seconds: f64,
     pub peak_rss_mib: Option<f64>,
+    /// The device allocator's sampled peak (MiB in use, reserved) where the backend's is readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_device_mib: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_device_reserved_mib: Option<f64>,
+    /// Unlearning phases: the first step's time and the median of the others' (see `Phase`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_step_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median_step_seconds: Option<f64>,
     pub trainable_params: usize,
     /// Backend and precision of the phase that produced the model (its time depends on them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,6 +347,8 @@ MIA-Efficacy: % of Df that SalUn's SVC membership attack calls non-member. Activ
 between the model's and the retrained model's output distributions on Df. Average gap: mean |difference| to the \
 retrained model over UA, RA, TA, MIA-Efficacy. Time: the phase that produced the model (training, retraining, unlearning).\n\n";
         s += &ran_on(self.models.iter().map(|m| (&m.name, &m.ran_on)));
+        s += &step_times(self.models.iter().map(|m| (&m.name, m.first_step_seconds, m.median_step_seconds)));
+        s += &device_memory(self.models.iter().map(|m| (&m.name, m.peak_device_mib, m.peak_device_reserved_mib)));
         s += "## Features\n\n| model | feature distance to retrain on Df | on Dr | residual norm on Df | on Dr |\n|---|---:|---:|---:|---:|\n";
         for m in &self.models {
             s += &format!(
@@ -314,6 +391,46 @@ fn ran_on<'a>(models: impl Iterator<Item = (&'a String, &'a Option<String>)>) ->
     if known.is_empty() { String::new() } else { format!("Phases ran on — {}.\n\n", known.join("; ")) }
 }
 
+/// A paragraph with each model's device-memory peak, for the models whose phase sampled one (GPU
+/// backends with a readable allocator); nothing otherwise.
+fn device_memory<'a>(models: impl Iterator<Item = (&'a String, Option<f64>, Option<f64>)>) -> String {
+    let known: Vec<String> =
+        models.filter_map(|(name, in_use, reserved)| Some(format!("{name} {:.0} / {}", in_use?, f(reserved, 0)))).collect();
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Peak device memory (the allocator's MiB in use / reserved, sampled every {} ms during the phase; \
+nvidia-smi adds the CUDA context) — {}.\n\n",
+            DEVICE_SAMPLE_INTERVAL.as_millis(),
+            known.join("; ")
+        )
+    }
+}
+
+/// A paragraph with each unlearning's first-step and median step time, for the models whose
+/// phase recorded them; nothing otherwise.
+fn step_times<'a>(models: impl Iterator<Item = (&'a String, Option<f64>, Option<f64>)>) -> String {
+    let known: Vec<String> = models
+        .filter_map(|(name, first, median)| {
+            let first = first?;
+            Some(match median {
+                Some(m) => format!("{name} {first:.3} s, then {m:.3} s"),
+                None => format!("{name} {first:.3} s (one step)"),
+            })
+        })
+        .collect();
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Unlearning steps (the first step, which on a GPU includes compiling its kernels unless the kernel cache holds \
+them, then the median of the others) — {}.\n\n",
+            known.join("; ")
+        )
+    }
+}
+
 /// Markdown cell text: one line, no table separators.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace(['\n', '\r'], " ⏎ ").trim().to_string()
@@ -350,6 +467,8 @@ the retrained model over the two AUCs. Dr perplexity over {} retained texts.\n\n
             self.held_out, self.held_out_samples, self.min_k_percent, self.retain_samples_evaluated
         );
         s += &ran_on(self.models.iter().map(|m| (&m.name, &m.ran_on)));
+        s += &step_times(self.models.iter().map(|m| (&m.name, m.first_step_seconds, m.median_step_seconds)));
+        s += &device_memory(self.models.iter().map(|m| (&m.name, m.peak_device_mib, m.peak_device_reserved_mib)));
         if !self.generations.is_empty() {
             s += "## Generations (greedy)\n\n| from | prompt | model | continuation |\n|---|---|---|---|\n";
             for g in &self.generations {
@@ -359,5 +478,88 @@ the retrained model over the two AUCs. Dr perplexity over {} retained texts.\n\n
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With a probe the phase records the largest in-use and reserved readings in MiB; without
+    /// one (CPU backends) no device fields, and the JSON has no device keys, so CPU reports and
+    /// older `phase.json` files read and write as before.
+    #[test]
+    fn phases_record_the_device_peak_when_there_is_a_probe() {
+        let readings = std::sync::atomic::AtomicU64::new(0);
+        let probe = || {
+            let k = readings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Some(if k == 0 {
+                DeviceMemory { in_use: 300 << 20, reserved: 512 << 20 }
+            } else {
+                DeviceMemory { in_use: 100 << 20, reserved: 1 << 30 }
+            })
+        };
+        let (v, phase) = measure_with(Some(&probe), || {
+            while readings.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                std::thread::yield_now();
+            }
+            Ok(5)
+        })
+        .unwrap();
+        assert_eq!(v, 5);
+        assert_eq!((phase.peak_device_mib, phase.peak_device_reserved_mib), (Some(300.0), Some(1024.0)));
+        let json = serde_json::to_string(&phase).unwrap();
+        assert!(json.contains("\"peak_device_mib\":300.0"), "{json}");
+
+        let (_, phase) = measure_with(None, || Ok(())).unwrap();
+        assert_eq!((phase.peak_device_mib, phase.peak_device_reserved_mib), (None, None));
+        let json = serde_json::to_string(&phase).unwrap();
+        assert!(!json.contains("device"), "{json}");
+        let old: Phase = serde_json::from_str(r#"{"seconds": 1.5, "peak_rss_mib": 20.0}"#).unwrap();
+        assert_eq!((old.seconds, old.peak_device_mib), (1.5, None));
+
+        // A failing phase is the phase's error, and the sampler stops with it.
+        let err = measure_with(Some(&probe), || -> Result<()> { anyhow::bail!("no gradients") }).unwrap_err();
+        assert!(err.to_string().contains("no gradients"), "{err}");
+        // A probe that reads nothing (no allocator) records nothing.
+        let (_, phase) = measure_with(Some(&|| None), || Ok(())).unwrap();
+        assert_eq!(phase.peak_device_mib, None);
+    }
+
+    /// The first step apart, the median of the rest (odd and even counts), one step, none.
+    #[test]
+    fn unlearning_logs_give_the_first_step_and_the_median_of_the_others() {
+        use crate::engine::{StepLog, UnlearnLog};
+        let log = |secs: &[f64]| UnlearnLog {
+            steps: secs.iter().enumerate().map(|(i, &s)| StepLog { step: i, total: 0.0, retain: 0.0, forget: 0.0, seconds: s }).collect(),
+            adapted: vec![],
+            trainable_params: 0,
+            total_params: 0,
+            stats_seconds: 0.0,
+            stats_samples: 0,
+        };
+        assert_eq!(log(&[7.0, 0.3, 0.1, 0.2]).step_times(), Some((7.0, Some(0.2))));
+        assert_eq!(log(&[7.0, 0.4, 0.1, 0.2, 0.3]).step_times(), Some((7.0, Some(0.3))));
+        assert_eq!(log(&[2.0]).step_times(), Some((2.0, None)));
+        assert_eq!(log(&[]).step_times(), None);
+        // Logs written before steps were timed read as 0 s.
+        let old: StepLog = serde_json::from_str(r#"{"step": 0, "total": 1.0, "retain": 0.5, "forget": 0.5}"#).unwrap();
+        assert_eq!(old.seconds, 0.0);
+
+        let (a, b, c) = ("RFA".to_string(), "finetune".to_string(), "original (M0)".to_string());
+        let text = step_times([(&a, Some(7.0), Some(0.188)), (&b, Some(1.5), None), (&c, None, None)].into_iter());
+        assert!(text.contains("RFA 7.000 s, then 0.188 s; finetune 1.500 s (one step)."), "{text}");
+        assert!(!text.contains("M0"), "{text}");
+        assert_eq!(step_times([(&c, None, None)].into_iter()), "");
+    }
+
+    #[test]
+    fn the_device_memory_paragraph_names_the_models_that_have_a_peak() {
+        let (a, b, c) = ("original (M0)".to_string(), "rfa".to_string(), "retrain (M*)".to_string());
+        let text = device_memory([(&a, Some(812.4), Some(1024.0)), (&b, Some(1300.0), None), (&c, None, None)].into_iter());
+        assert!(text.starts_with("Peak device memory"), "{text}");
+        assert!(text.contains("original (M0) 812 / 1024; rfa 1300 / —."), "{text}");
+        assert!(!text.contains("retrain"), "{text}");
+        assert_eq!(device_memory([(&c, None, None)].into_iter()), "");
     }
 }
