@@ -152,6 +152,12 @@ def main():
             f"| {'—' if compiled is None else compiled} |"
         )
     out += overhead_table(root)
+    demo = root / "demo-report.md"
+    if demo.exists():
+        # The report's header, its table and the paragraphs under it (where it ran, the steps'
+        # times, peak device memory), up to its next section.
+        text = demo.read_text(errors="replace").split("\n## ")[0].strip()
+        out += ["", "`rfa demo --device cuda`:", ""] + ["> " + line if line else ">" for line in text.splitlines()]
     timeline = root / "timeline.txt"
     if timeline.exists():
         out += ["", "Timeline:", "", "```", timeline.read_text().strip(), "```"]

@@ -37,9 +37,11 @@ pack_tests tch
 pack_tests tch attention
 cp "${SHARED:-../shared}/bench/torch_rfa_reference.py" .device/
 # bench/torch_ops.py and bench/torch_variants.py travel with the tree.
+# The `rfa` command itself: device-run.sh runs `rfa demo --device cuda` (its report's step times and
+# peak device memory), device-cifar10.sh the full CIFAR-10 runs.
+cargo build --release --features cuda -p rfa
+pack "$CARGO_TARGET_DIR/release/rfa" rfa
 if [ "${CIFAR:-0}" = 1 ]; then
-  cargo build --release --features cuda -p rfa
-  pack "$CARGO_TARGET_DIR/release/rfa" rfa
   [ -f .device/cifar10_jpeg_q75.tar.gz ] || tar czf .device/cifar10_jpeg_q75.tar.gz -C "${ASSETS:-$HOME/.cache/rfa-assets}/cifar10" .
 fi
 du -ch .device/* | tail -1

@@ -19,11 +19,12 @@
 #   4. where a GPT-2 step's time goes: cubecl's kernel profiler on one step (every kernel's GPU
 #      time, bench/<row>.profile.log), the step's operations alone (`xtask bench-ops`, each build,
 #      and bench/torch_ops.py: the same operations and matmul shapes in PyTorch, TF32);
-#   5. BERT and ViT on libtorch, with autotune, with fusion; bf16 (PyTorch autocast, libtorch,
+#   5. `rfa demo --device cuda` (the command end to end, its report);
+#   6. BERT and ViT on libtorch, with autotune, with fusion; bf16 (PyTorch autocast, libtorch,
 #      burn-cuda, burn-cuda with fusion).
 # Expects in .device/ (scripts/device-prepare.sh puts them there): xtask-cuda.gz,
 # xtask-cuda-fusion.gz, xtask-cuda-autotune.gz, xtask-tch.gz, rfa-models-cuda-tests.gz,
-# rfa-models-tch-tests.gz, rfa-models-attention-tch-tests.gz (built `--release` with CUDARC_CUDA_VERSION=13000,
+# rfa-models-tch-tests.gz, rfa-models-attention-tch-tests.gz, rfa.gz (built `--release` with CUDARC_CUDA_VERSION=13000,
 # stripped and gzipped to fit the 64 MiB carry), torch_rfa_reference.py; fixtures/ comes with the
 # tree. (Full CIFAR-10 on the GPU: scripts/device-cifar10.sh.)
 # Everything it writes is packed into $OUT/device-run.tgz at the end (the device tool returns only
@@ -175,6 +176,18 @@ overhead_rows() {
   note "torch overhead rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
 }
 
+# The `rfa` command end to end on the GPU: the demo (train M0, retrain M*, unlearn with RFA,
+# evaluate; its kernels compiled cold) — its report's timings, the unlearning's first step apart
+# from the others, and each phase's peak device memory.
+demo_row() {
+  local s=$(date +%s.%N)
+  gunzip -c .device/rfa.gz > "$bin/rfa" && chmod +x "$bin/rfa"
+  RFA_KERNEL_CACHE=/tmp/rfa-kernels timeout 90 "$bin/rfa" demo --device cuda --runs-dir /tmp/rfa-demo-runs > "$out/demo.log" 2>&1
+  note "rfa demo cuda rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
+  cp /tmp/rfa-demo-runs/demo/report.md "$out/demo-report.md" 2>/dev/null
+  cp /tmp/rfa-demo-runs/demo/report.json "$out/demo-report.json" 2>/dev/null
+}
+
 # Most important first; each step runs only if its share of the time is left.
 # 2-3. rfa (burn-cuda) and PyTorch + peft, f32, side by side; PyTorch with TF32.
 for m in gpt2 bert vit; do
@@ -214,6 +227,7 @@ fi
 [ "$(left)" -gt 120 ] && bench_ops xtask-cuda-fusion
 [ "$(left)" -gt 110 ] && profile_row gpt2-f32-fusion-profile xtask-cuda-fusion
 [ "$(left)" -gt 100 ] && profile_row gpt2-f32-autotune-profile xtask-cuda-autotune
+[ "$(left)" -gt 95 ] && demo_row
 # 7. BERT and ViT on libtorch and with fusion / autotune; bf16.
 for m in bert vit; do
   [ "$(left)" -gt 90 ] && TF32=1 tch_row "$m-tf32-tch" "${!m}" f32 40
