@@ -64,6 +64,23 @@ def tests_table(root):
     return lines
 
 
+def failure_reason(text):
+    """What a failed row's stderr says went wrong: the first panic's message (Rust prints it on
+    the line after `panicked at FILE:LINE:COL:`), else the first `error` line, else the last line
+    that is not backtrace boilerplate."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "panicked" in line:
+            if line.endswith(":") and i + 1 < len(lines):
+                return lines[i + 1].replace("|", "/")
+            return line.replace("|", "/")
+    for line in lines:
+        if line.lower().startswith("error"):
+            return line.replace("|", "/")
+    rest = [line for line in lines if not line.startswith(("note:", "stack backtrace", "at ")) and not line[:1].isdigit()]
+    return rest[-1].replace("|", "/") if rest else None
+
+
 def precision(name, row):
     """Which PyTorch row an rfa row compares with: fp32 (strict), tf32 or bf16."""
     if row.get("dtype") == "bf16":
@@ -107,11 +124,17 @@ def main():
     out = ["# device run " + (root / "device.txt").read_text().strip().replace("\n", " · ") if (root / "device.txt").exists() else "# device run"]
     out += [""] + tests_table(root) + [""]
 
-    torch = {}
+    torch, torch_failed = {}, []
     for f in sorted((root / "torch").glob("*.jsonl")):
-        for r in timed(json_rows(f)):
-            if f.stem.startswith(("ops", "overhead")):
-                continue
+        if f.stem.startswith(("ops", "overhead")):
+            continue
+        rows = json_rows(f)
+        torch_failed += [f"| {r.get('model')} {r.get('dtype')} | failed: {str(r['error'])[:160].replace('|', '/')} | | | |" for r in rows if "error" in r]
+        if not timed(rows) and not any("error" in r for r in rows):
+            err = f.with_suffix(".err")
+            reason = failure_reason(err.read_text(errors="replace")) if err.exists() else None
+            torch_failed.append(f"| {f.stem} | failed: {(reason or 'no output')[:160]} | | | |")
+        for r in timed(rows):
             kind = "tf32" if r.get("tf32") else r["dtype"]
             peak = read_number(f.with_suffix(".peak_mib")) if f.stem != "tf32" else None
             torch[(r["model"], kind)] = dict(r, smi_peak_mib=peak)
@@ -123,6 +146,7 @@ def main():
             f"| {model} {kind} | {fmt(r['step_ms_median'], 1, ' ms')} | {fmt(r['samples_per_s'])} | {fmt(r.get('peak_mem_gib'), 2, ' GiB')} "
             f"| {fmt(peak / 1024 if peak else None, 2, ' GiB')} |"
         )
+    out += torch_failed
     out.append("")
 
     out += [
@@ -135,8 +159,8 @@ def main():
         rows = timed(json_rows(f))
         if not rows:
             err = f.with_suffix(".err")
-            tail = err.read_text(errors="replace").strip().splitlines()[-1:] if err.exists() else []
-            out.append(f"| {f.stem} | failed: {tail[0][:120] if tail else 'no output'} | | | | | | | | |")
+            reason = failure_reason(err.read_text(errors="replace")) if err.exists() else None
+            out.append(f"| {f.stem} | failed: {(reason or 'no output')[:160]} | | | | | | | | |")
             continue
         r = rows[-1]
         peer = torch.get((r["model"], precision(f.stem, r)))

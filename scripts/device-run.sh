@@ -1,27 +1,27 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine (the `device` tool) for issue 6, within TOTAL_S seconds, most
-# important first (each part runs only if its share of the time is left):
-#   1. tests: burn-cuda (parity, LoRA gradients f32 and with bf16 base weights, attention vs the
-#      CPU) and burn's libtorch backend on CUDA (crates/rfa-models/tests/tch.rs, and
-#      tests/attention.rs: PyTorch's memory-efficient attention kernel against f64);
-#   2. the RFA step (`xtask bench`), GPT-2 small / BERT-base / ViT-B/16 at the PyTorch reference's
-#      shapes, f32, burn-cuda beside the PyTorch + transformers + peft reference
-#      (bench/torch_rfa_reference.py), one process per row (so that nvidia-smi's peak memory
-#      belongs to that row; torch's max_memory_allocated too), then the reference with TF32
-#      matmuls (bench/torch_variants.py), as burn-cuda computes f32. burn rows share a persistent
+# important first (a row runs only if its own time limit still fits):
+#   1. tests: burn-cuda (parity, LoRA gradients f32 and with bf16 base weights, attention, LayerNorm
+#      and the objective's node vs the CPU) and burn's libtorch backend on CUDA
+#      (crates/rfa-models/tests/tch.rs, and tests/attention.rs: PyTorch's memory-efficient
+#      attention kernel against f64);
+#   2. the issue's table: the RFA step (`xtask bench`), GPT-2 small / BERT-base / ViT-B/16 at the
+#      PyTorch reference's shapes, one process per row (so that nvidia-smi's peak memory belongs
+#      to that row; the rows also carry the allocator's sampled peak): the PyTorch + transformers
+#      + peft reference (bench/torch_rfa_reference.py) in strict f32, rfa on burn-cuda (f32 on
+#      TF32 tensor cores) and on burn's libtorch backend (`xtask-tch`: PyTorch's kernels, strict
+#      f32); then bf16 (autocast; rfa on libtorch and on burn-cuda). burn rows share a persistent
 #      PTX cache and log their compilations;
-#   3. GPT-2 on burn's libtorch backend (`xtask-tch`: PyTorch's kernels, strict f32, then TF32,
-#      then TF32 with attention in elementary ops instead of the SDPA kernel),
-#      with burn's kernel fusion (`xtask-cuda-fusion`), with cubecl's autotune
-#      (`xtask-cuda-autotune`: a cold first step, every matmul / reduction shape timed over its
-#      candidate kernels, then a second process with the tuning cache warm);
-#      each framework's own cost per step (all three at full depth, width 64: host work, launches);
-#   4. where a GPT-2 step's time goes: cubecl's kernel profiler on one step (every kernel's GPU
-#      time, bench/<row>.profile.log), the step's operations alone (`xtask bench-ops`, each build,
-#      and bench/torch_ops.py: the same operations and matmul shapes in PyTorch, TF32);
-#   5. `rfa demo --device cuda` (the command end to end, its report);
-#   6. BERT and ViT on libtorch, with autotune, with fusion; bf16 (PyTorch autocast, libtorch,
-#      burn-cuda, burn-cuda with fusion).
+#   3. TF32 like for like: the reference with TF32 matmuls (bench/torch_variants.py), rfa on
+#      libtorch with TF32;
+#   4. each framework's own cost per step (full depth, width 64: host work, launches); cubecl's
+#      kernel profiler on one GPT-2 step (every kernel's GPU time, bench/<row>.profile.log); burn's
+#      kernel fusion (`xtask-cuda-fusion`); the A/B of the seventh session's launch cuts;
+#      `rfa demo --device cuda` (the command end to end, its report);
+#   5. libtorch's attention in elementary ops (A/B with SDPA); cubecl's autotune
+#      (`xtask-cuda-autotune`, cold, then with the tuning cache warm); the step's operations alone
+#      (`xtask bench-ops`, each build, and bench/torch_ops.py: the same operations in PyTorch);
+#   6. BERT and ViT with fusion and autotune; bf16 with fusion.
 # Expects in .device/ (scripts/device-prepare.sh puts them there): xtask-cuda.gz,
 # xtask-cuda-fusion.gz, xtask-cuda-autotune.gz, xtask-tch.gz, rfa-models-cuda-tests.gz,
 # rfa-models-tch-tests.gz, rfa-models-attention-tch-tests.gz, rfa.gz (built `--release` with CUDARC_CUDA_VERSION=13000,
@@ -168,8 +168,9 @@ bench_ops() { # exe (in the working directory of its GPT-2 row: its caches)
 tiny_models=gpt2:12x64:4,bert:12x64:4,vit:12x64:4
 tiny_configs=gpt2:12x64:4:1:16,bert:12x64:4:1:16,vit:12x64:4:1:32
 overhead_rows() {
-  BENCH_STEPS="--warmup 3 --steps 20" bench_row overhead-cuda "$tiny_configs" f32 60
-  TF32=1 tch_row overhead-tch "$tiny_configs" f32 40
+  fits 60 && BENCH_STEPS="--warmup 3 --steps 20" bench_row overhead-cuda "$tiny_configs" f32 60
+  fits 40 && TF32=1 tch_row overhead-tch "$tiny_configs" f32 40
+  fits 60 || return 0
   local s=$(date +%s.%N)
   timeout 60 python3 bench/torch_variants.py .device/torch_rfa_reference.py --device cuda --tf32 --models "$tiny_models" \
     --batch 1 --dtypes fp32 --warmup 3 --steps 20 --count-ops > "$out/torch/overhead.jsonl" 2> "$out/torch/overhead.err"
@@ -188,58 +189,66 @@ demo_row() {
   cp /tmp/rfa-demo-runs/demo/report.json "$out/demo-report.json" 2>/dev/null
 }
 
-# Most important first; each step runs only if its share of the time is left.
-# 2-3. rfa (burn-cuda) and PyTorch + peft, f32, side by side; PyTorch with TF32.
+# Most important first; a row runs only if its own time limit still fits before the deadline
+# (`fits LIMIT`), so whatever the card's speed the run ends in time with the rows that matter.
+fits() { [ "$(left)" -gt "$1" ]; }
+# 2. The issue's table, model by model, at the reference's own settings: PyTorch + peft strict
+# f32, rfa on burn-cuda (f32 on TF32 tensor cores, its only f32) and on libtorch (strict f32);
+# then bf16 (PyTorch autocast, rfa with bf16 frozen weights on libtorch and on burn-cuda).
 for m in gpt2 bert vit; do
-  [ "$(left)" -gt 400 ] && bench_row "$m-f32" "${!m}" f32 75
-  [ "$(left)" -gt 380 ] && torch_row "$m" fp32
+  fits 75 && bench_row "$m-f32" "${!m}" f32 75
+  fits 60 && torch_row "$m" fp32
+  fits 45 && tch_row "$m-f32-tch" "${!m}" f32 45
 done
-if [ "$(left)" -gt 350 ]; then
+for m in gpt2 bert vit; do
+  fits 60 && torch_row "$m" bf16
+  fits 45 && tch_row "$m-bf16-tch" "${!m}" bf16 45
+  fits 45 && bench_row "$m-bf16" "${!m}" bf16 45
+done
+# 3. TF32 like for like: the reference with TF32 matmuls (one process), rfa on libtorch with TF32.
+if fits 60; then
   s=$(date +%s.%N)
   timeout 60 python3 bench/torch_variants.py .device/torch_rfa_reference.py --device cuda --tf32 --models gpt2,bert,vit \
     --dtypes fp32 --warmup 3 --steps 10 > "$out/torch/tf32.jsonl" 2> "$out/torch/tf32.err"
   note "torch tf32 rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
 fi
-# 3b. GPT-2 on libtorch (strict f32, TF32), with fusion, with autotune (cold, then warm).
-[ "$(left)" -gt 330 ] && tch_row gpt2-f32-tch "$gpt2" f32 60
-[ "$(left)" -gt 320 ] && TF32=1 tch_row gpt2-tf32-tch "$gpt2" f32 45
-# The same with attention in elementary ops instead of PyTorch's SDPA kernel (A/B).
-[ "$(left)" -gt 310 ] && ATT=ops TF32=1 tch_row gpt2-tf32-tch-ops "$gpt2" f32 45
-[ "$(left)" -gt 305 ] && overhead_rows
-[ "$(left)" -gt 270 ] && bench_row gpt2-f32-fusion "$gpt2" f32 90 xtask-cuda-fusion
-[ "$(left)" -gt 260 ] && bench_row gpt2-f32-autotune "$gpt2" f32 120 xtask-cuda-autotune
-[ "$(left)" -gt 200 ] && bench_row gpt2-f32-autotune-warm "$gpt2" f32 40 xtask-cuda-autotune
-# A/B of the seventh session's launch cuts: burn's per-tensor AdamW and the split objective.
-[ "$(left)" -gt 190 ] && BENCH_STEPS="--warmup 3 --steps 10 --optimizer burn --split-taps" bench_row bert-f32-before-foreach "$bert" f32 45
-# 6. Where a GPT-2 step's time goes: kernel profile (default build), the step's operations alone
-# on each backend and in PyTorch.
-[ "$(left)" -gt 180 ] && profile_row gpt2-f32-profile xtask-cuda
-[ "$(left)" -gt 160 ] && bench_ops xtask-cuda
-if [ "$(left)" -gt 150 ]; then
+for m in gpt2 bert vit; do
+  fits 40 && TF32=1 tch_row "$m-tf32-tch" "${!m}" f32 40
+done
+# 4. Each framework's own cost per step; where a GPT-2 step's time goes on burn-cuda (kernel
+# profile); kernel fusion; the seventh session's launch cuts (burn's per-tensor AdamW and the
+# split objective, A/B on BERT); the `rfa` command end to end.
+overhead_rows
+fits 40 && profile_row gpt2-f32-profile xtask-cuda
+fits 90 && bench_row gpt2-f32-fusion "$gpt2" f32 90 xtask-cuda-fusion
+fits 45 && BENCH_STEPS="--warmup 3 --steps 10 --optimizer burn --split-taps" bench_row bert-f32-before-foreach "$bert" f32 45
+fits 90 && demo_row
+# 5. libtorch's attention in elementary ops instead of the SDPA kernel (A/B); cubecl's autotune
+# (cold: every matmul / reduction shape timed, then a second process with the tuning cache warm);
+# the step's operations alone on each backend and in PyTorch; more profiles.
+fits 45 && ATT=ops TF32=1 tch_row gpt2-tf32-tch-ops "$gpt2" f32 45
+fits 120 && bench_row gpt2-f32-autotune "$gpt2" f32 120 xtask-cuda-autotune
+fits 40 && bench_row gpt2-f32-autotune-warm "$gpt2" f32 40 xtask-cuda-autotune
+fits 40 && bench_ops xtask-cuda
+if fits 40; then
   timeout 40 python3 bench/torch_ops.py --device cuda --tf32 --shape 8:512:768:12 --reps 10 > "$out/torch/ops-tf32.jsonl" 2> "$out/torch/ops-tf32.err"
   note "torch ops tf32 rc=$?"
 fi
-if [ "$(left)" -gt 140 ]; then
+if fits 40; then
   LD_LIBRARY_PATH=$torch_lib timeout 40 "$bin/xtask-tch" bench-ops --backends tch-cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-xtask-tch.jsonl" 2> "$out/bench/ops-xtask-tch.err"
   note "bench-ops xtask-tch rc=$?"
 fi
-[ "$(left)" -gt 130 ] && bench_ops xtask-cuda-autotune
-[ "$(left)" -gt 120 ] && bench_ops xtask-cuda-fusion
-[ "$(left)" -gt 110 ] && profile_row gpt2-f32-fusion-profile xtask-cuda-fusion
-[ "$(left)" -gt 100 ] && profile_row gpt2-f32-autotune-profile xtask-cuda-autotune
-[ "$(left)" -gt 95 ] && demo_row
-# 7. BERT and ViT on libtorch and with fusion / autotune; bf16.
+fits 40 && bench_ops xtask-cuda-fusion
+fits 40 && profile_row gpt2-f32-fusion-profile xtask-cuda-fusion
+fits 40 && bench_ops xtask-cuda-autotune
+fits 40 && profile_row gpt2-f32-autotune-profile xtask-cuda-autotune
+# 6. BERT and ViT with fusion and autotune; bf16 with fusion.
 for m in bert vit; do
-  [ "$(left)" -gt 90 ] && TF32=1 tch_row "$m-tf32-tch" "${!m}" f32 40
-  [ "$(left)" -gt 85 ] && tch_row "$m-f32-tch" "${!m}" f32 40
-  [ "$(left)" -gt 80 ] && bench_row "$m-f32-autotune" "${!m}" f32 60 xtask-cuda-autotune
-  [ "$(left)" -gt 75 ] && bench_row "$m-f32-fusion" "${!m}" f32 60 xtask-cuda-fusion
+  fits 60 && bench_row "$m-f32-fusion" "${!m}" f32 60 xtask-cuda-fusion
+  fits 60 && bench_row "$m-f32-autotune" "${!m}" f32 60 xtask-cuda-autotune
 done
 for m in gpt2 bert vit; do
-  [ "$(left)" -gt 60 ] && torch_row "$m" bf16
-  [ "$(left)" -gt 50 ] && tch_row "$m-bf16-tch" "${!m}" bf16 40
-  [ "$(left)" -gt 45 ] && bench_row "$m-bf16" "${!m}" bf16 40
-  [ "$(left)" -gt 30 ] && bench_row "$m-bf16-fusion" "${!m}" bf16 40 xtask-cuda-fusion
+  fits 40 && bench_row "$m-bf16-fusion" "${!m}" bf16 40 xtask-cuda-fusion
 done
 du -sh "$cache" "$tune_cache" > "$out/bench/cache_size.txt" 2>&1
 
