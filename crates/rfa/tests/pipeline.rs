@@ -29,6 +29,9 @@ fn the_command_runs_the_whole_pipeline() {
             "train.epochs=1",
             "--set",
             "unlearn.epochs=1",
+            // Several unlearning steps over the ~20 forgotten images (their times are checked).
+            "--set",
+            "unlearn.batch_size=8",
             "--forget",
             "class:Trouser",
         ])
@@ -72,6 +75,18 @@ fn the_command_runs_the_whole_pipeline() {
         assert_eq!(m["ran_on"].as_str(), Some("cpu (burn ndarray, f32)"), "{m}");
     }
     assert!(stdout.contains("Phases ran on — original (M0): cpu (burn ndarray, f32); retrain (M*): cpu"), "{stdout}");
+    // The unlearning's first step apart from the others, in the JSON and in the report; trained models have none, and the CPU backends no
+    // device memory.
+    let rfa = &models[2];
+    let (first, median) = (rfa["first_step_seconds"].as_f64().unwrap(), rfa["median_step_seconds"].as_f64().unwrap());
+    assert!(first > 0.0 && median > 0.0, "{rfa}");
+    assert!(models[0].get("first_step_seconds").is_none() && models.iter().all(|m| m.get("peak_device_mib").is_none()), "{models:?}");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains(&format!("— RFA {first:.3} s, then {median:.3} s.")), "{md}");
+    assert!(!md.contains("Peak device memory"), "{md}");
+    let log: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("rfa/unlearn_log.json")).unwrap()).unwrap();
+    let steps = log["steps"].as_array().unwrap();
+    assert!(steps.len() > 1 && steps.iter().all(|s| s["seconds"].as_f64().unwrap() > 0.0), "{log}");
 
     // export copies both artefacts.
     let exp = tmp.path().join("exported");
