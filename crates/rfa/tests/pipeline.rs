@@ -75,8 +75,8 @@ fn the_command_runs_the_whole_pipeline() {
         assert_eq!(m["ran_on"].as_str(), Some("cpu (burn ndarray, f32)"), "{m}");
     }
     assert!(stdout.contains("Phases ran on — original (M0): cpu (burn ndarray, f32); retrain (M*): cpu"), "{stdout}");
-    // The unlearning's first step apart from the others, in the JSON and in the report; trained models have none, and the CPU backends no
-    // device memory.
+    // The unlearning's first step apart from the others, in the JSON and in the report; trained
+    // models have none, and the CPU backends no device memory.
     let rfa = &models[2];
     let (first, median) = (rfa["first_step_seconds"].as_f64().unwrap(), rfa["median_step_seconds"].as_f64().unwrap());
     assert!(first > 0.0 && median > 0.0, "{rfa}");
