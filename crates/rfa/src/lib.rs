@@ -463,12 +463,7 @@ impl Run {
                 feature_distance_forget: fd,
                 residual_norm_forget: mean(&f.residual_norms),
                 residual_norm_retain: mean(&r.residual_norms),
-                seconds: rec.phase.seconds,
-                peak_rss_mib: rec.phase.peak_rss_mib,
-                peak_device_mib: rec.phase.peak_device_mib,
-                peak_device_reserved_mib: rec.phase.peak_device_reserved_mib,
-                first_step_seconds: rec.phase.first_step_seconds,
-                median_step_seconds: rec.phase.median_step_seconds,
+                phase: rec.phase,
                 trainable_params: rec.trainable_params,
                 ran_on: rec.ran_on.clone(),
             });

@@ -115,18 +115,9 @@ pub struct ModelReport {
     pub residual_norm_forget: Option<f64>,
     pub residual_norm_retain: Option<f64>,
     pub per_class_test_accuracy: Vec<Option<f64>>,
-    pub seconds: f64,
-    pub peak_rss_mib: Option<f64>,
-    /// The device allocator's sampled peak (MiB in use, reserved) where the backend's is readable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peak_device_mib: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peak_device_reserved_mib: Option<f64>,
-    /// Unlearning phases: the first step's time and the median of the others' (see `Phase`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_step_seconds: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub median_step_seconds: Option<f64>,
+    /// Time and memory of the phase that produced the model (`seconds`, `peak_rss_mib`, …).
+    #[serde(flatten)]
+    pub phase: Phase,
     pub trainable_params: usize,
     /// Backend and precision of the phase that produced the model (its time depends on them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,12 +211,7 @@ pub fn model_reports(models: &[Evaluated], retrained: &str) -> Result<Vec<ModelR
             residual_norm_forget: mean(&m.forget.residual_norms),
             residual_norm_retain: mean(&m.retain.residual_norms),
             per_class_test_accuracy: per_class_accuracy(&lt, &m.test.labels, c),
-            seconds: m.phase.seconds,
-            peak_rss_mib: m.phase.peak_rss_mib,
-            peak_device_mib: m.phase.peak_device_mib,
-            peak_device_reserved_mib: m.phase.peak_device_reserved_mib,
-            first_step_seconds: m.phase.first_step_seconds,
-            median_step_seconds: m.phase.median_step_seconds,
+            phase: m.phase,
             trainable_params: m.trainable_params,
             ran_on: m.ran_on.clone(),
         });
@@ -265,18 +251,9 @@ pub struct LmModelReport {
     pub feature_distance_forget: Option<f64>,
     pub residual_norm_forget: Option<f64>,
     pub residual_norm_retain: Option<f64>,
-    pub seconds: f64,
-    pub peak_rss_mib: Option<f64>,
-    /// The device allocator's sampled peak (MiB in use, reserved) where the backend's is readable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peak_device_mib: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peak_device_reserved_mib: Option<f64>,
-    /// Unlearning phases: the first step's time and the median of the others' (see `Phase`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_step_seconds: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub median_step_seconds: Option<f64>,
+    /// Time and memory of the phase that produced the model (`seconds`, `peak_rss_mib`, …).
+    #[serde(flatten)]
+    pub phase: Phase,
     pub trainable_params: usize,
     /// Backend and precision of the phase that produced the model (its time depends on them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,8 +314,8 @@ impl Report {
                 f(m.activation_distance, 4),
                 f(m.js_divergence, 4),
                 f(m.average_gap, 2),
-                m.seconds,
-                f(m.peak_rss_mib, 0),
+                m.phase.seconds,
+                f(m.phase.peak_rss_mib, 0),
                 m.trainable_params
             );
         }
@@ -347,8 +324,8 @@ MIA-Efficacy: % of Df that SalUn's SVC membership attack calls non-member. Activ
 between the model's and the retrained model's output distributions on Df. Average gap: mean |difference| to the \
 retrained model over UA, RA, TA, MIA-Efficacy. Time: the phase that produced the model (training, retraining, unlearning).\n\n";
         s += &ran_on(self.models.iter().map(|m| (&m.name, &m.ran_on)));
-        s += &step_times(self.models.iter().map(|m| (&m.name, m.first_step_seconds, m.median_step_seconds)));
-        s += &device_memory(self.models.iter().map(|m| (&m.name, m.peak_device_mib, m.peak_device_reserved_mib)));
+        s += &step_times(self.models.iter().map(|m| (&m.name, &m.phase)));
+        s += &device_memory(self.models.iter().map(|m| (&m.name, &m.phase)));
         s += "## Features\n\n| model | feature distance to retrain on Df | on Dr | residual norm on Df | on Dr |\n|---|---:|---:|---:|---:|\n";
         for m in &self.models {
             s += &format!(
@@ -393,9 +370,9 @@ fn ran_on<'a>(models: impl Iterator<Item = (&'a String, &'a Option<String>)>) ->
 
 /// A paragraph with each model's device-memory peak, for the models whose phase sampled one (GPU
 /// backends with a readable allocator); nothing otherwise.
-fn device_memory<'a>(models: impl Iterator<Item = (&'a String, Option<f64>, Option<f64>)>) -> String {
+fn device_memory<'a>(models: impl Iterator<Item = (&'a String, &'a Phase)>) -> String {
     let known: Vec<String> =
-        models.filter_map(|(name, in_use, reserved)| Some(format!("{name} {:.0} / {}", in_use?, f(reserved, 0)))).collect();
+        models.filter_map(|(name, p)| Some(format!("{name} {:.0} / {}", p.peak_device_mib?, f(p.peak_device_reserved_mib, 0)))).collect();
     if known.is_empty() {
         String::new()
     } else {
@@ -410,11 +387,11 @@ nvidia-smi adds the CUDA context) — {}.\n\n",
 
 /// A paragraph with each unlearning's first-step and median step time, for the models whose
 /// phase recorded them; nothing otherwise.
-fn step_times<'a>(models: impl Iterator<Item = (&'a String, Option<f64>, Option<f64>)>) -> String {
+fn step_times<'a>(models: impl Iterator<Item = (&'a String, &'a Phase)>) -> String {
     let known: Vec<String> = models
-        .filter_map(|(name, first, median)| {
-            let first = first?;
-            Some(match median {
+        .filter_map(|(name, p)| {
+            let first = p.first_step_seconds?;
+            Some(match p.median_step_seconds {
                 Some(m) => format!("{name} {first:.3} s, then {m:.3} s"),
                 None => format!("{name} {first:.3} s (one step)"),
             })
@@ -454,8 +431,8 @@ impl LmSection {
                 m.min_k_auc,
                 f(m.auc_gap, 2),
                 f(m.feature_distance_forget, 4),
-                m.seconds,
-                f(m.peak_rss_mib, 0),
+                m.phase.seconds,
+                f(m.phase.peak_rss_mib, 0),
                 m.trainable_params
             );
         }
@@ -467,8 +444,8 @@ the retrained model over the two AUCs. Dr perplexity over {} retained texts.\n\n
             self.held_out, self.held_out_samples, self.min_k_percent, self.retain_samples_evaluated
         );
         s += &ran_on(self.models.iter().map(|m| (&m.name, &m.ran_on)));
-        s += &step_times(self.models.iter().map(|m| (&m.name, m.first_step_seconds, m.median_step_seconds)));
-        s += &device_memory(self.models.iter().map(|m| (&m.name, m.peak_device_mib, m.peak_device_reserved_mib)));
+        s += &step_times(self.models.iter().map(|m| (&m.name, &m.phase)));
+        s += &device_memory(self.models.iter().map(|m| (&m.name, &m.phase)));
         if !self.generations.is_empty() {
             s += "## Generations (greedy)\n\n| from | prompt | model | continuation |\n|---|---|---|---|\n";
             for g in &self.generations {
@@ -547,19 +524,23 @@ mod tests {
         assert_eq!(old.seconds, 0.0);
 
         let (a, b, c) = ("RFA".to_string(), "finetune".to_string(), "original (M0)".to_string());
-        let text = step_times([(&a, Some(7.0), Some(0.188)), (&b, Some(1.5), None), (&c, None, None)].into_iter());
+        let steps = |first, median| Phase { first_step_seconds: first, median_step_seconds: median, ..Phase::default() };
+        let (pa, pb, pc) = (steps(Some(7.0), Some(0.188)), steps(Some(1.5), None), steps(None, None));
+        let text = step_times([(&a, &pa), (&b, &pb), (&c, &pc)].into_iter());
         assert!(text.contains("RFA 7.000 s, then 0.188 s; finetune 1.500 s (one step)."), "{text}");
         assert!(!text.contains("M0"), "{text}");
-        assert_eq!(step_times([(&c, None, None)].into_iter()), "");
+        assert_eq!(step_times([(&c, &pc)].into_iter()), "");
     }
 
     #[test]
     fn the_device_memory_paragraph_names_the_models_that_have_a_peak() {
         let (a, b, c) = ("original (M0)".to_string(), "rfa".to_string(), "retrain (M*)".to_string());
-        let text = device_memory([(&a, Some(812.4), Some(1024.0)), (&b, Some(1300.0), None), (&c, None, None)].into_iter());
+        let peak = |in_use, reserved| Phase { peak_device_mib: in_use, peak_device_reserved_mib: reserved, ..Phase::default() };
+        let (pa, pb, pc) = (peak(Some(812.4), Some(1024.0)), peak(Some(1300.0), None), peak(None, None));
+        let text = device_memory([(&a, &pa), (&b, &pb), (&c, &pc)].into_iter());
         assert!(text.starts_with("Peak device memory"), "{text}");
         assert!(text.contains("original (M0) 812 / 1024; rfa 1300 / —."), "{text}");
         assert!(!text.contains("retrain"), "{text}");
-        assert_eq!(device_memory([(&c, None, None)].into_iter()), "");
+        assert_eq!(device_memory([(&c, &pc)].into_iter()), "");
     }
 }
