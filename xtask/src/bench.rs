@@ -18,8 +18,7 @@ use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{DType, Distribution, Int, Tensor};
 use lora_core::{ForeachAdamW, LoraConfig, LoraModel, TargetModules, attach_lora, count_params, set_base_dtype};
 use rfa_loss::RfaObjective;
-use rfa_models::memory::DeviceMemory;
-use rfa_models::memory::{SampledPeak, sample_peak};
+use rfa_models::memory::{DeviceMemory, SampledPeak, sample_peak};
 use rfa_models::{
     BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel, TapSplit, VitConfig, VitForImageClassification,
 };
