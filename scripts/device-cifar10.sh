@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: full CIFAR-10 with `vit-small` trained EPOCHS epochs (batch 512, lr 2e-3),
 # random 10 % forgetting, then class `cat` reusing the same M0 (its folder is copied, so the run
-# resumes after its last epoch instead of training again). Expects .device/rfa.gz (see
+# resumes after its last epoch instead of training again). Expects .device/rfa.xz (see
 # scripts/device-prepare.sh) and .device/cifar10_jpeg_q75.tar.gz. Results (reports, plots, logs;
 # no weights) are packed into one archive in $OUT: the device tool returns a limited number of files.
 set -uo pipefail
@@ -9,7 +9,8 @@ out=${OUT:-$(mktemp -d)}
 epochs=${EPOCHS:-25}
 work=$(mktemp -d)
 bin=$(mktemp -d)
-gunzip -c .device/rfa.gz > "$bin/rfa" && chmod +x "$bin/rfa"
+source scripts/device-unpack.sh
+unpack rfa "$bin/rfa"
 data=/tmp/cifar10
 mkdir -p "$data" && tar xzf .device/cifar10_jpeg_q75.tar.gz -C "$data"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$work/device.txt"

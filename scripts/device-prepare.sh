@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds what scripts/device-run.sh needs on the GPU machine and puts it in .device/ (ignored by
-# git; name it in the device tool's `carry`). Binaries are stripped and gzipped: the carry is
-# limited to 64 MiB. CIFAR=1 adds the `rfa` binary and CIFAR-10 for scripts/device-cifar10.sh.
+# git; name it in the device tool's `carry`). Binaries are stripped and packed with xz: the tree
+# and the carry share 64 MiB. CIFAR=1 adds the `rfa` binary and CIFAR-10 for scripts/device-cifar10.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDARC_CUDA_VERSION=13000 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target-cuda}
 cargo build --release --features cuda -p xtask
 mkdir -p .device
-pack() { strip -o "/tmp/$2" "$1" && gzip -c "/tmp/$2" > ".device/$2.gz" && rm "/tmp/$2"; }
+pack() { strip -o "/tmp/$2" "$1" && xz -9 -T2 -c "/tmp/$2" > ".device/$2.xz" && rm "/tmp/$2"; }
 # Builds rfa-models' integration test file $2 (tests/$2.rs; default $1) with feature $1 and packs
 # its binary as rfa-models-$2-tests (with -$1 before -tests when they differ).
 pack_tests() {

@@ -22,10 +22,10 @@
 #      (`xtask-cuda-autotune`, cold, then with the tuning cache warm); the step's operations alone
 #      (`xtask bench-ops`, each build, and bench/torch_ops.py: the same operations in PyTorch);
 #   6. BERT and ViT with fusion and autotune; bf16 with fusion.
-# Expects in .device/ (scripts/device-prepare.sh puts them there): xtask-cuda.gz,
-# xtask-cuda-fusion.gz, xtask-cuda-autotune.gz, xtask-tch.gz, rfa-models-cuda-tests.gz,
-# rfa-models-tch-tests.gz, rfa-models-attention-tch-tests.gz, rfa.gz (built `--release` with CUDARC_CUDA_VERSION=13000,
-# stripped and gzipped to fit the 64 MiB carry), torch_rfa_reference.py; fixtures/ comes with the
+# Expects in .device/ (scripts/device-prepare.sh puts them there): xtask-cuda.xz,
+# xtask-cuda-fusion.xz, xtask-cuda-autotune.xz, xtask-tch.xz, rfa-models-cuda-tests.xz,
+# rfa-models-tch-tests.xz, rfa-models-attention-tch-tests.xz, rfa.xz (built `--release` with
+# CUDARC_CUDA_VERSION=13000, stripped and packed with xz: tree and carry share 64 MiB), torch_rfa_reference.py; fixtures/ comes with the
 # tree. (Full CIFAR-10 on the GPU: scripts/device-cifar10.sh.)
 # Everything it writes is packed into $OUT/device-run.tgz at the end (the device tool returns only
 # a limited number of files), with summary.md (bench/summarize_device_run.py: the tables), which is
@@ -35,6 +35,7 @@ set -uo pipefail
 final=${OUT:-$(mktemp -d)}
 out=$(mktemp -d)
 root=$PWD
+source scripts/device-unpack.sh
 t0=$(date +%s)
 deadline=$((t0 + ${TOTAL_S:-540}))
 left() { echo $((deadline - $(date +%s))); }
@@ -48,7 +49,7 @@ cat "$out/device.txt"
 bin=$(mktemp -d)
 mkdir -p "$bin"
 for x in xtask-cuda xtask-cuda-fusion xtask-cuda-autotune xtask-tch rfa-models-cuda-tests rfa-models-tch-tests rfa-models-attention-tch-tests; do
-  gunzip -c ".device/$x.gz" > "$bin/$x" && chmod +x "$bin/$x"
+  unpack "$x" "$bin/$x"
 done
 
 # Peak GPU memory of one command: nvidia-smi sampled every 50 ms (MiB, whole device, so CUDA
@@ -182,7 +183,7 @@ overhead_rows() {
 # from the others, and each phase's peak device memory.
 demo_row() {
   local s=$(date +%s.%N)
-  gunzip -c .device/rfa.gz > "$bin/rfa" && chmod +x "$bin/rfa"
+  unpack rfa "$bin/rfa"
   RFA_KERNEL_CACHE=/tmp/rfa-kernels timeout 90 "$bin/rfa" demo --device cuda --runs-dir /tmp/rfa-demo-runs > "$out/demo.log" 2>&1
   note "rfa demo cuda rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
   cp /tmp/rfa-demo-runs/demo/report.md "$out/demo-report.md" 2>/dev/null
