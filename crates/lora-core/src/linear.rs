@@ -60,10 +60,14 @@ impl<B: Backend> LoraAdapter<B> {
         Self { lora_a: Param::from_tensor(a), lora_b: Param::from_tensor(b), scale, r, alpha, rslora }
     }
 
-    /// `s · (x A) B`.
+    /// `s · (x A) B`, in x's float type: a bf16 input (an autocast-style bf16 block) multiplies
+    /// bf16 copies of A and B, as peft's layers do under autocast; A and B stay f32, and so do
+    /// their gradients and the optimizer's state (the casts' backward casts back).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let a = self.lora_a.val().unsqueeze::<D>();
-        let b = self.lora_b.val().unsqueeze::<D>();
+        let dt = x.dtype();
+        let like_x = |p: Tensor<B, 2>| if p.dtype() == dt { p } else { p.cast(dt) };
+        let a = like_x(self.lora_a.val()).unsqueeze::<D>();
+        let b = like_x(self.lora_b.val()).unsqueeze::<D>();
         x.matmul(a).matmul(b).mul_scalar(self.scale)
     }
 
@@ -105,6 +109,11 @@ impl<B: Backend> LoraLinear<B> {
         self.base.weight.shape().dims::<2>()[1]
     }
 
+    /// The float type the frozen weight is stored in (see [`LoraLinear::set_base_dtype`]).
+    pub fn weight_dtype(&self) -> DType {
+        self.base.weight.val().dtype()
+    }
+
     /// `(pre-trained feature W0 x + b, residual feature s · B A x)`. Without an adapter, or while
     /// merged, the residual is `None`.
     pub fn split<const D: usize>(&self, x: Tensor<B, D>) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
@@ -120,7 +129,8 @@ impl<B: Backend> LoraLinear<B> {
     /// `x W0 + b`. When `W0` is stored in another float type than `x` (see
     /// [`LoraLinear::set_base_dtype`]), the product runs in W0's type and is cast back: frozen
     /// matrix products in bf16, everything else — adapter, bias, norms, the loss — at x's
-    /// precision, which is PyTorch autocast's rule with the adapter kept in f32.
+    /// precision. An x already in W0's type (a model's bf16 block interior, as under PyTorch's
+    /// autocast) needs no cast: product, bias and adapter all run in bf16.
     ///
     /// The product runs on a `[rows, in]` view of x, as one GEMM: burn's `linear` op broadcasts
     /// a 2-d weight against a 3-d input by reshaping its transpose in the backward pass, which
@@ -137,6 +147,12 @@ impl<B: Backend> LoraLinear<B> {
         let dt = x.dtype();
         let y = if w.dtype() == dt { x.matmul(w) } else { x.cast(w.dtype()).matmul(w).cast(dt) };
         let y = match &self.base.bias {
+            // The bias stays f32 (see set_base_dtype); a bf16 product takes it in bf16, as addmm
+            // does under autocast.
+            Some(b) if b.val().dtype() != y.dtype() => {
+                let dt = y.dtype();
+                y + b.val().cast(dt).unsqueeze::<2>()
+            }
             Some(b) => y + b.val().unsqueeze::<2>(),
             None => y,
         };

@@ -17,7 +17,7 @@ use crate::ModelError;
 use crate::common::LayerNorm;
 use crate::common::StateDict;
 use crate::common::{
-    Activation, Checkpoint, ClassifierOutput, SelfAttention, TapSink, Taps, check_divisible, padding_bias, read_config, tapped,
+    Activation, Checkpoint, ClassifierOutput, SelfAttention, TapSink, Taps, check_divisible, interior, padding_bias, read_config, tapped, to_dtype,
 };
 use crate::ops::FusedOps;
 
@@ -179,7 +179,8 @@ pub struct BertModelOutput<B: Backend> {
 
 impl<B: FusedOps> BertOutput<B> {
     fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
-        Some(self.LayerNorm.forward(tapped(&self.dense, x, taps)? + residual))
+        let dt = residual.dtype();
+        Some(self.LayerNorm.forward(to_dtype(tapped(&self.dense, x, taps)?, dt) + residual))
     }
 }
 
@@ -188,7 +189,8 @@ impl<B: FusedOps> BertLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, bias: Option<&Tensor<B, 4>>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
         let ctx = self.attention.self_.forward(x.clone(), bias.cloned(), taps)?;
         let x = self.attention.output.forward(ctx, x, taps)?;
-        let mid = self.intermediate.act.forward(tapped(&self.intermediate.dense, x.clone(), taps)?);
+        let dense = &self.intermediate.dense;
+        let mid = self.intermediate.act.forward(tapped(dense, interior(x.clone(), dense), taps)?);
         self.output.forward(mid, x, taps)
     }
 }

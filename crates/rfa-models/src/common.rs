@@ -9,7 +9,7 @@ use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::activation::{relu, sigmoid, silu};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use lora_core::{LoraLinear, TensorFile, WeightLayout};
 use serde::de::DeserializeOwned;
 
@@ -67,19 +67,35 @@ impl<B: Backend> TapSink<B> {
 }
 
 /// `LoraLinear::forward` that also records `(p_l, r_l)` when the layer is adapted; `None` once
-/// the sink is full, which ends the pass (callers write `tapped(..)?`).
+/// the sink is full, which ends the pass (callers write `tapped(..)?`). Taps are f32 whatever
+/// the layer ran in: the objective is computed in f32 (bf16 interiors, [`interior`]).
 pub(crate) fn tapped<B: Backend>(lin: &LoraLinear<B>, x: Tensor<B, 3>, sink: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
     if sink.full() {
         return None;
     }
     let y = match lin.split(x) {
         (p, Some(r)) => {
-            sink.taps.push(Tap { pre: p.clone(), residual: r.clone() });
+            sink.taps.push(Tap { pre: to_dtype(p.clone(), DType::F32), residual: to_dtype(r.clone(), DType::F32) });
             p + r
         }
         (p, None) => p,
     };
     (!sink.full()).then_some(y)
+}
+
+/// `x` in `dtype` (no op, and no autodiff node, when it already is).
+pub(crate) fn to_dtype<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
+}
+
+/// The input of a block's projections (`lin` one of them) in the type the block's interior runs
+/// in: the frozen weights' type where the backend runs bf16 activations
+/// ([`FusedOps::bf16_activations`]), else unchanged. Cast once here, the projections sharing an
+/// input (q, k, v) do not each cast it; their outputs stay in that type up to the residual add,
+/// which takes them back with [`to_dtype`] — PyTorch's autocast, which keeps the residual stream
+/// and the norms in f32 and everything between them in bf16.
+pub(crate) fn interior<B: FusedOps, const D: usize>(x: Tensor<B, D>, lin: &LoraLinear<B>) -> Tensor<B, D> {
+    if B::bf16_activations() { to_dtype(x, lin.weight_dtype()) } else { x }
 }
 
 /// Output of a sequence or image classifier (ViT, BERT).
@@ -206,6 +222,7 @@ impl<B: FusedOps> SelfAttention<B> {
 
     /// The attention context (before the output projection), tapping q, k, v in that order.
     pub(crate) fn forward(&self, x: Tensor<B, 3>, bias: Option<Tensor<B, 4>>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+        let x = interior(x, &self.query);
         let q = tapped(&self.query, x.clone(), taps)?;
         let k = tapped(&self.key, x.clone(), taps)?;
         let v = tapped(&self.value, x.clone(), taps)?;

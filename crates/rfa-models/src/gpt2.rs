@@ -15,7 +15,7 @@ use crate::ModelError;
 use crate::common::LayerNorm;
 use crate::common::StateDict;
 use crate::common::{
-    Activation, CausalLmOutput, Checkpoint, SplitMix64, TapSink, Taps, check_divisible, padding_bias, read_config, tapped,
+    Activation, CausalLmOutput, Checkpoint, SplitMix64, TapSink, Taps, check_divisible, interior, padding_bias, read_config, tapped, to_dtype,
 };
 use crate::ops::{self, FusedOps};
 
@@ -128,13 +128,13 @@ impl<B: FusedOps> Gpt2Block<B> {
     /// `None` once `taps` is full (the pass ends there).
     /// `bias`: padding, if any; the causal mask is the attention op's own.
     fn forward(&self, x: Tensor<B, 3>, bias: Option<&Tensor<B, 4>>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
-        let a = &self.attn;
-        let qkv = tapped(&a.c_attn, self.ln_1.forward(x.clone()), taps)?;
+        let (a, dt) = (&self.attn, x.dtype());
+        let qkv = tapped(&a.c_attn, interior(self.ln_1.forward(x.clone()), &a.c_attn), taps)?;
         let ctx = ops::attention_packed(qkv, bias.cloned(), true, a.n_head, a.scale);
-        let x = x + tapped(&a.c_proj, ctx, taps)?;
+        let x = x + to_dtype(tapped(&a.c_proj, ctx, taps)?, dt);
         let m = &self.mlp;
-        let hmid = m.act.forward(tapped(&m.c_fc, self.ln_2.forward(x.clone()), taps)?);
-        Some(x + tapped(&m.c_proj, hmid, taps)?)
+        let hmid = m.act.forward(tapped(&m.c_fc, interior(self.ln_2.forward(x.clone()), &m.c_fc), taps)?);
+        Some(x + to_dtype(tapped(&m.c_proj, hmid, taps)?, dt))
     }
 }
 

@@ -163,6 +163,17 @@ pub trait FusedOps: Backend {
         false
     }
 
+    /// Whether, with the frozen weights in bf16 (`--dtype bf16`), the blocks' interiors run in
+    /// bf16 as under PyTorch's autocast: the input of the projections is cast once, their
+    /// outputs, the adapters' products, attention and the MLP's activation stay bf16, and only
+    /// the residual stream, the norms and the objective are f32 ([`crate::common::interior`]).
+    /// On libtorch (PyTorch's bf16 kernels: flash attention, GELU). Off by default: the
+    /// activations stay f32 and each frozen product casts its input to bf16 and its output
+    /// back — burn-cuda's bf16 path as measured, whose bf16 element-wise kernels are untested.
+    fn bf16_activations() -> bool {
+        false
+    }
+
     /// [`tap_terms`]'s value, `[2]`.
     fn fused_tap_terms(
         pre: FloatTensor<Self>,
@@ -646,7 +657,13 @@ pub mod fallback {
     fn scores<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, bias: Option<FloatTensor<B>>, heads: usize, scale: f64) -> Tensor<B, 4> {
         let scores = split_heads::<B>(q, heads).matmul(split_heads::<B>(k, heads).swap_dims(2, 3)).mul_scalar(scale);
         match bias {
-            Some(bias) => scores + tensor::<B, 4>(bias),
+            // The bias is built in f32; bf16 scores take it in their own type (libtorch would
+            // promote the sum to f32 and then fail on the f32 × bf16 product with v).
+            Some(bias) => {
+                let bias = tensor::<B, 4>(bias);
+                let dt = scores.dtype();
+                scores + if bias.dtype() == dt { bias } else { bias.cast(dt) }
+            }
             None => scores,
         }
     }
@@ -839,6 +856,10 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
 
     fn tap_terms_as_one_node() -> bool {
         B::tap_terms_as_one_node()
+    }
+
+    fn bf16_activations() -> bool {
+        B::bf16_activations()
     }
 
     fn fused_tap_terms(

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::ModelError;
 use crate::common::LayerNorm;
 use crate::common::{
-    Activation, Checkpoint, ClassifierOutput, SelfAttention, StateDict, TapSink, Taps, check_divisible, read_config, tapped,
+    Activation, Checkpoint, ClassifierOutput, SelfAttention, StateDict, TapSink, Taps, check_divisible, interior, read_config, tapped, to_dtype,
 };
 use crate::ops::FusedOps;
 
@@ -186,10 +186,11 @@ impl<B: Backend> VitEmbeddings<B> {
 impl<B: FusedOps> VitLayer<B> {
     /// `None` once `taps` is full (the pass ends there).
     fn forward(&self, x: Tensor<B, 3>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+        let dt = x.dtype();
         let ctx = self.attention.attention.forward(self.layernorm_before.forward(x.clone()), None, taps)?;
-        let x = x + tapped(&self.attention.output, ctx, taps)?;
-        let mid = self.act.forward(tapped(&self.intermediate, self.layernorm_after.forward(x.clone()), taps)?);
-        Some(x + tapped(&self.output, mid, taps)?)
+        let x = x + to_dtype(tapped(&self.attention.output, ctx, taps)?, dt);
+        let mid = self.act.forward(tapped(&self.intermediate, interior(self.layernorm_after.forward(x.clone()), &self.intermediate), taps)?);
+        Some(x + to_dtype(tapped(&self.output, mid, taps)?, dt))
     }
 }
 

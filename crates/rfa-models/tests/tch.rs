@@ -14,7 +14,7 @@ mod common;
 
 use burn::backend::libtorch::LibTorchDevice;
 use burn::backend::{Autodiff, LibTorch};
-use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, layer_norm_case, max_rel_error, tap_terms_case};
+use common::{AB, assert_fixtures_match, attention_case, classifier_lora_grads, gpt2_lora_grads, layer_norm_case, max_rel_error, tap_terms_case};
 use rfa_models::parity::Tolerance;
 
 type T = LibTorch<f32>;
@@ -78,6 +78,49 @@ fn bf16_base_weights_on_tch_give_ndarrays_gradients_to_bf16_precision() {
     let worst = cpu.iter().zip(&tch).map(|(c, g)| max_rel_error(c, g)).fold(0.0f32, f32::max);
     println!("{} adapter gradients with bf16 base weights, worst relative error {worst:.2e}", cpu.len());
     assert!(worst <= 5e-2, "{worst}");
+}
+
+/// The same for BERT and ViT (their blocks' bf16 interiors: post-norm, the padding bias of a
+/// bf16 attention, the patch embedding), logits and adapter gradients.
+#[test]
+fn bf16_bert_and_vit_on_tch_give_ndarrays_gradients_to_bf16_precision() {
+    let device = device();
+    for name in ["bert", "vit"] {
+        let cpu = classifier_lora_grads::<AB>(name, &Default::default(), None);
+        let tch = classifier_lora_grads::<Autodiff<T>>(name, &device, Some(burn::tensor::DType::BF16));
+        assert_eq!(cpu.len(), tch.len());
+        let logits = max_rel_error(&cpu[0], &tch[0]);
+        let worst = cpu[1..].iter().zip(&tch[1..]).map(|(c, g)| max_rel_error(c, g)).fold(0.0f32, f32::max);
+        println!("{name} bf16 on tch: logits {logits:.2e}, {} adapter gradients worst {worst:.2e}", cpu.len() - 1);
+        assert!(logits <= 2e-2 && worst <= 5e-2, "{name}: logits {logits}, gradients {worst}");
+    }
+}
+
+/// With bf16 frozen weights, an input already in bf16 (a block's interior on libtorch, as under
+/// autocast) stays bf16 through the product, the bias and the adapter — no cast back to f32 —
+/// while the adapter's parameters and their gradients stay f32.
+#[test]
+fn a_bf16_input_keeps_the_layer_in_bf16_and_its_adapter_gradients_in_f32() {
+    use burn::tensor::{DType, Tensor, TensorData};
+    type A = Autodiff<T>;
+    let device = device();
+    let w = Tensor::<A, 2>::from_data(TensorData::new(common::uniform(1, 48 * 32, 0.2), [48, 32]), &device);
+    let b = Tensor::<A, 1>::from_data(TensorData::new(common::uniform(2, 32, 0.2), [32]), &device);
+    let mut lin = lora_core::LoraLinear::from_weights(w, Some(b), lora_core::WeightLayout::Linear);
+    lin.attach(4, 8.0, false, 3);
+    lin.set_base_dtype(DType::BF16);
+    assert_eq!(lin.weight_dtype(), DType::BF16);
+    let x = Tensor::<A, 3>::from_data(TensorData::new(common::uniform(4, 2 * 5 * 48, 1.0), [2, 5, 48]), &device);
+    let (p, r) = lin.split(x.cast(DType::BF16));
+    let r = r.expect("an adapter");
+    assert_eq!((p.dtype(), r.dtype()), (DType::BF16, DType::BF16));
+    let grads = (p + r).cast(DType::F32).sum().backward();
+    let lora = lin.lora.as_ref().unwrap();
+    for (name, param) in [("A", &lora.lora_a), ("B", &lora.lora_b)] {
+        assert_eq!(param.val().dtype(), DType::F32, "{name}");
+        let g = param.val().grad(&grads).expect("a gradient");
+        assert_eq!(g.dtype(), DType::F32, "{name}'s gradient");
+    }
 }
 
 /// libtorch's own GELU (both kinds) and softmax kernels behind the fused ops equal the burn-ops

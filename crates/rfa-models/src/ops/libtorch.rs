@@ -329,6 +329,10 @@ impl FusedOps for LibTorch<f32> {
         true
     }
 
+    fn bf16_activations() -> bool {
+        true
+    }
+
     /// PyTorch's LayerNorm kernel (one pass instead of burn's nine), keeping x and the per-row
     /// mean and 1/std it returns.
     fn fused_layer_norm_forward(x: TchTensor, gamma: TchTensor, beta: TchTensor, eps: f64) -> (TchTensor, LayerNormSaved<Self>) {

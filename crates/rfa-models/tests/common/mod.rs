@@ -60,6 +60,66 @@ pub fn gpt2_lora_grads<AB: rfa_models::FusedAutodiff>(
     (value, all)
 }
 
+/// The BERT (`name` "bert") or ViT ("vit") fixture with its peft adapter on `AB`, frozen weights
+/// in `base_dtype`: the logits, then the gradients of every adapter matrix (A then B, in tap
+/// order) for a loss over the logits and every tap (the mean of r² and of (p + r)²), all as f32
+/// host values. Panics unless the logits, hidden states and taps come out f32 whatever the
+/// weights' type (the model's contract with the objective and the evaluation).
+pub fn classifier_lora_grads<AB: rfa_models::FusedAutodiff>(
+    name: &str,
+    device: &AB::Device,
+    base_dtype: Option<burn::tensor::DType>,
+) -> Vec<Vec<f32>> {
+    use burn::tensor::DType;
+    use lora_core::{LoraModel, TensorFile};
+    use rfa_models::{BertForSequenceClassification, ClassifierOutput, VitForImageClassification};
+
+    fn grads<AB: rfa_models::FusedAutodiff, M: LoraModel<AB>>(model: &M, out: ClassifierOutput<AB>) -> Vec<Vec<f32>> {
+        assert_eq!(out.logits.dtype(), DType::F32, "logits");
+        assert!(out.hidden_states.iter().all(|h| h.dtype() == DType::F32), "hidden states");
+        assert!(out.taps.iter().all(|t| t.pre.dtype() == DType::F32 && t.residual.dtype() == DType::F32), "taps");
+        let host = |x: burn::tensor::TensorData| x.convert::<f32>().into_vec::<f32>().unwrap();
+        let mut loss = out.logits.clone().powf_scalar(2.0).mean();
+        for t in &out.taps {
+            loss = loss + t.residual.clone().powf_scalar(2.0).mean() + (t.pre.clone() + t.residual.clone()).powf_scalar(2.0).mean();
+        }
+        let grads = loss.backward();
+        let mut all = vec![host(out.logits.into_data())];
+        for (_, l) in model.linears() {
+            if let Some(a) = &l.lora {
+                all.extend([&a.lora_a, &a.lora_b].map(|p| host(p.val().grad(&grads).expect("adapter gradient").into_data())));
+            }
+        }
+        all
+    }
+
+    let dir = fixtures().join("hf-parity").join(name);
+    let reference = TensorFile::open(dir.join("reference.safetensors")).unwrap();
+    let cast = |m: &mut dyn FnMut(burn::tensor::DType)| {
+        if let Some(dt) = base_dtype {
+            m(dt)
+        }
+    };
+    match name {
+        "bert" => {
+            let mut model = BertForSequenceClassification::<AB>::load(&dir.join("model"), device).unwrap();
+            lora_core::load_adapter(&mut model, &dir.join("adapter")).unwrap();
+            cast(&mut |dt| lora_core::set_base_dtype(&mut model, dt));
+            let int = |k: &str| reference.tensors.get(k).map(|t| t.to_int_tensor(device));
+            let out = model.forward(int("input_ids").unwrap(), int("attention_mask"), int("token_type_ids"));
+            grads(&model, out)
+        }
+        "vit" => {
+            let mut model = VitForImageClassification::<AB>::load(&dir.join("model"), device).unwrap();
+            lora_core::load_adapter(&mut model, &dir.join("adapter")).unwrap();
+            cast(&mut |dt| lora_core::set_base_dtype(&mut model, dt));
+            let out = model.forward(reference.get("pixel_values").unwrap().to_tensor(device));
+            grads(&model, out)
+        }
+        other => panic!("no classifier fixture `{other}`"),
+    }
+}
+
 /// Checks the GPT-2, BERT and ViT fixtures on `B` against the reference outputs, prints each
 /// report under `label`, and fails on any comparison over `tol`.
 pub fn assert_fixtures_match<B: rfa_models::FusedOps>(label: &str, tol: rfa_models::parity::Tolerance, device: &B::Device) {
