@@ -67,9 +67,9 @@ with_mem() {
   return $rc
 }
 
-# 1. CUDA tests.
+# 1. CUDA tests (FOCUS=tch: the libtorch tests only).
 export RFA_FIXTURES=$root/fixtures
-for t in models_on_cuda_match_the_reference lora_gradients_on_cuda_equal_the_cpu bf16_base_weights_on_cuda_give_the_cpu_gradients_to_bf16_precision \
+[ "${FOCUS:-}" = tch ] || for t in models_on_cuda_match_the_reference lora_gradients_on_cuda_equal_the_cpu bf16_base_weights_on_cuda_give_the_cpu_gradients_to_bf16_precision \
   attention_gradients_on_cuda_equal_the_cpu layer_norm_on_cuda_equals_the_cpu tap_terms_on_cuda_equal_the_cpu; do
   s=$(date +%s.%N)
   timeout 90 "$bin/rfa-models-cuda-tests" --exact "$t" --nocapture --test-threads=1 > "$out/tests/$t.log" 2>&1
@@ -193,6 +193,36 @@ demo_row() {
 # Most important first; a row runs only if its own time limit still fits before the deadline
 # (`fits LIMIT`), so whatever the card's speed the run ends in time with the rows that matter.
 fits() { [ "$(left)" -gt "$1" ]; }
+finish() {
+  note "done"
+  python3 bench/summarize_device_run.py "$out" > "$out/summary.md" 2>&1
+  tar czf "$final/device-run.tgz" -C "$out" .
+  cat "$out"/bench/*.json "$out"/torch/*.jsonl 2>/dev/null
+  # Last, so that it is what the device tool's output tail shows: the tables for docs/BENCHMARKS.md.
+  cat "$out/summary.md"
+}
+# FOCUS=tch (TOTAL_S ~240): after a change to the libtorch path only (PARTS=tch in
+# scripts/device-prepare.sh), its rows beside the reference's, re-measured on the same card: bf16,
+# TF32, and ViT in strict f32.
+if [ "${FOCUS:-}" = tch ]; then
+  for m in gpt2 bert vit; do
+    fits 60 && torch_row "$m" bf16
+    fits 45 && tch_row "$m-bf16-tch" "${!m}" bf16 45
+  done
+  if fits 60; then
+    s=$(date +%s.%N)
+    timeout 60 python3 bench/torch_variants.py .device/torch_rfa_reference.py --device cuda --tf32 --models gpt2,bert,vit \
+      --dtypes fp32 --warmup 3 --steps 10 > "$out/torch/tf32.jsonl" 2> "$out/torch/tf32.err"
+    note "torch tf32 rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
+  fi
+  for m in gpt2 bert vit; do
+    fits 40 && TF32=1 tch_row "$m-tf32-tch" "${!m}" f32 40
+  done
+  fits 60 && torch_row vit fp32
+  fits 45 && tch_row vit-f32-tch "$vit" f32 45
+  finish
+  exit 0
+fi
 # 2. The issue's table, model by model, at the reference's own settings: PyTorch + peft strict
 # f32, rfa on burn-cuda (f32 on TF32 tensor cores, its only f32) and on libtorch (strict f32);
 # then bf16 (PyTorch autocast, rfa with bf16 frozen weights on libtorch and on burn-cuda).
@@ -252,10 +282,4 @@ for m in gpt2 bert vit; do
   fits 40 && bench_row "$m-bf16-fusion" "${!m}" bf16 40 xtask-cuda-fusion
 done
 du -sh "$cache" "$tune_cache" > "$out/bench/cache_size.txt" 2>&1
-
-note "done"
-python3 bench/summarize_device_run.py "$out" > "$out/summary.md" 2>&1
-tar czf "$final/device-run.tgz" -C "$out" .
-cat "$out"/bench/*.json "$out"/torch/*.jsonl 2>/dev/null
-# Last, so that it is what the device tool's output tail shows: the tables for docs/BENCHMARKS.md.
-cat "$out/summary.md"
+finish
