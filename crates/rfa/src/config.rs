@@ -190,10 +190,12 @@ pub struct UnlearnConfig {
     /// `npo` (Zhang et al., 2024): β of negative preference optimisation.
     #[serde(default = "npo_beta")]
     pub npo_beta: f64,
-    /// `f32`, or `bf16` (CUDA only): the frozen base weights are stored in bf16 and their
-    /// products run on bf16 tensor cores; adapters, optimizer state, activations between layers
-    /// and the loss stay f32, and the merged model is built from the f32 original. Methods that
-    /// update every weight (`adapter = "full"`) run in f32 only.
+    /// `f32`, or `bf16` (cuda, tch-cpu, tch-cuda): the frozen base weights are stored in bf16 and
+    /// their products run on bf16 tensor cores; adapters, optimizer state, the residual stream,
+    /// the norms and the loss stay f32, and the merged model is built from the f32 original. On
+    /// libtorch the blocks' interiors (projection outputs, attention, the MLP's activation) also
+    /// run in bf16, as under PyTorch's autocast. Methods that update every weight
+    /// (`adapter = "full"`) run in f32 only.
     #[serde(default = "f32_name")]
     pub dtype: String,
 }

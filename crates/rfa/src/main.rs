@@ -69,8 +69,8 @@ struct Common {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// f32, or bf16 (unlearning on cuda, tch-cpu or tch-cuda): frozen weights in bf16, adapters,
-    /// optimizer state and the loss in f32 (sets unlearn.dtype). Training M0 and M* updates every
-    /// weight and runs in f32.
+    /// optimizer state and the loss in f32; on tch-* the blocks' interiors in bf16 as under
+    /// autocast (sets unlearn.dtype). Training M0 and M* updates every weight and runs in f32.
     #[arg(long)]
     dtype: Option<String>,
     /// Print the resolved configuration (TOML) and exit.
