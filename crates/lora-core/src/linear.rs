@@ -63,12 +63,21 @@ impl<B: Backend> LoraAdapter<B> {
     /// `s · (x A) B`, in x's float type: a bf16 input (an autocast-style bf16 block) multiplies
     /// bf16 copies of A and B, as peft's layers do under autocast; A and B stay f32, and so do
     /// their gradients and the optimizer's state (the casts' backward casts back).
+    ///
+    /// Both products run on a `[rows, in]` view of x, as single GEMMs (as peft's `nn.Linear`
+    /// layers do): broadcasting A `[1, in, r]` against `[batch, seq, in]` instead makes
+    /// autodiff compute A's gradient as `batch` small products `[in, seq] × [seq, r]` and sum
+    /// them, where one product over all rows does it.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dt = x.dtype();
         let like_x = |p: Tensor<B, 2>| if p.dtype() == dt { p } else { p.cast(dt) };
-        let a = like_x(self.lora_a.val()).unsqueeze::<D>();
-        let b = like_x(self.lora_b.val()).unsqueeze::<D>();
-        x.matmul(a).matmul(b).mul_scalar(self.scale)
+        let mut dims = x.dims();
+        let d_in = dims[D - 1];
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let x: Tensor<B, 2> = x.reshape([rows, d_in]);
+        let y = x.matmul(like_x(self.lora_a.val())).matmul(like_x(self.lora_b.val())).mul_scalar(self.scale);
+        dims[D - 1] = y.dims()[1];
+        y.reshape(dims)
     }
 
     /// The dense update `s · A B`, `[in, out]`.
