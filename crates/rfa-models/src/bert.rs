@@ -17,7 +17,8 @@ use crate::ModelError;
 use crate::common::LayerNorm;
 use crate::common::StateDict;
 use crate::common::{
-    Activation, Checkpoint, ClassifierOutput, SelfAttention, TapSink, Taps, check_divisible, interior, padding_bias, read_config, tapped, to_dtype,
+    Activation, Checkpoint, ClassifierOutput, SelfAttention, TapSink, Taps, check_divisible, interior, padding_bias, read_config, tapped,
+    to_dtype,
 };
 use crate::ops::FusedOps;
 

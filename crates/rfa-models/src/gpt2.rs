@@ -15,7 +15,8 @@ use crate::ModelError;
 use crate::common::LayerNorm;
 use crate::common::StateDict;
 use crate::common::{
-    Activation, CausalLmOutput, Checkpoint, SplitMix64, TapSink, Taps, check_divisible, interior, padding_bias, read_config, tapped, to_dtype,
+    Activation, CausalLmOutput, Checkpoint, SplitMix64, TapSink, Taps, check_divisible, interior, padding_bias, read_config, tapped,
+    to_dtype,
 };
 use crate::ops::{self, FusedOps};
 

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::ModelError;
 use crate::common::LayerNorm;
 use crate::common::{
-    Activation, Checkpoint, ClassifierOutput, SelfAttention, StateDict, TapSink, Taps, check_divisible, interior, read_config, tapped, to_dtype,
+    Activation, Checkpoint, ClassifierOutput, SelfAttention, StateDict, TapSink, Taps, check_divisible, interior, read_config, tapped,
+    to_dtype,
 };
 use crate::ops::FusedOps;
 
@@ -189,7 +190,8 @@ impl<B: FusedOps> VitLayer<B> {
         let dt = x.dtype();
         let ctx = self.attention.attention.forward(self.layernorm_before.forward(x.clone()), None, taps)?;
         let x = x + to_dtype(tapped(&self.attention.output, ctx, taps)?, dt);
-        let mid = self.act.forward(tapped(&self.intermediate, interior(self.layernorm_after.forward(x.clone()), &self.intermediate), taps)?);
+        let mid =
+            self.act.forward(tapped(&self.intermediate, interior(self.layernorm_after.forward(x.clone()), &self.intermediate), taps)?);
         Some(x + to_dtype(tapped(&self.output, mid, taps)?, dt))
     }
 }

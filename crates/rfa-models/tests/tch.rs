@@ -14,7 +14,9 @@ mod common;
 
 use burn::backend::libtorch::LibTorchDevice;
 use burn::backend::{Autodiff, LibTorch};
-use common::{AB, assert_fixtures_match, attention_case, classifier_lora_grads, gpt2_lora_grads, layer_norm_case, max_rel_error, tap_terms_case};
+use common::{
+    AB, assert_fixtures_match, attention_case, classifier_lora_grads, gpt2_lora_grads, layer_norm_case, max_rel_error, tap_terms_case,
+};
 use rfa_models::parity::Tolerance;
 
 type T = LibTorch<f32>;

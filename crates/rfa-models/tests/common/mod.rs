@@ -95,16 +95,13 @@ pub fn classifier_lora_grads<AB: rfa_models::FusedAutodiff>(
 
     let dir = fixtures().join("hf-parity").join(name);
     let reference = TensorFile::open(dir.join("reference.safetensors")).unwrap();
-    let cast = |m: &mut dyn FnMut(burn::tensor::DType)| {
-        if let Some(dt) = base_dtype {
-            m(dt)
-        }
-    };
     match name {
         "bert" => {
             let mut model = BertForSequenceClassification::<AB>::load(&dir.join("model"), device).unwrap();
             lora_core::load_adapter(&mut model, &dir.join("adapter")).unwrap();
-            cast(&mut |dt| lora_core::set_base_dtype(&mut model, dt));
+            if let Some(dt) = base_dtype {
+                lora_core::set_base_dtype(&mut model, dt);
+            }
             let int = |k: &str| reference.tensors.get(k).map(|t| t.to_int_tensor(device));
             let out = model.forward(int("input_ids").unwrap(), int("attention_mask"), int("token_type_ids"));
             grads(&model, out)
@@ -112,7 +109,9 @@ pub fn classifier_lora_grads<AB: rfa_models::FusedAutodiff>(
         "vit" => {
             let mut model = VitForImageClassification::<AB>::load(&dir.join("model"), device).unwrap();
             lora_core::load_adapter(&mut model, &dir.join("adapter")).unwrap();
-            cast(&mut |dt| lora_core::set_base_dtype(&mut model, dt));
+            if let Some(dt) = base_dtype {
+                lora_core::set_base_dtype(&mut model, dt);
+            }
             let out = model.forward(reference.get("pixel_values").unwrap().to_tensor(device));
             grads(&model, out)
         }
