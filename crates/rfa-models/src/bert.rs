@@ -327,7 +327,7 @@ impl<B: FusedOps> BertModel<B> {
         let types = token_type_ids.unwrap_or_else(|| Tensor::zeros([b, t], &device));
         let x = e.word_embeddings.forward(input_ids) + e.position_embeddings.forward(positions) + e.token_type_embeddings.forward(types);
         let mut x = e.LayerNorm.forward(x);
-        let bias = attention_mask.map(padding_bias);
+        let bias = padding_bias(attention_mask);
         let mut hidden_states = vec![x.clone()];
         for layer in &self.encoder.layer {
             x = layer.forward(x, bias.as_ref(), taps)?;

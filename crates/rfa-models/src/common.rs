@@ -9,7 +9,7 @@ use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::activation::{relu, sigmoid, silu};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
 use lora_core::{LoraLinear, TensorFile, WeightLayout};
 use serde::de::DeserializeOwned;
 
@@ -184,11 +184,15 @@ impl<B: FusedOps> LayerNorm<B> {
 }
 
 /// Additive attention bias `[batch, 1, 1, seq]` from a 0/1 padding mask `[batch, seq]`
-/// ([`ops::MASK_BIAS`] on padding).
-pub(crate) fn padding_bias<B: Backend>(mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
+/// ([`ops::MASK_BIAS`] on padding); `None` without a mask or when the mask pads nothing, as
+/// transformers' SDPA path drops an all-ones mask: the attention then runs without a bias (on
+/// libtorch PyTorch's flash kernel, which takes none; elsewhere one addition less per layer), with
+/// the same result. Costs one read of the mask's minimum back from the device per pass.
+pub(crate) fn padding_bias<B: Backend>(mask: Option<Tensor<B, 2, Int>>) -> Option<Tensor<B, 4>> {
+    let mask = mask.filter(|m| m.clone().min().into_scalar().elem::<i64>() < 1)?;
     let [b, t] = mask.dims();
     let keep = mask.float();
-    keep.neg().add_scalar(1.0).mul_scalar(ops::MASK_BIAS).reshape([b, 1, 1, t])
+    Some(keep.neg().add_scalar(1.0).mul_scalar(ops::MASK_BIAS).reshape([b, 1, 1, t]))
 }
 
 /// Multi-head scaled dot-product attention over `[batch, seq, hidden]` projections.
@@ -472,4 +476,23 @@ pub fn weights_path(dir: &Path) -> Result<PathBuf, ModelError> {
         "file not found".to_string()
     };
     Err(ModelError::Io { path: p, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    #[test]
+    fn a_mask_that_pads_nothing_gives_no_bias() {
+        let device = Default::default();
+        let mask = |v: Vec<i64>| Some(Tensor::<NdArray<f32>, 2, Int>::from_data(TensorData::new(v, [2, 3]), &device));
+        assert!(padding_bias::<NdArray<f32>>(None).is_none());
+        assert!(padding_bias(mask(vec![1; 6])).is_none());
+        let bias = padding_bias(mask(vec![1, 1, 1, 1, 1, 0])).expect("a padded position");
+        assert_eq!(bias.dims(), [2, 1, 1, 3]);
+        let v = bias.into_data().to_vec::<f32>().unwrap();
+        assert_eq!(&v[..5], &[0.0; 5]);
+        assert_eq!(v[5], ops::MASK_BIAS);
+    }
 }

@@ -257,7 +257,7 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
         let tr = &self.transformer;
         let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &device).reshape([1, t]);
         let mut x = tr.wte.forward(input_ids) + tr.wpe.forward(positions);
-        let bias = attention_mask.map(padding_bias);
+        let bias = padding_bias(attention_mask);
         let mut hidden_states = vec![x.clone()];
         for block in &tr.h {
             x = block.forward(x, bias.as_ref(), taps)?;
