@@ -193,6 +193,18 @@ demo_row() {
 # Most important first; a row runs only if its own time limit still fits before the deadline
 # (`fits LIMIT`), so whatever the card's speed the run ends in time with the rows that matter.
 fits() { [ "$(left)" -gt "$1" ]; }
+# TF32 like for like: the reference with TF32 matmuls (one process), rfa on libtorch with TF32.
+tf32_rows() {
+  if fits 60; then
+    local s=$(date +%s.%N)
+    timeout 60 python3 bench/torch_variants.py .device/torch_rfa_reference.py --device cuda --tf32 --models gpt2,bert,vit \
+      --dtypes fp32 --warmup 3 --steps 10 > "$out/torch/tf32.jsonl" 2> "$out/torch/tf32.err"
+    note "torch tf32 rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
+  fi
+  for m in gpt2 bert vit; do
+    fits 40 && TF32=1 tch_row "$m-tf32-tch" "${!m}" f32 40
+  done
+}
 finish() {
   note "done"
   python3 bench/summarize_device_run.py "$out" > "$out/summary.md" 2>&1
@@ -209,15 +221,7 @@ if [ "${FOCUS:-}" = tch ]; then
     fits 60 && torch_row "$m" bf16
     fits 45 && tch_row "$m-bf16-tch" "${!m}" bf16 45
   done
-  if fits 60; then
-    s=$(date +%s.%N)
-    timeout 60 python3 bench/torch_variants.py .device/torch_rfa_reference.py --device cuda --tf32 --models gpt2,bert,vit \
-      --dtypes fp32 --warmup 3 --steps 10 > "$out/torch/tf32.jsonl" 2> "$out/torch/tf32.err"
-    note "torch tf32 rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
-  fi
-  for m in gpt2 bert vit; do
-    fits 40 && TF32=1 tch_row "$m-tf32-tch" "${!m}" f32 40
-  done
+  tf32_rows
   fits 60 && torch_row vit fp32
   fits 45 && tch_row vit-f32-tch "$vit" f32 45
   finish
@@ -236,16 +240,8 @@ for m in gpt2 bert vit; do
   fits 45 && tch_row "$m-bf16-tch" "${!m}" bf16 45
   fits 45 && bench_row "$m-bf16" "${!m}" bf16 45
 done
-# 3. TF32 like for like: the reference with TF32 matmuls (one process), rfa on libtorch with TF32.
-if fits 60; then
-  s=$(date +%s.%N)
-  timeout 60 python3 bench/torch_variants.py .device/torch_rfa_reference.py --device cuda --tf32 --models gpt2,bert,vit \
-    --dtypes fp32 --warmup 3 --steps 10 > "$out/torch/tf32.jsonl" 2> "$out/torch/tf32.err"
-  note "torch tf32 rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
-fi
-for m in gpt2 bert vit; do
-  fits 40 && TF32=1 tch_row "$m-tf32-tch" "${!m}" f32 40
-done
+# 3. TF32 like for like.
+tf32_rows
 # 4. Each framework's own cost per step; where a GPT-2 step's time goes on burn-cuda (kernel
 # profile); kernel fusion; the seventh session's launch cuts (burn's per-tensor AdamW and the
 # split objective, A/B on BERT); the `rfa` command end to end.
