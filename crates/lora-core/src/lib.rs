@@ -15,7 +15,7 @@ pub mod tensors;
 
 use std::path::PathBuf;
 
-pub use linear::{LoraAdapter, LoraLinear, WeightLayout};
+pub use linear::{LoraAdapter, LoraLinear, WeightLayout, to_dtype};
 pub use model::{
     LoraConfig, LoraModel, ParamCount, TargetModules, adapted_paths, attach_lora, count_params, merge, merge_and_unload, set_base_dtype,
     unfreeze, unmerge,

@@ -18,6 +18,11 @@ pub enum WeightLayout {
     Conv1D,
 }
 
+/// `x` in `dtype`: no op, and no autodiff node, when it already is.
+pub fn to_dtype<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
+}
+
 /// Low-rank adapter `s · B A`: `A` is `[in, r]`, `B` is `[r, out]`, `s = alpha / r`
 /// (or `alpha / sqrt(r)` with rsLoRA).
 #[derive(Module, Debug)]
@@ -70,12 +75,11 @@ impl<B: Backend> LoraAdapter<B> {
     /// them, where one product over all rows does it.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dt = x.dtype();
-        let like_x = |p: Tensor<B, 2>| if p.dtype() == dt { p } else { p.cast(dt) };
         let mut dims = x.dims();
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product::<usize>();
         let x: Tensor<B, 2> = x.reshape([rows, d_in]);
-        let y = x.matmul(like_x(self.lora_a.val())).matmul(like_x(self.lora_b.val())).mul_scalar(self.scale);
+        let y = x.matmul(to_dtype(self.lora_a.val(), dt)).matmul(to_dtype(self.lora_b.val(), dt)).mul_scalar(self.scale);
         dims[D - 1] = y.dims()[1];
         y.reshape(dims)
     }
@@ -158,11 +162,10 @@ impl<B: Backend> LoraLinear<B> {
         let y = match &self.base.bias {
             // The bias stays f32 (see set_base_dtype); a bf16 product takes it in bf16, as addmm
             // does under autocast.
-            Some(b) if b.val().dtype() != y.dtype() => {
+            Some(b) => {
                 let dt = y.dtype();
-                y + b.val().cast(dt).unsqueeze::<2>()
+                y + to_dtype(b.val(), dt).unsqueeze::<2>()
             }
-            Some(b) => y + b.val().unsqueeze::<2>(),
             None => y,
         };
         y.reshape(out)

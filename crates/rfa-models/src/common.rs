@@ -10,6 +10,7 @@ use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::activation::{relu, sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
+pub(crate) use lora_core::to_dtype;
 use lora_core::{LoraLinear, TensorFile, WeightLayout};
 use serde::de::DeserializeOwned;
 
@@ -81,11 +82,6 @@ pub(crate) fn tapped<B: Backend>(lin: &LoraLinear<B>, x: Tensor<B, 3>, sink: &mu
         (p, None) => p,
     };
     (!sink.full()).then_some(y)
-}
-
-/// `x` in `dtype` (no op, and no autodiff node, when it already is).
-pub(crate) fn to_dtype<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    if x.dtype() == dtype { x } else { x.cast(dtype) }
 }
 
 /// The input of a block's projections (`lin` one of them) in the type the block's interior runs

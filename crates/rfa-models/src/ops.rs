@@ -660,9 +660,8 @@ pub mod fallback {
             // The bias is built in f32; bf16 scores take it in their own type (libtorch would
             // promote the sum to f32 and then fail on the f32 × bf16 product with v).
             Some(bias) => {
-                let bias = tensor::<B, 4>(bias);
                 let dt = scores.dtype();
-                scores + if bias.dtype() == dt { bias } else { bias.cast(dt) }
+                scores + lora_core::to_dtype(tensor::<B, 4>(bias), dt)
             }
             None => scores,
         }
