@@ -17,10 +17,11 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{DType, Distribution, Int, Tensor};
 use lora_core::{ForeachAdamW, LoraConfig, LoraModel, TargetModules, attach_lora, count_params, set_base_dtype};
+use rfa_fused::TapSplit;
 use rfa_loss::RfaObjective;
 use rfa_models::memory::{DeviceMemory, SampledPeak, sample_peak};
 use rfa_models::{
-    BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel, TapSplit, VitConfig, VitForImageClassification,
+    BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel, VitConfig, VitForImageClassification,
 };
 
 pub struct Shape {
@@ -110,7 +111,7 @@ fn rfa_step<B, M>(
     b: usize,
     one_node: bool,
     mus: &[Tensor<B, 3>],
-    forward: &impl Fn(&M) -> rfa_models::Taps<B>,
+    forward: &impl Fn(&M) -> lora_core::Taps<B>,
     after_loss: &mut dyn FnMut(&Tensor<B, 1>),
 ) -> Result<()>
 where

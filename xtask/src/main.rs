@@ -186,7 +186,7 @@ fn bench_one(shape: &bench::Shape, backend: &str, dtype: &str, steps: usize, war
                 dtype,
                 steps,
                 warmup,
-                &format!("{d} burn-tch 0.21, attention {}", rfa_models::ops::tch_attention_kernels()),
+                &format!("{d} burn-tch 0.21, attention {}", rfa_fused::tch_attention_kernels()),
                 &device,
                 &|| None,
             )

@@ -8,7 +8,7 @@ use burn::nn::LayerNormConfig;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
 use burn::tensor::{Distribution, Tensor};
-use rfa_models::ops::{GeluKind, attention, attention_packed, fallback, softmax_last};
+use rfa_fused::{GeluKind, attention, attention_packed, fallback, softmax_last};
 use rfa_models::{Activation, FusedAutodiff};
 
 use crate::bench::median;

@@ -1,7 +1,7 @@
 //! LoRA adapters for burn models.
 //!
 //! - [`LoraLinear`]: a frozen linear layer plus an optional adapter `s · B A`; [`LoraLinear::split`]
-//!   gives the pre-trained feature and the residual feature separately.
+//!   gives the pre-trained feature and the residual feature separately ([`Tap`]).
 //! - [`LoraModel`]: a model that lists its linear layers by Hugging Face module path, so that
 //!   adapters can be attached by pattern ([`attach_lora`]), merged, counted, and read or written
 //!   in PEFT's format ([`peft`]).
@@ -11,6 +11,7 @@ pub mod linear;
 pub mod model;
 pub mod optim;
 pub mod peft;
+pub mod tap;
 pub mod tensors;
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ pub use model::{
 };
 pub use optim::{ForeachAdamW, OptimError};
 pub use peft::{PeftConfig, load_adapter, save_adapter};
+pub use tap::{Tap, Taps};
 pub use tensors::{HostData, HostTensor, TensorFile, TensorFileError};
 
 #[derive(Debug, thiserror::Error)]

@@ -42,17 +42,8 @@ impl<B: Backend> LoraAdapter<B> {
     /// in every process.
     pub fn init(d_in: usize, d_out: usize, r: usize, alpha: f64, rslora: bool, seed: u64, device: &B::Device) -> Self {
         let bound = 1.0 / (d_in as f64).sqrt();
-        let mut state = seed;
-        let values: Vec<f32> = (0..d_in * r)
-            .map(|_| {
-                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                let u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
-                ((2.0 * u - 1.0) * bound) as f32
-            })
-            .collect();
+        let mut rng = rfa_rng::SplitMix64::new(seed);
+        let values: Vec<f32> = (0..d_in * r).map(|_| ((2.0 * rng.next_unit() - 1.0) * bound) as f32).collect();
         let a = Tensor::from_data(TensorData::new(values, [d_in, r]), device);
         let b = Tensor::zeros([r, d_out], device);
         Self::from_tensors(a, b, alpha, rslora)

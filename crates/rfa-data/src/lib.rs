@@ -44,38 +44,6 @@ impl DataError {
     }
 }
 
-/// Small deterministic generator (SplitMix64): the same seed gives the same shuffles and
-/// splits on every machine.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0), without modulo bias worth caring about at these sizes.
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * n as f64) as usize % n.max(1)
-    }
-
-    /// Fisher–Yates.
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below(i + 1);
-            v.swap(i, j);
-        }
-    }
-}
-
 /// What to forget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -157,7 +125,7 @@ pub fn select_forget(labels: &[usize], class_names: &[String], spec: &ForgetSpec
             }
             let m = ((n as f64) * k / 100.0).round() as usize;
             let mut idx: Vec<usize> = (0..n).collect();
-            Rng::new(seed).shuffle(&mut idx);
+            rfa_rng::SplitMix64::new(seed).shuffle(&mut idx);
             idx.into_iter().take(m).collect()
         }
         ForgetSpec::Ids(ids) => check_ids(ids, n)?,
@@ -190,7 +158,7 @@ fn check_ids(ids: &[usize], n: usize) -> Result<BTreeSet<usize>, DataError> {
 pub fn batches(indices: &[usize], batch: usize, shuffle: bool, seed: u64) -> Vec<Vec<usize>> {
     let mut idx = indices.to_vec();
     if shuffle {
-        Rng::new(seed).shuffle(&mut idx);
+        rfa_rng::SplitMix64::new(seed).shuffle(&mut idx);
     }
     idx.chunks(batch.max(1)).map(<[usize]>::to_vec).collect()
 }

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::{DataError, Rng, read_maybe_gz};
+use rfa_rng::SplitMix64;
+
+use crate::{DataError, read_maybe_gz};
 
 /// Texts with integer labels and the corpus's own sample ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,7 +198,7 @@ pub fn eli5_experiment_set(
         source: files.first().map(|p| p.display().to_string()).unwrap_or_default(),
         lossy: 0,
     };
-    let mut rng = Rng::new(seed);
+    let mut rng = SplitMix64::new(seed);
     for (label, c) in chosen.iter().enumerate() {
         let mut qs = by_cat[c].clone();
         rng.shuffle(&mut qs);

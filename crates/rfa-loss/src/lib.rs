@@ -14,8 +14,8 @@ pub mod baselines;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use rfa_models::ops::tap_terms;
-use rfa_models::{FusedOps, Tap, TapSplit};
+use lora_core::Tap;
+use rfa_fused::{FusedOps, TapSplit, tap_terms};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -2,8 +2,8 @@
 
 use approx::assert_relative_eq;
 use burn::tensor::{Tensor, TensorData};
+use lora_core::Tap;
 use rfa_loss::{FeatureStats, LossError, RfaObjective, TargetStrategy, Targets};
-use rfa_models::Tap;
 
 type B = burn::backend::NdArray<f32>;
 type AB = burn::backend::Autodiff<B>;
@@ -171,7 +171,7 @@ fn rows_case(one_node: bool, masked: bool, cls: bool, mu_tokens: usize, seed: u6
         (0..rows * t).map(|i| if (i / t == 1 || i / t == 4) && i % t == 3 || i / t == 2 && i % t >= 2 { 0.0 } else { 1.0 }).collect();
     let mask = Tensor::<AB, 2>::from_data(TensorData::new(mask, [rows, t]), &Default::default());
     let obj = RfaObjective { lambda: 0.7, layer_weights: vec![1.0, 0.5, 2.0], ..RfaObjective::default() };
-    let split = rfa_models::TapSplit { retain_rows: nr, forget_first_token_only: cls };
+    let split = rfa_fused::TapSplit { retain_rows: nr, forget_first_token_only: cls };
     let loss = obj.total_rows_as(&taps, split, masked.then_some(&mask), &mus, one_node).unwrap();
     let (r, f) = (scalar(loss.retain.clone()), scalar(loss.forget.clone()));
     let grads = loss.total.clone().backward();
@@ -211,7 +211,7 @@ fn a_split_without_retain_or_forget_rows_is_refused() {
     let taps = vec![tap(vec![0.0; 8], vec![1.0; 8], [2, 2, 2])];
     let mu = [t3::<B>(vec![0.0; 2], [1, 1, 2])];
     for retain_rows in [0, 2] {
-        let split = rfa_models::TapSplit { retain_rows, forget_first_token_only: false };
+        let split = rfa_fused::TapSplit { retain_rows, forget_first_token_only: false };
         for one_node in [false, true] {
             let err = RfaObjective::default().total_rows_as(&taps, split, None, &mu, one_node).unwrap_err();
             assert_eq!(err, LossError::EmptySplit { retain: retain_rows, rows: 2 });
@@ -221,7 +221,7 @@ fn a_split_without_retain_or_forget_rows_is_refused() {
 
 #[test]
 fn no_taps_is_an_error_not_a_panic() {
-    let split = rfa_models::TapSplit { retain_rows: 2, forget_first_token_only: false };
+    let split = rfa_fused::TapSplit { retain_rows: 2, forget_first_token_only: false };
     for one_node in [false, true] {
         let err = RfaObjective::default().total_rows_as::<B>(&[], split, None, &[], one_node).unwrap_err();
         assert_eq!(err, LossError::EmptySplit { retain: 2, rows: 0 });

@@ -14,13 +14,17 @@ use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
-use crate::common::LayerNorm;
-use crate::common::StateDict;
-use crate::common::{
-    Activation, Checkpoint, ClassifierOutput, SelfAttention, TapSink, Taps, check_divisible, interior, padding_bias, read_config, tapped,
-    to_dtype,
-};
-use crate::ops::FusedOps;
+use crate::activations::Activation;
+use crate::attention::{SelfAttention, padding_bias};
+use crate::checkpoint::Checkpoint;
+use crate::config::{check_divisible, read_config};
+use crate::layer_norm::LayerNorm;
+use crate::outputs::ClassifierOutput;
+use crate::precision::interior;
+use crate::state_dict::StateDict;
+use crate::taps::{TapSink, tapped};
+use lora_core::{Taps, to_dtype};
+use rfa_fused::FusedOps;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct BertConfig {
@@ -430,7 +434,7 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
         let classifier = match new_head {
             Some((n, seed)) => {
                 ck.ignore(|k| k.starts_with("classifier."));
-                crate::common::fresh_head(d, n, seed, device)
+                crate::checkpoint::fresh_head(d, n, seed, device)
             }
             None => ck.linear("classifier", d, cfg.num_labels(), true, WeightLayout::Linear)?,
         };

@@ -12,13 +12,18 @@ use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
-use crate::common::LayerNorm;
-use crate::common::StateDict;
-use crate::common::{
-    Activation, CausalLmOutput, Checkpoint, SplitMix64, TapSink, Taps, check_divisible, interior, padding_bias, read_config, tapped,
-    to_dtype,
-};
-use crate::ops::{self, FusedOps};
+use crate::activations::Activation;
+use crate::attention::padding_bias;
+use crate::checkpoint::Checkpoint;
+use crate::config::{check_divisible, read_config};
+use crate::layer_norm::LayerNorm;
+use crate::outputs::CausalLmOutput;
+use crate::precision::interior;
+use crate::state_dict::StateDict;
+use crate::taps::{TapSink, tapped};
+use lora_core::{Taps, to_dtype};
+use rfa_fused::FusedOps;
+use rfa_rng::SplitMix64;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Gpt2Config {
@@ -131,7 +136,7 @@ impl<B: FusedOps> Gpt2Block<B> {
     fn forward(&self, x: Tensor<B, 3>, bias: Option<&Tensor<B, 4>>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
         let (a, dt) = (&self.attn, x.dtype());
         let qkv = tapped(&a.c_attn, interior(self.ln_1.forward(x.clone()), &a.c_attn), taps)?;
-        let ctx = ops::attention_packed(qkv, bias.cloned(), true, a.n_head, a.scale);
+        let ctx = rfa_fused::attention_packed(qkv, bias.cloned(), true, a.n_head, a.scale);
         let x = x + to_dtype(tapped(&a.c_proj, ctx, taps)?, dt);
         let m = &self.mlp;
         let hmid = m.act.forward(tapped(&m.c_fc, interior(self.ln_2.forward(x.clone()), &m.c_fc), taps)?);
@@ -291,7 +296,7 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
         let device = self.transformer.wte.weight.device();
         let mut ids: Vec<u32> = prompt.to_vec();
         let mut out = Vec::new();
-        let mut rng = SplitMix64(seed);
+        let mut rng = SplitMix64::new(seed);
         for _ in 0..max_new {
             let start = ids.len().saturating_sub(self.n_positions);
             let window: Vec<i64> = ids[start..].iter().map(|&x| x as i64).collect();
@@ -339,7 +344,7 @@ fn pick(logits: &[f32], top_k: Option<usize>, temperature: f64, rng: &mut SplitM
     let t = temperature.max(1e-6);
     let m = logits[idx[0]] as f64;
     let w: Vec<f64> = idx.iter().map(|&i| ((logits[i] as f64 - m) / t).exp()).collect();
-    let mut u = rng.next_f64() * w.iter().sum::<f64>();
+    let mut u = rng.next_open01() * w.iter().sum::<f64>();
     for (j, wj) in w.iter().enumerate() {
         if u < *wj {
             return idx[j] as u32;

@@ -7,21 +7,33 @@
 //! output, MLP in, MLP out; then pooler and classifier), restricted to adapted layers; their
 //! paths are [`lora_core::adapted_paths`].
 
+mod activations;
+mod attention;
 pub mod bert;
-pub mod common;
+pub mod checkpoint;
+pub mod config;
 pub mod gpt2;
+mod layer_norm;
 pub mod memory;
-pub mod ops;
+mod outputs;
 pub mod parity;
+mod precision;
+pub mod state_dict;
+mod taps;
 pub mod tokenizer;
 pub mod vit;
 
 use std::path::{Path, PathBuf};
 
+pub use activations::Activation;
+pub use attention::SelfAttention;
 pub use bert::{BertConfig, BertForSequenceClassification, BertModel};
-pub use common::{Activation, CausalLmOutput, ClassifierOutput, Tap, Taps};
+pub use checkpoint::Checkpoint;
 pub use gpt2::{Gpt2Config, Gpt2LmHeadModel, causal_lm_loss};
-pub use ops::{FusedAutodiff, FusedOps, GeluKind, TapSplit};
+pub use layer_norm::LayerNorm;
+pub use outputs::{CausalLmOutput, ClassifierOutput};
+pub use rfa_fused::{FusedAutodiff, FusedOps};
+pub use state_dict::StateDict;
 pub use tokenizer::TextTokenizer;
 pub use vit::{VitConfig, VitForImageClassification};
 
@@ -75,7 +87,7 @@ struct ModelTypeOnly {
 impl Architecture {
     pub fn detect(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("config.json");
-        let c: ModelTypeOnly = common::read_config(&path)?;
+        let c: ModelTypeOnly = config::read_config(&path)?;
         match c.model_type.as_deref() {
             Some("gpt2") => Ok(Self::Gpt2),
             Some("bert") => Ok(Self::Bert),

@@ -14,8 +14,8 @@ use burn::tensor::{Int, Tensor};
 use lora_core::{HostTensor, TensorFile, load_adapter, merge_and_unload};
 
 use crate::gpt2::causal_lm_loss;
-use crate::ops::FusedOps;
 use crate::{Architecture, BertForSequenceClassification, BertModel, Gpt2LmHeadModel, ModelError, VitForImageClassification};
+use rfa_fused::FusedOps;
 
 /// Tolerances of the comparison.
 #[derive(Debug, Clone, Copy)]
@@ -101,7 +101,7 @@ impl<B: FusedOps> AnyModel<B> {
             Architecture::Gpt2 => Self::Gpt2(Gpt2LmHeadModel::load(dir, device)?),
             Architecture::Vit => Self::Vit(VitForImageClassification::load(dir, device)?),
             Architecture::Bert => {
-                let file = TensorFile::open(crate::common::weights_path(dir)?)?;
+                let file = TensorFile::open(crate::checkpoint::weights_path(dir)?)?;
                 if file.tensors.keys().any(|k| k.starts_with("classifier.")) {
                     Self::BertClassifier(BertForSequenceClassification::load(dir, device)?)
                 } else {

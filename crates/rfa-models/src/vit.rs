@@ -12,12 +12,17 @@ use lora_core::{LoraLinear, LoraModel, WeightLayout};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
-use crate::common::LayerNorm;
-use crate::common::{
-    Activation, Checkpoint, ClassifierOutput, SelfAttention, StateDict, TapSink, Taps, check_divisible, interior, read_config, tapped,
-    to_dtype,
-};
-use crate::ops::FusedOps;
+use crate::activations::Activation;
+use crate::attention::SelfAttention;
+use crate::checkpoint::Checkpoint;
+use crate::config::{check_divisible, read_config};
+use crate::layer_norm::LayerNorm;
+use crate::outputs::ClassifierOutput;
+use crate::precision::interior;
+use crate::state_dict::StateDict;
+use crate::taps::{TapSink, tapped};
+use lora_core::{Taps, to_dtype};
+use rfa_fused::FusedOps;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct VitConfig {
@@ -223,7 +228,7 @@ impl<B: FusedOps> VitForImageClassification<B> {
                 if cfg.num_labels() != n {
                     cfg.id2label = Some((0..n).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect());
                 }
-                crate::common::fresh_head(d, n, seed, device)
+                crate::checkpoint::fresh_head(d, n, seed, device)
             }
             None => ck.linear("classifier", d, cfg.num_labels(), true, WeightLayout::Linear)?,
         };

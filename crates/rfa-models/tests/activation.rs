@@ -1,4 +1,4 @@
-//! Our GELUs and softmax (fused ops, `rfa_models::ops`): values equal burn's `gelu` /
+//! Our GELUs and softmax (fused ops, `rfa_fused`): values equal burn's `gelu` /
 //! `gelu_approximate` / `softmax`, gradients equal the analytic derivatives computed in f64 — on
 //! ndarray (the fallback in burn's tensor ops) and on flex (the hand-written kernels). (burn 0.21's
 //! own `gelu` backward is off by up to 7 % of the gradient around x ≈ −3: −0.006148 at
@@ -7,7 +7,7 @@
 use burn::tensor::activation::{gelu, gelu_approximate, softmax};
 use burn::tensor::{Distribution, Tensor, TensorData};
 use proptest::prelude::*;
-use rfa_models::ops::{GeluKind, kernels, softmax_last};
+use rfa_fused::{GeluKind, kernels, softmax_last};
 use rfa_models::{Activation, FusedAutodiff};
 
 type Nd = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
@@ -175,7 +175,7 @@ fn softmax_matches_burns_on_ndarray_and_flex() {
 #[test]
 fn layer_norm_node_equals_burns_op_by_op_gradients() {
     use burn::tensor::TensorPrimitive;
-    use rfa_models::ops::fallback::{layer_norm_backward, layer_norm_forward};
+    use rfa_fused::fallback::{layer_norm_backward, layer_norm_forward};
     type Inner = burn::backend::NdArray<f32>;
     let device = Default::default();
     let (rows, d) = (9, 33);

@@ -1,4 +1,4 @@
-//! The fused multi-head attention (`rfa_models::ops::attention`): the context and the gradients
+//! The fused multi-head attention (`rfa_fused::attention`): the context and the gradients
 //! of q, k, v against an f64 computation written out here, on ndarray (the fallback in burn's
 //! ops) and on flex (the per-head kernel), through autodiff and without it, for operands that
 //! are contiguous, column slices of one fused projection, transposed views, or one packed
@@ -9,8 +9,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use proptest::prelude::*;
+use rfa_fused::{AttentionMask, FusedOps, attention, attention_packed};
 use rfa_models::FusedAutodiff;
-use rfa_models::ops::{AttentionMask, FusedOps, attention, attention_packed};
 
 type Nd = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 type Fx = burn::backend::Autodiff<burn::backend::Flex>;

@@ -5,9 +5,10 @@
 
 use burn::module::Param;
 use burn::tensor::{Distribution, Int, Tensor};
+use lora_core::Tap;
 use lora_core::{LoraConfig, LoraModel, TargetModules, attach_lora};
 use rfa_models::{
-    BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel, Tap, VitConfig, VitForImageClassification,
+    BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel, VitConfig, VitForImageClassification,
 };
 
 mod common;

@@ -130,8 +130,8 @@ fn a_bf16_input_keeps_the_layer_in_bf16_and_its_adapter_gradients_in_f32() {
 #[test]
 fn fused_gelu_and_softmax_on_tch_equal_ndarrays() {
     use burn::tensor::{Tensor, TensorData};
-    use rfa_models::ops::{gelu, softmax_last};
-    use rfa_models::{FusedAutodiff, GeluKind};
+    use rfa_fused::{FusedAutodiff, GeluKind};
+    use rfa_fused::{gelu, softmax_last};
 
     fn run<A: FusedAutodiff>(device: &A::Device) -> Vec<Vec<f32>> {
         let shape = [3, 5, 67];
@@ -207,12 +207,12 @@ fn device_names_parse() {
 #[test]
 fn attention_takes_pytorchs_sdpa_kernels_unless_switched_off() {
     use burn::tensor::{Distribution, Tensor, TensorPrimitive};
-    use rfa_models::ops::FusedOps;
+    use rfa_fused::FusedOps;
 
     let device = device();
     let (b, t, heads, d) = (2, 5, 2, 8);
     let x = || Tensor::<T, 3>::random([b, t, heads * d], Distribution::Default, &device).into_primitive().tensor();
-    let (_, stats) = T::fused_attention_stats(x(), x(), x(), rfa_models::ops::AttentionMask::none(), heads, 0.5);
+    let (_, stats) = T::fused_attention_stats(x(), x(), x(), rfa_fused::AttentionMask::none(), heads, 0.5);
     let stats: Tensor<T, 4> = Tensor::from_primitive(TensorPrimitive::Float(stats));
     let [sb, sh, rows, n] = stats.dims();
     assert_eq!([sb, sh], [b, heads]);
@@ -223,7 +223,7 @@ fn attention_takes_pytorchs_sdpa_kernels_unless_switched_off() {
     }
     assert_eq!(<T as FusedOps>::attention_backward_uses_output(), n == 1);
     // What the reports and benchmark rows name.
-    assert_eq!(rfa_models::ops::tch_attention_kernels(), if n == 1 { "sdpa" } else { "ops" });
+    assert_eq!(rfa_fused::tch_attention_kernels(), if n == 1 { "sdpa" } else { "ops" });
 }
 
 /// RFA's per-layer terms as one autodiff node on libtorch, every token and the first only:

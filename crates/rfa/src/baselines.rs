@@ -27,9 +27,10 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use lora_core::{ForeachAdamW, LoraConfig, TargetModules, attach_lora, count_params};
-use rfa_data::{Rng, batches};
+use rfa_data::batches;
 use rfa_loss::baselines::{kl_divergence, npo_loss};
 use rfa_models::FusedAutodiff;
+use rfa_rng::SplitMix64;
 
 use crate::config::UnlearnConfig;
 use crate::engine::{StepLog, UnlearnLog, bar, scalar};
@@ -114,8 +115,8 @@ where
     let stats_seconds = t0.elapsed().as_secs_f64();
 
     let mut optim = ForeachAdamW::<B>::new(uc.weight_decay as f32, 1e-8);
-    let mut rng = Rng::new(seed ^ 0x5eed);
-    let mut label_rng = Rng::new(seed ^ 0x1abe1);
+    let mut rng = SplitMix64::new(seed ^ 0x5eed);
+    let mut label_rng = SplitMix64::new(seed ^ 0x1abe1);
     let mut retain_pool: Vec<usize> = Vec::new();
     let driver = if method.over_retain() { &task.split.retain } else { &task.split.forget };
     let pb = bar((driver.len() * uc.epochs) as u64, &uc.method);

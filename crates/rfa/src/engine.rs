@@ -11,9 +11,10 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use lora_core::{ForeachAdamW, LoraConfig, TargetModules, attach_lora, count_params};
-use rfa_data::{Rng, batches};
+use rfa_data::batches;
 use rfa_loss::{FeatureStats, RfaObjective, SplitTaps, Targets};
 use rfa_models::{FusedAutodiff, FusedOps};
+use rfa_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{TrainConfig, UnlearnConfig};
@@ -212,14 +213,14 @@ where
     let inner = model.valid();
     let mut stats_set = task.split.retain.clone();
     if uc.stats_samples > 0 && uc.stats_samples < stats_set.len() {
-        Rng::new(seed ^ 0x57a7).shuffle(&mut stats_set);
+        SplitMix64::new(seed ^ 0x57a7).shuffle(&mut stats_set);
         stats_set.truncate(uc.stats_samples);
         stats_set.sort();
     }
     let pb = bar(stats_set.len() as u64, "features");
     for b in batches(&stats_set, 64, false, 0) {
         let batch = inner.batch(&task.train, &b, device)?;
-        let taps: Vec<rfa_models::Tap<B>> = inner.taps(&batch.input).into_iter().map(|t| t.map(|x| view(Tensor::from_inner(x)))).collect();
+        let taps: Vec<lora_core::Tap<B>> = inner.taps(&batch.input).into_iter().map(|t| t.map(|x| view(Tensor::from_inner(x)))).collect();
         let mask = view_mask(batch.token_mask().map(Tensor::from_inner));
         stats.add(&taps, Some(&batch.labels), mask.as_ref())?;
         pb.inc(b.len() as u64);
@@ -229,7 +230,7 @@ where
     let targets = Targets::resolve(uc.target, &stats, seed)?;
 
     let mut optim = ForeachAdamW::<B>::new(uc.weight_decay as f32, 1e-8);
-    let mut rng = Rng::new(seed ^ 0x5eed);
+    let mut rng = SplitMix64::new(seed ^ 0x5eed);
     let mut retain_pool: Vec<usize> = Vec::new();
     let mut steps = Vec::new();
     let forget = &task.split.forget;
@@ -260,7 +261,7 @@ where
             let mask = batch.token_mask();
             let seq = if cls_only { 1 } else { taps[0].pre.dims()[1] };
             let mu = targets.for_batch(nf, seq, Some(&batch.labels[nr..]))?;
-            let split = rfa_models::TapSplit { retain_rows: nr, forget_first_token_only: cls_only };
+            let split = rfa_fused::TapSplit { retain_rows: nr, forget_first_token_only: cls_only };
             let (parts, mut total);
             if uc.retain_cls_weight > 0.0 {
                 // The extra term reads the retain rows' first tokens: split the taps once for both.

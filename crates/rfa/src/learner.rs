@@ -12,10 +12,11 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use lora_core::LoraModel;
+use lora_core::{Tap, Taps};
 use rfa_data::text::TextDataset;
 use rfa_data::{ImageDataset, Preprocess};
 use rfa_models::tokenizer::TextTokenizer;
-use rfa_models::{BertForSequenceClassification, FusedOps, Gpt2LmHeadModel, Tap, Taps, VitForImageClassification};
+use rfa_models::{BertForSequenceClassification, FusedOps, Gpt2LmHeadModel, VitForImageClassification};
 
 /// A labelled data set the engine can index.
 pub trait Samples {

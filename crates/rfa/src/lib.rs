@@ -393,7 +393,7 @@ impl Run {
         }
         let retain: Vec<usize> = if ev.max_retain > 0 && ev.max_retain < t.split.retain.len() {
             let mut r = t.split.retain.clone();
-            rfa_data::Rng::new(self.cfg.seed ^ 0xe7a1).shuffle(&mut r);
+            rfa_rng::SplitMix64::new(self.cfg.seed ^ 0xe7a1).shuffle(&mut r);
             r.truncate(ev.max_retain);
             r.sort();
             r

@@ -183,7 +183,7 @@ fn run() -> Result<()> {
             dispatch::<burn::backend::Autodiff<burn::backend::LibTorch<f32>>>(
                 &cli,
                 &common,
-                &format!("{d} (burn-tch, libtorch {:?}, attention {})", device, rfa_models::ops::tch_attention_kernels()),
+                &format!("{d} (burn-tch, libtorch {:?}, attention {})", device, rfa_fused::tch_attention_kernels()),
                 &device,
             )
         }

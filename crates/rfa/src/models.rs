@@ -26,7 +26,7 @@ pub fn architecture(model: &ModelConfig) -> Result<Architecture> {
         return Ok(Architecture::detect(p)?);
     }
     if let Some(c) = &model.config {
-        let t: ModelType = rfa_models::common::read_config(c)?;
+        let t: ModelType = rfa_models::config::read_config(c)?;
         return match t.model_type.as_deref() {
             Some("vit") => Ok(Architecture::Vit),
             Some("gpt2") => Ok(Architecture::Gpt2),
@@ -67,7 +67,7 @@ pub fn initial_vit<B: FusedOps>(model: &ModelConfig, classes: &[String], channel
     Ok(match (&model.path, &model.config) {
         (Some(p), _) => lora_core::unfreeze(Vit::load_with_new_head(p, classes.len(), seed, device)?),
         (None, Some(c)) => {
-            let mut cfg: VitConfig = rfa_models::common::read_config(c)?;
+            let mut cfg: VitConfig = rfa_models::config::read_config(c)?;
             cfg.id2label = Some(classes.iter().enumerate().map(|(i, n)| (i.to_string(), n.clone())).collect());
             cfg.num_labels = None;
             Vit::init(&cfg, seed, device)?
@@ -87,7 +87,7 @@ pub fn initial_gpt2<B: FusedOps>(model: &ModelConfig, tok: &TextTokenizer, seed:
     let eos = eos_id(tok);
     let m = match (&model.path, &model.config) {
         (Some(p), _) => lora_core::unfreeze(Gpt2::load(p, device)?),
-        (None, Some(c)) => Gpt2::init(&rfa_models::common::read_config(c)?, seed, device)?,
+        (None, Some(c)) => Gpt2::init(&rfa_models::config::read_config(c)?, seed, device)?,
         (None, None) => Gpt2::init(&gpt2_preset(model, tok.vocab_size(), eos)?, seed, device)?,
     };
     tok.check_fits(m.vocab_size())?;

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use rfa_data::images::{fashion_mnist_classes, load_cifar10_bin, load_idx, load_image_folder};
 use rfa_data::text::{TextDataset, eli5_experiment_set, load_aclimdb};
-use rfa_data::{ForgetSpec, ForgetSplit, ImageDataset, Rng, select_forget};
+use rfa_data::{ForgetSpec, ForgetSplit, ImageDataset, select_forget};
+use rfa_rng::SplitMix64;
 
 use crate::config::DataConfig;
 use crate::learner::Samples;
@@ -90,7 +91,7 @@ pub fn load_text(cfg: &DataConfig, seed: u64) -> Result<(TextDataset, TextDatase
             if !(0.0..100.0).contains(&cfg.test_percent) || cfg.test_percent <= 0.0 {
                 bail!("data.test_percent must be in (0, 100), not {}", cfg.test_percent);
             }
-            let mut rng = Rng::new(seed ^ 0xe115);
+            let mut rng = SplitMix64::new(seed ^ 0xe115);
             let (mut train, mut test) = (Vec::new(), Vec::new());
             for c in 0..all.class_names.len() {
                 let mut members: Vec<usize> = (0..all.len()).filter(|&i| all.labels[i] == c).collect();
@@ -149,7 +150,7 @@ pub fn balanced(labels: &[usize], classes: usize, max: usize, seed: u64) -> Vec<
         return (0..labels.len()).collect();
     }
     let mut idx: Vec<usize> = (0..labels.len()).collect();
-    Rng::new(seed).shuffle(&mut idx);
+    SplitMix64::new(seed).shuffle(&mut idx);
     let per = max.div_ceil(classes.max(1));
     let mut taken = vec![0; classes.max(1)];
     let mut keep: Vec<usize> = idx

@@ -164,7 +164,7 @@ pub fn attention_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<V
     let (q, k, v) = (leaf(1), leaf(2), leaf(3));
     let bias: Vec<f32> = (0..b * t).map(|i| if i / t == 1 && i % t >= t - 5 { -1.0e30 } else { 0.0 }).collect();
     let bias = Tensor::<A, 4>::from_data(TensorData::new(bias, [b, 1, 1, t]), device);
-    let out = rfa_models::ops::attention(q.clone(), k.clone(), v.clone(), Some(bias), false, heads, 0.25);
+    let out = rfa_fused::attention(q.clone(), k.clone(), v.clone(), Some(bias), false, heads, 0.25);
     let w = Tensor::<A, 3>::from_data(TensorData::new(values(4), [b, t, c]), device);
     let grads = (out.clone() * w).sum().backward();
     let host = |x: Tensor<A::InnerBackend, 3>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
@@ -191,7 +191,7 @@ pub fn layer_norm_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<
     let x = Tensor::<A, 3>::from_data(TensorData::new(x, [3, 5, d]), device).require_grad();
     let gamma = Tensor::<A, 1>::from_data(TensorData::new(values(2, d), [d]), device).require_grad();
     let beta = Tensor::<A, 1>::from_data(TensorData::new(values(3, d), [d]), device).require_grad();
-    let y = rfa_models::ops::layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+    let y = rfa_fused::layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5);
     let w = Tensor::<A, 3>::from_data(TensorData::new(values(4, rows * d), [3, 5, d]), device);
     let grads = (y.clone() * w).sum().backward();
     let host = |x: burn::tensor::TensorData| x.convert::<f32>().to_vec::<f32>().unwrap();
@@ -223,8 +223,8 @@ pub fn tap_terms_case<A: rfa_models::FusedAutodiff>(device: &A::Device, one_node
     };
     let (wr, wf) = (mask(0, nr, t), mask(nr, nf, tf));
     let out = if one_node {
-        let split = rfa_models::TapSplit { retain_rows: nr, forget_first_token_only: cls };
-        rfa_models::ops::tap_terms(pre.clone(), res.clone(), mu, [Some(wr), Some(wf)], split)
+        let split = rfa_fused::TapSplit { retain_rows: nr, forget_first_token_only: cls };
+        rfa_fused::tap_terms(pre.clone(), res.clone(), mu, [Some(wr), Some(wf)], split)
     } else {
         let sq = |x: Tensor<A, 3>, w: Tensor<A, 2>| {
             let [a, b, _] = x.dims();
