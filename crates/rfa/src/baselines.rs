@@ -33,37 +33,13 @@ use rfa_models::FusedAutodiff;
 use rfa_rng::SplitMix64;
 
 use crate::config::UnlearnConfig;
+use crate::method::Method;
 use crate::engine::{StepLog, UnlearnLog, bar, scalar};
 use crate::learner::{Batch, Input, Learner, Logits, Samples, task_loss};
 use crate::task::Task;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Finetune,
-    GradAscent,
-    RandomLabel,
-    GradDiff,
-    Scrub,
-    L1Sparse,
-    Salun,
-    Npo,
-}
-
+/// What each baseline passes over and trains on.
 impl Method {
-    pub fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "finetune" => Self::Finetune,
-            "grad-ascent" => Self::GradAscent,
-            "random-label" => Self::RandomLabel,
-            "grad-diff" | "neggrad+" => Self::GradDiff,
-            "scrub" => Self::Scrub,
-            "l1-sparse" => Self::L1Sparse,
-            "salun" => Self::Salun,
-            "npo" => Self::Npo,
-            other => bail!("unknown unlearning method `{other}` ({})", crate::config::METHODS.join(", ")),
-        })
-    }
-
     /// Methods that pass over Dr (the rest pass over Df).
     fn over_retain(self) -> bool {
         matches!(self, Self::Finetune | Self::L1Sparse)
@@ -76,10 +52,6 @@ impl Method {
     fn uses_forget(self) -> bool {
         !self.over_retain()
     }
-
-    fn relabels(self) -> bool {
-        matches!(self, Self::RandomLabel | Self::Salun)
-    }
 }
 
 /// Runs one baseline from `m0`. Returns the trained model (with adapters in `lora` mode).
@@ -89,7 +61,10 @@ where
     M: Learner<B> + AutodiffModule<B>,
     M::InnerModule: Learner<B::InnerBackend, Data = M::Data>,
 {
-    let method = Method::parse(&uc.method)?;
+    let method = uc.method;
+    if method == Method::Rfa {
+        bail!("rfa is not a baseline: Run::unlearn runs it");
+    }
     let classes = task.train.class_names().len();
     if method.relabels() && m0.num_labels().is_none() {
         bail!("`{}` trains on wrong labels and needs a classifier; for a {} use grad-ascent, grad-diff or npo", uc.method, M::KIND);
@@ -119,7 +94,7 @@ where
     let mut label_rng = SplitMix64::new(seed ^ 0x1abe1);
     let mut retain_pool: Vec<usize> = Vec::new();
     let driver = if method.over_retain() { &task.split.retain } else { &task.split.forget };
-    let pb = bar((driver.len() * uc.epochs) as u64, &uc.method);
+    let pb = bar((driver.len() * uc.epochs) as u64, uc.method.name());
     let mut steps = Vec::new();
     for epoch in 0..uc.epochs {
         for b in batches(driver, uc.batch_size, true, seed.wrapping_add(31 * epoch as u64 + 1)) {
@@ -155,6 +130,7 @@ where
             let r = || retain.clone().expect("retain batch");
             let f = || forget.clone().expect("forget batch");
             let total = match method {
+                Method::Rfa => unreachable!("refused before the first step"),
                 Method::Finetune => r(),
                 Method::L1Sparse => r() + l1_norm(&model).mul_scalar(uc.l1_weight),
                 Method::GradAscent => f().neg(),

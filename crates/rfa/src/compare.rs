@@ -95,9 +95,9 @@ fn values(report: &Report) -> Vec<(String, Vec<Option<f64>>)> {
                     Some(m.loss_auc),
                     Some(m.min_k_auc),
                     m.auc_gap,
-                    Some(m.phase.seconds),
-                    m.phase.peak_rss_mib,
-                    Some(m.trainable_params as f64),
+                    Some(m.record.phase.seconds),
+                    m.record.phase.peak_rss_mib,
+                    Some(m.record.trainable_params as f64),
                 ];
                 (m.name.clone(), v)
             })
@@ -114,9 +114,9 @@ fn values(report: &Report) -> Vec<(String, Vec<Option<f64>>)> {
                     Some(s.mia_efficacy),
                     m.activation_distance,
                     m.average_gap,
-                    Some(m.phase.seconds),
-                    m.phase.peak_rss_mib,
-                    Some(m.trainable_params as f64),
+                    Some(m.record.phase.seconds),
+                    m.record.phase.peak_rss_mib,
+                    Some(m.record.trainable_params as f64),
                 ];
                 (m.name.clone(), v)
             })

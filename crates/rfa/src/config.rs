@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use rfa_loss::TargetStrategy;
 use serde::{Deserialize, Serialize};
 
+use crate::method::Method;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
@@ -123,7 +125,7 @@ fn wd() -> f64 {
 #[serde(deny_unknown_fields)]
 pub struct UnlearnConfig {
     #[serde(default = "rfa")]
-    pub method: String,
+    pub method: Method,
     /// Passes over the forget set; each forget batch is paired with a retain batch.
     pub epochs: usize,
     pub lr: f64,
@@ -229,10 +231,6 @@ fn npo_beta() -> f64 {
     0.1
 }
 
-/// The unlearning methods `rfa unlearn --method` takes.
-pub const METHODS: [&str; 10] =
-    ["rfa", "finetune", "grad-ascent", "random-label", "grad-diff", "neggrad+", "scrub", "l1-sparse", "salun", "npo"];
-
 impl UnlearnConfig {
     /// The float type of the frozen weights during unlearning (`None`: the backend's f32).
     pub fn base_dtype(&self) -> anyhow::Result<Option<burn::tensor::DType>> {
@@ -250,7 +248,7 @@ impl UnlearnConfig {
     pub fn out_dir(&self) -> String {
         match self.seed {
             Some(s) => format!("{}-s{s}", self.method),
-            None => self.method.clone(),
+            None => self.method.to_string(),
         }
     }
 }
@@ -297,8 +295,8 @@ fn all_tokens() -> String {
     "all".into()
 }
 
-fn rfa() -> String {
-    "rfa".into()
+fn rfa() -> Method {
+    Method::Rfa
 }
 
 impl RunConfig {

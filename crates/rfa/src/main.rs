@@ -32,7 +32,7 @@ enum Cmd {
         common: Common,
         /// Unlearning method.
         #[arg(long)]
-        method: Option<String>,
+        method: Option<rfa::Method>,
     },
     /// Evaluate M0, M* and the unlearned model; write report.json and report.md.
     Eval(Common),
@@ -198,7 +198,7 @@ fn run() -> Result<()> {
 fn dispatch<B: rfa_models::FusedAutodiff>(cli: &Cli, common: &Common, backend: &str, device: &B::Device) -> Result<()> {
     let mut cfg = common.resolve()?;
     if let Cmd::Unlearn { method: Some(m), .. } = &cli.cmd {
-        cfg.unlearn.method = m.clone();
+        cfg.unlearn.method = *m;
     }
     cfg.unlearn.base_dtype()?;
     if cfg.unlearn.dtype == "bf16" && common.device.starts_with("cpu") {

@@ -13,6 +13,8 @@ use rfa_models::memory::{DeviceMemory, sample_peak};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Outputs;
+use crate::phases::PhaseRecord;
+use crate::role::Role;
 
 /// Wall time and peak memory of one phase.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -89,14 +91,12 @@ fn peak_rss_mib() -> Option<f64> {
 
 /// Outputs of one model on the three sets.
 pub struct Evaluated {
-    pub name: String,
+    pub role: Role,
     pub forget: Outputs,
     pub retain: Outputs,
     pub test: Outputs,
-    pub phase: Phase,
-    pub trainable_params: usize,
-    /// Backend and precision of the phase that produced the model, where recorded.
-    pub ran_on: Option<String>,
+    /// The phase that produced the model.
+    pub record: PhaseRecord,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,13 +115,9 @@ pub struct ModelReport {
     pub residual_norm_forget: Option<f64>,
     pub residual_norm_retain: Option<f64>,
     pub per_class_test_accuracy: Vec<Option<f64>>,
-    /// Time and memory of the phase that produced the model (`seconds`, `peak_rss_mib`, …).
+    /// The phase that produced the model: time, memory, trainable parameters, backend.
     #[serde(flatten)]
-    pub phase: Phase,
-    pub trainable_params: usize,
-    /// Backend and precision of the phase that produced the model (its time depends on them).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ran_on: Option<String>,
+    pub record: PhaseRecord,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,9 +146,9 @@ fn rows<'a>(what: &'static str, v: &'a [f32], cols: usize) -> Result<Rows<'a>> {
     Ok(Rows::new(what, v, cols)?)
 }
 
-/// Metrics of every evaluated model; `retrained` names the gold standard they are compared to.
-pub fn model_reports(models: &[Evaluated], retrained: &str) -> Result<Vec<ModelReport>> {
-    let gold = models.iter().find(|m| m.name == retrained);
+/// The classifier metrics of each model; gaps and distances against the retrained model M*.
+pub fn model_reports(models: &[Evaluated]) -> Result<Vec<ModelReport>> {
+    let gold = models.iter().find(|m| m.role == Role::Retrained);
     // The membership attack's SVC fit is the slow part of evaluation (linfa's SMO: ~1.5 min for
     // CIFAR-10's 10,000 + 10,000 samples on one core); the models' fits are independent and run
     // side by side.
@@ -188,7 +184,7 @@ pub fn model_reports(models: &[Evaluated], retrained: &str) -> Result<Vec<ModelR
             mia_efficacy: mia?,
         };
         let (mut ad, mut js, mut fdf, mut fdr) = (None, None, None, None);
-        if let Some(g) = gold.filter(|g| g.name != m.name) {
+        if let Some(g) = gold.filter(|g| g.role != m.role) {
             let gf = rows("forget logits", &g.forget.logits, c)?;
             ad = Some(activation_distance(&lf, &gf)?);
             js = Some(js_divergence(&lf, &gf)?);
@@ -200,7 +196,7 @@ pub fn model_reports(models: &[Evaluated], retrained: &str) -> Result<Vec<ModelR
         }
         let mean = |v: &[f32]| (!v.is_empty()).then(|| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64);
         out.push(ModelReport {
-            name: m.name.clone(),
+            name: m.role.name(),
             summary,
             acc_forget,
             activation_distance: ad,
@@ -211,12 +207,10 @@ pub fn model_reports(models: &[Evaluated], retrained: &str) -> Result<Vec<ModelR
             residual_norm_forget: mean(&m.forget.residual_norms),
             residual_norm_retain: mean(&m.retain.residual_norms),
             per_class_test_accuracy: per_class_accuracy(&lt, &m.test.labels, c),
-            phase: m.phase,
-            trainable_params: m.trainable_params,
-            ran_on: m.ran_on.clone(),
+            record: m.record.clone(),
         });
     }
-    if let Some(g) = out.iter().find(|r| r.name == retrained).map(|r| r.summary) {
+    if let Some(g) = models.iter().position(|m| m.role == Role::Retrained).map(|i| out[i].summary) {
         out.iter_mut().for_each(|r| r.average_gap = Some(r.summary.average_gap(&g)));
     }
     Ok(out)
@@ -251,13 +245,9 @@ pub struct LmModelReport {
     pub feature_distance_forget: Option<f64>,
     pub residual_norm_forget: Option<f64>,
     pub residual_norm_retain: Option<f64>,
-    /// Time and memory of the phase that produced the model (`seconds`, `peak_rss_mib`, …).
+    /// The phase that produced the model: time, memory, trainable parameters, backend.
     #[serde(flatten)]
-    pub phase: Phase,
-    pub trainable_params: usize,
-    /// Backend and precision of the phase that produced the model (its time depends on them).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ran_on: Option<String>,
+    pub record: PhaseRecord,
 }
 
 /// Greedy continuations of one prompt by each model.
@@ -314,18 +304,18 @@ impl Report {
                 f(m.activation_distance, 4),
                 f(m.js_divergence, 4),
                 f(m.average_gap, 2),
-                m.phase.seconds,
-                f(m.phase.peak_rss_mib, 0),
-                m.trainable_params
+                m.record.phase.seconds,
+                f(m.record.phase.peak_rss_mib, 0),
+                m.record.trainable_params
             );
         }
         s += "\nUA = 100 − accuracy on the forget set Df, RA / TA = accuracy on the retain set Dr / test set Dt (%). \
 MIA-Efficacy: % of Df that SalUn's SVC membership attack calls non-member. Activation distance and JS divergence: \
 between the model's and the retrained model's output distributions on Df. Average gap: mean |difference| to the \
 retrained model over UA, RA, TA, MIA-Efficacy. Time: the phase that produced the model (training, retraining, unlearning).\n\n";
-        s += &ran_on(self.models.iter().map(|m| (&m.name, &m.ran_on)));
-        s += &step_times(self.models.iter().map(|m| (&m.name, &m.phase)));
-        s += &device_memory(self.models.iter().map(|m| (&m.name, &m.phase)));
+        s += &ran_on(self.models.iter().map(|m| (&m.name, &m.record.ran_on)));
+        s += &step_times(self.models.iter().map(|m| (&m.name, &m.record.phase)));
+        s += &device_memory(self.models.iter().map(|m| (&m.name, &m.record.phase)));
         s += "## Features\n\n| model | feature distance to retrain on Df | on Dr | residual norm on Df | on Dr |\n|---|---:|---:|---:|---:|\n";
         for m in &self.models {
             s += &format!(
@@ -431,9 +421,9 @@ impl LmSection {
                 m.min_k_auc,
                 f(m.auc_gap, 2),
                 f(m.feature_distance_forget, 4),
-                m.phase.seconds,
-                f(m.phase.peak_rss_mib, 0),
-                m.trainable_params
+                m.record.phase.seconds,
+                f(m.record.phase.peak_rss_mib, 0),
+                m.record.trainable_params
             );
         }
         s += &format!(
@@ -443,9 +433,9 @@ they cannot be told apart, which is what the retrained model shows for data it n
 the retrained model over the two AUCs. Dr perplexity over {} retained texts.\n\n",
             self.held_out, self.held_out_samples, self.min_k_percent, self.retain_samples_evaluated
         );
-        s += &ran_on(self.models.iter().map(|m| (&m.name, &m.ran_on)));
-        s += &step_times(self.models.iter().map(|m| (&m.name, &m.phase)));
-        s += &device_memory(self.models.iter().map(|m| (&m.name, &m.phase)));
+        s += &ran_on(self.models.iter().map(|m| (&m.name, &m.record.ran_on)));
+        s += &step_times(self.models.iter().map(|m| (&m.name, &m.record.phase)));
+        s += &device_memory(self.models.iter().map(|m| (&m.name, &m.record.phase)));
         if !self.generations.is_empty() {
             s += "## Generations (greedy)\n\n| from | prompt | model | continuation |\n|---|---|---|---|\n";
             for g in &self.generations {

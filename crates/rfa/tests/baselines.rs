@@ -25,7 +25,7 @@ fn every_method_runs_and_the_report_compares_them_all() {
     let methods = ["rfa", "finetune", "grad-ascent", "random-label", "grad-diff", "scrub", "l1-sparse", "salun", "npo"];
     for m in methods {
         let mut c = base.clone();
-        c.unlearn.method = m.into();
+        c.unlearn.method = m.parse().unwrap();
         c.unlearn.lr = 1e-3;
         Run::open(c).unwrap().unlearn::<AB>(&dev).unwrap_or_else(|e| panic!("{m}: {e:#}"));
         assert!(run.dir.join(m).join("adapter/adapter_model.safetensors").is_file(), "{m}");
@@ -77,7 +77,7 @@ fn full_weight_baselines_and_salun_masks() {
     let mut c = tiny("full", tmp.path());
     let run = Run::open(c.clone()).unwrap();
     run.train::<AB>(false, &dev).unwrap();
-    c.unlearn.method = "salun".into();
+    c.unlearn.method = rfa::Method::Salun;
     c.unlearn.adapter = "full".into();
     c.unlearn.lr = 1e-3;
     c.unlearn.seed = Some(7);
@@ -103,9 +103,10 @@ fn full_weight_baselines_and_salun_masks() {
 #[test]
 fn label_methods_refuse_language_models_and_unknown_methods_are_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut c = tiny("bad", tmp.path());
-    c.unlearn.method = "forget-everything".into();
-    let run = Run::open(c).unwrap();
-    let e = format!("{:#}", run.unlearn::<AB>(&Default::default()).unwrap_err());
+    let c = tiny("bad", tmp.path());
+    // An unknown method is refused when the configuration is read, naming it and the known ones.
+    let toml = c.to_toml().replace("method = \"rfa\"", "method = \"forget-everything\"");
+    assert!(toml.contains("forget-everything"), "{toml}");
+    let e = toml::from_str::<rfa::config::RunConfig>(&toml).unwrap_err().to_string();
     assert!(e.contains("forget-everything") && e.contains("salun"), "{e}");
 }

@@ -321,7 +321,7 @@ fn baselines_on_a_language_model() {
     run.train::<AB>(true, &dev).unwrap();
     for m in ["npo", "grad-diff", "scrub"] {
         let mut c = c.clone();
-        c.unlearn.method = m.into();
+        c.unlearn.method = m.parse().unwrap();
         Run::open(c).unwrap().unlearn::<AB>(&dev).unwrap_or_else(|e| panic!("{m}: {e:#}"));
     }
     let log: rfa::engine::UnlearnLog =
@@ -331,7 +331,7 @@ fn baselines_on_a_language_model() {
     let report = run.eval::<AB>("cpu", &dev).unwrap();
     let names: Vec<String> = report.language_model.unwrap().models.into_iter().map(|m| m.name).collect();
     assert_eq!(names, ["original (M0)", "retrain (M*)", "grad-diff", "scrub", "npo"]);
-    c.unlearn.method = "random-label".into();
+    c.unlearn.method = rfa::Method::RandomLabel;
     let e = format!("{:#}", Run::open(c).unwrap().unlearn::<AB>(&dev).unwrap_err());
     assert!(e.contains("needs a classifier"), "{e}");
 }

@@ -1,0 +1,140 @@
+//! `rfa eval`: the models a run compares, the classifier metrics, the report, its plots and the
+//! comparison table.
+
+use anyhow::{Context, Result, bail};
+use rfa_models::{Architecture, FusedAutodiff, FusedOps};
+
+use crate::engine::{self, outputs};
+use crate::learner::{Learner, Samples};
+use crate::models::{Bert, Vit};
+use crate::phases::{PhaseRecord, read_phase};
+use crate::role::Role;
+use crate::report::{Evaluated, Report, model_reports};
+use crate::task::Task;
+use crate::{Inner, Run, compare, plots};
+
+impl Run {
+    /// The models the report compares: M0, M*, and every unlearning result in the run (M0 with
+    /// its adapter, or its merged / fully trained model), each with the record of the phase
+    /// that made it.
+    pub(crate) fn evaluated_models<B: FusedOps, M: Learner<B>>(&self, device: &B::Device) -> Result<Vec<(Role, M, PhaseRecord)>> {
+        let mut v = Vec::new();
+        for role in [Role::Original, Role::Retrained] {
+            let path = role.dir(&self.dir);
+            let model = <M as Learner<B>>::load(&path, device).with_context(|| format!("loading {}", path.display()))?;
+            v.push((role, model, read_phase(&path)?));
+        }
+        let unlearned = self.unlearned();
+        if unlearned.is_empty() {
+            bail!("no unlearning result in {} (run `rfa unlearn` first)", self.dir.display());
+        }
+        for role in unlearned {
+            let dir = role.dir(&self.dir);
+            let model = if dir.join("adapter").is_dir() {
+                let mut m = <M as Learner<B>>::load(&Role::Original.dir(&self.dir), device)?;
+                lora_core::load_adapter(&mut m, &dir.join("adapter"))?;
+                m
+            } else {
+                <M as Learner<B>>::load(&dir.join("merged"), device).with_context(|| format!("loading {}", dir.display()))?
+            };
+            v.push((role, model, read_phase(&dir)?));
+        }
+        Ok(v)
+    }
+
+    /// `rfa eval`: metrics of M0, M*, RFA → report.json, report.md, plots.
+    pub fn eval<B: FusedAutodiff>(&self, backend: &str, device: &B::Device) -> Result<Report> {
+        match self.arch {
+            Architecture::Vit => self.eval_classifier::<Inner<B>, Vit<Inner<B>>>(self.images()?, backend, device),
+            Architecture::Bert => self.eval_classifier::<Inner<B>, Bert<Inner<B>>>(self.text()?, backend, device),
+            Architecture::Gpt2 => self.eval_lm::<Inner<B>>(backend, device),
+        }
+    }
+
+    /// A report with the run's description and no models yet.
+    pub(crate) fn report_header<D: Samples>(&self, t: &Task<D>, backend: &str) -> Report {
+        Report {
+            name: self.cfg.name.clone(),
+            dataset: format!("{} ({})", self.cfg.data.dataset, t.train.source()),
+            classes: t.train.class_names().to_vec(),
+            train_samples: t.train.len(),
+            test_samples: t.test.len(),
+            forget_samples: t.split.forget.len(),
+            forget: self.cfg.data.forget.clone(),
+            backend: backend.into(),
+            models: Vec::new(),
+            language_model: None,
+            residual_norms_forget: Vec::new(),
+            residual_norms_retain: Vec::new(),
+        }
+    }
+
+    fn eval_classifier<B: FusedOps, M: Learner<B>>(&self, t: &Task<M::Data>, backend: &str, device: &B::Device) -> Result<Report> {
+        let test_idx: Vec<usize> = (0..t.test.len()).collect();
+        let mut evaluated = Vec::new();
+        for (role, model, record) in self.evaluated_models::<B, M>(device)? {
+            evaluated.push(Evaluated {
+                role,
+                forget: outputs(&model, &t.train, &t.split.forget, device)?,
+                retain: outputs(&model, &t.train, &t.split.retain, device)?,
+                test: outputs(&model, &t.test, &test_idx, device)?,
+                record,
+            });
+        }
+        let models = model_reports(&evaluated)?;
+        // The residual-norm histogram shows RFA's adapter (else the first result with adapters).
+        let unlearned: Vec<&Evaluated> = evaluated.iter().filter(|e| matches!(e.role, Role::Unlearned { .. })).collect();
+        let rfa = unlearned.iter().find(|e| !e.forget.residual_norms.is_empty()).unwrap_or(&unlearned[0]);
+        let report = Report {
+            models,
+            residual_norms_forget: rfa.forget.residual_norms.clone(),
+            residual_norms_retain: rfa.retain.residual_norms.clone(),
+            ..self.report_header(t, backend)
+        };
+        report.write(&self.dir)?;
+        self.plot(&report)?;
+        self.write_comparison(&report)?;
+        Ok(report)
+    }
+
+    /// `comparison.md` and `plots/gap_vs_time.png`: one row per method (mean ± std over seeds).
+    pub(crate) fn write_comparison(&self, report: &Report) -> Result<()> {
+        std::fs::create_dir_all(self.dir.join("plots"))?;
+        lora_core::tensors::write_atomic(&self.dir.join("comparison.md"), compare::markdown(report).as_bytes())?;
+        compare::plot_gap_vs_time(report, &self.dir.join("plots/gap_vs_time.png"))
+    }
+
+    /// `plots/`: per-class accuracy, residual norms on Df vs Dr, training and unlearning losses.
+    pub(crate) fn plot(&self, report: &Report) -> Result<()> {
+        let dir = self.dir.join("plots");
+        std::fs::create_dir_all(&dir)?;
+        if report.language_model.is_none() {
+            plots::per_class_accuracy(report, &dir.join("per_class_accuracy.png"))?;
+        }
+        plots::residual_norms(&report.residual_norms_forget, &report.residual_norms_retain, &dir.join("residual_norms.png"))?;
+        let mut train = Vec::new();
+        for (role, on) in [(Role::Original, "D"), (Role::Retrained, "Dr")] {
+            let name = format!("{} on {on}", role.name());
+            let p = role.dir(&self.dir).join("train_state.json");
+            if let Ok(text) = std::fs::read_to_string(&p) {
+                let log: Vec<engine::EpochLog> = serde_json::from_str(&text).with_context(|| format!("reading {}", p.display()))?;
+                train.push((name, log.iter().map(|e| e.epoch as f64).collect(), log.iter().map(|e| e.loss).collect()));
+            }
+        }
+        plots::loss_curves("Training loss (cross-entropy / causal-LM)", "epoch", &train, &dir.join("loss_training.png"))?;
+        let p = self.dir.join("rfa/unlearn_log.json");
+        if !p.is_file() {
+            return Ok(());
+        }
+        let log: engine::UnlearnLog =
+            serde_json::from_str(&std::fs::read_to_string(&p)?).with_context(|| format!("reading {}", p.display()))?;
+        let x: Vec<f64> = log.steps.iter().map(|s| s.step as f64).collect();
+        let series = vec![
+            ("retain: mean ||r_l||²".to_string(), x.clone(), log.steps.iter().map(|s| s.retain).collect()),
+            ("forget: mean ||p_l + r_l − mu_l||²".to_string(), x.clone(), log.steps.iter().map(|s| s.forget).collect()),
+            ("total".to_string(), x, log.steps.iter().map(|s| s.total).collect()),
+        ];
+        plots::loss_curves("RFA unlearning loss", "step", &series, &dir.join("loss_unlearning.png"))
+    }
+
+}

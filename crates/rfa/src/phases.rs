@@ -1,0 +1,175 @@
+//! The phases that write models: training M0 on D and M* on Dr, and unlearning. Each leaves a
+//! [`PhaseRecord`] (`phase.json`) beside its model.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::module::AutodiffModule;
+use rfa_models::{Architecture, FusedAutodiff};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{train_model, unlearn_rfa};
+use crate::learner::{Learner, Samples};
+use crate::models::{self, Bert, Gpt2, Vit};
+use crate::report::{Phase, measure};
+use crate::task::Task;
+use crate::method::Method;
+use crate::role::Role;
+use crate::{Inner, Run, baselines};
+
+/// What a phase left beside its model (`phase.json`), and what a report says of the phase that
+/// produced each model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PhaseRecord {
+    /// Time and memory (`seconds`, `peak_rss_mib`, …).
+    #[serde(flatten)]
+    pub phase: Phase,
+    pub trainable_params: usize,
+    /// Backend and precision the phase ran on (its time depends on them); absent in records
+    /// written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_on: Option<String>,
+}
+
+/// `phase.json` as written before the record was flattened (`{"phase": {…}, …}`).
+#[derive(Deserialize)]
+struct NestedPhaseRecord {
+    phase: Phase,
+    trainable_params: usize,
+    #[serde(default)]
+    ran_on: Option<String>,
+}
+
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    lora_core::tensors::write_atomic(path, serde_json::to_string_pretty(v)?.as_bytes())?;
+    Ok(())
+}
+
+pub(crate) fn read_phase(dir: &Path) -> Result<PhaseRecord> {
+    let p = dir.join("phase.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("{} is missing: run that phase first", p.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("reading {}", p.display()))?;
+    if value.get("phase").is_some_and(serde_json::Value::is_object) {
+        let NestedPhaseRecord { phase, trainable_params, ran_on } =
+            serde_json::from_value(value).with_context(|| format!("reading {}", p.display()))?;
+        return Ok(PhaseRecord { phase, trainable_params, ran_on });
+    }
+    serde_json::from_value(value).with_context(|| format!("reading {}", p.display()))
+}
+
+impl Run {
+    /// `rfa train` (all of D → `original/`) or `rfa retrain` (Dr only → `retrain/`).
+    pub fn train<B: FusedAutodiff>(&self, retrain: bool, device: &B::Device) -> Result<()> {
+        let (m, seed) = (&self.cfg.model, self.cfg.seed);
+        match self.arch {
+            Architecture::Vit => {
+                let t = self.images()?;
+                let model = models::initial_vit::<B>(m, &t.train.class_names, t.train.channels, seed, device)?;
+                self.train_with(model, t, retrain, device)
+            }
+            Architecture::Bert => {
+                let t = self.text()?;
+                self.train_with(models::initial_bert::<B>(m, t.train.class_names().len(), seed, device)?, t, retrain, device)
+            }
+            Architecture::Gpt2 => {
+                let tok = self.tokenizer()?;
+                self.train_with(models::initial_gpt2::<B>(m, tok, seed, device)?, self.text()?, retrain, device)
+            }
+        }
+    }
+
+    fn train_with<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
+        &self,
+        model: M,
+        task: &Task<M::Data>,
+        retrain: bool,
+        device: &B::Device,
+    ) -> Result<()> {
+        let (what, sub) = if retrain { ("retrain", "retrain") } else { ("train", "original") };
+        let indices: Vec<usize> = if retrain { task.split.retain.clone() } else { (0..task.train.len()).collect() };
+        let out = self.dir.join(sub);
+        let params = lora_core::count_params(&model).total;
+        let (_, phase) = measure(|| train_model(model, &task.train, &indices, &self.cfg.train, self.cfg.seed, what, &out, device))?;
+        self.copy_tokenizer(&out)?;
+        let prev = read_phase(&out).ok();
+        // A resumed run adds the time of the interrupted one.
+        let phase = Phase { seconds: phase.seconds + prev.map(|p| p.phase.seconds).unwrap_or(0.0), ..phase };
+        write_json(&out.join("phase.json"), &PhaseRecord { phase, trainable_params: params, ran_on: self.ran_on(None) })
+    }
+
+    /// `rfa unlearn --method NAME`: under `NAME/` (or `NAME-s<seed>/`), the adapter (PEFT) when
+    /// adapters were trained, and the merged model (Hugging Face).
+    pub fn unlearn<B: FusedAutodiff>(&self, device: &B::Device) -> Result<()> {
+        match self.arch {
+            Architecture::Vit => self.unlearn_with::<B, Vit<B>>(self.images()?, device),
+            Architecture::Bert => self.unlearn_with::<B, Bert<B>>(self.text()?, device),
+            Architecture::Gpt2 => self.unlearn_with::<B, Gpt2<B>>(self.text()?, device),
+        }
+    }
+
+    fn unlearn_with<B, M>(&self, task: &Task<M::Data>, device: &B::Device) -> Result<()>
+    where
+        B: FusedAutodiff,
+        M: Learner<B> + AutodiffModule<B>,
+        M::InnerModule: Learner<Inner<B>, Data = M::Data>,
+    {
+        let uc = &self.cfg.unlearn;
+        let base_dtype = uc.base_dtype()?;
+        let mut m0 =
+            <M as Learner<B>>::load(&self.dir.join("original"), device).context("loading the original model (run `rfa train` first)")?;
+        if let Some(dt) = base_dtype {
+            lora_core::set_base_dtype(&mut m0, dt);
+        }
+        let seed = uc.seed.unwrap_or(self.cfg.seed);
+        let ((model, log), phase) = measure(|| {
+            if uc.method == Method::Rfa {
+                unlearn_rfa(m0, task, uc, seed, device)
+            } else {
+                baselines::unlearn_baseline(m0, task, uc, seed, device)
+            }
+        })?;
+        let out = self.dir.join(uc.out_dir());
+        // A result left by an earlier run of this method must not mix with this one.
+        for sub in ["adapter", "merged"] {
+            let _ = std::fs::remove_dir_all(out.join(sub));
+        }
+        if !log.adapted.is_empty() {
+            lora_core::save_adapter(&model, &out.join("adapter"), Some("../../original"))?;
+        }
+        let mut merged = match base_dtype {
+            // The bf16 copy of W0 is lossy: the f32 adapter goes into the f32 original instead.
+            Some(_) => {
+                let mut m = <M::InnerModule as Learner<Inner<B>>>::load(&self.dir.join("original"), device)?;
+                lora_core::load_adapter(&mut m, &out.join("adapter"))?;
+                m
+            }
+            None => model.valid(),
+        };
+        lora_core::merge_and_unload(&mut merged);
+        merged.save(&out.join("merged"))?;
+        self.copy_tokenizer(&out.join("merged"))?;
+        write_json(&out.join("unlearn_log.json"), &log)?;
+        let precision = base_dtype.map(|_| format!("frozen weights in {}", uc.dtype));
+        let (first, median) = log.step_times().map_or((None, None), |(f, m)| (Some(f), m));
+        let phase = Phase { first_step_seconds: first, median_step_seconds: median, ..phase };
+        write_json(&out.join("phase.json"), &PhaseRecord { phase, trainable_params: log.trainable_params, ran_on: self.ran_on(precision) })
+    }
+
+    /// The unlearning results in the run folder, in [`Method::ALL`]'s order then by seed.
+    pub fn unlearned(&self) -> Vec<Role> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut found: Vec<(Method, Option<u64>)> = entries
+            .filter_map(|e| match Role::of_folder(&e.ok()?.file_name().to_string_lossy())? {
+                Role::Unlearned { method, seed } => Some((method, seed)),
+                Role::Original | Role::Retrained => None,
+            })
+            .filter(|&(method, seed)| {
+                let p = Role::Unlearned { method, seed }.dir(&self.dir);
+                p.join("phase.json").is_file() && (p.join("adapter").is_dir() || p.join("merged").is_dir())
+            })
+            .collect();
+        // A seedless result sorts with seed 0.
+        found.sort_by_key(|&(method, seed)| (method, seed.unwrap_or(0)));
+        found.into_iter().map(|(method, seed)| Role::Unlearned { method, seed }).collect()
+    }
+}

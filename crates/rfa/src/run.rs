@@ -1,0 +1,125 @@
+//! A run: its resolved configuration, its data and its folder `runs/<name>/`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rfa_data::ImageDataset;
+use rfa_models::Architecture;
+use rfa_models::tokenizer::TextTokenizer;
+
+use crate::config::RunConfig;
+use crate::learner::{Samples, TokenizedText};
+use crate::models;
+use crate::task::{self, Task};
+
+/// A run's data: images for ViT, tokenised text for BERT and GPT-2.
+pub enum Data {
+    Images(Task<ImageDataset>),
+    /// Tokenised text, with the tokenizer that encoded it and the folder it came from (saved
+    /// beside every model the run writes).
+    Text { task: Task<TokenizedText>, tokenizer: TextTokenizer, tokenizer_dir: PathBuf },
+}
+
+pub struct Run {
+    pub cfg: RunConfig,
+    pub arch: Architecture,
+    pub data: Data,
+    pub dir: PathBuf,
+    /// The backend the phases run on, as the report names it (the `rfa` binary sets it).
+    pub backend: Option<String>,
+}
+
+
+impl Run {
+    pub fn open(mut cfg: RunConfig) -> Result<Self> {
+        cfg.expand_home();
+        let arch = models::architecture(&cfg.model)?;
+        let data = if task::is_text(&cfg.data) {
+            if arch == Architecture::Vit {
+                bail!("data set `{}` is text, the model a ViT: use a BERT (model.path) or GPT-2 model", cfg.data.dataset);
+            }
+            let (tok, tok_dir) = models::tokenizer(&cfg.model)?;
+            let (train, test) = task::load_text(&cfg.data, cfg.seed)?;
+            let eos = if arch == Architecture::Gpt2 { models::eos_id(&tok) } else { None };
+            let train = TokenizedText::new(train, &tok, cfg.data.max_len, eos)?;
+            let test = TokenizedText::new(test, &tok, cfg.data.max_len, eos)?;
+            if train.truncated + test.truncated > 0 {
+                eprintln!(
+                    "note: {} of {} training and {} of {} test texts are longer than data.max_len = {} tokens and were cut to it",
+                    train.truncated,
+                    train.len(),
+                    test.truncated,
+                    test.len(),
+                    cfg.data.max_len
+                );
+            }
+            for ds in [&train, &test] {
+                if ds.text.lossy > 0 {
+                    eprintln!("note: {} texts of {} were not valid UTF-8 (decoded with U+FFFD)", ds.text.lossy, ds.source());
+                }
+            }
+            Data::Text { task: Task::new(train, test, &cfg.data.forget, cfg.seed)?, tokenizer: tok, tokenizer_dir: tok_dir }
+        } else {
+            if arch != Architecture::Vit {
+                bail!("data set `{}` is images: the model must be a ViT, not {arch:?}", cfg.data.dataset);
+            }
+            let (train, test) = task::load_images(&cfg.data, cfg.seed)?;
+            Data::Images(Task::new(train, test, &cfg.data.forget, cfg.seed)?)
+        };
+        let dir = cfg.run_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        lora_core::tensors::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+        Ok(Self { cfg, arch, data, dir, backend: None })
+    }
+
+    /// What a phase's record says it ran on: the backend, and a precision other than f32.
+    pub(crate) fn ran_on(&self, precision: Option<String>) -> Option<String> {
+        match (&self.backend, precision) {
+            (Some(b), Some(p)) => Some(format!("{b}; {p}")),
+            (b, p) => b.clone().or(p),
+        }
+    }
+
+    /// Training, forget, retain and test set sizes.
+    pub fn sizes(&self) -> (usize, usize, usize, usize) {
+        fn of<D: Samples>(t: &Task<D>) -> (usize, usize, usize, usize) {
+            (t.train.len(), t.split.forget.len(), t.split.retain.len(), t.test.len())
+        }
+        match &self.data {
+            Data::Images(t) => of(t),
+            Data::Text { task, .. } => of(task),
+        }
+    }
+
+    pub fn text(&self) -> Result<&Task<TokenizedText>> {
+        match &self.data {
+            Data::Text { task, .. } => Ok(task),
+            Data::Images(_) => bail!("this run's data are images"),
+        }
+    }
+
+    pub fn images(&self) -> Result<&Task<ImageDataset>> {
+        match &self.data {
+            Data::Images(t) => Ok(t),
+            Data::Text { .. } => bail!("this run's data are text"),
+        }
+    }
+
+    /// The tokenizer of a text run; an error for images.
+    pub fn tokenizer(&self) -> Result<&TextTokenizer> {
+        match &self.data {
+            Data::Text { tokenizer, .. } => Ok(tokenizer),
+            Data::Images(_) => bail!("this run's data are images: it has no tokenizer"),
+        }
+    }
+
+    /// Saves a text run's tokenizer beside a model it wrote, so the folder is a complete
+    /// checkpoint; nothing for images.
+    pub(crate) fn copy_tokenizer(&self, to: &Path) -> Result<()> {
+        match &self.data {
+            Data::Text { tokenizer_dir, .. } => models::copy_tokenizer(tokenizer_dir, to),
+            Data::Images(_) => Ok(()),
+        }
+    }
+
+}
