@@ -2,7 +2,7 @@
 # Builds what scripts/device-run.sh needs on the GPU machine and puts it in .device/ (ignored by
 # git; name it in the device tool's `carry`). Binaries are stripped and packed with xz: the tree
 # and the carry share 64 MiB. CIFAR=1 adds the `rfa` binary and CIFAR-10 for scripts/device-cifar10.sh.
-# PARTS=tch rebuilds only the libtorch binaries (xtask-tch and its two test files, ~10 min instead
+# PARTS=tch rebuilds only the libtorch binaries (rfa-bench-tch and its two test files, ~10 min instead
 # of ~18), for a change that burn-cuda's code paths do not run; the other binaries stay as built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,21 +23,21 @@ for l in sys.stdin:
   pack "$exe" "$name"
 }
 if [ "$parts" = all ]; then
-  cargo build --release --features cuda -p xtask
-  pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda
+  cargo build --release --features cuda -p rfa-bench
+  pack "$CARGO_TARGET_DIR/release/rfa-bench" rfa-bench-cuda
   # The same benchmark with burn's kernel fusion (cargo keeps both feature sets' builds apart).
-  cargo build --release --features fusion -p xtask
-  pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda-fusion
+  cargo build --release --features fusion -p rfa-bench
+  pack "$CARGO_TARGET_DIR/release/rfa-bench" rfa-bench-cuda-fusion
   # And with cubecl's autotune (matmul / reduction kernels chosen per shape by timing).
-  cargo build --release --features autotune -p xtask
-  pack "$CARGO_TARGET_DIR/release/xtask" xtask-cuda-autotune
+  cargo build --release --features autotune -p rfa-bench
+  pack "$CARGO_TARGET_DIR/release/rfa-bench" rfa-bench-cuda-autotune
   pack_tests cuda
 fi
 # burn's libtorch backend, built against PyTorch 2.11's headers and libraries (the GPU machine's
 # version), linked dynamically: it runs there with that PyTorch's lib folder on LD_LIBRARY_PATH.
 eval "$(bash scripts/fetch-libtorch.sh)"
-cargo build --release --features tch -p xtask
-pack "$CARGO_TARGET_DIR/release/xtask" xtask-tch
+cargo build --release --features tch -p rfa-bench
+pack "$CARGO_TARGET_DIR/release/rfa-bench" rfa-bench-tch
 pack_tests tch
 pack_tests tch attention
 cp "${SHARED:-../shared}/bench/torch_rfa_reference.py" .device/

@@ -5,25 +5,25 @@
 #      and the objective's node vs the CPU) and burn's libtorch backend on CUDA
 #      (crates/rfa-models/tests/tch.rs, and tests/attention.rs: PyTorch's memory-efficient
 #      attention kernel against f64);
-#   2. the issue's table: the RFA step (`xtask bench`), GPT-2 small / BERT-base / ViT-B/16 at the
+#   2. the issue's table: the RFA step (`rfa-bench bench`), GPT-2 small / BERT-base / ViT-B/16 at the
 #      PyTorch reference's shapes, one process per row (so that nvidia-smi's peak memory belongs
 #      to that row; the rows also carry the allocator's sampled peak): the PyTorch + transformers
 #      + peft reference (bench/torch_rfa_reference.py) in strict f32, rfa on burn-cuda (f32 on
-#      TF32 tensor cores) and on burn's libtorch backend (`xtask-tch`: PyTorch's kernels, strict
+#      TF32 tensor cores) and on burn's libtorch backend (`rfa-bench-tch`: PyTorch's kernels, strict
 #      f32); then bf16 (autocast; rfa on libtorch and on burn-cuda). burn rows share a persistent
 #      PTX cache and log their compilations;
 #   3. TF32 like for like: the reference with TF32 matmuls (bench/torch_variants.py), rfa on
 #      libtorch with TF32;
 #   4. each framework's own cost per step (full depth, width 64: host work, launches); cubecl's
 #      kernel profiler on one GPT-2 step (every kernel's GPU time, bench/<row>.profile.log); burn's
-#      kernel fusion (`xtask-cuda-fusion`); the A/B of the seventh session's launch cuts;
+#      kernel fusion (`rfa-bench-cuda-fusion`); the A/B of the seventh session's launch cuts;
 #      `rfa demo --device cuda` (the command end to end, its report);
 #   5. libtorch's attention in elementary ops (A/B with SDPA); cubecl's autotune
-#      (`xtask-cuda-autotune`, cold, then with the tuning cache warm); the step's operations alone
-#      (`xtask bench-ops`, each build, and bench/torch_ops.py: the same operations in PyTorch);
+#      (`rfa-bench-cuda-autotune`, cold, then with the tuning cache warm); the step's operations alone
+#      (`rfa-bench bench-ops`, each build, and bench/torch_ops.py: the same operations in PyTorch);
 #   6. BERT and ViT with fusion and autotune; bf16 with fusion.
-# Expects in .device/ (scripts/device-prepare.sh puts them there): xtask-cuda.xz,
-# xtask-cuda-fusion.xz, xtask-cuda-autotune.xz, xtask-tch.xz, rfa-models-cuda-tests.xz,
+# Expects in .device/ (scripts/device-prepare.sh puts them there): rfa-bench-cuda.xz,
+# rfa-bench-cuda-fusion.xz, rfa-bench-cuda-autotune.xz, rfa-bench-tch.xz, rfa-models-cuda-tests.xz,
 # rfa-models-tch-tests.xz, rfa-models-attention-tch-tests.xz, rfa.xz (built `--release` with
 # CUDARC_CUDA_VERSION=13000, stripped and packed with xz: tree and carry share 64 MiB), torch_rfa_reference.py; fixtures/ comes with the
 # tree. (Full CIFAR-10 on the GPU: scripts/device-cifar10.sh.)
@@ -48,7 +48,7 @@ mkdir -p "$out/bench" "$out/torch" "$out/tests"
 cat "$out/device.txt"
 bin=$(mktemp -d)
 mkdir -p "$bin"
-for x in xtask-cuda xtask-cuda-fusion xtask-cuda-autotune xtask-tch rfa-models-cuda-tests rfa-models-tch-tests rfa-models-attention-tch-tests; do
+for x in rfa-bench-cuda rfa-bench-cuda-fusion rfa-bench-cuda-autotune rfa-bench-tch rfa-models-cuda-tests rfa-models-tch-tests rfa-models-attention-tch-tests; do
   unpack "$x" "$bin/$x"
 done
 
@@ -94,7 +94,7 @@ cache=/tmp/cubecl-cache
 tune_cache=/tmp/cubecl-autotune
 rm -rf "$cache" "$tune_cache"
 bench_row() { # name config dtype limit [binary]
-  local name=$1 cfg=$2 dt=$3 limit=$4 exe=${5:-xtask-cuda} dir=/tmp/bench-$1
+  local name=$1 cfg=$2 dt=$3 limit=$4 exe=${5:-rfa-bench-cuda} dir=/tmp/bench-$1
   mkdir -p "$dir"
   cat > "$dir/cubecl.toml" <<EOF
 [compilation]
@@ -143,7 +143,7 @@ torch_row() { # model dtype
 tch_row() { # name config dtype limit
   local name=$1 cfg=$2 dt=$3 limit=$4 s=$(date +%s.%N)
   with_mem "$out/bench/$name.mem" "$out/bench/$name.peak_mib" \
-    env ${TF32:+TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1} ${ATT:+RFA_TCH_ATTENTION=$ATT} LD_LIBRARY_PATH="$torch_lib" timeout "$limit" "$bin/xtask-tch" bench --backends tch-cuda --configs "$cfg" --dtypes "$dt" \
+    env ${TF32:+TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1} ${ATT:+RFA_TCH_ATTENTION=$ATT} LD_LIBRARY_PATH="$torch_lib" timeout "$limit" "$bin/rfa-bench-tch" bench --backends tch-cuda --configs "$cfg" --dtypes "$dt" \
     --warmup 3 --steps 10 > "$out/bench/$name.json" 2> "$out/bench/$name.err"
   local rc=$?
   rm -f "$out/bench/$name.mem"
@@ -155,7 +155,7 @@ profile_row() { # name exe
   PROFILE=1 BENCH_STEPS="--warmup 1 --steps 1" bench_row "$1" "$gpt2" f32 40 "$2"
 }
 bench_ops() { # exe (in the working directory of its GPT-2 row: its caches)
-  local exe=$1 dir=/tmp/bench-gpt2-f32${1#xtask-cuda}
+  local exe=$1 dir=/tmp/bench-gpt2-f32${1#rfa-bench-cuda}
   [ -d "$dir" ] || return 0
   (cd "$dir" && timeout 40 "$bin/$exe" bench-ops --backends cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-$exe.jsonl" 2> "$out/bench/ops-$exe.err")
   note "bench-ops $exe rc=$?"
@@ -246,36 +246,36 @@ tf32_rows
 # profile); kernel fusion; the seventh session's launch cuts (burn's per-tensor AdamW and the
 # split objective, A/B on BERT); the `rfa` command end to end.
 overhead_rows
-fits 40 && profile_row gpt2-f32-profile xtask-cuda
-fits 90 && bench_row gpt2-f32-fusion "$gpt2" f32 90 xtask-cuda-fusion
+fits 40 && profile_row gpt2-f32-profile rfa-bench-cuda
+fits 90 && bench_row gpt2-f32-fusion "$gpt2" f32 90 rfa-bench-cuda-fusion
 fits 45 && BENCH_STEPS="--warmup 3 --steps 10 --optimizer burn --split-taps" bench_row bert-f32-before-foreach "$bert" f32 45
 fits 90 && demo_row
 # 5. libtorch's attention in elementary ops instead of the SDPA kernel (A/B); cubecl's autotune
 # (cold: every matmul / reduction shape timed, then a second process with the tuning cache warm);
 # the step's operations alone on each backend and in PyTorch; more profiles.
 fits 45 && ATT=ops TF32=1 tch_row gpt2-tf32-tch-ops "$gpt2" f32 45
-fits 120 && bench_row gpt2-f32-autotune "$gpt2" f32 120 xtask-cuda-autotune
-fits 40 && bench_row gpt2-f32-autotune-warm "$gpt2" f32 40 xtask-cuda-autotune
-fits 40 && bench_ops xtask-cuda
+fits 120 && bench_row gpt2-f32-autotune "$gpt2" f32 120 rfa-bench-cuda-autotune
+fits 40 && bench_row gpt2-f32-autotune-warm "$gpt2" f32 40 rfa-bench-cuda-autotune
+fits 40 && bench_ops rfa-bench-cuda
 if fits 40; then
   timeout 40 python3 bench/torch_ops.py --device cuda --tf32 --shape 8:512:768:12 --reps 10 > "$out/torch/ops-tf32.jsonl" 2> "$out/torch/ops-tf32.err"
   note "torch ops tf32 rc=$?"
 fi
 if fits 40; then
-  LD_LIBRARY_PATH=$torch_lib timeout 40 "$bin/xtask-tch" bench-ops --backends tch-cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-xtask-tch.jsonl" 2> "$out/bench/ops-xtask-tch.err"
-  note "bench-ops xtask-tch rc=$?"
+  LD_LIBRARY_PATH=$torch_lib timeout 40 "$bin/rfa-bench-tch" bench-ops --backends tch-cuda --shape 8:512:768:12 --reps 10 > "$out/bench/ops-rfa-bench-tch.jsonl" 2> "$out/bench/ops-rfa-bench-tch.err"
+  note "bench-ops rfa-bench-tch rc=$?"
 fi
-fits 40 && bench_ops xtask-cuda-fusion
-fits 40 && profile_row gpt2-f32-fusion-profile xtask-cuda-fusion
-fits 40 && bench_ops xtask-cuda-autotune
-fits 40 && profile_row gpt2-f32-autotune-profile xtask-cuda-autotune
+fits 40 && bench_ops rfa-bench-cuda-fusion
+fits 40 && profile_row gpt2-f32-fusion-profile rfa-bench-cuda-fusion
+fits 40 && bench_ops rfa-bench-cuda-autotune
+fits 40 && profile_row gpt2-f32-autotune-profile rfa-bench-cuda-autotune
 # 6. BERT and ViT with fusion and autotune; bf16 with fusion.
 for m in bert vit; do
-  fits 60 && bench_row "$m-f32-fusion" "${!m}" f32 60 xtask-cuda-fusion
-  fits 60 && bench_row "$m-f32-autotune" "${!m}" f32 60 xtask-cuda-autotune
+  fits 60 && bench_row "$m-f32-fusion" "${!m}" f32 60 rfa-bench-cuda-fusion
+  fits 60 && bench_row "$m-f32-autotune" "${!m}" f32 60 rfa-bench-cuda-autotune
 done
 for m in gpt2 bert vit; do
-  fits 40 && bench_row "$m-bf16-fusion" "${!m}" bf16 40 xtask-cuda-fusion
+  fits 40 && bench_row "$m-bf16-fusion" "${!m}" bf16 40 rfa-bench-cuda-fusion
 done
 du -sh "$cache" "$tune_cache" > "$out/bench/cache_size.txt" 2>&1
 finish

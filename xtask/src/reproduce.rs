@@ -41,8 +41,10 @@ struct Scenario {
 
 fn read(root: &Path, rel: &str) -> Result<toml::Table> {
     let p = root.join(rel);
-    toml::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
-        .with_context(|| format!("parsing {}", p.display()))
+    toml::from_str(
+        &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+    )
+    .with_context(|| format!("parsing {}", p.display()))
 }
 
 /// `table.section.key = value`.
@@ -59,7 +61,10 @@ fn get_str(t: &toml::Table, section: &str, key: &str) -> Option<String> {
 
 /// The demo's configuration, from the `rfa` binary (`rfa demo --print-config`).
 fn demo(bin: &Path) -> Result<toml::Table> {
-    let out = Command::new(bin).args(["demo", "--print-config"]).output().context("running rfa demo --print-config")?;
+    let out = Command::new(bin)
+        .args(["demo", "--print-config"])
+        .output()
+        .context("running rfa demo --print-config")?;
     if !out.status.success() {
         bail!("rfa demo --print-config failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -116,7 +121,8 @@ fn scenarios(root: &Path, bin: &Path, task: &str, small: bool) -> Result<Vec<Sce
                 set(&mut c, "data", "per_category", 30);
                 set(&mut c, "data", "max_len", 64);
             }
-            let forget = get_str(&c, "data", "forget").unwrap_or_else(|| "class:Mathematics".into());
+            let forget =
+                get_str(&c, "data", "forget").unwrap_or_else(|| "class:Mathematics".into());
             add("eli5-category", c, &forget, true);
         }
         other => bail!("unknown task `{other}` (fashion-mnist, cifar10, imdb, eli5)"),
@@ -134,13 +140,27 @@ fn rfa_binary(root: &Path, device: &str) -> Result<PathBuf> {
     if !cmd.status()?.success() {
         bail!("building the rfa binary failed");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     Ok(target.join("release/rfa"))
 }
 
-fn rfa(bin: &Path, args: &[&str], config: &Path, runs: &Path, device: &str, sets: &[String]) -> Result<()> {
+fn rfa(
+    bin: &Path,
+    args: &[&str],
+    config: &Path,
+    runs: &Path,
+    device: &str,
+    sets: &[String],
+) -> Result<()> {
     let mut cmd = Command::new(bin);
-    cmd.args(args).arg("--config").arg(config).arg("--runs-dir").arg(runs).args(["--device", device]);
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .arg("--runs-dir")
+        .arg(runs)
+        .args(["--device", device]);
     for s in sets {
         cmd.args(["--set", s]);
     }
@@ -151,7 +171,14 @@ fn rfa(bin: &Path, args: &[&str], config: &Path, runs: &Path, device: &str, sets
     Ok(())
 }
 
-pub fn run(task: &str, small: bool, seeds: usize, only: &[String], runs: &Path, device: &str) -> Result<()> {
+pub fn run(
+    task: &str,
+    small: bool,
+    seeds: usize,
+    only: &[String],
+    runs: &Path,
+    device: &str,
+) -> Result<()> {
     let root = crate::root();
     let bin = rfa_binary(&root, device)?;
     std::fs::create_dir_all(runs)?;
@@ -163,7 +190,9 @@ pub fn run(task: &str, small: bool, seeds: usize, only: &[String], runs: &Path, 
         rfa(&bin, &["train"], &config, runs, device, &[])?;
         rfa(&bin, &["retrain"], &config, runs, device, &[])?;
         for (method, sets) in METHOD_SETS {
-            if (sc.language_model && LABEL_METHODS.contains(&method)) || (!only.is_empty() && !only.iter().any(|m| m == method)) {
+            if (sc.language_model && LABEL_METHODS.contains(&method))
+                || (!only.is_empty() && !only.iter().any(|m| m == method))
+            {
                 continue;
             }
             for seed in 0..seeds as u64 {
@@ -176,8 +205,18 @@ pub fn run(task: &str, small: bool, seeds: usize, only: &[String], runs: &Path, 
             }
         }
         rfa(&bin, &["eval"], &config, runs, device, &[])?;
-        let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json"))?)?;
-        write_results(&root, task, &sc, &report, &dir, small, started.elapsed().as_secs_f64(), seeds)?;
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("report.json"))?)?;
+        write_results(
+            &root,
+            task,
+            &sc,
+            &report,
+            &dir,
+            small,
+            started.elapsed().as_secs_f64(),
+            seeds,
+        )?;
     }
     Ok(())
 }
@@ -197,7 +236,8 @@ fn write_results(
     std::fs::create_dir_all(&out)?;
     for f in ["report.md", "report.json", "config.toml", "comparison.md", "plots/gap_vs_time.png"] {
         let to = out.join(Path::new(f).file_name().expect("file name"));
-        std::fs::copy(dir.join(f), &to).with_context(|| format!("copying {}", dir.join(f).display()))?;
+        std::fs::copy(dir.join(f), &to)
+            .with_context(|| format!("copying {}", dir.join(f).display()))?;
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let table = std::fs::read_to_string(dir.join("comparison.md"))?;
@@ -220,7 +260,8 @@ samples; {seeds} seed(s) per method; ran on {backend}, {cores} CPU cores visible
     );
     std::fs::write(out.join("summary.md"), &section)?;
     let results = root.join("docs/RESULTS.md");
-    let text = with_section(&std::fs::read_to_string(&results).unwrap_or_default(), &sc.name, &section);
+    let text =
+        with_section(&std::fs::read_to_string(&results).unwrap_or_default(), &sc.name, &section);
     std::fs::write(&results, text)?;
     eprintln!("wrote {} and docs/RESULTS.md", out.display());
     Ok(())
@@ -229,10 +270,13 @@ samples; {seeds} seed(s) per method; ran on {backend}, {cores} CPU cores visible
 /// `text` with the scenario's section (between its markers) replaced, or appended under the
 /// comparison heading when it is not there yet.
 fn with_section(text: &str, name: &str, section: &str) -> String {
-    let (open, close) = (format!("<!-- reproduce:{name} -->"), format!("<!-- /reproduce:{name} -->"));
+    let (open, close) =
+        (format!("<!-- reproduce:{name} -->"), format!("<!-- /reproduce:{name} -->"));
     let block = format!("{open}\n{section}{close}");
     match (text.find(&open), text.find(&close)) {
-        (Some(a), Some(b)) if b > a => format!("{}{}{}", &text[..a], block, &text[b + close.len()..]),
+        (Some(a), Some(b)) if b > a => {
+            format!("{}{}{}", &text[..a], block, &text[b + close.len()..])
+        }
         _ => {
             let heading = "## Method comparison (`cargo xtask reproduce`)";
             let mut t = text.trim_end().to_string();
@@ -255,12 +299,18 @@ mod tests {
     fn sections_are_appended_once_then_replaced_in_place() {
         let doc = "# Results\n\nintro\n";
         let once = with_section(doc, "a", "### a\nold\n");
-        assert!(once.contains("## Method comparison") && once.contains("<!-- reproduce:a -->\n### a\nold\n<!-- /reproduce:a -->"));
+        assert!(
+            once.contains("## Method comparison")
+                && once.contains("<!-- reproduce:a -->\n### a\nold\n<!-- /reproduce:a -->")
+        );
         let two = with_section(&once, "b", "### b\n");
         assert_eq!(two.matches("## Method comparison").count(), 1);
         let again = with_section(&two, "a", "### a\nnew\n");
         assert!(again.contains("new") && !again.contains("old"));
-        assert!(again.find("reproduce:a").unwrap() < again.find("reproduce:b").unwrap(), "replaced in place");
+        assert!(
+            again.find("reproduce:a").unwrap() < again.find("reproduce:b").unwrap(),
+            "replaced in place"
+        );
         assert_eq!(again.len(), two.len());
     }
 }

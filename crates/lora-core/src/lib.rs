@@ -1,6 +1,7 @@
 //! LoRA adapters for burn models.
 //!
-//! - [`LoraLinear`]: a frozen linear layer plus an optional adapter `s · B A`; [`LoraLinear::split`]
+//! - [`LoraLinear`]: a frozen linear layer plus an optional adapter `s · B A`;
+//! [`LoraLinear::split`]
 //!   gives the pre-trained feature and the residual feature separately ([`Tap`]).
 //! - [`LoraModel`]: a model that lists its linear layers by Hugging Face module path, so that
 //!   adapters can be attached by pattern ([`attach_lora`]), merged, counted, and read or written
@@ -18,8 +19,8 @@ use std::path::PathBuf;
 
 pub use linear::{LoraAdapter, LoraLinear, WeightLayout, to_dtype};
 pub use model::{
-    LoraConfig, LoraModel, ParamCount, TargetModules, adapted_paths, attach_lora, count_params, merge, merge_and_unload, set_base_dtype,
-    unfreeze, unmerge,
+    LoraConfig, LoraModel, ParamCount, TargetModules, adapted_paths, attach_lora, count_params,
+    merge, merge_and_unload, set_base_dtype, unfreeze, unmerge,
 };
 pub use optim::{ForeachAdamW, OptimError};
 pub use peft::{PeftConfig, load_adapter, save_adapter};

@@ -40,10 +40,19 @@ impl<B: Backend> LoraAdapter<B> {
     /// 1/sqrt(in)); B = 0, so the adapted layer starts exactly at the base layer. A is drawn on
     /// the host from `seed` (SplitMix64), so a seed gives the same adapter on every backend and
     /// in every process.
-    pub fn init(d_in: usize, d_out: usize, r: usize, alpha: f64, rslora: bool, seed: u64, device: &B::Device) -> Self {
+    pub fn init(
+        d_in: usize,
+        d_out: usize,
+        r: usize,
+        alpha: f64,
+        rslora: bool,
+        seed: u64,
+        device: &B::Device,
+    ) -> Self {
         let bound = 1.0 / (d_in as f64).sqrt();
         let mut rng = rfa_rng::SplitMix64::new(seed);
-        let values: Vec<f32> = (0..d_in * r).map(|_| ((2.0 * rng.next_unit() - 1.0) * bound) as f32).collect();
+        let values: Vec<f32> =
+            (0..d_in * r).map(|_| ((2.0 * rng.next_unit() - 1.0) * bound) as f32).collect();
         let a = Tensor::from_data(TensorData::new(values, [d_in, r]), device);
         let b = Tensor::zeros([r, d_out], device);
         Self::from_tensors(a, b, alpha, rslora)
@@ -53,7 +62,14 @@ impl<B: Backend> LoraAdapter<B> {
     pub fn from_tensors(a: Tensor<B, 2>, b: Tensor<B, 2>, alpha: f64, rslora: bool) -> Self {
         let r = a.dims()[1];
         let scale = if rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 };
-        Self { lora_a: Param::from_tensor(a), lora_b: Param::from_tensor(b), scale, r, alpha, rslora }
+        Self {
+            lora_a: Param::from_tensor(a),
+            lora_b: Param::from_tensor(b),
+            scale,
+            r,
+            alpha,
+            rslora,
+        }
     }
 
     /// `s · (x A) B`, in x's float type: a bf16 input (an autocast-style bf16 block) multiplies
@@ -70,7 +86,10 @@ impl<B: Backend> LoraAdapter<B> {
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product::<usize>();
         let x: Tensor<B, 2> = x.reshape([rows, d_in]);
-        let y = x.matmul(to_dtype(self.lora_a.val(), dt)).matmul(to_dtype(self.lora_b.val(), dt)).mul_scalar(self.scale);
+        let y = x
+            .matmul(to_dtype(self.lora_a.val(), dt))
+            .matmul(to_dtype(self.lora_b.val(), dt))
+            .mul_scalar(self.scale);
         dims[D - 1] = y.dims()[1];
         y.reshape(dims)
     }
@@ -97,7 +116,11 @@ pub struct LoraLinear<B: Backend> {
 
 impl<B: Backend> LoraLinear<B> {
     /// A frozen layer from a weight already in burn's `[in, out]` layout.
-    pub fn from_weights(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>, layout: WeightLayout) -> Self {
+    pub fn from_weights(
+        weight: Tensor<B, 2>,
+        bias: Option<Tensor<B, 1>>,
+        layout: WeightLayout,
+    ) -> Self {
         let base = Linear {
             weight: Param::from_tensor(weight).set_require_grad(false),
             bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
@@ -182,7 +205,8 @@ impl<B: Backend> LoraLinear<B> {
     /// Attaches a fresh adapter (B = 0, A drawn from `seed`), replacing any existing one.
     pub fn attach(&mut self, r: usize, alpha: f64, rslora: bool, seed: u64) {
         let device = self.base.weight.device();
-        self.lora = Some(LoraAdapter::init(self.d_in(), self.d_out(), r, alpha, rslora, seed, &device));
+        self.lora =
+            Some(LoraAdapter::init(self.d_in(), self.d_out(), r, alpha, rslora, seed, &device));
         self.merged = false;
     }
 

@@ -10,7 +10,8 @@ use crate::LoraError;
 use crate::linear::LoraLinear;
 
 /// A model whose linear layers are [`LoraLinear`]s, listed by the module path that Hugging Face
-/// gives them in memory (`transformer.h.0.attn.c_attn`, `bert.encoder.layer.0.attention.self.query`).
+/// gives them in memory (`transformer.h.0.attn.c_attn`,
+/// `bert.encoder.layer.0.attention.self.query`).
 ///
 /// Both lists are in forward order; the taps of a forward pass come in the same order.
 pub trait LoraModel<B: Backend> {
@@ -51,7 +52,9 @@ impl TargetModules {
         if spec == "all-linear" || spec.chars().any(|c| "^$*+?()[]|\\".contains(c)) {
             Self::Pattern(spec.to_string())
         } else {
-            Self::List(spec.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            Self::List(
+                spec.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            )
         }
     }
 
@@ -59,9 +62,10 @@ impl TargetModules {
         Ok(match self {
             Self::List(names) => Matcher::Names(names.clone()),
             Self::Pattern(p) if p == "all-linear" => Matcher::AllLinear,
-            Self::Pattern(p) => {
-                Matcher::Regex(Regex::new(&format!("^(?:{p})$")).map_err(|e| LoraError::Config(format!("target_modules `{p}`: {e}")))?)
-            }
+            Self::Pattern(p) => Matcher::Regex(
+                Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|e| LoraError::Config(format!("target_modules `{p}`: {e}")))?,
+            ),
         })
     }
 }
@@ -84,7 +88,9 @@ pub enum Matcher {
 impl Matcher {
     pub fn matches(&self, path: &str) -> bool {
         match self {
-            Self::Names(names) => names.iter().any(|n| path == n || path.ends_with(&format!(".{n}"))),
+            Self::Names(names) => {
+                names.iter().any(|n| path == n || path.ends_with(&format!(".{n}")))
+            }
             Self::Regex(re) => re.is_match(path),
             Self::AllLinear => true,
         }
@@ -113,13 +119,17 @@ impl LoraConfig {
 /// Attaches fresh adapters (B = 0) to every linear layer that `config.target_modules` selects
 /// and freezes everything else. Returns the adapted paths in forward order; selecting nothing is
 /// an error (PEFT raises too), since an adapter that trains nothing is always a mistake.
-pub fn attach_lora<B: Backend, M: LoraModel<B> + Module<B>>(model: M, config: &LoraConfig) -> Result<(M, Vec<String>), LoraError> {
+pub fn attach_lora<B: Backend, M: LoraModel<B> + Module<B>>(
+    model: M,
+    config: &LoraConfig,
+) -> Result<(M, Vec<String>), LoraError> {
     if config.r == 0 {
         return Err(LoraError::Config("LoRA rank r must be at least 1".into()));
     }
     let matcher = config.target_modules.matcher()?;
     let mut model = model.no_grad();
-    let skip = if matches!(matcher, Matcher::AllLinear) { model.output_layers() } else { Vec::new() };
+    let skip =
+        if matches!(matcher, Matcher::AllLinear) { model.output_layers() } else { Vec::new() };
     let mut adapted = Vec::new();
     for (i, (path, lin)) in model.linears_mut().into_iter().enumerate() {
         if matcher.matches(&path) && !skip.contains(&path) {

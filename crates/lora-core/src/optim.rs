@@ -29,7 +29,8 @@ pub enum OptimError {
 }
 
 /// AdamW with flat moment buffers. `beta_1`, `beta_2`, `epsilon` and `weight_decay` mean what
-/// they mean in burn's `AdamWConfig` (decoupled weight decay: `θ ← θ·(1 − lr·wd) − lr·m̂/(√v̂ + ε)`).
+/// they mean in burn's `AdamWConfig` (decoupled weight decay: `θ ← θ·(1 − lr·wd) − lr·m̂/(√v̂ +
+/// ε)`).
 pub struct ForeachAdamW<B: AutodiffBackend> {
     pub beta_1: f32,
     pub beta_2: f32,
@@ -58,7 +59,15 @@ struct Group<B: Backend> {
 impl<B: AutodiffBackend> ForeachAdamW<B> {
     /// burn's `AdamWConfig` defaults for the betas; `epsilon` and `weight_decay` as given.
     pub fn new(weight_decay: f32, epsilon: f32) -> Self {
-        Self { beta_1: 0.9, beta_2: 0.999, epsilon, weight_decay, group_numel: 1 << 24, time: 0, groups: Vec::new() }
+        Self {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon,
+            weight_decay,
+            group_numel: 1 << 24,
+            time: 0,
+            groups: Vec::new(),
+        }
     }
 
     /// Steps taken so far.
@@ -67,8 +76,14 @@ impl<B: AutodiffBackend> ForeachAdamW<B> {
     }
 
     /// One AdamW step on every parameter of `module` that has a gradient in `grads`.
-    pub fn step<M: AutodiffModule<B>>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> Result<M, OptimError> {
-        let mut collect = Collect::<B::InnerBackend> { grads: &mut grads, path: Vec::new(), found: Vec::new() };
+    pub fn step<M: AutodiffModule<B>>(
+        &mut self,
+        lr: f64,
+        module: M,
+        mut grads: GradientsParams,
+    ) -> Result<M, OptimError> {
+        let mut collect =
+            Collect::<B::InnerBackend> { grads: &mut grads, path: Vec::new(), found: Vec::new() };
         module.visit(&mut collect);
         let found = collect.found;
         if found.is_empty() {
@@ -77,11 +92,22 @@ impl<B: AutodiffBackend> ForeachAdamW<B> {
         if self.groups.is_empty() {
             self.groups = self.layout(&found);
         } else {
-            let same = self.groups.iter().flat_map(|g| &g.slots).map(|s| (s.id, &s.shape)).eq(found.iter().map(|f| (f.0.id, &f.0.shape)));
+            let same = self
+                .groups
+                .iter()
+                .flat_map(|g| &g.slots)
+                .map(|s| (s.id, &s.shape))
+                .eq(found.iter().map(|f| (f.0.id, &f.0.shape)));
             if !same {
                 let list = |names: Vec<&str>| names.join(", ");
                 return Err(OptimError::ParamsChanged {
-                    first: list(self.groups.iter().flat_map(|g| &g.slots).map(|s| s.name.as_str()).collect()),
+                    first: list(
+                        self.groups
+                            .iter()
+                            .flat_map(|g| &g.slots)
+                            .map(|s| s.name.as_str())
+                            .collect(),
+                    ),
                     now: list(found.iter().map(|f| f.0.name.as_str()).collect()),
                 });
             }
@@ -92,8 +118,13 @@ impl<B: AutodiffBackend> ForeachAdamW<B> {
         let mut deltas = HashMap::new();
         let mut found = found.into_iter().map(|(_, g)| g);
         for group in &mut self.groups {
-            let flat: Vec<Tensor<B::InnerBackend, 1>> = found.by_ref().take(group.slots.len()).collect();
-            let grad = if flat.len() == 1 { flat.into_iter().next().expect("one") } else { Tensor::cat(flat, 0) };
+            let flat: Vec<Tensor<B::InnerBackend, 1>> =
+                found.by_ref().take(group.slots.len()).collect();
+            let grad = if flat.len() == 1 {
+                flat.into_iter().next().expect("one")
+            } else {
+                Tensor::cat(flat, 0)
+            };
             // burn's AdaptiveMomentumW::transform, operation for operation.
             let (m, v) = match (group.moment_1.take(), group.moment_2.take()) {
                 (Some(m), Some(v)) => (
@@ -128,7 +159,8 @@ impl<B: AutodiffBackend> ForeachAdamW<B> {
                 dtype = Some(g.dtype());
             }
             numel += s.numel;
-            let slot = Slot { id: s.id, name: s.name.clone(), shape: s.shape.clone(), numel: s.numel };
+            let slot =
+                Slot { id: s.id, name: s.name.clone(), shape: s.shape.clone(), numel: s.numel };
             groups.last_mut().expect("a group").slots.push(slot);
         }
         groups

@@ -61,8 +61,10 @@ fn bias_none() -> String {
 
 impl PeftConfig {
     pub fn read(path: &Path) -> Result<Self, LoraError> {
-        let text = std::fs::read_to_string(path).map_err(|e| LoraError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| LoraError::Json { path: path.to_path_buf(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| LoraError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
+        let cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| LoraError::Json { path: path.to_path_buf(), reason: e.to_string() })?;
         let unsupported = |what: String| LoraError::Unsupported { path: path.to_path_buf(), what };
         if cfg.peft_type != "LORA" {
             return Err(unsupported(format!("peft_type {}", cfg.peft_type)));
@@ -84,7 +86,9 @@ impl PeftConfig {
     fn pattern_value<T: Copy>(patterns: &HashMap<String, T>, path: &str) -> Option<T> {
         let mut keys: Vec<&String> = patterns.keys().collect();
         keys.sort();
-        keys.into_iter().find(|k| Regex::new(&format!(r"(^|.*\.){k}$")).is_ok_and(|re| re.is_match(path))).map(|k| patterns[k])
+        keys.into_iter()
+            .find(|k| Regex::new(&format!(r"(^|.*\.){k}$")).is_ok_and(|re| re.is_match(path)))
+            .map(|k| patterns[k])
     }
 
     pub fn alpha_for(&self, path: &str) -> f64 {
@@ -94,7 +98,10 @@ impl PeftConfig {
 
 /// Loads a PEFT adapter from `dir` into `model`'s matching layers (replacing adapters they had).
 /// Every tensor must find its layer, with matching shapes; A and B must come in pairs.
-pub fn load_adapter<B: Backend, M: LoraModel<B>>(model: &mut M, dir: &Path) -> Result<PeftConfig, LoraError> {
+pub fn load_adapter<B: Backend, M: LoraModel<B>>(
+    model: &mut M,
+    dir: &Path,
+) -> Result<PeftConfig, LoraError> {
     let cfg = PeftConfig::read(&dir.join(ADAPTER_CONFIG))?;
     let wpath = dir.join(ADAPTER_WEIGHTS);
     let mut file = TensorFile::open(&wpath)?;
@@ -107,24 +114,37 @@ pub fn load_adapter<B: Backend, M: LoraModel<B>>(model: &mut M, dir: &Path) -> R
     // Group the keys by module path.
     let mut pairs: BTreeMap<String, (Option<HostTensor>, Option<HostTensor>)> = BTreeMap::new();
     for (key, t) in std::mem::take(&mut file.tensors) {
-        let bad = |why: &str| LoraError::BadKey { path: wpath.clone(), key: key.clone(), reason: why.to_string() };
-        let rest = key.strip_prefix(KEY_PREFIX).ok_or_else(|| bad("does not start with `base_model.model.`"))?;
+        let bad = |why: &str| LoraError::BadKey {
+            path: wpath.clone(),
+            key: key.clone(),
+            reason: why.to_string(),
+        };
+        let rest = key
+            .strip_prefix(KEY_PREFIX)
+            .ok_or_else(|| bad("does not start with `base_model.model.`"))?;
         let (module, which) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
             (m, 0)
         } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
             (m, 1)
         } else {
-            return Err(bad("only `lora_A.weight` / `lora_B.weight` of linear layers are supported"));
+            return Err(bad(
+                "only `lora_A.weight` / `lora_B.weight` of linear layers are supported",
+            ));
         };
         let slot = pairs.entry(model.canonical_path(module)).or_default();
         if which == 0 { slot.0 = Some(t) } else { slot.1 = Some(t) }
     }
     if pairs.is_empty() {
-        return Err(LoraError::BadKey { path: wpath, key: String::new(), reason: "the adapter holds no tensors".into() });
+        return Err(LoraError::BadKey {
+            path: wpath,
+            key: String::new(),
+            reason: "the adapter holds no tensors".into(),
+        });
     }
 
     let rslora = cfg.use_rslora;
-    let mut linears: HashMap<String, &mut LoraLinear<B>> = model.linears_mut().into_iter().collect();
+    let mut linears: HashMap<String, &mut LoraLinear<B>> =
+        model.linears_mut().into_iter().collect();
     let available = || {
         let mut v: Vec<String> = linears.keys().cloned().collect();
         v.sort();
@@ -133,10 +153,18 @@ pub fn load_adapter<B: Backend, M: LoraModel<B>>(model: &mut M, dir: &Path) -> R
     let mut updates = Vec::new();
     for (module, (a, b)) in pairs {
         let Some(lin) = linears.get(&module) else {
-            return Err(LoraError::UnknownModule { path: wpath.clone(), module, available: available() });
+            return Err(LoraError::UnknownModule {
+                path: wpath.clone(),
+                module,
+                available: available(),
+            });
         };
         let (Some(a), Some(b)) = (a, b) else {
-            return Err(LoraError::BadKey { path: wpath.clone(), key: module, reason: "lora_A and lora_B must both be present".into() });
+            return Err(LoraError::BadKey {
+                path: wpath.clone(),
+                key: module,
+                reason: "lora_A and lora_B must both be present".into(),
+            });
         };
         let (d_in, d_out) = (lin.d_in(), lin.d_out());
         let r = a.shape.first().copied().unwrap_or(0);
@@ -189,7 +217,9 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(
         alphas.insert(path.clone(), lora.alpha);
         let is_rslora = lora.rslora;
         if rslora.replace(is_rslora).is_some_and(|prev| prev != is_rslora) {
-            return Err(LoraError::Config("adapters mix rsLoRA and plain LoRA scaling: PEFT cannot express that".into()));
+            return Err(LoraError::Config(
+                "adapters mix rsLoRA and plain LoRA scaling: PEFT cannot express that".into(),
+            ));
         }
         let fan = lin.layout == WeightLayout::Conv1D;
         if fan_in_fan_out.replace(fan).is_some_and(|prev| prev != fan) {
@@ -212,10 +242,18 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(
         counts.into_iter().max_by_key(|(_, c)| *c).map(|(v, _)| v).unwrap_or_default()
     };
     let r: usize = mode(ranks.values().map(|v| v.to_string()).collect()).parse().unwrap_or(8);
-    let lora_alpha: f64 = mode(alphas.values().map(|v| v.to_string()).collect()).parse().unwrap_or(16.0);
-    let rank_pattern = ranks.into_iter().filter(|(_, v)| *v != r).map(|(p, v)| (format!("^{}$", regex::escape(&p)), v)).collect();
-    let alpha_pattern =
-        alphas.into_iter().filter(|(_, v)| *v != lora_alpha).map(|(p, v)| (format!("^{}$", regex::escape(&p)), v)).collect();
+    let lora_alpha: f64 =
+        mode(alphas.values().map(|v| v.to_string()).collect()).parse().unwrap_or(16.0);
+    let rank_pattern = ranks
+        .into_iter()
+        .filter(|(_, v)| *v != r)
+        .map(|(p, v)| (format!("^{}$", regex::escape(&p)), v))
+        .collect();
+    let alpha_pattern = alphas
+        .into_iter()
+        .filter(|(_, v)| *v != lora_alpha)
+        .map(|(p, v)| (format!("^{}$", regex::escape(&p)), v))
+        .collect();
     leaves.sort();
     let mut extra = serde_json::Map::new();
     extra.insert("inference_mode".into(), true.into());

@@ -22,7 +22,10 @@ impl<B: Backend> Tap<B> {
     pub fn split_rows(taps: &[Tap<B>], n: usize) -> (Vec<Tap<B>>, Vec<Tap<B>>) {
         let rows = |t: &Tap<B>, s: usize, l: usize| t.clone().map(|x| x.narrow(0, s, l));
         let total = taps.first().map(|t| t.pre.dims()[0]).unwrap_or(n);
-        (taps.iter().map(|t| rows(t, 0, n)).collect(), taps.iter().map(|t| rows(t, n, total - n)).collect())
+        (
+            taps.iter().map(|t| rows(t, 0, n)).collect(),
+            taps.iter().map(|t| rows(t, n, total - n)).collect(),
+        )
     }
 }
 

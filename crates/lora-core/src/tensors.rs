@@ -61,7 +61,10 @@ impl HostTensor {
         Tensor::from_data(TensorData::new(self.to_f32(), self.shape.clone()), device)
     }
 
-    pub fn to_int_tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D, Int> {
+    pub fn to_int_tensor<B: Backend, const D: usize>(
+        &self,
+        device: &B::Device,
+    ) -> Tensor<B, D, Int> {
         Tensor::from_data(TensorData::new(self.to_i64(), self.shape.clone()), device)
     }
 
@@ -83,12 +86,16 @@ pub struct TensorFile {
 impl TensorFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, TensorFileError> {
         let path = path.as_ref().to_path_buf();
-        let bytes = std::fs::read(&path).map_err(|source| TensorFileError::Io { path: path.clone(), source })?;
+        let bytes = std::fs::read(&path)
+            .map_err(|source| TensorFileError::Io { path: path.clone(), source })?;
         Self::from_bytes(&bytes, path)
     }
 
     pub fn from_bytes(bytes: &[u8], path: PathBuf) -> Result<Self, TensorFileError> {
-        let format = |e: safetensors::SafeTensorError| TensorFileError::Format { path: path.clone(), reason: e.to_string() };
+        let format = |e: safetensors::SafeTensorError| TensorFileError::Format {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
         let st = SafeTensors::deserialize(bytes).map_err(format)?;
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(format)?;
         let mut tensors = BTreeMap::new();
@@ -96,14 +103,26 @@ impl TensorFile {
             let raw = view.data();
             let data = match view.dtype() {
                 Dtype::F32 => HostData::F32(le_chunks::<4>(raw).map(f32::from_le_bytes).collect()),
-                Dtype::F64 => HostData::F32(le_chunks::<8>(raw).map(|b| f64::from_le_bytes(b) as f32).collect()),
-                Dtype::F16 => HostData::F32(le_chunks::<2>(raw).map(|b| f16_to_f32(u16::from_le_bytes(b))).collect()),
-                Dtype::BF16 => HostData::F32(le_chunks::<2>(raw).map(|b| f32::from_bits((u16::from_le_bytes(b) as u32) << 16)).collect()),
+                Dtype::F64 => HostData::F32(
+                    le_chunks::<8>(raw).map(|b| f64::from_le_bytes(b) as f32).collect(),
+                ),
+                Dtype::F16 => HostData::F32(
+                    le_chunks::<2>(raw).map(|b| f16_to_f32(u16::from_le_bytes(b))).collect(),
+                ),
+                Dtype::BF16 => HostData::F32(
+                    le_chunks::<2>(raw)
+                        .map(|b| f32::from_bits((u16::from_le_bytes(b) as u32) << 16))
+                        .collect(),
+                ),
                 Dtype::I64 => HostData::I64(le_chunks::<8>(raw).map(i64::from_le_bytes).collect()),
-                Dtype::I32 => HostData::I64(le_chunks::<4>(raw).map(|b| i32::from_le_bytes(b) as i64).collect()),
+                Dtype::I32 => HostData::I64(
+                    le_chunks::<4>(raw).map(|b| i32::from_le_bytes(b) as i64).collect(),
+                ),
                 Dtype::U8 => HostData::I64(raw.iter().map(|&b| b as i64).collect()),
                 Dtype::BOOL => HostData::I64(raw.iter().map(|&b| (b != 0) as i64).collect()),
-                other => return Err(TensorFileError::Dtype { path, key, dtype: format!("{other:?}") }),
+                other => {
+                    return Err(TensorFileError::Dtype { path, key, dtype: format!("{other:?}") });
+                }
             };
             tensors.insert(key, HostTensor { shape: view.shape().to_vec(), data });
         }
@@ -111,12 +130,18 @@ impl TensorFile {
     }
 
     pub fn get(&self, key: &str) -> Result<&HostTensor, TensorFileError> {
-        self.tensors.get(key).ok_or_else(|| TensorFileError::Missing { path: self.path.clone(), key: key.to_string() })
+        self.tensors.get(key).ok_or_else(|| TensorFileError::Missing {
+            path: self.path.clone(),
+            key: key.to_string(),
+        })
     }
 
     /// Removes `key` and checks its shape.
     pub fn take(&mut self, key: &str, expected: &[usize]) -> Result<HostTensor, TensorFileError> {
-        let t = self.tensors.remove(key).ok_or_else(|| TensorFileError::Missing { path: self.path.clone(), key: key.to_string() })?;
+        let t = self.tensors.remove(key).ok_or_else(|| TensorFileError::Missing {
+            path: self.path.clone(),
+            key: key.to_string(),
+        })?;
         if t.shape != expected {
             return Err(TensorFileError::Shape {
                 path: self.path.clone(),
@@ -176,7 +201,9 @@ pub fn write_safetensors(
         .collect();
     let views = bytes
         .iter()
-        .map(|(k, b, s)| safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v)))
+        .map(|(k, b, s)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v))
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| werr(e.to_string()))?;
     let buf = safetensors::serialize(views, metadata).map_err(|e| werr(e.to_string()))?;
@@ -254,7 +281,8 @@ mod tests {
 
     #[test]
     fn truncated_file_is_a_format_error_naming_the_file() {
-        let err = TensorFile::from_bytes(&[1, 2, 3], PathBuf::from("x/model.safetensors")).unwrap_err();
+        let err =
+            TensorFile::from_bytes(&[1, 2, 3], PathBuf::from("x/model.safetensors")).unwrap_err();
         assert!(matches!(err, TensorFileError::Format { .. }));
         assert!(err.to_string().contains("x/model.safetensors"));
     }
@@ -264,7 +292,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.safetensors");
         let mut m = BTreeMap::new();
-        m.insert("a.weight".to_string(), HostTensor::f32(vec![2, 3], vec![1.0, -2.5, 3.0, f32::MIN_POSITIVE, 0.0, 7.0]));
+        m.insert(
+            "a.weight".to_string(),
+            HostTensor::f32(vec![2, 3], vec![1.0, -2.5, 3.0, f32::MIN_POSITIVE, 0.0, 7.0]),
+        );
         write_safetensors(&p, &m, None).unwrap();
         let back = TensorFile::open(&p).unwrap();
         assert_eq!(back.tensors, m);

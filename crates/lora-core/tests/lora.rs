@@ -7,8 +7,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use lora_core::peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use lora_core::{
-    LoraAdapter, LoraConfig, LoraError, LoraLinear, LoraModel, TargetModules, WeightLayout, adapted_paths, attach_lora, count_params,
-    load_adapter, merge, save_adapter, unmerge,
+    LoraAdapter, LoraConfig, LoraError, LoraLinear, LoraModel, TargetModules, WeightLayout,
+    adapted_paths, attach_lora, count_params, load_adapter, merge, save_adapter, unmerge,
 };
 use proptest::prelude::*;
 
@@ -40,7 +40,10 @@ struct Toy<B: Backend> {
 
 impl<B: Backend> Toy<B> {
     fn new(d: usize, layout: WeightLayout) -> Self {
-        Self { query: (0..2).map(|_| layer(d, d, layout)).collect(), fc: (0..2).map(|_| layer(d, 2 * d, layout)).collect() }
+        Self {
+            query: (0..2).map(|_| layer(d, d, layout)).collect(),
+            fc: (0..2).map(|_| layer(d, 2 * d, layout)).collect(),
+        }
     }
 }
 
@@ -66,7 +69,8 @@ impl<B: Backend> LoraModel<B> for Toy<B> {
 fn with_random_b(mut l: LoraLinear<Nd>) -> LoraLinear<Nd> {
     let lora = l.lora.take().unwrap();
     let [r, out] = lora.lora_b.dims();
-    l.lora = Some(LoraAdapter::from_tensors(lora.lora_a.val(), rand([r, out]), lora.alpha, lora.rslora));
+    l.lora =
+        Some(LoraAdapter::from_tensors(lora.lora_a.val(), rand([r, out]), lora.alpha, lora.rslora));
     l
 }
 
@@ -152,15 +156,27 @@ proptest! {
 #[test]
 fn targets_select_by_name_suffix_regex_or_all_linear() {
     let cfg = |t: TargetModules| LoraConfig::new(4, 8.0, t);
-    let (m, paths) = attach_lora(Toy::<Nd>::new(8, WeightLayout::Linear), &cfg(TargetModules::parse("query"))).unwrap();
+    let (m, paths) =
+        attach_lora(Toy::<Nd>::new(8, WeightLayout::Linear), &cfg(TargetModules::parse("query")))
+            .unwrap();
     assert_eq!(paths, vec!["model.layers.0.attn.query", "model.layers.1.attn.query"]);
     assert_eq!(adapted_paths(&m), paths);
-    let (_, paths) = attach_lora(Toy::<Nd>::new(8, WeightLayout::Linear), &cfg(TargetModules::parse(r".*\.1\..*"))).unwrap();
+    let (_, paths) = attach_lora(
+        Toy::<Nd>::new(8, WeightLayout::Linear),
+        &cfg(TargetModules::parse(r".*\.1\..*")),
+    )
+    .unwrap();
     assert_eq!(paths, vec!["model.layers.1.attn.query", "model.layers.1.mlp.fc"]);
-    let (_, paths) = attach_lora(Toy::<Nd>::new(8, WeightLayout::Linear), &cfg(TargetModules::parse("all-linear"))).unwrap();
+    let (_, paths) = attach_lora(
+        Toy::<Nd>::new(8, WeightLayout::Linear),
+        &cfg(TargetModules::parse("all-linear")),
+    )
+    .unwrap();
     assert_eq!(paths.len(), 4);
     // "uery" is not a whole module name.
-    let err = attach_lora(Toy::<Nd>::new(8, WeightLayout::Linear), &cfg(TargetModules::parse("uery"))).unwrap_err();
+    let err =
+        attach_lora(Toy::<Nd>::new(8, WeightLayout::Linear), &cfg(TargetModules::parse("uery")))
+            .unwrap_err();
     assert!(matches!(err, LoraError::NoTarget { .. }), "{err}");
     assert!(err.to_string().contains("model.layers.0.attn.query"));
 }
@@ -168,7 +184,11 @@ fn targets_select_by_name_suffix_regex_or_all_linear() {
 #[test]
 fn only_adapter_parameters_are_trainable() {
     let d = 8;
-    let (m, _) = attach_lora(Toy::<Ad>::new(d, WeightLayout::Linear), &LoraConfig::new(2, 4.0, TargetModules::parse("query"))).unwrap();
+    let (m, _) = attach_lora(
+        Toy::<Ad>::new(d, WeightLayout::Linear),
+        &LoraConfig::new(2, 4.0, TargetModules::parse("query")),
+    )
+    .unwrap();
     let count = count_params(&m);
     assert_eq!(count.trainable, 2 * (2 * (d + d)));
     assert_eq!(count.total, 2 * (d * d + d) + 2 * (d * 2 * d + 2 * d) + count.trainable);
@@ -187,8 +207,11 @@ fn only_adapter_parameters_are_trainable() {
 
 #[test]
 fn merge_over_a_model_changes_forward_only_by_rounding() {
-    let (mut m, _) =
-        attach_lora(Toy::<Nd>::new(6, WeightLayout::Conv1D), &LoraConfig::new(3, 6.0, TargetModules::parse("query,fc"))).unwrap();
+    let (mut m, _) = attach_lora(
+        Toy::<Nd>::new(6, WeightLayout::Conv1D),
+        &LoraConfig::new(3, 6.0, TargetModules::parse("query,fc")),
+    )
+    .unwrap();
     for (_, l) in m.linears_mut() {
         *l = with_random_b(l.clone());
     }
@@ -203,8 +226,11 @@ fn merge_over_a_model_changes_forward_only_by_rounding() {
 }
 
 fn saved_toy(dir: &Path) -> Toy<Nd> {
-    let (mut toy, _) =
-        attach_lora(Toy::<Nd>::new(4, WeightLayout::Linear), &LoraConfig::new(2, 4.0, TargetModules::parse("query"))).unwrap();
+    let (mut toy, _) = attach_lora(
+        Toy::<Nd>::new(4, WeightLayout::Linear),
+        &LoraConfig::new(2, 4.0, TargetModules::parse("query")),
+    )
+    .unwrap();
     for (_, l) in toy.linears_mut() {
         if l.lora.is_some() {
             *l = with_random_b(l.clone());
@@ -214,7 +240,10 @@ fn saved_toy(dir: &Path) -> Toy<Nd> {
     toy
 }
 
-fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut std::collections::BTreeMap<String, lora_core::HostTensor>)) {
+fn rewrite_weights(
+    dir: &Path,
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, lora_core::HostTensor>),
+) {
     let mut f = lora_core::TensorFile::open(dir.join(ADAPTER_WEIGHTS)).unwrap();
     edit(&mut f.tensors);
     lora_core::tensors::write_safetensors(&dir.join(ADAPTER_WEIGHTS), &f.tensors, None).unwrap();
@@ -244,7 +273,10 @@ fn adapter_with_wrong_shape_is_rejected_naming_key_and_shapes() {
     let err = load_adapter(&mut Toy::<Nd>::new(5, WeightLayout::Linear), dir.path()).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, LoraError::Shape { .. }), "{msg}");
-    assert!(msg.contains("lora_A.weight") && msg.contains("[2, 4]") && msg.contains("[2, 5]"), "{msg}");
+    assert!(
+        msg.contains("lora_A.weight") && msg.contains("[2, 4]") && msg.contains("[2, 5]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -254,14 +286,18 @@ fn adapter_missing_half_of_a_pair_or_with_foreign_keys_is_rejected() {
     rewrite_weights(dir.path(), |t| {
         t.retain(|k, _| !k.ends_with("layers.1.attn.query.lora_B.weight"));
     });
-    let err = load_adapter(&mut Toy::<Nd>::new(4, WeightLayout::Linear), dir.path()).unwrap_err().to_string();
+    let err = load_adapter(&mut Toy::<Nd>::new(4, WeightLayout::Linear), dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("lora_A and lora_B"), "{err}");
     saved_toy(dir.path());
     rewrite_weights(dir.path(), |t| {
         let v = t.values().next().unwrap().clone();
         t.insert("base_model.model.model.layers.0.attn.query.lora_magnitude_vector".into(), v);
     });
-    let err = load_adapter(&mut Toy::<Nd>::new(4, WeightLayout::Linear), dir.path()).unwrap_err().to_string();
+    let err = load_adapter(&mut Toy::<Nd>::new(4, WeightLayout::Linear), dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("lora_magnitude_vector"), "{err}");
 }
 
@@ -270,7 +306,10 @@ fn bad_adapter_files_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     // Missing config.
     let err = load_adapter(&mut Toy::<Nd>::new(4, WeightLayout::Linear), dir.path()).unwrap_err();
-    assert!(matches!(err, LoraError::Io { .. }) && err.to_string().contains(ADAPTER_CONFIG), "{err}");
+    assert!(
+        matches!(err, LoraError::Io { .. }) && err.to_string().contains(ADAPTER_CONFIG),
+        "{err}"
+    );
     saved_toy(dir.path());
     // Truncated weights.
     let w = dir.path().join(ADAPTER_WEIGHTS);
@@ -281,7 +320,8 @@ fn bad_adapter_files_are_typed_errors() {
     // DoRA is not LoRA.
     saved_toy(dir.path());
     let c = dir.path().join(ADAPTER_CONFIG);
-    let text = std::fs::read_to_string(&c).unwrap().replace("\"use_dora\": false", "\"use_dora\": true");
+    let text =
+        std::fs::read_to_string(&c).unwrap().replace("\"use_dora\": false", "\"use_dora\": true");
     std::fs::write(&c, text).unwrap();
     let err = load_adapter(&mut Toy::<Nd>::new(4, WeightLayout::Linear), dir.path()).unwrap_err();
     assert!(matches!(err, LoraError::Unsupported { .. }), "{err}");
@@ -295,7 +335,9 @@ fn bad_adapter_files_are_typed_errors() {
 fn saved_config_is_what_peft_reads() {
     let dir = tempfile::tempdir().unwrap();
     saved_toy(dir.path());
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(ADAPTER_CONFIG)).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(ADAPTER_CONFIG)).unwrap())
+            .unwrap();
     assert_eq!(v["peft_type"], "LORA");
     assert_eq!(v["r"], 2);
     assert_eq!(v["lora_alpha"], 4.0);
@@ -308,8 +350,10 @@ fn saved_config_is_what_peft_reads() {
     assert_eq!((a.shape.clone(), b.shape.clone()), (vec![2, 4], vec![4, 2]));
     assert_eq!(f.metadata.get("format").map(String::as_str), Some("pt"));
     // Nothing temporary is left behind.
-    let names: Vec<String> =
-        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
 
@@ -317,9 +361,13 @@ fn saved_config_is_what_peft_reads() {
 fn adapter_init_is_seeded_and_within_peft_bounds() {
     let base = Toy::<Nd>::new(9, WeightLayout::Linear);
     let attach = |seed| {
-        let cfg = LoraConfig { seed, ..LoraConfig::new(4, 8.0, TargetModules::parse("all-linear")) };
+        let cfg =
+            LoraConfig { seed, ..LoraConfig::new(4, 8.0, TargetModules::parse("all-linear")) };
         let (m, _) = attach_lora(base.clone(), &cfg).unwrap();
-        m.linears().iter().map(|(_, l)| vals(l.lora.as_ref().unwrap().lora_a.val())).collect::<Vec<_>>()
+        m.linears()
+            .iter()
+            .map(|(_, l)| vals(l.lora.as_ref().unwrap().lora_a.val()))
+            .collect::<Vec<_>>()
     };
     let (a, b, c) = (attach(1), attach(1), attach(2));
     assert_eq!(a, b, "same seed, same adapters");
@@ -355,7 +403,12 @@ fn a_base_weight_in_another_float_type_gives_the_same_output_and_adapter_gradien
     let (y0, ga0, gb0) = run(&reference);
     let (y1, ga1, gb1) = run(&cast);
     assert!(max_diff(&y0, &y1) < 1e-4, "output {}", max_diff(&y0, &y1));
-    assert!(max_diff(&ga0, &ga1) < 1e-3 && max_diff(&gb0, &gb1) < 1e-3, "grads {} {}", max_diff(&ga0, &ga1), max_diff(&gb0, &gb1));
+    assert!(
+        max_diff(&ga0, &ga1) < 1e-3 && max_diff(&gb0, &gb1) < 1e-3,
+        "grads {} {}",
+        max_diff(&ga0, &ga1),
+        max_diff(&gb0, &gb1)
+    );
     // Merging adds the f32 update in the weight's own type.
     let mut merged = burn::module::AutodiffModule::valid(&cast);
     merged.merge();

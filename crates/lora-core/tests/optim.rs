@@ -41,7 +41,10 @@ fn init(seed: u64) -> Toy<Ad> {
         w: Param::from_tensor(tensor([5, 3], s)),
         bias: Param::from_tensor(tensor([3], s)),
         frozen: Param::from_tensor(tensor([4, 4], s)).set_require_grad(false),
-        inner: Inner { a: Param::from_tensor(tensor([3, 2], s)), c: Param::from_tensor(tensor([2, 2, 3], s)) },
+        inner: Inner {
+            a: Param::from_tensor(tensor([3, 2], s)),
+            c: Param::from_tensor(tensor([2, 2, 3], s)),
+        },
     }
 }
 
@@ -52,7 +55,8 @@ fn loss(m: &Toy<Ad>, x: &Tensor<Ad, 2>, use_c: bool) -> Tensor<Ad, 1> {
     let y = h.matmul(m.inner.a.val());
     let mut l = y.clone().powf_scalar(2.0).mean() + m.w.val().abs().sum().mul_scalar(0.01);
     if use_c {
-        l = l + (m.inner.c.val().sum_dim(2).reshape([2, 2]) * y.clone().narrow(0, 0, 2)).sum().sin();
+        l = l
+            + (m.inner.c.val().sum_dim(2).reshape([2, 2]) * y.clone().narrow(0, 0, 2)).sum().sin();
     }
     l
 }
@@ -73,10 +77,17 @@ fn values(m: &Toy<Ad>) -> Vec<Vec<f32>> {
 /// Every parameter tensor's values, in `values`' order.
 type Params = Vec<Vec<f32>>;
 
-fn run(seed: u64, steps: usize, weight_decay: f32, lr: f64, group_numel: usize) -> Vec<(Params, Params)> {
+fn run(
+    seed: u64,
+    steps: usize,
+    weight_decay: f32,
+    lr: f64,
+    group_numel: usize,
+) -> Vec<(Params, Params)> {
     let x = tensor([4, 5], &mut (seed ^ 0xabc));
     let (mut ours, mut theirs) = (init(seed), init(seed));
-    let mut burn_opt = AdamWConfig::new().with_weight_decay(weight_decay).with_epsilon(1e-8).init::<Ad, Toy<Ad>>();
+    let mut burn_opt =
+        AdamWConfig::new().with_weight_decay(weight_decay).with_epsilon(1e-8).init::<Ad, Toy<Ad>>();
     let mut foreach = ForeachAdamW::<Ad>::new(weight_decay, 1e-8);
     foreach.group_numel = group_numel;
     let mut out = Vec::new();
@@ -124,7 +135,10 @@ fn a_changed_parameter_set_is_refused() {
     m = opt.step(1e-3, m, g).unwrap();
     let g = GradientsParams::from_grads(loss(&m, &x, false).backward(), &m);
     let err = opt.step(1e-3, m, g).unwrap_err().to_string();
-    assert!(matches!(err.as_str(), e if e.contains("first: w, bias, inner.a, inner.c") && e.contains("now: w, bias, inner.a)")), "{err}");
+    assert!(
+        matches!(err.as_str(), e if e.contains("first: w, bias, inner.a, inner.c") && e.contains("now: w, bias, inner.a)")),
+        "{err}"
+    );
 }
 
 #[test]

@@ -80,27 +80,48 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 
 /// An IDX images file (magic 0x00000803: u8, 3 dims) and its labels file (0x00000801).
 /// `class_names` gives the classes; labels must be below its length.
-pub fn load_idx(images: &Path, labels: &Path, class_names: Vec<String>) -> Result<ImageDataset, DataError> {
+pub fn load_idx(
+    images: &Path,
+    labels: &Path,
+    class_names: Vec<String>,
+) -> Result<ImageDataset, DataError> {
     let img = read_maybe_gz(images)?;
     let lab = read_maybe_gz(labels)?;
     let fmt = |p: &Path, reason: String| DataError::Format { path: p.to_path_buf(), reason };
     if img.len() < 16 || be_u32(&img, 0) != 0x803 {
-        return Err(fmt(images, "not an IDX image file (expected magic 0x00000803: unsigned bytes, 3 dimensions)".into()));
+        return Err(fmt(
+            images,
+            "not an IDX image file (expected magic 0x00000803: unsigned bytes, 3 dimensions)"
+                .into(),
+        ));
     }
     if lab.len() < 8 || be_u32(&lab, 0) != 0x801 {
-        return Err(fmt(labels, "not an IDX label file (expected magic 0x00000801: unsigned bytes, 1 dimension)".into()));
+        return Err(fmt(
+            labels,
+            "not an IDX label file (expected magic 0x00000801: unsigned bytes, 1 dimension)".into(),
+        ));
     }
     let (n, h, w) = (be_u32(&img, 4) as usize, be_u32(&img, 8) as usize, be_u32(&img, 12) as usize);
     let expected = 16 + n * h * w;
     if img.len() != expected {
         return Err(fmt(
             images,
-            format!("header says {n} images of {h}×{w} ({expected} bytes), the file has {} bytes (truncated or corrupt)", img.len()),
+            format!(
+                "header says {n} images of {h}×{w} ({expected} bytes), the file has {} bytes (truncated or corrupt)",
+                img.len()
+            ),
         ));
     }
     let nl = be_u32(&lab, 4) as usize;
     if nl != n || lab.len() != 8 + nl {
-        return Err(fmt(labels, format!("{} labels for {n} images in {}", lab.len().saturating_sub(8), images.display())));
+        return Err(fmt(
+            labels,
+            format!(
+                "{} labels for {n} images in {}",
+                lab.len().saturating_sub(8),
+                images.display()
+            ),
+        ));
     }
     ImageDataset {
         pixels: img[16..].to_vec(),
@@ -116,12 +137,27 @@ pub fn load_idx(images: &Path, labels: &Path, class_names: Vec<String>) -> Resul
 
 /// Fashion-MNIST's class names.
 pub fn fashion_mnist_classes() -> Vec<String> {
-    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"].map(String::from).to_vec()
+    [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// CIFAR-10's class names.
 pub fn cifar10_classes() -> Vec<String> {
-    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"].map(String::from).to_vec()
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// CIFAR-10 binary batches (`data_batch_N.bin`, `test_batch.bin`): records of one label byte
@@ -135,7 +171,10 @@ pub fn load_cifar10_bin(files: &[PathBuf]) -> Result<ImageDataset, DataError> {
         if b.is_empty() || b.len() % REC != 0 {
             return Err(DataError::Format {
                 path: f.clone(),
-                reason: format!("{} bytes is not a whole number of {REC}-byte CIFAR-10 records", b.len()),
+                reason: format!(
+                    "{} bytes is not a whole number of {REC}-byte CIFAR-10 records",
+                    b.len()
+                ),
             });
         }
         for rec in b.chunks_exact(REC) {
@@ -144,7 +183,16 @@ pub fn load_cifar10_bin(files: &[PathBuf]) -> Result<ImageDataset, DataError> {
         }
     }
     let source = files.first().map(|p| p.display().to_string()).unwrap_or_default();
-    ImageDataset { pixels, labels, channels: 3, height: 32, width: 32, class_names: cifar10_classes(), source }.check_labels()
+    ImageDataset {
+        pixels,
+        labels,
+        channels: 3,
+        height: 32,
+        width: 32,
+        class_names: cifar10_classes(),
+        source,
+    }
+    .check_labels()
 }
 
 /// An image folder: `dir/<class>/<file>.{jpg,jpeg,png}`, classes in sorted order. All images
@@ -158,7 +206,10 @@ pub fn load_image_folder(dir: &Path) -> Result<ImageDataset, DataError> {
         .collect();
     classes.sort();
     if classes.is_empty() {
-        return Err(DataError::Format { path: dir.to_path_buf(), reason: "no class sub-folders".into() });
+        return Err(DataError::Format {
+            path: dir.to_path_buf(),
+            reason: "no class sub-folders".into(),
+        });
     }
     let mut files = Vec::new();
     for (c, cdir) in classes.iter().enumerate() {
@@ -166,21 +217,27 @@ pub fn load_image_folder(dir: &Path) -> Result<ImageDataset, DataError> {
             .map_err(|e| DataError::io(cdir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.extension().and_then(|x| x.to_str()).is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+                p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                    matches!(x.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png")
+                })
             })
             .collect();
         fs.sort();
         files.extend(fs.into_iter().map(|f| (c, f)));
     }
     if files.is_empty() {
-        return Err(DataError::Format { path: dir.to_path_buf(), reason: "no .jpg/.jpeg/.png images in the class folders".into() });
+        return Err(DataError::Format {
+            path: dir.to_path_buf(),
+            reason: "no .jpg/.jpeg/.png images in the class folders".into(),
+        });
     }
     let decoded: Vec<(usize, image::DynamicImage, &PathBuf)> = files
         .iter()
         .map(|(c, f)| {
-            image::open(f)
-                .map(|im| (*c, im, f))
-                .map_err(|e| DataError::Format { path: f.clone(), reason: format!("cannot decode image: {e}") })
+            image::open(f).map(|im| (*c, im, f)).map_err(|e| DataError::Format {
+                path: f.clone(),
+                reason: format!("cannot decode image: {e}"),
+            })
         })
         .collect::<Result<_, _>>()?;
     let (w, h) = (decoded[0].1.width() as usize, decoded[0].1.height() as usize);
@@ -206,8 +263,19 @@ pub fn load_image_folder(dir: &Path) -> Result<ImageDataset, DataError> {
         }
         labels.push(*c);
     }
-    let class_names = classes.iter().map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect();
-    Ok(ImageDataset { pixels, labels, channels, height: h, width: w, class_names, source: dir.display().to_string() })
+    let class_names = classes
+        .iter()
+        .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+        .collect();
+    Ok(ImageDataset {
+        pixels,
+        labels,
+        channels,
+        height: h,
+        width: w,
+        class_names,
+        source: dir.display().to_string(),
+    })
 }
 
 /// How images become model input: resize, channel count and per-channel normalisation
@@ -267,5 +335,8 @@ fn bilinear(plane: &[u8], h: usize, w: usize, y: usize, x: usize, s: usize) -> f
     let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
     let (dy, dx) = (fy - y0 as f32, fx - x0 as f32);
     let p = |yy: usize, xx: usize| plane[yy * w + xx] as f32;
-    p(y0, x0) * (1.0 - dy) * (1.0 - dx) + p(y0, x1) * (1.0 - dy) * dx + p(y1, x0) * dy * (1.0 - dx) + p(y1, x1) * dy * dx
+    p(y0, x0) * (1.0 - dy) * (1.0 - dx)
+        + p(y0, x1) * (1.0 - dy) * dx
+        + p(y1, x0) * dy * (1.0 - dx)
+        + p(y1, x1) * dy * dx
 }

@@ -29,9 +29,12 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Format { path: path.to_path_buf(), reason: format!("corrupt gzip data: {e}") })?;
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| {
+            DataError::Format {
+                path: path.to_path_buf(),
+                reason: format!("corrupt gzip data: {e}"),
+            }
+        })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -61,17 +64,25 @@ pub enum ForgetSpec {
 impl ForgetSpec {
     /// `class:3`, `class:Trouser`, `random:10`, `ids:1,5,9`, `id-file:forget.txt`.
     pub fn parse(spec: &str) -> Result<Self, DataError> {
-        let (kind, arg) = spec
-            .split_once(':')
-            .ok_or_else(|| DataError::Forget(format!("`{spec}`: expected class:NAME, random:PERCENT, ids:LIST or id-file:PATH")))?;
+        let (kind, arg) = spec.split_once(':').ok_or_else(|| {
+            DataError::Forget(format!(
+                "`{spec}`: expected class:NAME, random:PERCENT, ids:LIST or id-file:PATH"
+            ))
+        })?;
         Ok(match kind {
             "class" => Self::Class(arg.to_string()),
-            "random" => {
-                Self::Random(arg.trim_end_matches('%').parse().map_err(|_| DataError::Forget(format!("`{arg}` is not a percentage")))?)
-            }
+            "random" => Self::Random(
+                arg.trim_end_matches('%')
+                    .parse()
+                    .map_err(|_| DataError::Forget(format!("`{arg}` is not a percentage")))?,
+            ),
             "ids" => Self::Ids(parse_ids(arg, Path::new("--forget"))?),
             "id-file" => Self::IdFile(PathBuf::from(arg)),
-            other => return Err(DataError::Forget(format!("unknown kind `{other}` (class, random, ids, id-file)"))),
+            other => {
+                return Err(DataError::Forget(format!(
+                    "unknown kind `{other}` (class, random, ids, id-file)"
+                )));
+            }
         })
     }
 
@@ -83,7 +94,10 @@ impl ForgetSpec {
         }
         match c.parse::<usize>() {
             Ok(i) if i < class_names.len() => Ok(Some(i)),
-            _ => Err(DataError::Forget(format!("unknown class `{c}` (classes: {})", class_names.join(", ")))),
+            _ => Err(DataError::Forget(format!(
+                "unknown class `{c}` (classes: {})",
+                class_names.join(", ")
+            ))),
         }
     }
 }
@@ -94,7 +108,10 @@ fn parse_ids(text: &str, source: &Path) -> Result<Vec<usize>, DataError> {
         .flat_map(|l| l.split(|c: char| c == ',' || c.is_whitespace()))
         .filter(|t| !t.is_empty())
         .map(|t| {
-            t.parse::<usize>().map_err(|_| DataError::Format { path: source.to_path_buf(), reason: format!("`{t}` is not a sample id") })
+            t.parse::<usize>().map_err(|_| DataError::Format {
+                path: source.to_path_buf(),
+                reason: format!("`{t}` is not a sample id"),
+            })
         })
         .collect()
 }
@@ -111,7 +128,12 @@ pub struct ForgetSplit {
 /// Splits `labels` (the training set) into forget and retain sets. An empty forget set, a
 /// forget set that is the whole training set, an unknown class and an id out of range are
 /// errors.
-pub fn select_forget(labels: &[usize], class_names: &[String], spec: &ForgetSpec, seed: u64) -> Result<ForgetSplit, DataError> {
+pub fn select_forget(
+    labels: &[usize],
+    class_names: &[String],
+    spec: &ForgetSpec,
+    seed: u64,
+) -> Result<ForgetSplit, DataError> {
     let n = labels.len();
     let class = spec.class_index(class_names)?;
     let forget: BTreeSet<usize> = match spec {
@@ -121,7 +143,9 @@ pub fn select_forget(labels: &[usize], class_names: &[String], spec: &ForgetSpec
         }
         ForgetSpec::Random(k) => {
             if !(*k > 0.0 && *k < 100.0) {
-                return Err(DataError::Forget(format!("random share must be in (0, 100) percent, got {k}")));
+                return Err(DataError::Forget(format!(
+                    "random share must be in (0, 100) percent, got {k}"
+                )));
             }
             let m = ((n as f64) * k / 100.0).round() as usize;
             let mut idx: Vec<usize> = (0..n).collect();
@@ -138,7 +162,9 @@ pub fn select_forget(labels: &[usize], class_names: &[String], spec: &ForgetSpec
         return Err(DataError::Forget(format!("{spec:?} selects no training sample")));
     }
     if forget.len() == n {
-        return Err(DataError::Forget(format!("{spec:?} selects all {n} training samples: nothing would be retained")));
+        return Err(DataError::Forget(format!(
+            "{spec:?} selects all {n} training samples: nothing would be retained"
+        )));
     }
     let retain = (0..n).filter(|i| !forget.contains(i)).collect();
     Ok(ForgetSplit { forget: forget.into_iter().collect(), retain, class })

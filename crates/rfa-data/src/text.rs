@@ -40,10 +40,16 @@ impl TextDataset {
 
 fn decode(path: &Path, bytes: &[u8], lossy: &mut usize) -> Result<String, DataError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(DataError::Format { path: path.to_path_buf(), reason: "empty text file".into() });
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            reason: "empty text file".into(),
+        });
     }
     if bytes.contains(&0) {
-        return Err(DataError::Format { path: path.to_path_buf(), reason: "binary file (NUL bytes), not text".into() });
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            reason: "binary file (NUL bytes), not text".into(),
+        });
     }
     Ok(match std::str::from_utf8(bytes) {
         Ok(s) => s.to_string(),
@@ -77,11 +83,15 @@ pub fn load_aclimdb(dir: &Path, split: &str) -> Result<TextDataset, DataError> {
             let bytes = std::fs::read(&f).map_err(|e| DataError::io(&f, e))?;
             ds.texts.push(decode(&f, &bytes, &mut ds.lossy)?);
             ds.labels.push(label);
-            ds.ids.push(f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+            ds.ids
+                .push(f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
         }
     }
     if ds.is_empty() {
-        return Err(DataError::Format { path: dir.join(split), reason: "no neg/*.txt or pos/*.txt reviews".into() });
+        return Err(DataError::Format {
+            path: dir.join(split),
+            reason: "no neg/*.txt or pos/*.txt reviews".into(),
+        });
     }
     Ok(ds)
 }
@@ -114,10 +124,10 @@ impl Eli5Question {
 
 fn question(v: &Value, path: &Path, at: &str) -> Result<Eli5Question, DataError> {
     let field = |k: &str| -> Result<String, DataError> {
-        v.get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| DataError::Format { path: path.to_path_buf(), reason: format!("{at}: field `{k}` is missing or not a string") })
+        v.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| DataError::Format {
+            path: path.to_path_buf(),
+            reason: format!("{at}: field `{k}` is missing or not a string"),
+        })
     };
     Ok(Eli5Question {
         q_id: field("q_id")?,
@@ -133,18 +143,22 @@ fn question(v: &Value, path: &Path, at: &str) -> Result<Eli5Question, DataError>
 /// `answers.text` optional.
 pub fn read_eli5(path: &Path) -> Result<Vec<Eli5Question>, DataError> {
     let bytes = read_maybe_gz(path)?;
-    let text =
-        std::str::from_utf8(&bytes).map_err(|e| DataError::Format { path: path.to_path_buf(), reason: format!("not UTF-8: {e}") })?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| DataError::Format {
+        path: path.to_path_buf(),
+        reason: format!("not UTF-8: {e}"),
+    })?;
     let bad = |reason: String| DataError::Format { path: path.to_path_buf(), reason };
     if text.trim_start().starts_with('[') {
-        let all: Vec<Value> = serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let all: Vec<Value> =
+            serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         all.iter().enumerate().map(|(i, v)| question(v, path, &format!("record {i}"))).collect()
     } else {
         text.lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| {
-                let v: Value = serde_json::from_str(l).map_err(|e| bad(format!("line {}: invalid JSON: {e}", i + 1)))?;
+                let v: Value = serde_json::from_str(l)
+                    .map_err(|e| bad(format!("line {}: invalid JSON: {e}", i + 1)))?;
                 question(&v, path, &format!("line {}", i + 1))
             })
             .collect()
@@ -172,7 +186,8 @@ pub fn eli5_experiment_set(
         }
     }
     let chosen: Vec<String> = if categories.is_empty() {
-        let mut sizes: Vec<(usize, String)> = by_cat.iter().map(|(c, v)| (v.len(), c.clone())).collect();
+        let mut sizes: Vec<(usize, String)> =
+            by_cat.iter().map(|(c, v)| (v.len(), c.clone())).collect();
         sizes.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut c: Vec<String> = sizes.into_iter().take(n_categories).map(|(_, c)| c).collect();
         c.sort();
@@ -211,7 +226,10 @@ pub fn eli5_experiment_set(
         }
     }
     if ds.is_empty() {
-        return Err(DataError::Format { path: files.first().cloned().unwrap_or_default(), reason: "no questions".into() });
+        return Err(DataError::Format {
+            path: files.first().cloned().unwrap_or_default(),
+            reason: "no questions".into(),
+        });
     }
     Ok(ds)
 }

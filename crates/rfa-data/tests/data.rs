@@ -11,7 +11,14 @@ fn subset() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/fashion-mnist-subset")
 }
 
-fn write_idx(dir: &Path, n: usize, h: usize, w: usize, labels: &[u8], gz: bool) -> (PathBuf, PathBuf) {
+fn write_idx(
+    dir: &Path,
+    n: usize,
+    h: usize,
+    w: usize,
+    labels: &[u8],
+    gz: bool,
+) -> (PathBuf, PathBuf) {
     let mut img = vec![0, 0, 8, 3];
     for v in [n, h, w] {
         img.extend((v as u32).to_be_bytes());
@@ -23,7 +30,10 @@ fn write_idx(dir: &Path, n: usize, h: usize, w: usize, labels: &[u8], gz: bool) 
     let (pi, pl) = (dir.join("img.idx"), dir.join("lab.idx"));
     for (p, b) in [(&pi, img), (&pl, lab)] {
         if gz {
-            let mut e = flate2::write::GzEncoder::new(std::fs::File::create(p).unwrap(), flate2::Compression::fast());
+            let mut e = flate2::write::GzEncoder::new(
+                std::fs::File::create(p).unwrap(),
+                flate2::Compression::fast(),
+            );
             e.write_all(&b).unwrap();
             e.finish().unwrap();
         } else {
@@ -36,8 +46,18 @@ fn write_idx(dir: &Path, n: usize, h: usize, w: usize, labels: &[u8], gz: bool) 
 #[test]
 fn embedded_fashion_mnist_subset_is_balanced_real_data() {
     let d = subset();
-    let train = load_idx(&d.join("train-images-idx3-ubyte.gz"), &d.join("train-labels-idx1-ubyte.gz"), fashion_mnist_classes()).unwrap();
-    let test = load_idx(&d.join("t10k-images-idx3-ubyte.gz"), &d.join("t10k-labels-idx1-ubyte.gz"), fashion_mnist_classes()).unwrap();
+    let train = load_idx(
+        &d.join("train-images-idx3-ubyte.gz"),
+        &d.join("train-labels-idx1-ubyte.gz"),
+        fashion_mnist_classes(),
+    )
+    .unwrap();
+    let test = load_idx(
+        &d.join("t10k-images-idx3-ubyte.gz"),
+        &d.join("t10k-labels-idx1-ubyte.gz"),
+        fashion_mnist_classes(),
+    )
+    .unwrap();
     assert_eq!((train.len(), train.height, train.width, train.channels), (3000, 28, 28, 1));
     assert_eq!(train.class_counts(), vec![300; 10]);
     assert_eq!(test.class_counts(), vec![100; 10]);
@@ -75,7 +95,9 @@ fn bad_idx_files_are_errors_naming_the_file() {
     assert!(e.contains("not an IDX image file"), "{e}");
     // Label count differs.
     let (a, b) = write_idx(t.path(), 4, 3, 2, &[0, 1, 2], false);
-    assert!(load_idx(&a, &b, names.clone()).unwrap_err().to_string().contains("3 labels for 4 images"));
+    assert!(
+        load_idx(&a, &b, names.clone()).unwrap_err().to_string().contains("3 labels for 4 images")
+    );
     // Label out of range.
     let (a, b) = write_idx(t.path(), 4, 3, 2, &[0, 1, 7, 1], false);
     let e = load_idx(&a, &b, names.clone()).unwrap_err().to_string();
@@ -136,7 +158,12 @@ fn image_folders_jpeg_and_png() {
 #[test]
 fn preprocessing_normalises_resizes_and_repeats_grey() {
     let d = subset();
-    let ds = load_idx(&d.join("t10k-images-idx3-ubyte.gz"), &d.join("t10k-labels-idx1-ubyte.gz"), fashion_mnist_classes()).unwrap();
+    let ds = load_idx(
+        &d.join("t10k-images-idx3-ubyte.gz"),
+        &d.join("t10k-labels-idx1-ubyte.gz"),
+        fashion_mnist_classes(),
+    )
+    .unwrap();
     let x = Preprocess::vit(28, 1).apply(&ds, &[0]).unwrap();
     assert_eq!(x.len(), 784);
     for (v, &p) in x.iter().zip(ds.image(0)) {
@@ -149,7 +176,13 @@ fn preprocessing_normalises_resizes_and_repeats_grey() {
     // A constant image stays constant under resizing.
     let mut flat = ds.subset(&[0]);
     flat.pixels.iter_mut().for_each(|p| *p = 51);
-    assert!(Preprocess::vit(20, 1).apply(&flat, &[0]).unwrap().iter().all(|v| (v - (0.2 - 0.5) / 0.5).abs() < 1e-5));
+    assert!(
+        Preprocess::vit(20, 1)
+            .apply(&flat, &[0])
+            .unwrap()
+            .iter()
+            .all(|v| (v - (0.2 - 0.5) / 0.5).abs() < 1e-5)
+    );
     let mut rgb = ds.subset(&[0]);
     rgb.channels = 3;
     assert!(Preprocess::vit(28, 1).apply(&rgb, &[]).is_err());
@@ -159,7 +192,8 @@ fn preprocessing_normalises_resizes_and_repeats_grey() {
 fn forget_selection_by_class_random_ids_and_file() {
     let labels: Vec<usize> = (0..100).map(|i| i % 10).collect();
     let names = fashion_mnist_classes();
-    let s = select_forget(&labels, &names, &ForgetSpec::parse("class:Trouser").unwrap(), 0).unwrap();
+    let s =
+        select_forget(&labels, &names, &ForgetSpec::parse("class:Trouser").unwrap(), 0).unwrap();
     assert_eq!((s.forget.len(), s.retain.len(), s.class), (10, 90, Some(1)));
     assert!(s.forget.iter().all(|&i| labels[i] == 1));
     let s = select_forget(&labels, &names, &ForgetSpec::parse("class:3").unwrap(), 0).unwrap();
@@ -168,7 +202,10 @@ fn forget_selection_by_class_random_ids_and_file() {
     let r2 = select_forget(&labels, &names, &ForgetSpec::Random(10.0), 7).unwrap();
     assert_eq!(r1, r2);
     assert_eq!(r1.forget.len(), 10);
-    assert_ne!(r1.forget, select_forget(&labels, &names, &ForgetSpec::Random(10.0), 8).unwrap().forget);
+    assert_ne!(
+        r1.forget,
+        select_forget(&labels, &names, &ForgetSpec::Random(10.0), 8).unwrap().forget
+    );
     let s = select_forget(&labels, &names, &ForgetSpec::parse("ids:5,3,3,99").unwrap(), 0).unwrap();
     assert_eq!(s.forget, vec![3, 5, 99]);
     let t = tempfile::tempdir().unwrap();
@@ -177,7 +214,12 @@ fn forget_selection_by_class_random_ids_and_file() {
     let s = select_forget(&labels, &names, &ForgetSpec::IdFile(f.clone()), 0).unwrap();
     assert_eq!(s.forget, vec![1, 2, 4, 8]);
     std::fs::write(&f, "1\nseven\n").unwrap();
-    assert!(select_forget(&labels, &names, &ForgetSpec::IdFile(f), 0).unwrap_err().to_string().contains("seven"));
+    assert!(
+        select_forget(&labels, &names, &ForgetSpec::IdFile(f), 0)
+            .unwrap_err()
+            .to_string()
+            .contains("seven")
+    );
 }
 
 #[test]

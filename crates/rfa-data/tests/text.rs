@@ -51,7 +51,10 @@ fn eli5_files(dir: &Path) -> Vec<PathBuf> {
     let json = r#"[{"q_id": "a1", "category": "Physics", "title": "Why is the sky blue?", "selftext": "", "answers": {"a_id": ["x"], "text": ["Rayleigh scattering."]}},
                    {"q_id": "a2", "category": "Biology", "title": "Why do we sleep?", "selftext": "Really, why?", "answers": {"a_id": [], "text": []}}]"#;
     let p1 = dir.join("eli5.json.gz");
-    let mut e = flate2::write::GzEncoder::new(std::fs::File::create(&p1).unwrap(), flate2::Compression::fast());
+    let mut e = flate2::write::GzEncoder::new(
+        std::fs::File::create(&p1).unwrap(),
+        flate2::Compression::fast(),
+    );
     e.write_all(json.as_bytes()).unwrap();
     e.finish().unwrap();
     let jsonl = "{\"q_id\": \"b1\", \"category\": \"Physics\", \"title\": \"How do magnets work?\", \"selftext\": \"\"}\n\n{\"q_id\": \"b2\", \"category\": \"Physics\", \"title\": \"What is mass?\"}\n{\"q_id\": \"a1\", \"category\": \"Physics\", \"title\": \"Why is the sky blue?\"}\n";
@@ -76,7 +79,11 @@ fn eli5_json_and_jsonl() {
     assert_eq!(ds.len(), 4, "a1 appears in both files and is kept once");
     let one = eli5_experiment_set(&files, &["Physics".into()], 10, 2, false, 0).unwrap();
     assert_eq!((one.len(), one.class_names.clone()), (2, vec!["Physics".to_string()]));
-    assert_eq!(one, eli5_experiment_set(&files, &["Physics".into()], 10, 2, false, 0).unwrap(), "seeded");
+    assert_eq!(
+        one,
+        eli5_experiment_set(&files, &["Physics".into()], 10, 2, false, 0).unwrap(),
+        "seeded"
+    );
     let top1 = eli5_experiment_set(&files, &[], 1, 1000, false, 0).unwrap();
     assert_eq!(top1.class_names, vec!["Physics"]);
 }
@@ -85,7 +92,9 @@ fn eli5_json_and_jsonl() {
 fn eli5_errors_name_file_and_record() {
     let t = tempfile::tempdir().unwrap();
     let files = eli5_files(t.path());
-    let e = eli5_experiment_set(&files, &["Astrology".into()], 10, 10, false, 0).unwrap_err().to_string();
+    let e = eli5_experiment_set(&files, &["Astrology".into()], 10, 10, false, 0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown category `Astrology`") && e.contains("Physics"), "{e}");
     let p = t.path().join("bad.jsonl");
     write(&p, b"{\"q_id\": \"c1\", \"category\": \"Physics\", \"title\": \"ok\"}\n{\"q_id\": \"c2\", \"title\": \"no category\"}\n");

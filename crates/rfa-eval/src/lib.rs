@@ -37,7 +37,12 @@ pub struct Rows<'a> {
 impl<'a> Rows<'a> {
     pub fn new(what: &'static str, data: &'a [f32], cols: usize) -> Result<Self, EvalError> {
         if cols == 0 || data.len() % cols != 0 {
-            return Err(EvalError::Shape { what, rows: data.len() / cols.max(1), cols, len: data.len() });
+            return Err(EvalError::Shape {
+                what,
+                rows: data.len() / cols.max(1),
+                cols,
+                len: data.len(),
+            });
         }
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
             return Err(EvalError::NonFinite { what, row: i / cols });
@@ -69,7 +74,17 @@ pub fn softmax(logits: &Rows) -> Vec<f32> {
 
 /// Arg-max of every row.
 pub fn predictions(logits: &Rows) -> Vec<usize> {
-    (0..logits.rows()).map(|i| logits.row(i).iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j).unwrap_or(0)).collect()
+    (0..logits.rows())
+        .map(|i| {
+            logits
+                .row(i)
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(j, _)| j)
+                .unwrap_or(0)
+        })
+        .collect()
 }
 
 /// Accuracy in percent.
@@ -87,7 +102,9 @@ pub fn per_class_accuracy(logits: &Rows, labels: &[usize], classes: usize) -> Ve
     (0..classes)
         .map(|c| {
             let idx: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).collect();
-            (!idx.is_empty()).then(|| 100.0 * idx.iter().filter(|&&i| p[i] == c).count() as f64 / idx.len() as f64)
+            (!idx.is_empty()).then(|| {
+                100.0 * idx.iter().filter(|&&i| p[i] == c).count() as f64 / idx.len() as f64
+            })
         })
         .collect()
 }
@@ -107,9 +124,16 @@ pub struct MembershipSvc {
 
 impl MembershipSvc {
     /// `gamma = None` is scikit-learn's `"auto"`: 1 / n_features.
-    pub fn fit(members: &[Vec<f64>], non_members: &[Vec<f64>], c: f64, gamma: Option<f64>) -> Result<Self, EvalError> {
+    pub fn fit(
+        members: &[Vec<f64>],
+        non_members: &[Vec<f64>],
+        c: f64,
+        gamma: Option<f64>,
+    ) -> Result<Self, EvalError> {
         if members.is_empty() || non_members.is_empty() {
-            return Err(EvalError::Mia("both members and non-members are needed to train the attack".into()));
+            return Err(EvalError::Mia(
+                "both members and non-members are needed to train the attack".into(),
+            ));
         }
         let n_features = members[0].len();
         let rows: Vec<f64> = members.iter().chain(non_members).flatten().copied().collect();
@@ -117,7 +141,8 @@ impl MembershipSvc {
         if rows.len() != n * n_features || n_features == 0 {
             return Err(EvalError::Mia("feature vectors differ in length".into()));
         }
-        let x = Array2::from_shape_vec((n, n_features), rows).map_err(|e| EvalError::Mia(e.to_string()))?;
+        let x = Array2::from_shape_vec((n, n_features), rows)
+            .map_err(|e| EvalError::Mia(e.to_string()))?;
         let y: Array1<bool> = (0..n).map(|i| i < members.len()).collect();
         let gamma = gamma.unwrap_or(1.0 / n_features as f64);
         // linfa's Gaussian kernel is exp(-||x - y||² / eps): eps = 1 / gamma. libsvm's default
@@ -137,7 +162,8 @@ impl MembershipSvc {
             return Err(EvalError::Mia("feature vectors differ in length".into()));
         }
         let rows: Vec<f64> = features.iter().flatten().copied().collect();
-        let x = Array2::from_shape_vec((features.len(), self.n_features), rows).map_err(|e| EvalError::Mia(e.to_string()))?;
+        let x = Array2::from_shape_vec((features.len(), self.n_features), rows)
+            .map_err(|e| EvalError::Mia(e.to_string()))?;
         Ok(self.model.predict(&x).to_vec())
     }
 
@@ -150,7 +176,11 @@ impl MembershipSvc {
 /// SalUn's MIA-Efficacy in percent: an SVC on the true-label confidence, trained with the first
 /// |Dt| retain samples as members and `Dt` as non-members; the share of `Df` it calls
 /// non-member. High means the forget set looks unseen.
-pub fn mia_efficacy(retain_conf: &[f64], test_conf: &[f64], forget_conf: &[f64]) -> Result<f64, EvalError> {
+pub fn mia_efficacy(
+    retain_conf: &[f64],
+    test_conf: &[f64],
+    forget_conf: &[f64],
+) -> Result<f64, EvalError> {
     if forget_conf.is_empty() {
         return Err(EvalError::Empty("forget set"));
     }
@@ -170,7 +200,12 @@ pub fn activation_distance(a: &Rows, b: &Rows) -> Result<f64, EvalError> {
     Ok((0..n)
         .map(|i| {
             let r = i * a.cols..(i + 1) * a.cols;
-            pa[r.clone()].iter().zip(&pb[r]).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt()
+            pa[r.clone()]
+                .iter()
+                .zip(&pb[r])
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
         })
         .sum::<f64>()
         / n as f64)
@@ -201,12 +236,22 @@ pub fn js_divergence(a: &Rows, b: &Rows) -> Result<f64, EvalError> {
 pub fn feature_distance(a: &Rows, b: &Rows) -> Result<f64, EvalError> {
     same_shape(a, b)?;
     let n = a.rows();
-    Ok((0..n).map(|i| a.row(i).iter().zip(b.row(i)).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt()).sum::<f64>() / n as f64)
+    Ok((0..n)
+        .map(|i| {
+            a.row(i).iter().zip(b.row(i)).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt()
+        })
+        .sum::<f64>()
+        / n as f64)
 }
 
 fn same_shape(a: &Rows, b: &Rows) -> Result<(), EvalError> {
     if a.cols != b.cols || a.rows() != b.rows() {
-        return Err(EvalError::Shape { what: "compared outputs", rows: b.rows(), cols: b.cols, len: a.data.len() });
+        return Err(EvalError::Shape {
+            what: "compared outputs",
+            rows: b.rows(),
+            cols: b.cols,
+            len: a.data.len(),
+        });
     }
     if a.rows() == 0 {
         return Err(EvalError::Empty("compared outputs"));
@@ -247,7 +292,8 @@ pub fn auc(members: &[f64], non_members: &[f64]) -> Result<f64, EvalError> {
     if let Some(row) = members.iter().chain(non_members).position(|x| x.is_nan()) {
         return Err(EvalError::NonFinite { what: "AUC scores", row });
     }
-    let mut all: Vec<(f64, bool)> = members.iter().map(|&x| (x, true)).chain(non_members.iter().map(|&x| (x, false))).collect();
+    let mut all: Vec<(f64, bool)> =
+        members.iter().map(|&x| (x, true)).chain(non_members.iter().map(|&x| (x, false))).collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
     // Sum of the members' ranks, ties given their average rank.
     let mut rank_sum = 0.0;
@@ -267,7 +313,9 @@ pub fn auc(members: &[f64], non_members: &[f64]) -> Result<f64, EvalError> {
 
 /// Mean negative log-likelihood per token of one text (the loss attack's score, negated).
 pub fn mean_nll(token_logprobs: &[f32]) -> Option<f64> {
-    (!token_logprobs.is_empty()).then(|| -token_logprobs.iter().map(|&x| x as f64).sum::<f64>() / token_logprobs.len() as f64)
+    (!token_logprobs.is_empty()).then(|| {
+        -token_logprobs.iter().map(|&x| x as f64).sum::<f64>() / token_logprobs.len() as f64
+    })
 }
 
 /// Min-K% Prob (Shi et al., 2024): the mean log-probability of the `k_percent` % least likely

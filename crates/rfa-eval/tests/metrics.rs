@@ -17,16 +17,28 @@ struct SvcFixture {
 #[test]
 fn svc_reproduces_scikit_learn() {
     let f: SvcFixture = serde_json::from_str(include_str!("fixtures/svc_mia.json")).unwrap();
-    let members: Vec<Vec<f64>> = f.x_train.iter().zip(&f.y_train).filter(|(_, y)| **y == 1).map(|(x, _)| vec![*x]).collect();
-    let non: Vec<Vec<f64>> = f.x_train.iter().zip(&f.y_train).filter(|(_, y)| **y == 0).map(|(x, _)| vec![*x]).collect();
+    let members: Vec<Vec<f64>> =
+        f.x_train.iter().zip(&f.y_train).filter(|(_, y)| **y == 1).map(|(x, _)| vec![*x]).collect();
+    let non: Vec<Vec<f64>> =
+        f.x_train.iter().zip(&f.y_train).filter(|(_, y)| **y == 0).map(|(x, _)| vec![*x]).collect();
     let svc = MembershipSvc::fit(&members, &non, 3.0, None).unwrap();
     let targets: Vec<Vec<f64>> = f.x_target.iter().map(|&x| vec![x]).collect();
     let ours = svc.predict(&targets).unwrap();
     let theirs: Vec<bool> = f.predictions.iter().map(|&p| p == 1).collect();
-    let disagree: Vec<(f64, f64)> =
-        (0..ours.len()).filter(|&i| ours[i] != theirs[i]).map(|i| (f.x_target[i], f.decision_function[i])).collect();
-    assert!(disagree.is_empty(), "predictions differ from scikit-learn at (x, sklearn decision) {disagree:?}");
-    let worst = f.x_target.iter().zip(&f.decision_function).map(|(&x, &d)| (svc.decision(&[x]) - d).abs()).fold(0.0, f64::max);
+    let disagree: Vec<(f64, f64)> = (0..ours.len())
+        .filter(|&i| ours[i] != theirs[i])
+        .map(|i| (f.x_target[i], f.decision_function[i]))
+        .collect();
+    assert!(
+        disagree.is_empty(),
+        "predictions differ from scikit-learn at (x, sklearn decision) {disagree:?}"
+    );
+    let worst = f
+        .x_target
+        .iter()
+        .zip(&f.decision_function)
+        .map(|(&x, &d)| (svc.decision(&[x]) - d).abs())
+        .fold(0.0, f64::max);
     println!("max |decision - sklearn decision| = {worst:.2e}");
     assert!(worst < 1e-2, "{worst}");
 }
@@ -68,7 +80,11 @@ fn distances_and_divergence() {
     let a = [0.0f32, 0.0];
     let b = [(3.0f32).ln(), 0.0]; // softmax (0.75, 0.25)
     let (ra, rb) = (Rows::new("a", &a, 2).unwrap(), Rows::new("b", &b, 2).unwrap());
-    assert_relative_eq!(activation_distance(&ra, &rb).unwrap(), (2.0 * 0.25f64.powi(2)).sqrt(), epsilon = 1e-6);
+    assert_relative_eq!(
+        activation_distance(&ra, &rb).unwrap(),
+        (2.0 * 0.25f64.powi(2)).sqrt(),
+        epsilon = 1e-6
+    );
     assert_relative_eq!(activation_distance(&ra, &ra).unwrap(), 0.0);
     let m = [0.625f64, 0.375];
     let kl = |p: [f64; 2]| p[0] * (p[0] / m[0]).ln() + p[1] * (p[1] / m[1]).ln();
@@ -77,7 +93,11 @@ fn distances_and_divergence() {
     assert!(js_divergence(&ra, &rb).unwrap() <= std::f64::consts::LN_2);
     let f1 = [0.0f32, 0.0, 1.0, 1.0];
     let f2 = [3.0f32, 4.0, 1.0, 1.0];
-    assert_relative_eq!(feature_distance(&Rows::new("f", &f1, 2).unwrap(), &Rows::new("g", &f2, 2).unwrap()).unwrap(), 2.5);
+    assert_relative_eq!(
+        feature_distance(&Rows::new("f", &f1, 2).unwrap(), &Rows::new("g", &f2, 2).unwrap())
+            .unwrap(),
+        2.5
+    );
     assert!(activation_distance(&ra, &Rows::new("c", &f1, 2).unwrap()).is_err());
 }
 

@@ -4,7 +4,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bool, Shape, Tensor, TensorPrimitive};
 
-/// The attention's mask: an additive bias and/or the causal mask; see [`FusedOps::fused_attention`].
+/// The attention's mask: an additive bias and/or the causal mask; see
+/// [`FusedOps::fused_attention`].
 #[derive(Debug, Clone)]
 pub struct AttentionMask<B: Backend> {
     pub bias: Option<FloatTensor<B>>,
@@ -61,11 +62,19 @@ pub(crate) struct AttentionDims {
 impl AttentionDims {
     pub(crate) fn new(q: &Shape, k: &Shape, v: &Shape, bias: Option<&Shape>, heads: usize) -> Self {
         let dims3 = |s: &Shape, name: &str| -> [usize; 3] {
-            assert_eq!(s.num_dims(), 3, "attention: {name} must be [batch, seq, hidden], got {s:?}");
+            assert_eq!(
+                s.num_dims(),
+                3,
+                "attention: {name} must be [batch, seq, hidden], got {s:?}"
+            );
             [s[0], s[1], s[2]]
         };
-        let ([b, tq, c], [bk, tk, ck], [bv, tv, cv]) = (dims3(q, "query"), dims3(k, "key"), dims3(v, "value"));
-        assert!(b == bk && b == bv, "attention: batch sizes differ (query {b}, key {bk}, value {bv})");
+        let ([b, tq, c], [bk, tk, ck], [bv, tv, cv]) =
+            (dims3(q, "query"), dims3(k, "key"), dims3(v, "value"));
+        assert!(
+            b == bk && b == bv,
+            "attention: batch sizes differ (query {b}, key {bk}, value {bv})"
+        );
         assert_eq!(tk, tv, "attention: key and value lengths differ");
         assert_eq!(c, ck, "attention: query and key widths differ");
         assert!(
@@ -75,7 +84,10 @@ impl AttentionDims {
         if let Some(bs) = bias {
             assert_eq!(bs.num_dims(), 4, "attention: the bias must be 4-d, got {bs:?}");
             for (i, want) in [b, heads, tq, tk].into_iter().enumerate() {
-                assert!(bs[i] == want || bs[i] == 1, "attention: bias {bs:?} does not broadcast to [{b}, {heads}, {tq}, {tk}]");
+                assert!(
+                    bs[i] == want || bs[i] == 1,
+                    "attention: bias {bs:?} does not broadcast to [{b}, {heads}, {tq}, {tk}]"
+                );
             }
         }
         Self { batch: b, heads, tq, tk, dk: c / heads, dv: cv / heads }

@@ -9,7 +9,10 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 
-use crate::{AttentionMask, AttentionSaved, FusedOps, GeluKind, LayerNormSaved, TapSplit, TapTermsSaved, TapWeights, fallback};
+use crate::{
+    AttentionMask, AttentionSaved, FusedOps, GeluKind, LayerNormSaved, TapSplit, TapTermsSaved,
+    TapWeights, fallback,
+};
 
 /// The backward pass of every node below: consumes the node's gradient, hands it to
 /// `backward` with the node's state and which parents are tracked, and registers the gradients
@@ -40,9 +43,16 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         impl<B: FusedOps> Backward<B, 1> for GeluBackward {
             type State = NodeId;
 
-            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
                 let x: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state);
-                backward_node::<B, _, 1>(ops, grads, |_, grad, _| [Some(B::fused_gelu_backward(x, grad, self.0))]);
+                backward_node::<B, _, 1>(ops, grads, |_, grad, _| {
+                    [Some(B::fused_gelu_backward(x, grad, self.0))]
+                });
             }
         }
 
@@ -63,8 +73,15 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             // The output: the backward needs y, not x.
             type State = FloatTensor<B>;
 
-            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                backward_node::<B, _, 1>(ops, grads, |y, grad, _| [Some(B::fused_softmax_backward(y, grad))]);
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                backward_node::<B, _, 1>(ops, grads, |y, grad, _| {
+                    [Some(B::fused_softmax_backward(y, grad))]
+                });
             }
         }
 
@@ -93,8 +110,15 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             // row — not the attention weights.
             type State = AttentionSaved<B>;
 
-            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-                backward_node::<B, _, 3>(ops, grads, |saved, grad, _| B::fused_attention_backward(saved, grad).map(Some));
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                backward_node::<B, _, 3>(ops, grads, |saved, grad, _| {
+                    B::fused_attention_backward(saved, grad).map(Some)
+                });
             }
         }
 
@@ -103,23 +127,52 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         match AttentionBackward.prepare::<C>(parents).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let (q, k, v) = (q.primitive, k.primitive, v.primitive);
-                let (out, stats) = B::fused_attention_stats(q.clone(), k.clone(), v.clone(), mask.clone(), heads, scale);
+                let (out, stats) = B::fused_attention_stats(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    mask.clone(),
+                    heads,
+                    scale,
+                );
                 let kept = B::attention_backward_uses_output().then(|| out.clone());
-                prep.finish(AttentionSaved { q, k: Some(k), v: Some(v), mask, stats, scale, out: kept }, out)
+                prep.finish(
+                    AttentionSaved { q, k: Some(k), v: Some(v), mask, stats, scale, out: kept },
+                    out,
+                )
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(q.primitive, k.primitive, v.primitive, mask, heads, scale)),
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(
+                q.primitive,
+                k.primitive,
+                v.primitive,
+                mask,
+                heads,
+                scale,
+            )),
         }
     }
 
-    fn fused_attention_packed(qkv: FloatTensor<Self>, mask: AttentionMask<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
+    fn fused_attention_packed(
+        qkv: FloatTensor<Self>,
+        mask: AttentionMask<Self>,
+        heads: usize,
+        scale: f64,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct PackedAttentionBackward;
 
         impl<B: FusedOps> Backward<B, 1> for PackedAttentionBackward {
             type State = AttentionSaved<B>;
 
-            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                backward_node::<B, _, 1>(ops, grads, |saved, grad, _| [Some(B::fused_attention_packed_backward(saved, grad))]);
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                backward_node::<B, _, 1>(ops, grads, |saved, grad, _| {
+                    [Some(B::fused_attention_packed_backward(saved, grad))]
+                });
             }
         }
 
@@ -129,35 +182,66 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 let [q, k, v] = fallback::unpack::<B>(qkv.primitive.clone());
                 let (out, stats) = B::fused_attention_stats(q, k, v, mask.clone(), heads, scale);
                 let kept = B::attention_backward_uses_output().then(|| out.clone());
-                prep.finish(AttentionSaved { q: qkv.primitive, k: None, v: None, mask, stats, scale, out: kept }, out)
+                prep.finish(
+                    AttentionSaved {
+                        q: qkv.primitive,
+                        k: None,
+                        v: None,
+                        mask,
+                        stats,
+                        scale,
+                        out: kept,
+                    },
+                    out,
+                )
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention_packed(qkv.primitive, mask, heads, scale)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_attention_packed(qkv.primitive, mask, heads, scale))
+            }
         }
     }
 
-    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct LayerNormBackward;
 
         impl<B: FusedOps> Backward<B, 3> for LayerNormBackward {
             type State = LayerNormSaved<B>;
 
-            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
                 backward_node::<B, _, 3>(ops, grads, B::fused_layer_norm_backward);
             }
         }
 
         if !B::layer_norm_as_one_node() {
             // burn's definition in this backend's (autodiff) ops: what `nn::LayerNorm` records.
-            return <Self as burn::tensor::ops::ModuleOps<Self>>::layer_norm(x, gamma, Some(beta), eps);
+            return <Self as burn::tensor::ops::ModuleOps<Self>>::layer_norm(
+                x,
+                gamma,
+                Some(beta),
+                eps,
+            );
         }
         let parents = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
         match LayerNormBackward.prepare::<C>(parents).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (y, saved) = B::fused_layer_norm_forward(x.primitive, gamma.primitive, beta.primitive, eps);
+                let (y, saved) =
+                    B::fused_layer_norm_forward(x.primitive, gamma.primitive, beta.primitive, eps);
                 prep.finish(saved, y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(x.primitive, gamma.primitive, beta.primitive, eps)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_layer_norm(x.primitive, gamma.primitive, beta.primitive, eps))
+            }
         }
     }
 
@@ -182,20 +266,42 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         impl<B: FusedOps> Backward<B, 2> for TapTermsBackward {
             type State = TapTermsSaved<B>;
 
-            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-                backward_node::<B, _, 2>(ops, grads, |saved, grad, [need_pre, _]| fallback::tap_terms_backward::<B>(saved, grad, need_pre));
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                backward_node::<B, _, 2>(ops, grads, |saved, grad, [need_pre, _]| {
+                    fallback::tap_terms_backward::<B>(saved, grad, need_pre)
+                });
             }
         }
 
         // The targets and weights are constants: their values, not their graphs.
-        let w = TapWeights { retain: w.retain.map(|t| t.primitive), forget: w.forget.map(|t| t.primitive) };
+        let w = TapWeights {
+            retain: w.retain.map(|t| t.primitive),
+            forget: w.forget.map(|t| t.primitive),
+        };
         let parents = [pre.node.clone(), res.node.clone()];
         match TapTermsBackward.prepare::<C>(parents).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (out, saved) = fallback::tap_terms_forward::<B>(pre.primitive, res.primitive, mu.primitive, w, split);
+                let (out, saved) = fallback::tap_terms_forward::<B>(
+                    pre.primitive,
+                    res.primitive,
+                    mu.primitive,
+                    w,
+                    split,
+                );
                 prep.finish(saved, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_tap_terms(pre.primitive, res.primitive, mu.primitive, w, split)),
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_tap_terms(
+                pre.primitive,
+                res.primitive,
+                mu.primitive,
+                w,
+                split,
+            )),
         }
     }
 }

@@ -6,7 +6,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
 
-use crate::{AttentionDims, AttentionMask, AttentionSaved, FusedOps, GeluKind, LayerNormSaved, SQRT_2_OVER_PI, TANH_CUBIC};
+use crate::{
+    AttentionDims, AttentionMask, AttentionSaved, FusedOps, GeluKind, LayerNormSaved,
+    SQRT_2_OVER_PI, TANH_CUBIC,
+};
 use crate::{TapSplit, TapTermsSaved, TapWeights};
 
 fn tensor<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
@@ -34,7 +37,8 @@ fn rows<B: Backend>(x: FloatTensor<B>) -> (Tensor<B, 2>, Shape) {
 pub fn gelu<B: Backend>(x: FloatTensor<B>, kind: GeluKind) -> FloatTensor<B> {
     let (x, shape) = flat::<B>(x);
     let y = match kind {
-        GeluKind::Erf => (x.clone() * (x * std::f64::consts::FRAC_1_SQRT_2).erf().add_scalar(1.0)).mul_scalar(0.5),
+        GeluKind::Erf => (x.clone() * (x * std::f64::consts::FRAC_1_SQRT_2).erf().add_scalar(1.0))
+            .mul_scalar(0.5),
         // ½(1 + tanh u) = σ(2u), exact in real arithmetic and one op cheaper.
         GeluKind::Tanh => {
             let cube = x.clone() * x.clone() * x.clone();
@@ -44,22 +48,32 @@ pub fn gelu<B: Backend>(x: FloatTensor<B>, kind: GeluKind) -> FloatTensor<B> {
     unflat(y, shape)
 }
 
-pub fn gelu_backward<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>, kind: GeluKind) -> FloatTensor<B> {
+pub fn gelu_backward<B: Backend>(
+    x: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    kind: GeluKind,
+) -> FloatTensor<B> {
     let (x, shape) = flat::<B>(x);
     let (grad, _) = flat::<B>(grad);
     let d = match kind {
         // Φ(x) + x·φ(x)
         GeluKind::Erf => {
-            let cdf = (x.clone() * std::f64::consts::FRAC_1_SQRT_2).erf().add_scalar(1.0).mul_scalar(0.5);
-            let pdf = (x.clone() * x.clone()).mul_scalar(-0.5).exp().mul_scalar(1.0 / (2.0 * std::f64::consts::PI).sqrt());
+            let cdf =
+                (x.clone() * std::f64::consts::FRAC_1_SQRT_2).erf().add_scalar(1.0).mul_scalar(0.5);
+            let pdf = (x.clone() * x.clone())
+                .mul_scalar(-0.5)
+                .exp()
+                .mul_scalar(1.0 / (2.0 * std::f64::consts::PI).sqrt());
             cdf + x * pdf
         }
         // s + x·s(1 − s)·2u', s = σ(2u), u = k(x + c·x³)
         GeluKind::Tanh => {
             let x2 = x.clone() * x.clone();
-            let u = (x2.clone().mul_scalar(TANH_CUBIC).add_scalar(1.0) * x.clone()).mul_scalar(SQRT_2_OVER_PI);
+            let u = (x2.clone().mul_scalar(TANH_CUBIC).add_scalar(1.0) * x.clone())
+                .mul_scalar(SQRT_2_OVER_PI);
             let s = sigmoid(u.mul_scalar(2.0));
-            let du = x2.mul_scalar(3.0 * TANH_CUBIC).add_scalar(1.0).mul_scalar(2.0 * SQRT_2_OVER_PI);
+            let du =
+                x2.mul_scalar(3.0 * TANH_CUBIC).add_scalar(1.0).mul_scalar(2.0 * SQRT_2_OVER_PI);
             s.clone() + x * s.clone() * s.neg().add_scalar(1.0) * du
         }
     };
@@ -71,7 +85,10 @@ pub fn softmax_last<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     B::float_reshape(softmax(x, 1).into_primitive().tensor(), shape)
 }
 
-pub fn softmax_last_backward<B: Backend>(y: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+pub fn softmax_last_backward<B: Backend>(
+    y: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> FloatTensor<B> {
     let (y, shape) = rows::<B>(y);
     let (grad, _) = rows::<B>(grad);
     let dot = (grad.clone() * y.clone()).sum_dim(1);
@@ -81,7 +98,10 @@ pub fn softmax_last_backward<B: Backend>(y: FloatTensor<B>, grad: FloatTensor<B>
 /// Along the last dimension of a rank-`rank` shape: `[1, …, 1, d]`.
 fn row_vector<B: Backend>(v: FloatTensor<B>, rank: usize) -> FloatTensor<B> {
     let d = v.shape().num_elements();
-    B::float_reshape(v, Shape::from((0..rank).map(|i| if i + 1 == rank { d } else { 1 }).collect::<Vec<_>>()))
+    B::float_reshape(
+        v,
+        Shape::from((0..rank).map(|i| if i + 1 == rank { d } else { 1 }).collect::<Vec<_>>()),
+    )
 }
 
 /// burn's `layer_norm` op for op (the same output), keeping x̂ and the standard deviation.
@@ -98,24 +118,33 @@ pub fn layer_norm_forward<B: Backend>(
     let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), last);
     let std = B::float_sqrt(B::float_add_scalar(var, eps.into()));
     let normalized = B::float_div(centered, std.clone());
-    let y = B::float_add(B::float_mul(normalized.clone(), row_vector::<B>(gamma.clone(), rank)), row_vector::<B>(beta.clone(), rank));
+    let y = B::float_add(
+        B::float_mul(normalized.clone(), row_vector::<B>(gamma.clone(), rank)),
+        row_vector::<B>(beta.clone(), rank),
+    );
     (y, LayerNormSaved { kept: normalized, stats: vec![std], gamma, beta })
 }
 
 /// dx = (g − mean(g) − x̂ · mean(g ⊙ x̂)) / std with g = grad ⊙ gamma; dgamma = Σ grad ⊙ x̂
 /// and dbeta = Σ grad over every dimension but the last.
-pub fn layer_norm_backward<B: Backend>(saved: LayerNormSaved<B>, grad: FloatTensor<B>, need: [bool; 3]) -> [Option<FloatTensor<B>>; 3] {
+pub fn layer_norm_backward<B: Backend>(
+    saved: LayerNormSaved<B>,
+    grad: FloatTensor<B>,
+    need: [bool; 3],
+) -> [Option<FloatTensor<B>>; 3] {
     let (xhat, shape) = rows::<B>(saved.kept);
     let (grad, _) = rows::<B>(grad);
     let gamma = tensor::<B, 1>(saved.gamma).unsqueeze::<2>();
-    let std = tensor::<B, 2>(B::float_reshape(saved.stats[0].clone(), Shape::new([xhat.dims()[0], 1])));
+    let std =
+        tensor::<B, 2>(B::float_reshape(saved.stats[0].clone(), Shape::new([xhat.dims()[0], 1])));
     let dx = need[0].then(|| {
         let g = grad.clone() * gamma;
         let m1 = g.clone().mean_dim(1);
         let m2 = (g.clone() * xhat.clone()).mean_dim(1);
         B::float_reshape(((g - m1 - xhat.clone() * m2) / std).into_primitive().tensor(), shape)
     });
-    let dgamma = need[1].then(|| (grad.clone() * xhat).sum_dim(0).flatten::<1>(0, 1).into_primitive().tensor());
+    let dgamma = need[1]
+        .then(|| (grad.clone() * xhat).sum_dim(0).flatten::<1>(0, 1).into_primitive().tensor());
     let dbeta = need[2].then(|| grad.sum_dim(0).flatten::<1>(0, 1).into_primitive().tensor());
     [dx, dgamma, dbeta]
 }
@@ -149,22 +178,39 @@ pub fn tap_terms_forward<B: Backend>(
     };
     let res_retain = res.clone().narrow(0, 0, nr);
     let diff = forget(pre) + forget(res) - mu;
-    let out = Tensor::cat(vec![weighted_sq(res_retain.clone(), &weights.retain), weighted_sq(diff.clone(), &weights.forget)], 0);
-    let saved = TapTermsSaved { res_retain: res_retain.into_primitive().tensor(), diff: diff.into_primitive().tensor(), weights, shape };
+    let out = Tensor::cat(
+        vec![
+            weighted_sq(res_retain.clone(), &weights.retain),
+            weighted_sq(diff.clone(), &weights.forget),
+        ],
+        0,
+    );
+    let saved = TapTermsSaved {
+        res_retain: res_retain.into_primitive().tensor(),
+        diff: diff.into_primitive().tensor(),
+        weights,
+        shape,
+    };
     (out.into_primitive().tensor(), saved)
 }
 
 /// The gradients of `pre` (when `need_pre`) and `res` from the terms' gradient `[2]`:
 /// `2 w_r g_0 r` on the retain rows, `2 w_f g_1 (p + r − mu)` on the forget rows' tokens
 /// (both for `res`, the second alone for `pre`), zero elsewhere.
-pub fn tap_terms_backward<B: Backend>(saved: TapTermsSaved<B>, grad: FloatTensor<B>, need_pre: bool) -> [Option<FloatTensor<B>>; 2] {
+pub fn tap_terms_backward<B: Backend>(
+    saved: TapTermsSaved<B>,
+    grad: FloatTensor<B>,
+    need_pre: bool,
+) -> [Option<FloatTensor<B>>; 2] {
     let g = tensor::<B, 1>(grad);
     let [rows, tokens, width] = saved.shape;
     let scaled = |x: FloatTensor<B>, w: Option<FloatTensor<B>>, gi: Tensor<B, 1>| {
         let x = tensor::<B, 3>(x);
         let [a, b, _] = x.dims();
         let c = match w {
-            Some(w) => tensor::<B, 2>(w).unsqueeze_dim::<3>(2) * gi.reshape([1, 1, 1]).mul_scalar(2.0),
+            Some(w) => {
+                tensor::<B, 2>(w).unsqueeze_dim::<3>(2) * gi.reshape([1, 1, 1]).mul_scalar(2.0)
+            }
             None => gi.reshape([1, 1, 1]).mul_scalar(2.0 / (a * b) as f64),
         };
         x * c
@@ -174,11 +220,17 @@ pub fn tap_terms_backward<B: Backend>(saved: TapTermsSaved<B>, grad: FloatTensor
     let nr = g_retain.dims()[0];
     let [nf, tf, _] = g_forget.dims();
     let device = g_forget.device();
-    let g_forget =
-        if tf < tokens { Tensor::zeros([nf, tokens, width], &device).slice_assign([0..nf, 0..tf, 0..width], g_forget) } else { g_forget };
+    let g_forget = if tf < tokens {
+        Tensor::zeros([nf, tokens, width], &device).slice_assign([0..nf, 0..tf, 0..width], g_forget)
+    } else {
+        g_forget
+    };
     debug_assert_eq!(nr + nf, rows);
-    let d_pre =
-        need_pre.then(|| Tensor::cat(vec![Tensor::zeros([nr, tokens, width], &device), g_forget.clone()], 0).into_primitive().tensor());
+    let d_pre = need_pre.then(|| {
+        Tensor::cat(vec![Tensor::zeros([nr, tokens, width], &device), g_forget.clone()], 0)
+            .into_primitive()
+            .tensor()
+    });
     let d_res = Tensor::cat(vec![g_retain, g_forget], 0).into_primitive().tensor();
     [d_pre, Some(d_res)]
 }
@@ -203,8 +255,16 @@ fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> FloatTensor<B> {
 }
 
 /// Scores `[b, heads, tq, tk]`: `q_h k_hᵀ · scale + bias`.
-fn scores<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, bias: Option<FloatTensor<B>>, heads: usize, scale: f64) -> Tensor<B, 4> {
-    let scores = split_heads::<B>(q, heads).matmul(split_heads::<B>(k, heads).swap_dims(2, 3)).mul_scalar(scale);
+fn scores<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    heads: usize,
+    scale: f64,
+) -> Tensor<B, 4> {
+    let scores = split_heads::<B>(q, heads)
+        .matmul(split_heads::<B>(k, heads).swap_dims(2, 3))
+        .mul_scalar(scale);
     match bias {
         // The bias is built in f32; bf16 scores take it in their own type (libtorch would
         // promote the sum to f32 and then fail on the f32 × bf16 product with v).
@@ -224,7 +284,13 @@ pub fn attention<B: FusedOps>(
     heads: usize,
     scale: f64,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let d = AttentionDims::new(&q.shape(), &k.shape(), &v.shape(), mask.bias.as_ref().map(|b| b.shape()).as_ref(), heads);
+    let d = AttentionDims::new(
+        &q.shape(),
+        &k.shape(),
+        &v.shape(),
+        mask.bias.as_ref().map(|b| b.shape()).as_ref(),
+        heads,
+    );
     let bias = mask.folded(d.tq, d.tk, &B::float_device(&q)).bias;
     // burn's softmax, op for op (so ndarray's numbers do not move), keeping its max and sum.
     let s = scores::<B>(q, k, bias, heads, scale);
@@ -236,7 +302,10 @@ pub fn attention<B: FusedOps>(
     (out, Tensor::cat(vec![max, sum], 3).into_primitive().tensor())
 }
 
-pub fn attention_backward<B: FusedOps>(saved: AttentionSaved<B>, grad: FloatTensor<B>) -> [FloatTensor<B>; 3] {
+pub fn attention_backward<B: FusedOps>(
+    saved: AttentionSaved<B>,
+    grad: FloatTensor<B>,
+) -> [FloatTensor<B>; 3] {
     let saved = saved.unpacked();
     let heads = saved.heads();
     let [q, k, v] = saved.operands();
@@ -248,8 +317,11 @@ pub fn attention_backward<B: FusedOps>(saved: AttentionSaved<B>, grad: FloatTens
     let grad = split_heads::<B>(grad, heads);
     let dv = probs.clone().swap_dims(2, 3).matmul(grad.clone());
     let dprobs = grad.matmul(split_heads::<B>(v, heads).swap_dims(2, 3));
-    let dscores = tensor::<B, 4>(B::fused_softmax_backward(probs.into_primitive().tensor(), dprobs.into_primitive().tensor()))
-        .mul_scalar(saved.scale);
+    let dscores = tensor::<B, 4>(B::fused_softmax_backward(
+        probs.into_primitive().tensor(),
+        dprobs.into_primitive().tensor(),
+    ))
+    .mul_scalar(saved.scale);
     let dq = dscores.clone().matmul(split_heads::<B>(k, heads));
     let dk = dscores.swap_dims(2, 3).matmul(split_heads::<B>(q, heads));
     [merge_heads(dq), merge_heads(dk), merge_heads(dv)]

@@ -5,7 +5,10 @@ use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
 use burn_flex::{Flex, FlexTensor, Layout};
 
-use crate::{AttentionMask, AttentionSaved, FusedOps, GeluKind, fallback, flex_attention as attention, kernels};
+use crate::{
+    AttentionMask, AttentionSaved, FusedOps, GeluKind, fallback, flex_attention as attention,
+    kernels,
+};
 
 impl FusedOps for Flex {
     fn fused_gelu(x: FloatTensor<Self>, kind: GeluKind) -> FloatTensor<Self> {
@@ -17,7 +20,11 @@ impl FusedOps for Flex {
         flex_f32(kernels::gelu(f32s(&x), kind), shape)
     }
 
-    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, kind: GeluKind) -> FloatTensor<Self> {
+    fn fused_gelu_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        kind: GeluKind,
+    ) -> FloatTensor<Self> {
         if x.dtype() != DType::F32 || grad.dtype() != DType::F32 {
             return fallback::gelu_backward::<Self>(x, grad, kind);
         }
@@ -60,7 +67,10 @@ impl FusedOps for Flex {
         attention::forward(&q, &k, &v, mask.bias.as_ref(), mask.causal, heads, scale)
     }
 
-    fn fused_attention_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
+    fn fused_attention_backward(
+        saved: AttentionSaved<Self>,
+        grad: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 3] {
         let saved = saved.unpacked();
         if !flex_f32_saved(&saved, &grad) {
             return fallback::attention_backward::<Self>(saved, grad);
@@ -68,16 +78,29 @@ impl FusedOps for Flex {
         attention::backward(&saved, &grad)
     }
 
-    fn fused_attention_packed_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn fused_attention_packed_backward(
+        saved: AttentionSaved<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         if !flex_f32_saved(&saved, &grad) || saved.k.is_some() {
-            return Self::float_cat(Self::fused_attention_backward(saved.unpacked(), grad).to_vec(), 2);
+            return Self::float_cat(
+                Self::fused_attention_backward(saved.unpacked(), grad).to_vec(),
+                2,
+            );
         }
         attention::backward_packed(&saved, &grad)
     }
 }
 
 fn flex_f32_saved(saved: &AttentionSaved<Flex>, grad: &FlexTensor) -> bool {
-    all_f32(&[Some(&saved.q), saved.k.as_ref(), saved.v.as_ref(), saved.mask.bias.as_ref(), Some(&saved.stats), Some(grad)])
+    all_f32(&[
+        Some(&saved.q),
+        saved.k.as_ref(),
+        saved.v.as_ref(),
+        saved.mask.bias.as_ref(),
+        Some(&saved.stats),
+        Some(grad),
+    ])
 }
 
 /// Every tensor present is f32.

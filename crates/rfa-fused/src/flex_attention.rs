@@ -32,7 +32,11 @@ impl<'a> Operand<'a> {
     fn new(t: &'a FlexTensor) -> Self {
         let l = t.layout();
         let s = l.strides();
-        Self { data: t.storage::<f32>(), start: l.start_offset() as isize, strides: [s[0], s[1], s[2]] }
+        Self {
+            data: t.storage::<f32>(),
+            start: l.start_offset() as isize,
+            strides: [s[0], s[1], s[2]],
+        }
     }
 
     /// The `[seq, d]` block of head `h` (width `d`) in batch `b`.
@@ -72,7 +76,10 @@ const CAUSAL_BLOCK: usize = 64;
 /// The query row blocks `[r0, r1)` of a head and the keys `[0, n)` they see: one block of all
 /// keys without the causal flag, [`CAUSAL_BLOCK`] rows up to the last one's key with it (query
 /// `i` sees keys `j <= i`, top-left aligned).
-fn row_blocks(d: &AttentionDims, causal: bool) -> impl Iterator<Item = (usize, usize, usize)> + use<> {
+fn row_blocks(
+    d: &AttentionDims,
+    causal: bool,
+) -> impl Iterator<Item = (usize, usize, usize)> + use<> {
     let (tq, tk) = (d.tq, d.tk);
     let step = if causal { CAUSAL_BLOCK } else { tq.max(1) };
     (0..tq).step_by(step).map(move |r0| {
@@ -136,14 +143,19 @@ impl Bias {
         // A broadcast key dimension is expanded so that every row is a slice.
         let bias = if shape[3] == 1 && d.tk != 1 {
             let rows = [(shape[1] * shape[2]) as isize, shape[2] as isize, 1, 0];
-            let expanded = Layout::new(Shape::new([shape[0], shape[1], shape[2], d.tk]), rows.to_vec(), 0);
+            let expanded =
+                Layout::new(Shape::new([shape[0], shape[1], shape[2], d.tk]), rows.to_vec(), 0);
             bias.to_contiguous().with_layout(expanded).to_contiguous()
         } else {
             bias.to_contiguous()
         };
         let [b0, b1, b2] = [shape[0], shape[1], shape[2]];
         let tk = d.tk;
-        let strides = [if b0 == 1 { 0 } else { b1 * b2 * tk }, if b1 == 1 { 0 } else { b2 * tk }, if b2 == 1 { 0 } else { tk }];
+        let strides = [
+            if b0 == 1 { 0 } else { b1 * b2 * tk },
+            if b1 == 1 { 0 } else { b2 * tk },
+            if b2 == 1 { 0 } else { tk },
+        ];
         Self { t: bias, strides }
     }
 
@@ -153,7 +165,13 @@ impl Bias {
     }
 }
 
-fn dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, bias: Option<&FlexTensor>, heads: usize) -> AttentionDims {
+fn dims(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    heads: usize,
+) -> AttentionDims {
     AttentionDims::new(&q.shape(), &k.shape(), &v.shape(), bias.map(|b| b.shape()).as_ref(), heads)
 }
 
@@ -188,7 +206,10 @@ pub(super) fn forward(
     let mut stats = vec![0.0f32; tasks * d.tq * 2];
     if tasks * d.tq == 0 || d.tk == 0 {
         // No keys: a zero context (and rows that the backward pass treats as empty).
-        return (tensor(vec![0.0; d.batch * d.tq * cv], [d.batch, d.tq, cv]), tensor(stats, [d.batch, heads, d.tq, 2]));
+        return (
+            tensor(vec![0.0; d.batch * d.tq * cv], [d.batch, d.tq, cv]),
+            tensor(stats, [d.batch, heads, d.tq, 2]),
+        );
     }
     let (qo, ko, vo) = (Operand::new(q), Operand::new(k), Operand::new(v));
     let bias = bias.map(|b| Bias::new(b, &d));
@@ -201,7 +222,12 @@ pub(super) fn forward(
                     let pt = scores(&d, &qo, &ko, bias.as_ref(), scale, b, h, s, (r0, r1, n));
                     if causal {
                         causal_rows(&d, s, (r0, r1, n), |i, row| {
-                            super::kernels::biased_softmax_rows(row, row.len(), |_| pt(i), &mut st[2 * i..2 * i + 2])
+                            super::kernels::biased_softmax_rows(
+                                row,
+                                row.len(),
+                                |_| pt(i),
+                                &mut st[2 * i..2 * i + 2],
+                            )
                         });
                     } else {
                         super::kernels::biased_softmax_rows(s, d.tk, pt, st);
@@ -212,7 +238,17 @@ pub(super) fn forward(
                     unsafe {
                         let dst = out.at((b * d.tq + r0) * cv + h * d.dv);
                         let vh = (vo.head(b, h, d.dv), vo.row_stride(), vo.col_stride());
-                        product(r1 - r0, d.dv, n, dst, cv, (s.as_ptr().add(r0 * d.tk), d.tk as isize, 1), vh, 1.0, false);
+                        product(
+                            r1 - r0,
+                            d.dv,
+                            n,
+                            dst,
+                            cv,
+                            (s.as_ptr().add(r0 * d.tk), d.tk as isize, 1),
+                            vh,
+                            1.0,
+                            false,
+                        );
                     }
                 }
             },
@@ -242,7 +278,17 @@ fn scores<'a>(
     unsafe {
         let kt = (ko.head(b, h, d.dk), ko.col_stride(), ko.row_stride());
         let qh = qo.head(b, h, d.dk).wrapping_offset(r0 as isize * qo.row_stride());
-        product(r1 - r0, n, d.dk, s.as_mut_ptr().add(r0 * d.tk), d.tk, (qh, qo.row_stride(), qo.col_stride()), kt, scale as f32, false);
+        product(
+            r1 - r0,
+            n,
+            d.dk,
+            s.as_mut_ptr().add(r0 * d.tk),
+            d.tk,
+            (qh, qo.row_stride(), qo.col_stride()),
+            kt,
+            scale as f32,
+            false,
+        );
     }
     let tk = d.tk;
     move |i| bias.map(|bias| bias.row(b, h, i, tk))
@@ -251,7 +297,12 @@ fn scores<'a>(
 /// Under the causal flag, turns the scores of rows `r0..r1` (keys `0..n`) into weights:
 /// `softmax(i, keys)` on the keys `0..=i` row `i` sees, zero weight on the rest of the block's
 /// `n` columns (the next products read them).
-fn causal_rows(d: &AttentionDims, s: &mut [f32], (r0, r1, n): (usize, usize, usize), mut softmax: impl FnMut(usize, &mut [f32])) {
+fn causal_rows(
+    d: &AttentionDims,
+    s: &mut [f32],
+    (r0, r1, n): (usize, usize, usize),
+    mut softmax: impl FnMut(usize, &mut [f32]),
+) {
     for i in r0..r1 {
         let row = &mut s[i * d.tk..i * d.tk + n];
         let seen = (i + 1).min(n);
@@ -269,10 +320,16 @@ pub(super) fn backward(saved: &AttentionSaved<Flex>, grad: &FlexTensor) -> [Flex
     let (mut dq, mut dk) = (Vec::new(), Vec::new());
     let dv = written(d.batch * d.tk * cv, |dv| {
         dk = written(d.batch * d.tk * c, |dk| {
-            dq = written(d.batch * d.tq * c, |dq| backward_into(&d, [&q, &k, &v], saved, grad, [(dq, c), (dk, c), (dv, cv)]));
+            dq = written(d.batch * d.tq * c, |dq| {
+                backward_into(&d, [&q, &k, &v], saved, grad, [(dq, c), (dk, c), (dv, cv)])
+            });
         });
     });
-    [tensor(dq, [d.batch, d.tq, c]), tensor(dk, [d.batch, d.tk, c]), tensor(dv, [d.batch, d.tk, cv])]
+    [
+        tensor(dq, [d.batch, d.tq, c]),
+        tensor(dk, [d.batch, d.tk, c]),
+        tensor(dv, [d.batch, d.tk, cv]),
+    ]
 }
 
 /// The gradient of the packed `[b, t, 3c]` projection in `saved.q` (q, k, v side by side),
@@ -283,13 +340,27 @@ pub(super) fn backward_packed(saved: &AttentionSaved<Flex>, grad: &FlexTensor) -
     let c = w / 3;
     let (q, k, v) = (qkv.narrow(2, 0, c), qkv.narrow(2, c, c), qkv.narrow(2, 2 * c, c));
     let d = dims(&q, &k, &v, None, saved.heads());
-    let g = written(b * t * w, |g| backward_into(&d, [&q, &k, &v], saved, grad, [(g, w), (Out(g.at(c)), w), (Out(g.at(2 * c)), w)]));
+    let g = written(b * t * w, |g| {
+        backward_into(
+            &d,
+            [&q, &k, &v],
+            saved,
+            grad,
+            [(g, w), (Out(g.at(c)), w), (Out(g.at(2 * c)), w)],
+        )
+    });
     tensor(g, [b, t, w])
 }
 
 /// Writes the gradients of q, k, v into `dst`: for each, the pointer to its (batch 0, row 0,
 /// column 0) element and the row stride of the `[b, t, ·]` buffer (rows consecutive per batch).
-fn backward_into(d: &AttentionDims, [q, k, v]: [&FlexTensor; 3], saved: &AttentionSaved<Flex>, grad: &FlexTensor, dst: [(Out, usize); 3]) {
+fn backward_into(
+    d: &AttentionDims,
+    [q, k, v]: [&FlexTensor; 3],
+    saved: &AttentionSaved<Flex>,
+    grad: &FlexTensor,
+    dst: [(Out, usize); 3],
+) {
     let heads = d.heads;
     let (c, cv, tasks, block) = (heads * d.dk, heads * d.dv, d.batch * heads, d.tq * d.tk);
     let [(dq, rq), (dk, rk), (dv, rv)] = dst;
@@ -304,8 +375,16 @@ fn backward_into(d: &AttentionDims, [q, k, v]: [&FlexTensor; 3], saved: &Attenti
         return;
     }
     let (stats, grad) = (saved.stats.to_contiguous(), grad.to_contiguous());
-    assert_eq!(stats.shape().dims::<4>(), [d.batch, heads, d.tq, 2], "attention backward: row statistics of the wrong shape");
-    assert_eq!(grad.shape().dims::<3>(), [d.batch, d.tq, cv], "attention backward: gradient of the wrong shape");
+    assert_eq!(
+        stats.shape().dims::<4>(),
+        [d.batch, heads, d.tq, 2],
+        "attention backward: row statistics of the wrong shape"
+    );
+    assert_eq!(
+        grad.shape().dims::<3>(),
+        [d.batch, d.tq, cv],
+        "attention backward: gradient of the wrong shape"
+    );
     let (qo, ko, vo) = (Operand::new(q), Operand::new(k), Operand::new(v));
     let bias = saved.mask.bias.as_ref().map(|b| Bias::new(b, d));
     let (st, g) = (stats.storage::<f32>(), grad.storage::<f32>());
@@ -321,7 +400,9 @@ fn backward_into(d: &AttentionDims, [q, k, v]: [&FlexTensor; 3], saved: &Attenti
                 for (out, rs, width, w0) in [(dk, rk, d.dk, h * d.dk), (dv, rv, d.dv, h * d.dv)] {
                     for r in 0..d.tk {
                         // SAFETY: row r of batch b holds this head's `width` columns from w0.
-                        unsafe { std::ptr::write_bytes(out.at((b * d.tk + r) * rs + w0), 0, width) };
+                        unsafe {
+                            std::ptr::write_bytes(out.at((b * d.tk + r) * rs + w0), 0, width)
+                        };
                     }
                 }
             }
@@ -331,7 +412,12 @@ fn backward_into(d: &AttentionDims, [q, k, v]: [&FlexTensor; 3], saved: &Attenti
                 let pt = scores(d, &qo, &ko, bias.as_ref(), scale, b, h, p, (r0, r1, n));
                 if causal {
                     causal_rows(d, p, (r0, r1, n), |i, row| {
-                        super::kernels::biased_softmax_rows_from(row, row.len(), |_| pt(i), &st[2 * i..2 * i + 2])
+                        super::kernels::biased_softmax_rows_from(
+                            row,
+                            row.len(),
+                            |_| pt(i),
+                            &st[2 * i..2 * i + 2],
+                        )
                     });
                 } else {
                     super::kernels::biased_softmax_rows_from(p, d.tk, pt, st);
@@ -354,7 +440,12 @@ fn backward_into(d: &AttentionDims, [q, k, v]: [&FlexTensor; 3], saved: &Attenti
                 if causal {
                     for i in r0..r1 {
                         let row = i * d.tk..i * d.tk + n;
-                        super::kernels::softmax_rows_grad_in_place(&p[row.clone()], &mut ds[row], n, scale as f32);
+                        super::kernels::softmax_rows_grad_in_place(
+                            &p[row.clone()],
+                            &mut ds[row],
+                            n,
+                            scale as f32,
+                        );
                     }
                 } else {
                     super::kernels::softmax_rows_grad_in_place(p, ds, d.tk, scale as f32);
@@ -363,8 +454,22 @@ fn backward_into(d: &AttentionDims, [q, k, v]: [&FlexTensor; 3], saved: &Attenti
                     // dQ_block = dS_block · K_h[0..n],  dK_h[0..n] (+)= dS_blockᵀ · Q_block
                     let kh = (ko.head(b, h, d.dk), ko.row_stride(), ko.col_stride());
                     let dsr = (ds.as_ptr().add(at), d.tk as isize, 1);
-                    product(m, d.dk, n, dq.at((b * d.tq + r0) * rq + h * d.dk), rq, dsr, kh, 1.0, false);
-                    let qh = (qo.head(b, h, d.dk).wrapping_offset(r0 as isize * qo.row_stride()), qo.row_stride(), qo.col_stride());
+                    product(
+                        m,
+                        d.dk,
+                        n,
+                        dq.at((b * d.tq + r0) * rq + h * d.dk),
+                        rq,
+                        dsr,
+                        kh,
+                        1.0,
+                        false,
+                    );
+                    let qh = (
+                        qo.head(b, h, d.dk).wrapping_offset(r0 as isize * qo.row_stride()),
+                        qo.row_stride(),
+                        qo.col_stride(),
+                    );
                     let ds_t = (ds.as_ptr().add(at), 1, d.tk as isize);
                     product(n, d.dk, m, dk.at(b * d.tk * rk + h * d.dk), rk, ds_t, qh, 1.0, causal);
                 }

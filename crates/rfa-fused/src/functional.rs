@@ -10,9 +10,19 @@ pub fn gelu<B: FusedOps, const D: usize>(x: Tensor<B, D>, kind: GeluKind) -> Ten
 }
 
 /// LayerNorm over the last dimension; see [`FusedOps::fused_layer_norm`].
-pub fn layer_norm<B: FusedOps, const D: usize>(x: Tensor<B, D>, gamma: Tensor<B, 1>, beta: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+pub fn layer_norm<B: FusedOps, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
     let p = |t: Tensor<B, 1>| t.into_primitive().tensor();
-    Tensor::from_primitive(TensorPrimitive::Float(B::fused_layer_norm(x.into_primitive().tensor(), p(gamma), p(beta), eps)))
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_layer_norm(
+        x.into_primitive().tensor(),
+        p(gamma),
+        p(beta),
+        eps,
+    )))
 }
 
 /// RFA's two terms for one adapted layer over a pass of the retain and the forget batch
@@ -37,11 +47,21 @@ pub fn tap_terms<B: FusedOps>(
         "tap_terms: {} retain rows of {rows} leaves a batch empty",
         split.retain_rows
     );
-    assert_eq!(pre.dims(), res.dims(), "tap_terms: pre-trained and residual features differ in shape");
+    assert_eq!(
+        pre.dims(),
+        res.dims(),
+        "tap_terms: pre-trained and residual features differ in shape"
+    );
     let [wr, wf] = weights.map(|w| w.map(|w| w.into_primitive().tensor()));
     let w = TapWeights { retain: wr, forget: wf };
     let p = |x: Tensor<B, 3>| x.into_primitive().tensor();
-    Tensor::from_primitive(TensorPrimitive::Float(B::fused_tap_terms(p(pre), p(res), p(mu), w, split)))
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_tap_terms(
+        p(pre),
+        p(res),
+        p(mu),
+        w,
+        split,
+    )))
 }
 
 /// Softmax over the last dimension of a tensor of any rank.
@@ -60,7 +80,14 @@ pub fn attention<B: FusedOps>(
     scale: f64,
 ) -> Tensor<B, 3> {
     let p = |x: Tensor<B, 3>| x.into_primitive().tensor();
-    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(p(q), p(k), p(v), AttentionMask::of(bias, causal), heads, scale)))
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention(
+        p(q),
+        p(k),
+        p(v),
+        AttentionMask::of(bias, causal),
+        heads,
+        scale,
+    )))
 }
 
 /// Multi-head attention over a packed `[batch, seq, 3 · hidden]` projection; see
@@ -73,5 +100,10 @@ pub fn attention_packed<B: FusedOps>(
     scale: f64,
 ) -> Tensor<B, 3> {
     let mask = AttentionMask::of(bias, causal);
-    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention_packed(qkv.into_primitive().tensor(), mask, heads, scale)))
+    Tensor::from_primitive(TensorPrimitive::Float(B::fused_attention_packed(
+        qkv.into_primitive().tensor(),
+        mask,
+        heads,
+        scale,
+    )))
 }

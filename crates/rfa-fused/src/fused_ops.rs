@@ -3,7 +3,9 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 
-use crate::{AttentionMask, AttentionSaved, GeluKind, LayerNormSaved, TapSplit, TapWeights, fallback};
+use crate::{
+    AttentionMask, AttentionSaved, GeluKind, LayerNormSaved, TapSplit, TapWeights, fallback,
+};
 
 /// The fused operations the models call; see the module documentation.
 pub trait FusedOps: Backend {
@@ -12,7 +14,11 @@ pub trait FusedOps: Backend {
     }
 
     /// `grad · gelu'(x)`.
-    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, kind: GeluKind) -> FloatTensor<Self> {
+    fn fused_gelu_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        kind: GeluKind,
+    ) -> FloatTensor<Self> {
         fallback::gelu_backward::<Self>(x, grad, kind)
     }
 
@@ -67,28 +73,44 @@ pub trait FusedOps: Backend {
     }
 
     /// The gradients of `q`, `k` and `v` from the output's gradient.
-    fn fused_attention_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> [FloatTensor<Self>; 3] {
+    fn fused_attention_backward(
+        saved: AttentionSaved<Self>,
+        grad: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 3] {
         fallback::attention_backward::<Self>(saved, grad)
     }
 
     /// Attention over a packed projection `[b, t, 3c]`: q, k and v side by side (GPT-2's
     /// `c_attn`). One autodiff node for the projection, so that its gradient is written once
     /// instead of as three zero-padded slices that are then added up.
-    fn fused_attention_packed(qkv: FloatTensor<Self>, mask: AttentionMask<Self>, heads: usize, scale: f64) -> FloatTensor<Self> {
+    fn fused_attention_packed(
+        qkv: FloatTensor<Self>,
+        mask: AttentionMask<Self>,
+        heads: usize,
+        scale: f64,
+    ) -> FloatTensor<Self> {
         let [q, k, v] = fallback::unpack::<Self>(qkv);
         Self::fused_attention(q, k, v, mask, heads, scale)
     }
 
     /// The gradient of the packed projection (`saved.q` holds it, `k` and `v` are unused):
     /// those of q, k and v side by side.
-    fn fused_attention_packed_backward(saved: AttentionSaved<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn fused_attention_packed_backward(
+        saved: AttentionSaved<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         Self::float_cat(Self::fused_attention_backward(saved.unpacked(), grad).to_vec(), 2)
     }
 
     /// LayerNorm over the last dimension: `(x − mean) / sqrt(var + eps) · gamma + beta`
     /// (Hugging Face's and burn's). By default the backend's own `layer_norm`, which is what
     /// burn's `nn::LayerNorm` runs.
-    fn fused_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         Self::layer_norm(x, gamma, Some(beta), eps)
     }
 
@@ -116,7 +138,11 @@ pub trait FusedOps: Backend {
 
     /// The gradients of x, gamma and beta (those `need`ed: LayerNorm weights are frozen under
     /// LoRA) from the output's gradient.
-    fn fused_layer_norm_backward(saved: LayerNormSaved<Self>, grad: FloatTensor<Self>, need: [bool; 3]) -> [Option<FloatTensor<Self>>; 3] {
+    fn fused_layer_norm_backward(
+        saved: LayerNormSaved<Self>,
+        grad: FloatTensor<Self>,
+        need: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3] {
         fallback::layer_norm_backward::<Self>(saved, grad, need)
     }
 

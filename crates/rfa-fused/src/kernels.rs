@@ -22,7 +22,9 @@ macro_rules! with_simd {
             fn avx2<R>(f: impl FnOnce() -> R) -> R {
                 f()
             }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 let f = || $body;
                 // SAFETY: the CPU supports the features the function is compiled for.
                 unsafe { avx2(f) }
@@ -53,7 +55,10 @@ pub fn exp(x: f32) -> f32 {
     let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
     let n = t - 12_582_912.0;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 0.166_666_65)
+        * r
+        + 0.5;
     let p = p * r * r + r + 1.0;
     let scale = f32::from_bits(((t.to_bits() as i32 - 0x4B40_0000 + 127) << 23) as u32);
     select(tiny, 0.0, p * scale)
@@ -64,7 +69,9 @@ pub fn exp(x: f32) -> f32 {
 fn erf_and_gauss(x: f32) -> (f32, f32) {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * z);
-    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6) * t;
+    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t
+        + 0.254_829_6)
+        * t;
     let g = exp(-z * z);
     ((1.0 - poly * g).copysign(x), g)
 }
@@ -105,7 +112,10 @@ fn gelu_tanh_grad(x: f32) -> f32 {
 /// A vector of `n` values each written exactly once by `fill`, blocks in parallel.
 fn build(n: usize, block: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
     let mut out: Vec<f32> = Vec::with_capacity(n);
-    out.spare_capacity_mut()[..n].par_chunks_mut(block.max(1)).enumerate().for_each(|(i, chunk)| fill(i * block, chunk));
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(block.max(1))
+        .enumerate()
+        .for_each(|(i, chunk)| fill(i * block, chunk));
     // SAFETY: every element of [0, n) was written by `fill` (the chunks cover it).
     unsafe { out.set_len(n) };
     out
@@ -130,12 +140,16 @@ pub fn gelu_backward(x: &[f32], grad: &[f32], kind: GeluKind) -> Vec<f32> {
     build(x.len(), BLOCK, |start, out| {
         let (x, g) = (&x[start..start + out.len()], &grad[start..start + out.len()]);
         match kind {
-            GeluKind::Erf => with_simd!(out.iter_mut().zip(x.iter().zip(g)).for_each(|(o, (&v, &g))| {
-                o.write(g * gelu_erf_grad(v));
-            })),
-            GeluKind::Tanh => with_simd!(out.iter_mut().zip(x.iter().zip(g)).for_each(|(o, (&v, &g))| {
-                o.write(g * gelu_tanh_grad(v));
-            })),
+            GeluKind::Erf => {
+                with_simd!(out.iter_mut().zip(x.iter().zip(g)).for_each(|(o, (&v, &g))| {
+                    o.write(g * gelu_erf_grad(v));
+                }))
+            }
+            GeluKind::Tanh => {
+                with_simd!(out.iter_mut().zip(x.iter().zip(g)).for_each(|(o, (&v, &g))| {
+                    o.write(g * gelu_tanh_grad(v));
+                }))
+            }
         }
     })
 }
@@ -227,13 +241,15 @@ pub fn softmax_rows_backward(y: &[f32], grad: &[f32], last: usize) -> Vec<f32> {
     }
     build(y.len(), row_block(last), |start, out| {
         let (y, g) = (&y[start..start + out.len()], &grad[start..start + out.len()]);
-        with_simd!(for ((o, y), g) in out.chunks_mut(last).zip(y.chunks(last)).zip(g.chunks(last)) {
-            for (o, &g) in o.iter_mut().zip(g) {
-                o.write(g);
+        with_simd!(
+            for ((o, y), g) in out.chunks_mut(last).zip(y.chunks(last)).zip(g.chunks(last)) {
+                for (o, &g) in o.iter_mut().zip(g) {
+                    o.write(g);
+                }
+                // SAFETY: the loop above wrote the whole row.
+                softmax_row_grad(y, unsafe { assume_init(o) }, 1.0);
             }
-            // SAFETY: the loop above wrote the whole row.
-            softmax_row_grad(y, unsafe { assume_init(o) }, 1.0);
-        })
+        )
     })
 }
 
@@ -248,7 +264,12 @@ fn add_row(r: &mut [f32], b: Option<&[f32]>) {
 
 /// The rows `[rows, last]` of attention scores in place: `bias(i)` added to row `i` where
 /// there is one, then softmax; each row's max and sum go to `stats` (pairs).
-pub(crate) fn biased_softmax_rows<'a>(s: &mut [f32], last: usize, bias: impl Fn(usize) -> Option<&'a [f32]>, stats: &mut [f32]) {
+pub(crate) fn biased_softmax_rows<'a>(
+    s: &mut [f32],
+    last: usize,
+    bias: impl Fn(usize) -> Option<&'a [f32]>,
+    stats: &mut [f32],
+) {
     with_simd!(for (i, r) in s.chunks_mut(last.max(1)).enumerate() {
         add_row(r, bias(i));
         let (m, sum) = softmax_row(r);
@@ -259,7 +280,12 @@ pub(crate) fn biased_softmax_rows<'a>(s: &mut [f32], last: usize, bias: impl Fn(
 
 /// The same softmax from the rows' stored max and sum (pairs in `stats`): the weights of
 /// [`biased_softmax_rows`] again, bit for bit, without a max or sum pass.
-pub(crate) fn biased_softmax_rows_from<'a>(s: &mut [f32], last: usize, bias: impl Fn(usize) -> Option<&'a [f32]>, stats: &[f32]) {
+pub(crate) fn biased_softmax_rows_from<'a>(
+    s: &mut [f32],
+    last: usize,
+    bias: impl Fn(usize) -> Option<&'a [f32]>,
+    stats: &[f32],
+) {
     with_simd!(for (i, r) in s.chunks_mut(last.max(1)).enumerate() {
         add_row(r, bias(i));
         let m = stats[2 * i];

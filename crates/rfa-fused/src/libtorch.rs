@@ -33,7 +33,9 @@ use burn::backend::libtorch::TchTensor;
 use burn::tensor::TensorMetadata;
 use tch::{Device, Kind, Tensor};
 
-use super::{AttentionDims, AttentionMask, AttentionSaved, FusedOps, GeluKind, LayerNormSaved, fallback};
+use super::{
+    AttentionDims, AttentionMask, AttentionSaved, FusedOps, GeluKind, LayerNormSaved, fallback,
+};
 
 /// libtorch's name for the GELU variant.
 fn approximate(kind: GeluKind) -> &'static str {
@@ -82,7 +84,10 @@ fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, dims: &AttentionDims) -> Option<Ke
         return None;
     }
     let kind = q.kind();
-    if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half) || k.kind() != kind || v.kind() != kind {
+    if !matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half)
+        || k.kind() != kind
+        || v.kind() != kind
+    {
         return None;
     }
     // Both kernels read each head's rows as contiguous vectors.
@@ -126,7 +131,9 @@ fn efficient_bias(bias: &Tensor, dims: &AttentionDims, kind: Kind) -> Tensor {
     let full = [dims.batch, dims.heads, dims.tq, dims.tk].map(|d| d as i64);
     let tk = full[3];
     let bias = bias.to_kind(kind);
-    let aligned = bias.size()[3] == tk && bias.stride()[3] == 1 && bias.stride().iter().all(|s| s % 16 == 0 || *s == 1);
+    let aligned = bias.size()[3] == tk
+        && bias.stride()[3] == 1
+        && bias.stride().iter().all(|s| s % 16 == 0 || *s == 1);
     let bias = if aligned && tk % 16 == 0 {
         bias
     } else {
@@ -168,14 +175,31 @@ fn sdpa_forward(
     let (out, lse) = match kernel {
         Kernel::CpuFlash => {
             let bias = bias.map(|b| b.to_kind(q.kind()));
-            Tensor::f_internal_scaled_dot_product_flash_attention_for_cpu(&qh, &kh, &vh, 0.0, causal, bias.as_ref(), scale)
-                .unwrap_or_else(|e| kernel_failed("CPU flash, forward", e))
+            Tensor::f_internal_scaled_dot_product_flash_attention_for_cpu(
+                &qh,
+                &kh,
+                &vh,
+                0.0,
+                causal,
+                bias.as_ref(),
+                scale,
+            )
+            .unwrap_or_else(|e| kernel_failed("CPU flash, forward", e))
         }
         Kernel::CudaEfficient => {
             let bias = bias.map(|b| efficient_bias(b, dims, q.kind()));
             let (out, lse, _seed, _offset) =
-                Tensor::f_internal_scaled_dot_product_efficient_attention(&qh, &kh, &vh, bias.as_ref(), true, 0.0, causal, scale)
-                    .unwrap_or_else(|e| kernel_failed("CUDA memory-efficient, forward", e));
+                Tensor::f_internal_scaled_dot_product_efficient_attention(
+                    &qh,
+                    &kh,
+                    &vh,
+                    bias.as_ref(),
+                    true,
+                    0.0,
+                    causal,
+                    scale,
+                )
+                .unwrap_or_else(|e| kernel_failed("CUDA memory-efficient, forward", e));
             (out, lse)
         }
     };
@@ -197,19 +221,20 @@ fn sdpa_backward(
     let (dq, dk, dv) = match kernel {
         Kernel::CpuFlash => {
             let bias = bias.map(|b| b.to_kind(q.kind()));
-            let (dq, dk, dv) = Tensor::f_internal_scaled_dot_product_flash_attention_for_cpu_backward(
-                &heads_first(grad, h),
-                &heads_first(q, h),
-                &heads_first(k, h),
-                &heads_first(v, h),
-                &heads_first(out, h),
-                &lse,
-                0.0,
-                causal,
-                bias.as_ref(),
-                saved.scale,
-            )
-            .unwrap_or_else(|e| kernel_failed("CPU flash, backward", e));
+            let (dq, dk, dv) =
+                Tensor::f_internal_scaled_dot_product_flash_attention_for_cpu_backward(
+                    &heads_first(grad, h),
+                    &heads_first(q, h),
+                    &heads_first(k, h),
+                    &heads_first(v, h),
+                    &heads_first(out, h),
+                    &lse,
+                    0.0,
+                    causal,
+                    bias.as_ref(),
+                    saved.scale,
+                )
+                .unwrap_or_else(|e| kernel_failed("CPU flash, backward", e));
             (merge(dq), merge(dk), merge(dv))
         }
         Kernel::CudaEfficient => {
@@ -251,7 +276,13 @@ fn sdpa_backward(
     [dq, dk, dv]
 }
 
-fn dims_of(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, heads: usize) -> AttentionDims {
+fn dims_of(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    heads: usize,
+) -> AttentionDims {
     let shape = |x: &Tensor| burn::tensor::Shape::from(x.size());
     AttentionDims::new(&shape(q), &shape(k), &shape(v), bias.map(shape).as_ref(), heads)
 }
@@ -286,7 +317,16 @@ impl FusedOps for LibTorch<f32> {
         let dims = dims_of(&q.tensor, &k.tensor, &v.tensor, bias, heads);
         match kernel(&q.tensor, &k.tensor, &v.tensor, &dims) {
             Some(kernel) => {
-                let (out, lse) = sdpa_forward(&q.tensor, &k.tensor, &v.tensor, bias, mask.causal, &dims, scale, kernel);
+                let (out, lse) = sdpa_forward(
+                    &q.tensor,
+                    &k.tensor,
+                    &v.tensor,
+                    bias,
+                    mask.causal,
+                    &dims,
+                    scale,
+                    kernel,
+                );
                 (TchTensor::new(out), TchTensor::new(lse.unsqueeze(3)))
             }
             None => fallback::attention::<Self>(q, k, v, mask, heads, scale),
@@ -313,7 +353,8 @@ impl FusedOps for LibTorch<f32> {
             _ => Kernel::CudaEfficient,
         };
         // Autodiff may hand over a broadcast (zero-stride) gradient.
-        sdpa_backward(&saved, &qkv, &out, &grad.tensor.contiguous(), &dims, kernel).map(TchTensor::new)
+        sdpa_backward(&saved, &qkv, &out, &grad.tensor.contiguous(), &dims, kernel)
+            .map(TchTensor::new)
     }
 
     fn fused_layer_norm(x: TchTensor, gamma: TchTensor, beta: TchTensor, eps: f64) -> TchTensor {
@@ -335,15 +376,33 @@ impl FusedOps for LibTorch<f32> {
 
     /// PyTorch's LayerNorm kernel (one pass instead of burn's nine), keeping x and the per-row
     /// mean and 1/std it returns.
-    fn fused_layer_norm_forward(x: TchTensor, gamma: TchTensor, beta: TchTensor, eps: f64) -> (TchTensor, LayerNormSaved<Self>) {
+    fn fused_layer_norm_forward(
+        x: TchTensor,
+        gamma: TchTensor,
+        beta: TchTensor,
+        eps: f64,
+    ) -> (TchTensor, LayerNormSaved<Self>) {
         let d = last_dim(&x.tensor);
-        let (y, mean, rstd) = x.tensor.native_layer_norm([d], Some(&gamma.tensor), Some(&beta.tensor), eps);
-        (TchTensor::new(y), LayerNormSaved { kept: x, stats: vec![TchTensor::new(mean), TchTensor::new(rstd)], gamma, beta })
+        let (y, mean, rstd) =
+            x.tensor.native_layer_norm([d], Some(&gamma.tensor), Some(&beta.tensor), eps);
+        (
+            TchTensor::new(y),
+            LayerNormSaved {
+                kept: x,
+                stats: vec![TchTensor::new(mean), TchTensor::new(rstd)],
+                gamma,
+                beta,
+            },
+        )
     }
 
     /// tch has no binding for `native_layer_norm_backward`: the analytic gradients in a few
     /// libtorch ops on the kept x, mean and 1/std.
-    fn fused_layer_norm_backward(saved: LayerNormSaved<Self>, grad: TchTensor, need: [bool; 3]) -> [Option<TchTensor>; 3] {
+    fn fused_layer_norm_backward(
+        saved: LayerNormSaved<Self>,
+        grad: TchTensor,
+        need: [bool; 3],
+    ) -> [Option<TchTensor>; 3] {
         let (x, grad) = (&saved.kept.tensor, &grad.tensor);
         let (mean, rstd) = (&saved.stats[0].tensor, &saved.stats[1].tensor);
         let xhat = (x - mean) * rstd;

@@ -8,7 +8,10 @@ use burn::tensor::backend::Backend;
 
 /// KL(teacher ‖ student) summed over the output space, mean over rows. Both arguments are
 /// log-probabilities `[rows, outputs]`; the teacher is a constant (M0 for SCRUB).
-pub fn kl_divergence<B: Backend>(teacher_logp: Tensor<B, 2>, student_logp: Tensor<B, 2>) -> Tensor<B, 1> {
+pub fn kl_divergence<B: Backend>(
+    teacher_logp: Tensor<B, 2>,
+    student_logp: Tensor<B, 2>,
+) -> Tensor<B, 1> {
     let n = teacher_logp.dims()[0].max(1);
     (teacher_logp.clone().exp() * (teacher_logp - student_logp)).sum().div_scalar(n as f64)
 }

@@ -66,7 +66,12 @@ pub struct RfaObjective {
 
 impl Default for RfaObjective {
     fn default() -> Self {
-        Self { lambda: 1.0, layer_weights: Vec::new(), target: TargetStrategy::GlobalMean, retain_task_weight: 0.0 }
+        Self {
+            lambda: 1.0,
+            layer_weights: Vec::new(),
+            target: TargetStrategy::GlobalMean,
+            retain_task_weight: 0.0,
+        }
     }
 }
 
@@ -76,8 +81,10 @@ impl RfaObjective {
     }
 
     fn check(&self, what: &'static str, taps: usize, layers: usize) -> Result<(), LossError> {
-        if taps != layers || (!self.layer_weights.is_empty() && self.layer_weights.len() != layers) {
-            let expected = if self.layer_weights.is_empty() { layers } else { self.layer_weights.len() };
+        if taps != layers || (!self.layer_weights.is_empty() && self.layer_weights.len() != layers)
+        {
+            let expected =
+                if self.layer_weights.is_empty() { layers } else { self.layer_weights.len() };
             return Err(LossError::LayerCount { what, expected, found: taps });
         }
         Ok(())
@@ -85,10 +92,16 @@ impl RfaObjective {
 
     /// Retain term: `(1/|L|) Σ_l w_l · mean ||r_l||²` over the retain batch's taps.
     /// `mask [batch, seq]` (1 = real token) excludes padding from the mean.
-    pub fn retain_loss<B: Backend>(&self, taps: &[Tap<B>], mask: Option<&Tensor<B, 2>>) -> Result<Tensor<B, 1>, LossError> {
+    pub fn retain_loss<B: Backend>(
+        &self,
+        taps: &[Tap<B>],
+        mask: Option<&Tensor<B, 2>>,
+    ) -> Result<Tensor<B, 1>, LossError> {
         self.check("retain taps", taps.len(), taps.len())?;
         let n = taps.len() as f64;
-        let terms = taps.iter().enumerate().map(|(l, t)| masked_mean_sq_norm(t.residual.clone(), mask).mul_scalar(self.weight(l) / n));
+        let terms = taps.iter().enumerate().map(|(l, t)| {
+            masked_mean_sq_norm(t.residual.clone(), mask).mul_scalar(self.weight(l) / n)
+        });
         Ok(sum(terms, &taps[0].residual.device()))
     }
 
@@ -154,17 +167,23 @@ impl RfaObjective {
         self.check("taps", taps.len(), targets.len())?;
         if !one_node {
             let s = SplitTaps::new(taps, split, mask)?;
-            return self.total(&s.retain, s.retain_mask.as_ref(), &s.forget, targets, s.forget_mask.as_ref());
+            return self.total(
+                &s.retain,
+                s.retain_mask.as_ref(),
+                &s.forget,
+                targets,
+                s.forget_mask.as_ref(),
+            );
         }
         let [retain_mask, forget_mask] = split_masks(taps, split, mask)?;
         // A mask divided by its count: the weighted sum is the masked mean.
         let weights = |m: Option<Tensor<B, 2>>| m.map(|m| m.clone() / m.sum().reshape([1, 1]));
         let w = [weights(retain_mask), weights(forget_mask)];
         let n = taps.len() as f64;
-        let terms =
-            taps.iter().zip(targets).enumerate().map(|(l, (t, mu))| {
-                tap_terms(t.pre.clone(), t.residual.clone(), mu.clone(), w.clone(), split).mul_scalar(self.weight(l) / n)
-            });
+        let terms = taps.iter().zip(targets).enumerate().map(|(l, (t, mu))| {
+            tap_terms(t.pre.clone(), t.residual.clone(), mu.clone(), w.clone(), split)
+                .mul_scalar(self.weight(l) / n)
+        });
         let both = sum(terms, &taps[0].pre.device());
         let (retain, forget) = (both.clone().narrow(0, 0, 1), both.narrow(0, 1, 1));
         let total = retain.clone() + forget.clone().mul_scalar(self.lambda);
@@ -182,24 +201,36 @@ pub struct SplitTaps<B: Backend> {
 }
 
 impl<B: Backend> SplitTaps<B> {
-    pub fn new(taps: &[Tap<B>], split: TapSplit, mask: Option<&Tensor<B, 2>>) -> Result<Self, LossError> {
+    pub fn new(
+        taps: &[Tap<B>],
+        split: TapSplit,
+        mask: Option<&Tensor<B, 2>>,
+    ) -> Result<Self, LossError> {
         let [retain_mask, forget_mask] = split_masks(taps, split, mask)?;
         let (retain, forget) = Tap::split_rows(taps, split.retain_rows);
-        let forget =
-            if split.forget_first_token_only { forget.into_iter().map(|t| t.map(|x| x.narrow(1, 0, 1))).collect() } else { forget };
+        let forget = if split.forget_first_token_only {
+            forget.into_iter().map(|t| t.map(|x| x.narrow(1, 0, 1))).collect()
+        } else {
+            forget
+        };
         Ok(Self { retain, forget, retain_mask, forget_mask })
     }
 }
 
 /// The padding masks the retain and the forget term read (none for a first-token-only forget
 /// term), after checking that the split leaves both batches rows.
-fn split_masks<B: Backend>(taps: &[Tap<B>], split: TapSplit, mask: Option<&Tensor<B, 2>>) -> Result<[Option<Tensor<B, 2>>; 2], LossError> {
+fn split_masks<B: Backend>(
+    taps: &[Tap<B>],
+    split: TapSplit,
+    mask: Option<&Tensor<B, 2>>,
+) -> Result<[Option<Tensor<B, 2>>; 2], LossError> {
     let (nr, rows) = (split.retain_rows, taps.first().map_or(0, |t| t.pre.dims()[0]));
     if nr == 0 || nr >= rows {
         return Err(LossError::EmptySplit { retain: nr, rows });
     }
     let retain = mask.map(|m| m.clone().narrow(0, 0, nr));
-    let forget = mask.filter(|_| !split.forget_first_token_only).map(|m| m.clone().narrow(0, nr, rows - nr));
+    let forget =
+        mask.filter(|_| !split.forget_first_token_only).map(|m| m.clone().narrow(0, nr, rows - nr));
     Ok([retain, forget])
 }
 
@@ -256,9 +287,18 @@ impl<B: Backend> FeatureStats<B> {
 
     /// Adds one retain batch: its taps (from the original model, so `p_l` is `M0`'s feature),
     /// labels (`None` for unlabelled text) and padding mask.
-    pub fn add(&mut self, taps: &[Tap<B>], labels: Option<&[usize]>, mask: Option<&Tensor<B, 2>>) -> Result<(), LossError> {
+    pub fn add(
+        &mut self,
+        taps: &[Tap<B>],
+        labels: Option<&[usize]>,
+        mask: Option<&Tensor<B, 2>>,
+    ) -> Result<(), LossError> {
         if !self.sum.is_empty() && self.sum.len() != taps.len() {
-            return Err(LossError::LayerCount { what: "feature statistics", expected: self.sum.len(), found: taps.len() });
+            return Err(LossError::LayerCount {
+                what: "feature statistics",
+                expected: self.sum.len(),
+                found: taps.len(),
+            });
         }
         let Some(first) = taps.first() else { return Ok(()) };
         let [b, t, _] = first.pre.dims();
@@ -292,7 +332,10 @@ impl<B: Backend> FeatureStats<B> {
             let s = p.clone().sum_dim(1).reshape([b, d]);
             let tok_sum = s.clone().sum_dim(0).reshape([d]);
             let per_sample_mean = s.div(m.clone().sum_dim(1));
-            let cls = onehot.clone().map(|oh| oh.matmul(per_sample_mean)).unwrap_or_else(|| Tensor::zeros([self.classes, d], &device));
+            let cls = onehot
+                .clone()
+                .map(|oh| oh.matmul(per_sample_mean))
+                .unwrap_or_else(|| Tensor::zeros([self.classes, d], &device));
             let pos = p.sum_dim(0).reshape([t, d]);
             if fresh {
                 self.sum.push(tok_sum);
@@ -331,7 +374,10 @@ impl<B: Backend> FeatureStats<B> {
         self.class_sum
             .iter()
             .map(|s| {
-                let c = Tensor::<B, 1>::from_data(TensorData::new(counts.clone(), [self.classes]), &s.device());
+                let c = Tensor::<B, 1>::from_data(
+                    TensorData::new(counts.clone(), [self.classes]),
+                    &s.device(),
+                );
                 s.clone().div(c.reshape([self.classes, 1]))
             })
             .collect()
@@ -340,12 +386,22 @@ impl<B: Backend> FeatureStats<B> {
     /// For each class, the other class whose means are nearest (squared distance summed over
     /// layers), or a seeded random other class. Classes without retain samples are never chosen.
     pub fn substitute_classes(&self, nearest: bool, seed: u64) -> Result<Vec<usize>, LossError> {
-        let present: Vec<usize> = (0..self.classes).filter(|&c| self.class_count[c] > 0.0).collect();
-        let means: Vec<Vec<f32>> =
-            self.class_means().into_iter().map(|m| m.into_data().convert::<f32>().into_vec().expect("f32")).collect();
+        let present: Vec<usize> =
+            (0..self.classes).filter(|&c| self.class_count[c] > 0.0).collect();
+        let means: Vec<Vec<f32>> = self
+            .class_means()
+            .into_iter()
+            .map(|m| m.into_data().convert::<f32>().into_vec().expect("f32"))
+            .collect();
         let d: Vec<usize> = self.sum.iter().map(|s| s.dims()[0]).collect();
         let dist = |a: usize, b: usize| -> f64 {
-            means.iter().zip(&d).map(|(m, &dl)| (0..dl).map(|k| ((m[a * dl + k] - m[b * dl + k]) as f64).powi(2)).sum::<f64>()).sum()
+            means
+                .iter()
+                .zip(&d)
+                .map(|(m, &dl)| {
+                    (0..dl).map(|k| ((m[a * dl + k] - m[b * dl + k]) as f64).powi(2)).sum::<f64>()
+                })
+                .sum()
         };
         let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
         (0..self.classes)
@@ -355,9 +411,13 @@ impl<B: Backend> FeatureStats<B> {
                     return Err(LossError::NoOtherClass { class: c });
                 }
                 Ok(if nearest {
-                    *others.iter().min_by(|&&a, &&b| dist(c, a).total_cmp(&dist(c, b))).expect("non-empty")
+                    *others
+                        .iter()
+                        .min_by(|&&a, &&b| dist(c, a).total_cmp(&dist(c, b)))
+                        .expect("non-empty")
                 } else {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state =
+                        state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     others[((state >> 33) as usize) % others.len()]
                 })
             })
@@ -371,7 +431,10 @@ impl<B: Backend> FeatureStats<B> {
             .iter()
             .map(|s| {
                 let t = s.dims()[0];
-                let c = Tensor::<B, 1>::from_data(TensorData::new(counts[..t].to_vec(), [t]), &s.device());
+                let c = Tensor::<B, 1>::from_data(
+                    TensorData::new(counts[..t].to_vec(), [t]),
+                    &s.device(),
+                );
                 s.clone().div(c.reshape([t, 1]))
             })
             .collect()
@@ -390,13 +453,20 @@ pub enum Targets<B: Backend> {
 }
 
 impl<B: Backend> Targets<B> {
-    pub fn resolve(strategy: TargetStrategy, stats: &FeatureStats<B>, seed: u64) -> Result<Self, LossError> {
+    pub fn resolve(
+        strategy: TargetStrategy,
+        stats: &FeatureStats<B>,
+        seed: u64,
+    ) -> Result<Self, LossError> {
         Ok(match strategy {
             TargetStrategy::GlobalMean => Self::Shared(stats.global_mean()?),
-            TargetStrategy::Zero => Self::Shared(stats.global_mean()?.into_iter().map(|m| m.zeros_like()).collect()),
+            TargetStrategy::Zero => {
+                Self::Shared(stats.global_mean()?.into_iter().map(|m| m.zeros_like()).collect())
+            }
             TargetStrategy::ClassMeanNearest | TargetStrategy::ClassMeanRandom => {
                 stats.global_mean()?;
-                let substitute = stats.substitute_classes(strategy == TargetStrategy::ClassMeanNearest, seed)?;
+                let substitute =
+                    stats.substitute_classes(strategy == TargetStrategy::ClassMeanNearest, seed)?;
                 Self::ByClass { means: stats.class_means(), substitute }
             }
             TargetStrategy::PerPositionMean => {
@@ -408,7 +478,12 @@ impl<B: Backend> Targets<B> {
 
     /// The per-layer targets for a forget batch of `batch × seq` tokens, broadcastable against
     /// the taps: `[1, 1, d]`, `[batch, 1, d]` (by class) or `[1, seq, d]` (by position).
-    pub fn for_batch(&self, batch: usize, seq: usize, labels: Option<&[usize]>) -> Result<Vec<Tensor<B, 3>>, LossError> {
+    pub fn for_batch(
+        &self,
+        batch: usize,
+        seq: usize,
+        labels: Option<&[usize]>,
+    ) -> Result<Vec<Tensor<B, 3>>, LossError> {
         Ok(match self {
             Self::Shared(mu) => mu.iter().map(|m| m.clone().reshape([1, 1, m.dims()[0]])).collect(),
             Self::ByClass { means, substitute } => {
@@ -416,14 +491,20 @@ impl<B: Backend> Targets<B> {
                 let idx: Vec<i64> = (0..batch)
                     .map(|i| {
                         let c = labels.get(i).copied().unwrap_or(0);
-                        substitute.get(c).map(|&s| s as i64).ok_or(LossError::ClassOutOfRange { class: c, classes: substitute.len() })
+                        substitute.get(c).map(|&s| s as i64).ok_or(LossError::ClassOutOfRange {
+                            class: c,
+                            classes: substitute.len(),
+                        })
                     })
                     .collect::<Result<_, _>>()?;
                 means
                     .iter()
                     .map(|m| {
                         let d = m.dims()[1];
-                        let ix = Tensor::<B, 1, Int>::from_data(TensorData::new(idx.clone(), [batch]), &m.device());
+                        let ix = Tensor::<B, 1, Int>::from_data(
+                            TensorData::new(idx.clone(), [batch]),
+                            &m.device(),
+                        );
                         m.clone().select(0, ix).reshape([batch, 1, d])
                     })
                     .collect()
@@ -434,7 +515,11 @@ impl<B: Backend> Targets<B> {
                     let [t, d] = m.dims();
                     let take = seq.min(t);
                     let part = m.clone().narrow(0, 0, take);
-                    let full = if take < seq { Tensor::cat(vec![part, Tensor::zeros([seq - take, d], &m.device())], 0) } else { part };
+                    let full = if take < seq {
+                        Tensor::cat(vec![part, Tensor::zeros([seq - take, d], &m.device())], 0)
+                    } else {
+                        part
+                    };
                     full.reshape([1, seq, d])
                 })
                 .collect(),

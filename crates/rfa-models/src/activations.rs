@@ -31,7 +31,10 @@ impl Activation {
             "quick_gelu" => Self::QuickGelu,
             "tanh" => Self::Tanh,
             other => {
-                return Err(ModelError::Config { path: config.to_path_buf(), reason: format!("unsupported activation `{other}`") });
+                return Err(ModelError::Config {
+                    path: config.to_path_buf(),
+                    reason: format!("unsupported activation `{other}`"),
+                });
             }
         })
     }

@@ -46,13 +46,25 @@ pub struct SelfAttention<B: Backend> {
 
 impl<B: FusedOps> SelfAttention<B> {
     /// Reads `path.{query,key,value}` of a `d × d` attention.
-    pub fn load(ck: &mut Checkpoint<B>, path: &str, d: usize, heads: usize, bias: bool) -> Result<Self, ModelError> {
-        let mut lin = |name: &str| ck.linear(&format!("{path}.{name}"), d, d, bias, WeightLayout::Linear);
+    pub fn load(
+        ck: &mut Checkpoint<B>,
+        path: &str,
+        d: usize,
+        heads: usize,
+        bias: bool,
+    ) -> Result<Self, ModelError> {
+        let mut lin =
+            |name: &str| ck.linear(&format!("{path}.{name}"), d, d, bias, WeightLayout::Linear);
         Ok(Self { query: lin("query")?, key: lin("key")?, value: lin("value")?, num_heads: heads })
     }
 
     /// The attention context (before the output projection), tapping q, k, v in that order.
-    pub(crate) fn forward(&self, x: Tensor<B, 3>, bias: Option<Tensor<B, 4>>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        bias: Option<Tensor<B, 4>>,
+        taps: &mut TapSink<B>,
+    ) -> Option<Tensor<B, 3>> {
         let x = interior(x, &self.query);
         let q = tapped(&self.query, x.clone(), taps)?;
         let k = tapped(&self.key, x.clone(), taps)?;
@@ -68,7 +80,11 @@ impl<B: FusedOps> SelfAttention<B> {
         v.push((format!("{path}.value"), &self.value));
     }
 
-    pub fn push_linears_mut<'a>(&'a mut self, path: &str, v: &mut Vec<(String, &'a mut LoraLinear<B>)>) {
+    pub fn push_linears_mut<'a>(
+        &'a mut self,
+        path: &str,
+        v: &mut Vec<(String, &'a mut LoraLinear<B>)>,
+    ) {
         v.push((format!("{path}.query"), &mut self.query));
         v.push((format!("{path}.key"), &mut self.key));
         v.push((format!("{path}.value"), &mut self.value));
@@ -84,7 +100,9 @@ mod tests {
     #[test]
     fn a_mask_that_pads_nothing_gives_no_bias() {
         let device = Default::default();
-        let mask = |v: Vec<i64>| Some(Tensor::<NdArray<f32>, 2, Int>::from_data(TensorData::new(v, [2, 3]), &device));
+        let mask = |v: Vec<i64>| {
+            Some(Tensor::<NdArray<f32>, 2, Int>::from_data(TensorData::new(v, [2, 3]), &device))
+        };
         assert!(padding_bias::<NdArray<f32>>(None).is_none());
         assert!(padding_bias(mask(vec![1; 6])).is_none());
         let bias = padding_bias(mask(vec![1, 1, 1, 1, 1, 0])).expect("a padded position");

@@ -107,7 +107,10 @@ impl BertConfig {
         if self.position_embedding_type != "absolute" {
             return Err(ModelError::Config {
                 path: path.to_path_buf(),
-                reason: format!("position_embedding_type `{}` is not supported (only `absolute`)", self.position_embedding_type),
+                reason: format!(
+                    "position_embedding_type `{}` is not supported (only `absolute`)",
+                    self.position_embedding_type
+                ),
             });
         }
         Activation::parse(&self.hidden_act, path)
@@ -183,7 +186,12 @@ pub struct BertModelOutput<B: Backend> {
 }
 
 impl<B: FusedOps> BertOutput<B> {
-    fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        residual: Tensor<B, 3>,
+        taps: &mut TapSink<B>,
+    ) -> Option<Tensor<B, 3>> {
         let dt = residual.dtype();
         Some(self.LayerNorm.forward(to_dtype(tapped(&self.dense, x, taps)?, dt) + residual))
     }
@@ -191,7 +199,12 @@ impl<B: FusedOps> BertOutput<B> {
 
 impl<B: FusedOps> BertLayer<B> {
     /// `None` once `taps` is full (the pass ends there).
-    fn forward(&self, x: Tensor<B, 3>, bias: Option<&Tensor<B, 4>>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        bias: Option<&Tensor<B, 4>>,
+        taps: &mut TapSink<B>,
+    ) -> Option<Tensor<B, 3>> {
         let ctx = self.attention.self_.forward(x.clone(), bias.cloned(), taps)?;
         let x = self.attention.output.forward(ctx, x, taps)?;
         let dense = &self.intermediate.dense;
@@ -216,14 +229,27 @@ impl<B: FusedOps> BertModel<B> {
         Ok(model)
     }
 
-    pub fn from_checkpoint(cfg: &BertConfig, act: Activation, ck: &mut Checkpoint<B>, prefix: &str) -> Result<Self, ModelError> {
+    pub fn from_checkpoint(
+        cfg: &BertConfig,
+        act: Activation,
+        ck: &mut Checkpoint<B>,
+        prefix: &str,
+    ) -> Result<Self, ModelError> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let lin = WeightLayout::Linear;
         let e = format!("{prefix}embeddings");
         let embeddings = BertEmbeddings {
             word_embeddings: ck.embedding(&format!("{e}.word_embeddings"), cfg.vocab_size, d)?,
-            position_embeddings: ck.embedding(&format!("{e}.position_embeddings"), cfg.max_position_embeddings, d)?,
-            token_type_embeddings: ck.embedding(&format!("{e}.token_type_embeddings"), cfg.type_vocab_size, d)?,
+            position_embeddings: ck.embedding(
+                &format!("{e}.position_embeddings"),
+                cfg.max_position_embeddings,
+                d,
+            )?,
+            token_type_embeddings: ck.embedding(
+                &format!("{e}.token_type_embeddings"),
+                cfg.type_vocab_size,
+                d,
+            )?,
             LayerNorm: ck.layer_norm(&format!("{e}.LayerNorm"), d, eps)?,
         };
         let mut layer = Vec::with_capacity(cfg.num_hidden_layers);
@@ -232,18 +258,36 @@ impl<B: FusedOps> BertModel<B> {
             let a = format!("{p}.attention");
             layer.push(BertLayer {
                 attention: BertAttention {
-                    self_: SelfAttention::load(ck, &format!("{a}.self"), d, cfg.num_attention_heads, true)?,
+                    self_: SelfAttention::load(
+                        ck,
+                        &format!("{a}.self"),
+                        d,
+                        cfg.num_attention_heads,
+                        true,
+                    )?,
                     output: BertOutput {
                         dense: ck.linear(&format!("{a}.output.dense"), d, d, true, lin)?,
                         LayerNorm: ck.layer_norm(&format!("{a}.output.LayerNorm"), d, eps)?,
                     },
                 },
                 intermediate: BertIntermediate {
-                    dense: ck.linear(&format!("{p}.intermediate.dense"), d, cfg.intermediate_size, true, lin)?,
+                    dense: ck.linear(
+                        &format!("{p}.intermediate.dense"),
+                        d,
+                        cfg.intermediate_size,
+                        true,
+                        lin,
+                    )?,
                     act,
                 },
                 output: BertOutput {
-                    dense: ck.linear(&format!("{p}.output.dense"), cfg.intermediate_size, d, true, lin)?,
+                    dense: ck.linear(
+                        &format!("{p}.output.dense"),
+                        cfg.intermediate_size,
+                        d,
+                        true,
+                        lin,
+                    )?,
                     LayerNorm: ck.layer_norm(&format!("{p}.output.LayerNorm"), d, eps)?,
                 },
             });
@@ -254,7 +298,13 @@ impl<B: FusedOps> BertModel<B> {
         } else {
             None
         };
-        Ok(Self { embeddings, encoder: BertEncoder { layer }, pooler, prefix: prefix.to_string(), config: cfg.clone() })
+        Ok(Self {
+            embeddings,
+            encoder: BertEncoder { layer },
+            pooler,
+            prefix: prefix.to_string(),
+            config: cfg.clone(),
+        })
     }
 
     /// Embeddings, LayerNorms and every linear layer under this model's prefix.
@@ -265,7 +315,10 @@ impl<B: FusedOps> BertModel<B> {
         sd.embedding(&format!("{pre}embeddings.token_type_embeddings"), &e.token_type_embeddings);
         sd.layer_norm(&format!("{pre}embeddings.LayerNorm"), &e.LayerNorm);
         for (i, l) in self.encoder.layer.iter().enumerate() {
-            sd.layer_norm(&format!("{pre}encoder.layer.{i}.attention.output.LayerNorm"), &l.attention.output.LayerNorm);
+            sd.layer_norm(
+                &format!("{pre}encoder.layer.{i}.attention.output.LayerNorm"),
+                &l.attention.output.LayerNorm,
+            );
             sd.layer_norm(&format!("{pre}encoder.layer.{i}.output.LayerNorm"), &l.output.LayerNorm);
         }
         for (path, lin) in self.linears() {
@@ -275,7 +328,8 @@ impl<B: FusedOps> BertModel<B> {
     }
 
     fn config_json(&self, architecture: &str) -> Result<serde_json::Value, ModelError> {
-        let mut cfg = serde_json::to_value(&self.config).map_err(|e| ModelError::Input(e.to_string()))?;
+        let mut cfg =
+            serde_json::to_value(&self.config).map_err(|e| ModelError::Input(e.to_string()))?;
         cfg["model_type"] = "bert".into();
         cfg["architectures"] = serde_json::json!([architecture]);
         Ok(cfg)
@@ -310,8 +364,9 @@ impl<B: FusedOps> BertModel<B> {
         token_type_ids: Option<Tensor<B, 2, Int>>,
     ) -> BertModelOutput<B> {
         let mut sink = TapSink::all();
-        let (last_hidden_state, pooler_output, hidden_states) =
-            self.run(input_ids, attention_mask, token_type_ids, &mut sink).expect("a pass without a tap limit runs to the end");
+        let (last_hidden_state, pooler_output, hidden_states) = self
+            .run(input_ids, attention_mask, token_type_ids, &mut sink)
+            .expect("a pass without a tap limit runs to the end");
         BertModelOutput { last_hidden_state, pooler_output, hidden_states, taps: sink.taps }
     }
 
@@ -329,7 +384,9 @@ impl<B: FusedOps> BertModel<B> {
         let e = &self.embeddings;
         let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &device).reshape([1, t]);
         let types = token_type_ids.unwrap_or_else(|| Tensor::zeros([b, t], &device));
-        let x = e.word_embeddings.forward(input_ids) + e.position_embeddings.forward(positions) + e.token_type_embeddings.forward(types);
+        let x = e.word_embeddings.forward(input_ids)
+            + e.position_embeddings.forward(positions)
+            + e.token_type_embeddings.forward(types);
         let mut x = e.LayerNorm.forward(x);
         let bias = padding_bias(attention_mask);
         let mut hidden_states = vec![x.clone()];
@@ -419,11 +476,20 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
     /// initialised classifier with `num_labels` outputs on top (N(0, 0.02) weights, zero bias,
     /// as Hugging Face initialises it); a classifier in the checkpoint is replaced.
     /// The head's weights are drawn from `seed`.
-    pub fn load_with_new_head(dir: &Path, num_labels: usize, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
+    pub fn load_with_new_head(
+        dir: &Path,
+        num_labels: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
         Self::load_inner(dir, Some((num_labels, seed)), device)
     }
 
-    fn load_inner(dir: &Path, new_head: Option<(usize, u64)>, device: &B::Device) -> Result<Self, ModelError> {
+    fn load_inner(
+        dir: &Path,
+        new_head: Option<(usize, u64)>,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
         let cpath = dir.join("config.json");
         let cfg: BertConfig = read_config(&cpath)?;
         let act = cfg.validate(&cpath)?;
@@ -449,7 +515,8 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
         let act = cfg.validate(path)?;
         let mut ck = Checkpoint::<B>::random(0.02, seed, device);
         let bert = BertModel::from_checkpoint(cfg, act, &mut ck, "bert.")?;
-        let classifier = ck.linear("classifier", cfg.hidden_size, cfg.num_labels(), true, WeightLayout::Linear)?;
+        let classifier =
+            ck.linear("classifier", cfg.hidden_size, cfg.num_labels(), true, WeightLayout::Linear)?;
         Ok(lora_core::unfreeze(Self { bert, classifier }))
     }
 
@@ -465,8 +532,10 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
         let mut cfg = self.bert.config_json("BertForSequenceClassification")?;
         let n = self.num_labels();
         if self.bert.config.num_labels() != n {
-            cfg["id2label"] =
-                (0..n).map(|i| (i.to_string(), serde_json::Value::from(format!("LABEL_{i}")))).collect::<serde_json::Map<_, _>>().into();
+            cfg["id2label"] = (0..n)
+                .map(|i| (i.to_string(), serde_json::Value::from(format!("LABEL_{i}"))))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
         }
         sd.save(dir, &cfg)
     }
@@ -478,8 +547,9 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
         token_type_ids: Option<Tensor<B, 2, Int>>,
     ) -> ClassifierOutput<B> {
         let mut sink = TapSink::all();
-        let (logits, hidden_states, features) =
-            self.run(input_ids, attention_mask, token_type_ids, &mut sink).expect("a pass without a tap limit runs to the end");
+        let (logits, hidden_states, features) = self
+            .run(input_ids, attention_mask, token_type_ids, &mut sink)
+            .expect("a pass without a tap limit runs to the end");
         ClassifierOutput { logits, hidden_states, features, taps: sink.taps }
     }
 
@@ -503,7 +573,8 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
         token_type_ids: Option<Tensor<B, 2, Int>>,
         taps: &mut TapSink<B>,
     ) -> Option<(Tensor<B, 2>, Vec<Tensor<B, 3>>, Tensor<B, 2>)> {
-        let (last, pooled, hidden_states) = self.bert.run(input_ids, attention_mask, token_type_ids, taps)?;
+        let (last, pooled, hidden_states) =
+            self.bert.run(input_ids, attention_mask, token_type_ids, taps)?;
         let features = match pooled {
             Some(p) => p,
             None => {
@@ -511,7 +582,8 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
                 last.narrow(1, 0, 1).reshape([b, d])
             }
         };
-        let logits = tapped(&self.classifier, features.clone().unsqueeze_dim(1), taps)?.squeeze_dim(1);
+        let logits =
+            tapped(&self.classifier, features.clone().unsqueeze_dim(1), taps)?.squeeze_dim(1);
         Some((logits, hidden_states, features))
     }
 }
@@ -533,7 +605,10 @@ impl<B: FusedOps> LoraModel<B> for BertForSequenceClassification<B> {
 
     /// Adapters made on the bare `BertModel` lack `bert.`.
     fn canonical_path(&self, path: &str) -> String {
-        if path.starts_with("encoder.") || path.starts_with("pooler.") || path.starts_with("embeddings.") {
+        if path.starts_with("encoder.")
+            || path.starts_with("pooler.")
+            || path.starts_with("embeddings.")
+        {
             format!("bert.{path}")
         } else {
             path.to_string()

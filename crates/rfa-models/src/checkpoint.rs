@@ -32,15 +32,26 @@ impl<B: Backend> Checkpoint<B> {
     pub fn open(dir: &Path, base_prefix: &str, device: &B::Device) -> Result<Self, ModelError> {
         let path = weights_path(dir)?;
         let file = TensorFile::open(&path)?;
-        let strip_base = !base_prefix.is_empty() && !file.tensors.keys().any(|k| k.starts_with(base_prefix));
-        Ok(Self { file, base_prefix: base_prefix.to_string(), strip_base, device: device.clone(), random: None })
+        let strip_base =
+            !base_prefix.is_empty() && !file.tensors.keys().any(|k| k.starts_with(base_prefix));
+        Ok(Self {
+            file,
+            base_prefix: base_prefix.to_string(),
+            strip_base,
+            device: device.clone(),
+            random: None,
+        })
     }
 
     /// A source of freshly initialised weights, as Hugging Face initialises them: weights and
     /// embeddings N(0, std) (`initializer_range`, 0.02), biases 0, LayerNorm weights 1. Seeded
     /// on the host, so a seed gives the same model on every backend.
     pub fn random(std: f64, seed: u64, device: &B::Device) -> Self {
-        let file = TensorFile { path: PathBuf::from("<random init>"), tensors: Default::default(), metadata: Default::default() };
+        let file = TensorFile {
+            path: PathBuf::from("<random init>"),
+            tensors: Default::default(),
+            metadata: Default::default(),
+        };
         Self {
             file,
             base_prefix: String::new(),
@@ -66,13 +77,19 @@ impl<B: Backend> Checkpoint<B> {
         self.random.is_some() || self.file.contains(&self.key(path))
     }
 
-    pub fn tensor<const D: usize>(&mut self, path: &str, shape: [usize; D]) -> Result<Tensor<B, D>, ModelError> {
+    pub fn tensor<const D: usize>(
+        &mut self,
+        path: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, ModelError> {
         if let Some(rng) = &mut self.random {
             let n: usize = shape.iter().product();
             let leaf = path.rsplit('.').nth(1).unwrap_or("").to_ascii_lowercase();
             let v: Vec<f32> = if path.ends_with(".bias") {
                 vec![0.0; n]
-            } else if path.ends_with(".weight") && (leaf.contains("layernorm") || leaf.starts_with("ln_")) {
+            } else if path.ends_with(".weight")
+                && (leaf.contains("layernorm") || leaf.starts_with("ln_"))
+            {
                 vec![1.0; n]
             } else {
                 (0..n).map(|_| rng.sample()).collect()
@@ -83,22 +100,40 @@ impl<B: Backend> Checkpoint<B> {
         Ok(self.file.take(&key, &shape)?.to_tensor(&self.device))
     }
 
-    pub fn frozen<const D: usize>(&mut self, path: &str, shape: [usize; D]) -> Result<Param<Tensor<B, D>>, ModelError> {
+    pub fn frozen<const D: usize>(
+        &mut self,
+        path: &str,
+        shape: [usize; D],
+    ) -> Result<Param<Tensor<B, D>>, ModelError> {
         Ok(Param::from_tensor(self.tensor(path, shape)?).set_require_grad(false))
     }
 
     /// A linear layer `path.weight` / `path.bias`. `torch.nn.Linear` stores `[out, in]`;
     /// GPT-2's `Conv1D` already stores `[in, out]`, burn's layout, and is not transposed.
-    pub fn linear(&mut self, path: &str, d_in: usize, d_out: usize, bias: bool, layout: WeightLayout) -> Result<LoraLinear<B>, ModelError> {
+    pub fn linear(
+        &mut self,
+        path: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        layout: WeightLayout,
+    ) -> Result<LoraLinear<B>, ModelError> {
         let w = match layout {
-            WeightLayout::Linear => self.tensor(&format!("{path}.weight"), [d_out, d_in])?.transpose(),
+            WeightLayout::Linear => {
+                self.tensor(&format!("{path}.weight"), [d_out, d_in])?.transpose()
+            }
             WeightLayout::Conv1D => self.tensor(&format!("{path}.weight"), [d_in, d_out])?,
         };
         let b = if bias { Some(self.tensor(&format!("{path}.bias"), [d_out])?) } else { None };
         Ok(LoraLinear::from_weights(w, b, layout))
     }
 
-    pub fn layer_norm(&mut self, path: &str, d: usize, eps: f64) -> Result<LayerNorm<B>, ModelError> {
+    pub fn layer_norm(
+        &mut self,
+        path: &str,
+        d: usize,
+        eps: f64,
+    ) -> Result<LayerNorm<B>, ModelError> {
         Ok(LayerNorm {
             gamma: self.frozen(&format!("{path}.weight"), [d])?,
             beta: self.frozen(&format!("{path}.bias"), [d])?,
@@ -106,7 +141,12 @@ impl<B: Backend> Checkpoint<B> {
         })
     }
 
-    pub fn embedding(&mut self, path: &str, n: usize, d: usize) -> Result<Embedding<B>, ModelError> {
+    pub fn embedding(
+        &mut self,
+        path: &str,
+        n: usize,
+        d: usize,
+    ) -> Result<Embedding<B>, ModelError> {
         let mut emb = EmbeddingConfig::new(n, d).init(&self.device);
         emb.weight = self.frozen(&format!("{path}.weight"), [n, d])?;
         Ok(emb)
@@ -123,15 +163,25 @@ impl<B: Backend> Checkpoint<B> {
             return Ok(());
         }
         let keys: BTreeSet<String> = self.file.tensors.keys().cloned().collect();
-        Err(ModelError::UnexpectedTensors { path: self.file.path, keys: keys.into_iter().collect() })
+        Err(ModelError::UnexpectedTensors {
+            path: self.file.path,
+            keys: keys.into_iter().collect(),
+        })
     }
 }
 
 /// A freshly initialised classification head `d → n` (N(0, 0.02) weights, zero bias, as Hugging
 /// Face initialises it), seeded so that fine-tuning runs are reproducible.
-pub(crate) fn fresh_head<B: Backend>(d: usize, n: usize, seed: u64, device: &B::Device) -> LoraLinear<B> {
+pub(crate) fn fresh_head<B: Backend>(
+    d: usize,
+    n: usize,
+    seed: u64,
+    device: &B::Device,
+) -> LoraLinear<B> {
     let mut checkpoint = Checkpoint::<B>::random(0.02, seed, device);
-    let head = checkpoint.linear("classifier", d, n, true, WeightLayout::Linear).expect("random weights have the requested shapes");
+    let head = checkpoint
+        .linear("classifier", d, n, true, WeightLayout::Linear)
+        .expect("random weights have the requested shapes");
     lora_core::unfreeze(head)
 }
 

@@ -67,7 +67,13 @@ fn yes() -> bool {
 
 impl Gpt2Config {
     /// A GPT-2 of the given shape with GPT-2's defaults otherwise (gelu_new, eps 1e-5, tied head).
-    pub fn new(vocab_size: usize, n_positions: usize, n_embd: usize, n_layer: usize, n_head: usize) -> Self {
+    pub fn new(
+        vocab_size: usize,
+        n_positions: usize,
+        n_embd: usize,
+        n_layer: usize,
+        n_head: usize,
+    ) -> Self {
         Self {
             vocab_size,
             n_positions,
@@ -133,13 +139,19 @@ pub struct Gpt2LmHeadModel<B: Backend> {
 impl<B: FusedOps> Gpt2Block<B> {
     /// `None` once `taps` is full (the pass ends there).
     /// `bias`: padding, if any; the causal mask is the attention op's own.
-    fn forward(&self, x: Tensor<B, 3>, bias: Option<&Tensor<B, 4>>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        bias: Option<&Tensor<B, 4>>,
+        taps: &mut TapSink<B>,
+    ) -> Option<Tensor<B, 3>> {
         let (a, dt) = (&self.attn, x.dtype());
         let qkv = tapped(&a.c_attn, interior(self.ln_1.forward(x.clone()), &a.c_attn), taps)?;
         let ctx = rfa_fused::attention_packed(qkv, bias.cloned(), true, a.n_head, a.scale);
         let x = x + to_dtype(tapped(&a.c_proj, ctx, taps)?, dt);
         let m = &self.mlp;
-        let hmid = m.act.forward(tapped(&m.c_fc, interior(self.ln_2.forward(x.clone()), &m.c_fc), taps)?);
+        let hmid =
+            m.act.forward(tapped(&m.c_fc, interior(self.ln_2.forward(x.clone()), &m.c_fc), taps)?);
         Some(x + to_dtype(tapped(&m.c_proj, hmid, taps)?, dt))
     }
 }
@@ -154,22 +166,32 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
         check_divisible(&cpath, cfg.n_embd, cfg.n_head)?;
         let act = Activation::parse(&cfg.activation_function, &cpath)?;
         if !cfg.tie_word_embeddings {
-            return Err(ModelError::Config { path: cpath, reason: "untied GPT-2 LM heads are not supported".into() });
+            return Err(ModelError::Config {
+                path: cpath,
+                reason: "untied GPT-2 LM heads are not supported".into(),
+            });
         }
         let mut ck = Checkpoint::<B>::open(dir, "transformer.", device)?;
-        ck.ignore(|k| k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias") || k == "lm_head.weight");
+        ck.ignore(|k| {
+            k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias") || k == "lm_head.weight"
+        });
         let model = Self::from_checkpoint(&cfg, act, &mut ck)?;
         ck.finish()?;
         Ok(model)
     }
 
-    pub fn from_checkpoint(cfg: &Gpt2Config, act: Activation, ck: &mut Checkpoint<B>) -> Result<Self, ModelError> {
+    pub fn from_checkpoint(
+        cfg: &Gpt2Config,
+        act: Activation,
+        ck: &mut Checkpoint<B>,
+    ) -> Result<Self, ModelError> {
         let (d, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
         let conv = WeightLayout::Conv1D;
         let mut h = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("transformer.h.{i}");
-            let mut scale = if cfg.scale_attn_weights { 1.0 / ((d / cfg.n_head) as f64).sqrt() } else { 1.0 };
+            let mut scale =
+                if cfg.scale_attn_weights { 1.0 / ((d / cfg.n_head) as f64).sqrt() } else { 1.0 };
             if cfg.scale_attn_by_inverse_layer_idx {
                 scale /= (i + 1) as f64;
             }
@@ -220,7 +242,8 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
         for (path, lin) in self.linears() {
             sd.linear(&path, lin)?;
         }
-        let mut cfg = serde_json::to_value(&self.config).map_err(|e| ModelError::Input(e.to_string()))?;
+        let mut cfg =
+            serde_json::to_value(&self.config).map_err(|e| ModelError::Input(e.to_string()))?;
         cfg["model_type"] = "gpt2".into();
         cfg["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
         sd.save(dir, &cfg)
@@ -228,7 +251,11 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
 
     /// `input_ids [batch, seq]`, `attention_mask [batch, seq]` (1 = token, 0 = padding).
     /// Sequences longer than `n_positions` must be truncated by the caller.
-    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> CausalLmOutput<B> {
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> CausalLmOutput<B> {
         let (hidden_states, taps) = self.forward_hidden(input_ids, attention_mask);
         let x = hidden_states.last().expect("embeddings").clone();
         let wte = self.transformer.wte.weight.val().transpose().unsqueeze::<3>();
@@ -238,14 +265,24 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
 
     /// The forward pass without the LM head: hidden states (the last after `ln_f`) and taps.
     /// For objectives that need no logits (RFA's feature terms), this skips the largest matmul.
-    pub fn forward_hidden(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> (Vec<Tensor<B, 3>>, Taps<B>) {
+    pub fn forward_hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> (Vec<Tensor<B, 3>>, Taps<B>) {
         let mut sink = TapSink::all();
-        let hidden_states = self.run(input_ids, attention_mask, &mut sink).expect("a pass without a tap limit runs to the end");
+        let hidden_states = self
+            .run(input_ids, attention_mask, &mut sink)
+            .expect("a pass without a tap limit runs to the end");
         (hidden_states, sink.taps)
     }
 
     /// Only the taps of the adapted layers: the pass stops after the last of them.
-    pub fn forward_taps(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> Taps<B> {
+    pub fn forward_taps(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> Taps<B> {
         let mut sink = TapSink::first(lora_core::adapted_paths(self).len());
         let _ = self.run(input_ids, attention_mask, &mut sink);
         sink.taps
@@ -304,9 +341,17 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
             let input = Tensor::<B, 2, Int>::from_data(TensorData::new(window, [1, n]), &device);
             // Only the last position's logits are needed: run the head there alone.
             let (hs, _) = self.forward_hidden(input, None);
-            let last = hs.last().expect("hidden states").clone().narrow(1, n - 1, 1).reshape([1, self.config.n_embd]);
-            let logits = last.matmul(self.transformer.wte.weight.val().transpose()).reshape([self.vocab_size()]);
-            let logits: Vec<f32> = logits.into_data().convert::<f32>().into_vec().expect("f32 logits");
+            let last = hs
+                .last()
+                .expect("hidden states")
+                .clone()
+                .narrow(1, n - 1, 1)
+                .reshape([1, self.config.n_embd]);
+            let logits = last
+                .matmul(self.transformer.wte.weight.val().transpose())
+                .reshape([self.vocab_size()]);
+            let logits: Vec<f32> =
+                logits.into_data().convert::<f32>().into_vec().expect("f32 logits");
             let next = pick(&logits, top_k, temperature, &mut rng);
             ids.push(next);
             out.push(next);
@@ -333,7 +378,14 @@ pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: Tensor<B, 2, Int
 }
 
 fn pick(logits: &[f32], top_k: Option<usize>, temperature: f64, rng: &mut SplitMix64) -> u32 {
-    let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap_or(0);
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+            .unwrap_or(0)
+    };
     let k = match top_k {
         None | Some(0) | Some(1) => return argmax(),
         Some(k) => k.min(logits.len()),

@@ -37,20 +37,6 @@ pub use state_dict::StateDict;
 pub use tokenizer::TextTokenizer;
 pub use vit::{VitConfig, VitForImageClassification};
 
-/// The libtorch device a `--device`/`--backends` name asks for: `tch` or `tch-cpu` → CPU,
-/// `tch-cuda` or `tch-cuda:N` → CUDA device N (0 by default); `None` for other names.
-#[cfg(feature = "tch")]
-pub fn tch_device(name: &str) -> Option<Result<burn::backend::libtorch::LibTorchDevice, String>> {
-    use burn::backend::libtorch::LibTorchDevice;
-    match name {
-        "tch" | "tch-cpu" => Some(Ok(LibTorchDevice::Cpu)),
-        "tch-cuda" => Some(Ok(LibTorchDevice::Cuda(0))),
-        _ => name
-            .strip_prefix("tch-cuda:")
-            .map(|n| n.parse().map(LibTorchDevice::Cuda).map_err(|_| format!("`{name}`: expected tch-cuda:N with N a device index"))),
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("cannot read {path}: {reason}")]
@@ -92,7 +78,10 @@ impl Architecture {
             Some("gpt2") => Ok(Self::Gpt2),
             Some("bert") => Ok(Self::Bert),
             Some("vit") => Ok(Self::Vit),
-            other => Err(ModelError::UnknownModelType { path, model_type: other.unwrap_or("<missing>").to_string() }),
+            other => Err(ModelError::UnknownModelType {
+                path,
+                model_type: other.unwrap_or("<missing>").to_string(),
+            }),
         }
     }
 }

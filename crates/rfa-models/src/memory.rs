@@ -33,7 +33,11 @@ impl SampledPeak {
 /// round trip to the device's server between two of its operations, so a peak shorter than the
 /// interval can be missed: the result is a lower bound of the allocator's true peak (on CUDA
 /// nvidia-smi also counts the context and the driver's own memory).
-pub fn sample_peak<T>(probe: &(dyn Fn() -> Option<DeviceMemory> + Sync), interval: Duration, work: impl FnOnce() -> T) -> (T, SampledPeak) {
+pub fn sample_peak<T>(
+    probe: &(dyn Fn() -> Option<DeviceMemory> + Sync),
+    interval: Duration,
+    work: impl FnOnce() -> T,
+) -> (T, SampledPeak) {
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let sampler = scope.spawn(|| {
@@ -63,7 +67,9 @@ pub fn sample_peak<T>(probe: &(dyn Fn() -> Option<DeviceMemory> + Sync), interva
 /// stream and a stream per thread, so a probe read from a sampling thread must name the stream
 /// the tensors live on.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-pub fn cubecl_allocator<R: cubecl_runtime::runtime::Runtime>(device: R::Device) -> impl Fn() -> Option<DeviceMemory> + Send + Sync
+pub fn cubecl_allocator<R: cubecl_runtime::runtime::Runtime>(
+    device: R::Device,
+) -> impl Fn() -> Option<DeviceMemory> + Send + Sync
 where
     R::Device: Send + Sync,
 {
@@ -81,14 +87,18 @@ where
 /// A probe of burn-cuda's allocator on `device`, read in the calling thread's stream (see
 /// `cubecl_allocator`).
 #[cfg(feature = "cuda")]
-pub fn cuda_allocator(device: burn::backend::cuda::CudaDevice) -> impl Fn() -> Option<DeviceMemory> + Send + Sync {
+pub fn cuda_allocator(
+    device: burn::backend::cuda::CudaDevice,
+) -> impl Fn() -> Option<DeviceMemory> + Send + Sync {
     cubecl_allocator::<cubecl_cuda::CudaRuntime>(device)
 }
 
 /// A probe of burn-wgpu's allocator on `device`, read in the calling thread's stream (see
 /// `cubecl_allocator`).
 #[cfg(feature = "wgpu")]
-pub fn wgpu_allocator(device: burn::backend::wgpu::WgpuDevice) -> impl Fn() -> Option<DeviceMemory> + Send + Sync {
+pub fn wgpu_allocator(
+    device: burn::backend::wgpu::WgpuDevice,
+) -> impl Fn() -> Option<DeviceMemory> + Send + Sync {
     cubecl_allocator::<cubecl_wgpu::WgpuRuntime>(device)
 }
 
@@ -125,7 +135,11 @@ mod tests {
         // Work that ends at once still gets a reading, and a long interval does not hold the end
         // back; a probe that reads nothing gives no reading.
         let t = std::time::Instant::now();
-        let (_, peak) = sample_peak(&|| Some(DeviceMemory { in_use: 1, reserved: 2 }), Duration::from_secs(60), || ());
+        let (_, peak) = sample_peak(
+            &|| Some(DeviceMemory { in_use: 1, reserved: 2 }),
+            Duration::from_secs(60),
+            || (),
+        );
         assert!(peak.samples >= 1 && peak.in_use == 1 && peak.reserved == 2);
         assert!(t.elapsed() < Duration::from_secs(30));
         let (_, peak) = sample_peak(&|| None, Duration::ZERO, || ());

@@ -14,7 +14,10 @@ use burn::tensor::{Int, Tensor};
 use lora_core::{HostTensor, TensorFile, load_adapter, merge_and_unload};
 
 use crate::gpt2::causal_lm_loss;
-use crate::{Architecture, BertForSequenceClassification, BertModel, Gpt2LmHeadModel, ModelError, VitForImageClassification};
+use crate::{
+    Architecture, BertForSequenceClassification, BertModel, Gpt2LmHeadModel, ModelError,
+    VitForImageClassification,
+};
 use rfa_fused::FusedOps;
 
 /// Tolerances of the comparison.
@@ -73,7 +76,11 @@ impl std::fmt::Display for ParityReport {
         for c in &self.comparisons {
             let kind = if c.relative { "rel err" } else { "max abs err" };
             let verdict = if c.ok() { "ok" } else { "FAIL" };
-            writeln!(f, "  {:<18} {kind:>11} {:.3e}  (tol {:.1e})  {verdict}", c.name, c.error, c.tolerance)?;
+            writeln!(
+                f,
+                "  {:<18} {kind:>11} {:.3e}  (tol {:.1e})  {verdict}",
+                c.name, c.error, c.tolerance
+            )?;
         }
         Ok(())
     }
@@ -140,7 +147,11 @@ impl<B: FusedOps> AnyModel<B> {
 
     fn run(&self, inputs: &TensorFile, device: &B::Device) -> Result<Outputs, ModelError> {
         let int = |k: &str| -> Result<Option<Tensor<B, 2, Int>>, ModelError> {
-            inputs.tensors.get(k).map(|t| check_rank(&inputs.path, k, t, 2).map(|_| t.to_int_tensor(device))).transpose()
+            inputs
+                .tensors
+                .get(k)
+                .map(|t| check_rank(&inputs.path, k, t, 2).map(|_| t.to_int_tensor(device)))
+                .transpose()
         };
         let host_all = |v: Vec<Tensor<B, 3>>| v.into_iter().map(HostTensor::from_tensor).collect();
         match self {
@@ -148,19 +159,28 @@ impl<B: FusedOps> AnyModel<B> {
                 let ids = required(int("input_ids")?, &inputs.path, "input_ids")?;
                 check_ids(&inputs.path, inputs.get("input_ids")?, m.vocab_size())?;
                 let out = m.forward(ids, int("attention_mask")?);
-                Ok(Outputs { logits: HostTensor::from_tensor(out.logits), hidden: host_all(out.hidden_states) })
+                Ok(Outputs {
+                    logits: HostTensor::from_tensor(out.logits),
+                    hidden: host_all(out.hidden_states),
+                })
             }
             Self::BertClassifier(m) => {
                 let ids = required(int("input_ids")?, &inputs.path, "input_ids")?;
                 check_ids(&inputs.path, inputs.get("input_ids")?, m.bert.vocab_size())?;
                 let out = m.forward(ids, int("attention_mask")?, int("token_type_ids")?);
-                Ok(Outputs { logits: HostTensor::from_tensor(out.logits), hidden: host_all(out.hidden_states) })
+                Ok(Outputs {
+                    logits: HostTensor::from_tensor(out.logits),
+                    hidden: host_all(out.hidden_states),
+                })
             }
             Self::Bert(m) => {
                 let ids = required(int("input_ids")?, &inputs.path, "input_ids")?;
                 check_ids(&inputs.path, inputs.get("input_ids")?, m.vocab_size())?;
                 let out = m.forward(ids, int("attention_mask")?, int("token_type_ids")?);
-                Ok(Outputs { logits: HostTensor::from_tensor(out.last_hidden_state), hidden: host_all(out.hidden_states) })
+                Ok(Outputs {
+                    logits: HostTensor::from_tensor(out.last_hidden_state),
+                    hidden: host_all(out.hidden_states),
+                })
             }
             Self::Vit(m) => {
                 let px = inputs.get("pixel_values")?;
@@ -176,19 +196,29 @@ impl<B: FusedOps> AnyModel<B> {
                     )));
                 }
                 let out = m.forward(px.to_tensor(device));
-                Ok(Outputs { logits: HostTensor::from_tensor(out.logits), hidden: host_all(out.hidden_states) })
+                Ok(Outputs {
+                    logits: HostTensor::from_tensor(out.logits),
+                    hidden: host_all(out.hidden_states),
+                })
             }
         }
     }
 }
 
 fn required<T>(v: Option<T>, path: &Path, key: &str) -> Result<T, ModelError> {
-    v.ok_or_else(|| lora_core::TensorFileError::Missing { path: path.to_path_buf(), key: key.to_string() }.into())
+    v.ok_or_else(|| {
+        lora_core::TensorFileError::Missing { path: path.to_path_buf(), key: key.to_string() }
+            .into()
+    })
 }
 
 fn check_rank(path: &Path, key: &str, t: &HostTensor, rank: usize) -> Result<(), ModelError> {
     if t.shape.len() != rank {
-        return Err(ModelError::Input(format!("{}: `{key}` has shape {:?}, expected rank {rank}", path.display(), t.shape)));
+        return Err(ModelError::Input(format!(
+            "{}: `{key}` has shape {:?}, expected rank {rank}",
+            path.display(),
+            t.shape
+        )));
     }
     Ok(())
 }
@@ -196,13 +226,20 @@ fn check_rank(path: &Path, key: &str, t: &HostTensor, rank: usize) -> Result<(),
 /// Token ids outside the embedding would index out of bounds inside the backend.
 pub fn check_ids(path: &Path, ids: &HostTensor, vocab: usize) -> Result<(), ModelError> {
     if let Some(bad) = ids.to_i64().into_iter().find(|&i| i < 0 || i as usize >= vocab) {
-        return Err(ModelError::Input(format!("{}: token id {bad} is outside the vocabulary of {vocab}", path.display())));
+        return Err(ModelError::Input(format!(
+            "{}: token id {bad} is outside the vocabulary of {vocab}",
+            path.display()
+        )));
     }
     Ok(())
 }
 
 fn max_abs(name: &str, ours: &HostTensor, reference: &HostTensor, tol: Tolerance) -> Comparison {
-    let tolerance = if tol.scale_by_magnitude { tol.abs * reference.to_f32().iter().fold(1.0f32, |m, v| m.max(v.abs())) } else { tol.abs };
+    let tolerance = if tol.scale_by_magnitude {
+        tol.abs * reference.to_f32().iter().fold(1.0f32, |m, v| m.max(v.abs()))
+    } else {
+        tol.abs
+    };
     let error = if ours.shape != reference.shape {
         f32::INFINITY
     } else {
@@ -212,12 +249,22 @@ fn max_abs(name: &str, ours: &HostTensor, reference: &HostTensor, tol: Tolerance
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, |m, e| if e.is_nan() { f32::NAN } else { m.max(e) })
     };
-    Comparison { name: name.to_string(), error: if error.is_nan() { f32::INFINITY } else { error }, relative: false, tolerance }
+    Comparison {
+        name: name.to_string(),
+        error: if error.is_nan() { f32::INFINITY } else { error },
+        relative: false,
+        tolerance,
+    }
 }
 
 fn rel(name: &str, ours: f32, reference: f32, tol: f32) -> Comparison {
     let error = ((ours - reference).abs() / reference.abs().max(1e-12)).min(f32::MAX);
-    Comparison { name: name.to_string(), error: if error.is_nan() { f32::INFINITY } else { error }, relative: true, tolerance: tol }
+    Comparison {
+        name: name.to_string(),
+        error: if error.is_nan() { f32::INFINITY } else { error },
+        relative: true,
+        tolerance: tol,
+    }
 }
 
 fn mean_block_mse(a: &[HostTensor], b: &[HostTensor]) -> f32 {
@@ -232,7 +279,11 @@ fn mean_block_mse(a: &[HostTensor], b: &[HostTensor]) -> f32 {
 }
 
 /// Checks one fixture directory on backend `B`.
-pub fn check_dir<B: FusedOps>(dir: &Path, tol: Tolerance, device: &B::Device) -> Result<ParityReport, ModelError> {
+pub fn check_dir<B: FusedOps>(
+    dir: &Path,
+    tol: Tolerance,
+    device: &B::Device,
+) -> Result<ParityReport, ModelError> {
     let reference = TensorFile::open(dir.join("reference.safetensors"))?;
     let mut model = AnyModel::<B>::load(&dir.join("model"), device)?;
     let mut comparisons = Vec::new();
@@ -254,11 +305,17 @@ pub fn check_dir<B: FusedOps>(dir: &Path, tol: Tolerance, device: &B::Device) ->
     if let (AnyModel::Gpt2(_), Some(r)) = (&model, reference.tensors.get("loss")) {
         let ids = reference.get("input_ids")?;
         let mask = reference.tensors.get("attention_mask").map(HostTensor::to_i64);
-        let labels: Vec<i64> =
-            ids.to_i64().iter().enumerate().map(|(i, &t)| if mask.as_ref().is_some_and(|m| m[i] == 0) { -100 } else { t }).collect();
-        let labels = HostTensor { shape: ids.shape.clone(), data: lora_core::HostData::I64(labels) };
+        let labels: Vec<i64> = ids
+            .to_i64()
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| if mask.as_ref().is_some_and(|m| m[i] == 0) { -100 } else { t })
+            .collect();
+        let labels =
+            HostTensor { shape: ids.shape.clone(), data: lora_core::HostData::I64(labels) };
         let logits: Tensor<B, 3> = base.logits.to_tensor(device);
-        let loss = HostTensor::from_tensor(causal_lm_loss(logits, labels.to_int_tensor(device))).to_f32()[0];
+        let loss = HostTensor::from_tensor(causal_lm_loss(logits, labels.to_int_tensor(device)))
+            .to_f32()[0];
         comparisons.push(rel("loss", loss, r.to_f32()[0], tol.rel));
     }
 
@@ -268,7 +325,12 @@ pub fn check_dir<B: FusedOps>(dir: &Path, tol: Tolerance, device: &B::Device) ->
         let lora = model.run(&reference, device)?;
         compare_outputs("lora.", &lora, &mut comparisons);
         if let Some(r) = reference.tensors.get("rfa.retain_mse") {
-            comparisons.push(rel("rfa.retain_mse", mean_block_mse(&lora.hidden, &base.hidden), r.to_f32()[0], tol.rel));
+            comparisons.push(rel(
+                "rfa.retain_mse",
+                mean_block_mse(&lora.hidden, &base.hidden),
+                r.to_f32()[0],
+                tol.rel,
+            ));
         }
         model.merge_and_unload();
         let merged = model.run(&reference, device)?;

@@ -10,6 +10,9 @@ use rfa_fused::FusedOps;
 /// input (q, k, v) do not each cast it; their outputs stay in that type up to the residual add,
 /// which takes them back with [`to_dtype`] — PyTorch's autocast, which keeps the residual stream
 /// and the norms in f32 and everything between them in bf16.
-pub(crate) fn interior<B: FusedOps, const D: usize>(x: Tensor<B, D>, lin: &LoraLinear<B>) -> Tensor<B, D> {
+pub(crate) fn interior<B: FusedOps, const D: usize>(
+    x: Tensor<B, D>,
+    lin: &LoraLinear<B>,
+) -> Tensor<B, D> {
     if B::bf16_activations() { to_dtype(x, lin.weight_dtype()) } else { x }
 }

@@ -22,7 +22,11 @@ impl StateDict {
     /// `path.weight` in the checkpoint's layout (`[out, in]` for `nn.Linear`, `[in, out]` for
     /// `Conv1D`) and `path.bias`. An adapter that is not merged is refused: its update would
     /// silently be lost.
-    pub fn linear<B: Backend>(&mut self, path: &str, lin: &LoraLinear<B>) -> Result<(), ModelError> {
+    pub fn linear<B: Backend>(
+        &mut self,
+        path: &str,
+        lin: &LoraLinear<B>,
+    ) -> Result<(), ModelError> {
         if lin.lora.is_some() && !lin.merged {
             return Err(ModelError::Input(format!(
                 "{path} carries an unmerged LoRA adapter: merge it first (merge_and_unload) or save the adapter with save_adapter"
@@ -53,8 +57,10 @@ impl StateDict {
         let werr = |e: lora_core::TensorFileError| ModelError::Tensors(e);
         let mut meta = std::collections::HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
-        lora_core::tensors::write_safetensors(&dir.join("model.safetensors"), &self.0, Some(meta)).map_err(werr)?;
-        let json = serde_json::to_string_pretty(config).map_err(|e| ModelError::Input(e.to_string()))?;
+        lora_core::tensors::write_safetensors(&dir.join("model.safetensors"), &self.0, Some(meta))
+            .map_err(werr)?;
+        let json =
+            serde_json::to_string_pretty(config).map_err(|e| ModelError::Input(e.to_string()))?;
         lora_core::tensors::write_atomic(&dir.join("config.json"), json.as_bytes()).map_err(werr)
     }
 }

@@ -31,14 +31,22 @@ impl<B: Backend> TapSink<B> {
 
 /// `LoraLinear::forward` that also records `(p_l, r_l)` when the layer is adapted; `None` once
 /// the sink is full, which ends the pass (callers write `tapped(..)?`). Taps are f32 whatever
-/// the layer ran in: the objective is computed in f32 (bf16 interiors, [`crate::precision::interior`]).
-pub(crate) fn tapped<B: Backend>(lin: &LoraLinear<B>, x: Tensor<B, 3>, sink: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
+/// the layer ran in: the objective is computed in f32 (bf16 interiors,
+/// [`crate::precision::interior`]).
+pub(crate) fn tapped<B: Backend>(
+    lin: &LoraLinear<B>,
+    x: Tensor<B, 3>,
+    sink: &mut TapSink<B>,
+) -> Option<Tensor<B, 3>> {
     if sink.full() {
         return None;
     }
     let y = match lin.split(x) {
         (p, Some(r)) => {
-            sink.taps.push(Tap { pre: to_dtype(p.clone(), DType::F32), residual: to_dtype(r.clone(), DType::F32) });
+            sink.taps.push(Tap {
+                pre: to_dtype(p.clone(), DType::F32),
+                residual: to_dtype(r.clone(), DType::F32),
+            });
             p + r
         }
         (p, None) => p,

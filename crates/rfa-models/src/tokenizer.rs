@@ -44,7 +44,10 @@ impl TextTokenizer {
         let mut inner = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
         inner.with_padding(None);
         inner.with_truncation(None).map_err(|e| err(e.to_string()))?;
-        let pad_id = ["[PAD]", "<pad>", "<|endoftext|>"].iter().find_map(|t| inner.token_to_id(t)).unwrap_or(0);
+        let pad_id = ["[PAD]", "<pad>", "<|endoftext|>"]
+            .iter()
+            .find_map(|t| inner.token_to_id(t))
+            .unwrap_or(0);
         Self::with(inner, path, pad_id)
     }
 
@@ -52,11 +55,16 @@ impl TextTokenizer {
     pub fn gpt2(vocab: &Path, merges: &Path) -> Result<Self, ModelError> {
         for p in [vocab, merges] {
             if !p.is_file() {
-                return Err(ModelError::Tokenizer { path: p.to_path_buf(), reason: "file not found".into() });
+                return Err(ModelError::Tokenizer {
+                    path: p.to_path_buf(),
+                    reason: "file not found".into(),
+                });
             }
         }
         let err = |reason: String| ModelError::Tokenizer { path: vocab.to_path_buf(), reason };
-        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy()).build().map_err(|e| err(e.to_string()))?;
+        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(|e| err(e.to_string()))?;
         let mut inner = Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
@@ -101,28 +109,37 @@ impl TextTokenizer {
         if self.vocab_size() > model_vocab {
             return Err(ModelError::Tokenizer {
                 path: self.source.clone(),
-                reason: format!("vocabulary of {} tokens does not fit the model's embedding of {model_vocab} rows", self.vocab_size()),
+                reason: format!(
+                    "vocabulary of {} tokens does not fit the model's embedding of {model_vocab} rows",
+                    self.vocab_size()
+                ),
             });
         }
         Ok(())
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, ModelError> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| ModelError::Tokenizer { path: self.source.clone(), reason: e.to_string() })?;
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| {
+            ModelError::Tokenizer { path: self.source.clone(), reason: e.to_string() }
+        })?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.inner.decode(ids, true).map_err(|e| ModelError::Tokenizer { path: self.source.clone(), reason: e.to_string() })
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| ModelError::Tokenizer { path: self.source.clone(), reason: e.to_string() })
     }
 
     /// Encodes with special tokens, then `eos` when given. A text longer than `max_len` keeps
     /// its start and its closing special token (`[SEP]`) and gets no `eos` (it did not end
     /// there). Returns the ids and whether the text was cut.
-    pub fn encode_truncated(&self, text: &str, max_len: usize, eos: Option<u32>) -> Result<(Vec<u32>, bool), ModelError> {
+    pub fn encode_truncated(
+        &self,
+        text: &str,
+        max_len: usize,
+        eos: Option<u32>,
+    ) -> Result<(Vec<u32>, bool), ModelError> {
         let mut ids = self.encode(text, true)?;
         ids.extend(eos);
         let cut = ids.len() > max_len;
@@ -145,7 +162,14 @@ impl TextTokenizer {
         }
         let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
         let (ids, attention_mask, seq) = pad_rows(&rows, self.pad_id);
-        Ok(TokenBatch { token_type_ids: vec![0; ids.len()], ids, attention_mask, batch: rows.len(), seq, truncated })
+        Ok(TokenBatch {
+            token_type_ids: vec![0; ids.len()],
+            ids,
+            attention_mask,
+            batch: rows.len(),
+            seq,
+            truncated,
+        })
     }
 }
 

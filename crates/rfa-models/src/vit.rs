@@ -86,7 +86,9 @@ impl VitConfig {
             hidden_act: gelu(),
             layer_norm_eps: eps(),
             qkv_bias: true,
-            id2label: Some(labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect()),
+            id2label: Some(
+                labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect(),
+            ),
             num_labels: None,
             extra: serde_json::Map::new(),
         }
@@ -119,7 +121,10 @@ impl VitConfig {
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(ModelError::Config {
                 path: path.to_path_buf(),
-                reason: format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size),
+                reason: format!(
+                    "image_size {} is not a multiple of patch_size {}",
+                    self.image_size, self.patch_size
+                ),
             });
         }
         Activation::parse(&self.hidden_act, path)
@@ -180,8 +185,13 @@ impl<B: Backend> VitEmbeddings<B> {
         let [b, c, h, w] = pixels.dims();
         let p = self.patch_size;
         let (gh, gw) = (h / p, w / p);
-        // [b, c, gh, p, gw, p] → [b, gh, gw, c, p, p]: each row is one patch in the conv kernel's order.
-        let patches = pixels.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
+        // [b, c, gh, p, gw, p] → [b, gh, gw, c, p, p]: each row is one patch in the conv kernel's
+        // order.
+        let patches = pixels.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([
+            b,
+            gh * gw,
+            c * p * p,
+        ]);
         let x = self.projection.forward(patches);
         let [_, _, d] = x.dims();
         let cls = self.cls_token.val().expand([b, 1, d]);
@@ -193,10 +203,17 @@ impl<B: FusedOps> VitLayer<B> {
     /// `None` once `taps` is full (the pass ends there).
     fn forward(&self, x: Tensor<B, 3>, taps: &mut TapSink<B>) -> Option<Tensor<B, 3>> {
         let dt = x.dtype();
-        let ctx = self.attention.attention.forward(self.layernorm_before.forward(x.clone()), None, taps)?;
+        let ctx = self.attention.attention.forward(
+            self.layernorm_before.forward(x.clone()),
+            None,
+            taps,
+        )?;
         let x = x + to_dtype(tapped(&self.attention.output, ctx, taps)?, dt);
-        let mid =
-            self.act.forward(tapped(&self.intermediate, interior(self.layernorm_after.forward(x.clone()), &self.intermediate), taps)?);
+        let mid = self.act.forward(tapped(
+            &self.intermediate,
+            interior(self.layernorm_after.forward(x.clone()), &self.intermediate),
+            taps,
+        )?);
         Some(x + to_dtype(tapped(&self.output, mid, taps)?, dt))
     }
 }
@@ -210,11 +227,20 @@ impl<B: FusedOps> VitForImageClassification<B> {
 
     /// Reads a pre-trained encoder and puts a fresh classifier with `num_labels` outputs on it.
     /// The head's weights are drawn from `seed`.
-    pub fn load_with_new_head(dir: &Path, num_labels: usize, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
+    pub fn load_with_new_head(
+        dir: &Path,
+        num_labels: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
         Self::load_inner(dir, Some((num_labels, seed)), device)
     }
 
-    fn load_inner(dir: &Path, new_head: Option<(usize, u64)>, device: &B::Device) -> Result<Self, ModelError> {
+    fn load_inner(
+        dir: &Path,
+        new_head: Option<(usize, u64)>,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
         let cpath = dir.join("config.json");
         let mut cfg: VitConfig = read_config(&cpath)?;
         let act = cfg.validate(&cpath)?;
@@ -226,7 +252,8 @@ impl<B: FusedOps> VitForImageClassification<B> {
             Some((n, seed)) => {
                 ck.ignore(|k| k.starts_with("classifier."));
                 if cfg.num_labels() != n {
-                    cfg.id2label = Some((0..n).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect());
+                    cfg.id2label =
+                        Some((0..n).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect());
                 }
                 crate::checkpoint::fresh_head(d, n, seed, device)
             }
@@ -234,7 +261,8 @@ impl<B: FusedOps> VitForImageClassification<B> {
         };
         ck.finish()?;
         let pp = dir.join("preprocessor_config.json");
-        let preprocessor = if pp.is_file() { Some(read_config::<serde_json::Value>(&pp)?) } else { None };
+        let preprocessor =
+            if pp.is_file() { Some(read_config::<serde_json::Value>(&pp)?) } else { None };
         Ok(Self { vit, classifier, config: cfg, preprocessor })
     }
 
@@ -244,7 +272,8 @@ impl<B: FusedOps> VitForImageClassification<B> {
         let act = cfg.validate(Path::new("<config>"))?;
         let mut ck = Checkpoint::<B>::random(0.02, seed, device);
         let vit = VitModel::from_checkpoint(cfg, act, &mut ck)?;
-        let classifier = ck.linear("classifier", cfg.hidden_size, cfg.num_labels(), true, WeightLayout::Linear)?;
+        let classifier =
+            ck.linear("classifier", cfg.hidden_size, cfg.num_labels(), true, WeightLayout::Linear)?;
         Ok(lora_core::unfreeze(Self { vit, classifier, config: cfg.clone(), preprocessor: None }))
     }
 
@@ -261,7 +290,10 @@ impl<B: FusedOps> VitForImageClassification<B> {
         if e.projection.lora.is_some() && !e.projection.merged {
             return Err(ModelError::Input("patch projection carries an unmerged adapter".into()));
         }
-        sd.tensor("vit.embeddings.patch_embeddings.projection.weight", e.projection.base.weight.val().transpose().reshape([d, c, p, p]));
+        sd.tensor(
+            "vit.embeddings.patch_embeddings.projection.weight",
+            e.projection.base.weight.val().transpose().reshape([d, c, p, p]),
+        );
         if let Some(b) = &e.projection.base.bias {
             sd.tensor("vit.embeddings.patch_embeddings.projection.bias", b.val());
         }
@@ -276,8 +308,12 @@ impl<B: FusedOps> VitForImageClassification<B> {
         }
         sd.save(dir, &self.config.to_json())?;
         if let Some(pp) = &self.preprocessor {
-            let json = serde_json::to_string_pretty(pp).map_err(|e| ModelError::Input(e.to_string()))?;
-            lora_core::tensors::write_atomic(&dir.join("preprocessor_config.json"), json.as_bytes())?;
+            let json =
+                serde_json::to_string_pretty(pp).map_err(|e| ModelError::Input(e.to_string()))?;
+            lora_core::tensors::write_atomic(
+                &dir.join("preprocessor_config.json"),
+                json.as_bytes(),
+            )?;
         }
         Ok(())
     }
@@ -293,12 +329,19 @@ impl<B: FusedOps> VitForImageClassification<B> {
         let get = |k: &str| -> Option<Vec<f32>> {
             let v = self.preprocessor.as_ref()?.get(k)?;
             match v {
-                serde_json::Value::Array(a) => a.iter().map(|x| x.as_f64().map(|f| f as f32)).collect(),
+                serde_json::Value::Array(a) => {
+                    a.iter().map(|x| x.as_f64().map(|f| f as f32)).collect()
+                }
                 serde_json::Value::Number(n) => n.as_f64().map(|f| vec![f as f32; c]),
                 _ => None,
             }
         };
-        let off = self.preprocessor.as_ref().and_then(|p| p.get("do_normalize")).and_then(|v| v.as_bool()) == Some(false);
+        let off = self
+            .preprocessor
+            .as_ref()
+            .and_then(|p| p.get("do_normalize"))
+            .and_then(|v| v.as_bool())
+            == Some(false);
         if off {
             return (vec![0.0; c], vec![1.0; c]);
         }
@@ -311,7 +354,8 @@ impl<B: FusedOps> VitForImageClassification<B> {
     /// `pixel_values [batch, channels, image_size, image_size]`, already normalised.
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> ClassifierOutput<B> {
         let mut sink = TapSink::all();
-        let (logits, hidden_states, features) = self.run(pixel_values, &mut sink).expect("a pass without a tap limit runs to the end");
+        let (logits, hidden_states, features) =
+            self.run(pixel_values, &mut sink).expect("a pass without a tap limit runs to the end");
         ClassifierOutput { logits, hidden_states, features, taps: sink.taps }
     }
 
@@ -323,7 +367,11 @@ impl<B: FusedOps> VitForImageClassification<B> {
     }
 
     #[allow(clippy::type_complexity)]
-    fn run(&self, pixel_values: Tensor<B, 4>, taps: &mut TapSink<B>) -> Option<(Tensor<B, 2>, Vec<Tensor<B, 3>>, Tensor<B, 2>)> {
+    fn run(
+        &self,
+        pixel_values: Tensor<B, 4>,
+        taps: &mut TapSink<B>,
+    ) -> Option<(Tensor<B, 2>, Vec<Tensor<B, 3>>, Tensor<B, 2>)> {
         let mut x = self.vit.embeddings.forward(pixel_values);
         let mut hidden_states = vec![x.clone()];
         for layer in &self.vit.layer {
@@ -339,15 +387,25 @@ impl<B: FusedOps> VitForImageClassification<B> {
 }
 
 impl<B: FusedOps> VitModel<B> {
-    pub fn from_checkpoint(cfg: &VitConfig, act: Activation, ck: &mut Checkpoint<B>) -> Result<Self, ModelError> {
+    pub fn from_checkpoint(
+        cfg: &VitConfig,
+        act: Activation,
+        ck: &mut Checkpoint<B>,
+    ) -> Result<Self, ModelError> {
         let (d, eps, lin) = (cfg.hidden_size, cfg.layer_norm_eps, WeightLayout::Linear);
         let (c, p) = (cfg.num_channels, cfg.patch_size);
-        let conv = ck.tensor::<4>("vit.embeddings.patch_embeddings.projection.weight", [d, c, p, p])?;
+        let conv =
+            ck.tensor::<4>("vit.embeddings.patch_embeddings.projection.weight", [d, c, p, p])?;
         let conv_b = ck.tensor::<1>("vit.embeddings.patch_embeddings.projection.bias", [d])?;
         let embeddings = VitEmbeddings {
             cls_token: ck.frozen("vit.embeddings.cls_token", [1, 1, d])?,
-            position_embeddings: ck.frozen("vit.embeddings.position_embeddings", [1, cfg.num_patches() + 1, d])?,
-            projection: LoraLinear::from_weights(conv.reshape([d, c * p * p]).transpose(), Some(conv_b), lin),
+            position_embeddings: ck
+                .frozen("vit.embeddings.position_embeddings", [1, cfg.num_patches() + 1, d])?,
+            projection: LoraLinear::from_weights(
+                conv.reshape([d, c * p * p]).transpose(),
+                Some(conv_b),
+                lin,
+            ),
             patch_size: p,
             num_channels: c,
         };
@@ -358,12 +416,30 @@ impl<B: FusedOps> VitModel<B> {
             layer.push(VitLayer {
                 layernorm_before: ck.layer_norm(&format!("{l}.layernorm_before"), d, eps)?,
                 attention: VitAttention {
-                    attention: SelfAttention::load(ck, &format!("{a}.attention"), d, cfg.num_attention_heads, cfg.qkv_bias)?,
+                    attention: SelfAttention::load(
+                        ck,
+                        &format!("{a}.attention"),
+                        d,
+                        cfg.num_attention_heads,
+                        cfg.qkv_bias,
+                    )?,
                     output: ck.linear(&format!("{a}.output.dense"), d, d, true, lin)?,
                 },
                 layernorm_after: ck.layer_norm(&format!("{l}.layernorm_after"), d, eps)?,
-                intermediate: ck.linear(&format!("{l}.intermediate.dense"), d, cfg.intermediate_size, true, lin)?,
-                output: ck.linear(&format!("{l}.output.dense"), cfg.intermediate_size, d, true, lin)?,
+                intermediate: ck.linear(
+                    &format!("{l}.intermediate.dense"),
+                    d,
+                    cfg.intermediate_size,
+                    true,
+                    lin,
+                )?,
+                output: ck.linear(
+                    &format!("{l}.output.dense"),
+                    cfg.intermediate_size,
+                    d,
+                    true,
+                    lin,
+                )?,
                 act,
             });
         }
@@ -409,7 +485,10 @@ impl<B: FusedOps> LoraModel<B> for VitForImageClassification<B> {
     ///
     /// Paths of the bare `ViTModel` (without `vit.`) are accepted too.
     fn canonical_path(&self, path: &str) -> String {
-        let path = if path.starts_with("encoder.") || path.starts_with("layers.") || path.starts_with("embeddings.") {
+        let path = if path.starts_with("encoder.")
+            || path.starts_with("layers.")
+            || path.starts_with("embeddings.")
+        {
             format!("vit.{path}")
         } else {
             path.to_string()

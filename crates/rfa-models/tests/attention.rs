@@ -111,7 +111,8 @@ fn bias_at(c: &Case, d: &Data, at: [usize; 4]) -> f64 {
     causal
         + match (&c.bias, &d.bias) {
             (Some(s), Some(v)) => {
-                let idx = at.iter().zip(s).fold(0, |acc, (&x, &n)| acc * n + if n == 1 { 0 } else { x });
+                let idx =
+                    at.iter().zip(s).fold(0, |acc, (&x, &n)| acc * n + if n == 1 { 0 } else { x });
                 v[idx] as f64
             }
             _ => 0.0,
@@ -174,16 +175,22 @@ fn reference(c: &Case, d: &Data) -> Reference {
             let vj = |j: usize, e: usize| v[(b * c.tk + j) * cv + h * c.dv + e];
             let wi = |i: usize, e: usize| w[(b * c.tq + i) * cv + h * c.dv + e];
             for i in 0..c.tq {
-                let s: Vec<f64> =
-                    (0..c.tk).map(|j| scale * (0..c.dk).map(|e| qi(i, e) * kj(j, e)).sum::<f64>() + bias_at(b, h, i, j)).collect();
+                let s: Vec<f64> = (0..c.tk)
+                    .map(|j| {
+                        scale * (0..c.dk).map(|e| qi(i, e) * kj(j, e)).sum::<f64>()
+                            + bias_at(b, h, i, j)
+                    })
+                    .collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                 r.stats.extend([m, z]);
                 let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / z).collect();
                 for e in 0..c.dv {
-                    r.out[(b * c.tq + i) * cv + h * c.dv + e] = (0..c.tk).map(|j| p[j] * vj(j, e)).sum();
+                    r.out[(b * c.tq + i) * cv + h * c.dv + e] =
+                        (0..c.tk).map(|j| p[j] * vj(j, e)).sum();
                 }
-                let dp: Vec<f64> = (0..c.tk).map(|j| (0..c.dv).map(|e| wi(i, e) * vj(j, e)).sum()).collect();
+                let dp: Vec<f64> =
+                    (0..c.tk).map(|j| (0..c.dv).map(|e| wi(i, e) * vj(j, e)).sum()).collect();
                 let dot: f64 = (0..c.tk).map(|j| dp[j] * p[j]).sum();
                 for j in 0..c.tk {
                     let ds = scale * p[j] * (dp[j] - dot);
@@ -233,12 +240,19 @@ struct Operands<B: Backend> {
 /// The tensors that hold the operands in the case's layout (the leaves gradients are taken of).
 fn leaves<B: Backend>(c: &Case, d: &Data, dev: &B::Device) -> Vec<Tensor<B, 3>> {
     let (ck, cv) = (c.h * c.dk, c.h * c.dv);
-    let (q, k, v) = (t3::<B>(&d.q, [c.b, c.tq, ck], dev), t3::<B>(&d.k, [c.b, c.tk, ck], dev), t3::<B>(&d.v, [c.b, c.tk, cv], dev));
+    let (q, k, v) = (
+        t3::<B>(&d.q, [c.b, c.tq, ck], dev),
+        t3::<B>(&d.k, [c.b, c.tk, ck], dev),
+        t3::<B>(&d.v, [c.b, c.tk, cv], dev),
+    );
     match c.layout {
         Layout::Contiguous => vec![q, k, v],
         Layout::Fused | Layout::Packed => vec![Tensor::cat(vec![q, k, v], 2)],
         // Stored as [b, width, t].
-        Layout::Transposed => [q, k, v].into_iter().map(|x| Tensor::from_data(x.swap_dims(1, 2).into_data(), dev)).collect(),
+        Layout::Transposed => [q, k, v]
+            .into_iter()
+            .map(|x| Tensor::from_data(x.swap_dims(1, 2).into_data(), dev))
+            .collect(),
     }
 }
 
@@ -246,14 +260,22 @@ fn leaves<B: Backend>(c: &Case, d: &Data, dev: &B::Device) -> Vec<Tensor<B, 3>> 
 fn operands<B: Backend>(c: &Case, leaves: &[Tensor<B, 3>]) -> Operands<B> {
     let (ck, cv) = (c.h * c.dk, c.h * c.dv);
     match c.layout {
-        Layout::Contiguous => Operands { q: leaves[0].clone(), k: leaves[1].clone(), v: leaves[2].clone() },
+        Layout::Contiguous => {
+            Operands { q: leaves[0].clone(), k: leaves[1].clone(), v: leaves[2].clone() }
+        }
         Layout::Fused | Layout::Packed => {
             let j = &leaves[0];
-            Operands { q: j.clone().narrow(2, 0, ck), k: j.clone().narrow(2, ck, ck), v: j.clone().narrow(2, 2 * ck, cv) }
+            Operands {
+                q: j.clone().narrow(2, 0, ck),
+                k: j.clone().narrow(2, ck, ck),
+                v: j.clone().narrow(2, 2 * ck, cv),
+            }
         }
-        Layout::Transposed => {
-            Operands { q: leaves[0].clone().swap_dims(1, 2), k: leaves[1].clone().swap_dims(1, 2), v: leaves[2].clone().swap_dims(1, 2) }
-        }
+        Layout::Transposed => Operands {
+            q: leaves[0].clone().swap_dims(1, 2),
+            k: leaves[1].clone().swap_dims(1, 2),
+            v: leaves[2].clone().swap_dims(1, 2),
+        },
     }
 }
 
@@ -268,7 +290,9 @@ fn leaf_grads(c: &Case, grads: Vec<Vec<f32>>) -> [Vec<f32>; 3] {
         Layout::Contiguous => grads.try_into().unwrap(),
         Layout::Fused | Layout::Packed => {
             let width = 2 * ck + cv;
-            let cols = |lo: usize, n: usize| grads[0].chunks(width).flat_map(|row| row[lo..lo + n].to_vec()).collect();
+            let cols = |lo: usize, n: usize| {
+                grads[0].chunks(width).flat_map(|row| row[lo..lo + n].to_vec()).collect()
+            };
             [cols(0, ck), cols(ck, ck), cols(2 * ck, cv)]
         }
         Layout::Transposed => {
@@ -283,7 +307,12 @@ fn leaf_grads(c: &Case, grads: Vec<Vec<f32>>) -> [Vec<f32>; 3] {
 }
 
 /// The attention of the case's operands: `attention_packed` for the packed layout.
-fn run<B: FusedOps>(c: &Case, leaves: &[Tensor<B, 3>], bias: Option<Tensor<B, 4>>, scale: f64) -> Tensor<B, 3> {
+fn run<B: FusedOps>(
+    c: &Case,
+    leaves: &[Tensor<B, 3>],
+    bias: Option<Tensor<B, 4>>,
+    scale: f64,
+) -> Tensor<B, 3> {
     if c.layout == Layout::Packed {
         return attention_packed(leaves[0].clone(), bias, c.causal, c.h, scale);
     }
@@ -305,14 +334,16 @@ fn check_on_device<AB: FusedAutodiff>(c: &Case, d: &Data, dev: &AB::Device) {
     close_except("out", c, &values(out.clone()), &want.out, &d.out_unchecked);
     let w = t3::<AB>(&d.w, [c.b, c.tq, c.h * c.dv], dev);
     let g = (out * w).sum().backward();
-    let grads = inputs.iter().map(|l| values(l.grad(&g).expect("a gradient for every operand"))).collect();
+    let grads =
+        inputs.iter().map(|l| values(l.grad(&g).expect("a gradient for every operand"))).collect();
     let [dq, dk, dv] = leaf_grads(c, grads);
     close("dq", c, &dq, &want.dq);
     close("dk", c, &dk, &want.dk);
     close("dv", c, &dv, &want.dv);
 
     // Without autodiff: the inference path (flex: no weights kept).
-    let out = run(c, &leaves::<AB::InnerBackend>(c, d, dev), bias::<AB::InnerBackend>(c, d, dev), scale);
+    let out =
+        run(c, &leaves::<AB::InnerBackend>(c, d, dev), bias::<AB::InnerBackend>(c, d, dev), scale);
     close_except("out (no autodiff)", c, &values(out), &want.out, &d.out_unchecked);
 }
 
@@ -325,7 +356,11 @@ fn check(c: &Case) {
     {
         let mut d = data(c);
         exempt_fully_masked_rows(c, &mut d, true, c.causal);
-        check_on_device::<burn::backend::Autodiff<burn::backend::LibTorch<f32>>>(c, &d, &tch_device());
+        check_on_device::<burn::backend::Autodiff<burn::backend::LibTorch<f32>>>(
+            c,
+            &d,
+            &tch_device(),
+        );
     }
 }
 
@@ -339,7 +374,18 @@ fn tch_device() -> burn::backend::libtorch::LibTorchDevice {
 
 /// `[b, heads, tq, tk, dk, dv]`.
 fn case([b, h, tq, tk, dk, dv]: [usize; 6], bias: Option<[usize; 4]>, layout: Layout) -> Case {
-    Case { b, h, tq, tk, dk, dv, bias, causal: false, layout, seed: (b * 31 + h * 7 + tq * 5 + tk * 3 + dk + dv) as u64 }
+    Case {
+        b,
+        h,
+        tq,
+        tk,
+        dk,
+        dv,
+        bias,
+        causal: false,
+        layout,
+        seed: (b * 31 + h * 7 + tq * 5 + tk * 3 + dk + dv) as u64,
+    }
 }
 
 fn causal(c: Case) -> Case {
@@ -349,8 +395,15 @@ fn causal(c: Case) -> Case {
 #[test]
 fn attention_matches_f64_for_every_bias_shape_and_layout() {
     let (b, h, t, dk) = (2, 3, 5, 4);
-    let biases =
-        [None, Some([b, 1, 1, t]), Some([1, 1, t, t]), Some([b, 1, t, t]), Some([b, h, t, t]), Some([1, h, 1, t]), Some([b, 1, t, 1])];
+    let biases = [
+        None,
+        Some([b, 1, 1, t]),
+        Some([1, 1, t, t]),
+        Some([b, 1, t, t]),
+        Some([b, h, t, t]),
+        Some([1, h, 1, t]),
+        Some([b, 1, t, 1]),
+    ];
     for bias in biases {
         for layout in [Layout::Contiguous, Layout::Fused, Layout::Transposed, Layout::Packed] {
             check(&case([b, h, t, t, dk, dk], bias, layout));
@@ -390,11 +443,23 @@ fn stats_on<B: FusedOps>(c: &Case, skip_fully_masked: bool) {
     let dev = Default::default();
     let ops = operands(c, &leaves::<B>(c, &d, &dev));
     let p = |t: Tensor<B, 3>| t.into_primitive().tensor();
-    let mask = AttentionMask { bias: bias::<B>(c, &d, &dev).map(|b| b.into_primitive().tensor()), causal: c.causal };
-    let (_, stats) = B::fused_attention_stats(p(ops.q), p(ops.k), p(ops.v), mask, c.h, 1.0 / (c.dk as f64).sqrt());
+    let mask = AttentionMask {
+        bias: bias::<B>(c, &d, &dev).map(|b| b.into_primitive().tensor()),
+        causal: c.causal,
+    };
+    let (_, stats) = B::fused_attention_stats(
+        p(ops.q),
+        p(ops.k),
+        p(ops.v),
+        mask,
+        c.h,
+        1.0 / (c.dk as f64).sqrt(),
+    );
     let stats: Tensor<B, 4> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(stats));
     assert_eq!(stats.dims(), [c.b, c.h, c.tq, 2]);
-    let rows = (0..c.b * c.h * c.tq).map(|r| skip_fully_masked && fully_masked(c, &d, r / (c.h * c.tq), r / c.tq % c.h, r % c.tq));
+    let rows = (0..c.b * c.h * c.tq).map(|r| {
+        skip_fully_masked && fully_masked(c, &d, r / (c.h * c.tq), r / c.tq % c.h, r % c.tq)
+    });
     let unchecked: Vec<bool> = rows.flat_map(|skip| [skip, skip]).collect();
     close_except("stats", c, &values(stats), &want.stats, &unchecked);
 }

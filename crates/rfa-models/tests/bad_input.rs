@@ -9,7 +9,9 @@ use common::{B, device, fixtures};
 use lora_core::tensors::write_safetensors;
 use lora_core::{LoraError, TensorFile};
 use rfa_models::parity::{AnyModel, Tolerance, check_dir};
-use rfa_models::{BertForSequenceClassification, Gpt2LmHeadModel, ModelError, VitForImageClassification};
+use rfa_models::{
+    BertForSequenceClassification, Gpt2LmHeadModel, ModelError, VitForImageClassification,
+};
 
 fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -35,7 +37,10 @@ fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
-fn edit_weights(file: &Path, edit: impl FnOnce(&mut std::collections::BTreeMap<String, lora_core::HostTensor>)) {
+fn edit_weights(
+    file: &Path,
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, lora_core::HostTensor>),
+) {
     let mut f = TensorFile::open(file).unwrap();
     edit(&mut f.tensors);
     write_safetensors(file, &f.tensors, None).unwrap();
@@ -63,7 +68,9 @@ fn missing_files_name_the_path() {
 fn unknown_model_type_is_rejected() {
     let (_t, dir) = copy_fixture("bert");
     let c = dir.join("model/config.json");
-    let text = std::fs::read_to_string(&c).unwrap().replace("\"model_type\": \"bert\"", "\"model_type\": \"llama\"");
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace("\"model_type\": \"bert\"", "\"model_type\": \"llama\"");
     std::fs::write(&c, text).unwrap();
     let e = AnyModel::<B>::load(&dir.join("model"), &device()).err().unwrap();
     assert!(matches!(e, ModelError::UnknownModelType { .. }), "{e}");
@@ -74,10 +81,17 @@ fn unknown_model_type_is_rejected() {
 fn config_that_does_not_match_the_weights_names_key_and_shapes() {
     let (_t, dir) = copy_fixture("bert");
     let c = dir.join("model/config.json");
-    let text = std::fs::read_to_string(&c).unwrap().replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
     std::fs::write(&c, text).unwrap();
     let e = load_err(&dir.join("model"));
-    assert!(e.contains("bert.encoder.layer.0.intermediate.dense.weight") && e.contains("[96, 64]") && e.contains("[128, 64]"), "{e}");
+    assert!(
+        e.contains("bert.encoder.layer.0.intermediate.dense.weight")
+            && e.contains("[96, 64]")
+            && e.contains("[128, 64]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -85,9 +99,11 @@ fn invalid_config_values_are_rejected() {
     let (_t, dir) = copy_fixture("vit");
     let c = dir.join("model/config.json");
     let orig = std::fs::read_to_string(&c).unwrap();
-    std::fs::write(&c, orig.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5")).unwrap();
+    std::fs::write(&c, orig.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5"))
+        .unwrap();
     assert!(load_err(&dir.join("model")).contains("not divisible"));
-    std::fs::write(&c, orig.replace("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"mystery\"")).unwrap();
+    std::fs::write(&c, orig.replace("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"mystery\""))
+        .unwrap();
     assert!(load_err(&dir.join("model")).contains("mystery"));
     std::fs::write(&c, "{ \"model_type\": \"vit\" ").unwrap();
     assert!(load_err(&dir.join("model")).contains("config.json"));
@@ -135,8 +151,14 @@ fn adapter_targeting_a_missing_module_is_rejected() {
     edit_weights(&dir.join("adapter/adapter_model.safetensors"), |t| {
         let v = t["base_model.model.bert.pooler.dense.lora_A.weight"].clone();
         let b = t["base_model.model.bert.pooler.dense.lora_B.weight"].clone();
-        t.insert("base_model.model.bert.encoder.layer.9.attention.self.query.lora_A.weight".into(), v);
-        t.insert("base_model.model.bert.encoder.layer.9.attention.self.query.lora_B.weight".into(), b);
+        t.insert(
+            "base_model.model.bert.encoder.layer.9.attention.self.query.lora_A.weight".into(),
+            v,
+        );
+        t.insert(
+            "base_model.model.bert.encoder.layer.9.attention.self.query.lora_B.weight".into(),
+            b,
+        );
     });
     let mut m = AnyModel::<B>::load(&dir.join("model"), &device()).ok().unwrap();
     let e = m.load_adapter(&dir.join("adapter")).unwrap_err();
@@ -167,7 +189,10 @@ fn checkpoints_without_the_head_prefix_and_with_buffers_load_the_same() {
         for (k, v) in all {
             t.insert(k.strip_prefix("bert.").unwrap_or(&k).to_string(), v);
         }
-        t.insert("embeddings.position_ids".into(), lora_core::HostTensor::f32(vec![1, 64], (0..64).map(|i| i as f32).collect()));
+        t.insert(
+            "embeddings.position_ids".into(),
+            lora_core::HostTensor::f32(vec![1, 64], (0..64).map(|i| i as f32).collect()),
+        );
     });
     let report = check_dir::<B>(&dir, Tolerance::default(), &device()).unwrap();
     assert!(report.ok(), "{report}");
@@ -200,8 +225,14 @@ fn vit_adapters_with_either_module_naming_load_the_same() {
     let out = dir.join("exported");
     lora_core::save_adapter(&m, &out, None).unwrap();
     let f = TensorFile::open(out.join("adapter_model.safetensors")).unwrap();
-    assert!(f.tensors.keys().all(|k| k.starts_with("base_model.model.vit.encoder.layer.")), "{:?}", f.tensors.keys());
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert!(
+        f.tensors.keys().all(|k| k.starts_with("base_model.model.vit.encoder.layer.")),
+        "{:?}",
+        f.tensors.keys()
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg["target_modules"], serde_json::json!(["query", "value"]));
 }
 

@@ -16,7 +16,10 @@
 mod common;
 
 use burn::backend::Autodiff;
-use common::{AB, assert_fixtures_match, attention_case, gpt2_lora_grads, layer_norm_case, max_rel_error, tap_terms_case};
+use common::{
+    AB, assert_fixtures_match, attention_case, gpt2_lora_grads, layer_norm_case, max_rel_error,
+    tap_terms_case,
+};
 use rfa_models::parity::Tolerance;
 
 #[cfg(feature = "cuda")]
@@ -42,7 +45,10 @@ fn lora_gradients_on_cuda_equal_the_cpu() {
     assert!((loss_cpu - loss_gpu).abs() <= 1e-4 * loss_cpu.abs().max(1.0));
     assert_eq!(cpu.len(), gpu.len());
     let worst = cpu.iter().zip(&gpu).map(|(c, g)| max_rel_error(c, g)).fold(0.0f32, f32::max);
-    println!("{} adapter gradients, worst max-abs error relative to the tensor's largest entry: {worst:.2e}", cpu.len());
+    println!(
+        "{} adapter gradients, worst max-abs error relative to the tensor's largest entry: {worst:.2e}",
+        cpu.len()
+    );
     assert!(worst <= 1e-2, "{worst}");
 }
 
@@ -52,11 +58,15 @@ fn lora_gradients_on_cuda_equal_the_cpu() {
 #[test]
 fn bf16_base_weights_on_cuda_give_the_cpu_gradients_to_bf16_precision() {
     let (loss_cpu, cpu) = gpt2_lora_grads::<AB>(&Default::default(), None);
-    let (loss_gpu, gpu) = gpt2_lora_grads::<Autodiff<C>>(&Default::default(), Some(burn::tensor::DType::BF16));
+    let (loss_gpu, gpu) =
+        gpt2_lora_grads::<Autodiff<C>>(&Default::default(), Some(burn::tensor::DType::BF16));
     println!("loss cpu f32 {loss_cpu:.7} cuda bf16 base {loss_gpu:.7}");
     assert!((loss_cpu - loss_gpu).abs() <= 1e-2 * loss_cpu.abs().max(1.0));
     let worst = cpu.iter().zip(&gpu).map(|(c, g)| max_rel_error(c, g)).fold(0.0f32, f32::max);
-    println!("{} adapter gradients with bf16 base weights, worst error relative to the tensor's largest entry: {worst:.2e}", cpu.len());
+    println!(
+        "{} adapter gradients with bf16 base weights, worst error relative to the tensor's largest entry: {worst:.2e}",
+        cpu.len()
+    );
     assert!(worst <= 5e-2, "{worst}");
 }
 
@@ -65,7 +75,10 @@ fn bf16_base_weights_on_cuda_give_the_cpu_gradients_to_bf16_precision() {
 /// covered by `lora_gradients_on_cuda_equal_the_cpu`.
 #[test]
 fn attention_gradients_on_cuda_equal_the_cpu() {
-    let (cpu, gpu) = (attention_case::<AB>(&Default::default()), attention_case::<Autodiff<C>>(&Default::default()));
+    let (cpu, gpu) = (
+        attention_case::<AB>(&Default::default()),
+        attention_case::<Autodiff<C>>(&Default::default()),
+    );
     for (name, (c, g)) in ["out", "dq", "dk", "dv"].iter().zip(cpu.iter().zip(&gpu)) {
         let err = max_rel_error(c, g);
         println!("attention {name}: max-abs error relative to the largest entry {err:.2e}");
@@ -78,7 +91,10 @@ fn attention_gradients_on_cuda_equal_the_cpu() {
 #[test]
 fn layer_norm_on_cuda_equals_the_cpu() {
     assert!(<C as rfa_models::FusedOps>::layer_norm_as_one_node());
-    let (cpu, gpu) = (layer_norm_case::<AB>(&Default::default()), layer_norm_case::<Autodiff<C>>(&Default::default()));
+    let (cpu, gpu) = (
+        layer_norm_case::<AB>(&Default::default()),
+        layer_norm_case::<Autodiff<C>>(&Default::default()),
+    );
     for (name, (c, g)) in ["out", "dx", "dgamma", "dbeta"].iter().zip(cpu.iter().zip(&gpu)) {
         let err = max_rel_error(c, g);
         println!("layer norm {name}: max-abs error relative to the largest entry {err:.2e}");
@@ -94,11 +110,15 @@ fn layer_norm_on_cuda_equals_the_cpu() {
 fn tap_terms_on_cuda_equal_the_cpu() {
     assert!(<C as rfa_models::FusedOps>::tap_terms_as_one_node());
     for cls in [false, true] {
-        let (cpu, gpu) =
-            (tap_terms_case::<AB>(&Default::default(), false, cls), tap_terms_case::<Autodiff<C>>(&Default::default(), true, cls));
+        let (cpu, gpu) = (
+            tap_terms_case::<AB>(&Default::default(), false, cls),
+            tap_terms_case::<Autodiff<C>>(&Default::default(), true, cls),
+        );
         for (name, (c, g)) in ["terms", "dpre", "dres"].iter().zip(cpu.iter().zip(&gpu)) {
             let err = max_rel_error(c, g);
-            println!("tap terms (cls {cls}) {name}: max-abs error relative to the largest entry {err:.2e}");
+            println!(
+                "tap terms (cls {cls}) {name}: max-abs error relative to the largest entry {err:.2e}"
+            );
             assert!(err <= 1e-5, "{name}: {err}");
         }
     }

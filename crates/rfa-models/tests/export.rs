@@ -55,12 +55,21 @@ fn fresh_vit_is_seeded_trainable_and_saves() {
     assert_eq!(logits(&a), logits(&b));
     assert_ne!(logits(&a), logits(&c));
     let t = VitForImageClassification::<common::AB>::init(&cfg, 1, &device()).unwrap();
-    assert!(t.classifier.base.weight.is_require_grad() && t.vit.layer[0].intermediate.base.weight.is_require_grad());
-    let loaded = VitForImageClassification::<common::AB>::load(&fixtures().join("hf-parity/vit/model"), &device()).unwrap();
+    assert!(
+        t.classifier.base.weight.is_require_grad()
+            && t.vit.layer[0].intermediate.base.weight.is_require_grad()
+    );
+    let loaded = VitForImageClassification::<common::AB>::load(
+        &fixtures().join("hf-parity/vit/model"),
+        &device(),
+    )
+    .unwrap();
     assert!(!loaded.classifier.base.weight.is_require_grad(), "loaded checkpoints start frozen");
     let tmp = tempfile::tempdir().unwrap();
     a.save_pretrained(tmp.path()).unwrap();
-    let cfg_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap()).unwrap();
+    let cfg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg_json["model_type"], "vit");
     assert_eq!(cfg_json["id2label"]["3"], "c3");
     let back = VitForImageClassification::<B>::load(tmp.path(), &device()).unwrap();
@@ -91,7 +100,11 @@ fn round_trip_and_merged<M>(
     lora_core::merge_and_unload(&mut m);
     let out = tmp.path().join("merged");
     save(&m, &out);
-    let want = TensorFile::open(dir.join("reference.safetensors")).unwrap().get("merged.logits").unwrap().to_f32();
+    let want = TensorFile::open(dir.join("reference.safetensors"))
+        .unwrap()
+        .get("merged.logits")
+        .unwrap()
+        .to_f32();
     let got = logits(&load(&out));
     let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(err < 1e-4, "{name}: merged export {err}");
@@ -99,7 +112,10 @@ fn round_trip_and_merged<M>(
 
 #[test]
 fn gpt2_and_bert_checkpoints_round_trip_and_export_merged() {
-    let reference = |name: &str| TensorFile::open(fixtures().join("hf-parity").join(name).join("reference.safetensors")).unwrap();
+    let reference = |name: &str| {
+        TensorFile::open(fixtures().join("hf-parity").join(name).join("reference.safetensors"))
+            .unwrap()
+    };
     let g = reference("gpt2");
     round_trip_and_merged(
         "gpt2",
@@ -118,7 +134,15 @@ fn gpt2_and_bert_checkpoints_round_trip_and_export_merged() {
         |m, p| m.save_pretrained(p).unwrap(),
         |m| {
             let get = |k: &str| b.get(k).unwrap().to_int_tensor(&device());
-            HostTensor::from_tensor(m.forward(get("input_ids"), Some(get("attention_mask")), Some(get("token_type_ids"))).logits).to_f32()
+            HostTensor::from_tensor(
+                m.forward(
+                    get("input_ids"),
+                    Some(get("attention_mask")),
+                    Some(get("token_type_ids")),
+                )
+                .logits,
+            )
+            .to_f32()
         },
     );
 }
@@ -127,7 +151,11 @@ fn gpt2_and_bert_checkpoints_round_trip_and_export_merged() {
 fn vit_reads_and_keeps_preprocessor_config() {
     let src = fixtures().join("hf-parity/vit/model");
     let m = VitForImageClassification::<B>::load(&src, &device()).unwrap();
-    assert_eq!(m.normalisation(), (vec![0.5; 3], vec![0.5; 3]), "ViT's default without preprocessor_config.json");
+    assert_eq!(
+        m.normalisation(),
+        (vec![0.5; 3], vec![0.5; 3]),
+        "ViT's default without preprocessor_config.json"
+    );
     let tmp = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
@@ -138,9 +166,13 @@ fn vit_reads_and_keeps_preprocessor_config() {
     assert_eq!(m.normalisation(), (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225]));
     let out = tmp.path().join("saved");
     m.save_pretrained(&out).unwrap();
-    let back: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("preprocessor_config.json")).unwrap()).unwrap();
+    let back: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("preprocessor_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(back["image_std"][2], 0.225);
-    std::fs::write(tmp.path().join("preprocessor_config.json"), r#"{"do_normalize": false}"#).unwrap();
+    std::fs::write(tmp.path().join("preprocessor_config.json"), r#"{"do_normalize": false}"#)
+        .unwrap();
     let m = VitForImageClassification::<B>::load(tmp.path(), &device()).unwrap();
     assert_eq!(m.normalisation(), (vec![0.0; 3], vec![1.0; 3]));
 }
@@ -149,7 +181,8 @@ fn vit_reads_and_keeps_preprocessor_config() {
 fn new_heads_are_seeded() {
     let dir = fixtures().join("hf-parity/vit/model");
     let head = |seed| {
-        let m = VitForImageClassification::<B>::load_with_new_head(&dir, 3, seed, &device()).unwrap();
+        let m =
+            VitForImageClassification::<B>::load_with_new_head(&dir, 3, seed, &device()).unwrap();
         assert_eq!(m.num_labels(), 3);
         HostTensor::from_tensor(m.classifier.base.weight.val())
     };
@@ -158,12 +191,17 @@ fn new_heads_are_seeded() {
     let bert = fixtures().join("hf-parity/bert/model");
     let b = |seed| {
         HostTensor::from_tensor(
-            rfa_models::BertForSequenceClassification::<B>::load_with_new_head(&bert, 5, seed, &device())
-                .unwrap()
-                .classifier
-                .base
-                .weight
-                .val(),
+            rfa_models::BertForSequenceClassification::<B>::load_with_new_head(
+                &bert,
+                5,
+                seed,
+                &device(),
+            )
+            .unwrap()
+            .classifier
+            .base
+            .weight
+            .val(),
         )
     };
     assert_eq!(b(1), b(1));

@@ -13,8 +13,17 @@ fn model() -> Gpt2LmHeadModel<B> {
 
 fn last_logits(m: &Gpt2LmHeadModel<B>, ids: &[u32]) -> Vec<f32> {
     let n = ids.len();
-    let t = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, n]), &device());
-    m.forward(t, None).logits.narrow(1, n - 1, 1).reshape([m.vocab_size()]).into_data().into_vec().unwrap()
+    let t = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids.iter().map(|&x| x as i64).collect::<Vec<_>>(), [1, n]),
+        &device(),
+    );
+    m.forward(t, None)
+        .logits
+        .narrow(1, n - 1, 1)
+        .reshape([m.vocab_size()])
+        .into_data()
+        .into_vec()
+        .unwrap()
 }
 
 #[test]
@@ -47,8 +56,12 @@ fn top_k_sampling_is_seeded_and_stays_in_the_top_k() {
         assert!(order[..5].contains(&(tok as usize)));
         ids.push(tok);
     }
-    let others: Vec<Vec<u32>> = (0..8).map(|s| m.generate(&prompt, 5, Some(50), 1.5, None, s)).collect();
-    assert!(others.iter().any(|o| o != &others[0]), "different seeds should give different samples");
+    let others: Vec<Vec<u32>> =
+        (0..8).map(|s| m.generate(&prompt, 5, Some(50), 1.5, None, s)).collect();
+    assert!(
+        others.iter().any(|o| o != &others[0]),
+        "different seeds should give different samples"
+    );
 }
 
 #[test]

@@ -29,9 +29,9 @@ fn model_dir() -> PathBuf {
     if let Ok(d) = std::env::var("RFA_MINILM_DIR") {
         return PathBuf::from(d);
     }
-    let assets = std::env::var("RFA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/rfa-assets"));
+    let assets = std::env::var("RFA_ASSETS").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/rfa-assets")
+    });
     assets.join("all-MiniLM-L6-v2")
 }
 
@@ -48,7 +48,10 @@ fn minilm_matches_independent_float64_pass() {
         "MiniLM not found in {}: run scripts/fetch-minilm.sh (or set RFA_MINILM_DIR)",
         dir.display()
     );
-    let reference: Reference = serde_json::from_str(&std::fs::read_to_string(fixtures().join("minilm/reference.json")).unwrap()).unwrap();
+    let reference: Reference = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("minilm/reference.json")).unwrap(),
+    )
+    .unwrap();
     let tok = TextTokenizer::from_dir(&dir).unwrap();
     let model = BertModel::<B>::load(&dir, &device()).unwrap();
     tok.check_fits(model.vocab_size()).unwrap();
@@ -64,7 +67,10 @@ fn minilm_matches_independent_float64_pass() {
     let (n, t) = (batch.batch, batch.seq);
     assert!(batch.attention_mask.contains(&0), "the batch should contain padding");
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.ids.clone(), [n, t]), &device());
-    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(batch.attention_mask.clone(), [n, t]), &device());
+    let mask = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(batch.attention_mask.clone(), [n, t]),
+        &device(),
+    );
     let out = model.forward(ids, Some(mask.clone()), None);
     let h = out.last_hidden_state;
     let d = h.dims()[2];

@@ -8,7 +8,9 @@ use common::{B, device, fixtures};
 use rfa_models::parity::{Tolerance, check_dir};
 
 fn check(name: &str, expected: &[&str]) {
-    let report = check_dir::<B>(&fixtures().join("hf-parity").join(name), Tolerance::default(), &device()).unwrap();
+    let report =
+        check_dir::<B>(&fixtures().join("hf-parity").join(name), Tolerance::default(), &device())
+            .unwrap();
     println!("{report}");
     let names: Vec<&str> = report.comparisons.iter().map(|c| c.name.as_str()).collect();
     for e in expected {
@@ -64,8 +66,12 @@ fn lora_backward_reaches_every_adapter() {
 #[test]
 fn all_three_match_transformers_on_flex() {
     for name in ["gpt2", "bert", "vit"] {
-        let report =
-            check_dir::<burn::backend::Flex>(&fixtures().join("hf-parity").join(name), Tolerance::default(), &Default::default()).unwrap();
+        let report = check_dir::<burn::backend::Flex>(
+            &fixtures().join("hf-parity").join(name),
+            Tolerance::default(),
+            &Default::default(),
+        )
+        .unwrap();
         println!("flex {report}");
         assert!(report.ok(), "{name} on flex: over tolerance: {:?}", report.failures());
     }

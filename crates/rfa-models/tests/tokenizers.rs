@@ -15,7 +15,9 @@ struct Encoding {
 fn check(name: &str) {
     let dir = fixtures().join("hf-parity").join(name).join("tokenizer");
     let tok = TextTokenizer::from_dir(&dir).unwrap();
-    let encs: Vec<Encoding> = serde_json::from_str(&std::fs::read_to_string(dir.join("encodings.json")).unwrap()).unwrap();
+    let encs: Vec<Encoding> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("encodings.json")).unwrap())
+            .unwrap();
     assert!(!encs.is_empty());
     for e in encs {
         assert_eq!(tok.encode(&e.text, true).unwrap(), e.ids, "{name}: {:?}", e.text);

@@ -51,7 +51,8 @@ mod tests {
 
     #[test]
     fn matches_the_reference_sequence() {
-        // The first outputs for seed 1234567 of the reference implementation (Vigna's splitmix64.c).
+        // The first outputs for seed 1234567 of the reference implementation (Vigna's
+        // splitmix64.c).
         let mut r = SplitMix64::new(1234567);
         let got: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
         assert_eq!(got, [6457827717110365317, 3203168211198807973, 9817491932198370423]);

@@ -26,7 +26,10 @@ mod tests {
             // SAFETY: reads a global option.
             let default = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
             // 1000 ms in mimalloc 3 (what libmimalloc-sys builds by default), 10 ms in 2.
-            assert!(default == 1000 || default == 10, "index 15 is not purge_delay (reads {default})");
+            assert!(
+                default == 1000 || default == 10,
+                "index 15 is not purge_delay (reads {default})"
+            );
         }
         keep_freed_memory();
         // SAFETY: reads a global option.

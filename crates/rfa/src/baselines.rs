@@ -7,10 +7,13 @@
 //! | `grad-ascent` | −L(f) | Thudi et al. 2022 |
 //! | `random-label` | L(f with random wrong labels) | Golatkar et al. 2020 |
 //! | `grad-diff`, `neggrad+` | L(r) − w·L(f) | Kurmanji et al. 2023; Liu et al. 2022 |
-//! | `scrub` | α·KL(M0‖θ; r) + γ·L(r) − KL(M0‖θ; f) (the last only in the first epochs) | Kurmanji et al. 2023 |
+//! | `scrub` | α·KL(M0‖θ; r) + γ·L(r) − KL(M0‖θ; f) (the last only in the first epochs) | Kurmanji
+//! et al. 2023 |
 //! | `l1-sparse` | L(r) + w·‖θ‖₁, passes over Dr | Jia et al. 2023 |
-//! | `salun` | L(f with random wrong labels) + L(r), gradients masked to the weights with the largest forget-loss gradient | Fan et al. 2024 |
-//! | `npo` | −(2/β)·log σ(−β·(log πθ(f) − log πM0(f))) + L(r) | Zhang et al. 2024 (NPO + retain loss) |
+//! | `salun` | L(f with random wrong labels) + L(r), gradients masked to the weights with the
+//! largest forget-loss gradient | Fan et al. 2024 |
+//! | `npo` | −(2/β)·log σ(−β·(log πθ(f) − log πM0(f))) + L(r) | Zhang et al. 2024 (NPO + retain
+//! loss) |
 //!
 //! L is the task loss (cross-entropy, or the causal-LM loss); KL, NPO's term and the l1 norm
 //! are in `rfa_loss::baselines`. SCRUB alternates max and min
@@ -33,9 +36,9 @@ use rfa_models::FusedAutodiff;
 use rfa_rng::SplitMix64;
 
 use crate::config::UnlearnConfig;
-use crate::method::Method;
 use crate::engine::{StepLog, UnlearnLog, bar, scalar};
 use crate::learner::{Batch, Input, Learner, Logits, Samples, task_loss};
+use crate::method::Method;
 use crate::task::Task;
 
 /// What each baseline passes over and trains on.
@@ -55,7 +58,13 @@ impl Method {
 }
 
 /// Runs one baseline from `m0`. Returns the trained model (with adapters in `lora` mode).
-pub fn unlearn_baseline<B, M>(m0: M, task: &Task<M::Data>, uc: &UnlearnConfig, seed: u64, device: &B::Device) -> Result<(M, UnlearnLog)>
+pub fn unlearn_baseline<B, M>(
+    m0: M,
+    task: &Task<M::Data>,
+    uc: &UnlearnConfig,
+    seed: u64,
+    device: &B::Device,
+) -> Result<(M, UnlearnLog)>
 where
     B: FusedAutodiff,
     M: Learner<B> + AutodiffModule<B>,
@@ -67,7 +76,11 @@ where
     }
     let classes = task.train.class_names().len();
     if method.relabels() && m0.num_labels().is_none() {
-        bail!("`{}` trains on wrong labels and needs a classifier; for a {} use grad-ascent, grad-diff or npo", uc.method, M::KIND);
+        bail!(
+            "`{}` trains on wrong labels and needs a classifier; for a {} use grad-ascent, grad-diff or npo",
+            uc.method,
+            M::KIND
+        );
     }
     if method.relabels() && classes < 2 {
         bail!("`{}` needs at least two classes", uc.method);
@@ -75,7 +88,10 @@ where
     let teacher = m0.valid();
     let (mut model, adapted, full) = match uc.adapter.as_str() {
         "lora" => {
-            let cfg = LoraConfig { seed, ..LoraConfig::new(uc.rank, uc.alpha, TargetModules::parse(&uc.targets)) };
+            let cfg = LoraConfig {
+                seed,
+                ..LoraConfig::new(uc.rank, uc.alpha, TargetModules::parse(&uc.targets))
+            };
             let (m, adapted) = attach_lora(m0, &cfg)?;
             (m, adapted, false)
         }
@@ -86,7 +102,8 @@ where
     let trainable = if full { params.total } else { params.trainable };
 
     let t0 = Instant::now();
-    let mask = if method == Method::Salun { Some(saliency_mask(&model, task, uc, device)?) } else { None };
+    let mask =
+        if method == Method::Salun { Some(saliency_mask(&model, task, uc, device)?) } else { None };
     let stats_seconds = t0.elapsed().as_secs_f64();
 
     let mut optim = ForeachAdamW::<B>::new(uc.weight_decay as f32, 1e-8);
@@ -125,8 +142,12 @@ where
             let pass = model.pass(&batch.input, true);
             let logits = pass.logits.as_ref().expect("logits");
             let retain = (nr > 0).then(|| task_loss(logits, &batch, 0..nr));
-            let forget = (nf > 0 && method.uses_forget()).then(|| task_loss(logits, &batch, nr..nr + nf));
-            let (rv, fv) = (retain.clone().map(scalar).unwrap_or(0.0), forget.clone().map(scalar).unwrap_or(0.0));
+            let forget =
+                (nf > 0 && method.uses_forget()).then(|| task_loss(logits, &batch, nr..nr + nf));
+            let (rv, fv) = (
+                retain.clone().map(scalar).unwrap_or(0.0),
+                forget.clone().map(scalar).unwrap_or(0.0),
+            );
             let r = || retain.clone().expect("retain batch");
             let f = || forget.clone().expect("forget batch");
             let total = match method {
@@ -140,42 +161,73 @@ where
                 Method::Scrub => {
                     let t = teacher.pass(&inner_input(&batch.input), true);
                     let t = t.logits.expect("teacher logits");
-                    let mut total = kl_to_teacher(&t, logits, &batch, 0..nr).mul_scalar(uc.scrub_alpha) + r().mul_scalar(uc.scrub_gamma);
+                    let mut total = kl_to_teacher(&t, logits, &batch, 0..nr)
+                        .mul_scalar(uc.scrub_alpha)
+                        + r().mul_scalar(uc.scrub_gamma);
                     if epoch < uc.scrub_max_epochs {
                         total = total - kl_to_teacher(&t, logits, &batch, nr..nr + nf);
                     }
                     total
                 }
                 Method::Npo => {
-                    let t = teacher.pass(&inner_input(&batch.input), true).logits.expect("teacher logits");
+                    let t = teacher
+                        .pass(&inner_input(&batch.input), true)
+                        .logits
+                        .expect("teacher logits");
                     let lp = sequence_logprob(logits, &batch, nr..nr + nf);
-                    let lp_ref = Tensor::<B, 1>::from_inner(sequence_logprob(&t, &inner_batch(&batch), nr..nr + nf));
+                    let lp_ref = Tensor::<B, 1>::from_inner(sequence_logprob(
+                        &t,
+                        &inner_batch(&batch),
+                        nr..nr + nf,
+                    ));
                     npo_loss(lp, lp_ref, uc.npo_beta) + r()
                 }
             };
             let tv = scalar(total.clone());
             if !tv.is_finite() {
                 pb.abandon();
-                bail!("{}: the loss became {tv} at step {}; lower unlearn.lr", uc.method, steps.len());
+                bail!(
+                    "{}: the loss became {tv} at step {}; lower unlearn.lr",
+                    uc.method,
+                    steps.len()
+                );
             }
             let mut grads = GradientsParams::from_grads(total.backward(), &model);
             if let Some(m) = &mask {
                 grads = apply_mask(&model, grads, m);
             }
             model = optim.step(uc.lr, model, grads)?;
-            steps.push(StepLog { step: steps.len(), total: tv, retain: rv, forget: fv, seconds: step_start.elapsed().as_secs_f64() });
+            steps.push(StepLog {
+                step: steps.len(),
+                total: tv,
+                retain: rv,
+                forget: fv,
+                seconds: step_start.elapsed().as_secs_f64(),
+            });
             pb.inc(b.len() as u64);
             pb.set_message(format!("loss {tv:.4}"));
         }
     }
     pb.finish();
-    Ok((model, UnlearnLog { steps, adapted, trainable_params: trainable, total_params: params.total, stats_seconds, stats_samples: 0 }))
+    Ok((
+        model,
+        UnlearnLog {
+            steps,
+            adapted,
+            trainable_params: trainable,
+            total_params: params.total,
+            stats_seconds,
+            stats_samples: 0,
+        },
+    ))
 }
 
 fn inner_input<B: AutodiffBackend>(input: &Input<B>) -> Input<B::InnerBackend> {
     match input {
         Input::Pixels(x) => Input::Pixels(x.clone().inner()),
-        Input::Tokens { ids, mask } => Input::Tokens { ids: ids.clone().inner(), mask: mask.clone().inner() },
+        Input::Tokens { ids, mask } => {
+            Input::Tokens { ids: ids.clone().inner(), mask: mask.clone().inner() }
+        }
     }
 }
 
@@ -185,9 +237,15 @@ fn inner_batch<B: AutodiffBackend>(b: &Batch<B>) -> Batch<B::InnerBackend> {
 
 /// Log-probabilities over the output space per prediction of rows `rows`: `[rows, classes]`
 /// for a classifier, `[real next tokens, vocab]` for a language model.
-fn log_probs<B: Backend>(logits: &Logits<B>, batch: &Batch<B>, rows: std::ops::Range<usize>) -> Option<Tensor<B, 2>> {
+fn log_probs<B: Backend>(
+    logits: &Logits<B>,
+    batch: &Batch<B>,
+    rows: std::ops::Range<usize>,
+) -> Option<Tensor<B, 2>> {
     match logits {
-        Logits::Classes(l) => Some(log_softmax(l.clone().narrow(0, rows.start, rows.end - rows.start), 1)),
+        Logits::Classes(l) => {
+            Some(log_softmax(l.clone().narrow(0, rows.start, rows.end - rows.start), 1))
+        }
         Logits::Tokens { hidden, head } => {
             let next = batch.next.as_ref().expect("token batch");
             crate::learner::next_token_log_softmax(hidden, head, next, rows).map(|(lp, _, _)| lp)
@@ -219,7 +277,11 @@ fn batch_device<B: Backend>(b: &Batch<B>) -> B::Device {
 
 /// log π(y | x) per sample of `rows`: the label's log-probability for a classifier, the sum of
 /// the real tokens' log-probabilities for a language model. `[rows]`.
-pub fn sequence_logprob<B: Backend>(logits: &Logits<B>, batch: &Batch<B>, rows: std::ops::Range<usize>) -> Tensor<B, 1> {
+pub fn sequence_logprob<B: Backend>(
+    logits: &Logits<B>,
+    batch: &Batch<B>,
+    rows: std::ops::Range<usize>,
+) -> Tensor<B, 1> {
     let n = rows.end - rows.start;
     let device = batch_device(batch);
     match logits {
@@ -238,7 +300,9 @@ pub fn sequence_logprob<B: Backend>(logits: &Logits<B>, batch: &Batch<B>, rows: 
                     for (j, &r) in row.iter().enumerate() {
                         onehot[(r - rows.start) * m + j] = 1.0;
                     }
-                    Tensor::<B, 2>::from_data(TensorData::new(onehot, [n, m]), &device).matmul(lp.reshape([m, 1])).reshape([n])
+                    Tensor::<B, 2>::from_data(TensorData::new(onehot, [n, m]), &device)
+                        .matmul(lp.reshape([m, 1]))
+                        .reshape([n])
                 }
                 (None, _) => Tensor::zeros([n], &device),
             }
@@ -285,14 +349,19 @@ where
     for b in batches(&task.split.forget, uc.batch_size, false, 0) {
         let batch = model.batch(&task.train, &b, device)?;
         let pass = model.pass(&batch.input, true);
-        let loss = task_loss(pass.logits.as_ref().expect("logits"), &batch, 0..b.len()).mul_scalar(b.len() as f64);
+        let loss = task_loss(pass.logits.as_ref().expect("logits"), &batch, 0..b.len())
+            .mul_scalar(b.len() as f64);
         let grads = GradientsParams::from_grads(loss.backward(), model);
         model.visit(&mut Accumulate::<B> { grads: &grads, sum: &mut sum });
     }
     // The global threshold: the (1 − ratio) quantile of |gradient| over all trainable weights.
     let mut all: Vec<f32> = Vec::new();
-    let host: HashMap<ParamId, Vec<f32>> =
-        sum.iter().map(|(id, t)| (*id, t.clone().abs().into_data().convert::<f32>().into_vec::<f32>().expect("f32"))).collect();
+    let host: HashMap<ParamId, Vec<f32>> = sum
+        .iter()
+        .map(|(id, t)| {
+            (*id, t.clone().abs().into_data().convert::<f32>().into_vec::<f32>().expect("f32"))
+        })
+        .collect();
     host.values().for_each(|v| all.extend(v));
     if all.is_empty() {
         bail!("salun: no trainable weight received a gradient");
@@ -304,7 +373,8 @@ where
         .into_iter()
         .map(|(id, v)| {
             let n = v.len();
-            let m: Vec<f32> = v.into_iter().map(|x| if x >= threshold { 1.0 } else { 0.0 }).collect();
+            let m: Vec<f32> =
+                v.into_iter().map(|x| if x >= threshold { 1.0 } else { 0.0 }).collect();
             (id, Tensor::from_data(TensorData::new(m, [n]), device))
         })
         .collect())

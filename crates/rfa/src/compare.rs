@@ -23,7 +23,11 @@ impl Stat {
         }
         let n = v.len() as f64;
         let mean = v.iter().sum::<f64>() / n;
-        let std = if v.len() > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+        let std = if v.len() > 1 {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
         Some(Self { mean, std })
     }
 
@@ -176,10 +180,20 @@ pub fn markdown(report: &Report) -> String {
 pub fn plot_gap_vs_time(report: &Report, path: &Path) -> Result<()> {
     let rows = summarize(report);
     let gap_col = if report.language_model.is_some() { "AUC gap" } else { "average gap" };
-    let get = |r: &MethodRow, c: &str| r.metrics.iter().find(|m| m.0 == c).and_then(|m| m.1).map(|s| s.mean);
-    let points: Vec<(String, f64, f64)> =
-        rows.iter().filter_map(|r| Some((r.method.clone(), get(r, "time (s)")?, get(r, gap_col)?))).collect();
-    crate::plots::scatter_log_x(&format!("{gap_col} to the retrained model vs time"), "time (s, log scale)", gap_col, &points, path)
+    let get = |r: &MethodRow, c: &str| {
+        r.metrics.iter().find(|m| m.0 == c).and_then(|m| m.1).map(|s| s.mean)
+    };
+    let points: Vec<(String, f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r.method.clone(), get(r, "time (s)")?, get(r, gap_col)?)))
+        .collect();
+    crate::plots::scatter_log_x(
+        &format!("{gap_col} to the retrained model vs time"),
+        "time (s, log scale)",
+        gap_col,
+        &points,
+        path,
+    )
 }
 
 #[cfg(test)]

@@ -237,7 +237,9 @@ impl UnlearnConfig {
         match (self.dtype.as_str(), self.adapter.as_str()) {
             ("f32", _) => Ok(None),
             ("bf16", "full") => {
-                anyhow::bail!("unlearn.dtype = \"bf16\" needs adapters: with adapter = \"full\" every weight is trained, in f32")
+                anyhow::bail!(
+                    "unlearn.dtype = \"bf16\" needs adapters: with adapter = \"full\" every weight is trained, in f32"
+                )
             }
             ("bf16", _) => Ok(Some(burn::tensor::DType::BF16)),
             (other, _) => anyhow::bail!("unknown unlearn.dtype `{other}` (f32, bf16)"),
@@ -274,7 +276,12 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { min_k_percent: min_k(), prompts: prompts(), generate_tokens: generate_tokens(), max_retain: max_retain() }
+        Self {
+            min_k_percent: min_k(),
+            prompts: prompts(),
+            generate_tokens: generate_tokens(),
+            max_retain: max_retain(),
+        }
     }
 }
 
@@ -356,7 +363,8 @@ impl RunConfig {
     }
 
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
@@ -371,7 +379,10 @@ impl RunConfig {
         };
         expand(&mut self.runs_dir);
         expand(&mut self.data.path);
-        for p in [&mut self.model.path, &mut self.model.config, &mut self.model.tokenizer].into_iter().flatten() {
+        for p in [&mut self.model.path, &mut self.model.config, &mut self.model.tokenizer]
+            .into_iter()
+            .flatten()
+        {
             expand(p);
         }
     }

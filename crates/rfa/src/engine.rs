@@ -32,7 +32,9 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})").expect("template").progress_chars("=> "),
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .expect("template")
+            .progress_chars("=> "),
     );
     pb.set_prefix(what.to_string());
     pb
@@ -71,7 +73,8 @@ pub fn train_model<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
     let mut log: Vec<EpochLog> = Vec::new();
     let state_path = ckpt.join("train_state.json");
     if state_path.is_file() {
-        log = serde_json::from_str(&std::fs::read_to_string(&state_path)?).with_context(|| format!("reading {}", state_path.display()))?;
+        log = serde_json::from_str(&std::fs::read_to_string(&state_path)?)
+            .with_context(|| format!("reading {}", state_path.display()))?;
         model = lora_core::unfreeze(<M as Learner<B>>::load(ckpt, device)?);
         eprintln!("{what}: resuming after epoch {} from {}", log.len(), ckpt.display());
     }
@@ -112,7 +115,11 @@ pub fn train_model<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
             ));
         }
         pb.finish();
-        log.push(EpochLog { epoch: epoch + 1, loss: sum / n as f64, samples_per_s: n as f64 / start.elapsed().as_secs_f64() });
+        log.push(EpochLog {
+            epoch: epoch + 1,
+            loss: sum / n as f64,
+            samples_per_s: n as f64 / start.elapsed().as_secs_f64(),
+        });
         if pb.is_hidden() {
             eprintln!(
                 "{what}: epoch {}/{} loss {:.4} {:.0} samples/s",
@@ -129,10 +136,17 @@ pub fn train_model<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
 
 /// Saves the model and the epoch log into `dir` (each file atomically; the log last, so that a
 /// kill between the two leaves the previous epoch's state consistent enough to resume).
-fn save_checkpoint<B: FusedOps, M: Learner<B>>(model: &M, dir: &Path, log: &[EpochLog]) -> Result<()> {
+fn save_checkpoint<B: FusedOps, M: Learner<B>>(
+    model: &M,
+    dir: &Path,
+    log: &[EpochLog],
+) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     model.save(dir)?;
-    lora_core::tensors::write_atomic(&dir.join("train_state.json"), serde_json::to_string_pretty(log)?.as_bytes())?;
+    lora_core::tensors::write_atomic(
+        &dir.join("train_state.json"),
+        serde_json::to_string_pretty(log)?.as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -178,23 +192,38 @@ impl UnlearnLog {
 /// then `uc.epochs` passes over `Df`, each forget batch paired with a retain batch in one
 /// forward pass, loss = retain + λ·forget (+ γ·task loss on the retain batch), AdamW on the
 /// adapters. Padding tokens take part in neither term.
-pub fn unlearn_rfa<B, M>(m0: M, task: &Task<M::Data>, uc: &UnlearnConfig, seed: u64, device: &B::Device) -> Result<(M, UnlearnLog)>
+pub fn unlearn_rfa<B, M>(
+    m0: M,
+    task: &Task<M::Data>,
+    uc: &UnlearnConfig,
+    seed: u64,
+    device: &B::Device,
+) -> Result<(M, UnlearnLog)>
 where
     B: FusedAutodiff,
     M: Learner<B> + AutodiffModule<B>,
     M::InnerModule: Learner<B::InnerBackend, Data = M::Data>,
 {
-    let cfg = LoraConfig { seed, ..LoraConfig::new(uc.rank, uc.alpha, TargetModules::parse(&uc.targets)) };
+    let cfg = LoraConfig {
+        seed,
+        ..LoraConfig::new(uc.rank, uc.alpha, TargetModules::parse(&uc.targets))
+    };
     let (mut model, adapted) = attach_lora(m0, &cfg)?;
     let params = count_params(&model);
     let cls_only = match uc.forget_tokens.as_str() {
         "all" => false,
         "cls" if model.num_labels().is_some() => true,
-        "cls" => bail!("unlearn.forget_tokens = `cls` needs a classifier that reads the first token; a {} uses `all`", M::KIND),
+        "cls" => bail!(
+            "unlearn.forget_tokens = `cls` needs a classifier that reads the first token; a {} uses `all`",
+            M::KIND
+        ),
         other => bail!("unlearn.forget_tokens must be `all` or `cls`, not `{other}`"),
     };
     if uc.retain_cls_weight > 0.0 && model.num_labels().is_none() {
-        bail!("unlearn.retain_cls_weight needs a classifier that reads the first token; a {} has none", M::KIND);
+        bail!(
+            "unlearn.retain_cls_weight needs a classifier that reads the first token; a {} has none",
+            M::KIND
+        );
     }
     // The forget term's view of a tap (and of the padding mask): every token, or the first
     // (CLS) one.
@@ -220,7 +249,11 @@ where
     let pb = bar(stats_set.len() as u64, "features");
     for b in batches(&stats_set, 64, false, 0) {
         let batch = inner.batch(&task.train, &b, device)?;
-        let taps: Vec<lora_core::Tap<B>> = inner.taps(&batch.input).into_iter().map(|t| t.map(|x| view(Tensor::from_inner(x)))).collect();
+        let taps: Vec<lora_core::Tap<B>> = inner
+            .taps(&batch.input)
+            .into_iter()
+            .map(|t| t.map(|x| view(Tensor::from_inner(x))))
+            .collect();
         let mask = view_mask(batch.token_mask().map(Tensor::from_inner));
         stats.add(&taps, Some(&batch.labels), mask.as_ref())?;
         pb.inc(b.len() as u64);
@@ -266,9 +299,17 @@ where
             if uc.retain_cls_weight > 0.0 {
                 // The extra term reads the retain rows' first tokens: split the taps once for both.
                 let s = SplitTaps::new(&taps, split, mask.as_ref())?;
-                parts = objective.total(&s.retain, s.retain_mask.as_ref(), &s.forget, &mu, s.forget_mask.as_ref())?;
-                let cls: Vec<_> = s.retain.iter().map(|t| t.clone().map(|x| x.narrow(1, 0, 1))).collect();
-                total = parts.total.clone() + objective.retain_loss(&cls, None)?.mul_scalar(uc.retain_cls_weight);
+                parts = objective.total(
+                    &s.retain,
+                    s.retain_mask.as_ref(),
+                    &s.forget,
+                    &mu,
+                    s.forget_mask.as_ref(),
+                )?;
+                let cls: Vec<_> =
+                    s.retain.iter().map(|t| t.clone().map(|x| x.narrow(1, 0, 1))).collect();
+                total = parts.total.clone()
+                    + objective.retain_loss(&cls, None)?.mul_scalar(uc.retain_cls_weight);
             } else {
                 parts = objective.total_rows(&taps, split, mask.as_ref(), &mu)?;
                 total = parts.total.clone();
@@ -284,10 +325,19 @@ where
             }
             let grads = GradientsParams::from_grads(total.backward(), &model);
             model = optim.step(uc.lr, model, grads)?;
-            steps.push(StepLog { step: steps.len(), total: tv, retain: rv, forget: fv, seconds: step_start.elapsed().as_secs_f64() });
+            steps.push(StepLog {
+                step: steps.len(),
+                total: tv,
+                retain: rv,
+                forget: fv,
+                seconds: step_start.elapsed().as_secs_f64(),
+            });
             pb.inc(nf as u64);
             seen += nr + nf;
-            pb.set_message(format!("retain {rv:.4} forget {fv:.4} {:.0} samples/s", seen as f64 / started.elapsed().as_secs_f64()));
+            pb.set_message(format!(
+                "retain {rv:.4} forget {fv:.4} {:.0} samples/s",
+                seen as f64 / started.elapsed().as_secs_f64()
+            ));
         }
     }
     pb.finish();
@@ -321,7 +371,12 @@ pub struct Outputs {
 }
 
 /// Runs `model` (without autodiff) over `indices` of `ds`.
-pub fn outputs<B: FusedOps, M: Learner<B>>(model: &M, ds: &M::Data, indices: &[usize], device: &B::Device) -> Result<Outputs> {
+pub fn outputs<B: FusedOps, M: Learner<B>>(
+    model: &M,
+    ds: &M::Data,
+    indices: &[usize],
+    device: &B::Device,
+) -> Result<Outputs> {
     let mut o = Outputs { classes: model.num_labels().unwrap_or(0), ..Outputs::default() };
     // Language-model logits are [tokens, vocab]: keep batches small.
     let per_batch = if model.num_labels().is_some() { 128 } else { 16 };
@@ -334,7 +389,9 @@ pub fn outputs<B: FusedOps, M: Learner<B>>(model: &M, ds: &M::Data, indices: &[u
             Logits::Tokens { hidden, head } => {
                 let next = batch.next.as_ref().expect("token batch");
                 let mut rows = vec![Vec::new(); b.len()];
-                if let (Some(lp), row) = crate::learner::next_token_logprobs(&hidden, &head, next, 0..b.len()) {
+                if let (Some(lp), row) =
+                    crate::learner::next_token_logprobs(&hidden, &head, next, 0..b.len())
+                {
                     for (r, x) in row.into_iter().zip(host(lp)) {
                         rows[r].push(x);
                     }
@@ -352,9 +409,13 @@ pub fn outputs<B: FusedOps, M: Learner<B>>(model: &M, ds: &M::Data, indices: &[u
                 .map(|t| {
                     let [bb, tt, _] = t.residual.dims();
                     let norms = t.residual.powf_scalar(2.0).sum_dim(2).sqrt().reshape([bb, tt]);
-                    // Taps of the classifier head have one token; the padding mask has the sequence.
+                    // Taps of the classifier head have one token; the padding mask has the
+                    // sequence.
                     match mask.clone().filter(|m| m.dims()[1] == tt) {
-                        Some(m) => (norms * m.clone()).sum_dim(1).reshape([bb]) / m.sum_dim(1).reshape([bb]),
+                        Some(m) => {
+                            (norms * m.clone()).sum_dim(1).reshape([bb])
+                                / m.sum_dim(1).reshape([bb])
+                        }
                         None => norms.mean_dim(1).reshape([bb]),
                     }
                 })

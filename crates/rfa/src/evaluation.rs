@@ -8,8 +8,8 @@ use crate::engine::{self, outputs};
 use crate::learner::{Learner, Samples};
 use crate::models::{Bert, Vit};
 use crate::phases::{PhaseRecord, read_phase};
-use crate::role::Role;
 use crate::report::{Evaluated, Report, model_reports};
+use crate::role::Role;
 use crate::task::Task;
 use crate::{Inner, Run, compare, plots};
 
@@ -17,11 +17,15 @@ impl Run {
     /// The models the report compares: M0, M*, and every unlearning result in the run (M0 with
     /// its adapter, or its merged / fully trained model), each with the record of the phase
     /// that made it.
-    pub(crate) fn evaluated_models<B: FusedOps, M: Learner<B>>(&self, device: &B::Device) -> Result<Vec<(Role, M, PhaseRecord)>> {
+    pub(crate) fn evaluated_models<B: FusedOps, M: Learner<B>>(
+        &self,
+        device: &B::Device,
+    ) -> Result<Vec<(Role, M, PhaseRecord)>> {
         let mut v = Vec::new();
         for role in [Role::Original, Role::Retrained] {
             let path = role.dir(&self.dir);
-            let model = <M as Learner<B>>::load(&path, device).with_context(|| format!("loading {}", path.display()))?;
+            let model = <M as Learner<B>>::load(&path, device)
+                .with_context(|| format!("loading {}", path.display()))?;
             v.push((role, model, read_phase(&path)?));
         }
         let unlearned = self.unlearned();
@@ -35,7 +39,8 @@ impl Run {
                 lora_core::load_adapter(&mut m, &dir.join("adapter"))?;
                 m
             } else {
-                <M as Learner<B>>::load(&dir.join("merged"), device).with_context(|| format!("loading {}", dir.display()))?
+                <M as Learner<B>>::load(&dir.join("merged"), device)
+                    .with_context(|| format!("loading {}", dir.display()))?
             };
             v.push((role, model, read_phase(&dir)?));
         }
@@ -45,8 +50,12 @@ impl Run {
     /// `rfa eval`: metrics of M0, M*, RFA → report.json, report.md, plots.
     pub fn eval<B: FusedAutodiff>(&self, backend: &str, device: &B::Device) -> Result<Report> {
         match self.arch {
-            Architecture::Vit => self.eval_classifier::<Inner<B>, Vit<Inner<B>>>(self.images()?, backend, device),
-            Architecture::Bert => self.eval_classifier::<Inner<B>, Bert<Inner<B>>>(self.text()?, backend, device),
+            Architecture::Vit => {
+                self.eval_classifier::<Inner<B>, Vit<Inner<B>>>(self.images()?, backend, device)
+            }
+            Architecture::Bert => {
+                self.eval_classifier::<Inner<B>, Bert<Inner<B>>>(self.text()?, backend, device)
+            }
             Architecture::Gpt2 => self.eval_lm::<Inner<B>>(backend, device),
         }
     }
@@ -69,7 +78,12 @@ impl Run {
         }
     }
 
-    fn eval_classifier<B: FusedOps, M: Learner<B>>(&self, t: &Task<M::Data>, backend: &str, device: &B::Device) -> Result<Report> {
+    fn eval_classifier<B: FusedOps, M: Learner<B>>(
+        &self,
+        t: &Task<M::Data>,
+        backend: &str,
+        device: &B::Device,
+    ) -> Result<Report> {
         let test_idx: Vec<usize> = (0..t.test.len()).collect();
         let mut evaluated = Vec::new();
         for (role, model, record) in self.evaluated_models::<B, M>(device)? {
@@ -83,8 +97,10 @@ impl Run {
         }
         let models = model_reports(&evaluated)?;
         // The residual-norm histogram shows RFA's adapter (else the first result with adapters).
-        let unlearned: Vec<&Evaluated> = evaluated.iter().filter(|e| matches!(e.role, Role::Unlearned { .. })).collect();
-        let rfa = unlearned.iter().find(|e| !e.forget.residual_norms.is_empty()).unwrap_or(&unlearned[0]);
+        let unlearned: Vec<&Evaluated> =
+            evaluated.iter().filter(|e| matches!(e.role, Role::Unlearned { .. })).collect();
+        let rfa =
+            unlearned.iter().find(|e| !e.forget.residual_norms.is_empty()).unwrap_or(&unlearned[0]);
         let report = Report {
             models,
             residual_norms_forget: rfa.forget.residual_norms.clone(),
@@ -100,7 +116,10 @@ impl Run {
     /// `comparison.md` and `plots/gap_vs_time.png`: one row per method (mean ± std over seeds).
     pub(crate) fn write_comparison(&self, report: &Report) -> Result<()> {
         std::fs::create_dir_all(self.dir.join("plots"))?;
-        lora_core::tensors::write_atomic(&self.dir.join("comparison.md"), compare::markdown(report).as_bytes())?;
+        lora_core::tensors::write_atomic(
+            &self.dir.join("comparison.md"),
+            compare::markdown(report).as_bytes(),
+        )?;
         compare::plot_gap_vs_time(report, &self.dir.join("plots/gap_vs_time.png"))
     }
 
@@ -111,30 +130,51 @@ impl Run {
         if report.language_model.is_none() {
             plots::per_class_accuracy(report, &dir.join("per_class_accuracy.png"))?;
         }
-        plots::residual_norms(&report.residual_norms_forget, &report.residual_norms_retain, &dir.join("residual_norms.png"))?;
+        plots::residual_norms(
+            &report.residual_norms_forget,
+            &report.residual_norms_retain,
+            &dir.join("residual_norms.png"),
+        )?;
         let mut train = Vec::new();
         for (role, on) in [(Role::Original, "D"), (Role::Retrained, "Dr")] {
             let name = format!("{} on {on}", role.name());
             let p = role.dir(&self.dir).join("train_state.json");
             if let Ok(text) = std::fs::read_to_string(&p) {
-                let log: Vec<engine::EpochLog> = serde_json::from_str(&text).with_context(|| format!("reading {}", p.display()))?;
-                train.push((name, log.iter().map(|e| e.epoch as f64).collect(), log.iter().map(|e| e.loss).collect()));
+                let log: Vec<engine::EpochLog> = serde_json::from_str(&text)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                train.push((
+                    name,
+                    log.iter().map(|e| e.epoch as f64).collect(),
+                    log.iter().map(|e| e.loss).collect(),
+                ));
             }
         }
-        plots::loss_curves("Training loss (cross-entropy / causal-LM)", "epoch", &train, &dir.join("loss_training.png"))?;
+        plots::loss_curves(
+            "Training loss (cross-entropy / causal-LM)",
+            "epoch",
+            &train,
+            &dir.join("loss_training.png"),
+        )?;
         let p = self.dir.join("rfa/unlearn_log.json");
         if !p.is_file() {
             return Ok(());
         }
-        let log: engine::UnlearnLog =
-            serde_json::from_str(&std::fs::read_to_string(&p)?).with_context(|| format!("reading {}", p.display()))?;
+        let log: engine::UnlearnLog = serde_json::from_str(&std::fs::read_to_string(&p)?)
+            .with_context(|| format!("reading {}", p.display()))?;
         let x: Vec<f64> = log.steps.iter().map(|s| s.step as f64).collect();
         let series = vec![
-            ("retain: mean ||r_l||²".to_string(), x.clone(), log.steps.iter().map(|s| s.retain).collect()),
-            ("forget: mean ||p_l + r_l − mu_l||²".to_string(), x.clone(), log.steps.iter().map(|s| s.forget).collect()),
+            (
+                "retain: mean ||r_l||²".to_string(),
+                x.clone(),
+                log.steps.iter().map(|s| s.retain).collect(),
+            ),
+            (
+                "forget: mean ||p_l + r_l − mu_l||²".to_string(),
+                x.clone(),
+                log.steps.iter().map(|s| s.forget).collect(),
+            ),
             ("total".to_string(), x, log.steps.iter().map(|s| s.total).collect()),
         ];
         plots::loss_curves("RFA unlearning loss", "step", &series, &dir.join("loss_unlearning.png"))
     }
-
 }

@@ -26,8 +26,10 @@ pub fn cache_dir(cwd: &Path, env: impl Fn(&str) -> Option<String>) -> Option<Pat
     if cwd.ancestors().any(|d| CUBECL_CONFIG_FILES.iter().any(|f| d.join(f).is_file())) {
         return None;
     }
-    let base =
-        env("XDG_CACHE_HOME").filter(|s| !s.is_empty()).map(PathBuf::from).or_else(|| env("HOME").map(|h| Path::new(&h).join(".cache")))?;
+    let base = env("XDG_CACHE_HOME")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".cache")))?;
     Some(base.join("rfa").join("cubecl"))
 }
 
@@ -59,15 +61,27 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cwd = tmp.path().join("a/b");
         std::fs::create_dir_all(&cwd).unwrap();
-        assert_eq!(cache_dir(&cwd, env(&[("HOME", "/home/u")])), Some(PathBuf::from("/home/u/.cache/rfa/cubecl")));
-        assert_eq!(cache_dir(&cwd, env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/c")])), Some(PathBuf::from("/c/rfa/cubecl")));
-        assert_eq!(cache_dir(&cwd, env(&[("HOME", "/home/u"), ("RFA_KERNEL_CACHE", "/k")])), Some(PathBuf::from("/k")));
+        assert_eq!(
+            cache_dir(&cwd, env(&[("HOME", "/home/u")])),
+            Some(PathBuf::from("/home/u/.cache/rfa/cubecl"))
+        );
+        assert_eq!(
+            cache_dir(&cwd, env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/c")])),
+            Some(PathBuf::from("/c/rfa/cubecl"))
+        );
+        assert_eq!(
+            cache_dir(&cwd, env(&[("HOME", "/home/u"), ("RFA_KERNEL_CACHE", "/k")])),
+            Some(PathBuf::from("/k"))
+        );
         assert_eq!(cache_dir(&cwd, env(&[("HOME", "/home/u"), ("RFA_KERNEL_CACHE", "off")])), None);
         assert_eq!(cache_dir(&cwd, env(&[])), None, "no home, no cache");
         // A cubecl configuration above the working directory decides for itself.
         std::fs::write(tmp.path().join("a/cubecl.toml"), "").unwrap();
         assert_eq!(cache_dir(&cwd, env(&[("HOME", "/home/u")])), None);
-        assert_eq!(cache_dir(&cwd, env(&[("HOME", "/home/u"), ("RFA_KERNEL_CACHE", "/k")])), Some(PathBuf::from("/k")));
+        assert_eq!(
+            cache_dir(&cwd, env(&[("HOME", "/home/u"), ("RFA_KERNEL_CACHE", "/k")])),
+            Some(PathBuf::from("/k"))
+        );
     }
 }
 
@@ -82,7 +96,9 @@ mod device_script {
         let mut lines = script.lines();
         while let Some(line) = lines.next() {
             if line.contains("cubecl.toml\" <<EOF") {
-                sections.push(lines.by_ref().take_while(|l| *l != "EOF").collect::<Vec<_>>().join("\n"));
+                sections.push(
+                    lines.by_ref().take_while(|l| *l != "EOF").collect::<Vec<_>>().join("\n"),
+                );
             }
         }
         assert_eq!(sections.len(), 2, "the row's configuration and the profiler's section");
@@ -92,11 +108,16 @@ mod device_script {
             .replace("$tune_cache", "/tmp/t")
             .replace("$out", "/tmp/o")
             .replace("$name", "row");
-        let cfg: cubecl_runtime::config::CubeClRuntimeConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let cfg: cubecl_runtime::config::CubeClRuntimeConfig =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let dbg = format!("{cfg:?}");
-        for expected in
-            ["/tmp/c", "/tmp/t", "/tmp/o/bench/row.compile.log", "/tmp/o/bench/row.autotune.log", "/tmp/o/bench/row.profile.log"]
-        {
+        for expected in [
+            "/tmp/c",
+            "/tmp/t",
+            "/tmp/o/bench/row.compile.log",
+            "/tmp/o/bench/row.autotune.log",
+            "/tmp/o/bench/row.profile.log",
+        ] {
             assert!(dbg.contains(expected), "{expected} missing from {dbg}");
         }
     }

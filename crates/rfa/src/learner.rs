@@ -16,7 +16,9 @@ use lora_core::{Tap, Taps};
 use rfa_data::text::TextDataset;
 use rfa_data::{ImageDataset, Preprocess};
 use rfa_models::tokenizer::TextTokenizer;
-use rfa_models::{BertForSequenceClassification, FusedOps, Gpt2LmHeadModel, VitForImageClassification};
+use rfa_models::{
+    BertForSequenceClassification, FusedOps, Gpt2LmHeadModel, VitForImageClassification,
+};
 
 /// A labelled data set the engine can index.
 pub trait Samples {
@@ -74,7 +76,12 @@ impl TokenizedText {
     /// Tokenises every text with special tokens (BERT's `[CLS] … [SEP]`), then `eos` when given
     /// (GPT-2's `<|endoftext|>`, so that a language model learns where a text ends); longer texts
     /// are cut as [`TextTokenizer::encode_truncated`] does.
-    pub fn new(text: TextDataset, tok: &TextTokenizer, max_len: usize, eos: Option<u32>) -> Result<Self> {
+    pub fn new(
+        text: TextDataset,
+        tok: &TextTokenizer,
+        max_len: usize,
+        eos: Option<u32>,
+    ) -> Result<Self> {
         if max_len < 2 {
             bail!("data.max_len must be at least 2, not {max_len}");
         }
@@ -92,11 +99,18 @@ impl TokenizedText {
     }
 
     /// Right-padded `ids` and `attention_mask` of the samples `idx`.
-    pub fn batch<B: Backend>(&self, idx: &[usize], device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
+    pub fn batch<B: Backend>(
+        &self,
+        idx: &[usize],
+        device: &B::Device,
+    ) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
         let rows: Vec<&[u32]> = idx.iter().map(|&i| self.tokens[i].as_slice()).collect();
         let (ids, mask, seq) = rfa_models::tokenizer::pad_rows(&rows, self.pad_id);
         let shape = [idx.len(), seq];
-        (Tensor::from_data(TensorData::new(ids, shape), device), Tensor::from_data(TensorData::new(mask, shape), device))
+        (
+            Tensor::from_data(TensorData::new(ids, shape), device),
+            Tensor::from_data(TensorData::new(mask, shape), device),
+        )
     }
 }
 
@@ -181,8 +195,14 @@ pub fn next_token_log_softmax<B: Backend>(
     }
     let device = hidden.device();
     let n = keep.len();
-    let flat = Tensor::<B, 1, Int>::from_data(TensorData::new(keep.iter().map(|&i| next.flat[i]).collect::<Vec<_>>(), [n]), &device);
-    let target = Tensor::<B, 2, Int>::from_data(TensorData::new(keep.iter().map(|&i| next.target[i]).collect::<Vec<_>>(), [n, 1]), &device);
+    let flat = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(keep.iter().map(|&i| next.flat[i]).collect::<Vec<_>>(), [n]),
+        &device,
+    );
+    let target = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(keep.iter().map(|&i| next.target[i]).collect::<Vec<_>>(), [n, 1]),
+        &device,
+    );
     let h = hidden.clone().reshape([b * t, d]).select(0, flat);
     let lp = log_softmax(h.matmul(head.clone().transpose()), 1);
     Some((lp, target, keep.iter().map(|&i| next.row[i]).collect()))
@@ -216,20 +236,29 @@ pub struct Pass<B: Backend> {
 }
 
 /// The task's loss (cross-entropy on the class, or the causal-LM loss) on rows `rows` of a pass.
-pub fn task_loss<B: Backend>(logits: &Logits<B>, batch: &Batch<B>, rows: Range<usize>) -> Tensor<B, 1> {
+pub fn task_loss<B: Backend>(
+    logits: &Logits<B>,
+    batch: &Batch<B>,
+    rows: Range<usize>,
+) -> Tensor<B, 1> {
     let n = rows.end - rows.start;
     match logits {
         Logits::Classes(l) => {
             let y: Vec<i64> = batch.labels[rows.clone()].iter().map(|&c| c as i64).collect();
             let device = l.device();
             let y = Tensor::from_data(TensorData::new(y, [n]), &device);
-            CrossEntropyLossConfig::new().init(&device).forward(l.clone().narrow(0, rows.start, n), y)
+            CrossEntropyLossConfig::new()
+                .init(&device)
+                .forward(l.clone().narrow(0, rows.start, n), y)
         }
         // Mean over the rows' real next tokens, as Hugging Face's causal-LM loss.
-        Logits::Tokens { hidden, head } => match next_token_logprobs(hidden, head, batch.next.as_ref().expect("token batch"), rows) {
-            (Some(lp), _) => lp.mean().neg(),
-            (None, _) => hidden.clone().sum().mul_scalar(0.0),
-        },
+        Logits::Tokens { hidden, head } => {
+            match next_token_logprobs(hidden, head, batch.next.as_ref().expect("token batch"), rows)
+            {
+                (Some(lp), _) => lp.mean().neg(),
+                (None, _) => hidden.clone().sum().mul_scalar(0.0),
+            }
+        }
     }
 }
 
@@ -263,8 +292,15 @@ impl<B: FusedOps> Learner<B> for VitForImageClassification<B> {
         // normalisation (`preprocessor_config.json`, else ViT's 0.5 / 0.5).
         let pre = Preprocess { size: c.image_size, channels: c.num_channels, mean, std };
         let x = pre.apply(data, idx)?;
-        let t = Tensor::from_data(TensorData::new(x, [idx.len(), pre.channels, pre.size, pre.size]), device);
-        Ok(Batch { input: Input::Pixels(t), labels: idx.iter().map(|&i| data.labels[i]).collect(), next: None })
+        let t = Tensor::from_data(
+            TensorData::new(x, [idx.len(), pre.channels, pre.size, pre.size]),
+            device,
+        );
+        Ok(Batch {
+            input: Input::Pixels(t),
+            labels: idx.iter().map(|&i| data.labels[i]).collect(),
+            next: None,
+        })
     }
 
     fn pass(&self, input: &Input<B>, _logits: bool) -> Pass<B> {
@@ -291,14 +327,29 @@ impl<B: FusedOps> Learner<B> for VitForImageClassification<B> {
     }
 }
 
-fn token_batch<B: Backend>(data: &TokenizedText, idx: &[usize], vocab: usize, device: &B::Device) -> Result<Batch<B>> {
-    if let Some((i, &t)) = idx.iter().flat_map(|&i| data.tokens[i].iter().map(move |t| (i, t))).find(|&(_, &t)| t as usize >= vocab) {
-        bail!("sample {i} has token id {t}, beyond the model's vocabulary of {vocab}: the tokenizer does not belong to this model");
+fn token_batch<B: Backend>(
+    data: &TokenizedText,
+    idx: &[usize],
+    vocab: usize,
+    device: &B::Device,
+) -> Result<Batch<B>> {
+    if let Some((i, &t)) = idx
+        .iter()
+        .flat_map(|&i| data.tokens[i].iter().map(move |t| (i, t)))
+        .find(|&(_, &t)| t as usize >= vocab)
+    {
+        bail!(
+            "sample {i} has token id {t}, beyond the model's vocabulary of {vocab}: the tokenizer does not belong to this model"
+        );
     }
     let (ids, mask) = data.batch(idx, device);
     let rows: Vec<&[u32]> = idx.iter().map(|&i| data.tokens[i].as_slice()).collect();
     let next = NextTokens::new(&rows, ids.dims()[1]);
-    Ok(Batch { input: Input::Tokens { ids, mask }, labels: idx.iter().map(|&i| data.text.labels[i]).collect(), next: Some(next) })
+    Ok(Batch {
+        input: Input::Tokens { ids, mask },
+        labels: idx.iter().map(|&i| data.text.labels[i]).collect(),
+        next: Some(next),
+    })
 }
 
 impl<B: FusedOps> Learner<B> for BertForSequenceClassification<B> {
@@ -307,7 +358,11 @@ impl<B: FusedOps> Learner<B> for BertForSequenceClassification<B> {
 
     fn batch(&self, data: &TokenizedText, idx: &[usize], device: &B::Device) -> Result<Batch<B>> {
         if data.max_len > self.bert.max_positions() {
-            bail!("data.max_len = {} exceeds the model's {} positions", data.max_len, self.bert.max_positions());
+            bail!(
+                "data.max_len = {} exceeds the model's {} positions",
+                data.max_len,
+                self.bert.max_positions()
+            );
         }
         token_batch(data, idx, self.bert.vocab_size(), device)
     }
@@ -342,7 +397,11 @@ impl<B: FusedOps> Learner<B> for Gpt2LmHeadModel<B> {
 
     fn batch(&self, data: &TokenizedText, idx: &[usize], device: &B::Device) -> Result<Batch<B>> {
         if data.max_len > self.config.n_positions {
-            bail!("data.max_len = {} exceeds the model's n_positions = {}", data.max_len, self.config.n_positions);
+            bail!(
+                "data.max_len = {} exceeds the model's n_positions = {}",
+                data.max_len,
+                self.config.n_positions
+            );
         }
         token_batch(data, idx, self.vocab_size(), device)
     }
@@ -352,10 +411,14 @@ impl<B: FusedOps> Learner<B> for Gpt2LmHeadModel<B> {
         let (mut hs, taps) = self.forward_hidden(ids.clone(), Some(mask.clone()));
         let hidden = hs.pop().expect("hidden states");
         // The head is tied to the token embedding.
-        let logits = logits.then(|| Logits::Tokens { hidden: hidden.clone(), head: self.transformer.wte.weight.val() });
+        let logits = logits.then(|| Logits::Tokens {
+            hidden: hidden.clone(),
+            head: self.transformer.wte.weight.val(),
+        });
         let [b, t, d] = hidden.dims();
         let m = mask.clone().float().reshape([b, t, 1]);
-        let features = (hidden * m.clone()).sum_dim(1).reshape([b, d]) / m.sum_dim(1).reshape([b, 1]);
+        let features =
+            (hidden * m.clone()).sum_dim(1).reshape([b, d]) / m.sum_dim(1).reshape([b, 1]);
         Pass { logits, features, taps }
     }
 

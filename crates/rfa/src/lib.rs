@@ -15,6 +15,7 @@ pub mod alloc;
 pub mod baselines;
 pub mod compare;
 pub mod config;
+pub mod device;
 pub mod engine;
 mod evaluation;
 pub mod kernel_cache;
@@ -29,6 +30,7 @@ pub mod role;
 mod run;
 pub mod task;
 
+pub use device::DeviceSpec;
 pub use method::Method;
 pub use phases::PhaseRecord;
 pub use role::Role;

@@ -4,13 +4,13 @@
 use anyhow::{Result, bail};
 use rfa_models::FusedOps;
 
+use crate::Run;
+use crate::engine::Outputs;
 use crate::engine::{self, outputs};
 use crate::learner::Samples;
 use crate::models::{self, Gpt2};
-use crate::report::{self, Generation, Report};
-use crate::Run;
-use crate::engine::Outputs;
 use crate::phases::PhaseRecord;
+use crate::report::{self, Generation, Report};
 use crate::role::Role;
 
 /// One language model's outputs on Df, Dr (a sample) and Dt.
@@ -40,7 +40,9 @@ impl Run {
             None => ("the held-out test set".into(), test_idx.clone()),
         };
         if held.is_empty() {
-            bail!("no held-out text to compare the forget set with (the test set has none of its category)");
+            bail!(
+                "no held-out text to compare the forget set with (the test set has none of its category)"
+            );
         }
         let retain: Vec<usize> = if ev.max_retain > 0 && ev.max_retain < t.split.retain.len() {
             let mut r = t.split.retain.clone();
@@ -61,7 +63,12 @@ impl Run {
         for (from, set) in [("forget", &t.split.forget), ("retain", &t.split.retain)] {
             for &i in set.iter().take(ev.prompts) {
                 let category = t.train.class_names()[t.train.labels()[i]].clone();
-                generations.push(Generation { from: from.into(), category, prompt: prompt_of(i), continuations: Vec::new() });
+                generations.push(Generation {
+                    from: from.into(),
+                    category,
+                    prompt: prompt_of(i),
+                    continuations: Vec::new(),
+                });
             }
         }
         let eos = models::eos_id(tok);
@@ -83,16 +90,21 @@ impl Run {
             }
             evaluated.push(LmEvaluated { role, forget: f, retain: r, test: te, record });
         }
-        let gold_features = evaluated.iter().find(|e| e.role == Role::Retrained).map(|e| e.forget.features.clone());
+        let gold_features =
+            evaluated.iter().find(|e| e.role == Role::Retrained).map(|e| e.forget.features.clone());
         let mut lm_models = Vec::new();
         for LmEvaluated { role, forget: f, retain: r, test: te, record } in &evaluated {
-            let held_lp: Vec<Vec<f32>> = held.iter().map(|&i| te.token_logprobs[i].clone()).collect();
-            let scores =
-                |sets: &[Vec<f32>], score: &dyn Fn(&[f32]) -> Option<f64>| -> Vec<f64> { sets.iter().filter_map(|s| score(s)).collect() };
+            let held_lp: Vec<Vec<f32>> =
+                held.iter().map(|&i| te.token_logprobs[i].clone()).collect();
+            let scores = |sets: &[Vec<f32>], score: &dyn Fn(&[f32]) -> Option<f64>| -> Vec<f64> {
+                sets.iter().filter_map(|s| score(s)).collect()
+            };
             let neg_loss = |s: &[f32]| mean_nll(s).map(|x| -x);
             let min_k = |s: &[f32]| min_k_prob(s, ev.min_k_percent);
             let ppl = |sets: &[Vec<f32>]| perplexity(sets).unwrap_or(f64::NAN);
-            let mean = |v: &[f32]| (!v.is_empty()).then(|| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64);
+            let mean = |v: &[f32]| {
+                (!v.is_empty()).then(|| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64)
+            };
             let fd = match &gold_features {
                 Some(g) if *role != Role::Retrained => {
                     let d = f.feature_dim;
@@ -124,8 +136,10 @@ impl Run {
                 m.auc_gap = Some(((m.loss_auc - la).abs() + (m.min_k_auc - ka).abs()) / 2.0);
             }
         }
-        let unlearned: Vec<&LmEvaluated> = evaluated.iter().filter(|e| matches!(e.role, Role::Unlearned { .. })).collect();
-        let rfa = unlearned.iter().find(|e| !e.forget.residual_norms.is_empty()).unwrap_or(&unlearned[0]);
+        let unlearned: Vec<&LmEvaluated> =
+            evaluated.iter().filter(|e| matches!(e.role, Role::Unlearned { .. })).collect();
+        let rfa =
+            unlearned.iter().find(|e| !e.forget.residual_norms.is_empty()).unwrap_or(&unlearned[0]);
         let report = Report {
             language_model: Some(report::LmSection {
                 models: lm_models,
@@ -144,5 +158,4 @@ impl Run {
         self.write_comparison(&report)?;
         Ok(report)
     }
-
 }

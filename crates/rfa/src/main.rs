@@ -4,14 +4,18 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use rfa::Run;
 use rfa::config::RunConfig;
+use rfa::{DeviceSpec, Run};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "rfa", version, about = "Make pre-trained transformers forget chosen training data, and prove it")]
+#[command(
+    name = "rfa",
+    version,
+    about = "Make pre-trained transformers forget chosen training data, and prove it"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -67,7 +71,7 @@ struct Common {
     /// cuda[:N] (needs the `cuda` build), or tch-cpu / tch-cuda[:N] (PyTorch's libtorch kernels;
     /// needs the `tch` build).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
     /// f32, or bf16 (unlearning on cuda, tch-cpu or tch-cuda): frozen weights in bf16, adapters,
     /// optimizer state and the loss in f32; on tch-* the blocks' interiors in bf16 as under
     /// autocast (sets unlearn.dtype). Training M0 and M* updates every weight and runs in f32.
@@ -102,10 +106,12 @@ impl Common {
         if !self.sets.is_empty() {
             let mut doc: toml::Table = toml::from_str(&cfg.to_toml())?;
             for s in &self.sets {
-                let (key, value) = s.split_once('=').with_context(|| format!("--set {s}: expected KEY=VALUE"))?;
+                let (key, value) =
+                    s.split_once('=').with_context(|| format!("--set {s}: expected KEY=VALUE"))?;
                 set_key(&mut doc, key, value)?;
             }
-            cfg = toml::from_str(&toml::to_string(&doc)?).context("--set gave an invalid configuration")?;
+            cfg = toml::from_str(&toml::to_string(&doc)?)
+                .context("--set gave an invalid configuration")?;
         }
         Ok(cfg)
     }
@@ -121,7 +127,10 @@ fn set_key(doc: &mut toml::Table, key: &str, value: &str) -> Result<()> {
     let last = parts.pop().context("empty key")?;
     let mut table = doc;
     for p in parts {
-        table = table.get_mut(p).and_then(|v| v.as_table_mut()).with_context(|| format!("--set {key}: no section `{p}`"))?;
+        table = table
+            .get_mut(p)
+            .and_then(|v| v.as_table_mut())
+            .with_context(|| format!("--set {key}: no section `{p}`"))?;
     }
     table.insert(last.to_string(), parsed);
     Ok(())
@@ -141,30 +150,39 @@ fn run() -> Result<()> {
         Cmd::Demo(c) | Cmd::Train(c) | Cmd::Retrain(c) | Cmd::Eval(c) => c.clone(),
         Cmd::Unlearn { common, .. } | Cmd::Export { common, .. } => common.clone(),
     };
-    if matches!(cli.cmd, Cmd::Train(_) | Cmd::Retrain(_)) && common.dtype.as_deref() == Some("bf16") {
-        bail!("--dtype bf16 applies to unlearning: training M0 and M* updates every weight and runs in f32");
+    if matches!(cli.cmd, Cmd::Train(_) | Cmd::Retrain(_)) && common.dtype.as_deref() == Some("bf16")
+    {
+        bail!(
+            "--dtype bf16 applies to unlearning: training M0 and M* updates every weight and runs in f32"
+        );
     }
     if common.print_config {
         print!("{}", common.resolve()?.to_toml());
         return Ok(());
     }
-    match common.device.as_str() {
-        "cpu" => {
-            dispatch::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&cli, &common, "cpu (burn ndarray, f32)", &Default::default())
-        }
+    let device = common.device;
+    match device {
+        DeviceSpec::Cpu => dispatch::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
+            &cli,
+            &common,
+            "cpu (burn ndarray, f32)",
+            &Default::default(),
+        ),
         // Threaded GEMM (rayon) and SIMD: 1.3-1.6x faster for GPT-2-small-sized models, slower for
         // the demo's tiny ViT, and not bit-reproducible across thread counts (docs/BENCHMARKS.md).
-        "cpu-flex" => dispatch::<burn::backend::Autodiff<burn::backend::Flex>>(
+        DeviceSpec::CpuFlex => dispatch::<burn::backend::Autodiff<burn::backend::Flex>>(
             &cli,
             &common,
             "cpu-flex (burn flex, f32, threads + SIMD)",
             &Default::default(),
         ),
         #[cfg(feature = "cuda")]
-        d if d.starts_with("cuda") => {
-            let n: usize = d.strip_prefix("cuda:").map(str::parse).transpose().context("--device cuda:N")?.unwrap_or(0);
+        DeviceSpec::Cuda(n) => {
             if let Some(dir) = rfa::kernel_cache::enable() {
-                eprintln!("compiled CUDA kernels are cached in {} (RFA_KERNEL_CACHE=off to disable)", dir.display());
+                eprintln!(
+                    "compiled CUDA kernels are cached in {} (RFA_KERNEL_CACHE=off to disable)",
+                    dir.display()
+                );
             }
             let device = burn::backend::cuda::CudaDevice::new(n);
             // The report's peak device memory: cubecl's allocator, sampled during each phase.
@@ -177,33 +195,48 @@ fn run() -> Result<()> {
             )
         }
         #[cfg(feature = "tch")]
-        d if d.starts_with("tch") => {
-            let device = rfa_models::tch_device(d).unwrap_or_else(|| Err(format!("unknown device `{d}` (tch-cpu, tch-cuda[:N])")));
-            let device = device.map_err(anyhow::Error::msg)?;
+        DeviceSpec::TchCpu | DeviceSpec::TchCuda(_) => {
+            let tch = device.libtorch().context("a libtorch device")?;
             dispatch::<burn::backend::Autodiff<burn::backend::LibTorch<f32>>>(
                 &cli,
                 &common,
-                &format!("{d} (burn-tch, libtorch {:?}, attention {})", device, rfa_fused::tch_attention_kernels()),
-                &device,
+                &format!(
+                    "{device} (burn-tch, libtorch {tch:?}, attention {})",
+                    rfa_fused::tch_attention_kernels()
+                ),
+                &tch,
             )
         }
+        DeviceSpec::Wgpu => bail!(
+            "--device wgpu is the benchmark's (rfa-bench): rfa runs on cpu, cpu-flex, cuda[:N], tch-cpu or tch-cuda[:N]"
+        ),
+        #[allow(unreachable_patterns)]
         other => bail!(
-            "unknown device `{other}` (cpu, cpu-flex{}{})",
-            if cfg!(feature = "cuda") { ", cuda[:N]" } else { "; this build has no CUDA: build with --features cuda" },
-            if cfg!(feature = "tch") { ", tch-cpu, tch-cuda[:N]" } else { "" }
+            "--device {other} needs the `{}` build: cargo build --release -p rfa --features {}",
+            other.feature().unwrap_or_default(),
+            other.feature().unwrap_or_default()
         ),
     }
 }
 
-fn dispatch<B: rfa_models::FusedAutodiff>(cli: &Cli, common: &Common, backend: &str, device: &B::Device) -> Result<()> {
+fn dispatch<B: rfa_models::FusedAutodiff>(
+    cli: &Cli,
+    common: &Common,
+    backend: &str,
+    device: &B::Device,
+) -> Result<()> {
     let mut cfg = common.resolve()?;
     if let Cmd::Unlearn { method: Some(m), .. } = &cli.cmd {
         cfg.unlearn.method = *m;
     }
     cfg.unlearn.base_dtype()?;
-    if cfg.unlearn.dtype == "bf16" && common.device.starts_with("cpu") {
-        // burn's ndarray has no bf16 tensors; flex has them but multiplies in f32 (no speed, only casts).
-        bail!("unlearn.dtype = \"bf16\" needs --device cuda, tch-cpu or tch-cuda: burn's ndarray and flex backends have no bf16 products");
+    if cfg.unlearn.dtype == "bf16" && matches!(common.device, DeviceSpec::Cpu | DeviceSpec::CpuFlex)
+    {
+        // burn's ndarray has no bf16 tensors; flex has them but multiplies in f32 (no speed, only
+        // casts).
+        bail!(
+            "unlearn.dtype = \"bf16\" needs --device cuda, tch-cpu or tch-cuda: burn's ndarray and flex backends have no bf16 products"
+        );
     }
     let mut run = Run::open(cfg)?;
     run.backend = Some(backend.to_string());
@@ -236,12 +269,17 @@ fn dispatch<B: rfa_models::FusedAutodiff>(cli: &Cli, common: &Common, backend: &
                 let from = run.dir.join("rfa").join(sub);
                 let to = out.join(sub);
                 std::fs::create_dir_all(&to)?;
-                for e in std::fs::read_dir(&from).with_context(|| format!("{} (run `rfa unlearn` first)", from.display()))? {
+                for e in std::fs::read_dir(&from)
+                    .with_context(|| format!("{} (run `rfa unlearn` first)", from.display()))?
+                {
                     let e = e?;
                     std::fs::copy(e.path(), to.join(e.file_name()))?;
                 }
             }
-            eprintln!("exported the adapter (PEFT) and the merged model (Hugging Face) to {}", out.display());
+            eprintln!(
+                "exported the adapter (PEFT) and the merged model (Hugging Face) to {}",
+                out.display()
+            );
         }
     }
     Ok(())

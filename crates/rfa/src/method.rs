@@ -23,7 +23,9 @@ pub enum Method {
 
 /// A method name that is none of [`Method::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown unlearning method `{0}` (rfa, finetune, grad-ascent, random-label, grad-diff, neggrad+, scrub, l1-sparse, salun, npo)")]
+#[error(
+    "unknown unlearning method `{0}` (rfa, finetune, grad-ascent, random-label, grad-diff, neggrad+, scrub, l1-sparse, salun, npo)"
+)]
 pub struct UnknownMethod(pub String);
 
 impl Method {

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use rfa_models::tokenizer::TextTokenizer;
 use rfa_models::{
-    Architecture, BertForSequenceClassification, FusedOps, Gpt2Config, Gpt2LmHeadModel, VitConfig, VitForImageClassification,
+    Architecture, BertForSequenceClassification, FusedOps, Gpt2Config, Gpt2LmHeadModel, VitConfig,
+    VitForImageClassification,
 };
 
 use crate::config::ModelConfig;
@@ -30,14 +31,19 @@ pub fn architecture(model: &ModelConfig) -> Result<Architecture> {
         return match t.model_type.as_deref() {
             Some("vit") => Ok(Architecture::Vit),
             Some("gpt2") => Ok(Architecture::Gpt2),
-            Some("bert") => bail!("{}: BERT is fine-tuned from a pre-trained checkpoint: set model.path", c.display()),
+            Some("bert") => bail!(
+                "{}: BERT is fine-tuned from a pre-trained checkpoint: set model.path",
+                c.display()
+            ),
             other => bail!("{}: model_type {other:?} is not one of vit, gpt2", c.display()),
         };
     }
     match model.preset.as_str() {
         p if p.starts_with("vit-") => Ok(Architecture::Vit),
         p if p.starts_with("gpt2-") => Ok(Architecture::Gpt2),
-        other => bail!("unknown model preset `{other}` (vit-tiny, vit-small, gpt2-tiny, gpt2-small, or set model.path)"),
+        other => bail!(
+            "unknown model preset `{other}` (vit-tiny, vit-small, gpt2-tiny, gpt2-small, or set model.path)"
+        ),
     }
 }
 
@@ -63,12 +69,21 @@ pub fn gpt2_preset(model: &ModelConfig, vocab: usize, eos: Option<u32>) -> Resul
 }
 
 /// The ViT to train as the original (and as the retrained gold standard).
-pub fn initial_vit<B: FusedOps>(model: &ModelConfig, classes: &[String], channels: usize, seed: u64, device: &B::Device) -> Result<Vit<B>> {
+pub fn initial_vit<B: FusedOps>(
+    model: &ModelConfig,
+    classes: &[String],
+    channels: usize,
+    seed: u64,
+    device: &B::Device,
+) -> Result<Vit<B>> {
     Ok(match (&model.path, &model.config) {
-        (Some(p), _) => lora_core::unfreeze(Vit::load_with_new_head(p, classes.len(), seed, device)?),
+        (Some(p), _) => {
+            lora_core::unfreeze(Vit::load_with_new_head(p, classes.len(), seed, device)?)
+        }
         (None, Some(c)) => {
             let mut cfg: VitConfig = rfa_models::config::read_config(c)?;
-            cfg.id2label = Some(classes.iter().enumerate().map(|(i, n)| (i.to_string(), n.clone())).collect());
+            cfg.id2label =
+                Some(classes.iter().enumerate().map(|(i, n)| (i.to_string(), n.clone())).collect());
             cfg.num_labels = None;
             Vit::init(&cfg, seed, device)?
         }
@@ -77,13 +92,23 @@ pub fn initial_vit<B: FusedOps>(model: &ModelConfig, classes: &[String], channel
 }
 
 /// A pre-trained BERT with a fresh classification head.
-pub fn initial_bert<B: FusedOps>(model: &ModelConfig, classes: usize, seed: u64, device: &B::Device) -> Result<Bert<B>> {
+pub fn initial_bert<B: FusedOps>(
+    model: &ModelConfig,
+    classes: usize,
+    seed: u64,
+    device: &B::Device,
+) -> Result<Bert<B>> {
     let p = model.path.as_ref().context("BERT needs model.path: a pre-trained checkpoint")?;
     Ok(lora_core::unfreeze(Bert::load_with_new_head(p, classes, seed, device)?))
 }
 
 /// The language model to train: a checkpoint to continue, a `config.json` or a preset.
-pub fn initial_gpt2<B: FusedOps>(model: &ModelConfig, tok: &TextTokenizer, seed: u64, device: &B::Device) -> Result<Gpt2<B>> {
+pub fn initial_gpt2<B: FusedOps>(
+    model: &ModelConfig,
+    tok: &TextTokenizer,
+    seed: u64,
+    device: &B::Device,
+) -> Result<Gpt2<B>> {
     let eos = eos_id(tok);
     let m = match (&model.path, &model.config) {
         (Some(p), _) => lora_core::unfreeze(Gpt2::load(p, device)?),
@@ -101,11 +126,9 @@ pub fn eos_id(tok: &TextTokenizer) -> Option<u32> {
 
 /// The tokenizer of a text run: `model.tokenizer`, else the checkpoint's own.
 pub fn tokenizer(model: &ModelConfig) -> Result<(TextTokenizer, PathBuf)> {
-    let dir = model
-        .tokenizer
-        .clone()
-        .or_else(|| model.path.clone())
-        .context("text needs a tokenizer: set model.tokenizer (or model.path to a checkpoint that has one)")?;
+    let dir = model.tokenizer.clone().or_else(|| model.path.clone()).context(
+        "text needs a tokenizer: set model.tokenizer (or model.path to a checkpoint that has one)",
+    )?;
     Ok((TextTokenizer::from_dir(&dir)?, dir))
 }
 
@@ -125,7 +148,8 @@ pub fn copy_tokenizer(from: &Path, to: &Path) -> Result<()> {
     for (src, dst) in names {
         let s = from.join(src);
         if s.is_file() && from != to {
-            std::fs::copy(&s, to.join(dst)).with_context(|| format!("copying {} to {}", s.display(), to.display()))?;
+            std::fs::copy(&s, to.join(dst))
+                .with_context(|| format!("copying {} to {}", s.display(), to.display()))?;
         }
     }
     Ok(())

@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{train_model, unlearn_rfa};
 use crate::learner::{Learner, Samples};
+use crate::method::Method;
 use crate::models::{self, Bert, Gpt2, Vit};
 use crate::report::{Phase, measure};
-use crate::task::Task;
-use crate::method::Method;
 use crate::role::Role;
+use crate::task::Task;
 use crate::{Inner, Run, baselines};
 
 /// What a phase left beside its model (`phase.json`), and what a report says of the phase that
@@ -47,8 +47,10 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
 
 pub(crate) fn read_phase(dir: &Path) -> Result<PhaseRecord> {
     let p = dir.join("phase.json");
-    let text = std::fs::read_to_string(&p).with_context(|| format!("{} is missing: run that phase first", p.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("reading {}", p.display()))?;
+    let text = std::fs::read_to_string(&p)
+        .with_context(|| format!("{} is missing: run that phase first", p.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", p.display()))?;
     if value.get("phase").is_some_and(serde_json::Value::is_object) {
         let NestedPhaseRecord { phase, trainable_params, ran_on } =
             serde_json::from_value(value).with_context(|| format!("reading {}", p.display()))?;
@@ -64,16 +66,32 @@ impl Run {
         match self.arch {
             Architecture::Vit => {
                 let t = self.images()?;
-                let model = models::initial_vit::<B>(m, &t.train.class_names, t.train.channels, seed, device)?;
+                let model = models::initial_vit::<B>(
+                    m,
+                    &t.train.class_names,
+                    t.train.channels,
+                    seed,
+                    device,
+                )?;
                 self.train_with(model, t, retrain, device)
             }
             Architecture::Bert => {
                 let t = self.text()?;
-                self.train_with(models::initial_bert::<B>(m, t.train.class_names().len(), seed, device)?, t, retrain, device)
+                self.train_with(
+                    models::initial_bert::<B>(m, t.train.class_names().len(), seed, device)?,
+                    t,
+                    retrain,
+                    device,
+                )
             }
             Architecture::Gpt2 => {
                 let tok = self.tokenizer()?;
-                self.train_with(models::initial_gpt2::<B>(m, tok, seed, device)?, self.text()?, retrain, device)
+                self.train_with(
+                    models::initial_gpt2::<B>(m, tok, seed, device)?,
+                    self.text()?,
+                    retrain,
+                    device,
+                )
             }
         }
     }
@@ -86,15 +104,33 @@ impl Run {
         device: &B::Device,
     ) -> Result<()> {
         let (what, sub) = if retrain { ("retrain", "retrain") } else { ("train", "original") };
-        let indices: Vec<usize> = if retrain { task.split.retain.clone() } else { (0..task.train.len()).collect() };
+        let indices: Vec<usize> =
+            if retrain { task.split.retain.clone() } else { (0..task.train.len()).collect() };
         let out = self.dir.join(sub);
         let params = lora_core::count_params(&model).total;
-        let (_, phase) = measure(|| train_model(model, &task.train, &indices, &self.cfg.train, self.cfg.seed, what, &out, device))?;
+        let (_, phase) = measure(|| {
+            train_model(
+                model,
+                &task.train,
+                &indices,
+                &self.cfg.train,
+                self.cfg.seed,
+                what,
+                &out,
+                device,
+            )
+        })?;
         self.copy_tokenizer(&out)?;
         let prev = read_phase(&out).ok();
         // A resumed run adds the time of the interrupted one.
-        let phase = Phase { seconds: phase.seconds + prev.map(|p| p.phase.seconds).unwrap_or(0.0), ..phase };
-        write_json(&out.join("phase.json"), &PhaseRecord { phase, trainable_params: params, ran_on: self.ran_on(None) })
+        let phase = Phase {
+            seconds: phase.seconds + prev.map(|p| p.phase.seconds).unwrap_or(0.0),
+            ..phase
+        };
+        write_json(
+            &out.join("phase.json"),
+            &PhaseRecord { phase, trainable_params: params, ran_on: self.ran_on(None) },
+        )
     }
 
     /// `rfa unlearn --method NAME`: under `NAME/` (or `NAME-s<seed>/`), the adapter (PEFT) when
@@ -115,8 +151,8 @@ impl Run {
     {
         let uc = &self.cfg.unlearn;
         let base_dtype = uc.base_dtype()?;
-        let mut m0 =
-            <M as Learner<B>>::load(&self.dir.join("original"), device).context("loading the original model (run `rfa train` first)")?;
+        let mut m0 = <M as Learner<B>>::load(&self.dir.join("original"), device)
+            .context("loading the original model (run `rfa train` first)")?;
         if let Some(dt) = base_dtype {
             lora_core::set_base_dtype(&mut m0, dt);
         }
@@ -139,7 +175,10 @@ impl Run {
         let mut merged = match base_dtype {
             // The bf16 copy of W0 is lossy: the f32 adapter goes into the f32 original instead.
             Some(_) => {
-                let mut m = <M::InnerModule as Learner<Inner<B>>>::load(&self.dir.join("original"), device)?;
+                let mut m = <M::InnerModule as Learner<Inner<B>>>::load(
+                    &self.dir.join("original"),
+                    device,
+                )?;
                 lora_core::load_adapter(&mut m, &out.join("adapter"))?;
                 m
             }
@@ -152,7 +191,14 @@ impl Run {
         let precision = base_dtype.map(|_| format!("frozen weights in {}", uc.dtype));
         let (first, median) = log.step_times().map_or((None, None), |(f, m)| (Some(f), m));
         let phase = Phase { first_step_seconds: first, median_step_seconds: median, ..phase };
-        write_json(&out.join("phase.json"), &PhaseRecord { phase, trainable_params: log.trainable_params, ran_on: self.ran_on(precision) })
+        write_json(
+            &out.join("phase.json"),
+            &PhaseRecord {
+                phase,
+                trainable_params: log.trainable_params,
+                ran_on: self.ran_on(precision),
+            },
+        )
     }
 
     /// The unlearning results in the run folder, in [`Method::ALL`]'s order then by seed.
@@ -165,7 +211,8 @@ impl Run {
             })
             .filter(|&(method, seed)| {
                 let p = Role::Unlearned { method, seed }.dir(&self.dir);
-                p.join("phase.json").is_file() && (p.join("adapter").is_dir() || p.join("merged").is_dir())
+                p.join("phase.json").is_file()
+                    && (p.join("adapter").is_dir() || p.join("merged").is_dir())
             })
             .collect();
         // A seedless result sorts with seed 0.

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use rfa_eval::{
-    Rows, Summary, accuracy, activation_distance, feature_distance, js_divergence, mia_efficacy, per_class_accuracy, true_label_confidence,
+    Rows, Summary, accuracy, activation_distance, feature_distance, js_divergence, mia_efficacy,
+    per_class_accuracy, true_label_confidence,
 };
 use rfa_models::memory::{DeviceMemory, sample_peak};
 use serde::{Deserialize, Serialize};
@@ -47,7 +48,9 @@ const DEVICE_SAMPLE_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Has every later `measure` sample the device allocator through `probe` (`rfa_models::memory`;
 /// set once, by `main`, for the backend it chose). Returns false if a probe was already set.
-pub fn watch_device_memory(probe: impl Fn() -> Option<DeviceMemory> + Send + Sync + 'static) -> bool {
+pub fn watch_device_memory(
+    probe: impl Fn() -> Option<DeviceMemory> + Send + Sync + 'static,
+) -> bool {
     DEVICE_MEMORY.set(Box::new(probe)).is_ok()
 }
 
@@ -57,7 +60,10 @@ pub fn measure<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Phase)> {
     measure_with(DEVICE_MEMORY.get().map(|p| &**p as &(dyn Fn() -> Option<DeviceMemory> + Sync)), f)
 }
 
-fn measure_with<T>(probe: Option<&(dyn Fn() -> Option<DeviceMemory> + Sync)>, f: impl FnOnce() -> Result<T>) -> Result<(T, Phase)> {
+fn measure_with<T>(
+    probe: Option<&(dyn Fn() -> Option<DeviceMemory> + Sync)>,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<(T, Phase)> {
     // Writing 5 to clear_refs resets the peak-RSS counter (Linux ≥ 4.0).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let t = Instant::now();
@@ -161,7 +167,11 @@ pub fn model_reports(models: &[Evaluated]) -> Result<Vec<ModelReport>> {
                     let conf = |what, split: &Outputs| -> Result<Vec<f64>> {
                         Ok(true_label_confidence(&rows(what, &split.logits, c)?, &split.labels))
                     };
-                    let (r, t, f) = (conf("retain logits", &m.retain)?, conf("test logits", &m.test)?, conf("forget logits", &m.forget)?);
+                    let (r, t, f) = (
+                        conf("retain logits", &m.retain)?,
+                        conf("test logits", &m.test)?,
+                        conf("forget logits", &m.forget)?,
+                    );
                     Ok(mia_efficacy(&r, &t, &f)?)
                 })
             })
@@ -189,12 +199,18 @@ pub fn model_reports(models: &[Evaluated]) -> Result<Vec<ModelReport>> {
             ad = Some(activation_distance(&lf, &gf)?);
             js = Some(js_divergence(&lf, &gf)?);
             let d = m.forget.feature_dim;
-            fdf =
-                Some(feature_distance(&rows("forget features", &m.forget.features, d)?, &rows("forget features", &g.forget.features, d)?)?);
-            fdr =
-                Some(feature_distance(&rows("retain features", &m.retain.features, d)?, &rows("retain features", &g.retain.features, d)?)?);
+            fdf = Some(feature_distance(
+                &rows("forget features", &m.forget.features, d)?,
+                &rows("forget features", &g.forget.features, d)?,
+            )?);
+            fdr = Some(feature_distance(
+                &rows("retain features", &m.retain.features, d)?,
+                &rows("retain features", &g.retain.features, d)?,
+            )?);
         }
-        let mean = |v: &[f32]| (!v.is_empty()).then(|| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64);
+        let mean = |v: &[f32]| {
+            (!v.is_empty()).then(|| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64)
+        };
         out.push(ModelReport {
             name: m.role.name(),
             summary,
@@ -346,7 +362,10 @@ retrained model over UA, RA, TA, MIA-Efficacy. Time: the phase that produced the
 
     /// Writes `report.json` and `report.md` into `dir`, atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        lora_core::tensors::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(self)?.as_bytes())?;
+        lora_core::tensors::write_atomic(
+            &dir.join("report.json"),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )?;
         lora_core::tensors::write_atomic(&dir.join("report.md"), self.markdown().as_bytes())?;
         Ok(())
     }
@@ -354,15 +373,23 @@ retrained model over UA, RA, TA, MIA-Efficacy. Time: the phase that produced the
 
 /// A paragraph naming where each model's phase ran, for the models whose record says so.
 fn ran_on<'a>(models: impl Iterator<Item = (&'a String, &'a Option<String>)>) -> String {
-    let known: Vec<String> = models.filter_map(|(name, on)| on.as_ref().map(|on| format!("{name}: {on}"))).collect();
-    if known.is_empty() { String::new() } else { format!("Phases ran on — {}.\n\n", known.join("; ")) }
+    let known: Vec<String> =
+        models.filter_map(|(name, on)| on.as_ref().map(|on| format!("{name}: {on}"))).collect();
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!("Phases ran on — {}.\n\n", known.join("; "))
+    }
 }
 
 /// A paragraph with each model's device-memory peak, for the models whose phase sampled one (GPU
 /// backends with a readable allocator); nothing otherwise.
 fn device_memory<'a>(models: impl Iterator<Item = (&'a String, &'a Phase)>) -> String {
-    let known: Vec<String> =
-        models.filter_map(|(name, p)| Some(format!("{name} {:.0} / {}", p.peak_device_mib?, f(p.peak_device_reserved_mib, 0)))).collect();
+    let known: Vec<String> = models
+        .filter_map(|(name, p)| {
+            Some(format!("{name} {:.0} / {}", p.peak_device_mib?, f(p.peak_device_reserved_mib, 0)))
+        })
+        .collect();
     if known.is_empty() {
         String::new()
     } else {
@@ -440,7 +467,14 @@ the retrained model over the two AUCs. Dr perplexity over {} retained texts.\n\n
             s += "## Generations (greedy)\n\n| from | prompt | model | continuation |\n|---|---|---|---|\n";
             for g in &self.generations {
                 for (model, text) in &g.continuations {
-                    s += &format!("| {} ({}) | {} | {} | {} |\n", g.from, cell(&g.category), cell(&g.prompt), model, cell(text));
+                    s += &format!(
+                        "| {} ({}) | {} | {} | {} |\n",
+                        g.from,
+                        cell(&g.category),
+                        cell(&g.prompt),
+                        model,
+                        cell(text)
+                    );
                 }
             }
         }
@@ -474,7 +508,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(v, 5);
-        assert_eq!((phase.peak_device_mib, phase.peak_device_reserved_mib), (Some(300.0), Some(1024.0)));
+        assert_eq!(
+            (phase.peak_device_mib, phase.peak_device_reserved_mib),
+            (Some(300.0), Some(1024.0))
+        );
         let json = serde_json::to_string(&phase).unwrap();
         assert!(json.contains("\"peak_device_mib\":300.0"), "{json}");
 
@@ -486,7 +523,8 @@ mod tests {
         assert_eq!((old.seconds, old.peak_device_mib), (1.5, None));
 
         // A failing phase is the phase's error, and the sampler stops with it.
-        let err = measure_with(Some(&probe), || -> Result<()> { anyhow::bail!("no gradients") }).unwrap_err();
+        let err = measure_with(Some(&probe), || -> Result<()> { anyhow::bail!("no gradients") })
+            .unwrap_err();
         assert!(err.to_string().contains("no gradients"), "{err}");
         // A probe that reads nothing (no allocator) records nothing.
         let (_, phase) = measure_with(Some(&|| None), || Ok(())).unwrap();
@@ -498,7 +536,17 @@ mod tests {
     fn unlearning_logs_give_the_first_step_and_the_median_of_the_others() {
         use crate::engine::{StepLog, UnlearnLog};
         let log = |secs: &[f64]| UnlearnLog {
-            steps: secs.iter().enumerate().map(|(i, &s)| StepLog { step: i, total: 0.0, retain: 0.0, forget: 0.0, seconds: s }).collect(),
+            steps: secs
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| StepLog {
+                    step: i,
+                    total: 0.0,
+                    retain: 0.0,
+                    forget: 0.0,
+                    seconds: s,
+                })
+                .collect(),
             adapted: vec![],
             trainable_params: 0,
             total_params: 0,
@@ -510,12 +558,19 @@ mod tests {
         assert_eq!(log(&[2.0]).step_times(), Some((2.0, None)));
         assert_eq!(log(&[]).step_times(), None);
         // Logs written before steps were timed read as 0 s.
-        let old: StepLog = serde_json::from_str(r#"{"step": 0, "total": 1.0, "retain": 0.5, "forget": 0.5}"#).unwrap();
+        let old: StepLog =
+            serde_json::from_str(r#"{"step": 0, "total": 1.0, "retain": 0.5, "forget": 0.5}"#)
+                .unwrap();
         assert_eq!(old.seconds, 0.0);
 
         let (a, b, c) = ("RFA".to_string(), "finetune".to_string(), "original (M0)".to_string());
-        let steps = |first, median| Phase { first_step_seconds: first, median_step_seconds: median, ..Phase::default() };
-        let (pa, pb, pc) = (steps(Some(7.0), Some(0.188)), steps(Some(1.5), None), steps(None, None));
+        let steps = |first, median| Phase {
+            first_step_seconds: first,
+            median_step_seconds: median,
+            ..Phase::default()
+        };
+        let (pa, pb, pc) =
+            (steps(Some(7.0), Some(0.188)), steps(Some(1.5), None), steps(None, None));
         let text = step_times([(&a, &pa), (&b, &pb), (&c, &pc)].into_iter());
         assert!(text.contains("RFA 7.000 s, then 0.188 s; finetune 1.500 s (one step)."), "{text}");
         assert!(!text.contains("M0"), "{text}");
@@ -524,9 +579,15 @@ mod tests {
 
     #[test]
     fn the_device_memory_paragraph_names_the_models_that_have_a_peak() {
-        let (a, b, c) = ("original (M0)".to_string(), "rfa".to_string(), "retrain (M*)".to_string());
-        let peak = |in_use, reserved| Phase { peak_device_mib: in_use, peak_device_reserved_mib: reserved, ..Phase::default() };
-        let (pa, pb, pc) = (peak(Some(812.4), Some(1024.0)), peak(Some(1300.0), None), peak(None, None));
+        let (a, b, c) =
+            ("original (M0)".to_string(), "rfa".to_string(), "retrain (M*)".to_string());
+        let peak = |in_use, reserved| Phase {
+            peak_device_mib: in_use,
+            peak_device_reserved_mib: reserved,
+            ..Phase::default()
+        };
+        let (pa, pb, pc) =
+            (peak(Some(812.4), Some(1024.0)), peak(Some(1300.0), None), peak(None, None));
         let text = device_memory([(&a, &pa), (&b, &pb), (&c, &pc)].into_iter());
         assert!(text.starts_with("Peak device memory"), "{text}");
         assert!(text.contains("original (M0) 812 / 1024; rfa 1300 / —."), "{text}");

@@ -22,7 +22,9 @@ impl Role {
             Self::Original => "original (M0)".into(),
             Self::Retrained => "retrain (M*)".into(),
             Self::Unlearned { method, seed: None } => method.display_name().into(),
-            Self::Unlearned { method, seed: Some(s) } => format!("{} (seed {s})", method.display_name()),
+            Self::Unlearned { method, seed: Some(s) } => {
+                format!("{} (seed {s})", method.display_name())
+            }
         }
     }
 
@@ -70,8 +72,14 @@ mod tests {
         for r in roles {
             assert_eq!(Role::of_folder(&r.folder()), Some(r));
         }
-        assert_eq!(roles.map(Role::name), ["original (M0)", "retrain (M*)", "RFA", "salun (seed 2)"]);
-        assert_eq!(Role::of_folder("neggrad+-s1"), Some(Role::Unlearned { method: Method::GradDiff, seed: Some(1) }));
+        assert_eq!(
+            roles.map(Role::name),
+            ["original (M0)", "retrain (M*)", "RFA", "salun (seed 2)"]
+        );
+        assert_eq!(
+            Role::of_folder("neggrad+-s1"),
+            Some(Role::Unlearned { method: Method::GradDiff, seed: Some(1) })
+        );
         assert_eq!(Role::of_folder("plots"), None);
     }
 }

@@ -17,7 +17,11 @@ pub enum Data {
     Images(Task<ImageDataset>),
     /// Tokenised text, with the tokenizer that encoded it and the folder it came from (saved
     /// beside every model the run writes).
-    Text { task: Task<TokenizedText>, tokenizer: TextTokenizer, tokenizer_dir: PathBuf },
+    Text {
+        task: Task<TokenizedText>,
+        tokenizer: TextTokenizer,
+        tokenizer_dir: PathBuf,
+    },
 }
 
 pub struct Run {
@@ -29,14 +33,16 @@ pub struct Run {
     pub backend: Option<String>,
 }
 
-
 impl Run {
     pub fn open(mut cfg: RunConfig) -> Result<Self> {
         cfg.expand_home();
         let arch = models::architecture(&cfg.model)?;
         let data = if task::is_text(&cfg.data) {
             if arch == Architecture::Vit {
-                bail!("data set `{}` is text, the model a ViT: use a BERT (model.path) or GPT-2 model", cfg.data.dataset);
+                bail!(
+                    "data set `{}` is text, the model a ViT: use a BERT (model.path) or GPT-2 model",
+                    cfg.data.dataset
+                );
             }
             let (tok, tok_dir) = models::tokenizer(&cfg.model)?;
             let (train, test) = task::load_text(&cfg.data, cfg.seed)?;
@@ -55,13 +61,24 @@ impl Run {
             }
             for ds in [&train, &test] {
                 if ds.text.lossy > 0 {
-                    eprintln!("note: {} texts of {} were not valid UTF-8 (decoded with U+FFFD)", ds.text.lossy, ds.source());
+                    eprintln!(
+                        "note: {} texts of {} were not valid UTF-8 (decoded with U+FFFD)",
+                        ds.text.lossy,
+                        ds.source()
+                    );
                 }
             }
-            Data::Text { task: Task::new(train, test, &cfg.data.forget, cfg.seed)?, tokenizer: tok, tokenizer_dir: tok_dir }
+            Data::Text {
+                task: Task::new(train, test, &cfg.data.forget, cfg.seed)?,
+                tokenizer: tok,
+                tokenizer_dir: tok_dir,
+            }
         } else {
             if arch != Architecture::Vit {
-                bail!("data set `{}` is images: the model must be a ViT, not {arch:?}", cfg.data.dataset);
+                bail!(
+                    "data set `{}` is images: the model must be a ViT, not {arch:?}",
+                    cfg.data.dataset
+                );
             }
             let (train, test) = task::load_images(&cfg.data, cfg.seed)?;
             Data::Images(Task::new(train, test, &cfg.data.forget, cfg.seed)?)
@@ -121,5 +138,4 @@ impl Run {
             Data::Images(_) => Ok(()),
         }
     }
-
 }

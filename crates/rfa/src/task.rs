@@ -56,17 +56,26 @@ pub fn load_images(cfg: &DataConfig, seed: u64) -> Result<(ImageDataset, ImageDa
     let dir = if cfg.path.as_os_str().is_empty() { embedded_data_dir() } else { cfg.path.clone() };
     let (train, test) = match cfg.dataset.as_str() {
         "fashion-mnist" | "mnist" => {
-            let names = if cfg.dataset == "mnist" { (0..10).map(|i| i.to_string()).collect() } else { fashion_mnist_classes() };
+            let names = if cfg.dataset == "mnist" {
+                (0..10).map(|i| i.to_string()).collect()
+            } else {
+                fashion_mnist_classes()
+            };
             let (ti, tl) = idx_pair(&dir, "train")?;
             let (vi, vl) = idx_pair(&dir, "t10k")?;
             (load_idx(&ti, &tl, names.clone())?, load_idx(&vi, &vl, names)?)
         }
         "cifar10" => {
-            let train: Vec<PathBuf> = (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect();
+            let train: Vec<PathBuf> =
+                (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect();
             (load_cifar10_bin(&train)?, load_cifar10_bin(&[dir.join("test_batch.bin")])?)
         }
-        "image-folder" => (load_image_folder(&dir.join("train"))?, load_image_folder(&dir.join("test"))?),
-        other => bail!("unknown dataset `{other}` (fashion-mnist, mnist, cifar10, image-folder, imdb, eli5)"),
+        "image-folder" => {
+            (load_image_folder(&dir.join("train"))?, load_image_folder(&dir.join("test"))?)
+        }
+        other => bail!(
+            "unknown dataset `{other}` (fashion-mnist, mnist, cifar10, image-folder, imdb, eli5)"
+        ),
     };
     let train = train.subset(&balanced(&train.labels, train.num_classes(), cfg.max_train, seed));
     let test = test.subset(&balanced(&test.labels, test.num_classes(), cfg.max_test, seed ^ 1));
@@ -87,16 +96,25 @@ pub fn load_text(cfg: &DataConfig, seed: u64) -> Result<(TextDataset, TextDatase
         "imdb" => (load_aclimdb(&cfg.path, "train")?, load_aclimdb(&cfg.path, "test")?),
         "eli5" => {
             let files = eli5_files(&cfg.path)?;
-            let all = eli5_experiment_set(&files, &cfg.categories, cfg.n_categories, cfg.per_category, cfg.with_answer, seed)?;
+            let all = eli5_experiment_set(
+                &files,
+                &cfg.categories,
+                cfg.n_categories,
+                cfg.per_category,
+                cfg.with_answer,
+                seed,
+            )?;
             if !(0.0..100.0).contains(&cfg.test_percent) || cfg.test_percent <= 0.0 {
                 bail!("data.test_percent must be in (0, 100), not {}", cfg.test_percent);
             }
             let mut rng = SplitMix64::new(seed ^ 0xe115);
             let (mut train, mut test) = (Vec::new(), Vec::new());
             for c in 0..all.class_names.len() {
-                let mut members: Vec<usize> = (0..all.len()).filter(|&i| all.labels[i] == c).collect();
+                let mut members: Vec<usize> =
+                    (0..all.len()).filter(|&i| all.labels[i] == c).collect();
                 rng.shuffle(&mut members);
-                let k = ((members.len() as f64) * cfg.test_percent / 100.0).round().max(1.0) as usize;
+                let k =
+                    ((members.len() as f64) * cfg.test_percent / 100.0).round().max(1.0) as usize;
                 test.extend_from_slice(&members[..k.min(members.len())]);
                 train.extend_from_slice(&members[k.min(members.len())..]);
             }

@@ -22,7 +22,17 @@ fn every_method_runs_and_the_report_compares_them_all() {
     let run = Run::open(base.clone()).unwrap();
     run.train::<AB>(false, &dev).unwrap();
     run.train::<AB>(true, &dev).unwrap();
-    let methods = ["rfa", "finetune", "grad-ascent", "random-label", "grad-diff", "scrub", "l1-sparse", "salun", "npo"];
+    let methods = [
+        "rfa",
+        "finetune",
+        "grad-ascent",
+        "random-label",
+        "grad-diff",
+        "scrub",
+        "l1-sparse",
+        "salun",
+        "npo",
+    ];
     for m in methods {
         let mut c = base.clone();
         c.unlearn.method = m.parse().unwrap();
@@ -65,7 +75,8 @@ fn every_method_runs_and_the_report_compares_them_all() {
     let s = first("npo");
     assert!((s.total - s.retain - 2.0 / 0.1 * 2f64.ln()).abs() < 1e-3, "{s:?}");
     // Finetune and l1-sparse pass over Dr: one epoch = |Dr| / batch steps.
-    let (f, r) = (run.images().unwrap().split.forget.len(), run.images().unwrap().split.retain.len());
+    let (f, r) =
+        (run.images().unwrap().split.forget.len(), run.images().unwrap().split.retain.len());
     assert_eq!(log(&run, "finetune").steps.len(), r.div_ceil(32));
     assert_eq!(log(&run, "grad-ascent").steps.len(), f.div_ceil(32));
 }
@@ -84,8 +95,12 @@ fn full_weight_baselines_and_salun_masks() {
     Run::open(c).unwrap().unlearn::<AB>(&dev).unwrap();
     let out = run.dir.join("salun-s7");
     assert!(!out.join("adapter").exists() && out.join("merged/model.safetensors").is_file());
-    let phase: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("phase.json")).unwrap()).unwrap();
-    let total = lora_core::count_params(&rfa::models::Vit::<AB>::load(&run.dir.join("original"), &dev).unwrap()).total;
+    let phase: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("phase.json")).unwrap()).unwrap();
+    let total = lora_core::count_params(
+        &rfa::models::Vit::<AB>::load(&run.dir.join("original"), &dev).unwrap(),
+    )
+    .total;
     assert_eq!(phase["trainable_params"].as_u64().unwrap() as usize, total);
     // Only about half of the weights may move (weight decay is off by default).
     let a = lora_core::TensorFile::open(&run.dir.join("original/model.safetensors")).unwrap();

@@ -59,7 +59,8 @@ fn the_command_runs_the_whole_pipeline() {
     }
     let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap();
     assert!(cfg.contains("forget = \"class:Trouser\"") && cfg.contains("max_train = 200"), "{cfg}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     let models = report["models"].as_array().unwrap();
     assert_eq!(models.len(), 3);
     for m in models {
@@ -74,17 +75,28 @@ fn the_command_runs_the_whole_pipeline() {
     for m in models {
         assert_eq!(m["ran_on"].as_str(), Some("cpu (burn ndarray, f32)"), "{m}");
     }
-    assert!(stdout.contains("Phases ran on — original (M0): cpu (burn ndarray, f32); retrain (M*): cpu"), "{stdout}");
+    assert!(
+        stdout
+            .contains("Phases ran on — original (M0): cpu (burn ndarray, f32); retrain (M*): cpu"),
+        "{stdout}"
+    );
     // The unlearning's first step apart from the others, in the JSON and in the report; trained
     // models have none, and the CPU backends no device memory.
     let rfa = &models[2];
-    let (first, median) = (rfa["first_step_seconds"].as_f64().unwrap(), rfa["median_step_seconds"].as_f64().unwrap());
+    let (first, median) =
+        (rfa["first_step_seconds"].as_f64().unwrap(), rfa["median_step_seconds"].as_f64().unwrap());
     assert!(first > 0.0 && median > 0.0, "{rfa}");
-    assert!(models[0].get("first_step_seconds").is_none() && models.iter().all(|m| m.get("peak_device_mib").is_none()), "{models:?}");
+    assert!(
+        models[0].get("first_step_seconds").is_none()
+            && models.iter().all(|m| m.get("peak_device_mib").is_none()),
+        "{models:?}"
+    );
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains(&format!("— RFA {first:.3} s, then {median:.3} s.")), "{md}");
     assert!(!md.contains("Peak device memory"), "{md}");
-    let log: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("rfa/unlearn_log.json")).unwrap()).unwrap();
+    let log: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("rfa/unlearn_log.json")).unwrap())
+            .unwrap();
     let steps = log["steps"].as_array().unwrap();
     assert!(steps.len() > 1 && steps.iter().all(|s| s["seconds"].as_f64().unwrap() > 0.0), "{log}");
 
@@ -98,7 +110,10 @@ fn the_command_runs_the_whole_pipeline() {
         .output()
         .unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    assert!(exp.join("adapter/adapter_config.json").is_file() && exp.join("merged/config.json").is_file());
+    assert!(
+        exp.join("adapter/adapter_config.json").is_file()
+            && exp.join("merged/config.json").is_file()
+    );
 }
 
 /// `--dtype bf16` is refused where it cannot apply, before anything runs: on CPU (no bf16
@@ -107,14 +122,26 @@ fn the_command_runs_the_whole_pipeline() {
 fn bf16_is_refused_where_it_cannot_apply() {
     let tmp = tempfile::tempdir().unwrap();
     let rfa = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_rfa")).args(args).arg("--runs-dir").arg(tmp.path()).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_rfa"))
+            .args(args)
+            .arg("--runs-dir")
+            .arg(tmp.path())
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?} succeeded");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     assert!(rfa(&["train", "--dtype", "bf16"]).contains("training M0 and M* updates every weight"));
-    assert!(rfa(&["unlearn", "--dtype", "bf16"]).contains("needs --device cuda, tch-cpu or tch-cuda"));
-    assert!(rfa(&["unlearn", "--dtype", "bf16", "--set", "unlearn.adapter=\"full\""]).contains("needs adapters"));
-    assert!(rfa(&["unlearn", "--dtype", "f16"]).contains("unknown unlearn.dtype `f16` (f32, bf16)"));
+    assert!(
+        rfa(&["unlearn", "--dtype", "bf16"]).contains("needs --device cuda, tch-cpu or tch-cuda")
+    );
+    assert!(
+        rfa(&["unlearn", "--dtype", "bf16", "--set", "unlearn.adapter=\"full\""])
+            .contains("needs adapters")
+    );
+    assert!(
+        rfa(&["unlearn", "--dtype", "f16"]).contains("unknown unlearn.dtype `f16` (f32, bf16)")
+    );
     assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "nothing may be written");
 }
 
@@ -145,10 +172,12 @@ fn training_resumes_after_an_interruption() {
     cfg.train.epochs = 1;
     Run::open(cfg.clone()).unwrap().train::<AB>(false, &dev).unwrap();
     let state = tmp.path().join("resume/original/train_state.json");
-    let first: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     cfg.train.epochs = 2;
     Run::open(cfg).unwrap().train::<AB>(false, &dev).unwrap();
-    let both: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let both: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(both.as_array().unwrap().len(), 2);
     assert_eq!(both[0], first[0], "epoch 1 was not redone");
 }
@@ -159,7 +188,8 @@ fn a_diverging_loss_stops_with_a_clear_error() {
     let mut cfg = tiny("nan", tmp.path());
     cfg.train.lr = 1e30;
     cfg.train.epochs = 3;
-    let err = Run::open(cfg).unwrap().train::<AB>(false, &Default::default()).unwrap_err().to_string();
+    let err =
+        Run::open(cfg).unwrap().train::<AB>(false, &Default::default()).unwrap_err().to_string();
     assert!(err.contains("the loss became"), "{err}");
     assert!(err.contains("lower the learning rate") || err.contains("original"), "{err}");
 }
@@ -215,11 +245,17 @@ fn any_vit_config_json_trains_from_scratch_on_resized_grey_images() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = tiny("config", tmp.path());
     // 32² RGB, patch 4, 10 labels: the Fashion-MNIST images are resized and repeated over channels.
-    cfg.model.config = Some(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf-parity/vit/model/config.json"));
+    cfg.model.config = Some(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/hf-parity/vit/model/config.json"),
+    );
     cfg.train.epochs = 1;
     let run = Run::open(cfg).unwrap();
     run.train::<AB>(false, &Default::default()).unwrap();
-    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.dir.join("original/config.json")).unwrap()).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.dir.join("original/config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(saved["image_size"], 32);
     assert_eq!(saved["id2label"]["1"], "Trouser");
 }
@@ -270,8 +306,13 @@ fn the_cls_retain_term_enters_the_loss_only_when_weighted() {
     let run = Run::open(cfg.clone()).unwrap();
     run.train::<AB>(false, &dev).unwrap();
     // total − (retain + λ·forget) per step.
-    let extra =
-        |run: &Run| -> Vec<f64> { unlearn_log(run, "rfa").steps.iter().map(|s| s.total - (s.retain + lambda * s.forget)).collect() };
+    let extra = |run: &Run| -> Vec<f64> {
+        unlearn_log(run, "rfa")
+            .steps
+            .iter()
+            .map(|s| s.total - (s.retain + lambda * s.forget))
+            .collect()
+    };
     run.unlearn::<AB>(&dev).unwrap();
     let plain = extra(&run);
     assert!(plain.len() > 2 && plain.iter().all(|x| x.abs() < 1e-4), "{plain:?}");
@@ -297,6 +338,10 @@ fn the_task_term_enters_the_loss_only_when_weighted() {
     let run = Run::open(cfg).unwrap();
     run.train::<AB>(false, &dev).unwrap();
     run.unlearn::<AB>(&dev).unwrap();
-    let extra: Vec<f64> = unlearn_log(&run, "rfa").steps.iter().map(|s| s.total - (s.retain + lambda * s.forget)).collect();
+    let extra: Vec<f64> = unlearn_log(&run, "rfa")
+        .steps
+        .iter()
+        .map(|s| s.total - (s.retain + lambda * s.forget))
+        .collect();
     assert!(!extra.is_empty() && extra.iter().all(|&x| x > 1e-3 && x.is_finite()), "{extra:?}");
 }

@@ -41,7 +41,11 @@ fn imdb(dir: &Path) -> PathBuf {
             std::fs::create_dir_all(&d).unwrap();
             for (i, t) in texts.iter().enumerate() {
                 let text = if rev { t.chars().rev().collect() } else { t.to_string() };
-                std::fs::write(d.join(format!("{i}_{}.txt", if class == "pos" { 8 } else { 2 })), text).unwrap();
+                std::fs::write(
+                    d.join(format!("{i}_{}.txt", if class == "pos" { 8 } else { 2 })),
+                    text,
+                )
+                .unwrap();
             }
         }
     }
@@ -85,8 +89,10 @@ fn imdb_with_a_bert_classifier_runs_end_to_end() {
     for d in ["original", "retrain", "rfa/merged"] {
         assert!(run.dir.join(d).join("tokenizer.json").is_file(), "{d}");
     }
-    let adapter: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.dir.join("rfa/adapter/adapter_config.json")).unwrap()).unwrap();
+    let adapter: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.dir.join("rfa/adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     let targets = adapter["target_modules"].to_string();
     assert!(targets.contains("query") && targets.contains("value"), "{targets}");
     // Base + adapter = merged.
@@ -105,9 +111,21 @@ fn imdb_with_a_bert_classifier_runs_end_to_end() {
 /// ELI5-Category as JSONL: three categories, ten questions each.
 fn eli5(dir: &Path) -> PathBuf {
     let topics = [
-        ("Physics", "Why does light bend in water", "Light slows down in water, so its path bends at the surface."),
-        ("Biology", "Why do cells divide", "Cells divide so that organisms can grow and repair tissue."),
-        ("Economics", "Why do prices rise", "Prices rise when more money chases the same amount of goods."),
+        (
+            "Physics",
+            "Why does light bend in water",
+            "Light slows down in water, so its path bends at the surface.",
+        ),
+        (
+            "Biology",
+            "Why do cells divide",
+            "Cells divide so that organisms can grow and repair tissue.",
+        ),
+        (
+            "Economics",
+            "Why do prices rise",
+            "Prices rise when more money chases the same amount of goods.",
+        ),
     ];
     let mut lines = String::new();
     for (c, (cat, title, answer)) in topics.iter().enumerate() {
@@ -172,7 +190,10 @@ fn eli5_with_a_gpt2_language_model_runs_end_to_end() {
     assert_eq!(lm.held_out_samples, 2, "the forgotten category's held-out texts");
     for m in &lm.models {
         assert!(m.ppl_forget.is_finite() && m.ppl_forget > 1.0, "{m:?}");
-        assert!((0.0..=100.0).contains(&m.loss_auc) && (0.0..=100.0).contains(&m.min_k_auc), "{m:?}");
+        assert!(
+            (0.0..=100.0).contains(&m.loss_auc) && (0.0..=100.0).contains(&m.min_k_auc),
+            "{m:?}"
+        );
     }
     // Training lowers perplexity below the vocabulary size (a uniform guess).
     assert!(lm.models[0].ppl_retain < 300.0, "{:?}", lm.models[0]);
@@ -257,7 +278,8 @@ fn text_misconfigurations_are_reported() {
     let e = format!("{:#}", Run::open(c).unwrap().train::<AB>(false, &dev).unwrap_err());
     assert!(e.contains("max_len = 100") && e.contains("64 positions"), "{e}");
 
-    // A tokenizer larger than the model's vocabulary: the real GPT-2 BPE against the 512-token fixture.
+    // A tokenizer larger than the model's vocabulary: the real GPT-2 BPE against the 512-token
+    // fixture.
     let eli = eli5(tmp.path());
     let mut c = gpt2_config("vocab", tmp.path(), &eli);
     c.model.config = None;
@@ -287,7 +309,11 @@ fn the_lm_loss_on_real_tokens_only_equals_hugging_faces_causal_lm_loss() {
     let model = rfa::models::Gpt2::<I>::load(&fixture("hf-parity/gpt2/model"), &dev).unwrap();
     let tok = rfa_models::TextTokenizer::from_dir(&fixture("hf-parity/gpt2/tokenizer")).unwrap();
     let text = rfa_data::text::TextDataset {
-        texts: vec!["the cat sat on the mat".into(), "a dog".into(), "hello world, hello again and again".into()],
+        texts: vec![
+            "the cat sat on the mat".into(),
+            "a dog".into(),
+            "hello world, hello again and again".into(),
+        ],
         labels: vec![0, 0, 1],
         ids: vec!["0".into(), "1".into(), "2".into()],
         class_names: vec!["a".into(), "b".into()],
@@ -300,12 +326,24 @@ fn the_lm_loss_on_real_tokens_only_equals_hugging_faces_causal_lm_loss() {
     let rfa::learner::Input::Tokens { ids, mask } = &batch.input else { panic!() };
     for rows in [0..3, 1..3, 0..1] {
         let n = rows.end - rows.start;
-        let ours: f32 = task_loss(pass.logits.as_ref().unwrap(), &batch, rows.clone()).into_scalar();
+        let ours: f32 =
+            task_loss(pass.logits.as_ref().unwrap(), &batch, rows.clone()).into_scalar();
         // Reference: full [batch, seq, vocab] logits, labels -100 on padding.
-        let full = model.forward(ids.clone().narrow(0, rows.start, n), Some(mask.clone().narrow(0, rows.start, n))).logits;
-        let labels = ids.clone().narrow(0, rows.start, n).mask_fill(mask.clone().narrow(0, rows.start, n).equal_elem(0), -100);
+        let full = model
+            .forward(
+                ids.clone().narrow(0, rows.start, n),
+                Some(mask.clone().narrow(0, rows.start, n)),
+            )
+            .logits;
+        let labels = ids
+            .clone()
+            .narrow(0, rows.start, n)
+            .mask_fill(mask.clone().narrow(0, rows.start, n).equal_elem(0), -100);
         let reference: f32 = rfa_models::causal_lm_loss(full, labels).into_scalar();
-        assert!((ours - reference).abs() <= 1e-5 * reference.abs(), "{rows:?}: {ours} vs {reference}");
+        assert!(
+            (ours - reference).abs() <= 1e-5 * reference.abs(),
+            "{rows:?}: {ours} vs {reference}"
+        );
     }
 }
 
@@ -324,12 +362,18 @@ fn baselines_on_a_language_model() {
         c.unlearn.method = m.parse().unwrap();
         Run::open(c).unwrap().unlearn::<AB>(&dev).unwrap_or_else(|e| panic!("{m}: {e:#}"));
     }
-    let log: rfa::engine::UnlearnLog =
-        serde_json::from_str(&std::fs::read_to_string(run.dir.join("npo/unlearn_log.json")).unwrap()).unwrap();
+    let log: rfa::engine::UnlearnLog = serde_json::from_str(
+        &std::fs::read_to_string(run.dir.join("npo/unlearn_log.json")).unwrap(),
+    )
+    .unwrap();
     let s = &log.steps[0];
-    assert!((s.total - s.retain - 20.0 * 2f64.ln()).abs() < 1e-3, "NPO starts at (2/β)·ln 2: {s:?}");
+    assert!(
+        (s.total - s.retain - 20.0 * 2f64.ln()).abs() < 1e-3,
+        "NPO starts at (2/β)·ln 2: {s:?}"
+    );
     let report = run.eval::<AB>("cpu", &dev).unwrap();
-    let names: Vec<String> = report.language_model.unwrap().models.into_iter().map(|m| m.name).collect();
+    let names: Vec<String> =
+        report.language_model.unwrap().models.into_iter().map(|m| m.name).collect();
     assert_eq!(names, ["original (M0)", "retrain (M*)", "grad-diff", "scrub", "npo"]);
     c.unlearn.method = rfa::Method::RandomLabel;
     let e = format!("{:#}", Run::open(c).unwrap().unlearn::<AB>(&dev).unwrap_err());

@@ -39,12 +39,23 @@ pub fn gpt2_lora_grads<AB: rfa_models::FusedAutodiff>(
     let reference = TensorFile::open(dir.join("reference.safetensors")).unwrap();
     let ids = reference.get("input_ids").unwrap();
     let mask = reference.get("attention_mask").unwrap();
-    let labels: Vec<i64> = ids.to_i64().iter().zip(mask.to_i64()).map(|(&t, m)| if m == 0 { -100 } else { t }).collect();
+    let labels: Vec<i64> = ids
+        .to_i64()
+        .iter()
+        .zip(mask.to_i64())
+        .map(|(&t, m)| if m == 0 { -100 } else { t })
+        .collect();
     let shape = ids.shape.clone();
     let out = model.forward(ids.to_int_tensor(device), Some(mask.to_int_tensor(device)));
     let labels = Tensor::<AB, 2, Int>::from_data(TensorData::new(labels, shape), device);
     let n = out.taps.len() as f64;
-    let retain = out.taps.into_iter().map(|t| t.residual.powf_scalar(2.0).mean()).reduce(|a, b| a + b).unwrap().div_scalar(n);
+    let retain = out
+        .taps
+        .into_iter()
+        .map(|t| t.residual.powf_scalar(2.0).mean())
+        .reduce(|a, b| a + b)
+        .unwrap()
+        .div_scalar(n);
     let loss = causal_lm_loss(out.logits, labels) + retain;
     let value: f32 = loss.clone().into_data().convert::<f32>().into_vec::<f32>().unwrap()[0];
     let grads = loss.backward();
@@ -74,20 +85,33 @@ pub fn classifier_lora_grads<AB: rfa_models::FusedAutodiff>(
     use lora_core::{LoraModel, TensorFile};
     use rfa_models::{BertForSequenceClassification, ClassifierOutput, VitForImageClassification};
 
-    fn grads<AB: rfa_models::FusedAutodiff, M: LoraModel<AB>>(model: &M, out: ClassifierOutput<AB>) -> Vec<Vec<f32>> {
+    fn grads<AB: rfa_models::FusedAutodiff, M: LoraModel<AB>>(
+        model: &M,
+        out: ClassifierOutput<AB>,
+    ) -> Vec<Vec<f32>> {
         assert_eq!(out.logits.dtype(), DType::F32, "logits");
         assert!(out.hidden_states.iter().all(|h| h.dtype() == DType::F32), "hidden states");
-        assert!(out.taps.iter().all(|t| t.pre.dtype() == DType::F32 && t.residual.dtype() == DType::F32), "taps");
+        assert!(
+            out.taps
+                .iter()
+                .all(|t| t.pre.dtype() == DType::F32 && t.residual.dtype() == DType::F32),
+            "taps"
+        );
         let host = |x: burn::tensor::TensorData| x.convert::<f32>().into_vec::<f32>().unwrap();
         let mut loss = out.logits.clone().powf_scalar(2.0).mean();
         for t in &out.taps {
-            loss = loss + t.residual.clone().powf_scalar(2.0).mean() + (t.pre.clone() + t.residual.clone()).powf_scalar(2.0).mean();
+            loss = loss
+                + t.residual.clone().powf_scalar(2.0).mean()
+                + (t.pre.clone() + t.residual.clone()).powf_scalar(2.0).mean();
         }
         let grads = loss.backward();
         let mut all = vec![host(out.logits.into_data())];
         for (_, l) in model.linears() {
             if let Some(a) = &l.lora {
-                all.extend([&a.lora_a, &a.lora_b].map(|p| host(p.val().grad(&grads).expect("adapter gradient").into_data())));
+                all.extend(
+                    [&a.lora_a, &a.lora_b]
+                        .map(|p| host(p.val().grad(&grads).expect("adapter gradient").into_data())),
+                );
             }
         }
         all
@@ -97,17 +121,23 @@ pub fn classifier_lora_grads<AB: rfa_models::FusedAutodiff>(
     let reference = TensorFile::open(dir.join("reference.safetensors")).unwrap();
     match name {
         "bert" => {
-            let mut model = BertForSequenceClassification::<AB>::load(&dir.join("model"), device).unwrap();
+            let mut model =
+                BertForSequenceClassification::<AB>::load(&dir.join("model"), device).unwrap();
             lora_core::load_adapter(&mut model, &dir.join("adapter")).unwrap();
             if let Some(dt) = base_dtype {
                 lora_core::set_base_dtype(&mut model, dt);
             }
             let int = |k: &str| reference.tensors.get(k).map(|t| t.to_int_tensor(device));
-            let out = model.forward(int("input_ids").unwrap(), int("attention_mask"), int("token_type_ids"));
+            let out = model.forward(
+                int("input_ids").unwrap(),
+                int("attention_mask"),
+                int("token_type_ids"),
+            );
             grads(&model, out)
         }
         "vit" => {
-            let mut model = VitForImageClassification::<AB>::load(&dir.join("model"), device).unwrap();
+            let mut model =
+                VitForImageClassification::<AB>::load(&dir.join("model"), device).unwrap();
             lora_core::load_adapter(&mut model, &dir.join("adapter")).unwrap();
             if let Some(dt) = base_dtype {
                 lora_core::set_base_dtype(&mut model, dt);
@@ -121,10 +151,21 @@ pub fn classifier_lora_grads<AB: rfa_models::FusedAutodiff>(
 
 /// Checks the GPT-2, BERT and ViT fixtures on `B` against the reference outputs, prints each
 /// report under `label`, and fails on any comparison over `tol`.
-pub fn assert_fixtures_match<B: rfa_models::FusedOps>(label: &str, tol: rfa_models::parity::Tolerance, device: &B::Device) {
+pub fn assert_fixtures_match<B: rfa_models::FusedOps>(
+    label: &str,
+    tol: rfa_models::parity::Tolerance,
+    device: &B::Device,
+) {
     let reports: Vec<_> = ["gpt2", "bert", "vit"]
         .iter()
-        .map(|name| rfa_models::parity::check_dir::<B>(&fixtures().join("hf-parity").join(name), tol, device).unwrap())
+        .map(|name| {
+            rfa_models::parity::check_dir::<B>(
+                &fixtures().join("hf-parity").join(name),
+                tol,
+                device,
+            )
+            .unwrap()
+        })
         .collect();
     for r in &reports {
         println!("{label} {r}");
@@ -160,14 +201,18 @@ pub fn attention_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<V
     use burn::tensor::{Tensor, TensorData};
     let (b, t, c, heads) = (2, 37, 64, 4);
     let values = |seed: u64| uniform(seed, b * t * c, 1.0);
-    let leaf = |seed| Tensor::<A, 3>::from_data(TensorData::new(values(seed), [b, t, c]), device).require_grad();
+    let leaf = |seed| {
+        Tensor::<A, 3>::from_data(TensorData::new(values(seed), [b, t, c]), device).require_grad()
+    };
     let (q, k, v) = (leaf(1), leaf(2), leaf(3));
-    let bias: Vec<f32> = (0..b * t).map(|i| if i / t == 1 && i % t >= t - 5 { -1.0e30 } else { 0.0 }).collect();
+    let bias: Vec<f32> =
+        (0..b * t).map(|i| if i / t == 1 && i % t >= t - 5 { -1.0e30 } else { 0.0 }).collect();
     let bias = Tensor::<A, 4>::from_data(TensorData::new(bias, [b, 1, 1, t]), device);
     let out = rfa_fused::attention(q.clone(), k.clone(), v.clone(), Some(bias), false, heads, 0.25);
     let w = Tensor::<A, 3>::from_data(TensorData::new(values(4), [b, t, c]), device);
     let grads = (out.clone() * w).sum().backward();
-    let host = |x: Tensor<A::InnerBackend, 3>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let host =
+        |x: Tensor<A::InnerBackend, 3>| x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
     let mut all = vec![host(out.inner())];
     all.extend([q, k, v].iter().map(|x| host(x.grad(&grads).expect("a gradient"))));
     all
@@ -189,7 +234,8 @@ pub fn layer_norm_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<
         })
         .collect();
     let x = Tensor::<A, 3>::from_data(TensorData::new(x, [3, 5, d]), device).require_grad();
-    let gamma = Tensor::<A, 1>::from_data(TensorData::new(values(2, d), [d]), device).require_grad();
+    let gamma =
+        Tensor::<A, 1>::from_data(TensorData::new(values(2, d), [d]), device).require_grad();
     let beta = Tensor::<A, 1>::from_data(TensorData::new(values(3, d), [d]), device).require_grad();
     let y = rfa_fused::layer_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5);
     let w = Tensor::<A, 3>::from_data(TensorData::new(values(4, rows * d), [3, 5, d]), device);
@@ -207,19 +253,33 @@ pub fn layer_norm_case<A: rfa_models::FusedAutodiff>(device: &A::Device) -> Vec<
 /// mask, the forget term over every token (`cls` false) or the first: `[out, dpre, dres]` for
 /// a fixed weighting of the two terms. `one_node`: `ops::tap_terms` (the node with its
 /// analytic backward); otherwise the same definition in burn's ops, differentiated by autodiff.
-pub fn tap_terms_case<A: rfa_models::FusedAutodiff>(device: &A::Device, one_node: bool, cls: bool) -> Vec<Vec<f32>> {
+pub fn tap_terms_case<A: rfa_models::FusedAutodiff>(
+    device: &A::Device,
+    one_node: bool,
+    cls: bool,
+) -> Vec<Vec<f32>> {
     use burn::tensor::{Tensor, TensorData};
     let (rows, t, d, nr) = (5, 4, 6, 3);
     let (nf, tf) = (rows - nr, if cls { 1 } else { t });
     let values = |seed: u64, n: usize| uniform(seed, n, 2.0);
-    let leaf = |seed| Tensor::<A, 3>::from_data(TensorData::new(values(seed, rows * t * d), [rows, t, d]), device).require_grad();
+    let leaf = |seed| {
+        Tensor::<A, 3>::from_data(TensorData::new(values(seed, rows * t * d), [rows, t, d]), device)
+            .require_grad()
+    };
     let (pre, res) = (leaf(1), leaf(2));
     let mu = Tensor::<A, 3>::from_data(TensorData::new(values(3, nf * d), [nf, 1, d]), device);
     // Weights: a padding mask over its count (row 1's and row 4's last token padded).
     let mask = |r0: usize, n: usize, tk: usize| {
-        let m: Vec<f32> = (r0..r0 + n).flat_map(|r| (0..tk).map(move |k| if (r == 1 || r == 4) && k == 3 { 0.0 } else { 1.0 })).collect();
+        let m: Vec<f32> = (r0..r0 + n)
+            .flat_map(|r| {
+                (0..tk).map(move |k| if (r == 1 || r == 4) && k == 3 { 0.0 } else { 1.0 })
+            })
+            .collect();
         let count: f32 = m.iter().sum();
-        Tensor::<A, 2>::from_data(TensorData::new(m.iter().map(|x| x / count).collect::<Vec<f32>>(), [n, tk]), device)
+        Tensor::<A, 2>::from_data(
+            TensorData::new(m.iter().map(|x| x / count).collect::<Vec<f32>>(), [n, tk]),
+            device,
+        )
     };
     let (wr, wf) = (mask(0, nr, t), mask(nr, nf, tf));
     let out = if one_node {
@@ -234,7 +294,10 @@ pub fn tap_terms_case<A: rfa_models::FusedAutodiff>(device: &A::Device, one_node
         let diff = forget(pre.clone()) + forget(res.clone()) - mu;
         Tensor::cat(vec![sq(res.clone().narrow(0, 0, nr), wr), sq(diff, wf)], 0)
     };
-    let grads = (out.clone() * Tensor::<A, 1>::from_data(TensorData::new(vec![0.3f32, 1.7], [2]), device)).sum().backward();
+    let grads = (out.clone()
+        * Tensor::<A, 1>::from_data(TensorData::new(vec![0.3f32, 1.7], [2]), device))
+    .sum()
+    .backward();
     let host = |x: burn::tensor::TensorData| x.convert::<f32>().to_vec::<f32>().unwrap();
     vec![
         host(out.inner().into_data()),

@@ -23,5 +23,8 @@ pub fn tiny(name: &str, runs: &Path, train_epochs: usize) -> RunConfig {
 
 /// The unlearning log an `rfa unlearn` wrote into `dir` of the run.
 pub fn unlearn_log(run: &Run, dir: &str) -> UnlearnLog {
-    serde_json::from_str(&std::fs::read_to_string(run.dir.join(dir).join("unlearn_log.json")).unwrap()).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(run.dir.join(dir).join("unlearn_log.json")).unwrap(),
+    )
+    .unwrap()
 }

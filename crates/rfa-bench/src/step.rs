@@ -16,12 +16,15 @@ use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{DType, Distribution, Int, Tensor};
-use lora_core::{ForeachAdamW, LoraConfig, LoraModel, TargetModules, attach_lora, count_params, set_base_dtype};
+use lora_core::{
+    ForeachAdamW, LoraConfig, LoraModel, TargetModules, attach_lora, count_params, set_base_dtype,
+};
 use rfa_fused::TapSplit;
 use rfa_loss::RfaObjective;
 use rfa_models::memory::{DeviceMemory, SampledPeak, sample_peak};
 use rfa_models::{
-    BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel, VitConfig, VitForImageClassification,
+    BertConfig, BertForSequenceClassification, FusedAutodiff, Gpt2Config, Gpt2LmHeadModel,
+    VitConfig, VitForImageClassification,
 };
 
 pub struct Shape {
@@ -151,22 +154,28 @@ pub fn run<B: FusedAutodiff>(
     let (params, trainable, tokens, compute_params, first, times, mem);
     macro_rules! bench {
         ($model:expr, $targets:expr, $forward:expr) => {{
-            let (mut m, adapted) = attach_lora($model, &LoraConfig::new(8, 16.0, TargetModules::parse($targets)))?;
+            let (mut m, adapted) =
+                attach_lora($model, &LoraConfig::new(8, 16.0, TargetModules::parse($targets)))?;
             if let Some(dt) = cast {
                 set_base_dtype(&mut m, dt);
             }
             let pc = count_params(&m);
             let linears = m.linears();
-            let last = linears.iter().rposition(|(p, _)| adapted.contains(p)).expect("an adapted layer");
+            let last =
+                linears.iter().rposition(|(p, _)| adapted.contains(p)).expect("an adapted layer");
             let ran: usize = linears[..=last].iter().map(|(_, l)| l.d_in() * l.d_out()).sum();
-            let widths: Vec<usize> =
-                adapted.iter().map(|p| linears.iter().find(|(q, _)| q == p).expect("adapted layer").1.d_out()).collect();
-            let mus: Vec<Tensor<B, 3>> = widths.iter().map(|&w| Tensor::random([1, 1, w], normal, device)).collect();
+            let widths: Vec<usize> = adapted
+                .iter()
+                .map(|p| linears.iter().find(|(q, _)| q == p).expect("adapted layer").1.d_out())
+                .collect();
+            let mus: Vec<Tensor<B, 3>> =
+                widths.iter().map(|&w| Tensor::random([1, 1, w], normal, device)).collect();
             let mut opt = StepOptimizer::new(&s.optimizer)?;
             let mut m = Some(m);
             let fwd = $forward;
-            let (f, t) =
-                time_steps::<B>(device, steps.max(1), warmup, || rfa_step(&mut m, &mut opt, b, one_node, &mus, &fwd, &mut |_| ()))?;
+            let (f, t) = time_steps::<B>(device, steps.max(1), warmup, || {
+                rfa_step(&mut m, &mut opt, b, one_node, &mus, &fwd, &mut |_| ())
+            })?;
             let mut at_forward = None;
             let mut peak = None;
             if memory().is_some() {
@@ -178,7 +187,9 @@ pub fn run<B: FusedAutodiff>(
                         let _ = B::sync(device);
                         at_forward = memory();
                     })
-                    .and_then(|()| B::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}")))
+                    .and_then(|()| {
+                        B::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))
+                    })
                 });
                 done?;
                 peak = Some(sampled);
@@ -189,35 +200,53 @@ pub fn run<B: FusedAutodiff>(
     match s.model.as_str() {
         "gpt2" => {
             let cfg = Gpt2Config::new(50257, 1024, s.width, s.layers, s.heads);
-            let ids = Tensor::<B, 2, Int>::random([n, s.seq], Distribution::Uniform(0.0, 50257.0), device);
-            let (pc, ran, f, t, mf) =
-                bench!(Gpt2LmHeadModel::<B>::init(&cfg, 0, device)?, "c_attn", |m: &Gpt2LmHeadModel<B>| m.forward_taps(ids.clone(), None));
-            (params, trainable, tokens, compute_params, first, times, mem) = (pc.total, pc.trainable, s.seq, ran, f, t, mf);
+            let ids = Tensor::<B, 2, Int>::random(
+                [n, s.seq],
+                Distribution::Uniform(0.0, 50257.0),
+                device,
+            );
+            let (pc, ran, f, t, mf) = bench!(
+                Gpt2LmHeadModel::<B>::init(&cfg, 0, device)?,
+                "c_attn",
+                |m: &Gpt2LmHeadModel<B>| m.forward_taps(ids.clone(), None)
+            );
+            (params, trainable, tokens, compute_params, first, times, mem) =
+                (pc.total, pc.trainable, s.seq, ran, f, t, mf);
         }
         "bert" => {
             let cfg = BertConfig::new(30522, 512, s.width, s.layers, s.heads);
-            let ids = Tensor::<B, 2, Int>::random([n, s.seq], Distribution::Uniform(0.0, 30522.0), device);
+            let ids = Tensor::<B, 2, Int>::random(
+                [n, s.seq],
+                Distribution::Uniform(0.0, 30522.0),
+                device,
+            );
             let mask = Tensor::<B, 2, Int>::ones([n, s.seq], device);
-            let (pc, ran, f, t, mf) =
-                bench!(BertForSequenceClassification::<B>::init(&cfg, 0, device)?, "query,value", |m: &BertForSequenceClassification<
-                    B,
-                >| m.forward_taps(
+            let (pc, ran, f, t, mf) = bench!(
+                BertForSequenceClassification::<B>::init(&cfg, 0, device)?,
+                "query,value",
+                |m: &BertForSequenceClassification<B>| m.forward_taps(
                     ids.clone(),
                     Some(mask.clone()),
                     None
-                ));
-            (params, trainable, tokens, compute_params, first, times, mem) = (pc.total, pc.trainable, s.seq, ran, f, t, mf);
+                )
+            );
+            (params, trainable, tokens, compute_params, first, times, mem) =
+                (pc.total, pc.trainable, s.seq, ran, f, t, mf);
         }
         "vit" => {
             let names: Vec<String> = (0..10).map(|i| i.to_string()).collect();
             let side = s.seq;
             let patch = if side % 16 == 0 { 16 } else { 7 };
-            let cfg = VitConfig::new(side, patch, 3, s.width, s.layers, s.heads, 4 * s.width, &names);
+            let cfg =
+                VitConfig::new(side, patch, 3, s.width, s.layers, s.heads, 4 * s.width, &names);
             let x = Tensor::<B, 4>::random([n, 3, side, side], normal, device);
-            let (pc, ran, f, t, mf) =
-                bench!(VitForImageClassification::<B>::init(&cfg, 0, device)?, "query,value", |m: &VitForImageClassification<B>| m
-                    .forward_taps(x.clone()));
-            (params, trainable, tokens, compute_params, first, times, mem) = (pc.total, pc.trainable, cfg.num_patches() + 1, ran, f, t, mf);
+            let (pc, ran, f, t, mf) = bench!(
+                VitForImageClassification::<B>::init(&cfg, 0, device)?,
+                "query,value",
+                |m: &VitForImageClassification<B>| m.forward_taps(x.clone())
+            );
+            (params, trainable, tokens, compute_params, first, times, mem) =
+                (pc.total, pc.trainable, cfg.num_patches() + 1, ran, f, t, mf);
         }
         other => anyhow::bail!("unknown bench model `{other}` (gpt2, bert, vit)"),
     }
@@ -263,7 +292,14 @@ fn gib(bytes: u64) -> f64 {
 /// `VmHWM` of /proc/self/status (Linux), in GiB.
 fn peak_rss_gib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kib / (1024.0 * 1024.0))
 }
 
@@ -274,7 +310,16 @@ mod tests {
     use super::*;
 
     fn shape(model: &str, batch: usize, seq: usize) -> Shape {
-        Shape { model: model.into(), layers: 1, width: 32, heads: 2, batch, seq, optimizer: "foreach".into(), split_taps: false }
+        Shape {
+            model: model.into(),
+            layers: 1,
+            width: 32,
+            heads: 2,
+            batch,
+            seq,
+            optimizer: "foreach".into(),
+            split_taps: false,
+        }
     }
 
     /// The benchmark runs and reports what it measured (no timing is asserted).
@@ -282,7 +327,9 @@ mod tests {
     fn bench_rows_are_complete() {
         type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
         // (model, seq, tokens per sample, weights of the linear layers up to the last adapted one)
-        for (model, seq, tokens, ran) in [("gpt2", 8, 8, 32 * 96), ("bert", 8, 8, 3 * 32 * 32), ("vit", 28, 17, 3 * 32 * 32)] {
+        for (model, seq, tokens, ran) in
+            [("gpt2", 8, 8, 32 * 96), ("bert", 8, 8, 3 * 32 * 32), ("vit", 28, 17, 3 * 32 * 32)]
+        {
             let s = shape(model, 2, seq);
             // On the bench thread: 3 GiB in use, 2.5 reserved. From the sampling thread: 4 / 6 GiB
             // at its first reading, 1 / 1 after, so its peak must be the first reading's.
@@ -300,21 +347,43 @@ mod tests {
                     DeviceMemory { in_use: 1 << 30, reserved: 1 << 30 }
                 })
             };
-            let row = run::<AB>(&s, "f32", 1, 0, "cpu ndarray", &Default::default(), &memory).unwrap();
-            assert!(row["step_ms_median"].as_f64().unwrap() > 0.0 && row["first_step_ms"].as_f64().unwrap() > 0.0, "{row}");
-            assert!(row["trainable"].as_u64().unwrap() > 0 && row["trainable"].as_u64() < row["params"].as_u64(), "{row}");
+            let row =
+                run::<AB>(&s, "f32", 1, 0, "cpu ndarray", &Default::default(), &memory).unwrap();
+            assert!(
+                row["step_ms_median"].as_f64().unwrap() > 0.0
+                    && row["first_step_ms"].as_f64().unwrap() > 0.0,
+                "{row}"
+            );
+            assert!(
+                row["trainable"].as_u64().unwrap() > 0
+                    && row["trainable"].as_u64() < row["params"].as_u64(),
+                "{row}"
+            );
             assert_eq!(row["steps_timed"], 1);
             // ndarray keeps the split objective (`FusedOps::tap_terms_as_one_node` is off there).
-            assert_eq!((row["optimizer"].as_str(), row["objective"].as_str()), (Some("foreach"), Some("split, op by op")), "{row}");
-            assert_eq!(row["flop_per_step"].as_f64(), Some(4.0 * ran as f64 * (4 * tokens) as f64), "{row}");
-            // One probe to see whether the device has an allocator, one at the end of the forward pass.
+            assert_eq!(
+                (row["optimizer"].as_str(), row["objective"].as_str()),
+                (Some("foreach"), Some("split, op by op")),
+                "{row}"
+            );
+            assert_eq!(
+                row["flop_per_step"].as_f64(),
+                Some(4.0 * ran as f64 * (4 * tokens) as f64),
+                "{row}"
+            );
+            // One probe to see whether the device has an allocator, one at the end of the forward
+            // pass.
             assert_eq!(samples.load(Ordering::Relaxed), 2);
             assert_eq!(row["device_in_use_after_forward_gib"].as_f64(), Some(3.0), "{row}");
             assert_eq!(row["device_reserved_after_forward_gib"].as_f64(), Some(2.5), "{row}");
             // The sampler's largest readings, and all of its readings counted.
             assert_eq!(row["device_peak_in_use_sampled_gib"].as_f64(), Some(4.0), "{row}");
             assert_eq!(row["device_peak_reserved_sampled_gib"].as_f64(), Some(6.0), "{row}");
-            assert_eq!(row["device_memory_samples"].as_u64(), Some(sampled.load(Ordering::Relaxed)), "{row}");
+            assert_eq!(
+                row["device_memory_samples"].as_u64(),
+                Some(sampled.load(Ordering::Relaxed)),
+                "{row}"
+            );
             assert!(sampled.load(Ordering::Relaxed) >= 1);
             if cfg!(target_os = "linux") {
                 assert!(row["peak_rss_gib"].as_f64().unwrap() > 0.0, "{row}");
@@ -323,7 +392,11 @@ mod tests {
         let s = shape("gpt2", 1, 8);
         let row = run::<AB>(&s, "f32", 1, 0, "cpu", &Default::default(), &|| None).unwrap();
         assert!(row["device_in_use_after_forward_gib"].is_null(), "{row}");
-        assert!(row["device_peak_in_use_sampled_gib"].is_null() && row["device_memory_samples"].is_null(), "{row}");
+        assert!(
+            row["device_peak_in_use_sampled_gib"].is_null()
+                && row["device_memory_samples"].is_null(),
+            "{row}"
+        );
         // burn's AdamW for the A/B; an unknown optimizer is refused.
         let row = run::<AB>(
             &Shape { optimizer: "burn".into(), split_taps: true, ..shape("gpt2", 1, 8) },
@@ -336,10 +409,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(row["optimizer"].as_str(), Some("burn"), "{row}");
-        let err = run::<AB>(&Shape { optimizer: "sgd".into(), ..shape("gpt2", 1, 8) }, "f32", 1, 0, "cpu", &Default::default(), &|| None)
-            .unwrap_err();
+        let err = run::<AB>(
+            &Shape { optimizer: "sgd".into(), ..shape("gpt2", 1, 8) },
+            "f32",
+            1,
+            0,
+            "cpu",
+            &Default::default(),
+            &|| None,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("unknown optimizer `sgd`"), "{err}");
-        assert!(run::<AB>(&shape("llama", 1, 8), "f32", 1, 0, "cpu", &Default::default(), &|| None).is_err());
-        assert!(run::<AB>(&shape("vit", 1, 28), "f16", 1, 0, "cpu", &Default::default(), &|| None).is_err());
+        assert!(
+            run::<AB>(&shape("llama", 1, 8), "f32", 1, 0, "cpu", &Default::default(), &|| None)
+                .is_err()
+        );
+        assert!(
+            run::<AB>(&shape("vit", 1, 28), "f16", 1, 0, "cpu", &Default::default(), &|| None)
+                .is_err()
+        );
     }
 }

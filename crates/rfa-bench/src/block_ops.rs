@@ -11,7 +11,7 @@ use burn::tensor::{Distribution, Tensor};
 use rfa_fused::{GeluKind, attention, attention_packed, fallback, softmax_last};
 use rfa_models::{Activation, FusedAutodiff};
 
-use crate::bench::median;
+use crate::step::median;
 
 /// Median milliseconds of `f` over `reps` runs after one untimed run.
 fn time<B: FusedAutodiff>(reps: usize, device: &B::Device, mut f: impl FnMut()) -> f64 {
@@ -29,7 +29,10 @@ fn time<B: FusedAutodiff>(reps: usize, device: &B::Device, mut f: impl FnMut()) 
 /// The tanh GELU in burn's element-wise ops, differentiated by burn's autodiff op by op (what the
 /// models ran before the fused op).
 fn unfused_gelu_tanh<B: burn::tensor::backend::AutodiffBackend>(t: Tensor<B, 3>) -> Tensor<B, 3> {
-    Tensor::from_primitive(TensorPrimitive::Float(fallback::gelu::<B>(t.into_primitive().tensor(), GeluKind::Tanh)))
+    Tensor::from_primitive(TensorPrimitive::Float(fallback::gelu::<B>(
+        t.into_primitive().tensor(),
+        GeluKind::Tanh,
+    )))
 }
 
 /// Multi-head attention written in burn's ops (what the models ran before the fused op): heads
@@ -43,7 +46,9 @@ fn unfused_attention<B: burn::tensor::backend::Backend>(
 ) -> Tensor<B, 3> {
     let [b, t, d] = q.dims();
     let split = |x: Tensor<B, 3>| x.reshape([b, t, heads, d / heads]).swap_dims(1, 2);
-    let scores = split(q).matmul(split(k).swap_dims(2, 3)).mul_scalar(1.0 / ((d / heads) as f64).sqrt()) + bias;
+    let scores =
+        split(q).matmul(split(k).swap_dims(2, 3)).mul_scalar(1.0 / ((d / heads) as f64).sqrt())
+            + bias;
     softmax(scores, 3).matmul(split(v)).swap_dims(1, 2).reshape([b, t, d])
 }
 
@@ -66,10 +71,17 @@ pub fn run<B: FusedAutodiff>(
     // GPT-2's attention input: the packed q, k, v projection; a causal bias (for the unfused op
     // and the fused one given it as a bias) or the causal flag (what GPT-2 runs).
     let qkv = Tensor::<B, 3>::random([batch, seq, 3 * d], n, device);
-    let causal: Vec<f32> = (0..seq * seq).map(|i| if i % seq > i / seq { -1.0e30 } else { 0.0 }).collect();
-    let causal = Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(causal, [1, 1, seq, seq]), device);
+    let causal: Vec<f32> =
+        (0..seq * seq).map(|i| if i % seq > i / seq { -1.0e30 } else { 0.0 }).collect();
+    let causal =
+        Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(causal, [1, 1, seq, seq]), device);
     let mut rows = Vec::new();
-    let mut row = |op: &str, shape: Vec<usize>, elems: usize, fwd: f64, fwd_bwd: f64, flops: f64| {
+    let mut row = |op: &str,
+                   shape: Vec<usize>,
+                   elems: usize,
+                   fwd: f64,
+                   fwd_bwd: f64,
+                   flops: f64| {
         rows.push(serde_json::json!({
             "op": op, "backend": backend, "shape": shape,
             "forward_ms": (fwd * 1000.0).round() / 1000.0,
@@ -105,7 +117,9 @@ pub fn run<B: FusedAutodiff>(
     op!("softmax (rfa, fused)", scores, |t: Tensor<B, 4>| softmax_last(t), 0.0);
     op!("layer_norm", hidden, |t: Tensor<B, 3>| ln.forward(t), 0.0);
     op!("add", mlp, |t: Tensor<B, 3>| t.clone() + t, 0.0);
-    let split = |t: Tensor<B, 3>| (t.clone().narrow(2, 0, d), t.clone().narrow(2, d, d), t.narrow(2, 2 * d, d));
+    let split = |t: Tensor<B, 3>| {
+        (t.clone().narrow(2, 0, d), t.clone().narrow(2, d, d), t.narrow(2, 2 * d, d))
+    };
     let flops = 4.0 * (batch * seq * seq * d) as f64;
     op!(
         "attention (burn ops)",
@@ -121,7 +135,15 @@ pub fn run<B: FusedAutodiff>(
         qkv,
         |t: Tensor<B, 3>| {
             let (q, k, v) = split(t);
-            attention(q, k, v, Some(causal.clone()), false, heads, 1.0 / ((d / heads) as f64).sqrt())
+            attention(
+                q,
+                k,
+                v,
+                Some(causal.clone()),
+                false,
+                heads,
+                1.0 / ((d / heads) as f64).sqrt(),
+            )
         },
         flops
     );
@@ -132,7 +154,12 @@ pub fn run<B: FusedAutodiff>(
         flops
     );
     let flops = 2.0 * (batch * seq * d * 4 * d) as f64;
-    op!("matmul [b·t, d] × [d, 4d]", hidden, |t: Tensor<B, 3>| t.matmul(w.clone().unsqueeze::<3>()), flops);
+    op!(
+        "matmul [b·t, d] × [d, 4d]",
+        hidden,
+        |t: Tensor<B, 3>| t.matmul(w.clone().unsqueeze::<3>()),
+        flops
+    );
     // The products of a LoRA step as the models issue them (2-d views, `LoraLinear`): the frozen
     // forward, the input gradient through the transposed weight (a strided view, not a copy),
     // the adapter's down projection and its weight gradient (inner dimension = all tokens), and
@@ -144,14 +171,29 @@ pub fn run<B: FusedAutodiff>(
     let a = Tensor::<B, 2>::random([d, rank], n, device);
     let g_low = Tensor::<B, 2>::random([tokens, rank], n, device);
     op!("matmul x·W [b·t, d] × [d, 4d] (2-d)", x2, |t: Tensor<B, 2>| t.matmul(w.clone()), flops);
-    op!("matmul dY·Wᵀ [b·t, 4d] × [d, 4d]ᵀ", g2, |t: Tensor<B, 2>| t.matmul(w.clone().transpose()), flops);
+    op!(
+        "matmul dY·Wᵀ [b·t, 4d] × [d, 4d]ᵀ",
+        g2,
+        |t: Tensor<B, 2>| t.matmul(w.clone().transpose()),
+        flops
+    );
     let flops = 2.0 * (tokens * d * rank) as f64;
     op!("matmul x·A [b·t, d] × [d, r]", x2, |t: Tensor<B, 2>| t.matmul(a.clone()), flops);
-    op!("matmul xᵀ·G [b·t, d]ᵀ × [b·t, r]", x2, |t: Tensor<B, 2>| t.transpose().matmul(g_low.clone()), flops);
+    op!(
+        "matmul xᵀ·G [b·t, d]ᵀ × [b·t, r]",
+        x2,
+        |t: Tensor<B, 2>| t.transpose().matmul(g_low.clone()),
+        flops
+    );
     let dh = d / heads;
     let q4 = Tensor::<B, 4>::random([batch, heads, seq, dh], n, device);
     let k4 = Tensor::<B, 4>::random([batch, heads, dh, seq], n, device);
     let flops = 2.0 * (batch * heads * seq * seq * dh) as f64;
-    op!("matmul q·kᵀ per head [b, h, t, d/h] × [b, h, d/h, t]", q4, |t: Tensor<B, 4>| t.matmul(k4.clone()), flops);
+    op!(
+        "matmul q·kᵀ per head [b, h, t, d/h] × [b, h, d/h, t]",
+        q4,
+        |t: Tensor<B, 4>| t.matmul(k4.clone()),
+        flops
+    );
     rows
 }
