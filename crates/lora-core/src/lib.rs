@@ -1,12 +1,13 @@
 //! LoRA adapters for burn models.
 //!
 //! - [`LoraLinear`]: a frozen linear layer plus an optional adapter `s · B A`;
-//! [`LoraLinear::split`]
-//!   gives the pre-trained feature and the residual feature separately ([`Tap`]).
+//!   [`LoraLinear::split`] gives the pre-trained and the residual feature separately ([`Tap`]).
 //! - [`LoraModel`]: a model that lists its linear layers by Hugging Face module path, so that
 //!   adapters can be attached by pattern ([`attach_lora`]), merged, counted, and read or written
 //!   in PEFT's format ([`peft`]).
 //! - [`ForeachAdamW`]: AdamW over all adapter tensors at once (one flat update per step).
+//!
+//! Depends on burn and rfa-rng only; knows no model, data set or objective.
 
 pub mod linear;
 pub mod model;

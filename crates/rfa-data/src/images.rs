@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{DataError, read_maybe_gz};
+use crate::{DataError, gunzip_if_gz, read_maybe_gz};
 
 /// Images as bytes, `[n, channels, height, width]` row-major, with integer labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,8 +85,20 @@ pub fn load_idx(
     labels: &Path,
     class_names: Vec<String>,
 ) -> Result<ImageDataset, DataError> {
-    let img = read_maybe_gz(images)?;
-    let lab = read_maybe_gz(labels)?;
+    parse_idx(images, read_maybe_gz(images)?, labels, read_maybe_gz(labels)?, class_names)
+}
+
+/// [`load_idx`] on bytes already in memory (gzipped or not), e.g. a data set embedded in a
+/// binary; `images` and `labels` name them in errors and in the data set's source.
+pub fn parse_idx(
+    images: &Path,
+    image_bytes: Vec<u8>,
+    labels: &Path,
+    label_bytes: Vec<u8>,
+    class_names: Vec<String>,
+) -> Result<ImageDataset, DataError> {
+    let img = gunzip_if_gz(image_bytes, images)?;
+    let lab = gunzip_if_gz(label_bytes, labels)?;
     let fmt = |p: &Path, reason: String| DataError::Format { path: p.to_path_buf(), reason };
     if img.len() < 16 || be_u32(&img, 0) != 0x803 {
         return Err(fmt(

@@ -1,5 +1,7 @@
 //! Data for unlearning experiments: loaders for standard formats ([`images`]), deterministic
 //! shuffles and splits, and the forget / retain selection ([`select_forget`]).
+//!
+//! Depends on no tensor library (no burn): images are bytes, texts strings, splits ids.
 
 pub mod images;
 pub mod text;
@@ -25,20 +27,22 @@ pub enum DataError {
 
 /// Reads a file, un-gzipping it when it starts with gzip's magic bytes.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    use std::io::Read;
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| {
-            DataError::Format {
-                path: path.to_path_buf(),
-                reason: format!("corrupt gzip data: {e}"),
-            }
-        })?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    gunzip_if_gz(raw, path)
+}
+
+/// Un-gzips bytes that start with gzip's magic bytes (`path` names them in errors); other bytes
+/// are returned as they are.
+pub(crate) fn gunzip_if_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>, DataError> {
+    use std::io::Read;
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
     }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| {
+        DataError::Format { path: path.to_path_buf(), reason: format!("corrupt gzip data: {e}") }
+    })?;
+    Ok(out)
 }
 
 impl DataError {

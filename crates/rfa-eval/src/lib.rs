@@ -9,6 +9,8 @@
 //!   against the retrained model;
 //! - feature distance (mean L2 between penultimate features);
 //! - average gap to the retrained model over UA, RA, TA, MIA-Efficacy.
+//!
+//! Depends on no tensor library (no burn) and on no other rfa crate: metrics take host rows.
 
 use linfa::prelude::*;
 use linfa_svm::Svm;

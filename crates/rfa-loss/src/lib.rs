@@ -9,6 +9,9 @@
 //!
 //! Means run over the batch and the (unpadded) tokens; `||·||²` sums over the features.
 //! The targets `mu_l` come from [`FeatureStats`], accumulated over `Dr` with the original model.
+//!
+//! Depends on burn, lora-core (taps) and rfa-fused (the objective's one-node kernel); never on
+//! the models (rfa-models) or data.
 
 pub mod baselines;
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::ModelError;
 use crate::activations::Activation;
 use crate::attention::{SelfAttention, padding_bias};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, NewHead};
 use crate::config::{check_divisible, read_config};
 use crate::layer_norm::LayerNorm;
 use crate::outputs::ClassifierOutput;
@@ -482,12 +482,12 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
         seed: u64,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        Self::load_inner(dir, Some((num_labels, seed)), device)
+        Self::load_inner(dir, Some(NewHead { num_labels, seed }), device)
     }
 
     fn load_inner(
         dir: &Path,
-        new_head: Option<(usize, u64)>,
+        new_head: Option<NewHead>,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
         let cpath = dir.join("config.json");
@@ -496,14 +496,7 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
         let mut ck = Checkpoint::<B>::open(dir, "bert.", device)?;
         ignore_foreign(&mut ck);
         let bert = BertModel::from_checkpoint(&cfg, act, &mut ck, "bert.")?;
-        let d = cfg.hidden_size;
-        let classifier = match new_head {
-            Some((n, seed)) => {
-                ck.ignore(|k| k.starts_with("classifier."));
-                crate::checkpoint::fresh_head(d, n, seed, device)
-            }
-            None => ck.linear("classifier", d, cfg.num_labels(), true, WeightLayout::Linear)?,
-        };
+        let classifier = ck.classifier(cfg.hidden_size, cfg.num_labels(), new_head, device)?;
         ck.finish()?;
         Ok(Self { bert, classifier })
     }

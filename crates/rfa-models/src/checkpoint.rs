@@ -170,6 +170,34 @@ impl<B: Backend> Checkpoint<B> {
     }
 }
 
+/// A classifier head to put on a pre-trained encoder instead of reading one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewHead {
+    pub num_labels: usize,
+    /// Seeds the head's weights.
+    pub seed: u64,
+}
+
+impl<B: Backend> Checkpoint<B> {
+    /// A classifier's `classifier` head `d → num_labels`: read from the checkpoint, or, with a
+    /// [`NewHead`], freshly initialised (a head in the checkpoint is then dropped).
+    pub fn classifier(
+        &mut self,
+        d: usize,
+        num_labels: usize,
+        new_head: Option<NewHead>,
+        device: &B::Device,
+    ) -> Result<LoraLinear<B>, ModelError> {
+        match new_head {
+            Some(h) => {
+                self.ignore(|k| k.starts_with("classifier."));
+                Ok(fresh_head(d, h.num_labels, h.seed, device))
+            }
+            None => self.linear("classifier", d, num_labels, true, WeightLayout::Linear),
+        }
+    }
+}
+
 /// A freshly initialised classification head `d → n` (N(0, 0.02) weights, zero bias, as Hugging
 /// Face initialises it), seeded so that fine-tuning runs are reproducible.
 pub(crate) fn fresh_head<B: Backend>(

@@ -6,6 +6,10 @@
 //! the order of [`lora_core::LoraModel::linears`] (per block: attention projections, attention
 //! output, MLP in, MLP out; then pooler and classifier), restricted to adapted layers; their
 //! paths are [`lora_core::adapted_paths`].
+//!
+//! Depends on burn, lora-core, rfa-fused (the fused operations) and rfa-rng; not on any
+//! objective, data set or evaluation code, and has no command-line concerns (devices are
+//! `rfa::DeviceSpec`).
 
 mod activations;
 mod attention;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::ModelError;
 use crate::activations::Activation;
 use crate::attention::SelfAttention;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, NewHead};
 use crate::config::{check_divisible, read_config};
 use crate::layer_norm::LayerNorm;
 use crate::outputs::ClassifierOutput;
@@ -233,12 +233,12 @@ impl<B: FusedOps> VitForImageClassification<B> {
         seed: u64,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        Self::load_inner(dir, Some((num_labels, seed)), device)
+        Self::load_inner(dir, Some(NewHead { num_labels, seed }), device)
     }
 
     fn load_inner(
         dir: &Path,
-        new_head: Option<(usize, u64)>,
+        new_head: Option<NewHead>,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
         let cpath = dir.join("config.json");
@@ -247,18 +247,11 @@ impl<B: FusedOps> VitForImageClassification<B> {
         let mut ck = Checkpoint::<B>::open(dir, "vit.", device)?;
         ck.ignore(|k| k.contains("pooler."));
         let vit = VitModel::from_checkpoint(&cfg, act, &mut ck)?;
-        let d = cfg.hidden_size;
-        let classifier = match new_head {
-            Some((n, seed)) => {
-                ck.ignore(|k| k.starts_with("classifier."));
-                if cfg.num_labels() != n {
-                    cfg.id2label =
-                        Some((0..n).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect());
-                }
-                crate::checkpoint::fresh_head(d, n, seed, device)
-            }
-            None => ck.linear("classifier", d, cfg.num_labels(), true, WeightLayout::Linear)?,
-        };
+        let classifier = ck.classifier(cfg.hidden_size, cfg.num_labels(), new_head, device)?;
+        if let Some(h) = new_head.filter(|h| h.num_labels != cfg.num_labels()) {
+            cfg.id2label =
+                Some((0..h.num_labels).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect());
+        }
         ck.finish()?;
         let pp = dir.join("preprocessor_config.json");
         let preprocessor =

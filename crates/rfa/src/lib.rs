@@ -6,10 +6,14 @@
 //! config.toml                   the resolved configuration
 //! original/                     M0, trained on D (Hugging Face checkpoint + train_state.json)
 //! retrain/                      M*, trained on Dr only (the gold standard)
-//! rfa/adapter/                  the unlearning adapter, PEFT format
-//! rfa/merged/                   M0 with the adapter merged, Hugging Face checkpoint
-//! report.json, report.md        metrics of M0, M*, RFA
+//! <method>[-s<seed>]/adapter/   an unlearning adapter (rfa/, salun-s2/, …), PEFT format
+//! <method>[-s<seed>]/merged/    M0 with the adapter merged, Hugging Face checkpoint
+//! report.json, report.md        metrics of M0, M*, every unlearning result
+//! comparison.md, plots/         the methods side by side; per-class accuracy, norms, losses
 //! ```
+//!
+//! The only crate that ties models, data, objectives and metrics together, and the only one
+//! with opinions about run folders and devices; libraries below it must not depend on it.
 
 pub mod alloc;
 pub mod baselines;

@@ -29,10 +29,36 @@ impl<D: Samples> Task<D> {
     }
 }
 
-/// The Fashion-MNIST subset shipped in the repository (data/fashion-mnist-subset).
-pub fn embedded_data_dir() -> PathBuf {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/fashion-mnist-subset");
-    if here.is_dir() { here } else { PathBuf::from("data/fashion-mnist-subset") }
+/// The Fashion-MNIST subset of the repository (data/fashion-mnist-subset), compiled into the
+/// binary so that an installed `rfa` runs the demo from any directory.
+mod embedded {
+    pub const TRAIN_IMAGES: &[u8] =
+        include_bytes!("../../../data/fashion-mnist-subset/train-images-idx3-ubyte.gz");
+    pub const TRAIN_LABELS: &[u8] =
+        include_bytes!("../../../data/fashion-mnist-subset/train-labels-idx1-ubyte.gz");
+    pub const TEST_IMAGES: &[u8] =
+        include_bytes!("../../../data/fashion-mnist-subset/t10k-images-idx3-ubyte.gz");
+    pub const TEST_LABELS: &[u8] =
+        include_bytes!("../../../data/fashion-mnist-subset/t10k-labels-idx1-ubyte.gz");
+}
+
+/// The embedded Fashion-MNIST subset (train, test): `rfa demo`'s data, and what a
+/// `fashion-mnist` config without `data.path` reads.
+pub fn embedded_fashion_mnist() -> Result<(ImageDataset, ImageDataset)> {
+    let name = |f: &str| PathBuf::from(format!("<embedded>/data/fashion-mnist-subset/{f}"));
+    let split = |images: &[u8], labels: &[u8], split: &str| {
+        rfa_data::images::parse_idx(
+            &name(&format!("{split}-images-idx3-ubyte.gz")),
+            images.to_vec(),
+            &name(&format!("{split}-labels-idx1-ubyte.gz")),
+            labels.to_vec(),
+            fashion_mnist_classes(),
+        )
+    };
+    Ok((
+        split(embedded::TRAIN_IMAGES, embedded::TRAIN_LABELS, "train")?,
+        split(embedded::TEST_IMAGES, embedded::TEST_LABELS, "t10k")?,
+    ))
 }
 
 /// Whether the configured data set is text (`imdb`, `eli5`) rather than images.
@@ -53,8 +79,13 @@ fn idx_pair(dir: &Path, split: &str) -> Result<(PathBuf, PathBuf)> {
 
 /// Reads the image data set the config names and applies the size limits.
 pub fn load_images(cfg: &DataConfig, seed: u64) -> Result<(ImageDataset, ImageDataset)> {
-    let dir = if cfg.path.as_os_str().is_empty() { embedded_data_dir() } else { cfg.path.clone() };
+    let dir = cfg.path.clone();
     let (train, test) = match cfg.dataset.as_str() {
+        "fashion-mnist" if dir.as_os_str().is_empty() => embedded_fashion_mnist()?,
+        "mnist" | "cifar10" | "image-folder" if dir.as_os_str().is_empty() => bail!(
+            "data.path is empty: only `fashion-mnist` has data embedded in rfa; name the folder of `{}`",
+            cfg.dataset
+        ),
         "fashion-mnist" | "mnist" => {
             let names = if cfg.dataset == "mnist" {
                 (0..10).map(|i| i.to_string()).collect()

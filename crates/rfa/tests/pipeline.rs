@@ -17,7 +17,9 @@ fn tiny(name: &str, runs: &Path) -> RunConfig {
 #[test]
 fn the_command_runs_the_whole_pipeline() {
     let tmp = tempfile::tempdir().unwrap();
+    // From another working directory: the demo's data are compiled into the binary.
     let out = Command::new(env!("CARGO_BIN_EXE_rfa"))
+        .current_dir(tmp.path())
         .args(["demo", "--name", "cli", "--runs-dir"])
         .arg(tmp.path())
         .args([
@@ -41,6 +43,11 @@ fn the_command_runs_the_whole_pipeline() {
     assert!(out.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("| RFA |") && stdout.contains("| retrain (M*) |"), "{stdout}");
     let dir = tmp.path().join("cli");
+    let report = std::fs::read_to_string(dir.join("report.json")).unwrap();
+    assert!(
+        report.contains("<embedded>/data/fashion-mnist-subset/train-images-idx3-ubyte.gz"),
+        "{report}"
+    );
     for f in [
         "config.toml",
         "report.json",
