@@ -322,14 +322,14 @@ impl Preprocess {
             for c in 0..self.channels {
                 let src_c = if ds.channels == 1 { 0 } else { c };
                 let plane = &img[src_c * ds.height * ds.width..(src_c + 1) * ds.height * ds.width];
-                let (m, sd) = (self.mean[c], self.std[c]);
+                let (m, std_dev) = (self.mean[c], self.std[c]);
                 if ds.height == s && ds.width == s {
-                    out.extend(plane.iter().map(|&p| (p as f32 / 255.0 - m) / sd));
+                    out.extend(plane.iter().map(|&p| (p as f32 / 255.0 - m) / std_dev));
                 } else {
                     for y in 0..s {
                         for x in 0..s {
                             let v = bilinear(plane, ds.height, ds.width, y, x, s);
-                            out.push((v / 255.0 - m) / sd);
+                            out.push((v / 255.0 - m) / std_dev);
                         }
                     }
                 }

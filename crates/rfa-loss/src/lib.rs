@@ -13,7 +13,7 @@
 //! Depends on burn, lora-core (taps) and rfa-fused (the objective's one-node kernel); never on
 //! the models (rfa-models) or data.
 
-pub mod baselines;
+pub mod baseline_losses;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};

@@ -149,7 +149,7 @@ fn statistics_accumulate_over_batches_of_different_lengths() {
 
 #[test]
 fn baseline_objectives_match_their_definitions() {
-    use rfa_loss::baselines::{kl_divergence, l1, npo_loss};
+    use rfa_loss::baseline_losses::{kl_divergence, l1, npo_loss};
     type B = burn::backend::NdArray<f32>;
     let dev = Default::default();
     let t = |v: Vec<f32>, s: [usize; 2]| {

@@ -47,14 +47,15 @@ pub struct SelfAttention<B: Backend> {
 impl<B: FusedOps> SelfAttention<B> {
     /// Reads `path.{query,key,value}` of a `d × d` attention.
     pub fn load(
-        ck: &mut Checkpoint<B>,
+        checkpoint: &mut Checkpoint<B>,
         path: &str,
         d: usize,
         heads: usize,
         bias: bool,
     ) -> Result<Self, ModelError> {
-        let mut lin =
-            |name: &str| ck.linear(&format!("{path}.{name}"), d, d, bias, WeightLayout::Linear);
+        let mut lin = |name: &str| {
+            checkpoint.linear(&format!("{path}.{name}"), d, d, bias, WeightLayout::Linear)
+        };
         Ok(Self { query: lin("query")?, key: lin("key")?, value: lin("value")?, num_heads: heads })
     }
 

@@ -220,37 +220,41 @@ impl<B: FusedOps> BertModel<B> {
         let cpath = dir.join("config.json");
         let cfg: BertConfig = read_config(&cpath)?;
         let act = cfg.validate(&cpath)?;
-        let mut ck = Checkpoint::<B>::open(dir, "bert.", device)?;
-        ignore_foreign(&mut ck);
+        let mut checkpoint = Checkpoint::<B>::open(dir, "bert.", device)?;
+        ignore_foreign(&mut checkpoint);
         // A BertModel loaded from a classifier's checkpoint: the head is not ours.
-        ck.ignore(|k| k.starts_with("classifier."));
-        let model = Self::from_checkpoint(&cfg, act, &mut ck, "")?;
-        ck.finish()?;
+        checkpoint.ignore(|k| k.starts_with("classifier."));
+        let model = Self::from_checkpoint(&cfg, act, &mut checkpoint, "")?;
+        checkpoint.finish()?;
         Ok(model)
     }
 
     pub fn from_checkpoint(
         cfg: &BertConfig,
         act: Activation,
-        ck: &mut Checkpoint<B>,
+        checkpoint: &mut Checkpoint<B>,
         prefix: &str,
     ) -> Result<Self, ModelError> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         let lin = WeightLayout::Linear;
         let e = format!("{prefix}embeddings");
         let embeddings = BertEmbeddings {
-            word_embeddings: ck.embedding(&format!("{e}.word_embeddings"), cfg.vocab_size, d)?,
-            position_embeddings: ck.embedding(
+            word_embeddings: checkpoint.embedding(
+                &format!("{e}.word_embeddings"),
+                cfg.vocab_size,
+                d,
+            )?,
+            position_embeddings: checkpoint.embedding(
                 &format!("{e}.position_embeddings"),
                 cfg.max_position_embeddings,
                 d,
             )?,
-            token_type_embeddings: ck.embedding(
+            token_type_embeddings: checkpoint.embedding(
                 &format!("{e}.token_type_embeddings"),
                 cfg.type_vocab_size,
                 d,
             )?,
-            LayerNorm: ck.layer_norm(&format!("{e}.LayerNorm"), d, eps)?,
+            LayerNorm: checkpoint.layer_norm(&format!("{e}.LayerNorm"), d, eps)?,
         };
         let mut layer = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -259,19 +263,23 @@ impl<B: FusedOps> BertModel<B> {
             layer.push(BertLayer {
                 attention: BertAttention {
                     self_: SelfAttention::load(
-                        ck,
+                        checkpoint,
                         &format!("{a}.self"),
                         d,
                         cfg.num_attention_heads,
                         true,
                     )?,
                     output: BertOutput {
-                        dense: ck.linear(&format!("{a}.output.dense"), d, d, true, lin)?,
-                        LayerNorm: ck.layer_norm(&format!("{a}.output.LayerNorm"), d, eps)?,
+                        dense: checkpoint.linear(&format!("{a}.output.dense"), d, d, true, lin)?,
+                        LayerNorm: checkpoint.layer_norm(
+                            &format!("{a}.output.LayerNorm"),
+                            d,
+                            eps,
+                        )?,
                     },
                 },
                 intermediate: BertIntermediate {
-                    dense: ck.linear(
+                    dense: checkpoint.linear(
                         &format!("{p}.intermediate.dense"),
                         d,
                         cfg.intermediate_size,
@@ -281,20 +289,20 @@ impl<B: FusedOps> BertModel<B> {
                     act,
                 },
                 output: BertOutput {
-                    dense: ck.linear(
+                    dense: checkpoint.linear(
                         &format!("{p}.output.dense"),
                         cfg.intermediate_size,
                         d,
                         true,
                         lin,
                     )?,
-                    LayerNorm: ck.layer_norm(&format!("{p}.output.LayerNorm"), d, eps)?,
+                    LayerNorm: checkpoint.layer_norm(&format!("{p}.output.LayerNorm"), d, eps)?,
                 },
             });
         }
         let pooler_path = format!("{prefix}pooler.dense");
-        let pooler = if ck.contains(&format!("{pooler_path}.weight")) {
-            Some(BertPooler { dense: ck.linear(&pooler_path, d, d, true, lin)? })
+        let pooler = if checkpoint.contains(&format!("{pooler_path}.weight")) {
+            Some(BertPooler { dense: checkpoint.linear(&pooler_path, d, d, true, lin)? })
         } else {
             None
         };
@@ -308,21 +316,26 @@ impl<B: FusedOps> BertModel<B> {
     }
 
     /// Embeddings, LayerNorms and every linear layer under this model's prefix.
-    fn state_dict(&self, sd: &mut StateDict) -> Result<(), ModelError> {
+    fn state_dict(&self, state_dict: &mut StateDict) -> Result<(), ModelError> {
         let (pre, e) = (&self.prefix, &self.embeddings);
-        sd.embedding(&format!("{pre}embeddings.word_embeddings"), &e.word_embeddings);
-        sd.embedding(&format!("{pre}embeddings.position_embeddings"), &e.position_embeddings);
-        sd.embedding(&format!("{pre}embeddings.token_type_embeddings"), &e.token_type_embeddings);
-        sd.layer_norm(&format!("{pre}embeddings.LayerNorm"), &e.LayerNorm);
+        state_dict.embedding(&format!("{pre}embeddings.word_embeddings"), &e.word_embeddings);
+        state_dict
+            .embedding(&format!("{pre}embeddings.position_embeddings"), &e.position_embeddings);
+        state_dict
+            .embedding(&format!("{pre}embeddings.token_type_embeddings"), &e.token_type_embeddings);
+        state_dict.layer_norm(&format!("{pre}embeddings.LayerNorm"), &e.LayerNorm);
         for (i, l) in self.encoder.layer.iter().enumerate() {
-            sd.layer_norm(
+            state_dict.layer_norm(
                 &format!("{pre}encoder.layer.{i}.attention.output.LayerNorm"),
                 &l.attention.output.LayerNorm,
             );
-            sd.layer_norm(&format!("{pre}encoder.layer.{i}.output.LayerNorm"), &l.output.LayerNorm);
+            state_dict.layer_norm(
+                &format!("{pre}encoder.layer.{i}.output.LayerNorm"),
+                &l.output.LayerNorm,
+            );
         }
         for (path, lin) in self.linears() {
-            sd.linear(&path, lin)?;
+            state_dict.linear(&path, lin)?;
         }
         Ok(())
     }
@@ -338,9 +351,9 @@ impl<B: FusedOps> BertModel<B> {
     /// Writes `config.json` + `model.safetensors` (keys without `bert.`, as `BertModel` saves
     /// them). Adapters must be merged first.
     pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
-        let mut sd = StateDict::default();
-        self.state_dict(&mut sd)?;
-        sd.save(dir, &self.config_json("BertModel")?)
+        let mut state_dict = StateDict::default();
+        self.state_dict(&mut state_dict)?;
+        state_dict.save(dir, &self.config_json("BertModel")?)
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -436,8 +449,8 @@ impl<B: FusedOps> BertModel<B> {
 
 /// Keys of real BERT checkpoints that belong to no module here: the `position_ids` buffer and
 /// the pre-training heads (`cls.*`).
-fn ignore_foreign<B: Backend>(ck: &mut Checkpoint<B>) {
-    ck.ignore(|k| k.ends_with("embeddings.position_ids") || k.starts_with("cls."));
+fn ignore_foreign<B: Backend>(checkpoint: &mut Checkpoint<B>) {
+    checkpoint.ignore(|k| k.ends_with("embeddings.position_ids") || k.starts_with("cls."));
 }
 
 impl<B: FusedOps> LoraModel<B> for BertModel<B> {
@@ -493,11 +506,12 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
         let cpath = dir.join("config.json");
         let cfg: BertConfig = read_config(&cpath)?;
         let act = cfg.validate(&cpath)?;
-        let mut ck = Checkpoint::<B>::open(dir, "bert.", device)?;
-        ignore_foreign(&mut ck);
-        let bert = BertModel::from_checkpoint(&cfg, act, &mut ck, "bert.")?;
-        let classifier = ck.classifier(cfg.hidden_size, cfg.num_labels(), new_head, device)?;
-        ck.finish()?;
+        let mut checkpoint = Checkpoint::<B>::open(dir, "bert.", device)?;
+        ignore_foreign(&mut checkpoint);
+        let bert = BertModel::from_checkpoint(&cfg, act, &mut checkpoint, "bert.")?;
+        let classifier =
+            checkpoint.classifier(cfg.hidden_size, cfg.num_labels(), new_head, device)?;
+        checkpoint.finish()?;
         Ok(Self { bert, classifier })
     }
 
@@ -506,10 +520,15 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
     pub fn init(cfg: &BertConfig, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
         let path = Path::new("<config>");
         let act = cfg.validate(path)?;
-        let mut ck = Checkpoint::<B>::random(0.02, seed, device);
-        let bert = BertModel::from_checkpoint(cfg, act, &mut ck, "bert.")?;
-        let classifier =
-            ck.linear("classifier", cfg.hidden_size, cfg.num_labels(), true, WeightLayout::Linear)?;
+        let mut checkpoint = Checkpoint::<B>::random(0.02, seed, device);
+        let bert = BertModel::from_checkpoint(cfg, act, &mut checkpoint, "bert.")?;
+        let classifier = checkpoint.linear(
+            "classifier",
+            cfg.hidden_size,
+            cfg.num_labels(),
+            true,
+            WeightLayout::Linear,
+        )?;
         Ok(lora_core::unfreeze(Self { bert, classifier }))
     }
 
@@ -519,9 +538,9 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
 
     /// Writes `config.json` + `model.safetensors` with `BertForSequenceClassification`'s keys.
     pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
-        let mut sd = StateDict::default();
-        self.bert.state_dict(&mut sd)?;
-        sd.linear("classifier", &self.classifier)?;
+        let mut state_dict = StateDict::default();
+        self.bert.state_dict(&mut state_dict)?;
+        state_dict.linear("classifier", &self.classifier)?;
         let mut cfg = self.bert.config_json("BertForSequenceClassification")?;
         let n = self.num_labels();
         if self.bert.config.num_labels() != n {
@@ -530,7 +549,7 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
                 .collect::<serde_json::Map<_, _>>()
                 .into();
         }
-        sd.save(dir, &cfg)
+        state_dict.save(dir, &cfg)
     }
 
     pub fn forward(

@@ -171,19 +171,19 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
                 reason: "untied GPT-2 LM heads are not supported".into(),
             });
         }
-        let mut ck = Checkpoint::<B>::open(dir, "transformer.", device)?;
-        ck.ignore(|k| {
+        let mut checkpoint = Checkpoint::<B>::open(dir, "transformer.", device)?;
+        checkpoint.ignore(|k| {
             k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias") || k == "lm_head.weight"
         });
-        let model = Self::from_checkpoint(&cfg, act, &mut ck)?;
-        ck.finish()?;
+        let model = Self::from_checkpoint(&cfg, act, &mut checkpoint)?;
+        checkpoint.finish()?;
         Ok(model)
     }
 
     pub fn from_checkpoint(
         cfg: &Gpt2Config,
         act: Activation,
-        ck: &mut Checkpoint<B>,
+        checkpoint: &mut Checkpoint<B>,
     ) -> Result<Self, ModelError> {
         let (d, eps) = (cfg.n_embd, cfg.layer_norm_epsilon);
         let conv = WeightLayout::Conv1D;
@@ -196,27 +196,39 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
                 scale /= (i + 1) as f64;
             }
             h.push(Gpt2Block {
-                ln_1: ck.layer_norm(&format!("{p}.ln_1"), d, eps)?,
+                ln_1: checkpoint.layer_norm(&format!("{p}.ln_1"), d, eps)?,
                 attn: Gpt2Attention {
-                    c_attn: ck.linear(&format!("{p}.attn.c_attn"), d, 3 * d, true, conv)?,
-                    c_proj: ck.linear(&format!("{p}.attn.c_proj"), d, d, true, conv)?,
+                    c_attn: checkpoint.linear(&format!("{p}.attn.c_attn"), d, 3 * d, true, conv)?,
+                    c_proj: checkpoint.linear(&format!("{p}.attn.c_proj"), d, d, true, conv)?,
                     n_head: cfg.n_head,
                     scale,
                 },
-                ln_2: ck.layer_norm(&format!("{p}.ln_2"), d, eps)?,
+                ln_2: checkpoint.layer_norm(&format!("{p}.ln_2"), d, eps)?,
                 mlp: Gpt2Mlp {
-                    c_fc: ck.linear(&format!("{p}.mlp.c_fc"), d, cfg.inner(), true, conv)?,
-                    c_proj: ck.linear(&format!("{p}.mlp.c_proj"), cfg.inner(), d, true, conv)?,
+                    c_fc: checkpoint.linear(
+                        &format!("{p}.mlp.c_fc"),
+                        d,
+                        cfg.inner(),
+                        true,
+                        conv,
+                    )?,
+                    c_proj: checkpoint.linear(
+                        &format!("{p}.mlp.c_proj"),
+                        cfg.inner(),
+                        d,
+                        true,
+                        conv,
+                    )?,
                     act,
                 },
             });
         }
         Ok(Self {
             transformer: Gpt2Model {
-                wte: ck.embedding("transformer.wte", cfg.vocab_size, d)?,
-                wpe: ck.embedding("transformer.wpe", cfg.n_positions, d)?,
+                wte: checkpoint.embedding("transformer.wte", cfg.vocab_size, d)?,
+                wpe: checkpoint.embedding("transformer.wpe", cfg.n_positions, d)?,
                 h,
-                ln_f: ck.layer_norm("transformer.ln_f", d, eps)?,
+                ln_f: checkpoint.layer_norm("transformer.ln_f", d, eps)?,
             },
             n_positions: cfg.n_positions,
             config: cfg.clone(),
@@ -230,23 +242,23 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
     /// Writes `config.json` + `model.safetensors` with `GPT2LMHeadModel`'s keys (`transformer.…`,
     /// `Conv1D` weights `[in, out]`, head tied so not stored). Adapters must be merged first.
     pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
-        let mut sd = StateDict::default();
+        let mut state_dict = StateDict::default();
         let t = &self.transformer;
-        sd.embedding("transformer.wte", &t.wte);
-        sd.embedding("transformer.wpe", &t.wpe);
+        state_dict.embedding("transformer.wte", &t.wte);
+        state_dict.embedding("transformer.wpe", &t.wpe);
         for (i, b) in t.h.iter().enumerate() {
-            sd.layer_norm(&format!("transformer.h.{i}.ln_1"), &b.ln_1);
-            sd.layer_norm(&format!("transformer.h.{i}.ln_2"), &b.ln_2);
+            state_dict.layer_norm(&format!("transformer.h.{i}.ln_1"), &b.ln_1);
+            state_dict.layer_norm(&format!("transformer.h.{i}.ln_2"), &b.ln_2);
         }
-        sd.layer_norm("transformer.ln_f", &t.ln_f);
+        state_dict.layer_norm("transformer.ln_f", &t.ln_f);
         for (path, lin) in self.linears() {
-            sd.linear(&path, lin)?;
+            state_dict.linear(&path, lin)?;
         }
         let mut cfg =
             serde_json::to_value(&self.config).map_err(|e| ModelError::Input(e.to_string()))?;
         cfg["model_type"] = "gpt2".into();
         cfg["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
-        sd.save(dir, &cfg)
+        state_dict.save(dir, &cfg)
     }
 
     /// `input_ids [batch, seq]`, `attention_mask [batch, seq]` (1 = token, 0 = padding).
@@ -315,8 +327,8 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
         let path = Path::new("<config>");
         check_divisible(path, cfg.n_embd, cfg.n_head)?;
         let act = Activation::parse(&cfg.activation_function, path)?;
-        let mut ck = Checkpoint::<B>::random(0.02, seed, device);
-        Ok(lora_core::unfreeze(Self::from_checkpoint(cfg, act, &mut ck)?))
+        let mut checkpoint = Checkpoint::<B>::random(0.02, seed, device);
+        Ok(lora_core::unfreeze(Self::from_checkpoint(cfg, act, &mut checkpoint)?))
     }
 
     /// Greedy (`top_k = None` or `Some(1)`) or top-k sampling (`temperature`, `seed`) of `max_new`

@@ -161,7 +161,7 @@ impl TextTokenizer {
             rows.push(ids);
         }
         let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-        let (ids, attention_mask, seq) = pad_rows(&rows, self.pad_id);
+        let PaddedRows { ids, attention_mask, seq } = pad_rows(&rows, self.pad_id);
         Ok(TokenBatch {
             token_type_ids: vec![0; ids.len()],
             ids,
@@ -173,9 +173,18 @@ impl TextTokenizer {
     }
 }
 
-/// Right-pads token rows to the longest (at least 1): `ids` and `attention_mask` (1 = token),
-/// row-major, and the padded length.
-pub fn pad_rows(rows: &[&[u32]], pad_id: u32) -> (Vec<i64>, Vec<i64>, usize) {
+/// Token rows right-padded to one length, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaddedRows {
+    pub ids: Vec<i64>,
+    /// 1 = token, 0 = padding.
+    pub attention_mask: Vec<i64>,
+    /// The padded length: the longest row's, at least 1.
+    pub seq: usize,
+}
+
+/// Right-pads token rows to the longest (at least 1).
+pub fn pad_rows(rows: &[&[u32]], pad_id: u32) -> PaddedRows {
     let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
     let mut ids = Vec::with_capacity(rows.len() * seq);
     let mut mask = Vec::with_capacity(rows.len() * seq);
@@ -185,5 +194,5 @@ pub fn pad_rows(rows: &[&[u32]], pad_id: u32) -> (Vec<i64>, Vec<i64>, usize) {
         mask.extend(std::iter::repeat_n(1i64, r.len()));
         mask.extend(std::iter::repeat_n(0i64, seq - r.len()));
     }
-    (ids, mask, seq)
+    PaddedRows { ids, attention_mask: mask, seq }
 }

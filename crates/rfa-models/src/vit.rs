@@ -244,15 +244,16 @@ impl<B: FusedOps> VitForImageClassification<B> {
         let cpath = dir.join("config.json");
         let mut cfg: VitConfig = read_config(&cpath)?;
         let act = cfg.validate(&cpath)?;
-        let mut ck = Checkpoint::<B>::open(dir, "vit.", device)?;
-        ck.ignore(|k| k.contains("pooler."));
-        let vit = VitModel::from_checkpoint(&cfg, act, &mut ck)?;
-        let classifier = ck.classifier(cfg.hidden_size, cfg.num_labels(), new_head, device)?;
+        let mut checkpoint = Checkpoint::<B>::open(dir, "vit.", device)?;
+        checkpoint.ignore(|k| k.contains("pooler."));
+        let vit = VitModel::from_checkpoint(&cfg, act, &mut checkpoint)?;
+        let classifier =
+            checkpoint.classifier(cfg.hidden_size, cfg.num_labels(), new_head, device)?;
         if let Some(h) = new_head.filter(|h| h.num_labels != cfg.num_labels()) {
             cfg.id2label =
                 Some((0..h.num_labels).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect());
         }
-        ck.finish()?;
+        checkpoint.finish()?;
         let pp = dir.join("preprocessor_config.json");
         let preprocessor =
             if pp.is_file() { Some(read_config::<serde_json::Value>(&pp)?) } else { None };
@@ -263,43 +264,48 @@ impl<B: FusedOps> VitForImageClassification<B> {
     /// every parameter trainable.
     pub fn init(cfg: &VitConfig, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
         let act = cfg.validate(Path::new("<config>"))?;
-        let mut ck = Checkpoint::<B>::random(0.02, seed, device);
-        let vit = VitModel::from_checkpoint(cfg, act, &mut ck)?;
-        let classifier =
-            ck.linear("classifier", cfg.hidden_size, cfg.num_labels(), true, WeightLayout::Linear)?;
+        let mut checkpoint = Checkpoint::<B>::random(0.02, seed, device);
+        let vit = VitModel::from_checkpoint(cfg, act, &mut checkpoint)?;
+        let classifier = checkpoint.linear(
+            "classifier",
+            cfg.hidden_size,
+            cfg.num_labels(),
+            true,
+            WeightLayout::Linear,
+        )?;
         Ok(lora_core::unfreeze(Self { vit, classifier, config: cfg.clone(), preprocessor: None }))
     }
 
     /// Writes `config.json` + `model.safetensors` under the checkpoint's key names, as
     /// `save_pretrained` does. Adapters must be merged first.
     pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
-        let mut sd = StateDict::default();
+        let mut state_dict = StateDict::default();
         let e = &self.vit.embeddings;
         let [pd, d] = e.projection.base.weight.dims();
         let p = e.patch_size;
         let c = pd / (p * p);
-        sd.tensor("vit.embeddings.cls_token", e.cls_token.val());
-        sd.tensor("vit.embeddings.position_embeddings", e.position_embeddings.val());
+        state_dict.tensor("vit.embeddings.cls_token", e.cls_token.val());
+        state_dict.tensor("vit.embeddings.position_embeddings", e.position_embeddings.val());
         if e.projection.lora.is_some() && !e.projection.merged {
             return Err(ModelError::Input("patch projection carries an unmerged adapter".into()));
         }
-        sd.tensor(
+        state_dict.tensor(
             "vit.embeddings.patch_embeddings.projection.weight",
             e.projection.base.weight.val().transpose().reshape([d, c, p, p]),
         );
         if let Some(b) = &e.projection.base.bias {
-            sd.tensor("vit.embeddings.patch_embeddings.projection.bias", b.val());
+            state_dict.tensor("vit.embeddings.patch_embeddings.projection.bias", b.val());
         }
         for (i, l) in self.vit.layer.iter().enumerate() {
             let k = format!("vit.encoder.layer.{i}");
-            sd.layer_norm(&format!("{k}.layernorm_before"), &l.layernorm_before);
-            sd.layer_norm(&format!("{k}.layernorm_after"), &l.layernorm_after);
+            state_dict.layer_norm(&format!("{k}.layernorm_before"), &l.layernorm_before);
+            state_dict.layer_norm(&format!("{k}.layernorm_after"), &l.layernorm_after);
         }
-        sd.layer_norm("vit.layernorm", &self.vit.layernorm);
+        state_dict.layer_norm("vit.layernorm", &self.vit.layernorm);
         for (path, lin) in self.linears() {
-            sd.linear(&path, lin)?;
+            state_dict.linear(&path, lin)?;
         }
-        sd.save(dir, &self.config.to_json())?;
+        state_dict.save(dir, &self.config.to_json())?;
         if let Some(pp) = &self.preprocessor {
             let json =
                 serde_json::to_string_pretty(pp).map_err(|e| ModelError::Input(e.to_string()))?;
@@ -383,16 +389,17 @@ impl<B: FusedOps> VitModel<B> {
     pub fn from_checkpoint(
         cfg: &VitConfig,
         act: Activation,
-        ck: &mut Checkpoint<B>,
+        checkpoint: &mut Checkpoint<B>,
     ) -> Result<Self, ModelError> {
         let (d, eps, lin) = (cfg.hidden_size, cfg.layer_norm_eps, WeightLayout::Linear);
         let (c, p) = (cfg.num_channels, cfg.patch_size);
-        let conv =
-            ck.tensor::<4>("vit.embeddings.patch_embeddings.projection.weight", [d, c, p, p])?;
-        let conv_b = ck.tensor::<1>("vit.embeddings.patch_embeddings.projection.bias", [d])?;
+        let conv = checkpoint
+            .tensor::<4>("vit.embeddings.patch_embeddings.projection.weight", [d, c, p, p])?;
+        let conv_b =
+            checkpoint.tensor::<1>("vit.embeddings.patch_embeddings.projection.bias", [d])?;
         let embeddings = VitEmbeddings {
-            cls_token: ck.frozen("vit.embeddings.cls_token", [1, 1, d])?,
-            position_embeddings: ck
+            cls_token: checkpoint.frozen("vit.embeddings.cls_token", [1, 1, d])?,
+            position_embeddings: checkpoint
                 .frozen("vit.embeddings.position_embeddings", [1, cfg.num_patches() + 1, d])?,
             projection: LoraLinear::from_weights(
                 conv.reshape([d, c * p * p]).transpose(),
@@ -407,26 +414,30 @@ impl<B: FusedOps> VitModel<B> {
             let l = format!("vit.encoder.layer.{i}");
             let a = format!("{l}.attention");
             layer.push(VitLayer {
-                layernorm_before: ck.layer_norm(&format!("{l}.layernorm_before"), d, eps)?,
+                layernorm_before: checkpoint.layer_norm(
+                    &format!("{l}.layernorm_before"),
+                    d,
+                    eps,
+                )?,
                 attention: VitAttention {
                     attention: SelfAttention::load(
-                        ck,
+                        checkpoint,
                         &format!("{a}.attention"),
                         d,
                         cfg.num_attention_heads,
                         cfg.qkv_bias,
                     )?,
-                    output: ck.linear(&format!("{a}.output.dense"), d, d, true, lin)?,
+                    output: checkpoint.linear(&format!("{a}.output.dense"), d, d, true, lin)?,
                 },
-                layernorm_after: ck.layer_norm(&format!("{l}.layernorm_after"), d, eps)?,
-                intermediate: ck.linear(
+                layernorm_after: checkpoint.layer_norm(&format!("{l}.layernorm_after"), d, eps)?,
+                intermediate: checkpoint.linear(
                     &format!("{l}.intermediate.dense"),
                     d,
                     cfg.intermediate_size,
                     true,
                     lin,
                 )?,
-                output: ck.linear(
+                output: checkpoint.linear(
                     &format!("{l}.output.dense"),
                     cfg.intermediate_size,
                     d,
@@ -436,7 +447,7 @@ impl<B: FusedOps> VitModel<B> {
                 act,
             });
         }
-        Ok(Self { embeddings, layer, layernorm: ck.layer_norm("vit.layernorm", d, eps)? })
+        Ok(Self { embeddings, layer, layernorm: checkpoint.layer_norm("vit.layernorm", d, eps)? })
     }
 }
 

@@ -16,7 +16,7 @@
 //! loss) |
 //!
 //! L is the task loss (cross-entropy, or the causal-LM loss); KL, NPO's term and the l1 norm
-//! are in `rfa_loss::baselines`. SCRUB alternates max and min
+//! are in `rfa_loss::baseline_losses`. SCRUB alternates max and min
 //! steps in the paper; here both terms share one step on a paired batch (as RFA's steps do),
 //! with the max term in the first `scrub_max_epochs` epochs only.
 
@@ -31,13 +31,13 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use lora_core::{ForeachAdamW, LoraConfig, TargetModules, attach_lora, count_params};
 use rfa_data::batches;
-use rfa_loss::baselines::{kl_divergence, npo_loss};
+use rfa_loss::baseline_losses::{kl_divergence, npo_loss};
 use rfa_models::FusedAutodiff;
 use rfa_rng::SplitMix64;
 
 use crate::config::UnlearnConfig;
 use crate::engine::{StepLog, UnlearnLog, bar, scalar};
-use crate::learner::{Batch, Input, Learner, Logits, Samples, task_loss};
+use crate::engine_model::{Batch, EngineModel, Input, Logits, Samples, task_loss};
 use crate::method::Method;
 use crate::task::Task;
 
@@ -61,16 +61,16 @@ impl Method {
 pub fn unlearn_baseline<B, M>(
     m0: M,
     task: &Task<M::Data>,
-    uc: &UnlearnConfig,
+    unlearn_cfg: &UnlearnConfig,
     seed: u64,
     device: &B::Device,
 ) -> Result<(M, UnlearnLog)>
 where
     B: FusedAutodiff,
-    M: Learner<B> + AutodiffModule<B>,
-    M::InnerModule: Learner<B::InnerBackend, Data = M::Data>,
+    M: EngineModel<B> + AutodiffModule<B>,
+    M::InnerModule: EngineModel<B::InnerBackend, Data = M::Data>,
 {
-    let method = uc.method;
+    let method = unlearn_cfg.method;
     if method == Method::Rfa {
         bail!("rfa is not a baseline: Run::unlearn runs it");
     }
@@ -78,19 +78,23 @@ where
     if method.relabels() && m0.num_labels().is_none() {
         bail!(
             "`{}` trains on wrong labels and needs a classifier; for a {} use grad-ascent, grad-diff or npo",
-            uc.method,
+            unlearn_cfg.method,
             M::KIND
         );
     }
     if method.relabels() && classes < 2 {
-        bail!("`{}` needs at least two classes", uc.method);
+        bail!("`{}` needs at least two classes", unlearn_cfg.method);
     }
     let teacher = m0.valid();
-    let (mut model, adapted, full) = match uc.adapter.as_str() {
+    let (mut model, adapted, full) = match unlearn_cfg.adapter.as_str() {
         "lora" => {
             let cfg = LoraConfig {
                 seed,
-                ..LoraConfig::new(uc.rank, uc.alpha, TargetModules::parse(&uc.targets))
+                ..LoraConfig::new(
+                    unlearn_cfg.rank,
+                    unlearn_cfg.alpha,
+                    TargetModules::parse(&unlearn_cfg.targets),
+                )
             };
             let (m, adapted) = attach_lora(m0, &cfg)?;
             (m, adapted, false)
@@ -102,19 +106,24 @@ where
     let trainable = if full { params.total } else { params.trainable };
 
     let t0 = Instant::now();
-    let mask =
-        if method == Method::Salun { Some(saliency_mask(&model, task, uc, device)?) } else { None };
+    let mask = if method == Method::Salun {
+        Some(saliency_mask(&model, task, unlearn_cfg, device)?)
+    } else {
+        None
+    };
     let stats_seconds = t0.elapsed().as_secs_f64();
 
-    let mut optim = ForeachAdamW::<B>::new(uc.weight_decay as f32, 1e-8);
+    let mut optim = ForeachAdamW::<B>::new(unlearn_cfg.weight_decay as f32, 1e-8);
     let mut rng = SplitMix64::new(seed ^ 0x5eed);
     let mut label_rng = SplitMix64::new(seed ^ 0x1abe1);
     let mut retain_pool: Vec<usize> = Vec::new();
     let driver = if method.over_retain() { &task.split.retain } else { &task.split.forget };
-    let pb = bar((driver.len() * uc.epochs) as u64, uc.method.name());
+    let pb = bar((driver.len() * unlearn_cfg.epochs) as u64, unlearn_cfg.method.name());
     let mut steps = Vec::new();
-    for epoch in 0..uc.epochs {
-        for b in batches(driver, uc.batch_size, true, seed.wrapping_add(31 * epoch as u64 + 1)) {
+    for epoch in 0..unlearn_cfg.epochs {
+        for b in
+            batches(driver, unlearn_cfg.batch_size, true, seed.wrapping_add(31 * epoch as u64 + 1))
+        {
             let step_start = Instant::now();
             let (rb, fb) = if method.over_retain() {
                 (b.clone(), Vec::new())
@@ -153,18 +162,18 @@ where
             let total = match method {
                 Method::Rfa => unreachable!("refused before the first step"),
                 Method::Finetune => r(),
-                Method::L1Sparse => r() + l1_norm(&model).mul_scalar(uc.l1_weight),
+                Method::L1Sparse => r() + l1_norm(&model).mul_scalar(unlearn_cfg.l1_weight),
                 Method::GradAscent => f().neg(),
                 Method::RandomLabel => f(),
-                Method::GradDiff => r() - f().mul_scalar(uc.forget_weight),
+                Method::GradDiff => r() - f().mul_scalar(unlearn_cfg.forget_weight),
                 Method::Salun => f() + r(),
                 Method::Scrub => {
                     let t = teacher.pass(&inner_input(&batch.input), true);
                     let t = t.logits.expect("teacher logits");
                     let mut total = kl_to_teacher(&t, logits, &batch, 0..nr)
-                        .mul_scalar(uc.scrub_alpha)
-                        + r().mul_scalar(uc.scrub_gamma);
-                    if epoch < uc.scrub_max_epochs {
+                        .mul_scalar(unlearn_cfg.scrub_alpha)
+                        + r().mul_scalar(unlearn_cfg.scrub_gamma);
+                    if epoch < unlearn_cfg.scrub_max_epochs {
                         total = total - kl_to_teacher(&t, logits, &batch, nr..nr + nf);
                     }
                     total
@@ -180,7 +189,7 @@ where
                         &inner_batch(&batch),
                         nr..nr + nf,
                     ));
-                    npo_loss(lp, lp_ref, uc.npo_beta) + r()
+                    npo_loss(lp, lp_ref, unlearn_cfg.npo_beta) + r()
                 }
             };
             let tv = scalar(total.clone());
@@ -188,7 +197,7 @@ where
                 pb.abandon();
                 bail!(
                     "{}: the loss became {tv} at step {}; lower unlearn.lr",
-                    uc.method,
+                    unlearn_cfg.method,
                     steps.len()
                 );
             }
@@ -196,7 +205,7 @@ where
             if let Some(m) = &mask {
                 grads = apply_mask(&model, grads, m);
             }
-            model = optim.step(uc.lr, model, grads)?;
+            model = optim.step(unlearn_cfg.lr, model, grads)?;
             steps.push(StepLog {
                 step: steps.len(),
                 total: tv,
@@ -248,7 +257,8 @@ fn log_probs<B: Backend>(
         }
         Logits::Tokens { hidden, head } => {
             let next = batch.next.as_ref().expect("token batch");
-            crate::learner::next_token_log_softmax(hidden, head, next, rows).map(|(lp, _, _)| lp)
+            crate::engine_model::next_token_log_softmax(hidden, head, next, rows)
+                .map(|(lp, _, _)| lp)
         }
     }
 }
@@ -292,7 +302,7 @@ pub fn sequence_logprob<B: Backend>(
         }
         Logits::Tokens { hidden, head } => {
             let next = batch.next.as_ref().expect("token batch");
-            match crate::learner::next_token_logprobs(hidden, head, next, rows.clone()) {
+            match crate::engine_model::next_token_logprobs(hidden, head, next, rows.clone()) {
                 (Some(lp), row) => {
                     // Sum per sample: a [rows, positions] 0/1 matrix times the log-probabilities.
                     let m = row.len();
@@ -317,7 +327,7 @@ fn l1_norm<B: Backend, M: Module<B>>(model: &M) -> Tensor<B, 1> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let v = param.val();
             if v.is_require_grad() {
-                let s = rfa_loss::baselines::l1(v);
+                let s = rfa_loss::baseline_losses::l1(v);
                 self.0 = Some(match self.0.take() {
                     Some(a) => a + s,
                     None => s,
@@ -335,18 +345,18 @@ fn l1_norm<B: Backend, M: Module<B>>(model: &M) -> Tensor<B, 1> {
 fn saliency_mask<B, M>(
     model: &M,
     task: &Task<M::Data>,
-    uc: &UnlearnConfig,
+    unlearn_cfg: &UnlearnConfig,
     device: &B::Device,
 ) -> Result<HashMap<ParamId, Tensor<B::InnerBackend, 1>>>
 where
     B: FusedAutodiff,
-    M: Learner<B> + AutodiffModule<B>,
+    M: EngineModel<B> + AutodiffModule<B>,
 {
-    if !(uc.salun_ratio > 0.0 && uc.salun_ratio <= 1.0) {
-        bail!("unlearn.salun_ratio must be in (0, 1], not {}", uc.salun_ratio);
+    if !(unlearn_cfg.salun_ratio > 0.0 && unlearn_cfg.salun_ratio <= 1.0) {
+        bail!("unlearn.salun_ratio must be in (0, 1], not {}", unlearn_cfg.salun_ratio);
     }
     let mut sum: HashMap<ParamId, Tensor<B::InnerBackend, 1>> = HashMap::new();
-    for b in batches(&task.split.forget, uc.batch_size, false, 0) {
+    for b in batches(&task.split.forget, unlearn_cfg.batch_size, false, 0) {
         let batch = model.batch(&task.train, &b, device)?;
         let pass = model.pass(&batch.input, true);
         let loss = task_loss(pass.logits.as_ref().expect("logits"), &batch, 0..b.len())
@@ -367,7 +377,7 @@ where
         bail!("salun: no trainable weight received a gradient");
     }
     all.sort_by(|a, b| b.total_cmp(a));
-    let k = ((all.len() as f64 * uc.salun_ratio).ceil() as usize).clamp(1, all.len());
+    let k = ((all.len() as f64 * unlearn_cfg.salun_ratio).ceil() as usize).clamp(1, all.len());
     let threshold = all[k - 1];
     Ok(host
         .into_iter()

@@ -1,5 +1,5 @@
 //! Training, unlearning and evaluation, generic over burn backends and over the models the
-//! engine knows ([`Learner`]: ViT, BERT, GPT-2).
+//! engine knows ([`EngineModel`]: ViT, BERT, GPT-2).
 
 use std::path::Path;
 use std::time::Instant;
@@ -18,7 +18,7 @@ use rfa_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{TrainConfig, UnlearnConfig};
-use crate::learner::{Learner, Logits, Samples, task_loss};
+use crate::engine_model::{EngineModel, Logits, Samples, task_loss};
 use crate::task::Task;
 
 pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
@@ -54,11 +54,11 @@ pub struct EpochLog {
 /// moments restart). A non-finite loss stops training with an error that names the last good
 /// checkpoint.
 #[allow(clippy::too_many_arguments)]
-pub fn train_model<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
+pub fn train_model<B: FusedAutodiff, M: EngineModel<B> + AutodiffModule<B>>(
     mut model: M,
     ds: &M::Data,
     indices: &[usize],
-    tc: &TrainConfig,
+    train_cfg: &TrainConfig,
     seed: u64,
     what: &str,
     ckpt: &Path,
@@ -75,12 +75,13 @@ pub fn train_model<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
     if state_path.is_file() {
         log = serde_json::from_str(&std::fs::read_to_string(&state_path)?)
             .with_context(|| format!("reading {}", state_path.display()))?;
-        model = lora_core::unfreeze(<M as Learner<B>>::load(ckpt, device)?);
+        model = lora_core::unfreeze(<M as EngineModel<B>>::load(ckpt, device)?);
         eprintln!("{what}: resuming after epoch {} from {}", log.len(), ckpt.display());
     }
-    let mut optim = ForeachAdamW::<B>::new(tc.weight_decay as f32, 1e-8);
-    for epoch in log.len()..tc.epochs {
-        let bs = batches(indices, tc.batch_size, true, seed.wrapping_add(epoch as u64 * 7919));
+    let mut optim = ForeachAdamW::<B>::new(train_cfg.weight_decay as f32, 1e-8);
+    for epoch in log.len()..train_cfg.epochs {
+        let bs =
+            batches(indices, train_cfg.batch_size, true, seed.wrapping_add(epoch as u64 * 7919));
         let pb = bar(indices.len() as u64, what);
         let start = Instant::now();
         let (mut sum, mut n) = (0.0, 0usize);
@@ -102,14 +103,14 @@ pub fn train_model<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
                 );
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(tc.lr, model, grads)?;
+            model = optim.step(train_cfg.lr, model, grads)?;
             sum += l * b.len() as f64;
             n += b.len();
             pb.inc(b.len() as u64);
             pb.set_message(format!(
                 "epoch {}/{} loss {:.4} {:.0} samples/s",
                 epoch + 1,
-                tc.epochs,
+                train_cfg.epochs,
                 sum / n as f64,
                 n as f64 / start.elapsed().as_secs_f64()
             ));
@@ -124,7 +125,7 @@ pub fn train_model<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
             eprintln!(
                 "{what}: epoch {}/{} loss {:.4} {:.0} samples/s",
                 epoch + 1,
-                tc.epochs,
+                train_cfg.epochs,
                 sum / n as f64,
                 n as f64 / start.elapsed().as_secs_f64()
             );
@@ -136,7 +137,7 @@ pub fn train_model<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
 
 /// Saves the model and the epoch log into `dir` (each file atomically; the log last, so that a
 /// kill between the two leaves the previous epoch's state consistent enough to resume).
-fn save_checkpoint<B: FusedOps, M: Learner<B>>(
+fn save_checkpoint<B: FusedOps, M: EngineModel<B>>(
     model: &M,
     dir: &Path,
     log: &[EpochLog],
@@ -176,41 +177,56 @@ pub struct UnlearnLog {
     pub stats_samples: usize,
 }
 
+/// An unlearning's first step apart from the others: a GPU run's start-up cost apart from its
+/// steady pace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTimes {
+    pub first_seconds: f64,
+    /// The median of the other steps; `None` with a single step.
+    pub median_seconds: Option<f64>,
+}
+
 impl UnlearnLog {
-    /// The first step's time and the median of the others' (`None` without steps; no median
-    /// with a single step): a GPU run's start-up cost apart from its steady pace.
-    pub fn step_times(&self) -> Option<(f64, Option<f64>)> {
+    /// `None` without steps.
+    pub fn step_times(&self) -> Option<StepTimes> {
         let (first, rest) = self.steps.split_first()?;
         let mut rest: Vec<f64> = rest.iter().map(|s| s.seconds).collect();
         rest.sort_by(f64::total_cmp);
-        Some((first.seconds, (!rest.is_empty()).then(|| rest[rest.len() / 2])))
+        Some(StepTimes {
+            first_seconds: first.seconds,
+            median_seconds: (!rest.is_empty()).then(|| rest[rest.len() / 2]),
+        })
     }
 }
 
-/// Residual Feature Alignment (docs/rfa-method.md): LoRA adapters on the layers `uc.targets`
+/// Residual Feature Alignment (docs/rfa-method.md): LoRA adapters on the layers `unlearn_cfg.targets`
 /// selects, B = 0 so the model starts at `m0`; targets `mu_l` from `m0`'s features on `Dr`;
-/// then `uc.epochs` passes over `Df`, each forget batch paired with a retain batch in one
+/// then `unlearn_cfg.epochs` passes over `Df`, each forget batch paired with a retain batch in one
 /// forward pass, loss = retain + λ·forget (+ γ·task loss on the retain batch), AdamW on the
 /// adapters. Padding tokens take part in neither term.
 pub fn unlearn_rfa<B, M>(
     m0: M,
     task: &Task<M::Data>,
-    uc: &UnlearnConfig,
+    unlearn_cfg: &UnlearnConfig,
     seed: u64,
     device: &B::Device,
 ) -> Result<(M, UnlearnLog)>
 where
     B: FusedAutodiff,
-    M: Learner<B> + AutodiffModule<B>,
-    M::InnerModule: Learner<B::InnerBackend, Data = M::Data>,
+    M: EngineModel<B> + AutodiffModule<B>,
+    M::InnerModule: EngineModel<B::InnerBackend, Data = M::Data>,
 {
     let cfg = LoraConfig {
         seed,
-        ..LoraConfig::new(uc.rank, uc.alpha, TargetModules::parse(&uc.targets))
+        ..LoraConfig::new(
+            unlearn_cfg.rank,
+            unlearn_cfg.alpha,
+            TargetModules::parse(&unlearn_cfg.targets),
+        )
     };
     let (mut model, adapted) = attach_lora(m0, &cfg)?;
     let params = count_params(&model);
-    let cls_only = match uc.forget_tokens.as_str() {
+    let cls_only = match unlearn_cfg.forget_tokens.as_str() {
         "all" => false,
         "cls" if model.num_labels().is_some() => true,
         "cls" => bail!(
@@ -219,7 +235,7 @@ where
         ),
         other => bail!("unlearn.forget_tokens must be `all` or `cls`, not `{other}`"),
     };
-    if uc.retain_cls_weight > 0.0 && model.num_labels().is_none() {
+    if unlearn_cfg.retain_cls_weight > 0.0 && model.num_labels().is_none() {
         bail!(
             "unlearn.retain_cls_weight needs a classifier that reads the first token; a {} has none",
             M::KIND
@@ -230,10 +246,10 @@ where
     let view = |t: Tensor<B, 3>| if cls_only { t.narrow(1, 0, 1) } else { t };
     let view_mask = |m: Option<Tensor<B, 2>>| if cls_only { None } else { m };
     let objective = RfaObjective {
-        lambda: uc.lambda,
-        layer_weights: uc.layer_weights.clone(),
-        target: uc.target,
-        retain_task_weight: uc.retain_task_weight,
+        lambda: unlearn_cfg.lambda,
+        layer_weights: unlearn_cfg.layer_weights.clone(),
+        target: unlearn_cfg.target,
+        retain_task_weight: unlearn_cfg.retain_task_weight,
     };
 
     // Targets from M0's pre-trained features on Dr (B = 0: the adapted model is M0).
@@ -241,9 +257,9 @@ where
     let mut stats = FeatureStats::<B>::new(task.train.class_names().len());
     let inner = model.valid();
     let mut stats_set = task.split.retain.clone();
-    if uc.stats_samples > 0 && uc.stats_samples < stats_set.len() {
+    if unlearn_cfg.stats_samples > 0 && unlearn_cfg.stats_samples < stats_set.len() {
         SplitMix64::new(seed ^ 0x57a7).shuffle(&mut stats_set);
-        stats_set.truncate(uc.stats_samples);
+        stats_set.truncate(unlearn_cfg.stats_samples);
         stats_set.sort();
     }
     let pb = bar(stats_set.len() as u64, "features");
@@ -260,18 +276,20 @@ where
     }
     pb.finish();
     let stats_seconds = t0.elapsed().as_secs_f64();
-    let targets = Targets::resolve(uc.target, &stats, seed)?;
+    let targets = Targets::resolve(unlearn_cfg.target, &stats, seed)?;
 
-    let mut optim = ForeachAdamW::<B>::new(uc.weight_decay as f32, 1e-8);
+    let mut optim = ForeachAdamW::<B>::new(unlearn_cfg.weight_decay as f32, 1e-8);
     let mut rng = SplitMix64::new(seed ^ 0x5eed);
     let mut retain_pool: Vec<usize> = Vec::new();
     let mut steps = Vec::new();
     let forget = &task.split.forget;
-    let pb = bar((forget.len() * uc.epochs) as u64, "unlearn");
+    let pb = bar((forget.len() * unlearn_cfg.epochs) as u64, "unlearn");
     let started = Instant::now();
     let mut seen = 0usize;
-    for epoch in 0..uc.epochs {
-        for fb in batches(forget, uc.batch_size, true, seed.wrapping_add(31 * epoch as u64 + 1)) {
+    for epoch in 0..unlearn_cfg.epochs {
+        for fb in
+            batches(forget, unlearn_cfg.batch_size, true, seed.wrapping_add(31 * epoch as u64 + 1))
+        {
             let step_start = Instant::now();
             let mut rb = Vec::with_capacity(fb.len());
             while rb.len() < fb.len() {
@@ -285,7 +303,7 @@ where
             let (nr, nf) = (rb.len(), fb.len());
             let batch = model.batch(&task.train, &both, device)?;
             // The task term needs the logits; without it the pass ends at the last adapted layer.
-            let (taps, logits) = if uc.retain_task_weight > 0.0 {
+            let (taps, logits) = if unlearn_cfg.retain_task_weight > 0.0 {
                 let pass = model.pass(&batch.input, true);
                 (pass.taps, pass.logits)
             } else {
@@ -296,7 +314,7 @@ where
             let mu = targets.for_batch(nf, seq, Some(&batch.labels[nr..]))?;
             let split = rfa_fused::TapSplit { retain_rows: nr, forget_first_token_only: cls_only };
             let (parts, mut total);
-            if uc.retain_cls_weight > 0.0 {
+            if unlearn_cfg.retain_cls_weight > 0.0 {
                 // The extra term reads the retain rows' first tokens: split the taps once for both.
                 let s = SplitTaps::new(&taps, split, mask.as_ref())?;
                 parts = objective.total(
@@ -309,14 +327,14 @@ where
                 let cls: Vec<_> =
                     s.retain.iter().map(|t| t.clone().map(|x| x.narrow(1, 0, 1))).collect();
                 total = parts.total.clone()
-                    + objective.retain_loss(&cls, None)?.mul_scalar(uc.retain_cls_weight);
+                    + objective.retain_loss(&cls, None)?.mul_scalar(unlearn_cfg.retain_cls_weight);
             } else {
                 parts = objective.total_rows(&taps, split, mask.as_ref(), &mu)?;
                 total = parts.total.clone();
             }
-            if uc.retain_task_weight > 0.0 {
+            if unlearn_cfg.retain_task_weight > 0.0 {
                 let ce_r = task_loss(logits.as_ref().expect("logits"), &batch, 0..nr);
-                total = total + ce_r.mul_scalar(uc.retain_task_weight);
+                total = total + ce_r.mul_scalar(unlearn_cfg.retain_task_weight);
             }
             let (tv, rv, fv) = (scalar(total.clone()), scalar(parts.retain), scalar(parts.forget));
             if !tv.is_finite() {
@@ -324,7 +342,7 @@ where
                 bail!("unlearning: the loss became {tv} at step {}; lower unlearn.lr", steps.len());
             }
             let grads = GradientsParams::from_grads(total.backward(), &model);
-            model = optim.step(uc.lr, model, grads)?;
+            model = optim.step(unlearn_cfg.lr, model, grads)?;
             steps.push(StepLog {
                 step: steps.len(),
                 total: tv,
@@ -371,7 +389,7 @@ pub struct Outputs {
 }
 
 /// Runs `model` (without autodiff) over `indices` of `ds`.
-pub fn outputs<B: FusedOps, M: Learner<B>>(
+pub fn outputs<B: FusedOps, M: EngineModel<B>>(
     model: &M,
     ds: &M::Data,
     indices: &[usize],
@@ -390,7 +408,7 @@ pub fn outputs<B: FusedOps, M: Learner<B>>(
                 let next = batch.next.as_ref().expect("token batch");
                 let mut rows = vec![Vec::new(); b.len()];
                 if let (Some(lp), row) =
-                    crate::learner::next_token_logprobs(&hidden, &head, next, 0..b.len())
+                    crate::engine_model::next_token_logprobs(&hidden, &head, next, 0..b.len())
                 {
                     for (r, x) in row.into_iter().zip(host(lp)) {
                         rows[r].push(x);

@@ -5,8 +5,8 @@ use anyhow::{Context, Result, bail};
 use rfa_models::{Architecture, FusedAutodiff, FusedOps};
 
 use crate::engine::{self, outputs};
-use crate::learner::{Learner, Samples};
-use crate::models::{Bert, Vit};
+use crate::engine_model::{EngineModel, Samples};
+use crate::model_init::{Bert, Vit};
 use crate::phases::{PhaseRecord, read_phase};
 use crate::report::{Evaluated, Report, model_reports};
 use crate::role::Role;
@@ -17,14 +17,14 @@ impl Run {
     /// The models the report compares: M0, M*, and every unlearning result in the run (M0 with
     /// its adapter, or its merged / fully trained model), each with the record of the phase
     /// that made it.
-    pub(crate) fn evaluated_models<B: FusedOps, M: Learner<B>>(
+    pub(crate) fn evaluated_models<B: FusedOps, M: EngineModel<B>>(
         &self,
         device: &B::Device,
     ) -> Result<Vec<(Role, M, PhaseRecord)>> {
         let mut v = Vec::new();
         for role in [Role::Original, Role::Retrained] {
             let path = role.dir(&self.dir);
-            let model = <M as Learner<B>>::load(&path, device)
+            let model = <M as EngineModel<B>>::load(&path, device)
                 .with_context(|| format!("loading {}", path.display()))?;
             v.push((role, model, read_phase(&path)?));
         }
@@ -35,11 +35,11 @@ impl Run {
         for role in unlearned {
             let dir = role.dir(&self.dir);
             let model = if dir.join("adapter").is_dir() {
-                let mut m = <M as Learner<B>>::load(&Role::Original.dir(&self.dir), device)?;
+                let mut m = <M as EngineModel<B>>::load(&Role::Original.dir(&self.dir), device)?;
                 lora_core::load_adapter(&mut m, &dir.join("adapter"))?;
                 m
             } else {
-                <M as Learner<B>>::load(&dir.join("merged"), device)
+                <M as EngineModel<B>>::load(&dir.join("merged"), device)
                     .with_context(|| format!("loading {}", dir.display()))?
             };
             v.push((role, model, read_phase(&dir)?));
@@ -78,7 +78,7 @@ impl Run {
         }
     }
 
-    fn eval_classifier<B: FusedOps, M: Learner<B>>(
+    fn eval_classifier<B: FusedOps, M: EngineModel<B>>(
         &self,
         t: &Task<M::Data>,
         backend: &str,

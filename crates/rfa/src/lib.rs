@@ -21,12 +21,12 @@ pub mod compare;
 pub mod config;
 pub mod device;
 pub mod engine;
+pub mod engine_model;
 mod evaluation;
 pub mod kernel_cache;
-pub mod learner;
 mod lm_evaluation;
 pub mod method;
-pub mod models;
+pub mod model_init;
 mod phases;
 pub mod plots;
 pub mod report;
@@ -38,7 +38,7 @@ pub use device::DeviceSpec;
 pub use method::Method;
 pub use phases::PhaseRecord;
 pub use role::Role;
-pub use run::{Data, Run};
+pub use run::{Data, Run, SetSizes};
 
 /// The inference backend of an autodiff backend: evaluation runs on it.
 type Inner<B> = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;

@@ -7,8 +7,8 @@ use rfa_models::FusedOps;
 use crate::Run;
 use crate::engine::Outputs;
 use crate::engine::{self, outputs};
-use crate::learner::Samples;
-use crate::models::{self, Gpt2};
+use crate::engine_model::Samples;
+use crate::model_init::{self, Gpt2};
 use crate::phases::PhaseRecord;
 use crate::report::{self, Generation, Report};
 use crate::role::Role;
@@ -44,7 +44,8 @@ impl Run {
                 "no held-out text to compare the forget set with (the test set has none of its category)"
             );
         }
-        let retain: Vec<usize> = if ev.max_retain > 0 && ev.max_retain < t.split.retain.len() {
+        let retain_sample: Vec<usize> = if ev.max_retain > 0 && ev.max_retain < t.split.retain.len()
+        {
             let mut r = t.split.retain.clone();
             rfa_rng::SplitMix64::new(self.cfg.seed ^ 0xe7a1).shuffle(&mut r);
             r.truncate(ev.max_retain);
@@ -71,31 +72,31 @@ impl Run {
                 });
             }
         }
-        let eos = models::eos_id(tok);
+        let eos = model_init::eos_id(tok);
         let mut evaluated = Vec::new();
         for (role, model, record) in self.evaluated_models::<B, Gpt2<B>>(device)? {
             let name = role.name();
             let pb = engine::bar(3, "evaluate");
             pb.set_message(name.clone());
-            let f = outputs(&model, &t.train, &t.split.forget, device)?;
+            let forget = outputs(&model, &t.train, &t.split.forget, device)?;
             pb.inc(1);
-            let r = outputs(&model, &t.train, &retain, device)?;
+            let retain = outputs(&model, &t.train, &retain_sample, device)?;
             pb.inc(1);
-            let te = outputs(&model, &t.test, &test_idx, device)?;
+            let test = outputs(&model, &t.test, &test_idx, device)?;
             pb.finish();
             for g in &mut generations {
                 let ids = tok.encode(&g.prompt, false)?;
                 let new = model.generate(&ids, ev.generate_tokens, None, 1.0, eos, self.cfg.seed);
                 g.continuations.push((name.clone(), tok.decode(&new)?));
             }
-            evaluated.push(LmEvaluated { role, forget: f, retain: r, test: te, record });
+            evaluated.push(LmEvaluated { role, forget, retain, test, record });
         }
         let gold_features =
             evaluated.iter().find(|e| e.role == Role::Retrained).map(|e| e.forget.features.clone());
         let mut lm_models = Vec::new();
-        for LmEvaluated { role, forget: f, retain: r, test: te, record } in &evaluated {
+        for LmEvaluated { role, forget, retain, test, record } in &evaluated {
             let held_lp: Vec<Vec<f32>> =
-                held.iter().map(|&i| te.token_logprobs[i].clone()).collect();
+                held.iter().map(|&i| test.token_logprobs[i].clone()).collect();
             let scores = |sets: &[Vec<f32>], score: &dyn Fn(&[f32]) -> Option<f64>| -> Vec<f64> {
                 sets.iter().filter_map(|s| score(s)).collect()
             };
@@ -105,11 +106,11 @@ impl Run {
             let mean = |v: &[f32]| {
                 (!v.is_empty()).then(|| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64)
             };
-            let fd = match &gold_features {
+            let forget_distance = match &gold_features {
                 Some(g) if *role != Role::Retrained => {
-                    let d = f.feature_dim;
+                    let d = forget.feature_dim;
                     Some(feature_distance(
-                        &rfa_eval::Rows::new("forget features", &f.features, d)?,
+                        &rfa_eval::Rows::new("forget features", &forget.features, d)?,
                         &rfa_eval::Rows::new("forget features", g, d)?,
                     )?)
                 }
@@ -117,16 +118,19 @@ impl Run {
             };
             lm_models.push(report::LmModelReport {
                 name: role.name(),
-                ppl_forget: ppl(&f.token_logprobs),
-                ppl_retain: ppl(&r.token_logprobs),
-                ppl_test: ppl(&te.token_logprobs),
+                ppl_forget: ppl(&forget.token_logprobs),
+                ppl_retain: ppl(&retain.token_logprobs),
+                ppl_test: ppl(&test.token_logprobs),
                 ppl_held_out: ppl(&held_lp),
-                loss_auc: auc(&scores(&f.token_logprobs, &neg_loss), &scores(&held_lp, &neg_loss))?,
-                min_k_auc: auc(&scores(&f.token_logprobs, &min_k), &scores(&held_lp, &min_k))?,
+                loss_auc: auc(
+                    &scores(&forget.token_logprobs, &neg_loss),
+                    &scores(&held_lp, &neg_loss),
+                )?,
+                min_k_auc: auc(&scores(&forget.token_logprobs, &min_k), &scores(&held_lp, &min_k))?,
                 auc_gap: None,
-                feature_distance_forget: fd,
-                residual_norm_forget: mean(&f.residual_norms),
-                residual_norm_retain: mean(&r.residual_norms),
+                feature_distance_forget: forget_distance,
+                residual_norm_forget: mean(&forget.residual_norms),
+                residual_norm_retain: mean(&retain.residual_norms),
                 record: record.clone(),
             });
         }
@@ -146,7 +150,7 @@ impl Run {
                 generations,
                 held_out: held_name,
                 held_out_samples: held.len(),
-                retain_samples_evaluated: retain.len(),
+                retain_samples_evaluated: retain_sample.len(),
                 min_k_percent: ev.min_k_percent,
             }),
             residual_norms_forget: rfa.forget.residual_norms.clone(),

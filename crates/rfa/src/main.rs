@@ -240,7 +240,7 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
     }
     let mut run = Run::open(cfg)?;
     run.backend = Some(backend.to_string());
-    let (train, forget, retain, test) = run.sizes();
+    let rfa::SetSizes { train, forget, retain, test } = run.sizes();
     eprintln!(
         "run `{}` in {}: {:?} on {}, {train} training samples ({forget} to forget, {retain} to retain), {test} test samples, backend {backend}",
         run.cfg.name,

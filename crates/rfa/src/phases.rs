@@ -9,9 +9,9 @@ use rfa_models::{Architecture, FusedAutodiff};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{train_model, unlearn_rfa};
-use crate::learner::{Learner, Samples};
+use crate::engine_model::{EngineModel, Samples};
 use crate::method::Method;
-use crate::models::{self, Bert, Gpt2, Vit};
+use crate::model_init::{self, Bert, Gpt2, Vit};
 use crate::report::{Phase, measure};
 use crate::role::Role;
 use crate::task::Task;
@@ -66,7 +66,7 @@ impl Run {
         match self.arch {
             Architecture::Vit => {
                 let t = self.images()?;
-                let model = models::initial_vit::<B>(
+                let model = model_init::initial_vit::<B>(
                     m,
                     &t.train.class_names,
                     t.train.channels,
@@ -78,7 +78,7 @@ impl Run {
             Architecture::Bert => {
                 let t = self.text()?;
                 self.train_with(
-                    models::initial_bert::<B>(m, t.train.class_names().len(), seed, device)?,
+                    model_init::initial_bert::<B>(m, t.train.class_names().len(), seed, device)?,
                     t,
                     retrain,
                     device,
@@ -87,7 +87,7 @@ impl Run {
             Architecture::Gpt2 => {
                 let tok = self.tokenizer()?;
                 self.train_with(
-                    models::initial_gpt2::<B>(m, tok, seed, device)?,
+                    model_init::initial_gpt2::<B>(m, tok, seed, device)?,
                     self.text()?,
                     retrain,
                     device,
@@ -96,7 +96,7 @@ impl Run {
         }
     }
 
-    fn train_with<B: FusedAutodiff, M: Learner<B> + AutodiffModule<B>>(
+    fn train_with<B: FusedAutodiff, M: EngineModel<B> + AutodiffModule<B>>(
         &self,
         model: M,
         task: &Task<M::Data>,
@@ -146,25 +146,25 @@ impl Run {
     fn unlearn_with<B, M>(&self, task: &Task<M::Data>, device: &B::Device) -> Result<()>
     where
         B: FusedAutodiff,
-        M: Learner<B> + AutodiffModule<B>,
-        M::InnerModule: Learner<Inner<B>, Data = M::Data>,
+        M: EngineModel<B> + AutodiffModule<B>,
+        M::InnerModule: EngineModel<Inner<B>, Data = M::Data>,
     {
-        let uc = &self.cfg.unlearn;
-        let base_dtype = uc.base_dtype()?;
-        let mut m0 = <M as Learner<B>>::load(&self.dir.join("original"), device)
+        let unlearn_cfg = &self.cfg.unlearn;
+        let base_dtype = unlearn_cfg.base_dtype()?;
+        let mut m0 = <M as EngineModel<B>>::load(&self.dir.join("original"), device)
             .context("loading the original model (run `rfa train` first)")?;
         if let Some(dt) = base_dtype {
             lora_core::set_base_dtype(&mut m0, dt);
         }
-        let seed = uc.seed.unwrap_or(self.cfg.seed);
+        let seed = unlearn_cfg.seed.unwrap_or(self.cfg.seed);
         let ((model, log), phase) = measure(|| {
-            if uc.method == Method::Rfa {
-                unlearn_rfa(m0, task, uc, seed, device)
+            if unlearn_cfg.method == Method::Rfa {
+                unlearn_rfa(m0, task, unlearn_cfg, seed, device)
             } else {
-                baselines::unlearn_baseline(m0, task, uc, seed, device)
+                baselines::unlearn_baseline(m0, task, unlearn_cfg, seed, device)
             }
         })?;
-        let out = self.dir.join(uc.out_dir());
+        let out = self.dir.join(unlearn_cfg.out_dir());
         // A result left by an earlier run of this method must not mix with this one.
         for sub in ["adapter", "merged"] {
             let _ = std::fs::remove_dir_all(out.join(sub));
@@ -175,7 +175,7 @@ impl Run {
         let mut merged = match base_dtype {
             // The bf16 copy of W0 is lossy: the f32 adapter goes into the f32 original instead.
             Some(_) => {
-                let mut m = <M::InnerModule as Learner<Inner<B>>>::load(
+                let mut m = <M::InnerModule as EngineModel<Inner<B>>>::load(
                     &self.dir.join("original"),
                     device,
                 )?;
@@ -188,9 +188,13 @@ impl Run {
         merged.save(&out.join("merged"))?;
         self.copy_tokenizer(&out.join("merged"))?;
         write_json(&out.join("unlearn_log.json"), &log)?;
-        let precision = base_dtype.map(|_| format!("frozen weights in {}", uc.dtype));
-        let (first, median) = log.step_times().map_or((None, None), |(f, m)| (Some(f), m));
-        let phase = Phase { first_step_seconds: first, median_step_seconds: median, ..phase };
+        let precision = base_dtype.map(|_| format!("frozen weights in {}", unlearn_cfg.dtype));
+        let times = log.step_times();
+        let phase = Phase {
+            first_step_seconds: times.map(|t| t.first_seconds),
+            median_step_seconds: times.and_then(|t| t.median_seconds),
+            ..phase
+        };
         write_json(
             &out.join("phase.json"),
             &PhaseRecord {

@@ -534,7 +534,7 @@ mod tests {
     /// The first step apart, the median of the rest (odd and even counts), one step, none.
     #[test]
     fn unlearning_logs_give_the_first_step_and_the_median_of_the_others() {
-        use crate::engine::{StepLog, UnlearnLog};
+        use crate::engine::{StepLog, StepTimes, UnlearnLog};
         let log = |secs: &[f64]| UnlearnLog {
             steps: secs
                 .iter()
@@ -553,9 +553,11 @@ mod tests {
             stats_seconds: 0.0,
             stats_samples: 0,
         };
-        assert_eq!(log(&[7.0, 0.3, 0.1, 0.2]).step_times(), Some((7.0, Some(0.2))));
-        assert_eq!(log(&[7.0, 0.4, 0.1, 0.2, 0.3]).step_times(), Some((7.0, Some(0.3))));
-        assert_eq!(log(&[2.0]).step_times(), Some((2.0, None)));
+        let times =
+            |first_seconds, median_seconds| Some(StepTimes { first_seconds, median_seconds });
+        assert_eq!(log(&[7.0, 0.3, 0.1, 0.2]).step_times(), times(7.0, Some(0.2)));
+        assert_eq!(log(&[7.0, 0.4, 0.1, 0.2, 0.3]).step_times(), times(7.0, Some(0.3)));
+        assert_eq!(log(&[2.0]).step_times(), times(2.0, None));
         assert_eq!(log(&[]).step_times(), None);
         // Logs written before steps were timed read as 0 s.
         let old: StepLog =

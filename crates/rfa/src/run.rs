@@ -8,8 +8,8 @@ use rfa_models::Architecture;
 use rfa_models::tokenizer::TextTokenizer;
 
 use crate::config::RunConfig;
-use crate::learner::{Samples, TokenizedText};
-use crate::models;
+use crate::engine_model::{Samples, TokenizedText};
+use crate::model_init;
 use crate::task::{self, Task};
 
 /// A run's data: images for ViT, tokenised text for BERT and GPT-2.
@@ -24,6 +24,19 @@ pub enum Data {
     },
 }
 
+/// How many samples each set of a run holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetSizes {
+    /// D, the training set.
+    pub train: usize,
+    /// Df, the samples to forget.
+    pub forget: usize,
+    /// Dr = D without Df.
+    pub retain: usize,
+    /// Dt, the test set.
+    pub test: usize,
+}
+
 pub struct Run {
     pub cfg: RunConfig,
     pub arch: Architecture,
@@ -36,7 +49,7 @@ pub struct Run {
 impl Run {
     pub fn open(mut cfg: RunConfig) -> Result<Self> {
         cfg.expand_home();
-        let arch = models::architecture(&cfg.model)?;
+        let arch = model_init::architecture(&cfg.model)?;
         let data = if task::is_text(&cfg.data) {
             if arch == Architecture::Vit {
                 bail!(
@@ -44,9 +57,9 @@ impl Run {
                     cfg.data.dataset
                 );
             }
-            let (tok, tok_dir) = models::tokenizer(&cfg.model)?;
+            let (tok, tok_dir) = model_init::tokenizer(&cfg.model)?;
             let (train, test) = task::load_text(&cfg.data, cfg.seed)?;
-            let eos = if arch == Architecture::Gpt2 { models::eos_id(&tok) } else { None };
+            let eos = if arch == Architecture::Gpt2 { model_init::eos_id(&tok) } else { None };
             let train = TokenizedText::new(train, &tok, cfg.data.max_len, eos)?;
             let test = TokenizedText::new(test, &tok, cfg.data.max_len, eos)?;
             if train.truncated + test.truncated > 0 {
@@ -98,9 +111,14 @@ impl Run {
     }
 
     /// Training, forget, retain and test set sizes.
-    pub fn sizes(&self) -> (usize, usize, usize, usize) {
-        fn of<D: Samples>(t: &Task<D>) -> (usize, usize, usize, usize) {
-            (t.train.len(), t.split.forget.len(), t.split.retain.len(), t.test.len())
+    pub fn sizes(&self) -> SetSizes {
+        fn of<D: Samples>(t: &Task<D>) -> SetSizes {
+            SetSizes {
+                train: t.train.len(),
+                forget: t.split.forget.len(),
+                retain: t.split.retain.len(),
+                test: t.test.len(),
+            }
         }
         match &self.data {
             Data::Images(t) => of(t),
@@ -134,7 +152,7 @@ impl Run {
     /// checkpoint; nothing for images.
     pub(crate) fn copy_tokenizer(&self, to: &Path) -> Result<()> {
         match &self.data {
-            Data::Text { tokenizer_dir, .. } => models::copy_tokenizer(tokenizer_dir, to),
+            Data::Text { tokenizer_dir, .. } => model_init::copy_tokenizer(tokenizer_dir, to),
             Data::Images(_) => Ok(()),
         }
     }

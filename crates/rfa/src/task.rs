@@ -9,7 +9,7 @@ use rfa_data::{ForgetSpec, ForgetSplit, ImageDataset, select_forget};
 use rfa_rng::SplitMix64;
 
 use crate::config::DataConfig;
-use crate::learner::Samples;
+use crate::engine_model::Samples;
 
 /// Training data, test data and the forget / retain split of the training data.
 pub struct Task<D> {

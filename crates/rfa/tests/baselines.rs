@@ -98,7 +98,7 @@ fn full_weight_baselines_and_salun_masks() {
     let phase: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("phase.json")).unwrap()).unwrap();
     let total = lora_core::count_params(
-        &rfa::models::Vit::<AB>::load(&run.dir.join("original"), &dev).unwrap(),
+        &rfa::model_init::Vit::<AB>::load(&run.dir.join("original"), &dev).unwrap(),
     )
     .total;
     assert_eq!(phase["trainable_params"].as_u64().unwrap() as usize, total);

@@ -160,9 +160,10 @@ fn merged_model_equals_base_plus_adapter() {
     run.train::<AB>(false, &dev).unwrap();
     run.unlearn::<AB>(&dev).unwrap();
     type I = burn::backend::NdArray<f32>;
-    let mut with_adapter = rfa::models::Vit::<I>::load(&run.dir.join("original"), &dev).unwrap();
+    let mut with_adapter =
+        rfa::model_init::Vit::<I>::load(&run.dir.join("original"), &dev).unwrap();
     lora_core::load_adapter(&mut with_adapter, &run.dir.join("rfa/adapter")).unwrap();
-    let merged = rfa::models::Vit::<I>::load(&run.dir.join("rfa/merged"), &dev).unwrap();
+    let merged = rfa::model_init::Vit::<I>::load(&run.dir.join("rfa/merged"), &dev).unwrap();
     let idx: Vec<usize> = (0..20).collect();
     let a = rfa::engine::outputs(&with_adapter, &run.images().unwrap().test, &idx, &dev).unwrap();
     let b = rfa::engine::outputs(&merged, &run.images().unwrap().test, &idx, &dev).unwrap();
@@ -230,7 +231,7 @@ fn a_model_whose_classes_differ_from_the_data_is_refused() {
     let run = Run::open(tiny("classes", tmp.path())).unwrap();
     let names: Vec<String> = (0..3).map(|i| i.to_string()).collect();
     let cfg = rfa_models::VitConfig::new(28, 7, 1, 32, 1, 2, 64, &names);
-    let model = rfa::models::Vit::<AB>::init(&cfg, 0, &Default::default()).unwrap();
+    let model = rfa::model_init::Vit::<AB>::init(&cfg, 0, &Default::default()).unwrap();
     let err = rfa::engine::train_model(
         model,
         &run.images().unwrap().train,

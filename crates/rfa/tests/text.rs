@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rfa::Run;
 use rfa::config::RunConfig;
-use rfa::learner::TokenizedText;
+use rfa::engine_model::TokenizedText;
 
 type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 type I = burn::backend::NdArray<f32>;
@@ -75,7 +75,7 @@ fn imdb_with_a_bert_classifier_runs_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let data = imdb(tmp.path());
     let run = Run::open(bert_config("imdb", tmp.path(), &data)).unwrap();
-    assert_eq!(run.sizes(), (12, 3, 9, 12));
+    assert_eq!(run.sizes(), rfa::SetSizes { train: 12, forget: 3, retain: 9, test: 12 });
     let dev = Default::default();
     run.train::<AB>(false, &dev).unwrap();
     run.train::<AB>(true, &dev).unwrap();
@@ -97,9 +97,10 @@ fn imdb_with_a_bert_classifier_runs_end_to_end() {
     assert!(targets.contains("query") && targets.contains("value"), "{targets}");
     // Base + adapter = merged.
     let t = run.text().unwrap();
-    let mut with_adapter = rfa::models::Bert::<I>::load(&run.dir.join("original"), &dev).unwrap();
+    let mut with_adapter =
+        rfa::model_init::Bert::<I>::load(&run.dir.join("original"), &dev).unwrap();
     lora_core::load_adapter(&mut with_adapter, &run.dir.join("rfa/adapter")).unwrap();
-    let merged = rfa::models::Bert::<I>::load(&run.dir.join("rfa/merged"), &dev).unwrap();
+    let merged = rfa::model_init::Bert::<I>::load(&run.dir.join("rfa/merged"), &dev).unwrap();
     let idx: Vec<usize> = (0..12).collect();
     let a = rfa::engine::outputs(&with_adapter, &t.test, &idx, &dev).unwrap();
     let b = rfa::engine::outputs(&merged, &t.test, &idx, &dev).unwrap();
@@ -179,7 +180,7 @@ fn eli5_with_a_gpt2_language_model_runs_end_to_end() {
     let data = eli5(tmp.path());
     let run = Run::open(gpt2_config("eli5", tmp.path(), &data)).unwrap();
     // 20 % of each category held out: 8 + 8 + 8 train, 2 + 2 + 2 test; Biology forgotten.
-    assert_eq!(run.sizes(), (24, 8, 16, 6));
+    assert_eq!(run.sizes(), rfa::SetSizes { train: 24, forget: 8, retain: 16, test: 6 });
     let dev = Default::default();
     run.train::<AB>(false, &dev).unwrap();
     run.train::<AB>(true, &dev).unwrap();
@@ -206,9 +207,10 @@ fn eli5_with_a_gpt2_language_model_runs_end_to_end() {
     assert!(run.dir.join("rfa/merged/tokenizer.json").is_file());
     // The merged language model is the base plus the adapter.
     let t = run.text().unwrap();
-    let mut with_adapter = rfa::models::Gpt2::<I>::load(&run.dir.join("original"), &dev).unwrap();
+    let mut with_adapter =
+        rfa::model_init::Gpt2::<I>::load(&run.dir.join("original"), &dev).unwrap();
     lora_core::load_adapter(&mut with_adapter, &run.dir.join("rfa/adapter")).unwrap();
-    let merged = rfa::models::Gpt2::<I>::load(&run.dir.join("rfa/merged"), &dev).unwrap();
+    let merged = rfa::model_init::Gpt2::<I>::load(&run.dir.join("rfa/merged"), &dev).unwrap();
     let idx = [0usize, 1, 2];
     let a = rfa::engine::outputs(&with_adapter, &t.test, &idx, &dev).unwrap();
     let b = rfa::engine::outputs(&merged, &t.test, &idx, &dev).unwrap();
@@ -304,9 +306,9 @@ fn text_misconfigurations_are_reported() {
 
 #[test]
 fn the_lm_loss_on_real_tokens_only_equals_hugging_faces_causal_lm_loss() {
-    use rfa::learner::{Learner, task_loss};
+    use rfa::engine_model::{EngineModel, task_loss};
     let dev = Default::default();
-    let model = rfa::models::Gpt2::<I>::load(&fixture("hf-parity/gpt2/model"), &dev).unwrap();
+    let model = rfa::model_init::Gpt2::<I>::load(&fixture("hf-parity/gpt2/model"), &dev).unwrap();
     let tok = rfa_models::TextTokenizer::from_dir(&fixture("hf-parity/gpt2/tokenizer")).unwrap();
     let text = rfa_data::text::TextDataset {
         texts: vec![
@@ -323,7 +325,7 @@ fn the_lm_loss_on_real_tokens_only_equals_hugging_faces_causal_lm_loss() {
     let data = TokenizedText::new(text, &tok, 32, Some(0)).unwrap();
     let batch = model.batch(&data, &[0, 1, 2], &dev).unwrap();
     let pass = model.pass(&batch.input, true);
-    let rfa::learner::Input::Tokens { ids, mask } = &batch.input else { panic!() };
+    let rfa::engine_model::Input::Tokens { ids, mask } = &batch.input else { panic!() };
     for rows in [0..3, 1..3, 0..1] {
         let n = rows.end - rows.start;
         let ours: f32 =

@@ -105,7 +105,8 @@ impl TokenizedText {
         device: &B::Device,
     ) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
         let rows: Vec<&[u32]> = idx.iter().map(|&i| self.tokens[i].as_slice()).collect();
-        let (ids, mask, seq) = rfa_models::tokenizer::pad_rows(&rows, self.pad_id);
+        let rfa_models::tokenizer::PaddedRows { ids, attention_mask: mask, seq } =
+            rfa_models::tokenizer::pad_rows(&rows, self.pad_id);
         let shape = [idx.len(), seq];
         (
             Tensor::from_data(TensorData::new(ids, shape), device),
@@ -263,7 +264,7 @@ pub fn task_loss<B: Backend>(
 }
 
 /// A model the engine can train, unlearn and evaluate.
-pub trait Learner<B: FusedOps>: Module<B> + LoraModel<B> + Sized {
+pub trait EngineModel<B: FusedOps>: Module<B> + LoraModel<B> + Sized {
     type Data: Samples;
     /// `image classifier`, `text classifier` or `language model`, for messages.
     const KIND: &'static str;
@@ -281,7 +282,7 @@ pub trait Learner<B: FusedOps>: Module<B> + LoraModel<B> + Sized {
     fn num_labels(&self) -> Option<usize>;
 }
 
-impl<B: FusedOps> Learner<B> for VitForImageClassification<B> {
+impl<B: FusedOps> EngineModel<B> for VitForImageClassification<B> {
     type Data = ImageDataset;
     const KIND: &'static str = "image classifier";
 
@@ -352,7 +353,7 @@ fn token_batch<B: Backend>(
     })
 }
 
-impl<B: FusedOps> Learner<B> for BertForSequenceClassification<B> {
+impl<B: FusedOps> EngineModel<B> for BertForSequenceClassification<B> {
     type Data = TokenizedText;
     const KIND: &'static str = "text classifier";
 
@@ -391,7 +392,7 @@ impl<B: FusedOps> Learner<B> for BertForSequenceClassification<B> {
     }
 }
 
-impl<B: FusedOps> Learner<B> for Gpt2LmHeadModel<B> {
+impl<B: FusedOps> EngineModel<B> for Gpt2LmHeadModel<B> {
     type Data = TokenizedText;
     const KIND: &'static str = "language model";
 
