@@ -6,6 +6,9 @@
 //! with and without the causal flag.
 //! With the `tch` feature also on libtorch (PyTorch's flash / memory-efficient attention kernels).
 
+#[cfg(feature = "tch")]
+mod common;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use proptest::prelude::*;
@@ -368,8 +371,7 @@ fn check(c: &Case) {
 /// tests/tch.rs.
 #[cfg(feature = "tch")]
 fn tch_device() -> burn::backend::libtorch::LibTorchDevice {
-    let name = std::env::var("RFA_TCH_DEVICE").unwrap_or_else(|_| "tch-cpu".into());
-    rfa_models::tch_device(&name).expect("RFA_TCH_DEVICE: tch-cpu or tch-cuda[:N]").unwrap()
+    common::tch_device_from_env()
 }
 
 /// `[b, heads, tq, tk, dk, dv]`.

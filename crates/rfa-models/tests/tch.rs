@@ -23,8 +23,7 @@ use rfa_models::parity::Tolerance;
 type T = LibTorch<f32>;
 
 fn device() -> LibTorchDevice {
-    let name = std::env::var("RFA_TCH_DEVICE").unwrap_or_else(|_| "tch-cpu".into());
-    rfa_models::tch_device(&name).expect("RFA_TCH_DEVICE: tch-cpu or tch-cuda[:N]").unwrap()
+    common::tch_device_from_env()
 }
 
 /// (abs tolerance of logits and hidden states, scaled by magnitude; relative for losses; gradients)
@@ -215,18 +214,6 @@ fn layer_norm_on_tch_equals_ndarrays() {
     for (name, err) in ["out", "dx", "dgamma", "dbeta"].iter().zip(errs) {
         assert!(err <= 1e-4, "{name}: {err}");
     }
-}
-
-#[test]
-fn device_names_parse() {
-    use rfa_models::tch_device;
-    assert_eq!(tch_device("tch"), Some(Ok(LibTorchDevice::Cpu)));
-    assert_eq!(tch_device("tch-cpu"), Some(Ok(LibTorchDevice::Cpu)));
-    assert_eq!(tch_device("tch-cuda"), Some(Ok(LibTorchDevice::Cuda(0))));
-    assert_eq!(tch_device("tch-cuda:3"), Some(Ok(LibTorchDevice::Cuda(3))));
-    assert!(matches!(tch_device("tch-cuda:x"), Some(Err(e)) if e.contains("tch-cuda:N")));
-    assert_eq!(tch_device("cuda:0"), None);
-    assert_eq!(tch_device("cpu"), None);
 }
 
 /// Attention runs PyTorch's SDPA kernels (flash on the CPU, memory-efficient on CUDA): they keep

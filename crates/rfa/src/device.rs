@@ -120,4 +120,16 @@ mod tests {
             assert!(e.contains(&format!("`{bad}`")) && e.contains("cpu-flex"), "{e}");
         }
     }
+
+    #[cfg(feature = "tch")]
+    #[test]
+    fn tch_specs_name_libtorch_devices() {
+        use burn::backend::libtorch::LibTorchDevice;
+        assert_eq!(DeviceSpec::TchCpu.libtorch(), Some(LibTorchDevice::Cpu));
+        assert_eq!(
+            "tch-cuda:3".parse::<DeviceSpec>().unwrap().libtorch(),
+            Some(LibTorchDevice::Cuda(3))
+        );
+        assert_eq!(DeviceSpec::Cuda(0).libtorch(), None);
+    }
 }

@@ -10,6 +10,21 @@ pub fn device() -> burn::backend::ndarray::NdArrayDevice {
     Default::default()
 }
 
+/// The libtorch device the tests run on: `RFA_TCH_DEVICE` (`tch-cpu`, the default, or
+/// `tch-cuda[:N]`, as `rfa --device` names them; the GPU run sets it).
+#[cfg(feature = "tch")]
+pub fn tch_device_from_env() -> burn::backend::libtorch::LibTorchDevice {
+    use burn::backend::libtorch::LibTorchDevice;
+    let name = std::env::var("RFA_TCH_DEVICE").unwrap_or_else(|_| "tch-cpu".into());
+    let cuda = |n: &str| n.parse().map(LibTorchDevice::Cuda).ok();
+    match name.as_str() {
+        "tch" | "tch-cpu" => Some(LibTorchDevice::Cpu),
+        "tch-cuda" => Some(LibTorchDevice::Cuda(0)),
+        _ => name.strip_prefix("tch-cuda:").and_then(cuda),
+    }
+    .unwrap_or_else(|| panic!("RFA_TCH_DEVICE={name}: expected tch-cpu or tch-cuda[:N]"))
+}
+
 /// `fixtures/` at the repository root (`$RFA_FIXTURES` when a test binary runs elsewhere, as on
 /// the GPU machine).
 pub fn fixtures() -> PathBuf {
