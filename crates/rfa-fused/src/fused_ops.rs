@@ -159,7 +159,8 @@ pub trait FusedOps: Backend {
     /// Whether, with the frozen weights in bf16 (`--dtype bf16`), the blocks' interiors run in
     /// bf16 as under PyTorch's autocast: the input of the projections is cast once, their
     /// outputs, the adapters' products, attention and the MLP's activation stay bf16, and only
-    /// the residual stream, the norms and the objective are f32 ([`crate::common::interior`]).
+    /// the residual stream, the norms and the objective are f32
+    /// (`rfa_models::precision::interior`).
     /// On libtorch (PyTorch's bf16 kernels: flash attention, GELU). Off by default: the
     /// activations stay f32 and each frozen product casts its input to bf16 and its output
     /// back — burn-cuda's bf16 path as measured, whose bf16 element-wise kernels are untested.

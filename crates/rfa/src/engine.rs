@@ -199,11 +199,11 @@ impl UnlearnLog {
     }
 }
 
-/// Residual Feature Alignment (docs/rfa-method.md): LoRA adapters on the layers `unlearn_cfg.targets`
-/// selects, B = 0 so the model starts at `m0`; targets `mu_l` from `m0`'s features on `Dr`;
-/// then `unlearn_cfg.epochs` passes over `Df`, each forget batch paired with a retain batch in one
-/// forward pass, loss = retain + λ·forget (+ γ·task loss on the retain batch), AdamW on the
-/// adapters. Padding tokens take part in neither term.
+/// Residual Feature Alignment (docs/rfa-method.md): LoRA adapters on the layers
+/// `unlearn_cfg.targets` selects, B = 0 so the model starts at `m0`; targets `mu_l` from `m0`'s
+/// features on `Dr`; then `unlearn_cfg.epochs` passes over `Df`, each forget batch paired with a
+/// retain batch in one forward pass, loss = retain + λ·forget (+ γ·task loss on the retain
+/// batch), AdamW on the adapters. Padding tokens take part in neither term.
 pub fn unlearn_rfa<B, M>(
     m0: M,
     task: &Task<M::Data>,
