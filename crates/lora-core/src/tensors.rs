@@ -23,6 +23,11 @@ pub enum TensorFileError {
     Dtype { path: PathBuf, key: String, dtype: String },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error(
+        "refusing to write {path}: tensor `{key}` holds {count} non-finite value(s) (NaN or ±inf; \
+         a diverged training or unlearning — lower the learning rate or the loss weights)"
+    )]
+    NonFinite { path: PathBuf, key: String, count: usize },
 }
 
 /// Host copy of one tensor: floats are widened to f32, integers to i64.
@@ -192,6 +197,20 @@ pub fn write_safetensors(
     metadata: Option<HashMap<String, String>>,
 ) -> Result<(), TensorFileError> {
     let werr = |reason: String| TensorFileError::Write { path: path.to_path_buf(), reason };
+    // A model or adapter with NaN or infinite weights is never saved: it would replace a good
+    // result with a useless one that loads without complaint.
+    for (key, t) in tensors {
+        if let HostData::F32(v) = &t.data {
+            let count = v.iter().filter(|x| !x.is_finite()).count();
+            if count > 0 {
+                return Err(TensorFileError::NonFinite {
+                    path: path.to_path_buf(),
+                    key: key.clone(),
+                    count,
+                });
+            }
+        }
+    }
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(k, t)| {
@@ -229,6 +248,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TensorFileError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn non_finite_tensors_are_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let mut tensors = BTreeMap::new();
+        tensors.insert("good".to_string(), HostTensor::f32(vec![2], vec![1.0, 2.0]));
+        write_safetensors(&path, &tensors, None).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            tensors
+                .insert("layer.weight".to_string(), HostTensor::f32(vec![3], vec![0.0, bad, bad]));
+            let e = write_safetensors(&path, &tensors, None).unwrap_err();
+            assert!(
+                matches!(&e, TensorFileError::NonFinite { key, count: 2, .. } if key == "layer.weight"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("model.safetensors"), "{e}");
+        }
+        // The earlier good file is untouched.
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]

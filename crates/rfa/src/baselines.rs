@@ -196,9 +196,11 @@ where
             if !tv.is_finite() {
                 pb.abandon();
                 bail!(
-                    "{}: the loss became {tv} at step {}; lower unlearn.lr",
+                    "{}: the loss became {tv} at step {}; the weights diverged: lower unlearn.lr \
+                     (now {}); nothing was written",
                     unlearn_cfg.method,
-                    steps.len()
+                    steps.len(),
+                    unlearn_cfg.lr
                 );
             }
             let mut grads = GradientsParams::from_grads(total.backward(), &model);

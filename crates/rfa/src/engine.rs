@@ -339,7 +339,14 @@ where
             let (tv, rv, fv) = (scalar(total.clone()), scalar(parts.retain), scalar(parts.forget));
             if !tv.is_finite() {
                 pb.abandon();
-                bail!("unlearning: the loss became {tv} at step {}; lower unlearn.lr", steps.len());
+                bail!(
+                    "RFA: the loss became {tv} at step {} (retain term {rv}, forget term {fv}); \
+                     the adapters diverged: lower unlearn.lr (now {}) or unlearn.lambda (now {}); \
+                     nothing was written",
+                    steps.len(),
+                    unlearn_cfg.lr,
+                    unlearn_cfg.lambda
+                );
             }
             let grads = GradientsParams::from_grads(total.backward(), &model);
             model = optim.step(unlearn_cfg.lr, model, grads)?;

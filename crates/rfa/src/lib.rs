@@ -19,6 +19,7 @@ pub mod alloc;
 pub mod baselines;
 pub mod compare;
 pub mod config;
+pub mod config_check;
 pub mod device;
 pub mod engine;
 pub mod engine_model;
@@ -32,6 +33,7 @@ pub mod plots;
 pub mod report;
 pub mod role;
 mod run;
+mod staged_dir;
 pub mod task;
 
 pub use device::DeviceSpec;

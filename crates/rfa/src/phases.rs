@@ -14,6 +14,7 @@ use crate::method::Method;
 use crate::model_init::{self, Bert, Gpt2, Vit};
 use crate::report::{Phase, measure};
 use crate::role::Role;
+use crate::staged_dir::StagedDir;
 use crate::task::Task;
 use crate::{Inner, Run, baselines};
 
@@ -130,7 +131,8 @@ impl Run {
         write_json(
             &out.join("phase.json"),
             &PhaseRecord { phase, trainable_params: params, ran_on: self.ran_on(None) },
-        )
+        )?;
+        self.record_config()
     }
 
     /// `rfa unlearn --method NAME`: under `NAME/` (or `NAME-s<seed>/`), the adapter (PEFT) when
@@ -164,11 +166,10 @@ impl Run {
                 baselines::unlearn_baseline(m0, task, unlearn_cfg, seed, device)
             }
         })?;
-        let out = self.dir.join(unlearn_cfg.out_dir());
-        // A result left by an earlier run of this method must not mix with this one.
-        for sub in ["adapter", "merged"] {
-            let _ = std::fs::remove_dir_all(out.join(sub));
-        }
+        // Written beside an earlier result of this method and switched in whole once complete:
+        // a failure (a non-finite weight, a full disk) or a kill keeps the earlier result.
+        let staged = StagedDir::new(&self.dir.join(unlearn_cfg.out_dir()))?;
+        let out = staged.path();
         if !log.adapted.is_empty() {
             lora_core::save_adapter(&model, &out.join("adapter"), Some("../../original"))?;
         }
@@ -202,7 +203,9 @@ impl Run {
                 trainable_params: log.trainable_params,
                 ran_on: self.ran_on(precision),
             },
-        )
+        )?;
+        staged.commit()?;
+        self.record_config()
     }
 
     /// The unlearning results in the run folder, in [`Method::ALL`]'s order then by seed.

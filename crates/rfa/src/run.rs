@@ -47,7 +47,10 @@ pub struct Run {
 }
 
 impl Run {
+    /// Checks the whole configuration, then reads the data. Writes nothing: `config.toml` is
+    /// written when a phase succeeds ([`Run::record_config`]).
     pub fn open(mut cfg: RunConfig) -> Result<Self> {
+        cfg.validate()?;
         cfg.expand_home();
         let arch = model_init::architecture(&cfg.model)?;
         let data = if task::is_text(&cfg.data) {
@@ -98,8 +101,17 @@ impl Run {
         };
         let dir = cfg.run_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        lora_core::tensors::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         Ok(Self { cfg, arch, data, dir, backend: None })
+    }
+
+    /// Writes the resolved configuration to `config.toml`: after a phase succeeded, so that a
+    /// failed command leaves the run's record of its configuration as it was.
+    pub(crate) fn record_config(&self) -> Result<()> {
+        lora_core::tensors::write_atomic(
+            &self.dir.join("config.toml"),
+            self.cfg.to_toml().as_bytes(),
+        )?;
+        Ok(())
     }
 
     /// What a phase's record says it ran on: the backend, and a precision other than f32.

@@ -353,3 +353,74 @@ fn the_task_term_enters_the_loss_only_when_weighted() {
         .collect();
     assert!(!extra.is_empty() && extra.iter().all(|&x| x > 1e-3 && x.is_finite()), "{extra:?}");
 }
+
+/// The whole configuration is checked before any work, naming the field; a run name cannot
+/// leave the runs folder; a failed command leaves `config.toml` as the last good phase wrote it.
+#[test]
+fn configurations_are_checked_first_and_failures_keep_the_recorded_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (edit, field) in [
+        ((|c: &mut RunConfig| c.name = "../outside".into()) as fn(&mut RunConfig), "name"),
+        (|c: &mut RunConfig| c.name = String::new(), "name"),
+        (|c: &mut RunConfig| c.unlearn.lr = f64::NAN, "unlearn.lr"),
+        (|c: &mut RunConfig| c.unlearn.lambda = f64::INFINITY, "unlearn.lambda"),
+        (|c: &mut RunConfig| c.unlearn.batch_size = 0, "unlearn.batch_size"),
+        (|c: &mut RunConfig| c.unlearn.rank = 0, "unlearn.rank"),
+        (|c: &mut RunConfig| c.unlearn.alpha = -1.0, "unlearn.alpha"),
+        (|c: &mut RunConfig| c.train.epochs = 0, "train.epochs"),
+    ] {
+        let mut c = tiny("checked", tmp.path());
+        edit(&mut c);
+        let e = Run::open(c).err().expect("refused").to_string();
+        assert!(e.starts_with(field), "{field}: {e}");
+    }
+    assert!(!tmp.path().join("outside").exists() && !tmp.path().join("checked").exists());
+
+    let c = tiny("kept", tmp.path());
+    let run = Run::open(c.clone()).unwrap();
+    // Unlearning before training fails: no configuration is recorded.
+    assert!(run.unlearn::<AB>(&Default::default()).is_err());
+    assert!(!run.dir.join("config.toml").exists());
+    run.train::<AB>(false, &Default::default()).unwrap();
+    let recorded = std::fs::read_to_string(run.dir.join("config.toml")).unwrap();
+    assert_eq!(recorded, c.to_toml());
+    // A later command with another configuration that fails leaves the record alone.
+    let mut other = c.clone();
+    other.unlearn.method = rfa::Method::RandomLabel;
+    other.unlearn.adapter = "full".into();
+    other.unlearn.dtype = "bf16".into();
+    let failing = Run::open(other).unwrap();
+    assert!(failing.unlearn::<AB>(&Default::default()).is_err());
+    assert_eq!(std::fs::read_to_string(run.dir.join("config.toml")).unwrap(), recorded);
+}
+
+/// An unlearning that diverges (lr = 1e30) fails with an error and leaves the earlier good
+/// result of that method as it was: nothing non-finite is written, nothing good deleted.
+#[test]
+fn a_diverged_unlearning_never_replaces_a_good_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Default::default();
+    let c = tiny("diverge", tmp.path());
+    let run = Run::open(c.clone()).unwrap();
+    run.train::<AB>(false, &dev).unwrap();
+    run.unlearn::<AB>(&dev).unwrap();
+    let adapter = run.dir.join("rfa/adapter/adapter_model.safetensors");
+    let merged = run.dir.join("rfa/merged/model.safetensors");
+    let (good_adapter, good_merged) =
+        (std::fs::read(&adapter).unwrap(), std::fs::read(&merged).unwrap());
+    let mut wild = c.clone();
+    wild.unlearn.lr = 1e30;
+    // Several steps: after the first, the adapters' product overflows.
+    wild.unlearn.batch_size = 4;
+    let e = Run::open(wild).unwrap().unlearn::<AB>(&dev).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("lr") || e.contains("non-finite"), "{e}");
+    assert_eq!(std::fs::read(&adapter).unwrap(), good_adapter);
+    assert_eq!(std::fs::read(&merged).unwrap(), good_merged);
+    let left: Vec<String> = std::fs::read_dir(&run.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "staging folders left behind: {left:?}");
+}
