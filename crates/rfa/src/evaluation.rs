@@ -10,6 +10,7 @@ use crate::model_init::{Bert, Vit};
 use crate::phases::{PhaseRecord, read_phase};
 use crate::report::{Evaluated, Report, model_reports};
 use crate::role::Role;
+use crate::run_lock::RunLock;
 use crate::task::Task;
 use crate::{Inner, Run, compare, plots};
 
@@ -49,6 +50,8 @@ impl Run {
 
     /// `rfa eval`: metrics of M0, M*, RFA → report.json, report.md, plots.
     pub fn eval<B: FusedAutodiff>(&self, backend: &str, device: &B::Device) -> Result<Report> {
+        // eval writes the report and plots: a writer.
+        let _lock = RunLock::exclusive(&self.dir, "rfa eval")?;
         match self.arch {
             Architecture::Vit => {
                 self.eval_classifier::<Inner<B>, Vit<Inner<B>>>(self.images()?, backend, device)

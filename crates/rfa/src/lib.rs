@@ -33,6 +33,7 @@ pub mod plots;
 pub mod report;
 pub mod role;
 mod run;
+pub mod run_lock;
 mod staged_dir;
 pub mod task;
 
@@ -41,6 +42,7 @@ pub use method::Method;
 pub use phases::PhaseRecord;
 pub use role::Role;
 pub use run::{Data, Run, SetSizes};
+pub use run_lock::RunLock;
 
 /// The inference backend of an autodiff backend: evaluation runs on it.
 type Inner<B> = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;

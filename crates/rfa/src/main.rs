@@ -265,6 +265,7 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
             println!("{}", report.markdown());
         }
         Cmd::Export { out, .. } => {
+            let _lock = rfa::RunLock::shared(&run.dir)?;
             for sub in ["adapter", "merged"] {
                 let from = run.dir.join("rfa").join(sub);
                 let to = out.join(sub);

@@ -14,6 +14,7 @@ use crate::method::Method;
 use crate::model_init::{self, Bert, Gpt2, Vit};
 use crate::report::{Phase, measure};
 use crate::role::Role;
+use crate::run_lock::RunLock;
 use crate::staged_dir::StagedDir;
 use crate::task::Task;
 use crate::{Inner, Run, baselines};
@@ -63,6 +64,8 @@ pub(crate) fn read_phase(dir: &Path) -> Result<PhaseRecord> {
 impl Run {
     /// `rfa train` (all of D → `original/`) or `rfa retrain` (Dr only → `retrain/`).
     pub fn train<B: FusedAutodiff>(&self, retrain: bool, device: &B::Device) -> Result<()> {
+        let _lock =
+            RunLock::exclusive(&self.dir, if retrain { "rfa retrain" } else { "rfa train" })?;
         let (m, seed) = (&self.cfg.model, self.cfg.seed);
         match self.arch {
             Architecture::Vit => {
@@ -138,6 +141,10 @@ impl Run {
     /// `rfa unlearn --method NAME`: under `NAME/` (or `NAME-s<seed>/`), the adapter (PEFT) when
     /// adapters were trained, and the merged model (Hugging Face).
     pub fn unlearn<B: FusedAutodiff>(&self, device: &B::Device) -> Result<()> {
+        let _lock = RunLock::exclusive(
+            &self.dir,
+            &format!("rfa unlearn --method {}", self.cfg.unlearn.method),
+        )?;
         match self.arch {
             Architecture::Vit => self.unlearn_with::<B, Vit<B>>(self.images()?, device),
             Architecture::Bert => self.unlearn_with::<B, Bert<B>>(self.text()?, device),

@@ -424,3 +424,23 @@ fn a_diverged_unlearning_never_replaces_a_good_result() {
         .collect();
     assert!(left.is_empty(), "staging folders left behind: {left:?}");
 }
+
+/// A command that writes into a run folder another command is writing is refused, naming the
+/// holder; nothing is written.
+#[test]
+fn a_second_writer_of_a_run_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run::open(tiny("locked", tmp.path())).unwrap();
+    let held = rfa::RunLock::exclusive(&run.dir, "rfa train").unwrap();
+    for e in [
+        run.train::<AB>(false, &Default::default()).unwrap_err(),
+        run.unlearn::<AB>(&Default::default()).unwrap_err(),
+        run.eval::<AB>("cpu", &Default::default()).unwrap_err(),
+    ] {
+        let e = format!("{e:#}");
+        assert!(e.contains("in use by") && e.contains("(rfa train)"), "{e}");
+    }
+    assert!(!run.dir.join("original").exists());
+    drop(held);
+    run.train::<AB>(false, &Default::default()).unwrap();
+}
