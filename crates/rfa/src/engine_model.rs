@@ -26,6 +26,8 @@ pub trait Samples {
     fn labels(&self) -> &[usize];
     fn class_names(&self) -> &[String];
     fn source(&self) -> &str;
+    /// What sample `i` is made of (pixels, token ids), for the digests of fingerprints.
+    fn sample_bytes(&self, i: usize) -> Vec<u8>;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -43,6 +45,10 @@ impl Samples for ImageDataset {
     }
     fn source(&self) -> &str {
         &self.source
+    }
+    fn sample_bytes(&self, i: usize) -> Vec<u8> {
+        let size = self.channels * self.height * self.width;
+        self.pixels[i * size..(i + 1) * size].to_vec()
     }
 }
 
@@ -69,6 +75,9 @@ impl Samples for TokenizedText {
     }
     fn source(&self) -> &str {
         &self.text.source
+    }
+    fn sample_bytes(&self, i: usize) -> Vec<u8> {
+        self.tokens[i].iter().flat_map(|t| t.to_le_bytes()).collect()
     }
 }
 

@@ -87,6 +87,8 @@ impl Run {
         backend: &str,
         device: &B::Device,
     ) -> Result<Report> {
+        self.check_trained(t, false)?;
+        self.check_trained(t, true)?;
         let test_idx: Vec<usize> = (0..t.test.len()).collect();
         let mut evaluated = Vec::new();
         for (role, model, record) in self.evaluated_models::<B, M>(device)? {

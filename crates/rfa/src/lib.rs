@@ -24,6 +24,7 @@ pub mod device;
 pub mod engine;
 pub mod engine_model;
 mod evaluation;
+pub mod fingerprint;
 pub mod kernel_cache;
 mod lm_evaluation;
 pub mod method;

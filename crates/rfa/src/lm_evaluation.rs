@@ -29,6 +29,8 @@ impl Run {
         use rfa_eval::{auc, feature_distance, mean_nll, min_k_prob, perplexity};
         let t = self.text()?;
         let tok = self.tokenizer()?;
+        self.check_trained(t, false)?;
+        self.check_trained(t, true)?;
         let ev = &self.cfg.eval;
         let test_idx: Vec<usize> = (0..t.test.len()).collect();
         // The attacks compare Df with held-out text like it: the forgotten category's test texts.

@@ -80,6 +80,10 @@ struct Common {
     /// Print the resolved configuration (TOML) and exit.
     #[arg(long)]
     print_config: bool,
+    /// Train (or retrain) from scratch even where the run folder holds a model made under
+    /// another configuration or other data: its folder is replaced.
+    #[arg(long)]
+    force: bool,
 }
 
 impl Common {
@@ -240,6 +244,7 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
     }
     let mut run = Run::open(cfg)?;
     run.backend = Some(backend.to_string());
+    run.force = common.force;
     let rfa::SetSizes { train, forget, retain, test } = run.sizes();
     eprintln!(
         "run `{}` in {}: {:?} on {}, {train} training samples ({forget} to forget, {retain} to retain), {test} test samples, backend {backend}",

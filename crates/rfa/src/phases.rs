@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{train_model, unlearn_rfa};
 use crate::engine_model::{EngineModel, Samples};
+use crate::fingerprint::Fingerprint;
 use crate::method::Method;
 use crate::model_init::{self, Bert, Gpt2, Vit};
 use crate::report::{Phase, measure};
@@ -61,7 +62,30 @@ pub(crate) fn read_phase(dir: &Path) -> Result<PhaseRecord> {
     serde_json::from_value(value).with_context(|| format!("reading {}", p.display()))
 }
 
+/// What M0 (all of D) or M* (Dr) trains on.
+fn training_indices<D: Samples>(task: &Task<D>, retrain: bool) -> Vec<usize> {
+    if retrain { task.split.retain.clone() } else { (0..task.train.len()).collect() }
+}
+
 impl Run {
+    /// Refuses to build on M0 (`retrain` false) or M* where the run folder holds one made under
+    /// another configuration or other data than this run's (its `fingerprint.json`).
+    pub(crate) fn check_trained<D: Samples>(&self, task: &Task<D>, retrain: bool) -> Result<()> {
+        let (sub, command) = if retrain { ("retrain", "retrain") } else { ("original", "train") };
+        let fingerprint = Fingerprint::of_training(
+            &self.cfg,
+            retrain,
+            &task.train,
+            &training_indices(task, retrain),
+        )?;
+        fingerprint.check(
+            &self.dir.join(sub),
+            &format!(
+                "run `rfa {command} --force` with this configuration first, or use another --name"
+            ),
+        )
+    }
+
     /// `rfa train` (all of D → `original/`) or `rfa retrain` (Dr only → `retrain/`).
     pub fn train<B: FusedAutodiff>(&self, retrain: bool, device: &B::Device) -> Result<()> {
         let _lock =
@@ -108,9 +132,19 @@ impl Run {
         device: &B::Device,
     ) -> Result<()> {
         let (what, sub) = if retrain { ("retrain", "retrain") } else { ("train", "original") };
-        let indices: Vec<usize> =
-            if retrain { task.split.retain.clone() } else { (0..task.train.len()).collect() };
+        let indices = training_indices(task, retrain);
         let out = self.dir.join(sub);
+        // A checkpoint here is resumed, a finished model reused: only if it was made from this
+        // configuration and these samples.
+        let fingerprint = Fingerprint::of_training(&self.cfg, retrain, &task.train, &indices)?;
+        if let Err(e) = fingerprint.check(&out, &format!("pass --force to {what} from scratch")) {
+            if !self.force {
+                return Err(e);
+            }
+            eprintln!("{what}: --force: replacing {} ({e:#})", out.display());
+            std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+        }
+        fingerprint.write(&out)?;
         let params = lora_core::count_params(&model).total;
         let (_, phase) = measure(|| {
             train_model(
@@ -160,6 +194,7 @@ impl Run {
     {
         let unlearn_cfg = &self.cfg.unlearn;
         let base_dtype = unlearn_cfg.base_dtype()?;
+        self.check_trained(task, false)?;
         let mut m0 = <M as EngineModel<B>>::load(&self.dir.join("original"), device)
             .context("loading the original model (run `rfa train` first)")?;
         if let Some(dt) = base_dtype {

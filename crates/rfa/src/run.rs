@@ -44,6 +44,9 @@ pub struct Run {
     pub dir: PathBuf,
     /// The backend the phases run on, as the report names it (the `rfa` binary sets it).
     pub backend: Option<String>,
+    /// `--force`: a training phase starts over where its folder holds a model made under
+    /// another fingerprint, instead of refusing.
+    pub force: bool,
 }
 
 impl Run {
@@ -101,7 +104,7 @@ impl Run {
         };
         let dir = cfg.run_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self { cfg, arch, data, dir, backend: None })
+        Ok(Self { cfg, arch, data, dir, backend: None, force: false })
     }
 
     /// Writes the resolved configuration to `config.toml`: after a phase succeeded, so that a

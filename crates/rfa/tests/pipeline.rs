@@ -444,3 +444,47 @@ fn a_second_writer_of_a_run_is_refused() {
     drop(held);
     run.train::<AB>(false, &Default::default()).unwrap();
 }
+
+/// A phase is resumed, and a model reused, only under the configuration and the samples it was
+/// made from: retraining for another class, evaluating against an M* of another forget set or
+/// unlearning from an M0 of another training set is refused, naming the field; --force starts
+/// the phase over.
+#[test]
+fn a_model_made_under_another_configuration_is_neither_resumed_nor_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Default::default();
+    let c = tiny("fingerprint", tmp.path());
+    let run = Run::open(c.clone()).unwrap();
+    run.train::<AB>(false, &dev).unwrap();
+    run.train::<AB>(true, &dev).unwrap();
+
+    let mut other_class = c.clone();
+    other_class.data.forget = "class:Sandal".into();
+    let other = Run::open(other_class.clone()).unwrap();
+    let e = format!("{:#}", other.train::<AB>(true, &dev).unwrap_err());
+    assert!(
+        e.contains("data.forget = \"class:1\"")
+            && e.contains("\"class:Sandal\"")
+            && e.contains("--force"),
+        "{e}"
+    );
+    // M0 does not depend on the forget set: unlearning another class starts from it.
+    other.unlearn::<AB>(&dev).unwrap();
+    // The report would compare with an M* that still holds the class: refused.
+    let e = format!("{:#}", other.eval::<AB>("cpu", &dev).unwrap_err());
+    assert!(e.contains("retrain") && e.contains("data.forget"), "{e}");
+    let mut forced = Run::open(other_class).unwrap();
+    forced.force = true;
+    forced.train::<AB>(true, &dev).unwrap();
+    forced.eval::<AB>("cpu", &dev).unwrap();
+
+    let mut fewer = c.clone();
+    fewer.data.max_train = 150;
+    let e = format!("{:#}", Run::open(fewer).unwrap().unlearn::<AB>(&dev).unwrap_err());
+    assert!(
+        e.contains("original")
+            && e.contains("data.max_train = 200")
+            && e.contains("rfa train --force"),
+        "{e}"
+    );
+}
