@@ -114,7 +114,19 @@ pub fn parse_idx(
         ));
     }
     let (n, h, w) = (be_u32(&img, 4) as usize, be_u32(&img, 8) as usize, be_u32(&img, 12) as usize);
-    let expected = 16 + n * h * w;
+    if h == 0 || w == 0 {
+        return Err(fmt(
+            images,
+            format!("header says the images are {h}×{w}: rows and columns must be at least 1"),
+        ));
+    }
+    let expected = n.checked_mul(h).and_then(|x| x.checked_mul(w)).and_then(|x| x.checked_add(16));
+    let Some(expected) = expected else {
+        return Err(fmt(
+            images,
+            format!("header says {n} images of {h}×{w}: more bytes than can be addressed"),
+        ));
+    };
     if img.len() != expected {
         return Err(fmt(
             images,

@@ -105,6 +105,17 @@ fn bad_idx_files_are_errors_naming_the_file() {
     // Corrupt gzip.
     std::fs::write(&a, [0x1f, 0x8b, 8, 0, 1, 2, 3]).unwrap();
     assert!(load_idx(&a, &b, names.clone()).unwrap_err().to_string().contains("corrupt gzip"));
+    // Images of 0×0, and a header whose sizes overflow: errors, not a panic.
+    let (a, b) = write_idx(t.path(), 2, 0, 0, &[0, 1], false);
+    let e = load_idx(&a, &b, names.clone()).unwrap_err().to_string();
+    assert!(e.contains("img.idx") && e.contains("0×0"), "{e}");
+    let mut huge = vec![0, 0, 8, 3];
+    for v in [u32::MAX, u32::MAX, u32::MAX] {
+        huge.extend(v.to_be_bytes());
+    }
+    std::fs::write(&a, huge).unwrap();
+    let e = load_idx(&a, &b, names.clone()).unwrap_err().to_string();
+    assert!(e.contains("img.idx"), "{e}");
     // Missing file.
     assert!(matches!(load_idx(&t.path().join("none"), &b, names), Err(DataError::Io { .. })));
 }

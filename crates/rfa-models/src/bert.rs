@@ -17,7 +17,7 @@ use crate::ModelError;
 use crate::activations::Activation;
 use crate::attention::{SelfAttention, padding_bias};
 use crate::checkpoint::{Checkpoint, NewHead};
-use crate::config::{check_divisible, read_config};
+use crate::config::{check_divisible, check_sizes, read_config, sum_of_products};
 use crate::layer_norm::LayerNorm;
 use crate::outputs::ClassifierOutput;
 use crate::precision::interior;
@@ -103,6 +103,21 @@ impl BertConfig {
     }
 
     fn validate(&self, path: &Path) -> Result<Activation, ModelError> {
+        let (h, i, l) = (self.hidden_size, self.intermediate_size, self.num_hidden_layers);
+        let (v, p, t) = (self.vocab_size, self.max_position_embeddings, self.type_vocab_size);
+        check_sizes(
+            path,
+            &[
+                ("vocab_size", v),
+                ("hidden_size", h),
+                ("num_hidden_layers", l),
+                ("num_attention_heads", self.num_attention_heads),
+                ("intermediate_size", i),
+                ("max_position_embeddings", p),
+                ("type_vocab_size", t),
+            ],
+            || sum_of_products(&[&[l, 4, h, h], &[l, 2, h, i], &[v, h], &[p, h], &[t, h]]),
+        )?;
         check_divisible(path, self.hidden_size, self.num_attention_heads)?;
         if self.position_embedding_type != "absolute" {
             return Err(ModelError::Config {

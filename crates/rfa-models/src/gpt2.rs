@@ -15,7 +15,7 @@ use crate::ModelError;
 use crate::activations::Activation;
 use crate::attention::padding_bias;
 use crate::checkpoint::Checkpoint;
-use crate::config::{check_divisible, read_config};
+use crate::config::{check_divisible, check_sizes, read_config, sum_of_products};
 use crate::layer_norm::LayerNorm;
 use crate::outputs::CausalLmOutput;
 use crate::precision::interior;
@@ -66,6 +66,24 @@ fn yes() -> bool {
 }
 
 impl Gpt2Config {
+    /// Every size at least 1 and the parameter count under the cap, before any allocation.
+    fn check_sizes(&self, path: &Path) -> Result<(), ModelError> {
+        let (v, p, e, l) = (self.vocab_size, self.n_positions, self.n_embd, self.n_layer);
+        let inner = self.n_inner.unwrap_or(e.saturating_mul(4));
+        check_sizes(
+            path,
+            &[
+                ("vocab_size", v),
+                ("n_positions", p),
+                ("n_embd", e),
+                ("n_layer", l),
+                ("n_head", self.n_head),
+                ("n_inner", inner),
+            ],
+            || sum_of_products(&[&[l, 4, e, e], &[l, 2, e, inner], &[v, e], &[p, e]]),
+        )
+    }
+
     /// A GPT-2 of the given shape with GPT-2's defaults otherwise (gelu_new, eps 1e-5, tied head).
     pub fn new(
         vocab_size: usize,
@@ -163,6 +181,7 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
         let cpath = dir.join("config.json");
         let cfg: Gpt2Config = read_config(&cpath)?;
+        cfg.check_sizes(&cpath)?;
         check_divisible(&cpath, cfg.n_embd, cfg.n_head)?;
         let act = Activation::parse(&cfg.activation_function, &cpath)?;
         if !cfg.tie_word_embeddings {
@@ -325,6 +344,7 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
     /// every parameter trainable.
     pub fn init(cfg: &Gpt2Config, seed: u64, device: &B::Device) -> Result<Self, ModelError> {
         let path = Path::new("<config>");
+        cfg.check_sizes(path)?;
         check_divisible(path, cfg.n_embd, cfg.n_head)?;
         let act = Activation::parse(&cfg.activation_function, path)?;
         let mut checkpoint = Checkpoint::<B>::random(0.02, seed, device);

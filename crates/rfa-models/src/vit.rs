@@ -15,7 +15,7 @@ use crate::ModelError;
 use crate::activations::Activation;
 use crate::attention::SelfAttention;
 use crate::checkpoint::{Checkpoint, NewHead};
-use crate::config::{check_divisible, read_config};
+use crate::config::{check_divisible, check_sizes, read_config, sum_of_products};
 use crate::layer_norm::LayerNorm;
 use crate::outputs::ClassifierOutput;
 use crate::precision::interior;
@@ -117,6 +117,29 @@ impl VitConfig {
     }
 
     fn validate(&self, path: &Path) -> Result<Activation, ModelError> {
+        let (h, i, l) = (self.hidden_size, self.intermediate_size, self.num_hidden_layers);
+        check_sizes(
+            path,
+            &[
+                ("image_size", self.image_size),
+                ("patch_size", self.patch_size),
+                ("num_channels", self.num_channels),
+                ("hidden_size", h),
+                ("num_hidden_layers", l),
+                ("num_attention_heads", self.num_attention_heads),
+                ("intermediate_size", i),
+            ],
+            || {
+                let patches = (self.image_size / self.patch_size).saturating_pow(2);
+                let patch_in = self.patch_size.saturating_pow(2).saturating_mul(self.num_channels);
+                sum_of_products(&[
+                    &[l, 4, h, h],
+                    &[l, 2, h, i],
+                    &[patches.saturating_add(1), h],
+                    &[patch_in, h],
+                ])
+            },
+        )?;
         check_divisible(path, self.hidden_size, self.num_attention_heads)?;
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(ModelError::Config {

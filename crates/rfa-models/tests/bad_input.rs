@@ -249,3 +249,30 @@ fn gpt2_export_keeps_fan_in_fan_out_and_reloads_exactly() {
     let b = TensorFile::open(tmp.path().join("adapter_model.safetensors")).unwrap();
     assert_eq!(a.tensors, b.tensors, "export must reproduce peft's file tensor for tensor");
 }
+
+/// Zero or absurd sizes (a divide by zero, terabytes of weights) are refused from config.json
+/// before anything is allocated, naming the file and the sizes.
+#[test]
+fn zero_and_absurd_sizes_are_errors_before_allocation() {
+    for (fixture, field, value) in [
+        ("vit", "hidden_size", "64"),
+        ("vit", "image_size", "32"),
+        ("bert", "num_hidden_layers", "2"),
+        ("gpt2", "n_embd", "64"),
+        ("gpt2", "vocab_size", "512"),
+    ] {
+        let (_t, dir) = copy_fixture(fixture);
+        let c = dir.join("model/config.json");
+        let orig = std::fs::read_to_string(&c).unwrap();
+        let from = format!("\"{field}\": {value}");
+        assert!(orig.contains(&from), "{fixture}: {from} not in its config");
+        for bad in ["0", "1000000000000"] {
+            std::fs::write(&c, orig.replace(&from, &format!("\"{field}\": {bad}"))).unwrap();
+            let e = load_err(&dir.join("model"));
+            assert!(
+                e.contains("config.json") && e.contains(&format!("{field} = {bad}")),
+                "{fixture} {field}={bad}: {e}"
+            );
+        }
+    }
+}
