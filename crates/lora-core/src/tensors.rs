@@ -97,9 +97,14 @@ impl TensorFile {
     }
 
     pub fn from_bytes(bytes: &[u8], path: PathBuf) -> Result<Self, TensorFileError> {
+        // safetensors' own errors name no tensor ("invalid shape, data type, or offset for
+        // tensor"): the header is read again to say which entry is at fault.
         let format = |e: safetensors::SafeTensorError| TensorFileError::Format {
             path: path.clone(),
-            reason: e.to_string(),
+            reason: match first_bad_entry(bytes) {
+                Some(why) => format!("{e}: {why}"),
+                None => e.to_string(),
+            },
         };
         let st = SafeTensors::deserialize(bytes).map_err(format)?;
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(format)?;
@@ -161,6 +166,53 @@ impl TensorFile {
     pub fn contains(&self, key: &str) -> bool {
         self.tensors.contains_key(key)
     }
+}
+
+/// The first header entry whose dtype, shape and offsets do not fit together or the file, said
+/// in words; `None` when the header cannot be read or every entry fits.
+fn first_bad_entry(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    let data_len = bytes.len() - 8 - n;
+    let mut entries: Vec<(&String, &serde_json::Value)> =
+        header.iter().filter(|(k, _)| k.as_str() != "__metadata__").collect();
+    entries.sort_by_key(|(_, v)| v["data_offsets"][0].as_u64().unwrap_or(u64::MAX));
+    let mut expected_start = 0u64;
+    for (key, v) in entries {
+        let dtype = v["dtype"].as_str().unwrap_or("?");
+        let size: u64 = match dtype {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "U8" | "I8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            _ => return Some(format!("tensor `{key}` has dtype {dtype}")),
+        };
+        let shape: Option<Vec<u64>> =
+            v["shape"].as_array().map(|a| a.iter().filter_map(|d| d.as_u64()).collect());
+        let offsets: Option<Vec<u64>> =
+            v["data_offsets"].as_array().map(|a| a.iter().filter_map(|d| d.as_u64()).collect());
+        let (Some(shape), Some(offsets)) = (shape, offsets) else {
+            return Some(format!("tensor `{key}` has no valid shape or data_offsets"));
+        };
+        let [start, end] = offsets[..] else {
+            return Some(format!("tensor `{key}` has data_offsets {offsets:?}"));
+        };
+        let wanted = shape.iter().try_fold(size, |p, &d| p.checked_mul(d));
+        if start != expected_start
+            || end < start
+            || Some(end - start) != wanted
+            || end as usize > data_len
+        {
+            return Some(format!(
+                "tensor `{key}` ({dtype}, shape {shape:?}) has data_offsets [{start}, {end}]: \
+                 {} bytes expected at offset {expected_start}, the data section holds {data_len}",
+                wanted.map_or("more than 2^64".to_string(), |w| w.to_string())
+            ));
+        }
+        expected_start = end;
+    }
+    None
 }
 
 fn le_chunks<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
@@ -248,6 +300,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TensorFileError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_bad_header_entry_is_named() {
+        let mut tensors = BTreeMap::new();
+        tensors.insert("a".to_string(), HostTensor::f32(vec![2], vec![1.0, 2.0]));
+        tensors.insert("encoder.weight".to_string(), HostTensor::f32(vec![3], vec![1.0, 2.0, 3.0]));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        write_safetensors(&path, &tensors, None).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Claim a larger shape for one tensor (same header length).
+        let (from, to) = (b"\"shape\":[3]", b"\"shape\":[4]");
+        let at =
+            bytes.windows(from.len()).position(|w| w == from).expect("the shape in the header");
+        bytes[at..at + to.len()].copy_from_slice(to);
+        let e = TensorFile::from_bytes(&bytes, path.clone()).unwrap_err().to_string();
+        assert!(
+            e.contains("m.safetensors")
+                && e.contains("`encoder.weight`")
+                && e.contains("shape [4]"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn non_finite_tensors_are_not_written() {

@@ -142,7 +142,7 @@ fn save_checkpoint<B: FusedOps, M: EngineModel<B>>(
     dir: &Path,
     log: &[EpochLog],
 ) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     model.save(dir)?;
     lora_core::tensors::write_atomic(
         &dir.join("train_state.json"),

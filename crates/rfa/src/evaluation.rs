@@ -120,7 +120,8 @@ impl Run {
 
     /// `comparison.md` and `plots/gap_vs_time.png`: one row per method (mean ± std over seeds).
     pub(crate) fn write_comparison(&self, report: &Report) -> Result<()> {
-        std::fs::create_dir_all(self.dir.join("plots"))?;
+        let plots = self.dir.join("plots");
+        std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
         lora_core::tensors::write_atomic(
             &self.dir.join("comparison.md"),
             compare::markdown(report).as_bytes(),
@@ -131,7 +132,7 @@ impl Run {
     /// `plots/`: per-class accuracy, residual norms on Df vs Dr, training and unlearning losses.
     pub(crate) fn plot(&self, report: &Report) -> Result<()> {
         let dir = self.dir.join("plots");
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         if report.language_model.is_none() {
             plots::per_class_accuracy(report, &dir.join("per_class_accuracy.png"))?;
         }

@@ -274,12 +274,15 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
             for sub in ["adapter", "merged"] {
                 let from = run.dir.join("rfa").join(sub);
                 let to = out.join(sub);
-                std::fs::create_dir_all(&to)?;
+                std::fs::create_dir_all(&to)
+                    .with_context(|| format!("creating {}", to.display()))?;
                 for e in std::fs::read_dir(&from)
                     .with_context(|| format!("{} (run `rfa unlearn` first)", from.display()))?
                 {
                     let e = e?;
-                    std::fs::copy(e.path(), to.join(e.file_name()))?;
+                    std::fs::copy(e.path(), to.join(e.file_name())).with_context(|| {
+                        format!("copying {} to {}", e.path().display(), to.display())
+                    })?;
                 }
             }
             eprintln!(

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rfa_eval::{
     Rows, Summary, accuracy, activation_distance, feature_distance, js_divergence, mia_efficacy,
     per_class_accuracy, true_label_confidence,
@@ -152,6 +152,55 @@ fn rows<'a>(what: &'static str, v: &'a [f32], cols: usize) -> Result<Rows<'a>> {
     Ok(Rows::new(what, v, cols)?)
 }
 
+/// One model's classifier metrics; distances against `gold` (M*) unless it is M* itself.
+fn model_report(m: &Evaluated, gold: Option<&Evaluated>, mia: Result<f64>) -> Result<ModelReport> {
+    let c = m.test.classes;
+    let (lf, lr, lt) = (
+        rows("forget logits", &m.forget.logits, c)?,
+        rows("retain logits", &m.retain.logits, c)?,
+        rows("test logits", &m.test.logits, c)?,
+    );
+    let acc_forget = accuracy(&lf, &m.forget.labels)?;
+    let summary = Summary {
+        ua: 100.0 - acc_forget,
+        ra: accuracy(&lr, &m.retain.labels)?,
+        ta: accuracy(&lt, &m.test.labels)?,
+        mia_efficacy: mia?,
+    };
+    let (mut ad, mut js, mut fdf, mut fdr) = (None, None, None, None);
+    if let Some(g) = gold.filter(|g| g.role != m.role) {
+        let gf = rows("forget logits", &g.forget.logits, c)?;
+        ad = Some(activation_distance(&lf, &gf)?);
+        js = Some(js_divergence(&lf, &gf)?);
+        let d = m.forget.feature_dim;
+        fdf = Some(feature_distance(
+            &rows("forget features", &m.forget.features, d)?,
+            &rows("forget features", &g.forget.features, d)?,
+        )?);
+        fdr = Some(feature_distance(
+            &rows("retain features", &m.retain.features, d)?,
+            &rows("retain features", &g.retain.features, d)?,
+        )?);
+    }
+    let mean = |v: &[f32]| {
+        (!v.is_empty()).then(|| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64)
+    };
+    Ok(ModelReport {
+        name: m.role.name(),
+        summary,
+        acc_forget,
+        activation_distance: ad,
+        js_divergence: js,
+        feature_distance_forget: fdf,
+        feature_distance_retain: fdr,
+        average_gap: None,
+        residual_norm_forget: mean(&m.forget.residual_norms),
+        residual_norm_retain: mean(&m.retain.residual_norms),
+        per_class_test_accuracy: per_class_accuracy(&lt, &m.test.labels, c),
+        record: m.record.clone(),
+    })
+}
+
 /// The classifier metrics of each model; gaps and distances against the retrained model M*.
 pub fn model_reports(models: &[Evaluated]) -> Result<Vec<ModelReport>> {
     let gold = models.iter().find(|m| m.role == Role::Retrained);
@@ -178,53 +227,13 @@ pub fn model_reports(models: &[Evaluated]) -> Result<Vec<ModelReport>> {
             .collect();
         jobs.into_iter().map(|j| j.join().expect("membership attack thread")).collect()
     });
+    // Every error names the model it came from ("forget logits: non-finite value at row 0" alone
+    // does not say whose).
     let mut out = Vec::new();
     for (m, mia) in models.iter().zip(mias) {
-        let c = m.test.classes;
-        let (lf, lr, lt) = (
-            rows("forget logits", &m.forget.logits, c)?,
-            rows("retain logits", &m.retain.logits, c)?,
-            rows("test logits", &m.test.logits, c)?,
+        out.push(
+            model_report(m, gold, mia).with_context(|| format!("evaluating {}", m.role.name()))?,
         );
-        let acc_forget = accuracy(&lf, &m.forget.labels)?;
-        let summary = Summary {
-            ua: 100.0 - acc_forget,
-            ra: accuracy(&lr, &m.retain.labels)?,
-            ta: accuracy(&lt, &m.test.labels)?,
-            mia_efficacy: mia?,
-        };
-        let (mut ad, mut js, mut fdf, mut fdr) = (None, None, None, None);
-        if let Some(g) = gold.filter(|g| g.role != m.role) {
-            let gf = rows("forget logits", &g.forget.logits, c)?;
-            ad = Some(activation_distance(&lf, &gf)?);
-            js = Some(js_divergence(&lf, &gf)?);
-            let d = m.forget.feature_dim;
-            fdf = Some(feature_distance(
-                &rows("forget features", &m.forget.features, d)?,
-                &rows("forget features", &g.forget.features, d)?,
-            )?);
-            fdr = Some(feature_distance(
-                &rows("retain features", &m.retain.features, d)?,
-                &rows("retain features", &g.retain.features, d)?,
-            )?);
-        }
-        let mean = |v: &[f32]| {
-            (!v.is_empty()).then(|| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64)
-        };
-        out.push(ModelReport {
-            name: m.role.name(),
-            summary,
-            acc_forget,
-            activation_distance: ad,
-            js_divergence: js,
-            feature_distance_forget: fdf,
-            feature_distance_retain: fdr,
-            average_gap: None,
-            residual_norm_forget: mean(&m.forget.residual_norms),
-            residual_norm_retain: mean(&m.retain.residual_norms),
-            per_class_test_accuracy: per_class_accuracy(&lt, &m.test.labels, c),
-            record: m.record.clone(),
-        });
     }
     if let Some(g) = models.iter().position(|m| m.role == Role::Retrained).map(|i| out[i].summary) {
         out.iter_mut().for_each(|r| r.average_gap = Some(r.summary.average_gap(&g)));
