@@ -94,6 +94,11 @@ impl PeftConfig {
     pub fn alpha_for(&self, path: &str) -> f64 {
         Self::pattern_value(&self.alpha_pattern, path).unwrap_or(self.lora_alpha)
     }
+
+    /// The rank the config gives the layer at `path`: `rank_pattern`'s, else `r`.
+    pub fn rank_for(&self, path: &str) -> usize {
+        Self::pattern_value(&self.rank_pattern, path).unwrap_or(self.r)
+    }
 }
 
 /// Loads a PEFT adapter from `dir` into `model`'s matching layers (replacing adapters they had).
@@ -179,6 +184,19 @@ pub fn load_adapter<B: Backend, M: LoraModel<B>>(
         }
         if b.shape != [d_out, r] {
             return Err(shape_err("lora_B.weight", vec![d_out, r], &b.shape));
+        }
+        // PEFT scales by the config's rank: tensors of another rank would be scaled differently
+        // there than here.
+        let configured = cfg.rank_for(&module);
+        if r != configured {
+            return Err(LoraError::BadKey {
+                path: wpath.clone(),
+                key: format!("{KEY_PREFIX}{module}.lora_A.weight"),
+                reason: format!(
+                    "has rank {r}, {} gives this layer rank {configured}",
+                    dir.join(ADAPTER_CONFIG).display()
+                ),
+            });
         }
         // PEFT's [r, in] / [out, r] are the transposes of our A [in, r] / B [r, out].
         let ta = a.to_tensor::<B, 2>(&device).transpose();

@@ -415,3 +415,25 @@ fn a_base_weight_in_another_float_type_gives_the_same_output_and_adapter_gradien
     assert_eq!(merged.base.weight.val().dtype(), DType::F64);
     assert!(max_diff(&vals(merged.forward(x.inner())), &y0) < 1e-4);
 }
+
+/// An adapter_config.json whose rank disagrees with the tensors' is refused: PEFT would scale the
+/// adapter by its alpha / r, not by the tensors' rank.
+#[test]
+fn an_adapter_whose_config_rank_disagrees_with_its_tensors_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    saved_toy(dir.path());
+    let config = dir.path().join("adapter_config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let r = json["r"].as_u64().unwrap();
+    json["r"] = serde_json::json!(r + 2);
+    std::fs::write(&config, serde_json::to_string(&json).unwrap()).unwrap();
+    let err = load_adapter(&mut Toy::<Nd>::new(4, WeightLayout::Linear), dir.path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("has rank {r}"))
+            && msg.contains(&format!("rank {}", r + 2))
+            && msg.contains("adapter_config.json"),
+        "{msg}"
+    );
+}

@@ -6,6 +6,7 @@ use rfa_models::{Architecture, FusedAutodiff, FusedOps};
 
 use crate::engine::{self, outputs};
 use crate::engine_model::{EngineModel, Samples};
+use crate::fingerprint::sha256_file;
 use crate::model_init::{Bert, Vit};
 use crate::phases::{PhaseRecord, read_phase};
 use crate::report::{Evaluated, Report, model_reports};
@@ -33,8 +34,19 @@ impl Run {
         if unlearned.is_empty() {
             bail!("no unlearning result in {} (run `rfa unlearn` first)", self.dir.display());
         }
+        let original_sha256 =
+            sha256_file(&Role::Original.dir(&self.dir).join("model.safetensors"))?;
         for role in unlearned {
             let dir = role.dir(&self.dir);
+            let record = read_phase(&dir)?;
+            if let Some(base) = record.base_model_sha256.as_ref().filter(|b| **b != original_sha256)
+            {
+                bail!(
+                    "{} was made from another original model (sha256 {base}) than this run's \
+                     original/ (sha256 {original_sha256}): run that unlearning again",
+                    dir.display()
+                );
+            }
             let model = if dir.join("adapter").is_dir() {
                 let mut m = <M as EngineModel<B>>::load(&Role::Original.dir(&self.dir), device)?;
                 lora_core::load_adapter(&mut m, &dir.join("adapter"))?;
@@ -43,7 +55,7 @@ impl Run {
                 <M as EngineModel<B>>::load(&dir.join("merged"), device)
                     .with_context(|| format!("loading {}", dir.display()))?
             };
-            v.push((role, model, read_phase(&dir)?));
+            v.push((role, model, record));
         }
         Ok(v)
     }

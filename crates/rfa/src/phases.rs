@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{train_model, unlearn_rfa};
 use crate::engine_model::{EngineModel, Samples};
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, sha256_file};
 use crate::method::Method;
 use crate::model_init::{self, Bert, Gpt2, Vit};
 use crate::report::{Phase, measure};
@@ -32,6 +32,10 @@ pub struct PhaseRecord {
     /// written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ran_on: Option<String>,
+    /// Unlearning results: SHA-256 of the `original/model.safetensors` the adapter was trained
+    /// on; an adapter is only ever applied to that model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model_sha256: Option<String>,
 }
 
 /// `phase.json` as written before the record was flattened (`{"phase": {…}, …}`).
@@ -57,7 +61,7 @@ pub(crate) fn read_phase(dir: &Path) -> Result<PhaseRecord> {
     if value.get("phase").is_some_and(serde_json::Value::is_object) {
         let NestedPhaseRecord { phase, trainable_params, ran_on } =
             serde_json::from_value(value).with_context(|| format!("reading {}", p.display()))?;
-        return Ok(PhaseRecord { phase, trainable_params, ran_on });
+        return Ok(PhaseRecord { phase, trainable_params, ran_on, base_model_sha256: None });
     }
     serde_json::from_value(value).with_context(|| format!("reading {}", p.display()))
 }
@@ -167,7 +171,12 @@ impl Run {
         };
         write_json(
             &out.join("phase.json"),
-            &PhaseRecord { phase, trainable_params: params, ran_on: self.ran_on(None) },
+            &PhaseRecord {
+                phase,
+                trainable_params: params,
+                ran_on: self.ran_on(None),
+                base_model_sha256: None,
+            },
         )?;
         self.record_config()
     }
@@ -244,6 +253,9 @@ impl Run {
                 phase,
                 trainable_params: log.trainable_params,
                 ran_on: self.ran_on(precision),
+                base_model_sha256: Some(sha256_file(
+                    &Role::Original.dir(&self.dir).join("model.safetensors"),
+                )?),
             },
         )?;
         staged.commit()?;

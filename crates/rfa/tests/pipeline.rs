@@ -488,3 +488,23 @@ fn a_model_made_under_another_configuration_is_neither_resumed_nor_reused() {
         "{e}"
     );
 }
+
+/// An unlearning result records the original model it was made from; once original/ changes
+/// (here: trained one epoch further), the report refuses to pair the old adapter with it.
+#[test]
+fn an_adapter_is_only_applied_to_the_model_it_was_trained_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Default::default();
+    let c = tiny("base-hash", tmp.path());
+    let run = Run::open(c.clone()).unwrap();
+    run.train::<AB>(false, &dev).unwrap();
+    run.train::<AB>(true, &dev).unwrap();
+    run.unlearn::<AB>(&dev).unwrap();
+    let report = run.eval::<AB>("cpu", &dev).unwrap();
+    assert!(report.models[2].record.base_model_sha256.is_some());
+    let mut longer = c.clone();
+    longer.train.epochs += 1;
+    Run::open(longer.clone()).unwrap().train::<AB>(false, &dev).unwrap();
+    let e = format!("{:#}", Run::open(longer).unwrap().eval::<AB>("cpu", &dev).unwrap_err());
+    assert!(e.contains("another original model") && e.contains("rfa"), "{e}");
+}
