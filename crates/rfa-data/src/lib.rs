@@ -31,6 +31,28 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     gunzip_if_gz(raw, path)
 }
 
+/// An id file's size limit: far more than the ids of any training set take (21 bytes per id).
+pub const ID_FILE_MAX_BYTES: u64 = 64 << 20;
+
+/// Reads a text file of at most `max` bytes, naming the file when it is larger (a device, a wrong
+/// path to a data set) instead of reading it whole into memory.
+pub(crate) fn read_small_text(path: &Path, max: u64) -> Result<String, DataError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| DataError::io(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            reason: format!("larger than {max} bytes: not an id file"),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| DataError::Format {
+        path: path.to_path_buf(),
+        reason: format!("not UTF-8 text: {e}"),
+    })
+}
+
 /// Un-gzips bytes that start with gzip's magic bytes (`path` names them in errors); other bytes
 /// are returned as they are.
 pub(crate) fn gunzip_if_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>, DataError> {
@@ -158,7 +180,7 @@ pub fn select_forget(
         }
         ForgetSpec::Ids(ids) => check_ids(ids, n)?,
         ForgetSpec::IdFile(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| DataError::io(p, e))?;
+            let text = read_small_text(p, ID_FILE_MAX_BYTES)?;
             check_ids(&parse_ids(&text, p)?, n)?
         }
     };

@@ -226,11 +226,16 @@ fn forget_selection_by_class_random_ids_and_file() {
     assert_eq!(s.forget, vec![1, 2, 4, 8]);
     std::fs::write(&f, "1\nseven\n").unwrap();
     assert!(
-        select_forget(&labels, &names, &ForgetSpec::IdFile(f), 0)
+        select_forget(&labels, &names, &ForgetSpec::IdFile(f.clone()), 0)
             .unwrap_err()
             .to_string()
             .contains("seven")
     );
+    // A file far larger than any id list (a data set given by mistake) is refused unread.
+    let big = std::fs::File::create(&f).unwrap();
+    big.set_len(rfa_data::ID_FILE_MAX_BYTES + 1).unwrap();
+    let e = select_forget(&labels, &names, &ForgetSpec::IdFile(f), 0).unwrap_err().to_string();
+    assert!(e.contains("ids.txt") && e.contains("larger than"), "{e}");
 }
 
 #[test]

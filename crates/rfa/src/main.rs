@@ -271,6 +271,13 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
         }
         Cmd::Export { out, .. } => {
             let _lock = rfa::RunLock::shared(&run.dir)?;
+            let result = run.dir.join("rfa");
+            if !result.join("phase.json").is_file() {
+                bail!(
+                    "{} holds no complete unlearning result (run `rfa unlearn` first)",
+                    result.display()
+                );
+            }
             for sub in ["adapter", "merged"] {
                 let from = run.dir.join("rfa").join(sub);
                 let to = out.join(sub);
