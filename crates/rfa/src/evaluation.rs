@@ -124,6 +124,11 @@ impl Run {
             residual_norms_retain: rfa.retain.residual_norms.clone(),
             ..self.report_header(t, backend)
         };
+        self.publish(report)
+    }
+
+    /// Writes a finished report: `report.json`, `report.md`, the plots and the comparison.
+    pub(crate) fn publish(&self, report: Report) -> Result<Report> {
         report.write(&self.dir)?;
         self.plot(&report)?;
         self.write_comparison(&report)?;

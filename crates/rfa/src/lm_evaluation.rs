@@ -159,9 +159,6 @@ impl Run {
             residual_norms_retain: rfa.retain.residual_norms.clone(),
             ..self.report_header(t, backend)
         };
-        report.write(&self.dir)?;
-        self.plot(&report)?;
-        self.write_comparison(&report)?;
-        Ok(report)
+        self.publish(report)
     }
 }
