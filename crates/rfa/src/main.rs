@@ -255,6 +255,7 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
     );
     match &cli.cmd {
         Cmd::Demo(_) => {
+            run.check_unlearn_targets::<B>(device)?;
             run.train::<B>(false, device)?;
             run.train::<B>(true, device)?;
             run.unlearn::<B>(device)?;

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
+use lora_core::{LoraConfig, TargetModules};
 use rfa_models::{Architecture, FusedAutodiff};
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +89,62 @@ impl Run {
                 "run `rfa {command} --force` with this configuration first, or use another --name"
             ),
         )
+    }
+
+    /// What unlearning needs of the model, checked on a fresh model of the run's architecture
+    /// before anything is trained: `unlearn.targets` selects layers, and a non-empty
+    /// `unlearn.layer_weights` has one weight per selected layer. `rfa demo` runs it first, so
+    /// that such a mistake costs seconds, not the training of M0 and M*.
+    pub fn check_unlearn_targets<B: FusedAutodiff>(&self, device: &B::Device) -> Result<()> {
+        let (m, seed) = (&self.cfg.model, self.cfg.seed);
+        match self.arch {
+            Architecture::Vit => {
+                let t = self.images()?;
+                let classes = &t.train.class_names;
+                self.targets_fit(model_init::initial_vit::<B>(
+                    m,
+                    classes,
+                    t.train.channels,
+                    seed,
+                    device,
+                )?)
+            }
+            Architecture::Bert => {
+                let classes = self.text()?.train.class_names().len();
+                self.targets_fit(model_init::initial_bert::<B>(m, classes, seed, device)?)
+            }
+            Architecture::Gpt2 => {
+                self.targets_fit(model_init::initial_gpt2::<B>(m, self.tokenizer()?, seed, device)?)
+            }
+        }
+    }
+
+    fn targets_fit<
+        B: burn::tensor::backend::Backend,
+        M: lora_core::LoraModel<B> + burn::module::Module<B>,
+    >(
+        &self,
+        model: M,
+    ) -> Result<()> {
+        let u = &self.cfg.unlearn;
+        if u.method != Method::Rfa && u.adapter == "full" {
+            return Ok(()); // every weight is trained: no targets
+        }
+        let cfg = LoraConfig::new(u.rank, u.alpha, TargetModules::parse(&u.targets));
+        let (_, adapted) = lora_core::attach_lora(model, &cfg)
+            .with_context(|| format!("unlearn.targets = \"{}\"", u.targets))?;
+        if u.method == Method::Rfa
+            && !u.layer_weights.is_empty()
+            && u.layer_weights.len() != adapted.len()
+        {
+            bail!(
+                "unlearn.layer_weights has {} weights, but unlearn.targets = \"{}\" adapts {} layers: give one weight per layer, or none",
+                u.layer_weights.len(),
+                u.targets,
+                adapted.len()
+            );
+        }
+        Ok(())
     }
 
     /// `rfa train` (all of D → `original/`) or `rfa retrain` (Dr only → `retrain/`).

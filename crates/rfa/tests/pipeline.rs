@@ -508,3 +508,24 @@ fn an_adapter_is_only_applied_to_the_model_it_was_trained_on() {
     let e = format!("{:#}", Run::open(longer).unwrap().eval::<AB>("cpu", &dev).unwrap_err());
     assert!(e.contains("another original model") && e.contains("rfa"), "{e}");
 }
+
+/// `rfa demo` checks what unlearning needs of the model before training anything: targets that
+/// select no layer, or layer weights of the wrong length, fail in seconds and leave no model.
+#[test]
+fn the_demo_checks_the_unlearning_targets_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (set, expected) in [
+        ("unlearn.targets=no_such_layer", "unlearn.targets = \"no_such_layer\""),
+        ("unlearn.layer_weights=[1.0, 2.0]", "unlearn.layer_weights has 2 weights"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rfa"))
+            .args(["demo", "--name", "targets", "--runs-dir"])
+            .arg(tmp.path())
+            .args(["--set", set])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{set}: {stderr}");
+        assert!(!tmp.path().join("targets/original").exists(), "{set}: trained before failing");
+    }
+}
