@@ -36,16 +36,6 @@ impl DeviceSpec {
         }
     }
 
-    /// Whether this build has the feature the device needs.
-    pub fn built_in(self) -> bool {
-        match self {
-            Self::Cpu | Self::CpuFlex => true,
-            Self::Cuda(_) => cfg!(feature = "cuda"),
-            Self::Wgpu => cfg!(feature = "wgpu"),
-            Self::TchCpu | Self::TchCuda(_) => cfg!(feature = "tch"),
-        }
-    }
-
     /// The libtorch device of a `tch` spec.
     #[cfg(feature = "tch")]
     pub fn libtorch(self) -> Option<burn::backend::libtorch::LibTorchDevice> {

@@ -61,12 +61,13 @@ impl Fingerprint {
     /// M0 (`retrain` false: all of D) or M* (Dr): every `seed`, `model.*`, `data.*` and `train.*`
     /// field but those training does not read (`train.epochs`, which a resume may raise;
     /// `data.max_test`; and for M0 `data.forget`), the digest of the training samples, and the
-    /// SHA-256 of the checkpoint it starts from (`model.path`).
+    /// SHA-256 of the checkpoint it starts from (`model.path`'s weights, if any).
     pub fn of_training<D: Samples>(
         cfg: &RunConfig,
         retrain: bool,
         data: &D,
         indices: &[usize],
+        start_checkpoint_sha256: Option<&str>,
     ) -> Result<Self> {
         let table: toml::Table =
             toml::from_str(&cfg.to_toml()).context("the resolved configuration")?;
@@ -89,14 +90,8 @@ impl Fingerprint {
             "training samples".into(),
             format!("{} (sha256 {})", indices.len(), samples_digest(data, indices)),
         );
-        if let Some(p) = &cfg.model.path {
-            let weights = p.join("model.safetensors");
-            if weights.is_file() {
-                fields.insert(
-                    "model.path weights".into(),
-                    format!("sha256 {}", sha256_file(&weights)?),
-                );
-            }
+        if let Some(sha) = start_checkpoint_sha256 {
+            fields.insert("model.path weights".into(), format!("sha256 {sha}"));
         }
         Ok(Self(fields))
     }

@@ -215,11 +215,12 @@ fn run() -> Result<()> {
             "--device wgpu is the benchmark's (rfa-bench): rfa runs on cpu, cpu-flex, cuda[:N], tch-cpu or tch-cuda[:N]"
         ),
         #[allow(unreachable_patterns)]
-        other => bail!(
-            "--device {other} needs the `{}` build: cargo build --release -p rfa --features {}",
-            other.feature().unwrap_or_default(),
-            other.feature().unwrap_or_default()
-        ),
+        other => {
+            let feature = other.feature().unwrap_or_default();
+            bail!(
+                "--device {other} needs the `{feature}` build: cargo build --release -p rfa --features {feature}"
+            )
+        }
     }
 }
 

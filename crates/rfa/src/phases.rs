@@ -73,18 +73,29 @@ fn training_indices<D: Samples>(task: &Task<D>, retrain: bool) -> Vec<usize> {
 }
 
 impl Run {
-    /// Refuses to build on M0 (`retrain` false) or M* where the run folder holds one made under
-    /// another configuration or other data than this run's (its `fingerprint.json`).
-    pub(crate) fn check_trained<D: Samples>(&self, task: &Task<D>, retrain: bool) -> Result<()> {
-        let (sub, command) = if retrain { ("retrain", "retrain") } else { ("original", "train") };
-        let fingerprint = Fingerprint::of_training(
+    /// What determines M0 (`retrain` false) or M* under this run's configuration and data.
+    fn training_fingerprint<D: Samples>(
+        &self,
+        task: &Task<D>,
+        retrain: bool,
+    ) -> Result<Fingerprint> {
+        let indices = training_indices(task, retrain);
+        Fingerprint::of_training(
             &self.cfg,
             retrain,
             &task.train,
-            &training_indices(task, retrain),
-        )?;
-        fingerprint.check(
-            &self.dir.join(sub),
+            &indices,
+            self.start_checkpoint_sha256()?,
+        )
+    }
+
+    /// Refuses to build on M0 (`retrain` false) or M* where the run folder holds one made under
+    /// another configuration or other data than this run's (its `fingerprint.json`).
+    pub(crate) fn check_trained<D: Samples>(&self, task: &Task<D>, retrain: bool) -> Result<()> {
+        let (role, command) =
+            if retrain { (Role::Retrained, "retrain") } else { (Role::Original, "train") };
+        self.training_fingerprint(task, retrain)?.check(
+            &role.dir(&self.dir),
             &format!(
                 "run `rfa {command} --force` with this configuration first, or use another --name"
             ),
@@ -192,12 +203,13 @@ impl Run {
         retrain: bool,
         device: &B::Device,
     ) -> Result<()> {
-        let (what, sub) = if retrain { ("retrain", "retrain") } else { ("train", "original") };
+        let (what, role) =
+            if retrain { ("retrain", Role::Retrained) } else { ("train", Role::Original) };
         let indices = training_indices(task, retrain);
-        let out = self.dir.join(sub);
+        let out = role.dir(&self.dir);
         // A checkpoint here is resumed, a finished model reused: only if it was made from this
         // configuration and these samples.
-        let fingerprint = Fingerprint::of_training(&self.cfg, retrain, &task.train, &indices)?;
+        let fingerprint = self.training_fingerprint(task, retrain)?;
         if let Err(e) = fingerprint.check(&out, &format!("pass --force to {what} from scratch")) {
             if !self.force {
                 return Err(e);

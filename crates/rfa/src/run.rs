@@ -1,6 +1,7 @@
 //! A run: its resolved configuration, its data and its folder `runs/<name>/`.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 use rfa_data::ImageDataset;
@@ -47,6 +48,8 @@ pub struct Run {
     /// `--force`: a training phase starts over where its folder holds a model made under
     /// another fingerprint, instead of refusing.
     pub force: bool,
+    /// SHA-256 of `model.path`'s weights, read once: every fingerprint check names it.
+    start_checkpoint_sha256: OnceLock<Option<String>>,
 }
 
 impl Run {
@@ -104,7 +107,15 @@ impl Run {
         };
         let dir = cfg.run_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self { cfg, arch, data, dir, backend: None, force: false })
+        Ok(Self {
+            cfg,
+            arch,
+            data,
+            dir,
+            backend: None,
+            force: false,
+            start_checkpoint_sha256: OnceLock::new(),
+        })
     }
 
     /// Writes the resolved configuration to `config.toml`: after a phase succeeded, so that a
@@ -153,6 +164,20 @@ impl Run {
             Data::Images(t) => Ok(t),
             Data::Text { .. } => bail!("this run's data are text"),
         }
+    }
+
+    /// SHA-256 of the weights `model.path` names (`None` for a model built from scratch), hashed
+    /// on first use.
+    pub(crate) fn start_checkpoint_sha256(&self) -> Result<Option<&str>> {
+        if self.start_checkpoint_sha256.get().is_none() {
+            let weights = self.cfg.model.path.as_ref().map(|p| p.join("model.safetensors"));
+            let sha = match weights.filter(|w| w.is_file()) {
+                Some(w) => Some(crate::fingerprint::sha256_file(&w)?),
+                None => None,
+            };
+            let _ = self.start_checkpoint_sha256.set(sha);
+        }
+        Ok(self.start_checkpoint_sha256.get().and_then(|s| s.as_deref()))
     }
 
     /// The tokenizer of a text run; an error for images.

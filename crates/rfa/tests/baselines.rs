@@ -22,20 +22,10 @@ fn every_method_runs_and_the_report_compares_them_all() {
     let run = Run::open(base.clone()).unwrap();
     run.train::<AB>(false, &dev).unwrap();
     run.train::<AB>(true, &dev).unwrap();
-    let methods = [
-        "rfa",
-        "finetune",
-        "grad-ascent",
-        "random-label",
-        "grad-diff",
-        "scrub",
-        "l1-sparse",
-        "salun",
-        "npo",
-    ];
-    for m in methods {
+    for method in rfa::Method::ALL {
+        let m = method.name();
         let mut c = base.clone();
-        c.unlearn.method = m.parse().unwrap();
+        c.unlearn.method = method;
         c.unlearn.lr = 1e-3;
         Run::open(c).unwrap().unlearn::<AB>(&dev).unwrap_or_else(|e| panic!("{m}: {e:#}"));
         assert!(run.dir.join(m).join("adapter/adapter_model.safetensors").is_file(), "{m}");
