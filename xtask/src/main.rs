@@ -14,6 +14,7 @@
 
 mod crate_graph;
 mod reproduce;
+mod sweep;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -71,6 +72,13 @@ enum Cmd {
         /// cpu or cuda[:N].
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// fashion-mnist --small: the sweep over classes (`all` or `0,3,7`), each with `--seeds`
+        /// run seeds (own M0, M*, split), RFA's defaults against M0, M* and the best baselines.
+        #[arg(long, conflicts_with = "random")]
+        classes: Option<String>,
+        /// fashion-mnist --small: the sweep over random shares in percent (`1,5,10`).
+        #[arg(long, value_delimiter = ',')]
+        random: Vec<f64>,
     },
     /// Print the workspace's crate dependencies as docs/design.md draws them; with --check, fail
     /// when docs/design.md's picture differs.
@@ -135,8 +143,23 @@ fn run() -> Result<bool> {
         Cmd::Bench(a) => rfa_bench("bench", a),
         Cmd::BenchOps(a) => rfa_bench("bench-ops", a),
         Cmd::Parity(a) => rfa_bench("parity", a),
-        Cmd::Reproduce { task, small, seeds, methods, runs_dir, device } => {
-            reproduce::run(&task, small, seeds.max(1), &methods, &runs_dir, &device)?;
+        Cmd::Reproduce { task, small, seeds, methods, runs_dir, device, classes, random } => {
+            let sweep = match (classes, random.is_empty()) {
+                (Some(c), _) => Some(sweep::Forget::Classes(sweep::parse_classes(&c)?)),
+                (None, false) => Some(sweep::Forget::RandomPercents(random)),
+                (None, true) => None,
+            };
+            match sweep {
+                Some(forget) => {
+                    if task != "fashion-mnist" || !small || !methods.is_empty() {
+                        bail!(
+                            "--classes / --random sweep the embedded Fashion-MNIST subset: `cargo xtask reproduce fashion-mnist --small --classes all`"
+                        );
+                    }
+                    sweep::run(&forget, seeds.max(1), &runs_dir, &device)?;
+                }
+                None => reproduce::run(&task, small, seeds.max(1), &methods, &runs_dir, &device)?,
+            }
             Ok(true)
         }
         Cmd::CrateGraph { check } => crate_graph::run(&root(), check),

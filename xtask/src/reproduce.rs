@@ -48,7 +48,7 @@ fn read(root: &Path, rel: &str) -> Result<toml::Table> {
 }
 
 /// `table.section.key = value`.
-fn set(t: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
+pub(crate) fn set(t: &mut toml::Table, section: &str, key: &str, value: impl Into<toml::Value>) {
     let s = t.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new()));
     if let Some(s) = s.as_table_mut() {
         s.insert(key.to_string(), value.into());
@@ -60,7 +60,7 @@ fn get_str(t: &toml::Table, section: &str, key: &str) -> Option<String> {
 }
 
 /// The demo's configuration, from the `rfa` binary (`rfa demo --print-config`).
-fn demo(bin: &Path) -> Result<toml::Table> {
+pub(crate) fn demo(bin: &Path) -> Result<toml::Table> {
     let out = Command::new(bin)
         .args(["demo", "--print-config"])
         .output()
@@ -130,7 +130,7 @@ fn scenarios(root: &Path, bin: &Path, task: &str, small: bool) -> Result<Vec<Sce
     Ok(out)
 }
 
-fn rfa_binary(root: &Path, device: &str) -> Result<PathBuf> {
+pub(crate) fn rfa_binary(root: &Path, device: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root).args(["build", "--release", "-p", "rfa"]);
@@ -146,7 +146,7 @@ fn rfa_binary(root: &Path, device: &str) -> Result<PathBuf> {
     Ok(target.join("release/rfa"))
 }
 
-fn rfa(
+pub(crate) fn rfa(
     bin: &Path,
     args: &[&str],
     config: &Path,
@@ -269,7 +269,7 @@ samples; {seeds} seed(s) per method; ran on {backend}, {cores} CPU cores visible
 
 /// `text` with the scenario's section (between its markers) replaced, or appended under the
 /// comparison heading when it is not there yet.
-fn with_section(text: &str, name: &str, section: &str) -> String {
+pub(crate) fn with_section(text: &str, name: &str, section: &str) -> String {
     let (open, close) =
         (format!("<!-- reproduce:{name} -->"), format!("<!-- /reproduce:{name} -->"));
     let block = format!("{open}\n{section}{close}");

@@ -33,6 +33,13 @@ pub enum LossError {
     EmptySplit { retain: usize, rows: usize },
     #[error("class {class} is out of range for {classes} classes")]
     ClassOutOfRange { class: usize, classes: usize },
+    #[error(
+        "own-class-mean target for a sample of class {class}: Dr has no sample of that class \
+         (class-wise forgetting removes it; use runner-up-class-mean)"
+    )]
+    NoOwnClass { class: usize },
+    #[error("{what}: {found} values for {samples} forget samples × {classes} classes")]
+    LogitShape { what: &'static str, found: usize, samples: usize, classes: usize },
 }
 
 /// How the forget target `mu_l` is chosen.
@@ -47,6 +54,13 @@ pub enum TargetStrategy {
     ClassMeanNearest,
     /// Mean of `p_l` over the retain samples of a random other class (seeded).
     ClassMeanRandom,
+    /// Class-wise forgetting: for each forgotten sample, the mean of `p_l` over the retain
+    /// samples of the class M0 ranks highest after the sample's own (and after every class with
+    /// no retain sample) — what a retrained model tends to predict for it.
+    RunnerUpClassMean,
+    /// Random / id-list forgetting: the mean of `p_l` over the retain samples of the sample's own
+    /// class, which keeps what the class shares and removes what is specific to the sample.
+    OwnClassMean,
     /// `mu_l = 0`.
     Zero,
     /// Mean of `p_l` over `Dr` at each token position (sequence models).
@@ -75,6 +89,48 @@ impl Default for RfaObjective {
             target: TargetStrategy::GlobalMean,
             retain_task_weight: 0.0,
         }
+    }
+}
+
+impl TargetStrategy {
+    pub const ALL: [TargetStrategy; 7] = [
+        Self::GlobalMean,
+        Self::ClassMeanNearest,
+        Self::ClassMeanRandom,
+        Self::RunnerUpClassMean,
+        Self::OwnClassMean,
+        Self::Zero,
+        Self::PerPositionMean,
+    ];
+
+    /// Whether each forget sample is sent to a class's mean (and so needs class labels).
+    pub fn by_class(self) -> bool {
+        matches!(
+            self,
+            Self::ClassMeanNearest
+                | Self::ClassMeanRandom
+                | Self::RunnerUpClassMean
+                | Self::OwnClassMean
+        )
+    }
+
+    /// The name as configurations spell it (`global-mean`, `runner-up-class-mean`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::GlobalMean => "global-mean",
+            Self::ClassMeanNearest => "class-mean-nearest",
+            Self::ClassMeanRandom => "class-mean-random",
+            Self::RunnerUpClassMean => "runner-up-class-mean",
+            Self::OwnClassMean => "own-class-mean",
+            Self::Zero => "zero",
+            Self::PerPositionMean => "per-position-mean",
+        }
+    }
+}
+
+impl std::fmt::Display for TargetStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -296,16 +352,28 @@ impl<B: Backend> FeatureStats<B> {
         labels: Option<&[usize]>,
         mask: Option<&Tensor<B, 2>>,
     ) -> Result<(), LossError> {
-        if !self.sum.is_empty() && self.sum.len() != taps.len() {
+        let pre: Vec<Tensor<B, 3>> = taps.iter().map(|t| t.pre.clone()).collect();
+        self.add_features(&pre, labels, mask)
+    }
+
+    /// Adds one batch of features `[batch, tokens, d_l]` per layer (any features: the taps'
+    /// `p_l`, or the classifier's input as one token).
+    pub fn add_features(
+        &mut self,
+        features: &[Tensor<B, 3>],
+        labels: Option<&[usize]>,
+        mask: Option<&Tensor<B, 2>>,
+    ) -> Result<(), LossError> {
+        if !self.sum.is_empty() && self.sum.len() != features.len() {
             return Err(LossError::LayerCount {
                 what: "feature statistics",
                 expected: self.sum.len(),
-                found: taps.len(),
+                found: features.len(),
             });
         }
-        let Some(first) = taps.first() else { return Ok(()) };
-        let [b, t, _] = first.pre.dims();
-        let device = first.pre.device();
+        let Some(first) = features.first() else { return Ok(()) };
+        let [b, t, _] = first.dims();
+        let device = first.device();
         let m = mask.cloned().unwrap_or_else(|| Tensor::ones([b, t], &device));
         let m3 = m.clone().reshape([b, t, 1]);
         let mvec: Vec<f32> = m.clone().into_data().convert::<f32>().into_vec().expect("mask");
@@ -329,8 +397,8 @@ impl<B: Backend> FeatureStats<B> {
         });
         let onehot = onehot.transpose()?;
         let fresh = self.sum.is_empty();
-        for (l, tap) in taps.iter().enumerate() {
-            let p = tap.pre.clone().detach() * m3.clone();
+        for (l, pre) in features.iter().enumerate() {
+            let p = pre.clone().detach() * m3.clone();
             let d = p.dims()[2];
             let s = p.clone().sum_dim(1).reshape([b, d]);
             let tok_sum = s.clone().sum_dim(0).reshape([d]);
@@ -449,55 +517,48 @@ impl<B: Backend> FeatureStats<B> {
 pub enum Targets<B: Backend> {
     /// One `[d_l]` vector per layer (global mean, zero).
     Shared(Vec<Tensor<B, 1>>),
-    /// Per layer `[classes, d_l]` class means, and the class whose mean each class is sent to.
-    ByClass { means: Vec<Tensor<B, 2>>, substitute: Vec<usize> },
+    /// Per layer `[classes, d_l]` class means; each forget sample is sent to the mean of its
+    /// target class ([`target_classes`]).
+    ByClass(Vec<Tensor<B, 2>>),
     /// Per layer `[positions, d_l]`.
     ByPosition(Vec<Tensor<B, 2>>),
 }
 
 impl<B: Backend> Targets<B> {
-    pub fn resolve(
-        strategy: TargetStrategy,
-        stats: &FeatureStats<B>,
-        seed: u64,
-    ) -> Result<Self, LossError> {
+    pub fn resolve(strategy: TargetStrategy, stats: &FeatureStats<B>) -> Result<Self, LossError> {
+        let global = stats.global_mean()?;
         Ok(match strategy {
-            TargetStrategy::GlobalMean => Self::Shared(stats.global_mean()?),
+            TargetStrategy::GlobalMean => Self::Shared(global),
             TargetStrategy::Zero => {
-                Self::Shared(stats.global_mean()?.into_iter().map(|m| m.zeros_like()).collect())
+                Self::Shared(global.into_iter().map(|m| m.zeros_like()).collect())
             }
-            TargetStrategy::ClassMeanNearest | TargetStrategy::ClassMeanRandom => {
-                stats.global_mean()?;
-                let substitute =
-                    stats.substitute_classes(strategy == TargetStrategy::ClassMeanNearest, seed)?;
-                Self::ByClass { means: stats.class_means(), substitute }
-            }
-            TargetStrategy::PerPositionMean => {
-                stats.global_mean()?;
-                Self::ByPosition(stats.position_means())
-            }
+            s if s.by_class() => Self::ByClass(stats.class_means()),
+            _ => Self::ByPosition(stats.position_means()),
         })
     }
 
     /// The per-layer targets for a forget batch of `batch × seq` tokens, broadcastable against
-    /// the taps: `[1, 1, d]`, `[batch, 1, d]` (by class) or `[1, seq, d]` (by position).
+    /// the taps: `[1, 1, d]`, `[batch, 1, d]` (by class: `classes` holds each row's target
+    /// class) or `[1, seq, d]` (by position).
     pub fn for_batch(
         &self,
         batch: usize,
         seq: usize,
-        labels: Option<&[usize]>,
+        classes: Option<&[usize]>,
     ) -> Result<Vec<Tensor<B, 3>>, LossError> {
         Ok(match self {
             Self::Shared(mu) => mu.iter().map(|m| m.clone().reshape([1, 1, m.dims()[0]])).collect(),
-            Self::ByClass { means, substitute } => {
-                let labels = labels.unwrap_or(&[]);
+            Self::ByClass(means) => {
+                let classes = classes.unwrap_or(&[]);
+                let n = means.first().map_or(0, |m| m.dims()[0]);
                 let idx: Vec<i64> = (0..batch)
                     .map(|i| {
-                        let c = labels.get(i).copied().unwrap_or(0);
-                        substitute.get(c).map(|&s| s as i64).ok_or(LossError::ClassOutOfRange {
-                            class: c,
-                            classes: substitute.len(),
-                        })
+                        let c = classes.get(i).copied().unwrap_or(0);
+                        if c < n {
+                            Ok(c as i64)
+                        } else {
+                            Err(LossError::ClassOutOfRange { class: c, classes: n })
+                        }
                     })
                     .collect::<Result<_, _>>()?;
                 means
@@ -528,4 +589,61 @@ impl<B: Backend> Targets<B> {
                 .collect(),
         })
     }
+}
+
+/// For class-mean targets, the class each forget sample is sent to (one per entry of
+/// `labels`); `None` for the other strategies. `logits` are M0's `[samples, classes]` logits on
+/// the forget samples, row-major (read by `runner-up-class-mean` only). Classes without retain
+/// samples are never chosen.
+pub fn target_classes<B: Backend>(
+    strategy: TargetStrategy,
+    stats: &FeatureStats<B>,
+    labels: &[usize],
+    logits: Option<&[f32]>,
+    seed: u64,
+) -> Result<Option<Vec<usize>>, LossError> {
+    let classes = stats.classes;
+    if let Some(&c) = labels.iter().find(|&&c| c >= classes) {
+        return Err(LossError::ClassOutOfRange { class: c, classes });
+    }
+    Ok(Some(match strategy {
+        TargetStrategy::ClassMeanNearest | TargetStrategy::ClassMeanRandom => {
+            let sub =
+                stats.substitute_classes(strategy == TargetStrategy::ClassMeanNearest, seed)?;
+            labels.iter().map(|&c| sub[c]).collect()
+        }
+        TargetStrategy::OwnClassMean => labels
+            .iter()
+            .map(|&c| {
+                if stats.class_count[c] > 0.0 {
+                    Ok(c)
+                } else {
+                    Err(LossError::NoOwnClass { class: c })
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        TargetStrategy::RunnerUpClassMean => {
+            let logits = logits.unwrap_or(&[]);
+            if logits.len() != labels.len() * classes {
+                return Err(LossError::LogitShape {
+                    what: "runner-up-class-mean",
+                    found: logits.len(),
+                    samples: labels.len(),
+                    classes,
+                });
+            }
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, &own)| {
+                    let row = &logits[i * classes..(i + 1) * classes];
+                    (0..classes)
+                        .filter(|&c| c != own && stats.class_count[c] > 0.0)
+                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                        .ok_or(LossError::NoOtherClass { class: own })
+                })
+                .collect::<Result<_, _>>()?
+        }
+        _ => return Ok(None),
+    }))
 }

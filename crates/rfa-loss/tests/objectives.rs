@@ -3,7 +3,7 @@
 use approx::assert_relative_eq;
 use burn::tensor::{Tensor, TensorData};
 use lora_core::Tap;
-use rfa_loss::{FeatureStats, LossError, RfaObjective, TargetStrategy, Targets};
+use rfa_loss::{FeatureStats, LossError, RfaObjective, TargetStrategy, Targets, target_classes};
 
 type B = burn::backend::NdArray<f32>;
 type AB = burn::backend::Autodiff<B>;
@@ -107,28 +107,80 @@ fn global_class_and_position_means() {
 fn targets_for_a_batch() {
     let s = stats();
     let shared =
-        Targets::resolve(TargetStrategy::GlobalMean, &s, 0).unwrap().for_batch(2, 2, None).unwrap();
+        Targets::resolve(TargetStrategy::GlobalMean, &s).unwrap().for_batch(2, 2, None).unwrap();
     assert_eq!(shared[0].dims(), [1, 1, 2]);
-    let zero =
-        Targets::resolve(TargetStrategy::Zero, &s, 0).unwrap().for_batch(2, 2, None).unwrap();
+    let zero = Targets::resolve(TargetStrategy::Zero, &s).unwrap().for_batch(2, 2, None).unwrap();
     assert_eq!(zero[0].clone().into_data().into_vec::<f32>().unwrap(), vec![0.0, 0.0]);
-    let by_class = Targets::resolve(TargetStrategy::ClassMeanNearest, &s, 0)
-        .unwrap()
-        .for_batch(2, 2, Some(&[1, 2]))
-        .unwrap();
-    // class 1 → class 2's mean (2,2); class 2 → class 0's mean (1,0).
+    let nearest = TargetStrategy::ClassMeanNearest;
+    let classes = target_classes(nearest, &s, &[1, 2], None, 0).unwrap().unwrap();
+    // class 1 → class 2, class 2 → class 0.
+    assert_eq!(classes, vec![2, 0]);
+    let by_class = Targets::resolve(nearest, &s).unwrap().for_batch(2, 2, Some(&classes)).unwrap();
     assert_eq!(
         by_class[0].clone().into_data().into_vec::<f32>().unwrap(),
         vec![2.0, 2.0, 1.0, 0.0]
     );
-    let by_pos = Targets::resolve(TargetStrategy::PerPositionMean, &s, 0)
+    let by_pos = Targets::resolve(TargetStrategy::PerPositionMean, &s)
         .unwrap()
         .for_batch(1, 3, None)
         .unwrap();
     assert_eq!(by_pos[0].dims(), [1, 3, 2]);
     assert!(matches!(
-        Targets::resolve(TargetStrategy::GlobalMean, &FeatureStats::<B>::new(2), 0),
+        Targets::resolve(TargetStrategy::GlobalMean, &FeatureStats::<B>::new(2)),
         Err(LossError::NoStatistics)
+    ));
+    assert_eq!(target_classes(TargetStrategy::GlobalMean, &s, &[1], None, 0).unwrap(), None);
+}
+
+/// Class 1 of four has no retain sample (class-wise forgetting): classes 0, 2, 3 do.
+fn stats_without_class_1() -> FeatureStats<B> {
+    let mut s = FeatureStats::<B>::new(4);
+    let pre = vec![0.0, 0.0, 4.0, 0.0, 0.0, 4.0];
+    s.add(&[tap(pre, vec![0.0; 6], [3, 1, 2])], Some(&[0, 2, 3]), None).unwrap();
+    s
+}
+
+#[test]
+fn runner_up_targets_skip_the_own_and_the_empty_classes() {
+    let s = stats_without_class_1();
+    // Sample 0 (class 1): M0 ranks 1 > 3 > 0 > 2 → class 3. Sample 1 (class 1): 1 > 2 → 2.
+    // Sample 2 (class 0, random forgetting): own class 0 is skipped, empty class 1 too → 2.
+    let logits = [1.0, 9.0, 0.5, 3.0, 0.0, 9.0, 2.0, 1.0, 9.0, 8.0, 7.0, 6.0];
+    let got = target_classes(TargetStrategy::RunnerUpClassMean, &s, &[1, 1, 0], Some(&logits), 0)
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, vec![3, 2, 2]);
+    let mu = Targets::resolve(TargetStrategy::RunnerUpClassMean, &s)
+        .unwrap()
+        .for_batch(3, 1, Some(&got))
+        .unwrap();
+    assert_eq!(
+        mu[0].clone().into_data().into_vec::<f32>().unwrap(),
+        vec![0.0, 4.0, 4.0, 0.0, 4.0, 0.0]
+    );
+    assert!(matches!(
+        target_classes(TargetStrategy::RunnerUpClassMean, &s, &[1], Some(&[0.0; 3]), 0),
+        Err(LossError::LogitShape { found: 3, samples: 1, classes: 4, .. })
+    ));
+}
+
+#[test]
+fn own_class_targets_keep_the_class_and_refuse_an_empty_one() {
+    let s = stats_without_class_1();
+    let got = target_classes(TargetStrategy::OwnClassMean, &s, &[3, 0, 2], None, 0).unwrap();
+    assert_eq!(got, Some(vec![3, 0, 2]));
+    let mu = Targets::resolve(TargetStrategy::OwnClassMean, &s)
+        .unwrap()
+        .for_batch(1, 1, Some(&[3]))
+        .unwrap();
+    assert_eq!(mu[0].clone().into_data().into_vec::<f32>().unwrap(), vec![0.0, 4.0]);
+    assert_eq!(
+        target_classes(TargetStrategy::OwnClassMean, &s, &[1], None, 0),
+        Err(LossError::NoOwnClass { class: 1 })
+    );
+    assert!(matches!(
+        target_classes(TargetStrategy::OwnClassMean, &s, &[7], None, 0),
+        Err(LossError::ClassOutOfRange { class: 7, classes: 4 })
     ));
 }
 

@@ -229,6 +229,8 @@ where
             total_params: params.total,
             stats_seconds,
             stats_samples: 0,
+            settings: None,
+            stop: None,
         },
     ))
 }

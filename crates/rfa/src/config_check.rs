@@ -77,6 +77,13 @@ impl RunConfig {
         at_least_one("data.max_len", d.max_len)?;
         at_least_one("data.n_categories", d.n_categories)?;
         at_least_one("data.per_category", d.per_category)?;
+        if !(d.probe_percent.is_finite() && d.probe_percent > 0.0 && d.probe_percent < 100.0) {
+            return Err(invalid(
+                "data.probe_percent",
+                d.probe_percent,
+                "must lie strictly between 0 and 100",
+            ));
+        }
         if !(d.test_percent.is_finite() && d.test_percent > 0.0 && d.test_percent < 100.0) {
             return Err(invalid(
                 "data.test_percent",
@@ -120,7 +127,25 @@ impl UnlearnConfig {
                 "every weight must be a finite number >= 0",
             ));
         }
-        non_negative("unlearn.retain_task_weight", self.retain_task_weight)?;
+        if let Some(w) = self.retain_task_weight {
+            non_negative("unlearn.retain_task_weight", w)?;
+        }
+        if !(self.confusable_share.is_finite() && (0.0..=1.0).contains(&self.confusable_share)) {
+            return Err(invalid(
+                "unlearn.confusable_share",
+                self.confusable_share,
+                "must lie in [0, 1]",
+            ));
+        }
+        non_negative("unlearn.max_retain_drop", self.max_retain_drop)?;
+        if !(self.forget_tolerance.is_finite() && (0.0..=100.0).contains(&self.forget_tolerance)) {
+            return Err(invalid(
+                "unlearn.forget_tolerance",
+                self.forget_tolerance,
+                "must lie in [0, 100] (percent)",
+            ));
+        }
+        at_least_one("unlearn.probe_samples", self.probe_samples)?;
         non_negative("unlearn.retain_cls_weight", self.retain_cls_weight)?;
         non_negative("unlearn.weight_decay", self.weight_decay)?;
         one_of(

@@ -1,6 +1,7 @@
 //! Training, unlearning and evaluation, generic over burn backends and over the models the
 //! engine knows ([`EngineModel`]: ViT, BERT, GPT-2).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -12,20 +13,24 @@ use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
 use lora_core::{ForeachAdamW, LoraConfig, TargetModules, attach_lora, count_params};
 use rfa_data::batches;
-use rfa_loss::{FeatureStats, RfaObjective, SplitTaps, Targets};
+use rfa_loss::{FeatureStats, RfaObjective, SplitTaps, TargetStrategy, Targets, target_classes};
 use rfa_models::{FusedAutodiff, FusedOps};
 use rfa_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{TrainConfig, UnlearnConfig};
+use crate::confusable::{Confusion, RetainSampler, most_confusable};
 use crate::engine_model::{EngineModel, Logits, Samples, task_loss};
+use crate::head_check::check_head_targets;
+use crate::probe::{Criterion, Probes, StopReason, StopRecord, StopState, Verdict, measure};
+use crate::scenario::{RetainSampling, RfaSettings, StopRule};
 use crate::task::Task;
 
 pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
     t.into_data().convert::<f32>().into_vec::<f32>().expect("f32")[0] as f64
 }
 
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub(crate) fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec::<f32>().expect("f32")
 }
 
@@ -175,6 +180,12 @@ pub struct UnlearnLog {
     /// Retained samples the targets were estimated from.
     #[serde(default)]
     pub stats_samples: usize,
+    /// RFA: the settings after `auto` was resolved (absent in older logs and for baselines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<RfaSettings>,
+    /// RFA with the probe stop rule: why and when it stopped, every check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopRecord>,
 }
 
 /// An unlearning's first step apart from the others: a GPU run's start-up cost apart from its
@@ -201,13 +212,16 @@ impl UnlearnLog {
 
 /// Residual Feature Alignment (docs/rfa-method.md): LoRA adapters on the layers
 /// `unlearn_cfg.targets` selects, B = 0 so the model starts at `m0`; targets `mu_l` from `m0`'s
-/// features on `Dr`; then `unlearn_cfg.epochs` passes over `Df`, each forget batch paired with a
-/// retain batch in one forward pass, loss = retain + λ·forget (+ γ·task loss on the retain
-/// batch), AdamW on the adapters. Padding tokens take part in neither term.
+/// features on `Dr` (the strategy `settings.target`); then up to `unlearn_cfg.epochs` passes over
+/// `Df`, each forget batch paired with a retain batch (`settings.retain_sampling`) in one forward
+/// pass, loss = retain + λ·forget (+ γ·task loss on the retain batch), AdamW on the adapters.
+/// Padding tokens take part in neither term. With `settings.stop = probe` the validation probes
+/// decide when to stop and which adapter to keep ([`crate::probe`]).
 pub fn unlearn_rfa<B, M>(
     m0: M,
     task: &Task<M::Data>,
     unlearn_cfg: &UnlearnConfig,
+    settings: &RfaSettings,
     seed: u64,
     device: &B::Device,
 ) -> Result<(M, UnlearnLog)>
@@ -226,21 +240,31 @@ where
     };
     let (mut model, adapted) = attach_lora(m0, &cfg)?;
     let params = count_params(&model);
+    let classifier = model.num_labels().is_some();
     let cls_only = match unlearn_cfg.forget_tokens.as_str() {
         "all" => false,
-        "cls" if model.num_labels().is_some() => true,
+        "cls" if classifier => true,
         "cls" => bail!(
             "unlearn.forget_tokens = `cls` needs a classifier that reads the first token; a {} uses `all`",
             M::KIND
         ),
         other => bail!("unlearn.forget_tokens must be `all` or `cls`, not `{other}`"),
     };
-    if unlearn_cfg.retain_cls_weight > 0.0 && model.num_labels().is_none() {
+    if unlearn_cfg.retain_cls_weight > 0.0 && !classifier {
         bail!(
             "unlearn.retain_cls_weight needs a classifier that reads the first token; a {} has none",
             M::KIND
         );
     }
+    if !classifier && (settings.target.by_class() || settings.stop == StopRule::Probe) {
+        bail!(
+            "unlearn.target = \"{}\" and unlearn.stop = \"{}\": a {} has no classes; class-mean targets and the probe stop rule need a classifier",
+            settings.target,
+            serde_json::to_value(settings.stop)?.as_str().unwrap_or(""),
+            M::KIND
+        );
+    }
+    let task_weight = settings.retain_task_weight;
     // The forget term's view of a tap (and of the padding mask): every token, or the first
     // (CLS) one.
     let view = |t: Tensor<B, 3>| if cls_only { t.narrow(1, 0, 1) } else { t };
@@ -248,13 +272,17 @@ where
     let objective = RfaObjective {
         lambda: unlearn_cfg.lambda,
         layer_weights: unlearn_cfg.layer_weights.clone(),
-        target: unlearn_cfg.target,
-        retain_task_weight: unlearn_cfg.retain_task_weight,
+        target: settings.target,
+        retain_task_weight: task_weight,
     };
 
-    // Targets from M0's pre-trained features on Dr (B = 0: the adapted model is M0).
+    // Targets from M0's pre-trained features on Dr (B = 0: the adapted model is M0), and for a
+    // classifier the same statistics of the head's input, M0's logits and features.
     let t0 = Instant::now();
-    let mut stats = FeatureStats::<B>::new(task.train.class_names().len());
+    let classes = task.train.class_names().len();
+    let mut stats = FeatureStats::<B>::new(classes);
+    let mut head_stats = FeatureStats::<B::InnerBackend>::new(classes);
+    let (mut stats_logits, mut stats_features, mut feature_dim) = (Vec::new(), Vec::new(), 0);
     let inner = model.valid();
     let mut stats_set = task.split.retain.clone();
     if unlearn_cfg.stats_samples > 0 && unlearn_cfg.stats_samples < stats_set.len() {
@@ -265,45 +293,132 @@ where
     let pb = bar(stats_set.len() as u64, "features");
     for b in batches(&stats_set, 64, false, 0) {
         let batch = inner.batch(&task.train, &b, device)?;
-        let taps: Vec<lora_core::Tap<B>> = inner
-            .taps(&batch.input)
-            .into_iter()
-            .map(|t| t.map(|x| view(Tensor::from_inner(x))))
-            .collect();
+        let inner_taps = if classifier {
+            let pass = inner.pass(&batch.input, true);
+            if let Some(Logits::Classes(l)) = pass.logits {
+                stats_logits.extend(host(l));
+            }
+            let [n, d] = pass.features.dims();
+            feature_dim = d;
+            stats_features.extend(host(pass.features.clone()));
+            let f = pass.features.reshape([n, 1, d]);
+            head_stats.add_features(&[f], Some(&batch.labels), None)?;
+            pass.taps
+        } else {
+            inner.taps(&batch.input)
+        };
+        let taps: Vec<lora_core::Tap<B>> =
+            inner_taps.into_iter().map(|t| t.map(|x| view(Tensor::from_inner(x)))).collect();
         let mask = view_mask(batch.token_mask().map(Tensor::from_inner));
         stats.add(&taps, Some(&batch.labels), mask.as_ref())?;
         pb.inc(b.len() as u64);
     }
     pb.finish();
+    let targets = Targets::resolve(settings.target, &stats)?;
+    let forget = &task.split.forget;
+    let forget_labels: Vec<usize> = forget.iter().map(|&i| task.train.labels()[i]).collect();
+    // M0 on Df: the runner-up classes, and the features confusable samples are compared with.
+    let need_forget_pass = settings.target == TargetStrategy::RunnerUpClassMean
+        || (settings.retain_sampling == RetainSampling::Confusable && task.split.class.is_none());
+    let m0_forget =
+        if need_forget_pass { Some(outputs(&inner, &task.train, forget, device)?) } else { None };
+    let target_class: HashMap<usize, usize> = target_classes(
+        settings.target,
+        &stats,
+        &forget_labels,
+        m0_forget.as_ref().map(|o| o.logits.as_slice()),
+        seed,
+    )?
+    .map(|c| forget.iter().copied().zip(c).collect())
+    .unwrap_or_default();
+    if classifier && let Some(c) = task.split.class {
+        check_head_targets(
+            |f| inner.classify(f),
+            settings.target,
+            &head_stats,
+            &target_class,
+            c,
+            task.train.class_names(),
+        )?;
+    }
+    let mut sampler = RetainSampler::uniform(&task.split.retain, seed ^ 0x5eed);
+    if settings.retain_sampling == RetainSampling::Confusable {
+        if !classifier {
+            bail!(
+                "unlearn.retain_sampling = \"confusable\" needs a classifier; a {} has none",
+                M::KIND
+            );
+        }
+        let scores = match (task.split.class, &m0_forget) {
+            (Some(c), _) => {
+                let p = rfa_eval::softmax(&rfa_eval::Rows::new(
+                    "M0's retain logits",
+                    &stats_logits,
+                    classes,
+                )?);
+                Confusion::ForgottenClassProbability(
+                    (0..stats_set.len()).map(|i| p[i * classes + c] as f64).collect(),
+                )
+            }
+            (None, Some(f)) => Confusion::NearestForgetFeature {
+                candidates: &stats_features,
+                forget: &f.features,
+                dim: feature_dim,
+                seed,
+            },
+            (None, None) => unreachable!("the forget pass runs for confusable sampling"),
+        }
+        .scores();
+        let pool = most_confusable(&stats_set, &scores, forget.len().max(unlearn_cfg.batch_size));
+        sampler = sampler.with_confusable(pool, unlearn_cfg.confusable_share);
+    }
     let stats_seconds = t0.elapsed().as_secs_f64();
-    let targets = Targets::resolve(unlearn_cfg.target, &stats, seed)?;
+
+    let steps_per_epoch = forget.len().div_ceil(unlearn_cfg.batch_size);
+    let check_every = match unlearn_cfg.check_every {
+        0 => steps_per_epoch.div_ceil(2).max(1),
+        n => n,
+    };
+    let probes = (settings.stop == StopRule::Probe)
+        .then(|| Probes::draw(task, unlearn_cfg.probe_samples, seed));
+    let mut stop = probes
+        .as_ref()
+        .map(|p| StopState::<M>::new(Criterion::new(unlearn_cfg, task.split.class, p)));
+    let check = |stop: &mut StopState<M>, model: &M, step: usize| -> Result<Verdict> {
+        let started = Instant::now();
+        let c = measure(
+            &model.valid(),
+            task,
+            probes.as_ref().expect("probes"),
+            stop.criterion(),
+            stop.retain_floor(),
+            step,
+            device,
+        )?;
+        stop.check_seconds += started.elapsed().as_secs_f64();
+        Ok(stop.observe(c, model))
+    };
+    if let Some(s) = &mut stop {
+        check(s, &model, 0)?;
+    }
 
     let mut optim = ForeachAdamW::<B>::new(unlearn_cfg.weight_decay as f32, 1e-8);
-    let mut rng = SplitMix64::new(seed ^ 0x5eed);
-    let mut retain_pool: Vec<usize> = Vec::new();
     let mut steps = Vec::new();
-    let forget = &task.split.forget;
     let pb = bar((forget.len() * unlearn_cfg.epochs) as u64, "unlearn");
     let started = Instant::now();
     let mut seen = 0usize;
-    for epoch in 0..unlearn_cfg.epochs {
+    let mut verdict = Verdict::Continue;
+    'epochs: for epoch in 0..unlearn_cfg.epochs {
         for fb in
             batches(forget, unlearn_cfg.batch_size, true, seed.wrapping_add(31 * epoch as u64 + 1))
         {
             let step_start = Instant::now();
-            let mut rb = Vec::with_capacity(fb.len());
-            while rb.len() < fb.len() {
-                if retain_pool.is_empty() {
-                    retain_pool = task.split.retain.clone();
-                    rng.shuffle(&mut retain_pool);
-                }
-                rb.push(retain_pool.pop().expect("non-empty"));
-            }
+            let rb = sampler.batch(fb.len());
             let both: Vec<usize> = rb.iter().chain(&fb).copied().collect();
             let (nr, nf) = (rb.len(), fb.len());
             let batch = model.batch(&task.train, &both, device)?;
             // The task term needs the logits; without it the pass ends at the last adapted layer.
-            let (taps, logits) = if unlearn_cfg.retain_task_weight > 0.0 {
+            let (taps, logits) = if task_weight > 0.0 {
                 let pass = model.pass(&batch.input, true);
                 (pass.taps, pass.logits)
             } else {
@@ -311,7 +426,9 @@ where
             };
             let mask = batch.token_mask();
             let seq = if cls_only { 1 } else { taps[0].pre.dims()[1] };
-            let mu = targets.for_batch(nf, seq, Some(&batch.labels[nr..]))?;
+            let row_classes: Option<Vec<usize>> =
+                (!target_class.is_empty()).then(|| fb.iter().map(|i| target_class[i]).collect());
+            let mu = targets.for_batch(nf, seq, row_classes.as_deref())?;
             let split = rfa_fused::TapSplit { retain_rows: nr, forget_first_token_only: cls_only };
             let (parts, mut total);
             if unlearn_cfg.retain_cls_weight > 0.0 {
@@ -332,9 +449,9 @@ where
                 parts = objective.total_rows(&taps, split, mask.as_ref(), &mu)?;
                 total = parts.total.clone();
             }
-            if unlearn_cfg.retain_task_weight > 0.0 {
+            if task_weight > 0.0 {
                 let ce_r = task_loss(logits.as_ref().expect("logits"), &batch, 0..nr);
-                total = total + ce_r.mul_scalar(unlearn_cfg.retain_task_weight);
+                total = total + ce_r.mul_scalar(task_weight);
             }
             let (tv, rv, fv) = (scalar(total.clone()), scalar(parts.retain), scalar(parts.forget));
             if !tv.is_finite() {
@@ -363,9 +480,39 @@ where
                 "retain {rv:.4} forget {fv:.4} {:.0} samples/s",
                 seen as f64 / started.elapsed().as_secs_f64()
             ));
+            if let Some(s) = &mut stop
+                && steps.len() % check_every == 0
+            {
+                verdict = check(s, &model, steps.len())?;
+                if verdict != Verdict::Continue {
+                    break 'epochs;
+                }
+            }
         }
     }
     pb.finish();
+    let stop_record = match stop {
+        Some(mut s) => {
+            let reason = match verdict {
+                Verdict::Stop(r) => r,
+                Verdict::Continue => {
+                    // The budget ran out: the last adapter is measured like the others.
+                    if steps.len() % check_every != 0 {
+                        check(&mut s, &model, steps.len())?;
+                    }
+                    StopReason::Budget
+                }
+            };
+            let (kept, record) = s.finish(reason, steps.len(), model);
+            model = kept;
+            eprintln!(
+                "RFA stopped after step {}: {}; kept the adapter of step {}",
+                record.stopped_after_step, record.reason, record.kept_step
+            );
+            Some(record)
+        }
+        None => None,
+    };
     Ok((
         model,
         UnlearnLog {
@@ -375,6 +522,8 @@ where
             total_params: params.total,
             stats_seconds,
             stats_samples: stats_set.len(),
+            settings: Some(*settings),
+            stop: stop_record,
         },
     ))
 }

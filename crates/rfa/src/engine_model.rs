@@ -289,6 +289,9 @@ pub trait EngineModel<B: FusedOps>: Module<B> + LoraModel<B> + Sized {
     fn save(&self, dir: &Path) -> Result<()>;
     /// Classes of a classifier's head; None for a language model.
     fn num_labels(&self) -> Option<usize>;
+    /// A classifier's head applied to features as [`Pass::features`] holds them (`[n, d]` →
+    /// `[n, classes]`); None for a language model.
+    fn classify(&self, features: Tensor<B, 2>) -> Option<Tensor<B, 2>>;
 }
 
 impl<B: FusedOps> EngineModel<B> for VitForImageClassification<B> {
@@ -334,6 +337,10 @@ impl<B: FusedOps> EngineModel<B> for VitForImageClassification<B> {
 
     fn num_labels(&self) -> Option<usize> {
         Some(VitForImageClassification::num_labels(self))
+    }
+
+    fn classify(&self, features: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        Some(self.classifier.forward(features))
     }
 }
 
@@ -399,6 +406,10 @@ impl<B: FusedOps> EngineModel<B> for BertForSequenceClassification<B> {
     fn num_labels(&self) -> Option<usize> {
         Some(BertForSequenceClassification::num_labels(self))
     }
+
+    fn classify(&self, features: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        Some(self.classifier.forward(features))
+    }
 }
 
 impl<B: FusedOps> EngineModel<B> for Gpt2LmHeadModel<B> {
@@ -446,6 +457,10 @@ impl<B: FusedOps> EngineModel<B> for Gpt2LmHeadModel<B> {
     }
 
     fn num_labels(&self) -> Option<usize> {
+        None
+    }
+
+    fn classify(&self, _features: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
         None
     }
 }

@@ -82,7 +82,7 @@ impl Run {
             dataset: format!("{} ({})", self.cfg.data.dataset, t.train.source()),
             classes: t.train.class_names().to_vec(),
             train_samples: t.train.len(),
-            test_samples: t.test.len(),
+            test_samples: t.reported_test.len(),
             forget_samples: t.split.forget.len(),
             forget: self.cfg.data.forget.clone(),
             backend: backend.into(),
@@ -101,14 +101,14 @@ impl Run {
     ) -> Result<Report> {
         self.check_trained(t, false)?;
         self.check_trained(t, true)?;
-        let test_idx: Vec<usize> = (0..t.test.len()).collect();
+        let test_idx = &t.reported_test;
         let mut evaluated = Vec::new();
         for (role, model, record) in self.evaluated_models::<B, M>(device)? {
             evaluated.push(Evaluated {
                 role,
                 forget: outputs(&model, &t.train, &t.split.forget, device)?,
                 retain: outputs(&model, &t.train, &t.split.retain, device)?,
-                test: outputs(&model, &t.test, &test_idx, device)?,
+                test: outputs(&model, &t.test, test_idx, device)?,
                 record,
             });
         }

@@ -32,7 +32,7 @@ impl Run {
         self.check_trained(t, false)?;
         self.check_trained(t, true)?;
         let ev = &self.cfg.eval;
-        let test_idx: Vec<usize> = (0..t.test.len()).collect();
+        let test_idx: Vec<usize> = t.reported_test.clone();
         // The attacks compare Df with held-out text like it: the forgotten category's test texts.
         let (held_name, held): (String, Vec<usize>) = match t.split.class {
             Some(c) => (

@@ -246,9 +246,9 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
     let mut run = Run::open(cfg)?;
     run.backend = Some(backend.to_string());
     run.force = common.force;
-    let rfa::SetSizes { train, forget, retain, test } = run.sizes();
+    let rfa::SetSizes { train, forget, retain, test, probe } = run.sizes();
     eprintln!(
-        "run `{}` in {}: {:?} on {}, {train} training samples ({forget} to forget, {retain} to retain), {test} test samples, backend {backend}",
+        "run `{}` in {}: {:?} on {}, {train} training samples ({forget} to forget, {retain} to retain), {test} test samples (+ {probe} held out as the validation probe), backend {backend}",
         run.cfg.name,
         run.dir.display(),
         run.arch,

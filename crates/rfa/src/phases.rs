@@ -281,7 +281,8 @@ impl Run {
         let seed = unlearn_cfg.seed.unwrap_or(self.cfg.seed);
         let ((model, log), phase) = measure(|| {
             if unlearn_cfg.method == Method::Rfa {
-                unlearn_rfa(m0, task, unlearn_cfg, seed, device)
+                let settings = unlearn_cfg.rfa_settings(task.scenario(m0.num_labels().is_none()));
+                unlearn_rfa(m0, task, unlearn_cfg, &settings, seed, device)
             } else {
                 baselines::unlearn_baseline(m0, task, unlearn_cfg, seed, device)
             }

@@ -561,6 +561,8 @@ mod tests {
             total_params: 0,
             stats_seconds: 0.0,
             stats_samples: 0,
+            settings: None,
+            stop: None,
         };
         let times =
             |first_seconds, median_seconds| Some(StepTimes { first_seconds, median_seconds });

@@ -34,8 +34,10 @@ pub struct SetSizes {
     pub forget: usize,
     /// Dr = D without Df.
     pub retain: usize,
-    /// Dt, the test set.
+    /// Dt, the reported test set.
     pub test: usize,
+    /// The validation probe held out of the test set.
+    pub probe: usize,
 }
 
 pub struct Run {
@@ -91,7 +93,7 @@ impl Run {
                 }
             }
             Data::Text {
-                task: Task::new(train, test, &cfg.data.forget, cfg.seed)?,
+                task: Task::new(train, test, &cfg.data.forget, cfg.seed, cfg.data.probe_percent)?,
                 tokenizer: tok,
                 tokenizer_dir: tok_dir,
             }
@@ -103,7 +105,13 @@ impl Run {
                 );
             }
             let (train, test) = task::load_images(&cfg.data, cfg.seed)?;
-            Data::Images(Task::new(train, test, &cfg.data.forget, cfg.seed)?)
+            Data::Images(Task::new(
+                train,
+                test,
+                &cfg.data.forget,
+                cfg.seed,
+                cfg.data.probe_percent,
+            )?)
         };
         let dir = cfg.run_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -143,7 +151,8 @@ impl Run {
                 train: t.train.len(),
                 forget: t.split.forget.len(),
                 retain: t.split.retain.len(),
-                test: t.test.len(),
+                test: t.reported_test.len(),
+                probe: t.probe.len(),
             }
         }
         match &self.data {

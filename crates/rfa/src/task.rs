@@ -10,23 +10,61 @@ use rfa_rng::SplitMix64;
 
 use crate::config::DataConfig;
 use crate::engine_model::Samples;
+use crate::scenario::Scenario;
 
-/// Training data, test data and the forget / retain split of the training data.
+/// Training data, test data and the forget / retain split of the training data; the test data
+/// split into the validation probe and the reported test set Dt.
 pub struct Task<D> {
     pub train: D,
     pub test: D,
     pub split: ForgetSplit,
+    /// Test indices held out as the validation probe (stop rule, choice of defaults).
+    pub probe: Vec<usize>,
+    /// Test indices of the reported Dt: every test sample not in `probe` (sorted).
+    pub reported_test: Vec<usize>,
 }
 
 impl<D: Samples> Task<D> {
-    pub fn new(train: D, test: D, forget: &str, seed: u64) -> Result<Self> {
+    /// `probe_percent` of the test set (seeded, at least one sample, one sample short of all
+    /// at most) becomes the validation probe.
+    pub fn new(train: D, test: D, forget: &str, seed: u64, probe_percent: f64) -> Result<Self> {
         if train.class_names() != test.class_names() {
             bail!("{} and {} have different classes", train.source(), test.source());
         }
         let spec = ForgetSpec::parse(forget)?;
         let split = select_forget(train.labels(), train.class_names(), &spec, seed)?;
-        Ok(Self { train, test, split })
+        let (probe, reported_test) = probe_split(test.len(), probe_percent, seed);
+        if reported_test.is_empty() || probe.is_empty() {
+            bail!(
+                "{}: {} test samples cannot be split into a validation probe and a reported test set",
+                test.source(),
+                test.len()
+            );
+        }
+        Ok(Self { train, test, split, probe, reported_test })
     }
+
+    /// What is forgotten, for the scenario's defaults.
+    pub fn scenario(&self, language_model: bool) -> Scenario {
+        match (language_model, self.split.class) {
+            (true, _) => Scenario::LanguageModel,
+            (false, Some(_)) => Scenario::Class,
+            (false, None) => Scenario::Samples,
+        }
+    }
+}
+
+/// The validation probe and the reported test set, as sorted index lists over `n` test samples:
+/// `percent` of them (rounded, at least one when `n` > 1) drawn with `seed`, and the rest.
+pub fn probe_split(n: usize, percent: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let k = ((n as f64 * percent / 100.0).round() as usize).clamp(1.min(n), n.saturating_sub(1));
+    let mut idx: Vec<usize> = (0..n).collect();
+    SplitMix64::new(seed ^ 0x009a_0be5).shuffle(&mut idx);
+    let mut probe = idx[..k].to_vec();
+    let mut rest = idx[k..].to_vec();
+    probe.sort_unstable();
+    rest.sort_unstable();
+    (probe, rest)
 }
 
 /// The Fashion-MNIST subset of the repository (data/fashion-mnist-subset), compiled into the
@@ -213,4 +251,25 @@ pub fn balanced(labels: &[usize], classes: usize, max: usize, seed: u64) -> Vec<
     keep.truncate(max);
     keep.sort();
     keep
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::probe_split;
+
+    proptest! {
+        /// The validation probe and the reported test set are disjoint, cover the test set,
+        /// and neither is empty.
+        #[test]
+        fn the_probe_is_disjoint_from_the_reported_test_set(n in 2usize..400, percent in 0.1f64..99.9, seed: u64) {
+            let (probe, rest) = probe_split(n, percent, seed);
+            prop_assert!(!probe.is_empty() && !rest.is_empty());
+            let mut all: Vec<usize> = probe.iter().chain(&rest).copied().collect();
+            all.sort_unstable();
+            prop_assert_eq!(all, (0..n).collect::<Vec<_>>());
+            prop_assert_eq!(probe_split(n, percent, seed), (probe, rest));
+        }
+    }
 }

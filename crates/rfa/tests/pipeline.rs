@@ -310,6 +310,8 @@ fn the_cls_retain_term_enters_the_loss_only_when_weighted() {
     let dev = Default::default();
     let mut cfg = tiny("cls-retain", tmp.path());
     cfg.unlearn.epochs = 3; // the tiny forget set is one batch: three steps
+    cfg.unlearn.retain_task_weight = Some(0.0);
+    cfg.unlearn.stop = rfa::scenario::Auto::Set(rfa::scenario::StopRule::Epochs);
     let lambda = cfg.unlearn.lambda;
     let run = Run::open(cfg.clone()).unwrap();
     run.train::<AB>(false, &dev).unwrap();
@@ -341,7 +343,7 @@ fn the_task_term_enters_the_loss_only_when_weighted() {
     let dev = Default::default();
     let mut cfg = tiny("task-retain", tmp.path());
     cfg.unlearn.epochs = 2;
-    cfg.unlearn.retain_task_weight = 0.5;
+    cfg.unlearn.retain_task_weight = Some(0.5);
     let lambda = cfg.unlearn.lambda;
     let run = Run::open(cfg).unwrap();
     run.train::<AB>(false, &dev).unwrap();
@@ -528,4 +530,51 @@ fn the_demo_checks_the_unlearning_targets_before_training() {
         assert!(!out.status.success() && stderr.contains(expected), "{set}: {stderr}");
         assert!(!tmp.path().join("targets/original").exists(), "{set}: trained before failing");
     }
+}
+
+/// The probe stop rule on a learning rate that destroys the model: the retain guard trips, the
+/// run stops or spends its budget, and the adapter kept is the best one measured within the
+/// guard — here M0's (step 0), so the merged model predicts what M0 predicts.
+#[test]
+fn the_stop_rule_rolls_back_when_the_retain_guard_trips() {
+    use rfa::probe::StopReason;
+    use rfa::scenario::{Auto, StopRule};
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Default::default();
+    let mut cfg = tiny("guard", tmp.path());
+    cfg.unlearn.epochs = 6;
+    cfg.unlearn.lr = 0.5;
+    cfg.unlearn.stop = Auto::Set(StopRule::Probe);
+    cfg.unlearn.check_every = 1;
+    let run = Run::open(cfg).unwrap();
+    run.train::<AB>(false, &dev).unwrap();
+    run.unlearn::<AB>(&dev).unwrap();
+    let log = unlearn_log(&run, "rfa");
+    let stop = log.stop.expect("the probe stop rule ran");
+    let last = stop.checks.last().unwrap();
+    assert!(!last.retain_held, "the lr destroys the model: {:?}", stop.checks);
+    assert!(
+        matches!(stop.reason, StopReason::RetainGuard | StopReason::Budget),
+        "{:?}",
+        stop.reason
+    );
+    assert!(stop.kept_step < stop.stopped_after_step, "rolled back: {stop:?}");
+    let kept = stop.checks.iter().find(|c| c.step == stop.kept_step).unwrap();
+    assert!(kept.retain_held);
+    // The kept adapter is the one measured at that step: the merged model scores as it did.
+    let t = run.images().unwrap();
+    let merged = rfa_models::VitForImageClassification::<burn::backend::NdArray<f32>>::load(
+        &run.dir.join("rfa/merged"),
+        &dev,
+    )
+    .unwrap();
+    let probes = rfa::probe::Probes::draw(t, run.cfg.unlearn.probe_samples, 0);
+    let criterion = rfa::probe::Criterion::new(&run.cfg.unlearn, t.split.class, &probes);
+    let again = rfa::probe::measure(&merged, t, &probes, &criterion, None, 0, &dev).unwrap();
+    approx::assert_abs_diff_eq!(again.retain_accuracy, kept.retain_accuracy, epsilon = 1e-9);
+    approx::assert_abs_diff_eq!(
+        again.validation_accuracy,
+        kept.validation_accuracy,
+        epsilon = 1e-9
+    );
 }

@@ -1,0 +1,378 @@
+//! RFA's stop rule without a retrained model: every few steps the model is measured on three
+//! small probes — a sample of Df, a sample of Dr and the validation split of the test set (never
+//! the reported Dt) — and unlearning stops once Df is forgotten while the retain accuracy holds.
+//! The best adapter seen within the retain guard is kept; the run rolls back to it.
+//!
+//! - Class-wise: Df is forgotten once at most `forget_tolerance` % of it is predicted as the
+//!   forgotten class (a model that never saw the class does not predict it).
+//! - Random / ids: the loss-threshold membership AUC of Df against the validation probe must
+//!   fall to 50 (unseen data) plus one standard error of the AUC under no signal
+//!   (Hanley–McNeil with equal scores: √((m + n + 1) / (12 m n))).
+//! - Both: the accuracy on the Dr probe may fall at most `max_retain_drop` points below M0's.
+
+use anyhow::{Result, bail};
+use rfa_eval::{Rows, accuracy, auc, predictions, softmax};
+use rfa_models::FusedOps;
+use rfa_rng::SplitMix64;
+use serde::{Deserialize, Serialize};
+
+use crate::config::UnlearnConfig;
+use crate::engine::outputs;
+use crate::engine_model::{EngineModel, Samples};
+use crate::task::Task;
+
+/// Consecutive checks outside the retain guard, without a recovery between the first and the
+/// last, after which unlearning stops. A dip while the forget features move is normal (the task
+/// term and the retain term pull the retain accuracy back); a collapse stays.
+const GUARD_PATIENCE: usize = 3;
+
+/// The sample indices the stop rule measures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probes {
+    /// A seeded sample of Df (training indices).
+    pub forget: Vec<usize>,
+    /// A seeded sample of Dr (training indices).
+    pub retain: Vec<usize>,
+    /// The validation probe (test indices, disjoint from the reported Dt).
+    pub validation: Vec<usize>,
+}
+
+impl Probes {
+    pub fn draw<D: Samples>(task: &Task<D>, samples: usize, seed: u64) -> Self {
+        let sample = |set: &[usize], salt: u64| {
+            let mut v = set.to_vec();
+            if v.len() > samples {
+                SplitMix64::new(seed ^ salt).shuffle(&mut v);
+                v.truncate(samples);
+                v.sort_unstable();
+            }
+            v
+        };
+        Self {
+            forget: sample(&task.split.forget, 0x0f0f),
+            retain: sample(&task.split.retain, 0x7e7e),
+            validation: task.probe.clone(),
+        }
+    }
+}
+
+/// What "forgotten" and "held" mean for one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Criterion {
+    /// Class-wise: the forgotten class (else the membership AUC decides).
+    pub forgotten_class: Option<usize>,
+    /// Percent of Df predicted as the forgotten class at most.
+    pub forget_tolerance: f64,
+    /// The membership AUC (percent) at most.
+    pub auc_limit: f64,
+    /// Points the Dr-probe accuracy may fall below M0's.
+    pub max_retain_drop: f64,
+}
+
+impl Criterion {
+    pub fn new(cfg: &UnlearnConfig, forgotten_class: Option<usize>, probes: &Probes) -> Self {
+        let (m, n) = (probes.forget.len() as f64, probes.validation.len() as f64);
+        Self {
+            forgotten_class,
+            forget_tolerance: cfg.forget_tolerance,
+            auc_limit: 50.0 + 100.0 * ((m + n + 1.0) / (12.0 * m * n)).sqrt(),
+            max_retain_drop: cfg.max_retain_drop,
+        }
+    }
+}
+
+/// One measurement on the probes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeCheck {
+    pub step: usize,
+    /// Class-wise: percent of the Df probe predicted as the forgotten class.
+    pub forgotten_class_share: Option<f64>,
+    /// Loss-threshold membership AUC (percent) of the Df probe against the validation probe.
+    pub membership_auc: f64,
+    /// Accuracy (percent) on the Dr probe.
+    pub retain_accuracy: f64,
+    /// Accuracy (percent) on the validation probe.
+    pub validation_accuracy: f64,
+    /// Df counts as forgotten.
+    pub forgotten: bool,
+    /// The retain accuracy is within the guard.
+    pub retain_held: bool,
+}
+
+impl ProbeCheck {
+    /// How far from forgotten (lower is better): the forgotten class's share, or the AUC's
+    /// distance from 50.
+    fn distance(&self) -> f64 {
+        self.forgotten_class_share.unwrap_or((self.membership_auc - 50.0).abs())
+    }
+
+    /// Whether this check is better to keep than `other`: within the guard first, then
+    /// forgotten, then nearer to forgotten, then the higher retain accuracy.
+    fn better_than(&self, other: &Self) -> bool {
+        let key = |c: &Self| (c.retain_held, c.forgotten, -c.distance(), c.retain_accuracy);
+        key(self).partial_cmp(&key(other)) == Some(std::cmp::Ordering::Greater)
+    }
+}
+
+/// Measures `model` on the probes; `retain_floor` is the lowest retain accuracy the guard
+/// accepts (`None` at the first check, which sets it from M0).
+pub fn measure<B: FusedOps, M: EngineModel<B>>(
+    model: &M,
+    task: &Task<M::Data>,
+    probes: &Probes,
+    criterion: &Criterion,
+    retain_floor: Option<f64>,
+    step: usize,
+    device: &B::Device,
+) -> Result<ProbeCheck> {
+    let Some(classes) = model.num_labels() else {
+        bail!(
+            "unlearn.stop = \"probe\" needs a classifier; a {} stops after unlearn.epochs",
+            M::KIND
+        )
+    };
+    let forget = outputs(model, &task.train, &probes.forget, device)?;
+    let retain = outputs(model, &task.train, &probes.retain, device)?;
+    let valid = outputs(model, &task.test, &probes.validation, device)?;
+    fn rows<'a>(
+        what: &'static str,
+        o: &'a crate::engine::Outputs,
+        classes: usize,
+    ) -> Result<Rows<'a>> {
+        Ok(Rows::new(what, &o.logits, classes)?)
+    }
+    let (f, r, v) = (
+        rows("Df probe logits", &forget, classes)?,
+        rows("Dr probe logits", &retain, classes)?,
+        rows("validation probe logits", &valid, classes)?,
+    );
+    // The loss attack's score: higher for members (lower loss).
+    let neg_loss = |rows: &Rows, labels: &[usize]| -> Vec<f64> {
+        let p = softmax(rows);
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| (p[i * classes + y] as f64).max(1e-30).ln())
+            .collect()
+    };
+    let membership_auc = auc(&neg_loss(&f, &forget.labels), &neg_loss(&v, &valid.labels))?;
+    let forgotten_class_share = criterion.forgotten_class.map(|c| {
+        let p = predictions(&f);
+        100.0 * p.iter().filter(|&&k| k == c).count() as f64 / p.len().max(1) as f64
+    });
+    let retain_accuracy = accuracy(&r, &retain.labels)?;
+    let forgotten = match forgotten_class_share {
+        Some(share) => share <= criterion.forget_tolerance,
+        None => membership_auc <= criterion.auc_limit,
+    };
+    Ok(ProbeCheck {
+        step,
+        forgotten_class_share,
+        membership_auc,
+        retain_accuracy,
+        validation_accuracy: accuracy(&v, &valid.labels)?,
+        forgotten,
+        retain_held: retain_floor.is_none_or(|floor| retain_accuracy >= floor),
+    })
+}
+
+/// Why unlearning stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopReason {
+    /// Df was forgotten with the retain accuracy within the guard.
+    Forgotten,
+    /// The retain guard tripped on consecutive checks.
+    RetainGuard,
+    /// `unlearn.epochs` passes over Df ran out first.
+    Budget,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Forgotten => "Df forgotten within the retain guard",
+            Self::RetainGuard => "the retain guard tripped",
+            Self::Budget => "unlearn.epochs ran out",
+        })
+    }
+}
+
+/// The stop rule's record, for the log and the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopRecord {
+    pub reason: StopReason,
+    /// The step after which unlearning stopped (steps taken).
+    pub stopped_after_step: usize,
+    /// The step whose adapter was kept (0 = M0's, the adapter at zero).
+    pub kept_step: usize,
+    /// M0's retain accuracy on the Dr probe less `max_retain_drop`.
+    pub retain_floor: f64,
+    pub auc_limit: f64,
+    pub checks: Vec<ProbeCheck>,
+    pub check_seconds: f64,
+}
+
+/// The stop rule's state over one unlearning: the checks so far and the best model seen.
+pub struct StopState<M> {
+    criterion: Criterion,
+    retain_floor: Option<f64>,
+    checks: Vec<ProbeCheck>,
+    best: Option<(ProbeCheck, M)>,
+    /// Retain accuracies of the current run of checks outside the guard.
+    below: Vec<f64>,
+    pub check_seconds: f64,
+}
+
+/// What the loop does after a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    Stop(StopReason),
+}
+
+impl<M: Clone> StopState<M> {
+    pub fn new(criterion: Criterion) -> Self {
+        Self {
+            criterion,
+            retain_floor: None,
+            checks: Vec::new(),
+            best: None,
+            below: Vec::new(),
+            check_seconds: 0.0,
+        }
+    }
+
+    pub fn criterion(&self) -> &Criterion {
+        &self.criterion
+    }
+
+    pub fn retain_floor(&self) -> Option<f64> {
+        self.retain_floor
+    }
+
+    /// Takes a check of `model` (the first one: M0's, which sets the retain floor): stops once
+    /// Df is forgotten within the guard, or when the retain accuracy stayed below the floor for
+    /// [`GUARD_PATIENCE`] checks without recovering.
+    pub fn observe(&mut self, check: ProbeCheck, model: &M) -> Verdict {
+        if self.retain_floor.is_none() {
+            self.retain_floor = Some(check.retain_accuracy - self.criterion.max_retain_drop);
+        }
+        if self.best.as_ref().is_none_or(|(b, _)| check.better_than(b)) {
+            self.best = Some((check.clone(), model.clone()));
+        }
+        let verdict = if check.retain_held {
+            self.below.clear();
+            if check.forgotten && check.step > 0 {
+                // The adapter that reached the goal is kept, even where M0 itself already
+                // looked forgotten on the probes (no measurable membership signal).
+                self.best = Some((check.clone(), model.clone()));
+                Verdict::Stop(StopReason::Forgotten)
+            } else {
+                Verdict::Continue
+            }
+        } else {
+            self.below.push(check.retain_accuracy);
+            let n = self.below.len();
+            if n >= GUARD_PATIENCE && self.below[n - 1] <= self.below[n - GUARD_PATIENCE] {
+                Verdict::Stop(StopReason::RetainGuard)
+            } else {
+                Verdict::Continue
+            }
+        };
+        self.checks.push(check);
+        verdict
+    }
+
+    /// The model to keep (the best one within the guard, else `last`) and the record.
+    pub fn finish(self, reason: StopReason, steps: usize, last: M) -> (M, StopRecord) {
+        let (kept_step, model) = match self.best {
+            Some((b, m)) if b.step != steps => (b.step, m),
+            _ => (steps, last),
+        };
+        let record = StopRecord {
+            reason,
+            stopped_after_step: steps,
+            kept_step,
+            retain_floor: self.retain_floor.unwrap_or(0.0),
+            auc_limit: self.criterion.auc_limit,
+            checks: self.checks,
+            check_seconds: self.check_seconds,
+        };
+        (model, record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn criterion() -> Criterion {
+        Criterion {
+            forgotten_class: Some(3),
+            forget_tolerance: 1.0,
+            auc_limit: 55.0,
+            max_retain_drop: 1.0,
+        }
+    }
+
+    /// A class-wise check; `retain_held` as [`measure`] would set it against a floor of 89.
+    fn check(step: usize, share: f64, retain: f64) -> ProbeCheck {
+        ProbeCheck {
+            step,
+            forgotten_class_share: Some(share),
+            membership_auc: 50.0,
+            retain_accuracy: retain,
+            validation_accuracy: 0.0,
+            forgotten: share <= 1.0,
+            retain_held: step == 0 || retain >= 89.0,
+        }
+    }
+
+    #[test]
+    fn it_stops_once_forgotten_within_the_guard_and_keeps_that_model() {
+        let mut s = StopState::<usize>::new(criterion());
+        assert_eq!(s.observe(check(0, 95.0, 90.0), &0), Verdict::Continue);
+        assert_eq!(s.retain_floor(), Some(89.0));
+        // Forgotten, but the retain accuracy dipped: go on.
+        assert_eq!(s.observe(check(5, 0.5, 80.0), &5), Verdict::Continue);
+        assert_eq!(s.observe(check(10, 0.0, 89.5), &10), Verdict::Stop(StopReason::Forgotten));
+        let (kept, record) = s.finish(StopReason::Forgotten, 10, 10);
+        assert_eq!((kept, record.kept_step, record.stopped_after_step), (10, 10, 10));
+        assert_eq!(record.checks.len(), 3);
+    }
+
+    #[test]
+    fn a_retain_collapse_stops_and_rolls_back_to_the_best_model_within_the_guard() {
+        let mut s = StopState::<usize>::new(criterion());
+        s.observe(check(0, 95.0, 90.0), &0);
+        assert_eq!(s.observe(check(4, 40.0, 89.5), &4), Verdict::Continue);
+        // Three checks below the floor without recovering.
+        assert_eq!(s.observe(check(8, 10.0, 50.0), &8), Verdict::Continue);
+        assert_eq!(s.observe(check(12, 5.0, 40.0), &12), Verdict::Continue);
+        assert_eq!(s.observe(check(16, 5.0, 30.0), &16), Verdict::Stop(StopReason::RetainGuard));
+        let (kept, record) = s.finish(StopReason::RetainGuard, 16, 16);
+        assert_eq!((kept, record.kept_step), (4, 4), "the best check within the guard");
+    }
+
+    #[test]
+    fn a_recovering_retain_accuracy_is_given_time() {
+        let mut s = StopState::<usize>::new(criterion());
+        s.observe(check(0, 95.0, 90.0), &0);
+        for (step, retain) in [(2, 70.0), (4, 75.0), (6, 80.0), (8, 85.0)] {
+            assert_eq!(s.observe(check(step, 30.0, retain), &step), Verdict::Continue);
+        }
+        // The budget ends without reaching the goal: nothing after M0 held, so M0 is kept.
+        let (kept, record) = s.finish(StopReason::Budget, 8, 8);
+        assert_eq!((kept, record.kept_step, record.reason), (0, 0, StopReason::Budget));
+    }
+
+    #[test]
+    fn the_auc_limit_is_one_null_standard_error_above_chance() {
+        let p = Probes { forget: vec![0; 300], retain: vec![0; 10], validation: vec![0; 100] };
+        let cfg = crate::config::RunConfig::demo().unlearn;
+        let c = Criterion::new(&cfg, None, &p);
+        let se = ((300.0 + 100.0 + 1.0) / (12.0 * 300.0 * 100.0f64)).sqrt();
+        approx::assert_abs_diff_eq!(c.auc_limit, 50.0 + 100.0 * se, epsilon = 1e-12);
+    }
+}

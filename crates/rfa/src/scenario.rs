@@ -1,0 +1,126 @@
+//! Scenario-aware RFA settings: what is forgotten (a class, a random share, a list of ids, text
+//! of a language model) decides the target, the retain sampling, the task term and the stop rule
+//! wherever the configuration says `auto` (the default). How the defaults were chosen, on the
+//! validation probes only: docs/RESULTS.md ("Scenario defaults").
+
+use std::fmt;
+
+use rfa_loss::TargetStrategy;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A setting that is either chosen from the scenario (`"auto"`) or given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Auto<T> {
+    #[default]
+    Auto,
+    Set(T),
+}
+
+impl<T: Copy> Auto<T> {
+    pub fn or(self, default: T) -> T {
+        match self {
+            Self::Auto => default,
+            Self::Set(v) => v,
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Auto<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::Set(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Auto<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        if name == "auto" {
+            return Ok(Self::Auto);
+        }
+        let value: serde::de::value::StringDeserializer<D::Error> =
+            serde::de::IntoDeserializer::into_deserializer(name);
+        T::deserialize(value).map(Self::Set)
+    }
+}
+
+/// How the retain batch paired with each forget batch is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetainSampling {
+    /// Uniformly from Dr (each sample once per pass over Dr).
+    Uniform,
+    /// `unlearn.confusable_share` of each batch from the retained samples M0 most confuses with
+    /// Df ([`crate::confusable`]), the rest uniformly: the neighbours that collapse when the
+    /// forget features move get weight in the retain term.
+    Confusable,
+}
+
+/// When unlearning stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopRule {
+    /// After `unlearn.epochs` passes over Df.
+    Epochs,
+    /// On the validation probes ([`crate::probe`]): stop once Df is forgotten, keep the best
+    /// adapter whose retain accuracy held, `unlearn.epochs` at most.
+    Probe,
+}
+
+/// What is forgotten, as far as the defaults care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// A whole class of a classifier.
+    Class,
+    /// Random samples or a list of ids of a classifier.
+    Samples,
+    /// Texts of a language model (no classes).
+    LanguageModel,
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Class => "class-wise",
+            Self::Samples => "random / id-list",
+            Self::LanguageModel => "language model",
+        })
+    }
+}
+
+/// The RFA settings a run uses once every `auto` is resolved: recorded in the unlearning's log.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RfaSettings {
+    pub target: TargetStrategy,
+    pub retain_sampling: RetainSampling,
+    pub retain_task_weight: f64,
+    pub stop: StopRule,
+}
+
+impl Scenario {
+    /// The defaults of this scenario (each chosen on the validation probes).
+    pub fn defaults(self) -> RfaSettings {
+        match self {
+            Self::Class => RfaSettings {
+                target: TargetStrategy::ClassMeanNearest,
+                retain_sampling: RetainSampling::Confusable,
+                retain_task_weight: 0.5,
+                stop: StopRule::Probe,
+            },
+            Self::Samples => RfaSettings {
+                target: TargetStrategy::RunnerUpClassMean,
+                retain_sampling: RetainSampling::Uniform,
+                retain_task_weight: 1.0,
+                stop: StopRule::Probe,
+            },
+            Self::LanguageModel => RfaSettings {
+                target: TargetStrategy::GlobalMean,
+                retain_sampling: RetainSampling::Uniform,
+                retain_task_weight: 0.0,
+                stop: StopRule::Epochs,
+            },
+        }
+    }
+}
