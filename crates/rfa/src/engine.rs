@@ -22,7 +22,7 @@ use crate::config::{TrainConfig, UnlearnConfig};
 use crate::confusable::{Confusion, RetainSampler, most_confusable};
 use crate::engine_model::{EngineModel, Logits, Samples, task_loss};
 use crate::head_check::check_head_targets;
-use crate::probe::{Criterion, Probes, StopReason, StopRecord, StopState, Verdict, measure};
+use crate::probe::{Criterion, Probes, StopRecord, StopState, Verdict, measure};
 use crate::scenario::{RetainSampling, RfaSettings, StopRule};
 use crate::task::Task;
 
@@ -493,17 +493,11 @@ where
     pb.finish();
     let stop_record = match stop {
         Some(mut s) => {
-            let reason = match verdict {
-                Verdict::Stop(r) => r,
-                Verdict::Continue => {
-                    // The budget ran out: the last adapter is measured like the others.
-                    if steps.len() % check_every != 0 {
-                        check(&mut s, &model, steps.len())?;
-                    }
-                    StopReason::Budget
-                }
-            };
-            let (kept, record) = s.finish(reason, steps.len(), model);
+            // The last adapter is measured like the others.
+            if verdict == Verdict::Continue && steps.len() % check_every != 0 {
+                check(&mut s, &model, steps.len())?;
+            }
+            let (kept, record) = s.finish(steps.len(), model);
             model = kept;
             eprintln!(
                 "RFA stopped after step {}: {}; kept the adapter of step {}",
