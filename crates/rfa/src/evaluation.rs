@@ -13,7 +13,7 @@ use crate::report::{Evaluated, Report, model_reports};
 use crate::role::Role;
 use crate::run_lock::RunLock;
 use crate::task::Task;
-use crate::{Inner, Run, compare, plots};
+use crate::{Inner, Method, Run, compare, plots};
 
 impl Run {
     /// The models the report compares: M0, M*, and every unlearning result in the run (M0 with
@@ -90,7 +90,34 @@ impl Run {
             language_model: None,
             residual_norms_forget: Vec::new(),
             residual_norms_retain: Vec::new(),
+            rfa_runs: self.rfa_runs(),
         }
+    }
+
+    /// The settings and stop of every RFA result in the run, from their logs (results without a
+    /// log of settings, made before they were recorded, are left out).
+    fn rfa_runs(&self) -> Vec<crate::report::RfaRun> {
+        self.unlearned()
+            .into_iter()
+            .filter(|r| matches!(r, Role::Unlearned { method: Method::Rfa, .. }))
+            .filter_map(|role| {
+                let p = role.dir(&self.dir).join("unlearn_log.json");
+                let log: engine::UnlearnLog =
+                    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
+                Some(crate::report::RfaRun {
+                    model: role.name(),
+                    settings: log.settings?,
+                    steps: log.steps.len(),
+                    stop: log.stop.map(|st| crate::report::RfaStop {
+                        reason: st.reason,
+                        stopped_after_step: st.stopped_after_step,
+                        kept_step: st.kept_step,
+                        checks: st.checks.len(),
+                        check_seconds: st.check_seconds,
+                    }),
+                })
+            })
+            .collect()
     }
 
     fn eval_classifier<B: FusedOps, M: EngineModel<B>>(

@@ -146,6 +146,56 @@ pub struct Report {
     pub residual_norms_forget: Vec<f32>,
     #[serde(default)]
     pub residual_norms_retain: Vec<f32>,
+    /// How each RFA result was made: its resolved settings and why it stopped.
+    #[serde(default)]
+    pub rfa_runs: Vec<RfaRun>,
+}
+
+/// One RFA result's settings and stop, from its `unlearn_log.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RfaRun {
+    pub model: String,
+    pub settings: crate::scenario::RfaSettings,
+    /// The probe stop rule's outcome (absent with `stop = "epochs"`).
+    pub stop: Option<RfaStop>,
+    pub steps: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RfaStop {
+    pub reason: crate::probe::StopReason,
+    pub stopped_after_step: usize,
+    pub kept_step: usize,
+    pub checks: usize,
+    pub check_seconds: f64,
+}
+
+impl RfaRun {
+    fn markdown(&self) -> String {
+        let s = &self.settings;
+        let stop = match &self.stop {
+            Some(st) => format!(
+                "stop rule `probe`: stopped after step {} of {} ({}), kept the adapter of step {}; {} checks on the validation probes took {:.1} s",
+                st.stopped_after_step,
+                self.steps,
+                st.reason,
+                st.kept_step,
+                st.checks,
+                st.check_seconds
+            ),
+            None => format!("stop rule `epochs`: {} steps", self.steps),
+        };
+        format!(
+            "{}: target `{}`, retain sampling `{}`, task weight γ = {}; {stop}.\n",
+            self.model,
+            s.target,
+            serde_json::to_value(s.retain_sampling)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            s.retain_task_weight,
+        )
+    }
 }
 
 fn rows<'a>(what: &'static str, v: &'a [f32], cols: usize) -> Result<Rows<'a>> {
@@ -293,6 +343,12 @@ fn f(v: Option<f64>, digits: usize) -> String {
 impl Report {
     pub fn markdown(&self) -> String {
         let mut s = self.header();
+        for r in &self.rfa_runs {
+            s += &r.markdown();
+        }
+        if !self.rfa_runs.is_empty() {
+            s += "\n";
+        }
         match &self.language_model {
             Some(lm) => s += &lm.markdown(),
             None => s += &self.classifier_markdown(),

@@ -42,6 +42,12 @@ fn the_command_runs_the_whole_pipeline() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("| RFA |") && stdout.contains("| retrain (M*) |"), "{stdout}");
+    // The report says which settings the class-wise scenario chose and why RFA stopped.
+    assert!(
+        stdout.contains("RFA: target `class-mean-nearest`, retain sampling `confusable`")
+            && stdout.contains("stop rule `probe`: stopped after step"),
+        "{stdout}"
+    );
     let dir = tmp.path().join("cli");
     let report = std::fs::read_to_string(dir.join("report.json")).unwrap();
     assert!(
