@@ -124,3 +124,43 @@ impl Scenario {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RunConfig;
+
+    fn with_unlearn(extra: &str) -> Result<RunConfig, toml::de::Error> {
+        let mut t = RunConfig::demo().to_toml();
+        t = t.replace("target = \"auto\"\n", "").replace("stop = \"auto\"\n", "");
+        t = t.replace("[unlearn]\n", &format!("[unlearn]\n{extra}\n"));
+        toml::from_str(&t)
+    }
+
+    #[test]
+    fn auto_settings_read_write_and_resolve_per_scenario() {
+        let demo = RunConfig::demo();
+        assert_eq!(toml::from_str::<RunConfig>(&demo.to_toml()).unwrap(), demo);
+        assert!(demo.to_toml().contains("target = \"auto\""));
+        let c = with_unlearn("target = \"own-class-mean\"\nstop = \"epochs\"").unwrap();
+        assert_eq!(c.unlearn.target, Auto::Set(TargetStrategy::OwnClassMean));
+        let s = c.unlearn.rfa_settings(Scenario::Class);
+        assert_eq!(s.target, TargetStrategy::OwnClassMean);
+        assert_eq!(s.stop, StopRule::Epochs);
+        assert_eq!(s.retain_sampling, RetainSampling::Confusable, "still auto");
+        for scenario in [Scenario::Class, Scenario::Samples, Scenario::LanguageModel] {
+            assert_eq!(demo.unlearn.rfa_settings(scenario), scenario.defaults());
+        }
+        let err = with_unlearn("target = \"nearest\"").unwrap_err().to_string();
+        assert!(err.contains("runner-up-class-mean"), "the options are named: {err}");
+    }
+
+    #[test]
+    fn an_explicit_task_weight_wins_over_the_scenario() {
+        let mut u = RunConfig::demo().unlearn;
+        u.retain_task_weight = Some(0.0);
+        assert_eq!(u.rfa_settings(Scenario::Samples).retain_task_weight, 0.0);
+        u.retain_task_weight = None;
+        assert_eq!(u.rfa_settings(Scenario::Samples).retain_task_weight, 1.0);
+    }
+}

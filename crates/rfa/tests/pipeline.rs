@@ -376,6 +376,15 @@ fn configurations_are_checked_first_and_failures_keep_the_recorded_config() {
         (|c: &mut RunConfig| c.unlearn.rank = 0, "unlearn.rank"),
         (|c: &mut RunConfig| c.unlearn.alpha = -1.0, "unlearn.alpha"),
         (|c: &mut RunConfig| c.train.epochs = 0, "train.epochs"),
+        (|c: &mut RunConfig| c.unlearn.confusable_share = 1.5, "unlearn.confusable_share"),
+        (|c: &mut RunConfig| c.unlearn.forget_tolerance = -1.0, "unlearn.forget_tolerance"),
+        (|c: &mut RunConfig| c.unlearn.max_retain_drop = f64::NAN, "unlearn.max_retain_drop"),
+        (
+            |c: &mut RunConfig| c.unlearn.retain_task_weight = Some(-1.0),
+            "unlearn.retain_task_weight",
+        ),
+        (|c: &mut RunConfig| c.unlearn.probe_samples = 0, "unlearn.probe_samples"),
+        (|c: &mut RunConfig| c.data.probe_percent = 100.0, "data.probe_percent"),
     ] {
         let mut c = tiny("checked", tmp.path());
         edit(&mut c);
