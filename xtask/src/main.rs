@@ -79,6 +79,10 @@ enum Cmd {
         /// fashion-mnist --small: the sweep over random shares in percent (`1,5,10`).
         #[arg(long, value_delimiter = ',')]
         random: Vec<f64>,
+        /// Sweeps: the first run seed (seeds `from-seed .. from-seed + seeds`), so that a later
+        /// sweep runs on seeds no earlier one has seen.
+        #[arg(long, default_value_t = 0)]
+        from_seed: u64,
     },
     /// Print the workspace's crate dependencies as docs/design.md draws them; with --check, fail
     /// when docs/design.md's picture differs.
@@ -143,7 +147,17 @@ fn run() -> Result<bool> {
         Cmd::Bench(a) => rfa_bench("bench", a),
         Cmd::BenchOps(a) => rfa_bench("bench-ops", a),
         Cmd::Parity(a) => rfa_bench("parity", a),
-        Cmd::Reproduce { task, small, seeds, methods, runs_dir, device, classes, random } => {
+        Cmd::Reproduce {
+            task,
+            small,
+            seeds,
+            methods,
+            runs_dir,
+            device,
+            classes,
+            random,
+            from_seed,
+        } => {
             let sweep = match (classes, random.is_empty()) {
                 (Some(c), _) => Some(sweep::Forget::Classes(sweep::parse_classes(&c)?)),
                 (None, false) => Some(sweep::Forget::RandomPercents(random)),
@@ -156,7 +170,8 @@ fn run() -> Result<bool> {
                             "--classes / --random sweep the embedded Fashion-MNIST subset: `cargo xtask reproduce fashion-mnist --small --classes all`"
                         );
                     }
-                    sweep::run(&forget, seeds.max(1), &runs_dir, &device)?;
+                    let seeds = from_seed..from_seed + seeds.max(1) as u64;
+                    sweep::run(&forget, seeds, &runs_dir, &device)?;
                 }
                 None => reproduce::run(&task, small, seeds.max(1), &methods, &runs_dir, &device)?,
             }

@@ -48,10 +48,15 @@ impl Forget {
         }
     }
 
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Classes(_) => "fashion-mnist-classes-small",
-            Self::RandomPercents(_) => "fashion-mnist-random-small",
+    /// The section's name: seeds from 0 keep the plain name, a later range names it.
+    fn name(&self, seeds: &std::ops::Range<u64>) -> String {
+        let kind = match self {
+            Self::Classes(_) => "classes",
+            Self::RandomPercents(_) => "random",
+        };
+        match seeds.start {
+            0 => format!("fashion-mnist-{kind}-small"),
+            a => format!("fashion-mnist-{kind}-seeds{a}-{}-small", seeds.end - 1),
         }
     }
 }
@@ -66,14 +71,14 @@ pub fn parse_classes(s: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-pub fn run(forget: &Forget, seeds: usize, runs: &Path, device: &str) -> Result<()> {
+pub fn run(forget: &Forget, seeds: std::ops::Range<u64>, runs: &Path, device: &str) -> Result<()> {
     let root = crate::root();
     let bin = rfa_binary(&root, device)?;
     let runs = runs.join("sweep");
     std::fs::create_dir_all(&runs)?;
     let started = std::time::Instant::now();
     let mut cases = Vec::new();
-    for seed in 0..seeds as u64 {
+    for seed in seeds.clone() {
         let mut first_of_seed: Option<std::path::PathBuf> = None;
         for (label, spec) in forget.cases() {
             let name = format!("fashion-mnist-{label}-seed{seed}-small");
@@ -162,7 +167,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 fn write(
     root: &Path,
     forget: &Forget,
-    seeds: usize,
+    seeds: std::ops::Range<u64>,
     cases: &[Value],
     runs: &Path,
     device: &str,
@@ -171,7 +176,8 @@ fn write(
     if cases.is_empty() {
         bail!("no case ran");
     }
-    let name = forget.name();
+    let name = forget.name(&seeds);
+    let name = name.as_str();
     let out = root.join("docs/results/sweep").join(name);
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("cases.json"), serde_json::to_string_pretty(cases)?)?;
@@ -263,12 +269,15 @@ fn write(
         );
         bars.add(c, best.map(|b| b.1), f);
     }
+    let from =
+        if seeds.start > 0 { format!(" --from-seed {}", seeds.start) } else { String::new() };
+    let n = seeds.end - seeds.start;
     let cmd = match forget {
         Forget::Classes(_) => {
-            format!("cargo xtask reproduce fashion-mnist --small --classes all --seeds {seeds}")
+            format!("cargo xtask reproduce fashion-mnist --small --classes all --seeds {n}{from}")
         }
         Forget::RandomPercents(ps) => format!(
-            "cargo xtask reproduce fashion-mnist --small --random {} --seeds {seeds}",
+            "cargo xtask reproduce fashion-mnist --small --random {} --seeds {n}{from}",
             ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
         ),
     };

@@ -106,7 +106,7 @@ impl Scenario {
             Self::Class => RfaSettings {
                 target: TargetStrategy::ClassMeanNearest,
                 retain_sampling: RetainSampling::Confusable,
-                retain_task_weight: 0.5,
+                retain_task_weight: 2.0,
                 stop: StopRule::Probe,
             },
             Self::Samples => RfaSettings {
