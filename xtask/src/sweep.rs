@@ -283,7 +283,7 @@ fn write(
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let section = format!(
-        "### {name}\n\n`{cmd}` — {n} cases (each seed its own M0, M\\*, split and adapters; RFA with its defaults), on {device}, {cores} CPU cores visible, {minutes:.0} min in all.\n\n{t}\n{bars}\n<details><summary>Every case</summary>\n\n{per}\n</details>\n\nReports of every case: `{runs}`; the rows above: [docs/results/sweep/{name}/cases.json](results/sweep/{name}/cases.json).\n",
+        "### {name}\n\n`{cmd}` — {n} cases (each seed its own M0, M\\*, split and adapters; RFA with its defaults), on {device}, {cores} CPU cores visible, {minutes:.0} min in all.\n\n{t}\n{bars}\n<details><summary>Every case</summary>\n\n{per}\n</details>\n\nReports of every case: the run folders under `{runs}` (not in the repository); the rows above: [docs/results/sweep/{name}/cases.json](results/sweep/{name}/cases.json).\n",
         n = cases.len(),
         minutes = seconds / 60.0,
         bars = bars.render(forget),
