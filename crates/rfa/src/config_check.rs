@@ -37,6 +37,25 @@ fn non_negative(field: &'static str, v: f64) -> Result<(), InvalidField> {
     }
 }
 
+/// A share in percent strictly between 0 and 100.
+fn open_percent(field: &'static str, v: f64) -> Result<(), InvalidField> {
+    if v.is_finite() && v > 0.0 && v < 100.0 {
+        Ok(())
+    } else {
+        Err(invalid(field, v, "must lie strictly between 0 and 100"))
+    }
+}
+
+/// A finite number in `range` (inclusive).
+fn within(
+    field: &'static str,
+    v: f64,
+    range: std::ops::RangeInclusive<f64>,
+    expected: &'static str,
+) -> Result<(), InvalidField> {
+    if v.is_finite() && range.contains(&v) { Ok(()) } else { Err(invalid(field, v, expected)) }
+}
+
 fn one_of(
     field: &'static str,
     v: &str,
@@ -77,20 +96,8 @@ impl RunConfig {
         at_least_one("data.max_len", d.max_len)?;
         at_least_one("data.n_categories", d.n_categories)?;
         at_least_one("data.per_category", d.per_category)?;
-        if !(d.probe_percent.is_finite() && d.probe_percent > 0.0 && d.probe_percent < 100.0) {
-            return Err(invalid(
-                "data.probe_percent",
-                d.probe_percent,
-                "must lie strictly between 0 and 100",
-            ));
-        }
-        if !(d.test_percent.is_finite() && d.test_percent > 0.0 && d.test_percent < 100.0) {
-            return Err(invalid(
-                "data.test_percent",
-                d.test_percent,
-                "must lie strictly between 0 and 100",
-            ));
-        }
+        open_percent("data.probe_percent", d.probe_percent)?;
+        open_percent("data.test_percent", d.test_percent)?;
         let t = &self.train;
         at_least_one("train.epochs", t.epochs)?;
         positive("train.lr", t.lr)?;
@@ -130,21 +137,14 @@ impl UnlearnConfig {
         if let Some(w) = self.retain_task_weight {
             non_negative("unlearn.retain_task_weight", w)?;
         }
-        if !(self.confusable_share.is_finite() && (0.0..=1.0).contains(&self.confusable_share)) {
-            return Err(invalid(
-                "unlearn.confusable_share",
-                self.confusable_share,
-                "must lie in [0, 1]",
-            ));
-        }
+        within("unlearn.confusable_share", self.confusable_share, 0.0..=1.0, "must lie in [0, 1]")?;
         non_negative("unlearn.max_retain_drop", self.max_retain_drop)?;
-        if !(self.forget_tolerance.is_finite() && (0.0..=100.0).contains(&self.forget_tolerance)) {
-            return Err(invalid(
-                "unlearn.forget_tolerance",
-                self.forget_tolerance,
-                "must lie in [0, 100] (percent)",
-            ));
-        }
+        within(
+            "unlearn.forget_tolerance",
+            self.forget_tolerance,
+            0.0..=100.0,
+            "must lie in [0, 100] (percent)",
+        )?;
         at_least_one("unlearn.probe_samples", self.probe_samples)?;
         non_negative("unlearn.retain_cls_weight", self.retain_cls_weight)?;
         non_negative("unlearn.weight_decay", self.weight_decay)?;

@@ -256,11 +256,22 @@ where
             M::KIND
         );
     }
-    if !classifier && (settings.target.by_class() || settings.stop == StopRule::Probe) {
+    if !classifier && settings.target.by_class() {
         bail!(
-            "unlearn.target = \"{}\" and unlearn.stop = \"{}\": a {} has no classes; class-mean targets and the probe stop rule need a classifier",
+            "unlearn.target = \"{}\" sends samples to class means; a {} has no classes",
             settings.target,
-            serde_json::to_value(settings.stop)?.as_str().unwrap_or(""),
+            M::KIND
+        );
+    }
+    if !classifier && settings.retain_sampling == RetainSampling::Confusable {
+        bail!(
+            "unlearn.retain_sampling = \"confusable\" ranks samples by a classifier's predictions; a {} has none",
+            M::KIND
+        );
+    }
+    if !classifier && settings.stop == StopRule::Probe {
+        bail!(
+            "unlearn.stop = \"probe\" reads a classifier's predictions; a {} stops after unlearn.epochs",
             M::KIND
         );
     }
@@ -283,6 +294,11 @@ where
     let mut stats = FeatureStats::<B>::new(classes);
     let mut head_stats = FeatureStats::<B::InnerBackend>::new(classes);
     let (mut stats_logits, mut stats_features, mut feature_dim) = (Vec::new(), Vec::new(), 0);
+    // What the pass over Dr keeps besides the taps: the head's input statistics for the head
+    // check (class-wise), M0's logits or features for the confusable ranking.
+    let class_wise = classifier && task.split.class.is_some();
+    let confusable = settings.retain_sampling == RetainSampling::Confusable;
+    let (keep_logits, keep_features) = (confusable && class_wise, confusable && !class_wise);
     let inner = model.valid();
     let mut stats_set = task.split.retain.clone();
     if unlearn_cfg.stats_samples > 0 && unlearn_cfg.stats_samples < stats_set.len() {
@@ -293,16 +309,20 @@ where
     let pb = bar(stats_set.len() as u64, "features");
     for b in batches(&stats_set, 64, false, 0) {
         let batch = inner.batch(&task.train, &b, device)?;
-        let inner_taps = if classifier {
-            let pass = inner.pass(&batch.input, true);
-            if let Some(Logits::Classes(l)) = pass.logits {
+        let inner_taps = if class_wise || keep_features {
+            let pass = inner.pass(&batch.input, keep_logits);
+            if let Some(Logits::Classes(l)) = pass.logits.filter(|_| keep_logits) {
                 stats_logits.extend(host(l));
             }
             let [n, d] = pass.features.dims();
             feature_dim = d;
-            stats_features.extend(host(pass.features.clone()));
-            let f = pass.features.reshape([n, 1, d]);
-            head_stats.add_features(&[f], Some(&batch.labels), None)?;
+            if keep_features {
+                stats_features.extend(host(pass.features.clone()));
+            }
+            if class_wise {
+                let f = pass.features.reshape([n, 1, d]);
+                head_stats.add_features(&[f], Some(&batch.labels), None)?;
+            }
             pass.taps
         } else {
             inner.taps(&batch.input)
@@ -318,8 +338,7 @@ where
     let forget = &task.split.forget;
     let forget_labels: Vec<usize> = forget.iter().map(|&i| task.train.labels()[i]).collect();
     // M0 on Df: the runner-up classes, and the features confusable samples are compared with.
-    let need_forget_pass = settings.target == TargetStrategy::RunnerUpClassMean
-        || (settings.retain_sampling == RetainSampling::Confusable && task.split.class.is_none());
+    let need_forget_pass = settings.target == TargetStrategy::RunnerUpClassMean || keep_features;
     let m0_forget =
         if need_forget_pass { Some(outputs(&inner, &task.train, forget, device)?) } else { None };
     let target_class: HashMap<usize, usize> = target_classes(
@@ -331,7 +350,7 @@ where
     )?
     .map(|c| forget.iter().copied().zip(c).collect())
     .unwrap_or_default();
-    if classifier && let Some(c) = task.split.class {
+    if class_wise && let Some(c) = task.split.class {
         check_head_targets(
             |f| inner.classify(f),
             settings.target,
@@ -342,13 +361,7 @@ where
         )?;
     }
     let mut sampler = RetainSampler::uniform(&task.split.retain, seed ^ 0x5eed);
-    if settings.retain_sampling == RetainSampling::Confusable {
-        if !classifier {
-            bail!(
-                "unlearn.retain_sampling = \"confusable\" needs a classifier; a {} has none",
-                M::KIND
-            );
-        }
+    if confusable {
         let scores = match (task.split.class, &m0_forget) {
             (Some(c), _) => {
                 let p = rfa_eval::softmax(&rfa_eval::Rows::new(

@@ -11,7 +11,7 @@
 //! - Both: the accuracy on the Dr probe may fall at most `max_retain_drop` points below M0's.
 
 use anyhow::{Result, bail};
-use rfa_eval::{Rows, accuracy, auc, predictions, softmax};
+use rfa_eval::{Rows, accuracy, auc, predictions, true_label_confidence};
 use rfa_models::FusedOps;
 use rfa_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
@@ -141,16 +141,10 @@ pub fn measure<B: FusedOps, M: EngineModel<B>>(
         rows("Dr probe logits", &retain, classes)?,
         rows("validation probe logits", &valid, classes)?,
     );
-    // The loss attack's score: higher for members (lower loss).
-    let neg_loss = |rows: &Rows, labels: &[usize]| -> Vec<f64> {
-        let p = softmax(rows);
-        labels
-            .iter()
-            .enumerate()
-            .map(|(i, &y)| (p[i * classes + y] as f64).max(1e-30).ln())
-            .collect()
-    };
-    let membership_auc = auc(&neg_loss(&f, &forget.labels), &neg_loss(&v, &valid.labels))?;
+    // The loss attack's score, higher for members: the true label's probability (the loss is its
+    // negative log, so the AUC is the same).
+    let membership_auc =
+        auc(&true_label_confidence(&f, &forget.labels), &true_label_confidence(&v, &valid.labels))?;
     let forgotten_class_share = criterion.forgotten_class.map(|c| {
         let p = predictions(&f);
         100.0 * p.iter().filter(|&&k| k == c).count() as f64 / p.len().max(1) as f64

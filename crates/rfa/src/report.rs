@@ -187,13 +187,7 @@ impl RfaRun {
         };
         format!(
             "{}: target `{}`, retain sampling `{}`, task weight γ = {}; {stop}.\n",
-            self.model,
-            s.target,
-            serde_json::to_value(s.retain_sampling)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
-            s.retain_task_weight,
+            self.model, s.target, s.retain_sampling, s.retain_task_weight,
         )
     }
 }

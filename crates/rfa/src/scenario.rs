@@ -69,6 +69,24 @@ pub enum StopRule {
     Probe,
 }
 
+impl fmt::Display for RetainSampling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Uniform => "uniform",
+            Self::Confusable => "confusable",
+        })
+    }
+}
+
+impl fmt::Display for StopRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Epochs => "epochs",
+            Self::Probe => "probe",
+        })
+    }
+}
+
 /// What is forgotten, as far as the defaults care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -153,6 +171,16 @@ mod tests {
         }
         let err = with_unlearn("target = \"nearest\"").unwrap_err().to_string();
         assert!(err.contains("runner-up-class-mean"), "the options are named: {err}");
+    }
+
+    #[test]
+    fn display_names_are_the_configuration_spellings() {
+        for v in [RetainSampling::Uniform, RetainSampling::Confusable] {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.to_string().as_str());
+        }
+        for v in [StopRule::Epochs, StopRule::Probe] {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.to_string().as_str());
+        }
     }
 
     #[test]
