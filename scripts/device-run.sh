@@ -186,8 +186,8 @@ demo_row() {
   unpack rfa "$bin/rfa"
   RFA_KERNEL_CACHE=/tmp/rfa-kernels timeout 90 "$bin/rfa" demo --device cuda --runs-dir /tmp/rfa-demo-runs > "$out/demo.log" 2>&1
   note "rfa demo cuda rc=$? wall_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $s}")"
-  cp /tmp/rfa-demo-runs/demo/report.md "$out/demo-report.md" 2>/dev/null
-  cp /tmp/rfa-demo-runs/demo/report.json "$out/demo-report.json" 2>/dev/null
+  cp /tmp/rfa-demo-runs/demo/report/report.md "$out/demo-report.md" 2>/dev/null
+  cp /tmp/rfa-demo-runs/demo/report/report.json "$out/demo-report.json" 2>/dev/null
 }
 
 # Most important first; a row runs only if its own time limit still fits before the deadline

@@ -39,9 +39,9 @@ import json, sys, glob, os, statistics as st
 runs, out = sys.argv[1], sys.argv[2]
 cases = []
 for d in sorted(glob.glob(os.path.join(runs, 'eli5-minilm-class*-seed*'))):
-    if not os.path.isfile(os.path.join(d, 'report.json')):
+    if not os.path.isfile(os.path.join(d, 'report', 'report.json')):
         continue
-    r = json.load(open(os.path.join(d, 'report.json')))
+    r = json.load(open(os.path.join(d, 'report', 'report.json')))
     cases.append({'case': os.path.basename(d), 'forget': r['forget'], 'classes': r['classes'],
                   'models': r['models'], 'rfa_runs': r.get('rfa_runs', [])})
 json.dump(cases, open(os.path.join(out, 'cases.json'), 'w'), indent=1)

@@ -15,6 +15,6 @@ $bin demo --config configs/imdb-minilm.toml --runs-dir "$runs" --name imdb-minil
 $bin demo --config configs/eli5-gpt2.toml --runs-dir "$runs" "$@"
 for r in imdb-minilm-random10 imdb-minilm-random5 "$(ls -t "$runs" | grep '^eli5' | head -1)"; do
   mkdir -p "docs/results/$r"
-  cp "$runs/$r/report.md" "$runs/$r/report.json" "$runs/$r/config.toml" "docs/results/$r/"
+  cp "$runs/$r/report/report.md" "$runs/$r/report/report.json" "$runs/$r/config.toml" "docs/results/$r/"
   cp -r "$runs/$r/plots" "docs/results/$r/"
 done

@@ -206,7 +206,7 @@ pub fn run(
         }
         rfa(&bin, &["eval"], &config, runs, device, &[])?;
         let report: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("report.json"))?)?;
+            serde_json::from_str(&std::fs::read_to_string(dir.join("report/report.json"))?)?;
         write_results(
             &root,
             task,
@@ -234,13 +234,19 @@ fn write_results(
 ) -> Result<()> {
     let out = root.join("docs/results/reproduce").join(&sc.name);
     std::fs::create_dir_all(&out)?;
-    for f in ["report.md", "report.json", "config.toml", "comparison.md", "plots/gap_vs_time.png"] {
+    for f in [
+        "report/report.md",
+        "report/report.json",
+        "config.toml",
+        "report/comparison.md",
+        "report/plots/gap_vs_time.png",
+    ] {
         let to = out.join(Path::new(f).file_name().expect("file name"));
         std::fs::copy(dir.join(f), &to)
             .with_context(|| format!("copying {}", dir.join(f).display()))?;
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let table = std::fs::read_to_string(dir.join("comparison.md"))?;
+    let table = std::fs::read_to_string(dir.join("report/comparison.md"))?;
     let n = |k: &str| report[k].as_u64().unwrap_or(0);
     let s = |k: &str| report[k].as_str().unwrap_or("").to_string();
     let section = format!(

@@ -109,7 +109,7 @@ pub fn run(forget: &Forget, seeds: std::ops::Range<u64>, runs: &Path, device: &s
                 }
             }
             rfa(&bin, &["eval"], &config, &runs, device, &[])?;
-            let report: Value = read_json(&dir.join("report.json"))?;
+            let report: Value = read_json(&dir.join("report/report.json"))?;
             let log: Value = read_json(&dir.join("rfa/unlearn_log.json"))?;
             cases.push(json!({
                 "case": label, "forget": spec, "seed": seed, "models": report["models"],

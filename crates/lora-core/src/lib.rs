@@ -9,9 +9,11 @@
 //!
 //! Depends on burn and rfa-rng only; knows no model, data set or objective.
 
+pub mod fault;
 pub mod linear;
 pub mod model;
 pub mod optim;
+pub mod optim_state;
 pub mod peft;
 pub mod tap;
 pub mod tensors;
@@ -24,6 +26,7 @@ pub use model::{
     merge, merge_and_unload, set_base_dtype, unfreeze, unmerge,
 };
 pub use optim::{ForeachAdamW, OptimError};
+pub use optim_state::AdamWState;
 pub use peft::{PeftConfig, load_adapter, save_adapter};
 pub use tap::{Tap, Taps};
 pub use tensors::{HostData, HostTensor, TensorFile, TensorFileError};

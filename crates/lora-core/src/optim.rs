@@ -14,7 +14,10 @@ use std::collections::HashMap;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Tensor, TensorData};
+
+use crate::optim_state::{AdamWState, GroupState, ParamSlot};
+use crate::tensors::HostTensor;
 
 /// What a step refuses.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,12 @@ pub enum OptimError {
          moment buffer per fixed set of parameters; create a new optimizer for a different set"
     )]
     ParamsChanged { first: String, now: String },
+    #[error(
+        "the saved optimizer state does not belong to this model: it holds moments for {saved}, the model trains {now}"
+    )]
+    StateMismatch { saved: String, now: String },
+    #[error("the saved optimizer state has {field} = {saved}, this optimizer {now}")]
+    SettingMismatch { field: &'static str, saved: f32, now: f32 },
 }
 
 /// AdamW with flat moment buffers. `beta_1`, `beta_2`, `epsilon` and `weight_decay` mean what
@@ -41,6 +50,9 @@ pub struct ForeachAdamW<B: AutodiffBackend> {
     pub group_numel: usize,
     time: i32,
     groups: Vec<Group<B::InnerBackend>>,
+    /// A saved state [`ForeachAdamW::restore`] took, installed at the next step, once the
+    /// parameters are known.
+    restored: Option<AdamWState>,
 }
 
 struct Slot {
@@ -67,7 +79,58 @@ impl<B: AutodiffBackend> ForeachAdamW<B> {
             group_numel: 1 << 24,
             time: 0,
             groups: Vec::new(),
+            restored: None,
         }
+    }
+
+    /// What a checkpoint keeps of the optimizer: the step count and both moments of every
+    /// parameter, on the host.
+    pub fn state(&self) -> AdamWState {
+        let host = |m: &Option<Tensor<B::InnerBackend, 1>>| m.clone().map(HostTensor::from_tensor);
+        if let Some(restored) = &self.restored {
+            return restored.clone(); // restored and no step taken since
+        }
+        AdamWState {
+            steps: self.time,
+            beta_1: self.beta_1,
+            beta_2: self.beta_2,
+            epsilon: self.epsilon,
+            weight_decay: self.weight_decay,
+            groups: self
+                .groups
+                .iter()
+                .map(|g| GroupState {
+                    params: g
+                        .slots
+                        .iter()
+                        .map(|s| ParamSlot { name: s.name.clone(), shape: s.shape.clone() })
+                        .collect(),
+                    exp_avg: host(&g.moment_1),
+                    exp_avg_sq: host(&g.moment_2),
+                })
+                .collect(),
+        }
+    }
+
+    /// Continues from a saved [`AdamWState`]: the next step is the one the saved optimizer would
+    /// have taken, bit for bit. The settings must equal this optimizer's; the parameters are
+    /// checked against the saved ones at that step.
+    pub fn restore(&mut self, state: AdamWState) -> Result<(), OptimError> {
+        for (field, saved, now) in [
+            ("beta_1", state.beta_1, self.beta_1),
+            ("beta_2", state.beta_2, self.beta_2),
+            ("epsilon", state.epsilon, self.epsilon),
+            ("weight_decay", state.weight_decay, self.weight_decay),
+        ] {
+            if saved.to_bits() != now.to_bits() {
+                return Err(OptimError::SettingMismatch { field, saved, now });
+            }
+        }
+        self.time = state.steps;
+        self.groups.clear();
+        // A state saved before the first step holds no moments to install.
+        self.restored = (!state.groups.is_empty()).then_some(state);
+        Ok(())
     }
 
     /// Steps taken so far.
@@ -91,6 +154,9 @@ impl<B: AutodiffBackend> ForeachAdamW<B> {
         }
         if self.groups.is_empty() {
             self.groups = self.layout(&found);
+            if let Some(state) = self.restored.take() {
+                self.install(state, &found)?;
+            }
         } else {
             let same = self
                 .groups
@@ -146,6 +212,65 @@ impl<B: AutodiffBackend> ForeachAdamW<B> {
         }
         let decay = lr * self.weight_decay as f64;
         Ok(module.map(&mut Apply::<B> { deltas, decay }))
+    }
+
+    /// Puts a restored state's moments into the groups just laid out for `found`, refusing a
+    /// state saved for other parameters or another grouping.
+    fn install(
+        &mut self,
+        state: AdamWState,
+        found: &[(Slot, Tensor<B::InnerBackend, 1>)],
+    ) -> Result<(), OptimError> {
+        let names = |slots: Vec<String>| slots.join(", ");
+        let saved_slots = || {
+            names(
+                state
+                    .groups
+                    .iter()
+                    .flat_map(|g| &g.params)
+                    .map(|p| format!("{} {:?}", p.name, p.shape))
+                    .collect(),
+            )
+        };
+        let now_slots =
+            || names(found.iter().map(|f| format!("{} {:?}", f.0.name, f.0.shape)).collect());
+        let same_layout = state.groups.len() == self.groups.len()
+            && state.groups.iter().zip(&self.groups).all(|(saved, g)| {
+                saved.params.len() == g.slots.len()
+                    && saved
+                        .params
+                        .iter()
+                        .zip(&g.slots)
+                        .all(|(p, s)| p.name == s.name && p.shape == s.shape)
+            });
+        if !same_layout {
+            return Err(OptimError::StateMismatch { saved: saved_slots(), now: now_slots() });
+        }
+        let mut first = 0;
+        for (saved, group) in state.groups.into_iter().zip(&mut self.groups) {
+            let (device, dtype) = (found[first].1.device(), found[first].1.dtype());
+            first += group.slots.len();
+            let numel: usize = group.slots.iter().map(|s| s.numel).sum();
+            let to_device = |h: Option<HostTensor>| -> Result<_, OptimError> {
+                match h {
+                    None => Ok(None),
+                    Some(h) if h.shape == [numel] => Ok(Some(
+                        Tensor::<B::InnerBackend, 1>::from_data(
+                            TensorData::new(h.to_f32(), [numel]),
+                            &device,
+                        )
+                        .cast(dtype),
+                    )),
+                    Some(h) => Err(OptimError::StateMismatch {
+                        saved: format!("a moment of shape {:?}", h.shape),
+                        now: format!("{numel} values in this group"),
+                    }),
+                }
+            };
+            group.moment_1 = to_device(saved.exp_avg)?;
+            group.moment_2 = to_device(saved.exp_avg_sq)?;
+        }
+        Ok(())
     }
 
     fn layout(&self, found: &[(Slot, Tensor<B::InnerBackend, 1>)]) -> Vec<Group<B::InnerBackend>> {

@@ -289,7 +289,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TensorFileError> {
     std::fs::create_dir_all(dir).map_err(|e| werr(e.to_string()))?;
     let name = path.file_name().ok_or_else(|| werr("no file name".into()))?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    crate::fault::write_point("writing", &tmp);
     std::fs::write(&tmp, bytes).map_err(|e| werr(e.to_string()))?;
+    crate::fault::write_point("renaming into place", path);
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         werr(e.to_string())

@@ -4,7 +4,7 @@ use burn::module::{Module, Param};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use lora_core::{ForeachAdamW, OptimError};
+use lora_core::{AdamWState, ForeachAdamW, OptimError};
 use proptest::prelude::*;
 
 type Ad = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
@@ -146,4 +146,83 @@ fn no_gradient_is_refused() {
     let m = init(3);
     let err = ForeachAdamW::<Ad>::new(0.0, 1e-8).step(1e-3, m, GradientsParams::new()).unwrap_err();
     assert!(matches!(err, OptimError::NoGradients), "{err}");
+}
+
+fn rebuild(v: &Params) -> Toy<Ad> {
+    fn t<const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<Ad, D> {
+        Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
+    }
+    Toy {
+        w: Param::from_tensor(t(&v[0], [5, 3])),
+        bias: Param::from_tensor(t(&v[1], [3])),
+        frozen: Param::from_tensor(t(&v[2], [4, 4])).set_require_grad(false),
+        inner: Inner {
+            a: Param::from_tensor(t(&v[3], [3, 2])),
+            c: Param::from_tensor(t(&v[4], [2, 2, 3])),
+        },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+    /// Saving the state after `k` steps, then a fresh model and optimizer from the saved files,
+    /// continues exactly as the uninterrupted run: what a resumed training relies on.
+    #[test]
+    fn a_restored_state_continues_bit_for_bit(seed in 0u64..1000, k in 0usize..4, group in 1usize..40) {
+        let (steps, wd, lr) = (5, 0.01, 2e-2);
+        let uninterrupted = run(seed, steps, wd, lr, group);
+        let x = tensor([4, 5], &mut (seed ^ 0xabc));
+        let mut m = init(seed);
+        let mut opt = ForeachAdamW::<Ad>::new(wd, 1e-8);
+        opt.group_numel = group;
+        for _ in 0..k {
+            let g = GradientsParams::from_grads(loss(&m, &x, true).backward(), &m);
+            m = opt.step(lr, m, g).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizer.safetensors");
+        opt.state().save(&path).unwrap();
+        let again = dir.path().join("again.safetensors");
+        opt.state().save(&again).unwrap();
+        prop_assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&again).unwrap(), "the same state, the same bytes");
+        let loaded = AdamWState::load(&path).unwrap();
+        prop_assert_eq!(&loaded, &opt.state());
+        let mut m = rebuild(&values(&m));
+        let mut resumed = ForeachAdamW::<Ad>::new(wd, 1e-8);
+        resumed.group_numel = group;
+        resumed.restore(loaded).unwrap();
+        for (i, expected) in uninterrupted.iter().enumerate().skip(k) {
+            let g = GradientsParams::from_grads(loss(&m, &x, true).backward(), &m);
+            m = resumed.step(lr, m, g).unwrap();
+            prop_assert_eq!(&values(&m), &expected.0, "step {}", i);
+        }
+    }
+}
+
+#[test]
+fn a_state_of_other_parameters_or_settings_is_refused() {
+    let x = tensor([4, 5], &mut 11);
+    let mut m = init(3);
+    let mut opt = ForeachAdamW::<Ad>::new(0.0, 1e-8);
+    let g = GradientsParams::from_grads(loss(&m, &x, true).backward(), &m);
+    m = opt.step(1e-3, m, g).unwrap();
+    let state = opt.state();
+    let err = ForeachAdamW::<Ad>::new(0.1, 1e-8).restore(state.clone()).unwrap_err();
+    assert!(matches!(err, OptimError::SettingMismatch { field: "weight_decay", .. }), "{err}");
+    let mut other = ForeachAdamW::<Ad>::new(0.0, 1e-8);
+    other.restore(state).unwrap();
+    let g = GradientsParams::from_grads(loss(&m, &x, false).backward(), &m);
+    let err = other.step(1e-3, m, g).unwrap_err().to_string();
+    assert!(err.contains("inner.c [2, 2, 3]") && err.contains("does not belong"), "{err}");
+}
+
+#[test]
+fn another_safetensors_file_is_not_taken_for_an_optimizer_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let mut t = std::collections::BTreeMap::new();
+    t.insert("w".to_string(), lora_core::HostTensor::f32(vec![2], vec![1.0, 2.0]));
+    lora_core::tensors::write_safetensors(&path, &t, None).unwrap();
+    let err = AdamWState::load(&path).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("`rfa.adamw.v1`"), "{err}");
 }

@@ -2,10 +2,9 @@
 //! engine knows ([`EngineModel`]: ViT, BERT, GPT-2).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
@@ -18,6 +17,7 @@ use rfa_models::{FusedAutodiff, FusedOps};
 use rfa_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::Checkpoints;
 use crate::config::{TrainConfig, UnlearnConfig};
 use crate::confusable::{Confusion, RetainSampler, most_confusable};
 use crate::engine_model::{EngineModel, Logits, Samples, task_loss};
@@ -54,9 +54,10 @@ pub struct EpochLog {
 }
 
 /// Training of every parameter on `indices` with the task's loss (cross-entropy on the class,
-/// or the causal-LM loss) and AdamW. After each epoch the model is saved atomically to `ckpt`;
-/// a run that finds a checkpoint there resumes after its last completed epoch (the optimizer's
-/// moments restart). A non-finite loss stops training with an error that names the last good
+/// or the causal-LM loss) and AdamW. After each epoch the whole state (model, optimizer, log) is
+/// switched in as one folder ([`Checkpoints`]); a resumed run continues after its last completed
+/// epoch exactly as an uninterrupted one would (each epoch's order comes from the seed and the
+/// epoch's number). A non-finite loss stops training with an error that names the last good
 /// checkpoint.
 #[allow(clippy::too_many_arguments)]
 pub fn train_model<B: FusedAutodiff, M: EngineModel<B> + AutodiffModule<B>>(
@@ -66,7 +67,7 @@ pub fn train_model<B: FusedAutodiff, M: EngineModel<B> + AutodiffModule<B>>(
     train_cfg: &TrainConfig,
     seed: u64,
     what: &str,
-    ckpt: &Path,
+    ckpt: &Checkpoints,
     device: &B::Device,
 ) -> Result<(M, Vec<EpochLog>)> {
     if indices.is_empty() {
@@ -75,15 +76,12 @@ pub fn train_model<B: FusedAutodiff, M: EngineModel<B> + AutodiffModule<B>>(
     if let Some(n) = model.num_labels().filter(|&n| n != ds.class_names().len()) {
         bail!("{what}: the model has {n} classes, the data {}", ds.class_names().len());
     }
-    let mut log: Vec<EpochLog> = Vec::new();
-    let state_path = ckpt.join("train_state.json");
-    if state_path.is_file() {
-        log = serde_json::from_str(&std::fs::read_to_string(&state_path)?)
-            .with_context(|| format!("reading {}", state_path.display()))?;
-        model = lora_core::unfreeze(<M as EngineModel<B>>::load(ckpt, device)?);
-        eprintln!("{what}: resuming after epoch {} from {}", log.len(), ckpt.display());
-    }
     let mut optim = ForeachAdamW::<B>::new(train_cfg.weight_decay as f32, 1e-8);
+    let mut log: Vec<EpochLog> = Vec::new();
+    if let Some(resumed) = ckpt.resume::<B, M>(&mut optim, device)? {
+        (model, log) = (resumed.model, resumed.log);
+        eprintln!("{what}: resuming after epoch {} from {}", log.len(), ckpt.dir.display());
+    }
     for epoch in log.len()..train_cfg.epochs {
         let bs =
             batches(indices, train_cfg.batch_size, true, seed.wrapping_add(epoch as u64 * 7919));
@@ -103,7 +101,7 @@ pub fn train_model<B: FusedAutodiff, M: EngineModel<B> + AutodiffModule<B>>(
                     if log.is_empty() {
                         "none (it diverged in the first epoch: lower the learning rate)".into()
                     } else {
-                        ckpt.display().to_string()
+                        ckpt.dir.display().to_string()
                     }
                 );
             }
@@ -135,25 +133,9 @@ pub fn train_model<B: FusedAutodiff, M: EngineModel<B> + AutodiffModule<B>>(
                 n as f64 / start.elapsed().as_secs_f64()
             );
         }
-        save_checkpoint(&model, ckpt, &log)?;
+        ckpt.save(&model, &optim, &log)?;
     }
     Ok((model, log))
-}
-
-/// Saves the model and the epoch log into `dir` (each file atomically; the log last, so that a
-/// kill between the two leaves the previous epoch's state consistent enough to resume).
-fn save_checkpoint<B: FusedOps, M: EngineModel<B>>(
-    model: &M,
-    dir: &Path,
-    log: &[EpochLog],
-) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    model.save(dir)?;
-    lora_core::tensors::write_atomic(
-        &dir.join("train_state.json"),
-        serde_json::to_string_pretty(log)?.as_bytes(),
-    )?;
-    Ok(())
 }
 
 /// One RFA step's record.

@@ -1,6 +1,8 @@
 //! `rfa eval`: the models a run compares, the classifier metrics, the report, its plots and the
 //! comparison table.
 
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
 use rfa_models::{Architecture, FusedAutodiff, FusedOps};
 
@@ -8,12 +10,16 @@ use crate::engine::{self, outputs};
 use crate::engine_model::{EngineModel, Samples};
 use crate::fingerprint::sha256_file;
 use crate::model_init::{Bert, Vit};
-use crate::phases::{PhaseRecord, read_phase};
+use crate::phase_record::{PhaseRecord, verify_phase};
 use crate::report::{Evaluated, Report, model_reports};
 use crate::role::Role;
 use crate::run_lock::RunLock;
+use crate::staged_dir::StagedDir;
 use crate::task::Task;
 use crate::{Inner, Method, Run, compare, plots};
+
+/// The report's folder in a run: `report.md`, `report.json`, `comparison.md`, `plots/`.
+pub const REPORT_DIR: &str = "report";
 
 impl Run {
     /// The models the report compares: M0, M*, and every unlearning result in the run (M0 with
@@ -26,9 +32,10 @@ impl Run {
         let mut v = Vec::new();
         for role in [Role::Original, Role::Retrained] {
             let path = role.dir(&self.dir);
+            let record = verify_phase(&path)?;
             let model = <M as EngineModel<B>>::load(&path, device)
                 .with_context(|| format!("loading {}", path.display()))?;
-            v.push((role, model, read_phase(&path)?));
+            v.push((role, model, record));
         }
         let unlearned = self.unlearned();
         if unlearned.is_empty() {
@@ -38,7 +45,7 @@ impl Run {
             sha256_file(&Role::Original.dir(&self.dir).join("model.safetensors"))?;
         for role in unlearned {
             let dir = role.dir(&self.dir);
-            let record = read_phase(&dir)?;
+            let record = verify_phase(&dir)?;
             if let Some(base) = record.base_model_sha256.as_ref().filter(|b| **b != original_sha256)
             {
                 bail!(
@@ -154,28 +161,41 @@ impl Run {
         self.publish(report)
     }
 
-    /// Writes a finished report: `report.json`, `report.md`, the plots and the comparison.
+    /// Writes a finished report — `report.json`, `report.md`, `comparison.md` and `plots/` —
+    /// into `report/`, switched in whole: a reader never finds a new `report.json` beside an old
+    /// `report.md`, and a failure keeps the previous report.
     pub(crate) fn publish(&self, report: Report) -> Result<Report> {
-        report.write(&self.dir)?;
-        self.plot(&report)?;
-        self.write_comparison(&report)?;
+        let staged = StagedDir::new(&self.dir.join(REPORT_DIR))?;
+        let out = staged.path();
+        report.write(out)?;
+        self.plot(&report, out)?;
+        self.write_comparison(&report, out)?;
+        staged.commit()?;
+        // Reports of earlier versions, written beside the models: superseded, and no longer
+        // updated, so they go rather than contradict the new one.
+        for old in ["report.json", "report.md", "comparison.md"] {
+            let _ = std::fs::remove_file(self.dir.join(old));
+        }
+        let _ = std::fs::remove_dir_all(self.dir.join("plots"));
         Ok(report)
     }
 
-    /// `comparison.md` and `plots/gap_vs_time.png`: one row per method (mean ± std over seeds).
-    pub(crate) fn write_comparison(&self, report: &Report) -> Result<()> {
-        let plots = self.dir.join("plots");
+    /// `comparison.md` and `plots/gap_vs_time.png` in `dir`: one row per method (mean ± std
+    /// over seeds).
+    fn write_comparison(&self, report: &Report, dir: &Path) -> Result<()> {
+        let plots = dir.join("plots");
         std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
         lora_core::tensors::write_atomic(
-            &self.dir.join("comparison.md"),
+            &dir.join("comparison.md"),
             compare::markdown(report).as_bytes(),
         )?;
-        compare::plot_gap_vs_time(report, &self.dir.join("plots/gap_vs_time.png"))
+        compare::plot_gap_vs_time(report, &plots.join("gap_vs_time.png"))
     }
 
-    /// `plots/`: per-class accuracy, residual norms on Df vs Dr, training and unlearning losses.
-    pub(crate) fn plot(&self, report: &Report) -> Result<()> {
-        let dir = self.dir.join("plots");
+    /// `plots/` in `report_dir`: per-class accuracy, residual norms on Df vs Dr, training and
+    /// unlearning losses.
+    fn plot(&self, report: &Report, report_dir: &Path) -> Result<()> {
+        let dir = report_dir.join("plots");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         if report.language_model.is_none() {
             plots::per_class_accuracy(report, &dir.join("per_class_accuracy.png"))?;

@@ -4,19 +4,24 @@
 //!
 //! ```text
 //! config.toml                   the resolved configuration
-//! original/                     M0, trained on D (Hugging Face checkpoint + train_state.json)
+//! original/                     M0, trained on D (Hugging Face checkpoint, optimizer state,
+//!                               train_state.json, fingerprint.json, phase.json)
 //! retrain/                      M*, trained on Dr only (the gold standard)
 //! <method>[-s<seed>]/adapter/   an unlearning adapter (rfa/, salun-s2/, …), PEFT format
 //! <method>[-s<seed>]/merged/    M0 with the adapter merged, Hugging Face checkpoint
-//! report.json, report.md        metrics of M0, M*, every unlearning result
-//! comparison.md, plots/         the methods side by side; per-class accuracy, norms, losses
+//! report/report.json, report.md metrics of M0, M*, every unlearning result
+//! report/comparison.md, plots/  the methods side by side; per-class accuracy, norms, losses
 //! ```
+//!
+//! Every folder above is written beside the old one and switched in whole by a rename, and each
+//! phase's `phase.json` holds the SHA-256 of every file of its folder.
 //!
 //! The only crate that ties models, data, objectives and metrics together, and the only one
 //! with opinions about run folders and devices; libraries below it must not depend on it.
 
 pub mod alloc;
 pub mod baselines;
+pub mod checkpoint;
 pub mod compare;
 pub mod config;
 pub mod config_check;
@@ -25,12 +30,14 @@ pub mod device;
 pub mod engine;
 pub mod engine_model;
 mod evaluation;
+mod export;
 pub mod fingerprint;
 pub mod head_check;
 pub mod kernel_cache;
 mod lm_evaluation;
 pub mod method;
 pub mod model_init;
+mod phase_record;
 mod phases;
 pub mod plots;
 pub mod probe;
@@ -43,8 +50,9 @@ mod staged_dir;
 pub mod task;
 
 pub use device::DeviceSpec;
+pub use evaluation::REPORT_DIR;
 pub use method::Method;
-pub use phases::PhaseRecord;
+pub use phase_record::PhaseRecord;
 pub use role::Role;
 pub use run::{Data, Run, SetSizes};
 pub use run_lock::RunLock;

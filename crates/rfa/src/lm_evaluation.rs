@@ -9,7 +9,7 @@ use crate::engine::Outputs;
 use crate::engine::{self, outputs};
 use crate::engine_model::Samples;
 use crate::model_init::{self, Gpt2};
-use crate::phases::PhaseRecord;
+use crate::phase_record::PhaseRecord;
 use crate::report::{self, Generation, Report};
 use crate::role::Role;
 

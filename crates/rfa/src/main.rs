@@ -38,7 +38,7 @@ enum Cmd {
         #[arg(long)]
         method: Option<rfa::Method>,
     },
-    /// Evaluate M0, M* and the unlearned model; write report.json and report.md.
+    /// Evaluate M0, M* and the unlearned model; write report/ (report.md, report.json, comparison.md, plots).
     Eval(Common),
     /// Copy the unlearning adapter (PEFT) and the merged model (Hugging Face) to a folder.
     Export {
@@ -262,7 +262,7 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
             run.unlearn::<B>(device)?;
             let report = run.eval::<B>(backend, device)?;
             println!("{}", report.markdown());
-            eprintln!("report: {}", run.dir.join("report.md").display());
+            eprintln!("report: {}", run.dir.join(rfa::REPORT_DIR).join("report.md").display());
         }
         Cmd::Train(_) => run.train::<B>(false, device)?,
         Cmd::Retrain(_) => run.train::<B>(true, device)?,
@@ -272,28 +272,7 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
             println!("{}", report.markdown());
         }
         Cmd::Export { out, .. } => {
-            let _lock = rfa::RunLock::shared(&run.dir)?;
-            let result = run.dir.join("rfa");
-            if !result.join("phase.json").is_file() {
-                bail!(
-                    "{} holds no complete unlearning result (run `rfa unlearn` first)",
-                    result.display()
-                );
-            }
-            for sub in ["adapter", "merged"] {
-                let from = run.dir.join("rfa").join(sub);
-                let to = out.join(sub);
-                std::fs::create_dir_all(&to)
-                    .with_context(|| format!("creating {}", to.display()))?;
-                for e in std::fs::read_dir(&from)
-                    .with_context(|| format!("{} (run `rfa unlearn` first)", from.display()))?
-                {
-                    let e = e?;
-                    std::fs::copy(e.path(), to.join(e.file_name())).with_context(|| {
-                        format!("copying {} to {}", e.path().display(), to.display())
-                    })?;
-                }
-            }
+            run.export(out)?;
             eprintln!(
                 "exported the adapter (PEFT) and the merged model (Hugging Face) to {}",
                 out.display()

@@ -1,5 +1,5 @@
 //! The phases that write models: training M0 on D and M* on Dr, and unlearning. Each leaves a
-//! [`PhaseRecord`] (`phase.json`) beside its model.
+//! [`PhaseRecord`] (`phase.json`) beside its model and switches its folder in whole.
 
 use std::path::Path;
 
@@ -7,65 +7,22 @@ use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use lora_core::{LoraConfig, TargetModules};
 use rfa_models::{Architecture, FusedAutodiff};
-use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::Checkpoints;
 use crate::engine::{train_model, unlearn_rfa};
 use crate::engine_model::{EngineModel, Samples};
 use crate::fingerprint::{Fingerprint, sha256_file};
 use crate::method::Method;
 use crate::model_init::{self, Bert, Gpt2, Vit};
+use crate::phase_record::{
+    PHASE_RECORD, PhaseRecord, read_phase, verify_phase, write_json, write_phase,
+};
 use crate::report::{Phase, measure};
 use crate::role::Role;
 use crate::run_lock::RunLock;
 use crate::staged_dir::StagedDir;
 use crate::task::Task;
 use crate::{Inner, Run, baselines};
-
-/// What a phase left beside its model (`phase.json`), and what a report says of the phase that
-/// produced each model.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PhaseRecord {
-    /// Time and memory (`seconds`, `peak_rss_mib`, …).
-    #[serde(flatten)]
-    pub phase: Phase,
-    pub trainable_params: usize,
-    /// Backend and precision the phase ran on (its time depends on them); absent in records
-    /// written before it was kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ran_on: Option<String>,
-    /// Unlearning results: SHA-256 of the `original/model.safetensors` the adapter was trained
-    /// on; an adapter is only ever applied to that model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_model_sha256: Option<String>,
-}
-
-/// `phase.json` as written before the record was flattened (`{"phase": {…}, …}`).
-#[derive(Deserialize)]
-struct NestedPhaseRecord {
-    phase: Phase,
-    trainable_params: usize,
-    #[serde(default)]
-    ran_on: Option<String>,
-}
-
-pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    lora_core::tensors::write_atomic(path, serde_json::to_string_pretty(v)?.as_bytes())?;
-    Ok(())
-}
-
-pub(crate) fn read_phase(dir: &Path) -> Result<PhaseRecord> {
-    let p = dir.join("phase.json");
-    let text = std::fs::read_to_string(&p)
-        .with_context(|| format!("{} is missing: run that phase first", p.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("reading {}", p.display()))?;
-    if value.get("phase").is_some_and(serde_json::Value::is_object) {
-        let NestedPhaseRecord { phase, trainable_params, ran_on } =
-            serde_json::from_value(value).with_context(|| format!("reading {}", p.display()))?;
-        return Ok(PhaseRecord { phase, trainable_params, ran_on, base_model_sha256: None });
-    }
-    serde_json::from_value(value).with_context(|| format!("reading {}", p.display()))
-}
 
 /// What M0 (all of D) or M* (Dr) trains on.
 fn training_indices<D: Samples>(task: &Task<D>, retrain: bool) -> Vec<usize> {
@@ -210,15 +167,26 @@ impl Run {
         // A checkpoint here is resumed, a finished model reused: only if it was made from this
         // configuration and these samples.
         let fingerprint = self.training_fingerprint(task, retrain)?;
-        if let Err(e) = fingerprint.check(&out, &format!("pass --force to {what} from scratch")) {
-            if !self.force {
-                return Err(e);
+        let resume = match fingerprint.check(&out, &format!("pass --force to {what} from scratch"))
+        {
+            Ok(()) => true,
+            Err(e) if self.force => {
+                // The old folder stays until the first epoch's state replaces it.
+                eprintln!(
+                    "{what}: --force: starting over; {} will be replaced ({e:#})",
+                    out.display()
+                );
+                false
             }
-            eprintln!("{what}: --force: replacing {} ({e:#})", out.display());
-            std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
-        }
-        fingerprint.write(&out)?;
+            Err(e) => return Err(e),
+        };
         let params = lora_core::count_params(&model).total;
+        let extras = |dir: &Path| -> Result<()> {
+            fingerprint.write(dir)?;
+            self.copy_tokenizer(dir)
+        };
+        let ckpt = Checkpoints { dir: &out, resume, extras: &extras };
+        let prev = if resume { read_phase(&out).ok() } else { None };
         let (_, phase) = measure(|| {
             train_model(
                 model,
@@ -227,26 +195,29 @@ impl Run {
                 &self.cfg.train,
                 self.cfg.seed,
                 what,
-                &out,
+                &ckpt,
                 device,
             )
         })?;
-        self.copy_tokenizer(&out)?;
-        let prev = read_phase(&out).ok();
         // A resumed run adds the time of the interrupted one.
         let phase = Phase {
             seconds: phase.seconds + prev.map(|p| p.phase.seconds).unwrap_or(0.0),
             ..phase
         };
-        write_json(
-            &out.join("phase.json"),
-            &PhaseRecord {
+        // The phase record completes the folder: written into a copy and switched in whole.
+        let staged = StagedDir::continuing(&out)?;
+        let _ = std::fs::remove_file(staged.path().join(PHASE_RECORD));
+        write_phase(
+            staged.path(),
+            PhaseRecord {
                 phase,
                 trainable_params: params,
                 ran_on: self.ran_on(None),
                 base_model_sha256: None,
+                files: Default::default(),
             },
         )?;
+        staged.commit()?;
         self.record_config()
     }
 
@@ -273,6 +244,7 @@ impl Run {
         let unlearn_cfg = &self.cfg.unlearn;
         let base_dtype = unlearn_cfg.base_dtype()?;
         self.check_trained(task, false)?;
+        verify_phase(&Role::Original.dir(&self.dir))?;
         let mut m0 = <M as EngineModel<B>>::load(&self.dir.join("original"), device)
             .context("loading the original model (run `rfa train` first)")?;
         if let Some(dt) = base_dtype {
@@ -317,15 +289,16 @@ impl Run {
             median_step_seconds: times.and_then(|t| t.median_seconds),
             ..phase
         };
-        write_json(
-            &out.join("phase.json"),
-            &PhaseRecord {
+        write_phase(
+            out,
+            PhaseRecord {
                 phase,
                 trainable_params: log.trainable_params,
                 ran_on: self.ran_on(precision),
                 base_model_sha256: Some(sha256_file(
                     &Role::Original.dir(&self.dir).join("model.safetensors"),
                 )?),
+                files: Default::default(),
             },
         )?;
         staged.commit()?;

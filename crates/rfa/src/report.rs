@@ -14,7 +14,7 @@ use rfa_models::memory::{DeviceMemory, sample_peak};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Outputs;
-use crate::phases::PhaseRecord;
+use crate::phase_record::PhaseRecord;
 use crate::role::Role;
 
 /// Wall time and peak memory of one phase.

@@ -57,6 +57,8 @@ impl RunLock {
             .and_then(|_| file.seek(SeekFrom::Start(0)))
             .and_then(|_| writeln!(file, "pid {} ({command})", std::process::id()))
             .with_context(|| format!("writing {}", path.display()))?;
+        // A writer first finishes the folder switches a killed command left half done.
+        crate::staged_dir::recover_all(dir)?;
         Ok(Self { _file: file })
     }
 

@@ -22,6 +22,7 @@ fn sibling(target: &Path, suffix: &str) -> PathBuf {
 pub(crate) fn recover(target: &Path) -> Result<()> {
     let old = sibling(target, "old");
     if old.is_dir() && !target.exists() {
+        lora_core::fault::write_point("restoring", target);
         std::fs::rename(&old, target)
             .with_context(|| format!("restoring {} from {}", target.display(), old.display()))?;
     } else if old.is_dir() {
@@ -44,6 +45,17 @@ impl StagedDir {
         Ok(Self { staging, target: target.to_path_buf() })
     }
 
+    /// A staging folder that starts as a copy of the current result (hard links where the file
+    /// system allows: files are only ever replaced, never changed in place), for a phase that
+    /// adds to it.
+    pub fn continuing(target: &Path) -> Result<Self> {
+        let staged = Self::new(target)?;
+        if target.is_dir() {
+            link_tree(target, &staged.staging)?;
+        }
+        Ok(staged)
+    }
+
     /// Where the phase writes.
     pub fn path(&self) -> &Path {
         &self.staging
@@ -54,9 +66,11 @@ impl StagedDir {
     pub fn commit(self) -> Result<()> {
         let old = sibling(&self.target, "old");
         if self.target.exists() {
+            lora_core::fault::write_point("moving aside", &self.target);
             std::fs::rename(&self.target, &old)
                 .with_context(|| format!("moving {} aside", self.target.display()))?;
         }
+        lora_core::fault::write_point("switching in", &self.target);
         std::fs::rename(&self.staging, &self.target)
             .with_context(|| format!("switching {} in", self.target.display()))?;
         if old.exists() {
@@ -64,6 +78,38 @@ impl StagedDir {
         }
         Ok(())
     }
+}
+
+/// Finishes, in the run folder `dir`, every switch a kill interrupted (see [`recover`]).
+pub(crate) fn recover_all(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(target) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".old")) {
+            recover(&dir.join(target))?;
+        }
+    }
+    Ok(())
+}
+
+/// Recreates the tree `from` under `to`: folders made, files hard-linked (copied where links
+/// are not possible).
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", from.display()))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type().with_context(|| format!("reading {}", src.display()))?.is_dir() {
+            link_tree(&src, &dst)?;
+        } else {
+            lora_core::fault::write_point("linking", &dst);
+            if std::fs::hard_link(&src, &dst).is_err() {
+                std::fs::copy(&src, &dst)
+                    .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Drop for StagedDir {
@@ -115,6 +161,37 @@ mod tests {
         }
         assert_eq!(read(&target), "old");
         assert!(!sibling(&target, "part").exists());
+    }
+
+    #[test]
+    fn a_continuing_phase_starts_from_the_current_result() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("original");
+        write(&target, "epoch 1");
+        write(&target.join("sub"), "nested");
+        let staged = StagedDir::continuing(&target).unwrap();
+        assert_eq!(read(staged.path()), "epoch 1");
+        assert_eq!(read(&staged.path().join("sub")), "nested");
+        // Replacing a file in the staging folder leaves the current result alone.
+        lora_core::tensors::write_atomic(&staged.path().join("file"), b"epoch 2").unwrap();
+        assert_eq!(read(&target), "epoch 1");
+        staged.commit().unwrap();
+        assert_eq!(read(&target), "epoch 2");
+        assert_eq!(read(&target.join("sub")), "nested");
+    }
+
+    #[test]
+    fn every_interrupted_switch_of_a_run_is_finished() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(&tmp.path().join(".original.old"), "m0");
+        write(&tmp.path().join(".rfa.old"), "rfa");
+        write(&tmp.path().join("rfa"), "rfa new");
+        recover_all(tmp.path()).unwrap();
+        assert_eq!(read(&tmp.path().join("original")), "m0");
+        assert_eq!(read(&tmp.path().join("rfa")), "rfa new");
+        assert!(
+            !tmp.path().join(".rfa.old").exists() && !tmp.path().join(".original.old").exists()
+        );
     }
 
     #[test]

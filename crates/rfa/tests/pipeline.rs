@@ -49,31 +49,34 @@ fn the_command_runs_the_whole_pipeline() {
         "{stdout}"
     );
     let dir = tmp.path().join("cli");
-    let report = std::fs::read_to_string(dir.join("report.json")).unwrap();
+    let report = std::fs::read_to_string(dir.join("report/report.json")).unwrap();
     assert!(
         report.contains("<embedded>/data/fashion-mnist-subset/train-images-idx3-ubyte.gz"),
         "{report}"
     );
     for f in [
         "config.toml",
-        "report.json",
-        "report.md",
+        "report/report.json",
+        "report/report.md",
+        "report/comparison.md",
         "original/model.safetensors",
+        "original/optimizer.safetensors",
         "retrain/config.json",
         "rfa/adapter/adapter_model.safetensors",
         "rfa/adapter/adapter_config.json",
         "rfa/merged/model.safetensors",
-        "plots/per_class_accuracy.png",
-        "plots/residual_norms.png",
-        "plots/loss_training.png",
-        "plots/loss_unlearning.png",
+        "report/plots/per_class_accuracy.png",
+        "report/plots/residual_norms.png",
+        "report/plots/loss_training.png",
+        "report/plots/loss_unlearning.png",
     ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let cfg = std::fs::read_to_string(dir.join("config.toml")).unwrap();
     assert!(cfg.contains("forget = \"class:Trouser\"") && cfg.contains("max_train = 200"), "{cfg}");
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report/report.json")).unwrap())
+            .unwrap();
     let models = report["models"].as_array().unwrap();
     assert_eq!(models.len(), 3);
     for m in models {
@@ -104,7 +107,7 @@ fn the_command_runs_the_whole_pipeline() {
             && models.iter().all(|m| m.get("peak_device_mib").is_none()),
         "{models:?}"
     );
-    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    let md = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
     assert!(md.contains(&format!("— RFA {first:.3} s, then {median:.3} s.")), "{md}");
     assert!(!md.contains("Peak device memory"), "{md}");
     let log: serde_json::Value =
@@ -238,6 +241,11 @@ fn a_model_whose_classes_differ_from_the_data_is_refused() {
     let names: Vec<String> = (0..3).map(|i| i.to_string()).collect();
     let cfg = rfa_models::VitConfig::new(28, 7, 1, 32, 1, 2, 64, &names);
     let model = rfa::model_init::Vit::<AB>::init(&cfg, 0, &Default::default()).unwrap();
+    let ckpt = rfa::checkpoint::Checkpoints {
+        dir: &tmp.path().join("c"),
+        resume: false,
+        extras: &|_: &Path| Ok(()),
+    };
     let err = rfa::engine::train_model(
         model,
         &run.images().unwrap().train,
@@ -245,7 +253,7 @@ fn a_model_whose_classes_differ_from_the_data_is_refused() {
         &run.cfg.train,
         0,
         "train",
-        &tmp.path().join("c"),
+        &ckpt,
         &Default::default(),
     )
     .err()

@@ -85,7 +85,7 @@ fn imdb_with_a_bert_classifier_runs_end_to_end() {
     let report = run.eval::<AB>("cpu", &dev).unwrap();
     assert_eq!(report.models.len(), 3);
     assert!(report.language_model.is_none());
-    let md = std::fs::read_to_string(run.dir.join("report.md")).unwrap();
+    let md = std::fs::read_to_string(run.dir.join("report/report.md")).unwrap();
     assert!(md.contains("| RFA |") && md.contains("MIA-Efficacy"), "{md}");
     // The saved models are complete Hugging Face checkpoints, tokenizer included.
     for d in ["original", "retrain", "rfa/merged"] {
@@ -203,9 +203,9 @@ fn eli5_with_a_gpt2_language_model_runs_end_to_end() {
     assert_eq!(lm.generations.len(), 4);
     assert!(lm.generations.iter().all(|g| g.continuations.len() == 3));
     assert_eq!(lm.generations[0].category, "Biology");
-    let md = std::fs::read_to_string(run.dir.join("report.md")).unwrap();
+    let md = std::fs::read_to_string(run.dir.join("report/report.md")).unwrap();
     assert!(md.contains("Min-K% AUC") && md.contains("## Generations"), "{md}");
-    assert!(run.dir.join("plots/loss_unlearning.png").is_file());
+    assert!(run.dir.join("report/plots/loss_unlearning.png").is_file());
     assert!(run.dir.join("rfa/merged/tokenizer.json").is_file());
     // The merged language model is the base plus the adapter.
     let t = run.text().unwrap();
