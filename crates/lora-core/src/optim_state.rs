@@ -90,7 +90,13 @@ impl AdamWState {
     /// Reads a state [`AdamWState::save`] wrote; any other file is an error naming the path and
     /// the entry at fault.
     pub fn load(path: &Path) -> Result<Self, TensorFileError> {
-        let mut file = TensorFile::open(path)?;
+        Self::from_file(TensorFile::open(path)?)
+    }
+
+    /// [`AdamWState::load`] on a file already read.
+    pub fn from_file(mut file: TensorFile) -> Result<Self, TensorFileError> {
+        let path = file.path.clone();
+        let path = path.as_path();
         let bad = |reason: String| TensorFileError::Format { path: path.to_path_buf(), reason };
         let json = file.metadata.get(FORMAT).ok_or_else(|| {
             bad(format!("metadata `{FORMAT}` is missing (not an rfa optimizer state)"))

@@ -63,7 +63,12 @@ impl PeftConfig {
     pub fn read(path: &Path) -> Result<Self, LoraError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| LoraError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
-        let cfg: Self = serde_json::from_str(&text)
+        Self::parse(&text, path)
+    }
+
+    /// [`PeftConfig::read`] on text already read; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, LoraError> {
+        let cfg: Self = serde_json::from_str(text)
             .map_err(|e| LoraError::Json { path: path.to_path_buf(), reason: e.to_string() })?;
         let unsupported = |what: String| LoraError::Unsupported { path: path.to_path_buf(), what };
         if cfg.peft_type != "LORA" {

@@ -226,3 +226,26 @@ fn another_safetensors_file_is_not_taken_for_an_optimizer_state() {
     let err = AdamWState::load(&path).unwrap_err().to_string();
     assert!(err.contains("model.safetensors") && err.contains("`rfa.adamw.v1`"), "{err}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Any header, including groups of absurd sizes: an error naming the file, never a panic.
+    #[test]
+    fn any_optimizer_header_is_an_answer(header in prop_oneof![
+        "\\PC{0,120}",
+        (0usize..3, prop_oneof![Just(0usize), 1usize..8, Just(usize::MAX)]).prop_map(|(n, d)| format!(
+            r#"{{"steps":1,"beta_1":0.9,"beta_2":0.999,"epsilon":1e-8,"weight_decay":0.0,"groups":[[{}]]}}"#,
+            (0..n).map(|i| format!(r#"{{"name":"p{i}","shape":[{d},{d}]}}"#)).collect::<Vec<_>>().join(",")
+        )),
+    ]) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizer.safetensors");
+        let mut t = std::collections::BTreeMap::new();
+        t.insert("groups.0.exp_avg".to_string(), lora_core::HostTensor::f32(vec![4], vec![0.0; 4]));
+        let meta = std::collections::HashMap::from([("rfa.adamw.v1".to_string(), header)]);
+        lora_core::tensors::write_safetensors(&path, &t, Some(meta)).unwrap();
+        if let Err(e) = AdamWState::load(&path) {
+            prop_assert!(e.to_string().contains("optimizer.safetensors"), "{}", e);
+        }
+    }
+}

@@ -187,11 +187,19 @@ pub fn cifar10_classes() -> Vec<String> {
 /// CIFAR-10 binary batches (`data_batch_N.bin`, `test_batch.bin`): records of one label byte
 /// and 3 × 32 × 32 pixel bytes (channel-major).
 pub fn load_cifar10_bin(files: &[PathBuf]) -> Result<ImageDataset, DataError> {
+    let read = files
+        .iter()
+        .map(|f| Ok((f.clone(), std::fs::read(f).map_err(|e| DataError::io(f, e))?)))
+        .collect::<Result<Vec<_>, DataError>>()?;
+    parse_cifar10_bin(&read)
+}
+
+/// [`load_cifar10_bin`] on files already read, each with the path that names it in errors.
+pub fn parse_cifar10_bin(files: &[(PathBuf, Vec<u8>)]) -> Result<ImageDataset, DataError> {
     const REC: usize = 1 + 3 * 32 * 32;
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
-    for f in files {
-        let b = std::fs::read(f).map_err(|e| DataError::io(f, e))?;
+    for (f, b) in files {
         if b.is_empty() || b.len() % REC != 0 {
             return Err(DataError::Format {
                 path: f.clone(),
@@ -206,7 +214,7 @@ pub fn load_cifar10_bin(files: &[PathBuf]) -> Result<ImageDataset, DataError> {
             pixels.extend_from_slice(&rec[1..]);
         }
     }
-    let source = files.first().map(|p| p.display().to_string()).unwrap_or_default();
+    let source = files.first().map(|(p, _)| p.display().to_string()).unwrap_or_default();
     ImageDataset {
         pixels,
         labels,

@@ -128,7 +128,9 @@ impl ForgetSpec {
     }
 }
 
-fn parse_ids(text: &str, source: &Path) -> Result<Vec<usize>, DataError> {
+/// Sample ids as an id file or `ids:` holds them: one per line or separated by commas or spaces,
+/// `#` starting a comment; `source` names the file in errors.
+pub fn parse_ids(text: &str, source: &Path) -> Result<Vec<usize>, DataError> {
     text.lines()
         .map(|l| l.split('#').next().unwrap_or(""))
         .flat_map(|l| l.split(|c: char| c == ',' || c.is_whitespace()))

@@ -278,3 +278,49 @@ proptest! {
         prop_assert_eq!(all, idx);
     }
 }
+
+/// What a user may hand rfa: any bytes or text give a result or an error, never a panic; what
+/// the parsers accept reads back as it was written (also fuzzed: `scripts/fuzz.sh`).
+mod parsers_never_panic {
+    use super::*;
+    use rfa_data::images::{parse_cifar10_bin, parse_idx};
+    use rfa_data::parse_ids;
+
+    proptest! {
+        #[test]
+        fn idx_bytes(images in proptest::collection::vec(any::<u8>(), 0..96), labels in proptest::collection::vec(any::<u8>(), 0..24), magic in any::<bool>()) {
+            let mut images = images;
+            if magic && images.len() >= 16 {
+                // A plausible header with arbitrary sizes, so that the size checks are reached.
+                images[..4].copy_from_slice(&0x803u32.to_be_bytes());
+            }
+            let _ = parse_idx(Path::new("i"), images, Path::new("l"), labels, fashion_mnist_classes());
+        }
+
+        #[test]
+        fn cifar_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..7000)) {
+            match parse_cifar10_bin(&[(PathBuf::from("b.bin"), bytes.clone())]) {
+                Ok(ds) => prop_assert_eq!(ds.len(), bytes.len() / 3073),
+                Err(e) => prop_assert!(e.to_string().contains("b.bin"), "{}", e),
+            }
+        }
+
+        #[test]
+        fn id_lists_read_back(ids in proptest::collection::vec(0usize..1_000_000, 0..40), seps in proptest::collection::vec(prop_oneof![Just(","), Just(" "), Just("\n"), Just(", "), Just(" # note\n")], 40)) {
+            let mut text = String::new();
+            for (i, id) in ids.iter().enumerate() {
+                text += &id.to_string();
+                text += seps[i];
+            }
+            prop_assert_eq!(parse_ids(&text, Path::new("f.txt")).unwrap(), ids);
+        }
+
+        #[test]
+        fn id_files_and_specs_any_text(text in "\\PC{0,60}") {
+            if let Err(e) = parse_ids(&text, Path::new("f.txt")) {
+                prop_assert!(e.to_string().contains("f.txt"), "{}", e);
+            }
+            let _ = ForgetSpec::parse(&text);
+        }
+    }
+}

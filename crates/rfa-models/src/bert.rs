@@ -102,7 +102,7 @@ impl BertConfig {
         self.id2label.as_ref().map(|m| m.len()).or(self.num_labels).unwrap_or(2)
     }
 
-    fn validate(&self, path: &Path) -> Result<Activation, ModelError> {
+    pub(crate) fn validate(&self, path: &Path) -> Result<Activation, ModelError> {
         let (h, i, l) = (self.hidden_size, self.intermediate_size, self.num_hidden_layers);
         let (v, p, t) = (self.vocab_size, self.max_position_embeddings, self.type_vocab_size);
         check_sizes(

@@ -10,8 +10,32 @@ use crate::ModelError;
 pub fn read_config<C: DeserializeOwned>(path: &Path) -> Result<C, ModelError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ModelError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
-    serde_json::from_str(&text)
+    parse_config(&text, path)
+}
+
+/// [`read_config`] on text already read; `path` names it in errors.
+pub fn parse_config<C: DeserializeOwned>(text: &str, path: &Path) -> Result<C, ModelError> {
+    serde_json::from_str(text)
         .map_err(|e| ModelError::Config { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// What loading checks of a `config.json` before any weight is allocated, on its text: the
+/// architecture from `model_type`, then that architecture's fields and sizes. The parser a user
+/// may be handed a hostile file for (fuzzed: `fuzz/`).
+pub fn check_config_text(text: &str, path: &Path) -> Result<crate::Architecture, ModelError> {
+    let arch = crate::Architecture::of_config(parse_config(text, path)?, path)?;
+    match arch {
+        crate::Architecture::Vit => {
+            parse_config::<crate::vit::VitConfig>(text, path)?.validate(path)?;
+        }
+        crate::Architecture::Bert => {
+            parse_config::<crate::BertConfig>(text, path)?.validate(path)?;
+        }
+        crate::Architecture::Gpt2 => {
+            parse_config::<crate::Gpt2Config>(text, path)?.validate(path)?;
+        }
+    }
+    Ok(arch)
 }
 
 pub(crate) fn check_divisible(path: &Path, hidden: usize, heads: usize) -> Result<(), ModelError> {

@@ -66,6 +66,20 @@ fn yes() -> bool {
 }
 
 impl Gpt2Config {
+    /// Everything loading checks before allocating: sizes, heads, activation, a tied head.
+    pub(crate) fn validate(&self, path: &Path) -> Result<Activation, ModelError> {
+        self.check_sizes(path)?;
+        check_divisible(path, self.n_embd, self.n_head)?;
+        let act = Activation::parse(&self.activation_function, path)?;
+        if !self.tie_word_embeddings {
+            return Err(ModelError::Config {
+                path: path.to_path_buf(),
+                reason: "untied GPT-2 LM heads are not supported".into(),
+            });
+        }
+        Ok(act)
+    }
+
     /// Every size at least 1 and the parameter count under the cap, before any allocation.
     fn check_sizes(&self, path: &Path) -> Result<(), ModelError> {
         let (v, p, e, l) = (self.vocab_size, self.n_positions, self.n_embd, self.n_layer);
@@ -181,15 +195,7 @@ impl<B: FusedOps> Gpt2LmHeadModel<B> {
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
         let cpath = dir.join("config.json");
         let cfg: Gpt2Config = read_config(&cpath)?;
-        cfg.check_sizes(&cpath)?;
-        check_divisible(&cpath, cfg.n_embd, cfg.n_head)?;
-        let act = Activation::parse(&cfg.activation_function, &cpath)?;
-        if !cfg.tie_word_embeddings {
-            return Err(ModelError::Config {
-                path: cpath,
-                reason: "untied GPT-2 LM heads are not supported".into(),
-            });
-        }
+        let act = cfg.validate(&cpath)?;
         let mut checkpoint = Checkpoint::<B>::open(dir, "transformer.", device)?;
         checkpoint.ignore(|k| {
             k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias") || k == "lm_head.weight"

@@ -70,14 +70,18 @@ pub enum Architecture {
 }
 
 #[derive(serde::Deserialize)]
-struct ModelTypeOnly {
+pub(crate) struct ModelTypeOnly {
     model_type: Option<String>,
 }
 
 impl Architecture {
     pub fn detect(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("config.json");
-        let c: ModelTypeOnly = config::read_config(&path)?;
+        Self::of_config(config::read_config(&path)?, &path)
+    }
+
+    pub(crate) fn of_config(c: ModelTypeOnly, path: &Path) -> Result<Self, ModelError> {
+        let path = path.to_path_buf();
         match c.model_type.as_deref() {
             Some("gpt2") => Ok(Self::Gpt2),
             Some("bert") => Ok(Self::Bert),

@@ -116,7 +116,7 @@ impl VitConfig {
         (self.image_size / self.patch_size).pow(2)
     }
 
-    fn validate(&self, path: &Path) -> Result<Activation, ModelError> {
+    pub(crate) fn validate(&self, path: &Path) -> Result<Activation, ModelError> {
         let (h, i, l) = (self.hidden_size, self.intermediate_size, self.num_hidden_layers);
         check_sizes(
             path,

@@ -276,3 +276,52 @@ fn zero_and_absurd_sizes_are_errors_before_allocation() {
         }
     }
 }
+
+mod config_text {
+    use super::*;
+    use proptest::prelude::*;
+    use rfa_models::config::check_config_text;
+
+    fn fixture_config(name: &str) -> serde_json::Value {
+        let p = fixtures().join("hf-parity").join(name).join("model/config.json");
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any text: an error naming config.json, never a panic (also fuzzed: scripts/fuzz.sh).
+        #[test]
+        fn any_text_is_an_answer(text in "\\PC{0,200}") {
+            if let Err(e) = check_config_text(&text, Path::new("config.json")) {
+                prop_assert!(e.to_string().contains("config.json"), "{}", e);
+            }
+        }
+
+        /// A real config with one size set to anything, zero and absurd values included: accepted
+        /// only if every size is sane, never a panic or an allocation.
+        #[test]
+        fn any_size_in_a_real_config(model in prop_oneof![Just("vit"), Just("bert"), Just("gpt2")], pick in any::<prop::sample::Index>(), size in prop_oneof![Just(0u64), 1u64..4096, Just(u64::MAX), Just(1u64 << 40)]) {
+            let mut cfg = fixture_config(model);
+            let keys: Vec<String> = cfg.as_object().unwrap().iter()
+                .filter(|(_, v)| v.is_u64())
+                // Sizes the model is built from: not token ids, nor fields it ignores (the pooler).
+                .filter(|(k, _)| !k.starts_with("pooler") && ["size", "layer", "head", "positions", "embd", "inner", "channels"].iter().any(|w| k.contains(w)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let key = pick.get(&keys).clone();
+            cfg[&key] = size.into();
+            let text = serde_json::to_string(&cfg).unwrap();
+            match check_config_text(&text, Path::new("config.json")) {
+                Ok(_) => prop_assert!(size > 0 && size < (1 << 40), "{} = {} accepted", key, size),
+                Err(e) => prop_assert!(e.to_string().contains("config.json"), "{}", e),
+            }
+        }
+    }
+
+    #[test]
+    fn the_fixtures_pass() {
+        for m in ["vit", "bert", "gpt2"] {
+            check_config_text(&fixture_config(m).to_string(), Path::new("config.json")).unwrap();
+        }
+    }
+}

@@ -426,7 +426,12 @@ impl RunConfig {
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        Self::parse(&text, path)
+    }
+
+    /// [`RunConfig::read`] on text already read; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
     /// Replaces a leading `~/` in every path with `$HOME`, so that shared configs can name the

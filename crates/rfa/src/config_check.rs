@@ -181,6 +181,30 @@ mod tests {
         RunConfig::demo().validate().unwrap();
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any text as `--config`: an error naming the file, never a panic (also fuzzed).
+        #[test]
+        fn any_toml_text_is_an_answer(text in "\\PC{0,300}") {
+            match RunConfig::parse(&text, std::path::Path::new("run.toml")) {
+                Ok(cfg) => { let _ = cfg.validate(); }
+                Err(e) => proptest::prop_assert!(e.to_string().contains("run.toml"), "{}", e),
+            }
+        }
+
+        /// The resolved configuration a run records reads back as it was, for any seed and
+        /// learning rate.
+        #[test]
+        fn a_recorded_configuration_reads_back(seed in proptest::prelude::any::<u64>(), lr in 1e-7f64..1.0, rank in 1usize..64) {
+            let mut cfg = RunConfig::demo();
+            cfg.seed = seed;
+            cfg.unlearn.lr = lr;
+            cfg.unlearn.rank = rank;
+            let back = RunConfig::parse(&cfg.to_toml(), std::path::Path::new("config.toml")).unwrap();
+            proptest::prop_assert_eq!(back, cfg);
+        }
+    }
+
     #[test]
     fn run_names_are_one_safe_path_component() {
         for ok in ["demo", "imdb-minilm", "run_2.b", "A1"] {

@@ -244,7 +244,10 @@ impl Run {
         let unlearn_cfg = &self.cfg.unlearn;
         let base_dtype = unlearn_cfg.base_dtype()?;
         self.check_trained(task, false)?;
-        verify_phase(&Role::Original.dir(&self.dir))?;
+        let original = Role::Original.dir(&self.dir);
+        verify_phase(&original).with_context(|| {
+            format!("{} holds no complete M0 (run `rfa train` first)", original.display())
+        })?;
         let mut m0 = <M as EngineModel<B>>::load(&self.dir.join("original"), device)
             .context("loading the original model (run `rfa train` first)")?;
         if let Some(dt) = base_dtype {
