@@ -118,6 +118,7 @@ fn kill_everywhere(
         let out = rfa(&runs, args, Some(n));
         if !killed(&out) {
             assert!(n > 3, "only {} write points", n - 1);
+            eprintln!("rfa {}: killed at each of {} write points", args.join(" "), n - 1);
             return n - 1;
         }
         check(n, &runs.join("f"));
