@@ -1,6 +1,6 @@
 //! When the probe stop rule measures the model: every `check_every` steps, except, class-wise,
-//! while most of the forgotten samples that the steps since the last check saw were still
-//! predicted as the class. Such a check cannot find the class forgotten (its tolerance is a few
+//! while the last step still predicted the class for most of its forgotten samples (before its
+//! update). Such a check cannot find the class forgotten (its tolerance is a few
 //! percent of Df), and a check costs about as much as the steps between two checks. The retain
 //! guard is then measured at the next check that runs, and always after the last step; the
 //! adapter kept is still the best one measured within the guard.
@@ -10,7 +10,7 @@
 pub struct CheckSchedule {
     every: usize,
     forgotten_class: Option<usize>,
-    /// Forget rows seen since the last scheduled check, and how many were predicted as the class.
+    /// The last step's forget rows, and how many it predicted as the class.
     seen: usize,
     as_class: usize,
     /// Steps after which the model was measured (0: M0).
@@ -31,8 +31,10 @@ impl CheckSchedule {
         }
     }
 
-    /// The classes a step's forward pass predicted for its forget rows (before its update).
+    /// The classes a step's forward pass predicted for its forget rows (before its update); only
+    /// the latest step's count.
     pub fn observe_forget_predictions(&mut self, predicted: impl IntoIterator<Item = usize>) {
+        (self.seen, self.as_class) = (0, 0);
         for p in predicted {
             self.seen += 1;
             self.as_class += usize::from(Some(p) == self.forgotten_class);
@@ -72,10 +74,11 @@ mod tests {
         let mut s = CheckSchedule::new(2, Some(3));
         s.observe_forget_predictions([3, 3, 1]);
         assert!(!s.due(1), "not a check step");
-        s.observe_forget_predictions([3]);
-        assert!(!s.due(2), "3 of 4 still the class: left out");
+        s.observe_forget_predictions([3, 3, 0]);
+        assert!(!s.due(2), "the last step: 2 of 3 still the class: left out");
+        s.observe_forget_predictions([3, 3, 3, 3]);
         s.observe_forget_predictions([3, 0, 1, 2]);
-        assert!(s.due(4), "1 of 4: measured");
+        assert!(s.due(4), "the last step: 1 of 4: measured");
         s.checked(4);
         assert!(!s.last_unmeasured(4) && s.last_unmeasured(5));
         assert_eq!(s.skipped, 1);
