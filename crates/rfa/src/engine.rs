@@ -17,7 +17,6 @@ use rfa_models::{FusedAutodiff, FusedOps};
 use rfa_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
-use crate::check_schedule::CheckSchedule;
 use crate::checkpoint::Checkpoints;
 use crate::config::{TrainConfig, UnlearnConfig};
 use crate::confusable::{Confusion, RetainSampler, most_confusable};
@@ -394,10 +393,8 @@ where
         stop.check_seconds += started.elapsed().as_secs_f64();
         Ok(stop.observe(c, model))
     };
-    let mut schedule = CheckSchedule::new(check_every, task.split.class);
     if let Some(s) = &mut stop {
         check(s, &model, 0)?;
-        schedule.checked(0);
     }
 
     let mut optim = ForeachAdamW::<B>::new(unlearn_cfg.weight_decay as f32, 1e-8);
@@ -448,14 +445,8 @@ where
                 total = parts.total.clone();
             }
             if task_weight > 0.0 {
-                let logits = logits.as_ref().expect("logits");
-                let ce_r = task_loss(logits, &batch, 0..nr);
+                let ce_r = task_loss(logits.as_ref().expect("logits"), &batch, 0..nr);
                 total = total + ce_r.mul_scalar(task_weight);
-                if let (Some(_), Logits::Classes(l)) = (&stop, logits) {
-                    let predicted = l.clone().narrow(0, nr, nf).argmax(1).into_data();
-                    let predicted = predicted.convert::<i64>().into_vec::<i64>().expect("i64");
-                    schedule.observe_forget_predictions(predicted.into_iter().map(|c| c as usize));
-                }
             }
             let (tv, rv, fv) = (scalar(total.clone()), scalar(parts.retain), scalar(parts.forget));
             if !tv.is_finite() {
@@ -485,10 +476,9 @@ where
                 seen as f64 / started.elapsed().as_secs_f64()
             ));
             if let Some(s) = &mut stop
-                && schedule.due(steps.len())
+                && steps.len() % check_every == 0
             {
                 verdict = check(s, &model, steps.len())?;
-                schedule.checked(steps.len());
                 if verdict != Verdict::Continue {
                     break 'epochs;
                 }
@@ -499,11 +489,10 @@ where
     let stop_record = match stop {
         Some(mut s) => {
             // The last adapter is measured like the others.
-            if verdict == Verdict::Continue && schedule.last_unmeasured(steps.len()) {
+            if verdict == Verdict::Continue && steps.len() % check_every != 0 {
                 check(&mut s, &model, steps.len())?;
             }
-            let (kept, mut record) = s.finish(steps.len(), model);
-            record.skipped_checks = schedule.skipped;
+            let (kept, record) = s.finish(steps.len(), model);
             model = kept;
             eprintln!(
                 "RFA stopped after step {}: {}; kept the adapter of step {}",

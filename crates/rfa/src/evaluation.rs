@@ -121,7 +121,6 @@ impl Run {
                         kept_step: st.kept_step,
                         checks: st.checks.len(),
                         check_seconds: st.check_seconds,
-                        skipped_checks: st.skipped_checks,
                     }),
                 })
             })

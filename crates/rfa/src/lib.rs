@@ -21,7 +21,6 @@
 
 pub mod alloc;
 pub mod baselines;
-pub mod check_schedule;
 pub mod checkpoint;
 pub mod compare;
 pub mod config;

@@ -201,10 +201,6 @@ pub struct StopRecord {
     pub auc_limit: f64,
     pub checks: Vec<ProbeCheck>,
     pub check_seconds: f64,
-    /// Scheduled checks left out while the steps still predicted the class (check_schedule.rs);
-    /// 0 in logs written before they could be.
-    #[serde(default)]
-    pub skipped_checks: usize,
 }
 
 /// The stop rule's state over one unlearning: the checks so far and the best model seen.
@@ -280,7 +276,6 @@ impl<M: Clone> StopState<M> {
             auc_limit: self.criterion.auc_limit,
             checks: self.checks,
             check_seconds: self.check_seconds,
-            skipped_checks: 0,
         };
         (model, record)
     }

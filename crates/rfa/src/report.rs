@@ -168,9 +168,6 @@ pub struct RfaStop {
     pub kept_step: usize,
     pub checks: usize,
     pub check_seconds: f64,
-    /// Scheduled checks left out while the steps still predicted the class.
-    #[serde(default)]
-    pub skipped_checks: usize,
 }
 
 impl RfaRun {
@@ -178,17 +175,13 @@ impl RfaRun {
         let s = &self.settings;
         let stop = match &self.stop {
             Some(st) => format!(
-                "stop rule `probe`: stopped after step {} of {} ({}), kept the adapter of step {}; {} checks on the validation probes took {:.1} s{}",
+                "stop rule `probe`: stopped after step {} of {} ({}), kept the adapter of step {}; {} checks on the validation probes took {:.1} s",
                 st.stopped_after_step,
                 self.steps,
                 st.reason,
                 st.kept_step,
                 st.checks,
-                st.check_seconds,
-                match st.skipped_checks {
-                    0 => String::new(),
-                    n => format!(" ({n} more left out while the steps still predicted the class)"),
-                }
+                st.check_seconds
             ),
             None => format!("stop rule `epochs`: {} steps", self.steps),
         };
