@@ -61,7 +61,7 @@ fn bias_none() -> String {
 
 impl PeftConfig {
     pub fn read(path: &Path) -> Result<Self, LoraError> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::tensors::read_text_limited(path, crate::tensors::CONFIG_MAX_BYTES)
             .map_err(|e| LoraError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
         Self::parse(&text, path)
     }

@@ -281,6 +281,27 @@ pub fn write_safetensors(
     write_atomic(path, &buf)
 }
 
+/// The most bytes a configuration file (`config.json`, `adapter_config.json`, a run's TOML) may
+/// hold: hundreds of times any real one, far less than a wrong path to a data set or a device.
+pub const CONFIG_MAX_BYTES: u64 = 16 << 20;
+
+/// Reads a text file of at most `max` bytes; a larger one is an error (`InvalidData`) rather than
+/// read whole into memory.
+pub fn read_text_limited(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes: not a configuration file"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8: {e}"))
+    })
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so that a reader never sees a
 /// half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TensorFileError> {
@@ -302,6 +323,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TensorFileError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn configuration_files_are_read_only_up_to_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, "{\"a\": 1}").unwrap();
+        assert_eq!(read_text_limited(&path, 8).unwrap(), "{\"a\": 1}");
+        let e = read_text_limited(&path, 7).unwrap_err();
+        assert!(e.to_string().contains("larger than 7 bytes"), "{e}");
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert!(read_text_limited(&path, 8).unwrap_err().to_string().contains("UTF-8"));
+    }
 
     #[test]
     fn a_bad_header_entry_is_named() {

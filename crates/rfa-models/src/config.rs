@@ -8,7 +8,7 @@ use crate::ModelError;
 
 /// Reads a `config.json` into a config struct, naming the file in every error.
 pub fn read_config<C: DeserializeOwned>(path: &Path) -> Result<C, ModelError> {
-    let text = std::fs::read_to_string(path)
+    let text = lora_core::tensors::read_text_limited(path, lora_core::tensors::CONFIG_MAX_BYTES)
         .map_err(|e| ModelError::Io { path: path.to_path_buf(), reason: e.to_string() })?;
     parse_config(&text, path)
 }

@@ -424,8 +424,9 @@ impl RunConfig {
     }
 
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let text =
+            lora_core::tensors::read_text_limited(path, lora_core::tensors::CONFIG_MAX_BYTES)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         Self::parse(&text, path)
     }
 
