@@ -40,15 +40,15 @@ pub struct BertConfig {
     pub type_vocab_size: usize,
     #[serde(default = "eps")]
     pub layer_norm_eps: f64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pad_token_id: Option<u32>,
     #[serde(default = "absolute")]
     pub position_embedding_type: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id2label: Option<BTreeMap<String, String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_labels: Option<usize>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub architectures: Option<Vec<String>>,
     /// Every other field of `config.json`, written back unchanged.
     #[serde(flatten)]

@@ -24,6 +24,8 @@ use crate::taps::{TapSink, tapped};
 use lora_core::{Taps, to_dtype};
 use rfa_fused::FusedOps;
 
+/// `config.json` of a ViT. Absent optional fields stay absent when written: transformers reads a
+/// `null` `num_labels` as a value and fails.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct VitConfig {
     pub image_size: usize,
@@ -40,9 +42,9 @@ pub struct VitConfig {
     pub layer_norm_eps: f64,
     #[serde(default = "yes")]
     pub qkv_bias: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id2label: Option<BTreeMap<String, String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_labels: Option<usize>,
     /// Every other field of `config.json`, written back unchanged.
     #[serde(flatten)]

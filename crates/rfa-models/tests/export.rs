@@ -72,8 +72,53 @@ fn fresh_vit_is_seeded_trainable_and_saves() {
             .unwrap();
     assert_eq!(cfg_json["model_type"], "vit");
     assert_eq!(cfg_json["id2label"]["3"], "c3");
+    assert_no_nulls(&cfg_json);
     let back = VitForImageClassification::<B>::load(tmp.path(), &device()).unwrap();
     assert_eq!(logits(&a), logits(&back));
+}
+
+/// transformers takes a `null` field (`"num_labels": null`) as a value and fails on it: a field
+/// rfa does not know is left out instead.
+fn assert_no_nulls(v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Null => panic!("a null field in a written config.json"),
+        serde_json::Value::Array(a) => a.iter().for_each(assert_no_nulls),
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                assert!(!x.is_null(), "config.json writes `{k}`: null");
+                assert_no_nulls(x);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn written_configs_add_no_null_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = |m: &str| fixtures().join("hf-parity").join(m).join("model");
+    VitForImageClassification::<B>::load(&src("vit"), &device())
+        .unwrap()
+        .save_pretrained(&tmp.path().join("vit"))
+        .unwrap();
+    rfa_models::BertForSequenceClassification::<B>::load(&src("bert"), &device())
+        .unwrap()
+        .save_pretrained(&tmp.path().join("bert"))
+        .unwrap();
+    let read = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    for m in ["vit", "bert"] {
+        // Fields rfa does not model pass through as transformers wrote them, nulls included.
+        let (before, after) =
+            (read(src(m).join("config.json")), read(tmp.path().join(m).join("config.json")));
+        for (k, v) in after.as_object().unwrap() {
+            assert!(
+                !v.is_null() || before[k].is_null() && before.get(k).is_some(),
+                "{m}: `{k}`: null added"
+            );
+        }
+    }
 }
 
 /// Load, save, compare the files key by key, and check the merged export against peft's
