@@ -86,10 +86,10 @@ impl<B: AutodiffBackend> ForeachAdamW<B> {
     /// What a checkpoint keeps of the optimizer: the step count and both moments of every
     /// parameter, on the host.
     pub fn state(&self) -> AdamWState {
-        let host = |m: &Option<Tensor<B::InnerBackend, 1>>| m.clone().map(HostTensor::from_tensor);
         if let Some(restored) = &self.restored {
             return restored.clone(); // restored and no step taken since
         }
+        let host = |m: &Option<Tensor<B::InnerBackend, 1>>| m.clone().map(HostTensor::from_tensor);
         AdamWState {
             steps: self.time,
             beta_1: self.beta_1,

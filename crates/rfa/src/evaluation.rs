@@ -8,7 +8,6 @@ use rfa_models::{Architecture, FusedAutodiff, FusedOps};
 
 use crate::engine::{self, outputs};
 use crate::engine_model::{EngineModel, Samples};
-use crate::fingerprint::sha256_file;
 use crate::model_init::{Bert, Vit};
 use crate::phase_record::{PhaseRecord, verify_phase};
 use crate::report::{Evaluated, Report, model_reports};
@@ -42,7 +41,7 @@ impl Run {
             bail!("no unlearning result in {} (run `rfa unlearn` first)", self.dir.display());
         }
         let original_sha256 =
-            sha256_file(&Role::Original.dir(&self.dir).join("model.safetensors"))?;
+            v[0].2.sha256_of(&Role::Original.dir(&self.dir), "model.safetensors")?;
         for role in unlearned {
             let dir = role.dir(&self.dir);
             let record = verify_phase(&dir)?;

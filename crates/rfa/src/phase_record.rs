@@ -36,6 +36,17 @@ pub struct PhaseRecord {
     pub files: BTreeMap<String, String>,
 }
 
+impl PhaseRecord {
+    /// SHA-256 of the file `name` of the phase's folder `dir`: the one the record lists (checked
+    /// by [`verify_phase`]), computed only for records written before the list was kept.
+    pub(crate) fn sha256_of(&self, dir: &Path, name: &str) -> Result<String> {
+        match self.files.get(name) {
+            Some(hash) => Ok(hash.clone()),
+            None => sha256_file(&dir.join(name)),
+        }
+    }
+}
+
 /// `phase.json` as written before the record was flattened (`{"phase": {…}, …}`).
 #[derive(Deserialize)]
 struct NestedPhaseRecord {

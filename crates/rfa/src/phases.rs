@@ -11,12 +11,10 @@ use rfa_models::{Architecture, FusedAutodiff};
 use crate::checkpoint::Checkpoints;
 use crate::engine::{train_model, unlearn_rfa};
 use crate::engine_model::{EngineModel, Samples};
-use crate::fingerprint::{Fingerprint, sha256_file};
+use crate::fingerprint::Fingerprint;
 use crate::method::Method;
 use crate::model_init::{self, Bert, Gpt2, Vit};
-use crate::phase_record::{
-    PHASE_RECORD, PhaseRecord, read_phase, verify_phase, write_json, write_phase,
-};
+use crate::phase_record::{PhaseRecord, read_phase, verify_phase, write_json, write_phase};
 use crate::report::{Phase, measure};
 use crate::role::Role;
 use crate::run_lock::RunLock;
@@ -199,14 +197,13 @@ impl Run {
                 device,
             )
         })?;
-        // A resumed run adds the time of the interrupted one.
+        // Continuing a finished training (more epochs) adds that training's time.
         let phase = Phase {
             seconds: phase.seconds + prev.map(|p| p.phase.seconds).unwrap_or(0.0),
             ..phase
         };
         // The phase record completes the folder: written into a copy and switched in whole.
         let staged = StagedDir::continuing(&out)?;
-        let _ = std::fs::remove_file(staged.path().join(PHASE_RECORD));
         write_phase(
             staged.path(),
             PhaseRecord {
@@ -245,10 +242,10 @@ impl Run {
         let base_dtype = unlearn_cfg.base_dtype()?;
         self.check_trained(task, false)?;
         let original = Role::Original.dir(&self.dir);
-        verify_phase(&original).with_context(|| {
+        let original_record = verify_phase(&original).with_context(|| {
             format!("{} holds no complete M0 (run `rfa train` first)", original.display())
         })?;
-        let mut m0 = <M as EngineModel<B>>::load(&self.dir.join("original"), device)
+        let mut m0 = <M as EngineModel<B>>::load(&original, device)
             .context("loading the original model (run `rfa train` first)")?;
         if let Some(dt) = base_dtype {
             lora_core::set_base_dtype(&mut m0, dt);
@@ -298,9 +295,7 @@ impl Run {
                 phase,
                 trainable_params: log.trainable_params,
                 ran_on: self.ran_on(precision),
-                base_model_sha256: Some(sha256_file(
-                    &Role::Original.dir(&self.dir).join("model.safetensors"),
-                )?),
+                base_model_sha256: Some(original_record.sha256_of(&original, "model.safetensors")?),
                 files: Default::default(),
             },
         )?;
