@@ -11,7 +11,8 @@
 #       libraries that libtorch_cpu loads (13 MB), and a link folder without libtorch_cuda: builds
 #       binaries that run `tch-cpu` here (sets LD_LIBRARY_PATH too)
 #
-# DEST defaults to ~/.cache/rfa-assets/libtorch-VERSION. Prints the environment to use.
+# DEST defaults to ~/.cache/rfa-assets/libtorch-VERSION; the wheel stays in
+# ~/.cache/rfa-assets/wheels (RFA_WHEELS). Prints the environment to use.
 set -euo pipefail
 version=${TORCH_VERSION:-2.11.0}
 dest=${1:-$HOME/.cache/rfa-assets/libtorch-$version}
@@ -28,11 +29,16 @@ EOF
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 pipdl() { pip download --quiet --no-deps --disable-pip-version-check -d "$tmp" "$@" >&2; }
+# The torch wheel is kept: scripts/hf-clients-venv.sh installs the same file.
+wheels=${RFA_WHEELS:-$HOME/.cache/rfa-assets/wheels}
 
 if [ ! -f "$dest/torch/lib/libtorch_cpu.so" ]; then
-  pipdl "torch==$version"
+  if ! ls "$wheels"/torch-"$version"-*.whl >/dev/null 2>&1; then
+    pipdl "torch==$version"
+    mkdir -p "$wheels" && mv "$tmp"/torch-*.whl "$wheels/"
+  fi
   rm -rf "$dest.partial" && mkdir -p "$dest.partial"
-  for part in torch/include/ torch/lib/ torch/share/; do unwheel "$tmp"/torch-*.whl "$part" "$dest.partial"; done
+  for part in torch/include/ torch/lib/ torch/share/; do unwheel "$wheels"/torch-"$version"-*.whl "$part" "$dest.partial"; done
   rm -rf "$dest" && mv "$dest.partial" "$dest"
 fi
 if [ "${CPU:-0}" != 1 ]; then

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 pub use linear::{LoraAdapter, LoraLinear, WeightLayout, to_dtype};
 pub use model::{
-    LoraConfig, LoraModel, ParamCount, TargetModules, adapted_paths, attach_lora, count_params,
+    LoraConfig, LoraModel, ModuleNames, ParamCount, TargetModules, adapted_paths, attach_lora, count_params,
     merge, merge_and_unload, set_base_dtype, unfreeze, unmerge,
 };
 pub use optim::{ForeachAdamW, OptimError};

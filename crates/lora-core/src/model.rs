@@ -25,9 +25,58 @@ pub trait LoraModel<B: Backend> {
         path.to_string()
     }
 
+    /// The path that transformers of the generation `names` gives the module at `path` (one of
+    /// [`LoraModel::linears`]' paths) in memory: the name a PEFT adapter must use to load there.
+    /// The default is the same path for every generation.
+    fn module_path(&self, path: &str, names: ModuleNames) -> String {
+        let _ = names;
+        path.to_string()
+    }
+
     /// Module paths that `all-linear` leaves out (the output head), as PEFT does.
     fn output_layers(&self) -> Vec<String> {
         Vec::new()
+    }
+}
+
+/// Which generation of transformers' module names an adapter is written for. transformers 5
+/// renamed some modules in memory while still reading the older checkpoint keys (ViT's
+/// `encoder.layer.N.attention.attention.query` became `layers.N.attention.q_proj`); PEFT looks
+/// adapters up by the in-memory name, so an adapter loads only into the generation it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ModuleNames {
+    /// transformers 4's names, which are also the checkpoint keys of every version.
+    #[serde(rename = "transformers-4")]
+    Transformers4,
+    /// transformers 5's names (the version the parity fixtures and CI pin).
+    #[default]
+    #[serde(rename = "transformers-5")]
+    Transformers5,
+}
+
+impl ModuleNames {
+    pub const ALL: [ModuleNames; 2] = [ModuleNames::Transformers4, ModuleNames::Transformers5];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleNames::Transformers4 => "transformers-4",
+            ModuleNames::Transformers5 => "transformers-5",
+        }
+    }
+}
+
+impl std::fmt::Display for ModuleNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ModuleNames {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|n| n.as_str() == s).ok_or_else(|| {
+            format!("unknown module names `{s}` (expected transformers-4 or transformers-5)")
+        })
     }
 }
 

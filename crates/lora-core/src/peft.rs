@@ -12,12 +12,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::LoraError;
 use crate::linear::{LoraAdapter, LoraLinear, WeightLayout};
-use crate::model::{LoraModel, TargetModules};
+use crate::model::{LoraModel, ModuleNames, TargetModules};
 use crate::tensors::{HostTensor, TensorFile, write_atomic, write_safetensors};
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 const KEY_PREFIX: &str = "base_model.model.";
+/// The metadata key of `adapter_model.safetensors` that records which transformers generation's
+/// module names the adapter uses ([`ModuleNames`]). It is kept out of `adapter_config.json`
+/// because PEFT warns about any key its `LoraConfig` does not know, telling the user to upgrade.
+pub const MODULE_NAMES_METADATA: &str = "rfa.module_names";
 
 /// The fields of PEFT's `LoraConfig` that change what an adapter computes. Other fields are kept
 /// in `extra` and written back unchanged.
@@ -217,12 +221,15 @@ pub fn load_adapter<B: Backend, M: LoraModel<B>>(
     Ok(cfg)
 }
 
-/// Writes the model's adapters to `dir` in PEFT's format. `base_model_name_or_path` goes into the
-/// config as PEFT writes it. Both files are written atomically.
+/// Writes the model's adapters to `dir` in PEFT's format, with module paths as the transformers
+/// generation `names` has them (the generation is recorded in the weights file's metadata under
+/// [`MODULE_NAMES_METADATA`]). `base_model_name_or_path` goes into the config as PEFT writes it.
+/// Both files are written atomically.
 pub fn save_adapter<B: Backend, M: LoraModel<B>>(
     model: &M,
     dir: &Path,
     base_model_name_or_path: Option<&str>,
+    names: ModuleNames,
 ) -> Result<PeftConfig, LoraError> {
     let mut tensors = BTreeMap::new();
     let mut ranks: BTreeMap<String, usize> = BTreeMap::new();
@@ -232,6 +239,7 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(
     let mut rslora = None;
     for (path, lin) in model.linears() {
         let Some(lora) = &lin.lora else { continue };
+        let path = model.module_path(&path, names);
         let a = HostTensor::from_tensor(lora.lora_a.val().transpose());
         let b = HostTensor::from_tensor(lora.lora_b.val().transpose());
         tensors.insert(format!("{KEY_PREFIX}{path}.lora_A.weight"), a);
@@ -304,6 +312,7 @@ pub fn save_adapter<B: Backend, M: LoraModel<B>>(
     let json = serde_json::to_string_pretty(&cfg).map_err(|e| LoraError::Config(e.to_string()))?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
+    meta.insert(MODULE_NAMES_METADATA.to_string(), names.to_string());
     write_safetensors(&dir.join(ADAPTER_WEIGHTS), &tensors, Some(meta))?;
     write_atomic(&dir.join(ADAPTER_CONFIG), json.as_bytes())?;
     Ok(cfg)

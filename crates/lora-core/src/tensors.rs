@@ -278,7 +278,30 @@ pub fn write_safetensors(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| werr(e.to_string()))?;
     let buf = safetensors::serialize(views, metadata).map_err(|e| werr(e.to_string()))?;
-    write_atomic(path, &buf)
+    write_atomic(path, &sorted_header(buf))
+}
+
+/// safetensors writes `__metadata__` in hash order, so the same tensors and metadata could give
+/// other bytes in another process; runs compare files by SHA-256. The header is rewritten with its
+/// keys sorted: the same JSON, the same length, the data untouched. A header that does not parse
+/// is left as written.
+fn sorted_header(mut buf: Vec<u8>) -> Vec<u8> {
+    let Some(len) = buf.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    else {
+        return buf;
+    };
+    let Some(header) = usize::try_from(len).ok().and_then(|n| buf.get(8..8 + n)) else {
+        return buf;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else { return buf };
+    let Ok(sorted) = serde_json::to_vec(&value) else { return buf };
+    if sorted.len() > header.len() {
+        return buf;
+    }
+    let n = header.len();
+    buf[8..8 + sorted.len()].copy_from_slice(&sorted);
+    buf[8 + sorted.len()..8 + n].fill(b' ');
+    buf
 }
 
 /// The most bytes a configuration file (`config.json`, `adapter_config.json`, a run's TOML) may
@@ -334,6 +357,35 @@ mod tests {
         assert!(e.to_string().contains("larger than 7 bytes"), "{e}");
         std::fs::write(&path, [0xff, 0xfe]).unwrap();
         assert!(read_text_limited(&path, 8).unwrap_err().to_string().contains("UTF-8"));
+    }
+
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        let mut tensors = BTreeMap::new();
+        tensors.insert("b".to_string(), HostTensor::f32(vec![2], vec![1.0, 2.0]));
+        tensors.insert("a".to_string(), HostTensor::f32(vec![1, 3], vec![1.0, 2.0, 3.0]));
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        // Each map has its own hash seed, so its iteration order is its own.
+        for i in 0..4 {
+            let metadata: HashMap<String, String> =
+                (0..12).map(|k| (format!("key{k}"), format!("value {k}"))).collect();
+            let path = dir.path().join(format!("{i}.safetensors"));
+            write_safetensors(&path, &tensors, Some(metadata)).unwrap();
+            files.push(std::fs::read(&path).unwrap());
+        }
+        assert!(files.windows(2).all(|w| w[0] == w[1]), "identical bytes");
+        let back = TensorFile::open(dir.path().join("0.safetensors")).unwrap();
+        assert_eq!(back.tensors, tensors);
+        assert_eq!(back.metadata.len(), 12);
+        assert_eq!(back.metadata["key11"], "value 11");
+        let header_len = u64::from_le_bytes(files[0][..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&files[0][8..8 + header_len]).unwrap();
+        let keys: Vec<usize> = (0..12).map(|k| header.find(&format!("\"key{k}\"")).unwrap()).collect();
+        let mut sorted_by_name: Vec<(String, usize)> =
+            (0..12).map(|k| (format!("key{k}"), keys[k])).collect();
+        sorted_by_name.sort();
+        assert!(sorted_by_name.windows(2).all(|w| w[0].1 < w[1].1), "keys sorted: {header}");
     }
 
     #[test]

@@ -135,7 +135,7 @@ proptest! {
             *l = with_random_b(l.clone());
         }
         let dir = tempfile::tempdir().unwrap();
-        let written = save_adapter(&toy, dir.path(), Some("toy")).unwrap();
+        let written = save_adapter(&toy, dir.path(), Some("toy"), lora_core::ModuleNames::default()).unwrap();
         prop_assert_eq!(written.fan_in_fan_out, conv);
         let mut fresh = Toy::<Nd>::new(d, layout);
         for ((_, a), (_, b)) in fresh.linears_mut().into_iter().zip(toy.linears()) {
@@ -236,7 +236,7 @@ fn saved_toy(dir: &Path) -> Toy<Nd> {
             *l = with_random_b(l.clone());
         }
     }
-    save_adapter(&toy, dir, None).unwrap();
+    save_adapter(&toy, dir, None, lora_core::ModuleNames::default()).unwrap();
     toy
 }
 

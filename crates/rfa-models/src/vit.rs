@@ -8,7 +8,7 @@ use std::path::Path;
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use lora_core::{LoraLinear, LoraModel, WeightLayout};
+use lora_core::{LoraLinear, LoraModel, ModuleNames, WeightLayout};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
@@ -194,6 +194,37 @@ pub struct VitModel<B: Backend> {
     pub layernorm: LayerNorm<B>,
 }
 
+pub const PREPROCESSOR_CONFIG: &str = "preprocessor_config.json";
+
+/// `preprocessor_config.json` for what rfa does to images when a checkpoint has none (ViT's
+/// defaults): resize bilinearly to the model's size, scale by 1/255, normalise with mean = std =
+/// 0.5 per channel. transformers' `AutoImageProcessor` reads it as a `ViTImageProcessor`.
+pub fn default_preprocessor(cfg: &VitConfig) -> serde_json::Value {
+    let c = cfg.num_channels;
+    serde_json::json!({
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": true,
+        "size": { "height": cfg.image_size, "width": cfg.image_size },
+        "resample": 2,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": vec![0.5; c],
+        "image_std": vec![0.5; c],
+    })
+}
+
+/// ViT's linear layers below `vit.layers.N.` as transformers 5 names them in memory, beside the
+/// checkpoint's names below `vit.encoder.layer.N.` (which every version reads).
+const TRANSFORMERS5_LEAVES: [(&str, &str); 6] = [
+    ("attention.q_proj", "attention.attention.query"),
+    ("attention.k_proj", "attention.attention.key"),
+    ("attention.v_proj", "attention.attention.value"),
+    ("attention.o_proj", "attention.output.dense"),
+    ("mlp.fc1", "intermediate.dense"),
+    ("mlp.fc2", "output.dense"),
+];
+
 #[derive(Module, Debug)]
 pub struct VitForImageClassification<B: Backend> {
     pub vit: VitModel<B>,
@@ -279,7 +310,7 @@ impl<B: FusedOps> VitForImageClassification<B> {
                 Some((0..h.num_labels).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect());
         }
         checkpoint.finish()?;
-        let pp = dir.join("preprocessor_config.json");
+        let pp = dir.join(PREPROCESSOR_CONFIG);
         let preprocessor =
             if pp.is_file() { Some(read_config::<serde_json::Value>(&pp)?) } else { None };
         Ok(Self { vit, classifier, config: cfg, preprocessor })
@@ -331,14 +362,11 @@ impl<B: FusedOps> VitForImageClassification<B> {
             state_dict.linear(&path, lin)?;
         }
         state_dict.save(dir, &self.config.to_json())?;
-        if let Some(pp) = &self.preprocessor {
-            let json =
-                serde_json::to_string_pretty(pp).map_err(|e| ModelError::Input(e.to_string()))?;
-            lora_core::tensors::write_atomic(
-                &dir.join("preprocessor_config.json"),
-                json.as_bytes(),
-            )?;
-        }
+        // A checkpoint without one was fed with ViT's defaults: the file says so to other tools.
+        let pp = self.preprocessor.clone().unwrap_or_else(|| default_preprocessor(&self.config));
+        let json =
+            serde_json::to_string_pretty(&pp).map_err(|e| ModelError::Input(e.to_string()))?;
+        lora_core::tensors::write_atomic(&dir.join(PREPROCESSOR_CONFIG), json.as_bytes())?;
         Ok(())
     }
 
@@ -504,15 +532,8 @@ impl<B: FusedOps> LoraModel<B> for VitForImageClassification<B> {
     }
 
     /// Key map for adapters saved by transformers 5, which names ViT's modules differently in
-    /// memory than in its checkpoint:
-    ///
-    /// | transformers 5 (`vit.layers.N.…`) | checkpoint (`vit.encoder.layer.N.…`) |
-    /// |---|---|
-    /// | `attention.q_proj` / `k_proj` / `v_proj` | `attention.attention.query` / `key` / `value` |
-    /// | `attention.o_proj` | `attention.output.dense` |
-    /// | `mlp.fc1` / `mlp.fc2` | `intermediate.dense` / `output.dense` |
-    ///
-    /// Paths of the bare `ViTModel` (without `vit.`) are accepted too.
+    /// memory than in its checkpoint ([`TRANSFORMERS5_LEAVES`]). Paths of the bare `ViTModel`
+    /// (without `vit.`) are accepted too.
     fn canonical_path(&self, path: &str) -> String {
         let path = if path.starts_with("encoder.")
             || path.starts_with("layers.")
@@ -524,16 +545,23 @@ impl<B: FusedOps> LoraModel<B> for VitForImageClassification<B> {
         };
         let Some(rest) = path.strip_prefix("vit.layers.") else { return path };
         let Some((n, leaf)) = rest.split_once('.') else { return path };
-        let mapped = match leaf {
-            "attention.q_proj" => "attention.attention.query",
-            "attention.k_proj" => "attention.attention.key",
-            "attention.v_proj" => "attention.attention.value",
-            "attention.o_proj" => "attention.output.dense",
-            "mlp.fc1" => "intermediate.dense",
-            "mlp.fc2" => "output.dense",
-            other => other,
-        };
+        let mapped = TRANSFORMERS5_LEAVES
+            .iter()
+            .find(|(v5, _)| *v5 == leaf)
+            .map_or(leaf, |(_, checkpoint)| *checkpoint);
         format!("vit.encoder.layer.{n}.{mapped}")
+    }
+
+    fn module_path(&self, path: &str, names: ModuleNames) -> String {
+        if names == ModuleNames::Transformers4 {
+            return path.to_string();
+        }
+        let Some(rest) = path.strip_prefix("vit.encoder.layer.") else { return path.to_string() };
+        let Some((n, leaf)) = rest.split_once('.') else { return path.to_string() };
+        match TRANSFORMERS5_LEAVES.iter().find(|(_, checkpoint)| *checkpoint == leaf) {
+            Some((v5, _)) => format!("vit.layers.{n}.{v5}"),
+            None => path.to_string(),
+        }
     }
 
     fn output_layers(&self) -> Vec<String> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use common::{B, device, fixtures};
 use lora_core::tensors::write_safetensors;
-use lora_core::{LoraError, TensorFile};
+use lora_core::{HostTensor, LoraError, ModuleNames, TensorFile};
 use rfa_models::parity::{AnyModel, Tolerance, check_dir};
 use rfa_models::{
     BertForSequenceClassification, Gpt2LmHeadModel, ModelError, VitForImageClassification,
@@ -219,21 +219,43 @@ fn vit_adapters_with_either_module_naming_load_the_same() {
     let v4 = check_dir::<B>(&dir, Tolerance::default(), &device()).unwrap();
     assert!(v4.ok(), "{v4}");
 
-    // Export writes the checkpoint's names.
+    // Export: transformers 5's names give back peft's own file (same keys, same tensors, same
+    // target_modules); transformers 4's give the checkpoint's names. Each records its names.
+    let fixture = fixtures().join("hf-parity/vit/adapter");
     let mut m = VitForImageClassification::<B>::load(&dir.join("model"), &device()).unwrap();
     lora_core::load_adapter(&mut m, &dir.join("adapter")).unwrap();
-    let out = dir.join("exported");
-    lora_core::save_adapter(&m, &out, None).unwrap();
-    let f = TensorFile::open(out.join("adapter_model.safetensors")).unwrap();
-    assert!(
-        f.tensors.keys().all(|k| k.starts_with("base_model.model.vit.encoder.layer.")),
-        "{:?}",
-        f.tensors.keys()
-    );
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
-            .unwrap();
-    assert_eq!(cfg["target_modules"], serde_json::json!(["query", "value"]));
+    let peft_cfg = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("adapter_config.json")).unwrap())
+            .unwrap()
+    };
+    for (names, prefix, targets) in [
+        (ModuleNames::Transformers5, "base_model.model.vit.layers.", ["q_proj", "v_proj"]),
+        (ModuleNames::Transformers4, "base_model.model.vit.encoder.layer.", ["query", "value"]),
+    ] {
+        let out = dir.join(format!("exported-{names}"));
+        lora_core::save_adapter(&m, &out, None, names).unwrap();
+        let f = TensorFile::open(out.join("adapter_model.safetensors")).unwrap();
+        assert!(f.tensors.keys().all(|k| k.starts_with(prefix)), "{names}: {:?}", f.tensors.keys());
+        assert_eq!(f.metadata.get(lora_core::peft::MODULE_NAMES_METADATA), Some(&names.to_string()));
+        assert_eq!(peft_cfg(&out)["target_modules"], serde_json::json!(targets), "{names}");
+        if names == ModuleNames::Transformers5 {
+            let theirs = TensorFile::open(fixture.join("adapter_model.safetensors")).unwrap();
+            assert_eq!(f.tensors, theirs.tensors, "peft's keys and tensors, bit for bit");
+            assert_eq!(peft_cfg(&out)["target_modules"], peft_cfg(&fixture)["target_modules"]);
+        }
+        let mut back = VitForImageClassification::<B>::load(&dir.join("model"), &device()).unwrap();
+        lora_core::load_adapter(&mut back, &out).unwrap();
+        let adapters = |m: &VitForImageClassification<B>| -> Vec<(String, HostTensor, HostTensor)> {
+            lora_core::LoraModel::linears(m)
+                .into_iter()
+                .filter_map(|(p, l)| {
+                    let a = l.lora.as_ref()?;
+                    Some((p, HostTensor::from_tensor(a.lora_a.val()), HostTensor::from_tensor(a.lora_b.val())))
+                })
+                .collect()
+        };
+        assert_eq!(adapters(&back), adapters(&m), "{names}: reloads to the same adapters");
+    }
 }
 
 #[test]
@@ -243,7 +265,7 @@ fn gpt2_export_keeps_fan_in_fan_out_and_reloads_exactly() {
     let cfg = lora_core::load_adapter(&mut m, &dir.join("adapter")).unwrap();
     assert!(cfg.fan_in_fan_out);
     let tmp = tempfile::tempdir().unwrap();
-    let written = lora_core::save_adapter(&m, tmp.path(), Some("gpt2-tiny")).unwrap();
+    let written = lora_core::save_adapter(&m, tmp.path(), Some("gpt2-tiny"), lora_core::ModuleNames::default()).unwrap();
     assert!(written.fan_in_fan_out);
     let a = TensorFile::open(dir.join("adapter/adapter_model.safetensors")).unwrap();
     let b = TensorFile::open(tmp.path().join("adapter_model.safetensors")).unwrap();

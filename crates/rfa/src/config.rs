@@ -238,6 +238,12 @@ pub struct UnlearnConfig {
     /// (`adapter = "full"`) run in f32 only.
     #[serde(default = "f32_name")]
     pub dtype: String,
+    /// Which transformers generation's module names the PEFT adapter is written with:
+    /// `transformers-5` (default; ViT's `vit.layers.N.attention.q_proj`, …) or `transformers-4`
+    /// (`vit.encoder.layer.N.attention.attention.query`, …). BERT and GPT-2 are named alike in
+    /// both. The merged model's weights use the checkpoint keys, which both generations read.
+    #[serde(default)]
+    pub module_names: lora_core::ModuleNames,
 }
 
 fn probe_samples() -> usize {
@@ -418,6 +424,7 @@ impl RunConfig {
                 salun_ratio: half(),
                 npo_beta: npo_beta(),
                 dtype: f32_name(),
+                module_names: lora_core::ModuleNames::default(),
             },
             eval: EvalConfig::default(),
         }

@@ -264,7 +264,12 @@ impl Run {
         let staged = StagedDir::new(&self.dir.join(unlearn_cfg.out_dir()))?;
         let out = staged.path();
         if !log.adapted.is_empty() {
-            lora_core::save_adapter(&model, &out.join("adapter"), Some("../../original"))?;
+            lora_core::save_adapter(
+                &model,
+                &out.join("adapter"),
+                Some("../../original"),
+                unlearn_cfg.module_names,
+            )?;
         }
         let mut merged = match base_dtype {
             // The bf16 copy of W0 is lossy: the f32 adapter goes into the f32 original instead.

@@ -1,5 +1,9 @@
 //! Shared by the end-to-end tests: the demo configuration cut to a small slice of the embedded
-//! real data.
+//! real data, and small text data sets (`text`).
+// Each test binary uses part of this module.
+#![allow(dead_code)]
+
+pub mod text;
 
 use std::path::Path;
 
