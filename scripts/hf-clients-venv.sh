@@ -27,7 +27,7 @@ if [ "$(cat "$dest/.pins" 2>/dev/null)" != "$pins" ]; then
   python3 -m venv "$dest"
   mkdir -p "$wheels"
   # shellcheck disable=SC2086 # one argument per pin
-  "$dest/bin/pip" install --quiet --disable-pip-version-check --find-links "$wheels" $pins >&2
+  "$dest/bin/pip" install --quiet --no-compile --disable-pip-version-check --find-links "$wheels" $pins >&2
   echo "$pins" > "$dest/.pins"
 fi
 echo "$dest"

@@ -1,8 +1,11 @@
 //! Data for unlearning experiments: loaders for standard formats ([`images`]), deterministic
 //! shuffles and splits, and the forget / retain selection ([`select_forget`]).
 //!
-//! Depends on no tensor library (no burn): images are bytes, texts strings, splits ids.
+//! Depends on no tensor library (no burn): images are bytes, texts strings, splits ids. With the
+//! `burn-dataset` feature the data sets are burn-dataset `Dataset`s ([`burn_dataset`]).
 
+#[cfg(feature = "burn-dataset")]
+pub mod burn_dataset;
 pub mod images;
 pub mod text;
 
@@ -16,7 +19,7 @@ pub use images::{ImageDataset, Preprocess};
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("cannot read {path}: {reason}")]
-    Io { path: PathBuf, reason: String },
+    Io { path: PathBuf, reason: String, kind: std::io::ErrorKind },
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },
     #[error("forget set: {0}")]
@@ -69,7 +72,7 @@ pub(crate) fn gunzip_if_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>, DataErr
 
 impl DataError {
     pub fn io(path: &Path, e: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), reason: e.to_string() }
+        Self::Io { path: path.to_path_buf(), reason: e.to_string(), kind: e.kind() }
     }
 }
 

@@ -124,6 +124,7 @@ where
         for b in
             batches(driver, unlearn_cfg.batch_size, true, seed.wrapping_add(31 * epoch as u64 + 1))
         {
+            crate::interrupt::check(unlearn_cfg.method.name())?;
             let step_start = Instant::now();
             let (rb, fb) = if method.over_retain() {
                 (b.clone(), Vec::new())

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use rfa_loss::TargetStrategy;
 use serde::{Deserialize, Serialize};
 
@@ -467,5 +468,75 @@ impl RunConfig {
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// This configuration with the fields at dotted keys (`unlearn.lr`) replaced, as
+    /// `rfa … --set KEY=VALUE` does; the result is checked as a whole configuration.
+    pub fn with_values<K: AsRef<str>>(
+        &self,
+        values: impl IntoIterator<Item = (K, toml::Value)>,
+    ) -> anyhow::Result<Self> {
+        let mut doc: toml::Table = toml::from_str(&self.to_toml())?;
+        for (key, value) in values {
+            let key = key.as_ref();
+            let mut parts: Vec<&str> = key.split('.').collect();
+            let last = parts.pop().filter(|l| !l.is_empty()).context("an empty key")?;
+            let mut table = &mut doc;
+            for p in parts {
+                table = table
+                    .get_mut(p)
+                    .and_then(|v| v.as_table_mut())
+                    .with_context(|| format!("{key}: no section `{p}`"))?;
+            }
+            table.insert(last.to_string(), value);
+        }
+        toml::from_str(&toml::to_string(&doc)?).context("the settings give an invalid configuration")
+    }
+}
+
+/// A value as `--set KEY=VALUE` reads it: TOML (numbers, booleans, arrays), else a string.
+pub fn parse_setting(value: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_replace_fields_by_dotted_key_and_are_checked_whole() {
+        let demo = RunConfig::demo();
+        let c = demo
+            .with_values([
+                ("unlearn.lr", parse_setting("5e-4")),
+                ("unlearn.targets", parse_setting("query,value")),
+                ("seed", parse_setting("7")),
+                ("unlearn.module_names", parse_setting("transformers-4")),
+            ])
+            .unwrap();
+        assert_eq!(c.unlearn.lr, 5e-4);
+        assert_eq!(c.unlearn.targets, "query,value");
+        assert_eq!(c.seed, 7);
+        assert_eq!(c.unlearn.module_names, lora_core::ModuleNames::Transformers4);
+        assert_eq!(c.train, demo.train, "other fields unchanged");
+        let e = demo.with_values([("nosuch.lr", parse_setting("1"))]).unwrap_err();
+        assert_eq!(e.to_string(), "nosuch.lr: no section `nosuch`");
+        let e = demo.with_values([("unlearn.lr", parse_setting("fast"))]).unwrap_err();
+        assert!(format!("{e:#}").contains("invalid configuration"), "{e:#}");
+        let e = demo.with_values([("unlearn.module_names", parse_setting("v5"))]).unwrap_err();
+        assert!(format!("{e:#}").contains("transformers-5"), "{e:#}");
+        assert!(demo.with_values([("", parse_setting("1"))]).is_err());
+    }
+
+    #[test]
+    fn a_setting_is_toml_where_it_parses_and_a_string_otherwise() {
+        assert_eq!(parse_setting("3"), toml::Value::Integer(3));
+        assert_eq!(parse_setting("true"), toml::Value::Boolean(true));
+        assert_eq!(parse_setting("[1, 2]"), toml::Value::Array(vec![1.into(), 2.into()]));
+        assert_eq!(parse_setting("class:Coat"), toml::Value::String("class:Coat".into()));
+        assert_eq!(parse_setting("\"7\""), toml::Value::String("7".into()));
     }
 }

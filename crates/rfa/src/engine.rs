@@ -89,6 +89,7 @@ pub fn train_model<B: FusedAutodiff, M: EngineModel<B> + AutodiffModule<B>>(
         let start = Instant::now();
         let (mut sum, mut n) = (0.0, 0usize);
         for (step, b) in bs.iter().enumerate() {
+            crate::interrupt::check(what)?;
             let batch = model.batch(ds, b, device)?;
             let pass = model.pass(&batch.input, true);
             let loss = task_loss(pass.logits.as_ref().expect("logits"), &batch, 0..b.len());
@@ -290,6 +291,7 @@ where
     }
     let pb = bar(stats_set.len() as u64, "features");
     for b in batches(&stats_set, 64, false, 0) {
+        crate::interrupt::check("the pass over the retain set")?;
         let batch = inner.batch(&task.train, &b, device)?;
         let inner_taps = if class_wise || keep_features {
             let pass = inner.pass(&batch.input, keep_logits);
@@ -407,6 +409,7 @@ where
         for fb in
             batches(forget, unlearn_cfg.batch_size, true, seed.wrapping_add(31 * epoch as u64 + 1))
         {
+            crate::interrupt::check("unlearning")?;
             let step_start = Instant::now();
             let rb = sampler.batch(fb.len());
             let both: Vec<usize> = rb.iter().chain(&fb).copied().collect();

@@ -108,36 +108,20 @@ impl Common {
             cfg.unlearn.dtype = v.clone();
         }
         if !self.sets.is_empty() {
-            let mut doc: toml::Table = toml::from_str(&cfg.to_toml())?;
-            for s in &self.sets {
-                let (key, value) =
-                    s.split_once('=').with_context(|| format!("--set {s}: expected KEY=VALUE"))?;
-                set_key(&mut doc, key, value)?;
-            }
-            cfg = toml::from_str(&toml::to_string(&doc)?)
-                .context("--set gave an invalid configuration")?;
+            let values = self
+                .sets
+                .iter()
+                .map(|s| {
+                    let (key, value) = s
+                        .split_once('=')
+                        .with_context(|| format!("--set {s}: expected KEY=VALUE"))?;
+                    Ok((key, rfa::config::parse_setting(value)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            cfg = cfg.with_values(values).context("--set")?;
         }
         Ok(cfg)
     }
-}
-
-/// Sets a dotted key; the value is read as TOML (numbers, booleans, arrays) or else as a string.
-fn set_key(doc: &mut toml::Table, key: &str, value: &str) -> Result<()> {
-    let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let last = parts.pop().context("empty key")?;
-    let mut table = doc;
-    for p in parts {
-        table = table
-            .get_mut(p)
-            .and_then(|v| v.as_table_mut())
-            .with_context(|| format!("--set {key}: no section `{p}`"))?;
-    }
-    table.insert(last.to_string(), parsed);
-    Ok(())
 }
 
 fn main() {
