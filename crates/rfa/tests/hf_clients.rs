@@ -1,12 +1,12 @@
 //! What transformers and peft must find in rfa's folders, computed by rfa: tiny runs of each
-//! family (ViT, BERT, GPT-2), unlearned by RFA, baselines and a full-weight method, with the
-//! logits of every saved model on the run's own inputs, the token ids of the run's texts and the
-//! greedy continuations of the report's prompts.
+//! family (ViT, BERT, GPT-2), unlearned by every method that applies (LoRA adapters) and by one
+//! full-weight method, with the logits of every saved model on the run's own inputs, the token
+//! ids of the run's texts and the greedy continuations of the report's prompts.
 //!
 //! With `RFA_HF_CLIENT_DIR` set, the runs and `<family>/cases.json` are kept there for the real
-//! clients (`tests/python/test_hf_clients.py` beside this file, run by `.ci/run`); otherwise they go to a
-//! temporary folder. Either way this test checks what rfa can check alone: base + adapter gives
-//! the merged model's logits.
+//! clients (`tests/python/test_hf_clients.py` beside this file, run by `.ci/run`); otherwise they
+//! go to a temporary folder. Either way this test checks what rfa can check alone: base + adapter
+//! gives the merged model's logits, and every adapter moves them.
 
 mod common;
 
@@ -289,7 +289,7 @@ fn bert_folders_for_transformers_and_peft() {
     cfg.unlearn.lr = 1e-2;
     cfg.unlearn.targets = "all-linear".into();
     cfg.unlearn.epochs = 3;
-    let run = run_methods(&cfg, &[rfa::Method::Rfa, rfa::Method::Npo], rfa::Method::GradDiff, false);
+    let run = run_methods(&cfg, &rfa::Method::ALL, rfa::Method::GradDiff, false);
     let t = run.text().unwrap();
     let dev = Default::default();
     let idx: Vec<usize> = (0..t.test.tokens.len().min(8)).collect();
@@ -329,7 +329,10 @@ fn gpt2_folders_for_transformers_and_peft() {
     std::fs::create_dir_all(root.join("runs")).unwrap();
     let data = eli5(&root.join("gpt2-data"));
     let cfg = gpt2_config("gpt2", &root.join("runs"), &data);
-    let run = run_methods(&cfg, &[rfa::Method::Rfa, rfa::Method::GradDiff], rfa::Method::Npo, true);
+    // Every method that applies to a language model (random-label and SalUn relabel classes).
+    let methods: Vec<rfa::Method> =
+        rfa::Method::ALL.into_iter().filter(|m| !m.relabels()).collect();
+    let run = run_methods(&cfg, &methods, rfa::Method::Npo, true);
     let t = run.text().unwrap();
     let dev = Default::default();
     let idx: Vec<usize> = (0..t.test.tokens.len().min(4)).collect();
