@@ -47,6 +47,46 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Check an unlearning's receipt.json against the files it names (its adapter, merged model
+    /// and input model) and, with --prove-id, prove that an id was part of the request.
+    Verify {
+        /// The receipt (runs/<name>/<method>/receipt.json).
+        receipt: PathBuf,
+        /// The merged model's folder to check (default: merged/ beside the receipt).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The adapter's folder to check (default: adapter/ beside the receipt).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// A training-set index to prove a member of the forget request (needs --salt).
+        #[arg(long, requires = "salt")]
+        prove_id: Option<String>,
+        /// The request's salt file (receipt.salt, kept apart from the receipt).
+        #[arg(long, requires = "prove_id")]
+        salt: Option<PathBuf>,
+    },
+}
+
+fn verify(
+    receipt: &std::path::Path,
+    model: &Option<PathBuf>,
+    adapter: &Option<PathBuf>,
+    prove_id: &Option<String>,
+    salt: &Option<PathBuf>,
+) -> Result<()> {
+    let opts = rfa::receipt::VerifyOptions {
+        model: model.clone(),
+        adapter: adapter.clone(),
+        prove: prove_id.clone().zip(salt.clone()),
+    };
+    let v = rfa::receipt::verify(receipt, &opts)
+        .with_context(|| format!("{} does not verify", receipt.display()))?;
+    println!("{}: {} files match; the request's {} ids give its Merkle root", receipt.display(), v.files, v.ids);
+    if let (Some(id), Some(path)) = (prove_id, &v.proof) {
+        println!("id {id} is part of the request; its path to the root:");
+        println!("{}", serde_json::to_string_pretty(path)?);
+    }
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -134,9 +174,13 @@ fn main() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Verify { receipt, model, adapter, prove_id, salt } = &cli.cmd {
+        return verify(receipt, model, adapter, prove_id, salt);
+    }
     let common = match &cli.cmd {
         Cmd::Demo(c) | Cmd::Train(c) | Cmd::Retrain(c) | Cmd::Eval(c) => c.clone(),
         Cmd::Unlearn { common, .. } | Cmd::Export { common, .. } => common.clone(),
+        Cmd::Verify { .. } => unreachable!("handled above"),
     };
     if matches!(cli.cmd, Cmd::Train(_) | Cmd::Retrain(_)) && common.dtype.as_deref() == Some("bf16")
     {
@@ -255,6 +299,7 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
             let report = run.eval::<B>(backend, device)?;
             println!("{}", report.markdown());
         }
+        Cmd::Verify { .. } => unreachable!("handled before a run is opened"),
         Cmd::Export { out, .. } => {
             run.export(out)?;
             eprintln!(

@@ -20,7 +20,7 @@ use crate::role::Role;
 use crate::run_lock::RunLock;
 use crate::staged_dir::StagedDir;
 use crate::task::Task;
-use crate::{Inner, Run, baselines};
+use crate::{Inner, Run, baselines, receipt};
 
 /// What M0 (all of D) or M* (Dr) trains on.
 fn training_indices<D: Samples>(task: &Task<D>, retrain: bool) -> Vec<usize> {
@@ -288,6 +288,7 @@ impl Run {
         self.copy_tokenizer(&out.join("merged"))?;
         write_json(&out.join("unlearn_log.json"), &log)?;
         let precision = base_dtype.map(|_| format!("frozen weights in {}", unlearn_cfg.dtype));
+        self.write_receipt(out, task, &original, &original_record, &log, seed, precision.clone())?;
         let times = log.step_times();
         let phase = Phase {
             first_step_seconds: times.map(|t| t.first_seconds),
@@ -306,6 +307,65 @@ impl Run {
         )?;
         staged.commit()?;
         self.record_config()
+    }
+
+    /// `receipt.json` and `receipt.salt` for the result being written in `out`: the request, the
+    /// input model's files (its verified record, and `phase.json` itself), the samples' digests,
+    /// the settings and the SHA-256 of every file of `adapter/` and `merged/`.
+    #[allow(clippy::too_many_arguments)]
+    fn write_receipt<D: Samples>(
+        &self,
+        out: &Path,
+        task: &Task<D>,
+        original: &Path,
+        original_record: &PhaseRecord,
+        log: &crate::engine::UnlearnLog,
+        seed: u64,
+        precision: Option<String>,
+    ) -> Result<()> {
+        let unlearn_cfg = &self.cfg.unlearn;
+        let salt = receipt::new_salt()?;
+        let mut input_model_files = original_record.files.clone();
+        input_model_files.insert(
+            crate::PHASE_RECORD.into(),
+            crate::fingerprint::sha256_file(&original.join(crate::PHASE_RECORD))?,
+        );
+        let mut outputs = receipt::Digests::new();
+        for sub in ["adapter", "merged"] {
+            if out.join(sub).is_dir() {
+                outputs.extend(receipt::digests(&out.join(sub), &format!("{sub}/"))?);
+            }
+        }
+        let all: Vec<usize> = (0..task.train.len()).collect();
+        let r = receipt::Receipt {
+            format: receipt::FORMAT.into(),
+            statement: receipt::STATEMENT.into(),
+            request: receipt::request(&self.cfg.data.forget, &task.split.forget, &salt),
+            method: unlearn_cfg.method.name().into(),
+            seed,
+            config: serde_json::to_value(&self.cfg)?,
+            rfa_version: env!("CARGO_PKG_VERSION").into(),
+            backend: self.ran_on(precision),
+            dtype: unlearn_cfg.dtype.clone(),
+            stop: log.stop.as_ref().map(|s| {
+                format!(
+                    "{:?} after step {}, kept the adapter of step {}",
+                    s.reason, s.stopped_after_step, s.kept_step
+                )
+            }),
+            input_model: "../original".into(),
+            input_model_files,
+            train_samples_sha256: crate::fingerprint::samples_digest(&task.train, &all),
+            forget_samples_sha256: crate::fingerprint::samples_digest(
+                &task.train,
+                &task.split.forget,
+            ),
+            outputs,
+            previous: None,
+        };
+        receipt::write_salt(&out.join(receipt::SALT), &salt)?;
+        lora_core::tensors::write_atomic(&out.join(receipt::RECEIPT), &r.to_bytes()?)?;
+        Ok(())
     }
 
     /// The unlearning results in the run folder, in [`Method::ALL`]'s order then by seed.
