@@ -57,12 +57,8 @@ impl<B: Backend> LoraModel<B> for Classifier<B> {
     }
 
     fn linears_mut(&mut self) -> Vec<(String, &mut LoraLinear<B>)> {
-        let mut v: Vec<(String, &mut LoraLinear<B>)> = self
-            .encoder
-            .iter_mut()
-            .enumerate()
-            .map(|(i, l)| (format!("encoder.{i}"), l))
-            .collect();
+        let mut v: Vec<(String, &mut LoraLinear<B>)> =
+            self.encoder.iter_mut().enumerate().map(|(i, l)| (format!("encoder.{i}"), l)).collect();
         v.push(("head".into(), &mut self.head));
         v
     }

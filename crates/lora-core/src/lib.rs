@@ -22,8 +22,8 @@ use std::path::PathBuf;
 
 pub use linear::{LoraAdapter, LoraLinear, WeightLayout, to_dtype};
 pub use model::{
-    LoraConfig, LoraModel, ModuleNames, ParamCount, TargetModules, adapted_paths, attach_lora, count_params,
-    merge, merge_and_unload, set_base_dtype, unfreeze, unmerge,
+    LoraConfig, LoraModel, ModuleNames, ParamCount, TargetModules, adapted_paths, attach_lora,
+    count_params, merge, merge_and_unload, set_base_dtype, unfreeze, unmerge,
 };
 pub use optim::{ForeachAdamW, OptimError};
 pub use optim_state::AdamWState;

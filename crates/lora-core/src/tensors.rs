@@ -286,8 +286,7 @@ pub fn write_safetensors(
 /// keys sorted: the same JSON, the same length, the data untouched. A header that does not parse
 /// is left as written.
 fn sorted_header(mut buf: Vec<u8>) -> Vec<u8> {
-    let Some(len) = buf.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-    else {
+    let Some(len) = buf.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))) else {
         return buf;
     };
     let Some(header) = usize::try_from(len).ok().and_then(|n| buf.get(8..8 + n)) else {
@@ -381,7 +380,8 @@ mod tests {
         assert_eq!(back.metadata["key11"], "value 11");
         let header_len = u64::from_le_bytes(files[0][..8].try_into().unwrap()) as usize;
         let header = std::str::from_utf8(&files[0][8..8 + header_len]).unwrap();
-        let keys: Vec<usize> = (0..12).map(|k| header.find(&format!("\"key{k}\"")).unwrap()).collect();
+        let keys: Vec<usize> =
+            (0..12).map(|k| header.find(&format!("\"key{k}\"")).unwrap()).collect();
         let mut sorted_by_name: Vec<(String, usize)> =
             (0..12).map(|k| (format!("key{k}"), keys[k])).collect();
         sorted_by_name.sort();

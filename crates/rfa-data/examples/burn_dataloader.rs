@@ -46,12 +46,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let images = args.next().unwrap_or_else(|| data.join("train-images-idx3-ubyte.gz"));
     let labels = args.next().unwrap_or_else(|| data.join("train-labels-idx1-ubyte.gz"));
     let dataset = load_idx(&images, &labels, fashion_mnist_classes())?;
-    println!("{} images of {}×{} from {}", dataset.len(), dataset.height, dataset.width, dataset.source);
+    println!(
+        "{} images of {}×{} from {}",
+        dataset.len(),
+        dataset.height,
+        dataset.width,
+        dataset.source
+    );
 
-    let loader = DataLoaderBuilder::<B, _, _>::new(ImageBatcher)
-        .batch_size(64)
-        .shuffle(0)
-        .build(dataset);
+    let loader =
+        DataLoaderBuilder::<B, _, _>::new(ImageBatcher).batch_size(64).shuffle(0).build(dataset);
     let (mut batches, mut seen) = (0, 0);
     for batch in loader.iter() {
         let [n, c, h, w] = batch.pixels.dims();

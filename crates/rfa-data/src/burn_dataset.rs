@@ -94,10 +94,7 @@ mod tests {
             source: "memory".into(),
             lossy: 0,
         };
-        assert_eq!(
-            ds.get(1),
-            Some(TextItem { text: "bad".into(), label: 0, id: "1_2".into() })
-        );
+        assert_eq!(ds.get(1), Some(TextItem { text: "bad".into(), label: 0, id: "1_2".into() }));
         assert_eq!(Dataset::<TextItem>::get(&ds, 5), None);
     }
 }

@@ -236,7 +236,10 @@ fn vit_adapters_with_either_module_naming_load_the_same() {
         lora_core::save_adapter(&m, &out, None, names).unwrap();
         let f = TensorFile::open(out.join("adapter_model.safetensors")).unwrap();
         assert!(f.tensors.keys().all(|k| k.starts_with(prefix)), "{names}: {:?}", f.tensors.keys());
-        assert_eq!(f.metadata.get(lora_core::peft::MODULE_NAMES_METADATA), Some(&names.to_string()));
+        assert_eq!(
+            f.metadata.get(lora_core::peft::MODULE_NAMES_METADATA),
+            Some(&names.to_string())
+        );
         assert_eq!(peft_cfg(&out)["target_modules"], serde_json::json!(targets), "{names}");
         if names == ModuleNames::Transformers5 {
             let theirs = TensorFile::open(fixture.join("adapter_model.safetensors")).unwrap();
@@ -250,7 +253,11 @@ fn vit_adapters_with_either_module_naming_load_the_same() {
                 .into_iter()
                 .filter_map(|(p, l)| {
                     let a = l.lora.as_ref()?;
-                    Some((p, HostTensor::from_tensor(a.lora_a.val()), HostTensor::from_tensor(a.lora_b.val())))
+                    Some((
+                        p,
+                        HostTensor::from_tensor(a.lora_a.val()),
+                        HostTensor::from_tensor(a.lora_b.val()),
+                    ))
                 })
                 .collect()
         };
@@ -265,7 +272,13 @@ fn gpt2_export_keeps_fan_in_fan_out_and_reloads_exactly() {
     let cfg = lora_core::load_adapter(&mut m, &dir.join("adapter")).unwrap();
     assert!(cfg.fan_in_fan_out);
     let tmp = tempfile::tempdir().unwrap();
-    let written = lora_core::save_adapter(&m, tmp.path(), Some("gpt2-tiny"), lora_core::ModuleNames::default()).unwrap();
+    let written = lora_core::save_adapter(
+        &m,
+        tmp.path(),
+        Some("gpt2-tiny"),
+        lora_core::ModuleNames::default(),
+    )
+    .unwrap();
     assert!(written.fan_in_fan_out);
     let a = TensorFile::open(dir.join("adapter/adapter_model.safetensors")).unwrap();
     let b = TensorFile::open(tmp.path().join("adapter_model.safetensors")).unwrap();

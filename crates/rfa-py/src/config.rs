@@ -126,7 +126,11 @@ fn resolve_key(doc: &serde_json::Map<String, serde_json::Value>, name: &str) -> 
         [one] => Ok(one.clone()),
         [] => Err(PyValueError::new_err(format!(
             "unknown setting `{name}` (sections: {}; write section__field)",
-            doc.iter().filter(|(_, v)| v.is_object()).map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+            doc.iter()
+                .filter(|(_, v)| v.is_object())
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
         several => Err(PyValueError::new_err(format!(
             "`{name}` is ambiguous: {} (write section__field, e.g. {})",

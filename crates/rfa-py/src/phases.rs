@@ -65,7 +65,8 @@ pub fn unlearn(
 ) -> PyResult<Py<PyAny>> {
     let mut cfg = config.inner;
     if let Some(m) = method {
-        cfg.unlearn.method = m.parse::<Method>().map_err(|e| PyValueError::new_err(e.to_string()))?;
+        cfg.unlearn.method =
+            m.parse::<Method>().map_err(|e| PyValueError::new_err(e.to_string()))?;
     }
     call(py, cfg, Phase::Unlearn, device, false)
 }
@@ -145,10 +146,8 @@ fn run<B: FusedAutodiff>(
         }
         Phase::Unlearn => {
             run.unlearn::<B>(device).map_err(Failure::phase)?;
-            let role = rfa::Role::Unlearned {
-                method: run.cfg.unlearn.method,
-                seed: run.cfg.unlearn.seed,
-            };
+            let role =
+                rfa::Role::Unlearned { method: run.cfg.unlearn.method, seed: run.cfg.unlearn.seed };
             done(role.dir(&run.dir), "unlearn_log.json", "log")
         }
         Phase::Evaluate => {

@@ -490,7 +490,8 @@ impl RunConfig {
             }
             table.insert(last.to_string(), value);
         }
-        toml::from_str(&toml::to_string(&doc)?).context("the settings give an invalid configuration")
+        toml::from_str(&toml::to_string(&doc)?)
+            .context("the settings give an invalid configuration")
     }
 }
 

@@ -81,7 +81,18 @@ fn verify(
     };
     let v = rfa::receipt::verify(receipt, &opts)
         .with_context(|| format!("{} does not verify", receipt.display()))?;
-    println!("{}: {} files match; the request's {} ids give its Merkle root", receipt.display(), v.files, v.ids);
+    println!(
+        "{}: {} files match; the request's {} ids give its Merkle root",
+        receipt.display(),
+        v.files,
+        v.ids
+    );
+    if v.input_model.is_none() {
+        println!(
+            "the input model ({} beside the receipt) was not found, so it was not checked",
+            rfa::receipt::Receipt::read(receipt)?.input_model
+        );
+    }
     if let (Some(id), Some(path)) = (prove_id, &v.proof) {
         println!("id {id} is part of the request; its path to the root:");
         println!("{}", serde_json::to_string_pretty(path)?);

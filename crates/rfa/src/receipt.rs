@@ -120,7 +120,8 @@ pub fn digests(dir: &Path, prefix: &str) -> Result<Digests> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(dir).expect("below dir").to_string_lossy().replace('\\', "/");
+                let rel =
+                    p.strip_prefix(dir).expect("below dir").to_string_lossy().replace('\\', "/");
                 out.insert(format!("{prefix}{rel}"), sha256_file(&p)?);
             }
         }
@@ -133,6 +134,8 @@ pub fn digests(dir: &Path, prefix: &str) -> Result<Digests> {
 pub struct Verified {
     pub files: usize,
     pub ids: usize,
+    /// The input model's folder when it was there to check; None when it was not found.
+    pub input_model: Option<PathBuf>,
     /// `--prove-id`: the id's path to the root.
     pub proof: Option<Vec<merkle::Step>>,
 }
@@ -179,17 +182,24 @@ pub fn verify(receipt: &Path, opts: &VerifyOptions) -> Result<Verified> {
         ("adapter/", opts.adapter.clone().unwrap_or_else(|| here.join("adapter"))),
         ("merged/", opts.model.clone().unwrap_or_else(|| here.join("merged"))),
     ] {
-        let expected: Digests =
-            r.outputs.iter().filter(|(k, _)| k.starts_with(sub)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let expected: Digests = r
+            .outputs
+            .iter()
+            .filter(|(k, _)| k.starts_with(sub))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         if expected.is_empty() {
             continue;
         }
         files += check_folder(&dir, sub, &expected)?;
     }
     let input = here.join(&r.input_model);
-    if input.is_dir() {
+    let input_model = if input.is_dir() {
         files += check_folder(&input, "", &r.input_model_files)?;
-    }
+        Some(input)
+    } else {
+        None
+    };
     let proof = match &opts.prove {
         None => None,
         Some((id, salt_file)) => {
@@ -198,11 +208,14 @@ pub fn verify(receipt: &Path, opts: &VerifyOptions) -> Result<Verified> {
             let Some(path) = merkle::proof(&leaves, &leaf) else {
                 bail!("id {id} is not part of this request (or the salt is not its salt)");
             };
-            ensure!(merkle::verify(&merkle::unhex(&root).expect("hex"), &leaf, &path), "the path of id {id} does not reach the root");
+            ensure!(
+                merkle::verify(&merkle::unhex(&root).expect("hex"), &leaf, &path),
+                "the path of id {id} does not reach the root"
+            );
             Some(path)
         }
     };
-    Ok(Verified { files, ids: r.request.ids, proof })
+    Ok(Verified { files, ids: r.request.ids, input_model, proof })
 }
 
 /// Files below `dir` against `expected` (keys `prefix…`): every one present and equal, no other.
@@ -234,12 +247,15 @@ pub fn write_salt(path: &Path, salt: &[u8]) -> Result<()> {
 }
 
 pub fn read_salt(path: &Path) -> Result<Vec<u8>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let t = text.trim();
     ensure!(
         t.len() % 2 == 0 && t.chars().all(|c| c.is_ascii_hexdigit()),
         "{}: a salt file holds hex digits",
         path.display()
     );
-    Ok((0..t.len() / 2).map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).expect("hex")).collect())
+    Ok((0..t.len() / 2)
+        .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect())
 }

@@ -351,7 +351,12 @@ fn gpt2_folders_for_transformers_and_peft() {
             // Padding positions predict nothing; zero them so that only real tokens compare.
             let l = HostTensor::from_tensor(m.forward(ids, Some(attention)).logits);
             let v = l.shape[2];
-            let data = l.to_f32().chunks(v).zip(&mask).flat_map(|(row, &k)| row.iter().map(move |x| x * k)).collect();
+            let data = l
+                .to_f32()
+                .chunks(v)
+                .zip(&mask)
+                .flat_map(|(row, &k)| row.iter().map(move |x| x * k))
+                .collect();
             HostTensor::f32(l.shape.clone(), data)
         },
         &mut tensors,
@@ -363,10 +368,9 @@ fn gpt2_folders_for_transformers_and_peft() {
     let eos = rfa::model_init::eos_id(&tok);
     let tokenized = tokenized(&run);
     // The report's prompts and rfa's greedy continuations of them, by M0 and by each merged model.
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(run.dir.join("report/report.json")).unwrap(),
-    )
-    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.dir.join("report/report.json")).unwrap())
+            .unwrap();
     let prompts: Vec<String> = report["language_model"]["generations"]
         .as_array()
         .unwrap()
@@ -390,13 +394,7 @@ fn gpt2_folders_for_transformers_and_peft() {
             });
         }
     }
-    let manifest = Manifest {
-        family: "gpt2",
-        expected: PathBuf::new(),
-        cases,
-        tokenized,
-        eos,
-        generations,
-    };
+    let manifest =
+        Manifest { family: "gpt2", expected: PathBuf::new(), cases, tokenized, eos, generations };
     write_manifest(&root, "gpt2", manifest);
 }

@@ -38,8 +38,20 @@ fn a_receipt_verifies_catches_changes_and_proves_ids() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().to_str().unwrap();
     let common = [
-        "--name", "r", "--runs-dir", runs, "--forget", "ids:3,5,9,17", "--set", "data.max_train=40",
-        "--set", "data.max_test=20", "--set", "train.epochs=1", "--set", "unlearn.epochs=1",
+        "--name",
+        "r",
+        "--runs-dir",
+        runs,
+        "--forget",
+        "ids:3,5,9,17",
+        "--set",
+        "data.max_train=40",
+        "--set",
+        "data.max_test=20",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "unlearn.epochs=1",
     ];
     for phase in ["train", "unlearn"] {
         stdout_or_panic(rfa(&[&[phase][..], &common].concat()));
@@ -61,6 +73,21 @@ fn a_receipt_verifies_catches_changes_and_proves_ids() {
 
     let ok = stdout_or_panic(rfa(&["verify", receipt.to_str().unwrap()]));
     assert!(ok.contains("files match") && ok.contains("4 ids"), "{ok}");
+    assert!(!ok.contains("not checked"), "{ok}");
+    // A receipt handed over with its result only: the input model is said to be unchecked.
+    let elsewhere = tmp.path().join("handed-over");
+    std::fs::create_dir_all(elsewhere.join("x")).unwrap();
+    let copy = elsewhere.join("x/receipt.json");
+    std::fs::copy(&receipt, &copy).unwrap();
+    let out = stdout_or_panic(rfa(&[
+        "verify",
+        copy.to_str().unwrap(),
+        "--model",
+        dir.join("merged").to_str().unwrap(),
+        "--adapter",
+        dir.join("adapter").to_str().unwrap(),
+    ]));
+    assert!(out.contains("was not found, so it was not checked"), "{out}");
 
     // One changed byte, wherever it is, is named.
     for (file, named) in [
@@ -81,7 +108,8 @@ fn a_receipt_verifies_catches_changes_and_proves_ids() {
     let e = stderr_of_failure(rfa(&["verify", receipt.to_str().unwrap()]));
     assert!(e.contains("the leaves give the root"), "{e}");
     let leaf = &r.request.leaves[1];
-    std::fs::write(&receipt, text.replace(leaf, &leaf.replace('a', "b").replace('1', "2"))).unwrap();
+    std::fs::write(&receipt, text.replace(leaf, &leaf.replace('a', "b").replace('1', "2")))
+        .unwrap();
     assert!(stderr_of_failure(rfa(&["verify", receipt.to_str().unwrap()])).contains("leaves"));
     std::fs::write(&receipt, &bytes).unwrap();
     // A file the unlearning did not write.
