@@ -54,28 +54,11 @@ pub enum ModuleNames {
     Transformers5,
 }
 
-impl ModuleNames {
-    pub const ALL: [ModuleNames; 2] = [ModuleNames::Transformers4, ModuleNames::Transformers5];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModuleNames::Transformers4 => "transformers-4",
-            ModuleNames::Transformers5 => "transformers-5",
-        }
-    }
-}
-
 impl std::fmt::Display for ModuleNames {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for ModuleNames {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|n| n.as_str() == s).ok_or_else(|| {
-            format!("unknown module names `{s}` (expected transformers-4 or transformers-5)")
+        f.write_str(match self {
+            ModuleNames::Transformers4 => "transformers-4",
+            ModuleNames::Transformers5 => "transformers-5",
         })
     }
 }

@@ -81,8 +81,8 @@ impl AdamWState {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        // One metadata entry: safetensors writes its metadata map in hash order, and the same
-        // state must give the same bytes.
+        // The header as one metadata entry (write_safetensors sorts the header's keys, so the
+        // same state gives the same bytes).
         let metadata = HashMap::from([(FORMAT.to_string(), json)]);
         write_safetensors(path, &tensors, Some(metadata))
     }

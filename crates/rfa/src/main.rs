@@ -87,10 +87,10 @@ fn verify(
         v.files,
         v.ids
     );
-    if v.input_model.is_none() {
+    if !v.input_model_checked {
         println!(
-            "the input model ({} beside the receipt) was not found, so it was not checked",
-            rfa::receipt::Receipt::read(receipt)?.input_model
+            "the input model ({}) was not found, so it was not checked",
+            v.input_model.display()
         );
     }
     if let (Some(id), Some(path)) = (prove_id, &v.proof) {

@@ -77,8 +77,10 @@ pub(crate) fn read_phase(dir: &Path) -> Result<PhaseRecord> {
 }
 
 /// Writes `record` into `dir` as its last file, with the SHA-256 of every other file there.
+/// `record.files` may hold SHA-256 the caller took of files it just wrote (the receipt's
+/// outputs): those are kept, every other file of `dir` is hashed.
 pub(crate) fn write_phase(dir: &Path, mut record: PhaseRecord) -> Result<()> {
-    record.files = file_hashes(dir)?;
+    record.files = file_hashes(dir, &record.files)?;
     write_json(&dir.join(PHASE_RECORD), &record)
 }
 
@@ -111,8 +113,13 @@ pub(crate) fn verify_phase(dir: &Path) -> Result<PhaseRecord> {
 
 /// SHA-256 of every file under `dir` but the record itself (and temporary files), by relative
 /// path.
-fn file_hashes(dir: &Path) -> Result<BTreeMap<String, String>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<()> {
+fn file_hashes(dir: &Path, known: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        known: &BTreeMap<String, String>,
+        out: &mut BTreeMap<String, String>,
+    ) -> Result<()> {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .collect::<std::io::Result<_>>()
@@ -122,7 +129,7 @@ fn file_hashes(dir: &Path) -> Result<BTreeMap<String, String>> {
             let path = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
             if e.file_type().with_context(|| format!("reading {}", path.display()))?.is_dir() {
-                walk(root, &path, out)?;
+                walk(root, &path, known, out)?;
             } else if !(dir == root && name == PHASE_RECORD) && !name.starts_with('.') {
                 let rel = path.strip_prefix(root).expect("under root");
                 let key = rel
@@ -130,13 +137,17 @@ fn file_hashes(dir: &Path) -> Result<BTreeMap<String, String>> {
                     .map(|c| c.as_os_str().to_string_lossy())
                     .collect::<Vec<_>>()
                     .join("/");
-                out.insert(key, sha256_file(&path)?);
+                let sha = match known.get(&key) {
+                    Some(sha) => sha.clone(),
+                    None => sha256_file(&path)?,
+                };
+                out.insert(key, sha);
             }
         }
         Ok(())
     }
     let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out)?;
+    walk(dir, dir, known, &mut out)?;
     Ok(out)
 }
 

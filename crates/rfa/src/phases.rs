@@ -288,7 +288,15 @@ impl Run {
         self.copy_tokenizer(&out.join("merged"))?;
         write_json(&out.join("unlearn_log.json"), &log)?;
         let precision = base_dtype.map(|_| format!("frozen weights in {}", unlearn_cfg.dtype));
-        self.write_receipt(out, task, &original, &original_record, &log, seed, precision.clone())?;
+        let outputs = self.write_receipt(
+            out,
+            task,
+            &original,
+            &original_record,
+            &log,
+            seed,
+            precision.clone(),
+        )?;
         let times = log.step_times();
         let phase = Phase {
             first_step_seconds: times.map(|t| t.first_seconds),
@@ -302,7 +310,8 @@ impl Run {
                 trainable_params: log.trainable_params,
                 ran_on: self.ran_on(precision),
                 base_model_sha256: Some(original_record.sha256_of(&original, "model.safetensors")?),
-                files: Default::default(),
+                // The receipt's digests of adapter/ and merged/: hashed once.
+                files: outputs,
             },
         )?;
         staged.commit()?;
@@ -311,7 +320,7 @@ impl Run {
 
     /// `receipt.json` and `receipt.salt` for the result being written in `out`: the request, the
     /// input model's files (its verified record, and `phase.json` itself), the samples' digests,
-    /// the settings and the SHA-256 of every file of `adapter/` and `merged/`.
+    /// the settings and the SHA-256 of every file of `adapter/` and `merged/`, which it returns.
     #[allow(clippy::too_many_arguments)]
     fn write_receipt<D: Samples>(
         &self,
@@ -322,7 +331,7 @@ impl Run {
         log: &crate::engine::UnlearnLog,
         seed: u64,
         precision: Option<String>,
-    ) -> Result<()> {
+    ) -> Result<receipt::Digests> {
         let unlearn_cfg = &self.cfg.unlearn;
         let salt = receipt::new_salt()?;
         let mut input_model_files = original_record.files.clone();
@@ -365,7 +374,7 @@ impl Run {
         };
         receipt::write_salt(&out.join(receipt::SALT), &salt)?;
         lora_core::tensors::write_atomic(&out.join(receipt::RECEIPT), &r.to_bytes()?)?;
-        Ok(())
+        Ok(r.outputs)
     }
 
     /// The unlearning results in the run folder, in [`Method::ALL`]'s order then by seed.

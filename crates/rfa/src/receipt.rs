@@ -134,8 +134,9 @@ pub fn digests(dir: &Path, prefix: &str) -> Result<Digests> {
 pub struct Verified {
     pub files: usize,
     pub ids: usize,
-    /// The input model's folder when it was there to check; None when it was not found.
-    pub input_model: Option<PathBuf>,
+    /// The input model's folder, as the receipt places it, and whether it was there to check.
+    pub input_model: PathBuf,
+    pub input_model_checked: bool,
     /// `--prove-id`: the id's path to the root.
     pub proof: Option<Vec<merkle::Step>>,
 }
@@ -193,13 +194,11 @@ pub fn verify(receipt: &Path, opts: &VerifyOptions) -> Result<Verified> {
         }
         files += check_folder(&dir, sub, &expected)?;
     }
-    let input = here.join(&r.input_model);
-    let input_model = if input.is_dir() {
-        files += check_folder(&input, "", &r.input_model_files)?;
-        Some(input)
-    } else {
-        None
-    };
+    let input_model = here.join(&r.input_model);
+    let input_model_checked = input_model.is_dir();
+    if input_model_checked {
+        files += check_folder(&input_model, "", &r.input_model_files)?;
+    }
     let proof = match &opts.prove {
         None => None,
         Some((id, salt_file)) => {
@@ -215,7 +214,7 @@ pub fn verify(receipt: &Path, opts: &VerifyOptions) -> Result<Verified> {
             Some(path)
         }
     };
-    Ok(Verified { files, ids: r.request.ids, input_model, proof })
+    Ok(Verified { files, ids: r.request.ids, input_model, input_model_checked, proof })
 }
 
 /// Files below `dir` against `expected` (keys `prefix…`): every one present and equal, no other.
