@@ -14,6 +14,7 @@
 
 mod crate_graph;
 mod reproduce;
+mod sequential;
 mod sweep;
 
 use std::path::PathBuf;
@@ -83,6 +84,13 @@ enum Cmd {
         /// sweep runs on seeds no earlier one has seen.
         #[arg(long, default_value_t = 0)]
         from_seed: u64,
+        /// fashion-mnist --small: N deletion requests one after another (`rfa unlearn
+        /// --after`), RFA and the two best baselines against M* retrained without all of them.
+        #[arg(long, value_name = "N", conflicts_with_all = ["classes", "random"])]
+        sequential: Option<usize>,
+        /// --sequential: each request's share of D, in percent.
+        #[arg(long, default_value_t = 3.0, requires = "sequential")]
+        share: f64,
     },
     /// Print the workspace's crate dependencies as docs/design.md draws them; with --check, fail
     /// when docs/design.md's picture differs.
@@ -157,7 +165,18 @@ fn run() -> Result<bool> {
             classes,
             random,
             from_seed,
+            sequential,
+            share,
         } => {
+            if let Some(requests) = sequential {
+                if task != "fashion-mnist" || !small || !methods.is_empty() {
+                    bail!(
+                        "--sequential runs on the embedded Fashion-MNIST subset: `cargo xtask reproduce fashion-mnist --small --sequential 3`"
+                    );
+                }
+                sequential::run(requests, share, &runs_dir, &device)?;
+                return Ok(true);
+            }
             let sweep = match (classes, random.is_empty()) {
                 (Some(c), _) => Some(sweep::Forget::Classes(sweep::parse_classes(&c)?)),
                 (None, false) => Some(sweep::Forget::RandomPercents(random)),

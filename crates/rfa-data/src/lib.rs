@@ -154,6 +154,12 @@ pub struct ForgetSplit {
     pub retain: Vec<usize>,
     /// The forgotten class, for class-wise forgetting.
     pub class: Option<usize>,
+    /// Samples earlier requests forgot ([`select_forget_after`]): in neither set.
+    #[serde(default)]
+    pub earlier: Vec<usize>,
+    /// Ids this request names that an earlier one forgot already: reported, not forgotten again.
+    #[serde(default)]
+    pub repeated: Vec<usize>,
 }
 
 /// Splits `labels` (the training set) into forget and retain sets. An empty forget set, a
@@ -165,9 +171,29 @@ pub fn select_forget(
     spec: &ForgetSpec,
     seed: u64,
 ) -> Result<ForgetSplit, DataError> {
+    select_forget_after(labels, class_names, spec, seed, &BTreeSet::new())
+}
+
+/// [`select_forget`] for a request that follows others, which forgot `earlier`: those samples
+/// leave Dr for good. A class is what remains of it; `random:P` draws P % of the training set
+/// from the samples not forgotten yet (the shuffle of the first request, continued); an id
+/// forgotten before is listed in [`ForgetSplit::repeated`], not forgotten twice. A request left
+/// with nothing new to forget is an error.
+pub fn select_forget_after(
+    labels: &[usize],
+    class_names: &[String],
+    spec: &ForgetSpec,
+    seed: u64,
+    earlier: &BTreeSet<usize>,
+) -> Result<ForgetSplit, DataError> {
     let n = labels.len();
+    if let Some(&bad) = earlier.iter().find(|&&i| i >= n) {
+        return Err(DataError::Forget(format!(
+            "an earlier request forgot sample {bad}, but the training set has {n} samples"
+        )));
+    }
     let class = spec.class_index(class_names)?;
-    let forget: BTreeSet<usize> = match spec {
+    let named: BTreeSet<usize> = match spec {
         ForgetSpec::Class(_) => {
             let c = class.expect("class spec");
             (0..n).filter(|&i| labels[i] == c).collect()
@@ -181,7 +207,7 @@ pub fn select_forget(
             let m = ((n as f64) * k / 100.0).round() as usize;
             let mut idx: Vec<usize> = (0..n).collect();
             rfa_rng::SplitMix64::new(seed).shuffle(&mut idx);
-            idx.into_iter().take(m).collect()
+            idx.into_iter().filter(|i| !earlier.contains(i)).take(m).collect()
         }
         ForgetSpec::Ids(ids) => check_ids(ids, n)?,
         ForgetSpec::IdFile(p) => {
@@ -189,16 +215,31 @@ pub fn select_forget(
             check_ids(&parse_ids(&text, p)?, n)?
         }
     };
+    let (repeated, forget): (BTreeSet<usize>, BTreeSet<usize>) =
+        named.iter().partition(|i| earlier.contains(i));
     if forget.is_empty() {
-        return Err(DataError::Forget(format!("{spec:?} selects no training sample")));
+        return Err(DataError::Forget(if repeated.is_empty() {
+            format!("{spec:?} selects no training sample")
+        } else {
+            format!(
+                "{spec:?} selects only samples that earlier requests forgot already ({} of them)",
+                repeated.len()
+            )
+        }));
     }
-    if forget.len() == n {
+    if forget.len() + earlier.len() == n {
         return Err(DataError::Forget(format!(
-            "{spec:?} selects all {n} training samples: nothing would be retained"
+            "{spec:?} selects all {n} training samples (with the earlier requests): nothing would be retained"
         )));
     }
-    let retain = (0..n).filter(|i| !forget.contains(i)).collect();
-    Ok(ForgetSplit { forget: forget.into_iter().collect(), retain, class })
+    let retain = (0..n).filter(|i| !forget.contains(i) && !earlier.contains(i)).collect();
+    Ok(ForgetSplit {
+        forget: forget.into_iter().collect(),
+        retain,
+        class,
+        earlier: earlier.iter().copied().collect(),
+        repeated: repeated.into_iter().collect(),
+    })
 }
 
 fn check_ids(ids: &[usize], n: usize) -> Result<BTreeSet<usize>, DataError> {

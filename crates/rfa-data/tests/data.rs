@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use rfa_data::images::{fashion_mnist_classes, load_cifar10_bin, load_idx, load_image_folder};
-use rfa_data::{DataError, ForgetSpec, Preprocess, batches, select_forget};
+use rfa_data::{DataError, ForgetSpec, Preprocess, batches, select_forget, select_forget_after};
 
 fn subset() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/fashion-mnist-subset")
@@ -253,6 +253,47 @@ fn forget_selection_errors() {
     assert!(err(ForgetSpec::Random(100.0)).contains("(0, 100)"));
     assert!(err(ForgetSpec::Random(1.0)).contains("selects no training sample"));
     assert!(ForgetSpec::parse("everything").is_err());
+}
+
+#[test]
+fn a_later_request_forgets_only_what_is_not_forgotten_yet() {
+    let labels: Vec<usize> = (0..100).map(|i| i % 10).collect();
+    let names = fashion_mnist_classes();
+    let first = select_forget(&labels, &names, &ForgetSpec::Random(10.0), 7).unwrap();
+    let earlier: std::collections::BTreeSet<usize> = first.forget.iter().copied().collect();
+    // random: the next 10 % of the same shuffle, disjoint from the first request's.
+    let second =
+        select_forget_after(&labels, &names, &ForgetSpec::Random(10.0), 7, &earlier).unwrap();
+    assert_eq!(second.forget.len(), 10);
+    assert!(second.forget.iter().all(|i| !earlier.contains(i)));
+    assert_eq!(second.retain.len(), 80);
+    assert!(second.retain.iter().all(|i| !earlier.contains(i) && !second.forget.contains(i)));
+    assert_eq!(second.earlier, first.forget);
+    // ids: an id forgotten before is reported, not forgotten twice.
+    let twice = first.forget[0];
+    let fresh = second.retain[0];
+    let s = select_forget_after(&labels, &names, &ForgetSpec::Ids(vec![twice, fresh]), 0, &earlier)
+        .unwrap();
+    assert_eq!((s.forget, s.repeated), (vec![fresh], vec![twice]));
+    let e = select_forget_after(&labels, &names, &ForgetSpec::Ids(vec![twice]), 0, &earlier)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("earlier requests forgot already"), "{e}");
+    // class: what is left of it.
+    let c =
+        select_forget_after(&labels, &names, &ForgetSpec::Class("1".into()), 0, &earlier).unwrap();
+    assert!(c.forget.iter().all(|&i| labels[i] == 1 && !earlier.contains(&i)));
+    assert_eq!(c.forget.len() + c.repeated.len(), 10);
+    // Nothing left to retain, or an earlier id the training set does not have.
+    let all_but: std::collections::BTreeSet<usize> = (10..100).collect();
+    let e = select_forget_after(&labels, &names, &ForgetSpec::Ids((0..10).collect()), 0, &all_but)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nothing would be retained"), "{e}");
+    let e = select_forget_after(&labels, &names, &ForgetSpec::Ids(vec![1]), 0, &[100].into())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sample 100"), "{e}");
 }
 
 proptest! {

@@ -1,11 +1,13 @@
 //! rfa from Python: the `rfa` package's native module (`rfa._native`). The API follows the CLI
 //! and the run configuration: a [`config::PyRunConfig`] (the TOML file, with keyword overrides),
-//! and one function per command (`train`, `retrain`, `unlearn`, `evaluate`, `export`), each
-//! returning what the command writes as JSON, as a dict.
+//! and one function per command (`train`, `retrain`, `unlearn`, `evaluate`, `export`, and the
+//! receipt commands `verify`, `ledger`, `revert`, `keygen`), each returning what the command
+//! writes as JSON, as a dict.
 
 mod config;
 mod errors;
 mod phases;
+mod receipts;
 mod values;
 
 use pyo3::prelude::*;
@@ -19,6 +21,10 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(phases::unlearn, m)?)?;
     m.add_function(wrap_pyfunction!(phases::evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(phases::export, m)?)?;
+    m.add_function(wrap_pyfunction!(receipts::verify, m)?)?;
+    m.add_function(wrap_pyfunction!(receipts::ledger, m)?)?;
+    m.add_function(wrap_pyfunction!(receipts::revert, m)?)?;
+    m.add_function(wrap_pyfunction!(receipts::keygen, m)?)?;
     m.add("METHODS", rfa::Method::ALL.iter().map(|m| m.name()).collect::<Vec<_>>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

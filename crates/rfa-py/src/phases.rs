@@ -19,11 +19,11 @@ use crate::errors::Failure;
 use crate::values;
 
 /// What a call runs.
-#[derive(Debug, Clone, Copy)]
 enum Phase {
     Train,
     Retrain,
-    Unlearn,
+    /// With the key that signs the receipt, if any.
+    Unlearn(Option<rfa::signature::SigningKey>),
     Evaluate,
 }
 
@@ -52,23 +52,31 @@ pub fn retrain(
     call(py, config.inner, Phase::Retrain, device, force)
 }
 
-/// Unlearns the forget set from M0 with `method` (default: the configuration's, `rfa`).
-/// Returns `{"dir", "phase", "log"}`: the result's folder (`adapter/`, `merged/`), its
-/// `phase.json` and `unlearn_log.json`.
+/// Unlearns the forget set from M0 with `method` (default: the configuration's, `rfa`), or
+/// from the previous request's result when the configuration has `after`. `sign`: an Ed25519
+/// key file (`rfa.keygen`) that signs the receipt. Returns `{"dir", "phase", "log",
+/// "receipt"}`: the result's folder (`adapter/`, `merged/`), its `phase.json`,
+/// `unlearn_log.json` and `receipt.json`.
 #[pyfunction]
-#[pyo3(signature = (config, method = None, device = "cpu"))]
+#[pyo3(signature = (config, method = None, device = "cpu", sign = None))]
 pub fn unlearn(
     py: Python<'_>,
     config: PyRunConfig,
     method: Option<&str>,
     device: &str,
+    sign: Option<PathBuf>,
 ) -> PyResult<Py<PyAny>> {
     let mut cfg = config.inner;
     if let Some(m) = method {
         cfg.unlearn.method =
             m.parse::<Method>().map_err(|e| PyValueError::new_err(e.to_string()))?;
     }
-    call(py, cfg, Phase::Unlearn, device, false)
+    let key = sign
+        .as_deref()
+        .map(rfa::signature::read_signing_key)
+        .transpose()
+        .map_err(Failure::input)?;
+    call(py, cfg, Phase::Unlearn(key), device, false)
 }
 
 /// Evaluates M0, M* and every unlearned model of the run, writes `report/` and returns
@@ -144,11 +152,16 @@ fn run<B: FusedAutodiff>(
             let role = if retrain { rfa::Role::Retrained } else { rfa::Role::Original };
             done(role.dir(&run.dir), rfa::checkpoint::TRAIN_STATE, "train_state")
         }
-        Phase::Unlearn => {
+        Phase::Unlearn(key) => {
+            run.sign = key;
             run.unlearn::<B>(device).map_err(Failure::phase)?;
             let role =
                 rfa::Role::Unlearned { method: run.cfg.unlearn.method, seed: run.cfg.unlearn.seed };
-            done(role.dir(&run.dir), "unlearn_log.json", "log")
+            let dir = role.dir(&run.dir);
+            done(dir.clone(), "unlearn_log.json", "log").and_then(|mut v| {
+                v["receipt"] = read_json(&dir.join(rfa::receipt::RECEIPT))?;
+                Ok(v)
+            })
         }
         Phase::Evaluate => {
             let report = run.eval::<B>(backend, device).map_err(Failure::phase)?;

@@ -131,3 +131,35 @@ def test_ctrl_c_stops_a_phase_and_keeps_what_it_wrote(tmp_path):
     assert 1 <= len(done) < 100, done
     resumed = rfa.train(config.replace(train__epochs=len(done) + 1))
     assert [e["epoch"] for e in resumed["train_state"]] == list(range(1, len(done) + 2))
+
+
+def test_requests_one_after_another_with_receipts(tmp_path):
+    key = str(tmp_path / "signer")
+    public = rfa.keygen(key)
+    assert len(public) == 64
+    first = small(tmp_path, forget="ids:1,2,3", name="request1", unlearn__epochs=1)
+    rfa.train(first)
+    done = rfa.unlearn(first, sign=key)
+    receipt = os.path.join(done["dir"], "receipt.json")
+    assert done["receipt"]["request"]["ids"] == 3
+    checked = rfa.verify(receipt, public_key=key + ".pub", prove_id="2",
+                         salt=os.path.join(done["dir"], "receipt.salt"))
+    assert checked["signed_by"] == public and checked["chain"] == 1 and checked["proof"]
+    with pytest.raises(ValueError, match="not part of this request"):
+        rfa.verify(receipt, prove_id="7", salt=os.path.join(done["dir"], "receipt.salt"))
+    # The next request continues from the first one's result.
+    second = first.replace(name="request2", forget="ids:3,7", after=str(first.run_dir))
+    nxt = rfa.unlearn(second)
+    assert nxt["receipt"]["request"]["already_forgotten"] == 1
+    rows = rfa.ledger(second.run_dir)
+    assert [r["ids"] for r in rows] == [3, 1] and all(r["in_force"] for r in rows)
+    reversal = rfa.revert(second.run_dir)
+    assert rfa.verify(reversal)["chain"] == 3
+    assert [r["kind"] for r in rfa.ledger(reversal)] == ["request", "request", "reversal"]
+    # A changed receipt breaks the signature.
+    with open(receipt) as f:
+        text = f.read()
+    with open(receipt, "w") as f:
+        f.write(text.replace('"seed": 0', '"seed": 5'))
+    with pytest.raises(ValueError, match="changed after it was signed"):
+        rfa.verify(receipt)

@@ -44,6 +44,12 @@ pub struct DataConfig {
     pub path: PathBuf,
     /// `class:NAME|INDEX`, `random:PERCENT`, `ids:1,2,3`, `id-file:PATH`.
     pub forget: String,
+    /// A request that follows an earlier one (`rfa unlearn --after`): that request's
+    /// `receipt.json`, its result folder, or its run folder (this run's method's result there).
+    /// Unlearning starts from that result's model; the samples every earlier request forgot
+    /// leave Dr, so `rfa retrain` here trains M* without all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<PathBuf>,
     /// Use at most this many training / test samples (first ones after a seeded shuffle,
     /// balanced over classes); 0 = all.
     #[serde(default)]
@@ -378,6 +384,7 @@ impl RunConfig {
                 dataset: "fashion-mnist".into(),
                 path: PathBuf::new(),
                 forget: "class:1".into(),
+                after: None,
                 max_train: 0,
                 max_test: 0,
                 max_len: max_len(),
@@ -454,6 +461,9 @@ impl RunConfig {
         };
         expand(&mut self.runs_dir);
         expand(&mut self.data.path);
+        if let Some(p) = &mut self.data.after {
+            expand(p);
+        }
         for p in [&mut self.model.path, &mut self.model.config, &mut self.model.tokenizer]
             .into_iter()
             .flatten()

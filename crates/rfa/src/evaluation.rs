@@ -45,6 +45,16 @@ impl Run {
         for role in unlearned {
             let dir = role.dir(&self.dir);
             let record = verify_phase(&dir)?;
+            // A request that continued a chain started from the previous request's model, not
+            // from M0: its merged model is the result (checked by its phase record).
+            let chained = crate::receipt::Receipt::read(&dir.join(crate::receipt::RECEIPT))
+                .is_ok_and(|r| r.previous.is_some());
+            if chained {
+                let model = <M as EngineModel<B>>::load(&dir.join("merged"), device)
+                    .with_context(|| format!("loading {}", dir.display()))?;
+                v.push((role, model, record));
+                continue;
+            }
             if let Some(base) = record.base_model_sha256.as_ref().filter(|b| **b != original_sha256)
             {
                 bail!(

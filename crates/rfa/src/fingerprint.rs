@@ -60,7 +60,7 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>
 impl Fingerprint {
     /// M0 (`retrain` false: all of D) or M* (Dr): every `seed`, `model.*`, `data.*` and `train.*`
     /// field but those training does not read (`train.epochs`, which a resume may raise;
-    /// `data.max_test`, `data.probe_percent`; and for M0 `data.forget`), the digest of the training samples, and the
+    /// `data.max_test`, `data.probe_percent`, `data.after`; and for M0 `data.forget`), the digest of the training samples, and the
     /// SHA-256 of the checkpoint it starts from (`model.path`'s weights, if any).
     pub fn of_training<D: Samples>(
         cfg: &RunConfig,
@@ -74,7 +74,8 @@ impl Fingerprint {
         let mut all = BTreeMap::new();
         flatten("", &table, &mut all);
         let skipped = |k: &str| {
-            matches!(k, "train.epochs" | "data.max_test" | "data.probe_percent")
+            // data.after is a path: what it changes, Dr, is in the samples' digest.
+            matches!(k, "train.epochs" | "data.max_test" | "data.probe_percent" | "data.after")
                 || (!retrain && k == "data.forget")
         };
         let mut fields: BTreeMap<String, String> = all

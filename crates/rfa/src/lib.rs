@@ -9,6 +9,8 @@
 //! retrain/                      M*, trained on Dr only (the gold standard)
 //! <method>[-s<seed>]/adapter/   an unlearning adapter (rfa/, salun-s2/, …), PEFT format
 //! <method>[-s<seed>]/merged/    M0 with the adapter merged, Hugging Face checkpoint
+//! <method>[-s<seed>]/receipt.json  the request's receipt (receipt.salt, receipt.sig beside it)
+//! <method>[-s<seed>]-reverted/  `rfa revert`: the reversal's receipt, chained to the request's
 //! report/report.json, report.md metrics of M0, M*, every unlearning result
 //! report/comparison.md, plots/  the methods side by side; per-class accuracy, norms, losses
 //! ```
@@ -21,6 +23,7 @@
 
 pub mod alloc;
 pub mod baselines;
+pub mod chain;
 pub mod checkpoint;
 pub mod compare;
 pub mod config;
@@ -49,6 +52,7 @@ pub mod role;
 mod run;
 pub mod run_lock;
 pub mod scenario;
+pub mod signature;
 mod staged_dir;
 pub mod task;
 

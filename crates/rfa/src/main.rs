@@ -30,13 +30,16 @@ enum Cmd {
     Train(Common),
     /// Train the gold standard M* on the retain set only.
     Retrain(Common),
-    /// Unlearn the forget set from M0.
+    /// Unlearn the forget set from M0, or with --after from the previous request's result.
     Unlearn {
         #[command(flatten)]
         common: Common,
         /// Unlearning method.
         #[arg(long)]
         method: Option<rfa::Method>,
+        /// Sign the receipt with this Ed25519 key (`rfa keygen`): receipt.sig beside it.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
     },
     /// Evaluate M0, M* and the unlearned model; write report/ (report.md, report.json, comparison.md, plots).
     Eval(Common),
@@ -64,29 +67,109 @@ enum Cmd {
         /// The request's salt file (receipt.salt, kept apart from the receipt).
         #[arg(long, requires = "prove_id")]
         salt: Option<PathBuf>,
+        /// The signer's public key (KEY.pub from `rfa keygen`): the receipt must carry a valid
+        /// signature by it.
+        #[arg(long, value_name = "KEY.pub")]
+        public_key: Option<PathBuf>,
+        /// Also read the data set the receipt's configuration names and check that its training
+        /// and forgotten samples are the ones the receipt's digests describe.
+        #[arg(long)]
+        data: bool,
     },
+    /// List a chain of requests (request, time, ids, metrics, hashes), checking every link:
+    /// Markdown, or JSON with --json.
+    Ledger {
+        /// A receipt.json, a result folder, or a run folder (its --method result).
+        target: PathBuf,
+        /// In a run folder, whose result's chain.
+        #[arg(long, default_value = "rfa")]
+        method: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reverse the latest request in force of a chain: a reversal entry in <result>-reverted/
+    /// whose model is the one that request started from (its adapter dropped), checked bit for
+    /// bit against the request's receipt.
+    Revert {
+        /// The request's receipt.json, its result folder, or a run folder (its --method result).
+        target: PathBuf,
+        #[arg(long, default_value = "rfa")]
+        method: String,
+    },
+    /// Write a new Ed25519 key pair for signing receipts: KEY (secret) and KEY.pub.
+    Keygen { key: PathBuf },
+}
+
+/// The commands that read receipts and open no run.
+fn receipts(cmd: &Cmd) -> Option<Result<()>> {
+    Some(match cmd {
+        Cmd::Verify { receipt, model, adapter, prove_id, salt, public_key, data } => {
+            let opts = rfa::receipt::VerifyOptions {
+                model: model.clone(),
+                adapter: adapter.clone(),
+                prove: prove_id.clone().zip(salt.clone()),
+                public_key: public_key.clone(),
+            };
+            verify(receipt, &opts, prove_id).and_then(|()| {
+                if *data {
+                    rfa::receipt::verify_data(receipt)
+                        .with_context(|| format!("{} does not verify", receipt.display()))?;
+                    println!("the training and forgotten samples match the receipt's digests");
+                }
+                Ok(())
+            })
+        }
+        Cmd::Ledger { target, method, json } => ledger(target, method, *json),
+        Cmd::Revert { target, method } => (|| {
+            let receipt = rfa::chain::resolve(target, method)?;
+            let out = rfa::chain::revert(&receipt)?;
+            println!("reversed {}: the reversal is {}", receipt.display(), out.display());
+            Ok(())
+        })(),
+        Cmd::Keygen { key } => (|| {
+            let public = rfa::signature::keygen(key)?;
+            println!(
+                "wrote {} (secret: keep it) and {} (public key {public})",
+                key.display(),
+                rfa::signature::public_path(key).display()
+            );
+            Ok(())
+        })(),
+        _ => return None,
+    })
+}
+
+fn ledger(target: &std::path::Path, method: &str, json: bool) -> Result<()> {
+    let receipt = rfa::chain::resolve(target, method)?;
+    let links = rfa::chain::walk(&receipt)
+        .with_context(|| format!("the chain ending at {}", receipt.display()))?;
+    let rows = rfa::chain::ledger(&links)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", rfa::chain::ledger_markdown(&rows));
+    }
+    Ok(())
 }
 
 fn verify(
     receipt: &std::path::Path,
-    model: &Option<PathBuf>,
-    adapter: &Option<PathBuf>,
+    opts: &rfa::receipt::VerifyOptions,
     prove_id: &Option<String>,
-    salt: &Option<PathBuf>,
 ) -> Result<()> {
-    let opts = rfa::receipt::VerifyOptions {
-        model: model.clone(),
-        adapter: adapter.clone(),
-        prove: prove_id.clone().zip(salt.clone()),
-    };
-    let v = rfa::receipt::verify(receipt, &opts)
+    let v = rfa::receipt::verify(receipt, opts)
         .with_context(|| format!("{} does not verify", receipt.display()))?;
     println!(
-        "{}: {} files match; the request's {} ids give its Merkle root",
+        "{}: {} files match; the request's {} ids give its Merkle root; a chain of {} entr{} checked",
         receipt.display(),
         v.files,
-        v.ids
+        v.ids,
+        v.chain,
+        if v.chain == 1 { "y" } else { "ies" }
     );
+    if let Some(key) = &v.signed_by {
+        println!("signed by the Ed25519 key {key}");
+    }
     if !v.input_model_checked {
         println!(
             "the input model ({}) was not found, so it was not checked",
@@ -115,6 +198,11 @@ struct Common {
     /// What to forget: class:NAME|INDEX, random:PERCENT, ids:1,2,3, id-file:PATH.
     #[arg(long)]
     forget: Option<String>,
+    /// A request that follows an earlier one: its receipt.json, result folder, or run folder
+    /// (the method's result there). Unlearning starts from that result's model, and every
+    /// sample the chain forgot leaves Dr, for `retrain` and `eval` too (sets data.after).
+    #[arg(long, value_name = "RUN_OR_RECEIPT")]
+    after: Option<PathBuf>,
     /// Override any config field: --set train.epochs=5 --set unlearn.targets=query,value
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -155,6 +243,9 @@ impl Common {
         if let Some(v) = &self.forget {
             cfg.data.forget = v.clone();
         }
+        if let Some(v) = &self.after {
+            cfg.data.after = Some(v.clone());
+        }
         if let Some(v) = &self.dtype {
             cfg.unlearn.dtype = v.clone();
         }
@@ -185,13 +276,13 @@ fn main() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    if let Cmd::Verify { receipt, model, adapter, prove_id, salt } = &cli.cmd {
-        return verify(receipt, model, adapter, prove_id, salt);
+    if let Some(done) = receipts(&cli.cmd) {
+        return done;
     }
     let common = match &cli.cmd {
         Cmd::Demo(c) | Cmd::Train(c) | Cmd::Retrain(c) | Cmd::Eval(c) => c.clone(),
         Cmd::Unlearn { common, .. } | Cmd::Export { common, .. } => common.clone(),
-        Cmd::Verify { .. } => unreachable!("handled above"),
+        _ => unreachable!("handled above"),
     };
     if matches!(cli.cmd, Cmd::Train(_) | Cmd::Retrain(_)) && common.dtype.as_deref() == Some("bf16")
     {
@@ -270,8 +361,13 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
     device: &B::Device,
 ) -> Result<()> {
     let mut cfg = common.resolve()?;
-    if let Cmd::Unlearn { method: Some(m), .. } = &cli.cmd {
-        cfg.unlearn.method = *m;
+    let mut sign = None;
+    if let Cmd::Unlearn { method, sign: key, .. } = &cli.cmd {
+        if let Some(m) = method {
+            cfg.unlearn.method = *m;
+        }
+        // Read before any work: a bad key file costs nothing.
+        sign = key.as_deref().map(rfa::signature::read_signing_key).transpose()?;
     }
     cfg.unlearn.base_dtype()?;
     if cfg.unlearn.dtype == "bf16" && matches!(common.device, DeviceSpec::Cpu | DeviceSpec::CpuFlex)
@@ -285,6 +381,7 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
     let mut run = Run::open(cfg)?;
     run.backend = Some(backend.to_string());
     run.force = common.force;
+    run.sign = sign;
     let rfa::SetSizes { train, forget, retain, test, probe } = run.sizes();
     eprintln!(
         "run `{}` in {}: {:?} on {}, {train} training samples ({forget} to forget, {retain} to retain), {test} test samples (+ {probe} held out as the validation probe), backend {backend}",
@@ -310,7 +407,9 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
             let report = run.eval::<B>(backend, device)?;
             println!("{}", report.markdown());
         }
-        Cmd::Verify { .. } => unreachable!("handled before a run is opened"),
+        Cmd::Verify { .. } | Cmd::Ledger { .. } | Cmd::Revert { .. } | Cmd::Keygen { .. } => {
+            unreachable!("handled before a run is opened")
+        }
         Cmd::Export { out, .. } => {
             run.export(out)?;
             eprintln!(

@@ -89,16 +89,17 @@ pub fn hex(h: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// 64 hex digits as a hash.
-pub fn unhex(s: &str) -> Option<Hash> {
-    if s.len() != 64 || !s.is_ascii() {
+/// Hex digits as bytes; `None` for an odd length or a non-hex character.
+pub fn bytes_of_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+/// 64 hex digits as a hash.
+pub fn unhex(s: &str) -> Option<Hash> {
+    bytes_of_hex(s)?.try_into().ok()
 }
 
 #[cfg(test)]

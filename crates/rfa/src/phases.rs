@@ -15,12 +15,13 @@ use crate::fingerprint::Fingerprint;
 use crate::method::Method;
 use crate::model_init::{self, Bert, Gpt2, Vit};
 use crate::phase_record::{PhaseRecord, read_phase, verify_phase, write_json, write_phase};
+use crate::probe::{self, Criterion, Probes};
 use crate::report::{Phase, measure};
 use crate::role::Role;
 use crate::run_lock::RunLock;
 use crate::staged_dir::StagedDir;
 use crate::task::Task;
-use crate::{Inner, Run, baselines, receipt};
+use crate::{Inner, Run, baselines, chain, receipt, signature};
 
 /// What M0 (all of D) or M* (Dr) trains on.
 fn training_indices<D: Samples>(task: &Task<D>, retrain: bool) -> Vec<usize> {
@@ -240,13 +241,11 @@ impl Run {
     {
         let unlearn_cfg = &self.cfg.unlearn;
         let base_dtype = unlearn_cfg.base_dtype()?;
-        self.check_trained(task, false)?;
-        let original = Role::Original.dir(&self.dir);
-        let original_record = verify_phase(&original).with_context(|| {
-            format!("{} holds no complete M0 (run `rfa train` first)", original.display())
+        let result_dir = self.dir.join(unlearn_cfg.out_dir());
+        let start = self.start_model(task)?;
+        let mut m0 = <M as EngineModel<B>>::load(&start.dir, device).with_context(|| {
+            format!("loading the model to unlearn from ({})", start.dir.display())
         })?;
-        let mut m0 = <M as EngineModel<B>>::load(&original, device)
-            .context("loading the original model (run `rfa train` first)")?;
         if let Some(dt) = base_dtype {
             lora_core::set_base_dtype(&mut m0, dt);
         }
@@ -261,23 +260,23 @@ impl Run {
         })?;
         // Written beside an earlier result of this method and switched in whole once complete:
         // a failure (a non-finite weight, a full disk) or a kill keeps the earlier result.
-        let staged = StagedDir::new(&self.dir.join(unlearn_cfg.out_dir()))?;
+        let staged = StagedDir::new(&result_dir)?;
         let out = staged.path();
+        // Where the adapter's base is, seen from the result's adapter/ folder (PEFT's
+        // base_model_name_or_path): M0, or the previous request's model.
+        let input_model = chain::relative_path(&absolute(&result_dir)?, &absolute(&start.dir)?);
         if !log.adapted.is_empty() {
             lora_core::save_adapter(
                 &model,
                 &out.join("adapter"),
-                Some("../../original"),
+                Some(&format!("../{input_model}")),
                 unlearn_cfg.module_names,
             )?;
         }
         let mut merged = match base_dtype {
             // The bf16 copy of W0 is lossy: the f32 adapter goes into the f32 original instead.
             Some(_) => {
-                let mut m = <M::InnerModule as EngineModel<Inner<B>>>::load(
-                    &self.dir.join("original"),
-                    device,
-                )?;
+                let mut m = <M::InnerModule as EngineModel<Inner<B>>>::load(&start.dir, device)?;
                 lora_core::load_adapter(&mut m, &out.join("adapter"))?;
                 m
             }
@@ -287,15 +286,14 @@ impl Run {
         merged.save(&out.join("merged"))?;
         self.copy_tokenizer(&out.join("merged"))?;
         write_json(&out.join("unlearn_log.json"), &log)?;
+        let metrics =
+            self.receipt_metrics::<Inner<B>, M::InnerModule>(&merged, task, seed, device)?;
         let precision = base_dtype.map(|_| format!("frozen weights in {}", unlearn_cfg.dtype));
         let outputs = self.write_receipt(
             out,
             task,
-            &original,
-            &original_record,
-            &log,
-            seed,
-            precision.clone(),
+            &start,
+            ReceiptParts { log: &log, seed, precision: precision.clone(), metrics, input_model },
         )?;
         let times = log.step_times();
         let phase = Phase {
@@ -309,36 +307,118 @@ impl Run {
                 phase,
                 trainable_params: log.trainable_params,
                 ran_on: self.ran_on(precision),
-                base_model_sha256: Some(original_record.sha256_of(&original, "model.safetensors")?),
+                base_model_sha256: start.files.get("model.safetensors").cloned(),
                 // The receipt's digests of adapter/ and merged/: hashed once.
                 files: outputs,
             },
         )?;
         staged.commit()?;
+        // A reversal of the result just replaced reverses nothing that exists any more.
+        let stale = self.dir.join(format!("{}{}", unlearn_cfg.out_dir(), chain::REVERTED_SUFFIX));
+        if stale.is_dir() {
+            std::fs::remove_dir_all(&stale)
+                .with_context(|| format!("removing the stale reversal {}", stale.display()))?;
+        }
         self.record_config()
     }
 
-    /// `receipt.json` and `receipt.salt` for the result being written in `out`: the request, the
-    /// input model's files (its verified record, and `phase.json` itself), the samples' digests,
-    /// the settings and the SHA-256 of every file of `adapter/` and `merged/`, which it returns.
-    #[allow(clippy::too_many_arguments)]
+    /// The model an unlearning starts from: M0 (`original/`, checked against this run's
+    /// configuration and its phase record), or after `data.after` the model the previous
+    /// entry of the chain left (checked against that entry's receipt). A run that continues a
+    /// chain gets the chain's M0 as its own `original/` (hard links), for `rfa eval`.
+    fn start_model<D: Samples>(&self, task: &Task<D>) -> Result<StartModel> {
+        if let Some(last) = self.after.last() {
+            let (dir, files) = last.verified_model()?;
+            self.link_chain_original(task)?;
+            return Ok(StartModel { dir, files, previous: Some(last.clone()) });
+        }
+        self.check_trained(task, false)?;
+        let original = Role::Original.dir(&self.dir);
+        let record = verify_phase(&original).with_context(|| {
+            format!("{} holds no complete M0 (run `rfa train` first)", original.display())
+        })?;
+        // The record's digests (checked just now) and phase.json's own.
+        let mut files = record.files.clone();
+        files.insert(
+            crate::PHASE_RECORD.into(),
+            crate::fingerprint::sha256_file(&original.join(crate::PHASE_RECORD))?,
+        );
+        if !files.contains_key("model.safetensors") {
+            files.insert(
+                "model.safetensors".into(),
+                record.sha256_of(&original, "model.safetensors")?,
+            );
+        }
+        Ok(StartModel { dir: original, files, previous: None })
+    }
+
+    /// Gives a run that continues a chain the chain's M0 as `original/` when it has none: the
+    /// first request's input model, if it was made under this run's configuration.
+    fn link_chain_original<D: Samples>(&self, task: &Task<D>) -> Result<()> {
+        let original = Role::Original.dir(&self.dir);
+        if original.exists() {
+            return self.check_trained(task, false);
+        }
+        let Some(chain::Entry::Unlearning(first)) = self.after.first().map(|l| &l.entry) else {
+            return Ok(());
+        };
+        let root = self.after[0].folder().join(&first.input_model);
+        if verify_phase(&root).is_err() {
+            return Ok(()); // not a run's original/: eval will say what is missing
+        }
+        let staged = StagedDir::new(&original)?;
+        for e in std::fs::read_dir(&root).with_context(|| format!("reading {}", root.display()))? {
+            let p = e?.path();
+            let to = staged.path().join(p.file_name().expect("a file name"));
+            if p.is_file() && std::fs::hard_link(&p, &to).is_err() {
+                std::fs::copy(&p, &to).with_context(|| format!("copying {}", p.display()))?;
+            }
+        }
+        if self.training_fingerprint(task, false)?.check(staged.path(), "").is_err() {
+            return Ok(()); // another M0: left out, the staged copy is dropped
+        }
+        staged.commit()
+    }
+
+    /// The receipt's metrics of the result on the validation probes (classifiers only).
+    fn receipt_metrics<B: rfa_models::FusedOps, M: EngineModel<B>>(
+        &self,
+        model: &M,
+        task: &Task<M::Data>,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Option<receipt::Metrics>> {
+        if model.num_labels().is_none() {
+            return Ok(None);
+        }
+        let probes = Probes::draw(task, self.cfg.unlearn.probe_samples, seed);
+        let criterion = Criterion::new(&self.cfg.unlearn, task.split.class, &probes);
+        let c = probe::measure(model, task, &probes, &criterion, None, 0, device)?;
+        Ok(Some(receipt::Metrics {
+            forget_accuracy: c.forget_accuracy.unwrap_or(f64::NAN),
+            retain_accuracy: c.retain_accuracy,
+            validation_accuracy: c.validation_accuracy,
+            membership_auc: c.membership_auc,
+            forgotten_class_share: c.forgotten_class_share,
+            forget_samples: probes.forget.len(),
+            retain_samples: probes.retain.len(),
+            validation_samples: probes.validation.len(),
+        }))
+    }
+
+    /// `receipt.json` and `receipt.salt` (and `receipt.sig` with `--sign`) for the result being
+    /// written in `out`: the request, the input model's files, the samples' digests, the
+    /// settings, the metrics, the previous entry of the chain, and the SHA-256 of every file of
+    /// `adapter/` and `merged/`, which it returns.
     fn write_receipt<D: Samples>(
         &self,
         out: &Path,
         task: &Task<D>,
-        original: &Path,
-        original_record: &PhaseRecord,
-        log: &crate::engine::UnlearnLog,
-        seed: u64,
-        precision: Option<String>,
+        start: &StartModel,
+        parts: ReceiptParts,
     ) -> Result<receipt::Digests> {
         let unlearn_cfg = &self.cfg.unlearn;
         let salt = receipt::new_salt()?;
-        let mut input_model_files = original_record.files.clone();
-        input_model_files.insert(
-            crate::PHASE_RECORD.into(),
-            crate::fingerprint::sha256_file(&original.join(crate::PHASE_RECORD))?,
-        );
         let mut outputs = receipt::Digests::new();
         for sub in ["adapter", "merged"] {
             if out.join(sub).is_dir() {
@@ -346,15 +426,30 @@ impl Run {
             }
         }
         let all: Vec<usize> = (0..task.train.len()).collect();
+        let result_dir = absolute(&self.dir.join(unlearn_cfg.out_dir()))?;
+        let (previous, previous_receipt) = match &start.previous {
+            Some(link) => (
+                Some(link.sha256.clone()),
+                Some(chain::relative_path(&result_dir, &absolute(&link.path)?)),
+            ),
+            None => (None, None),
+        };
+        let log = parts.log;
         let r = receipt::Receipt {
             format: receipt::FORMAT.into(),
             statement: receipt::STATEMENT.into(),
-            request: receipt::request(&self.cfg.data.forget, &task.split.forget, &salt),
+            request: receipt::request(
+                &self.cfg.data.forget,
+                &task.split.forget,
+                &salt,
+                task.split.repeated.len(),
+                task.split.earlier.len(),
+            ),
             method: unlearn_cfg.method.name().into(),
-            seed,
+            seed: parts.seed,
             config: serde_json::to_value(&self.cfg)?,
             rfa_version: env!("CARGO_PKG_VERSION").into(),
-            backend: self.ran_on(precision),
+            backend: self.ran_on(parts.precision),
             dtype: unlearn_cfg.dtype.clone(),
             stop: log.stop.as_ref().map(|s| {
                 format!(
@@ -362,18 +457,26 @@ impl Run {
                     s.reason, s.stopped_after_step, s.kept_step
                 )
             }),
-            input_model: "../original".into(),
-            input_model_files,
+            input_model: parts.input_model,
+            input_model_files: start.files.clone(),
             train_samples_sha256: crate::fingerprint::samples_digest(&task.train, &all),
             forget_samples_sha256: crate::fingerprint::samples_digest(
                 &task.train,
                 &task.split.forget,
             ),
             outputs,
-            previous: None,
+            previous,
+            previous_receipt,
+            git_commit: receipt::git_commit(),
+            created: Some(receipt::utc_now()),
+            metrics: parts.metrics,
         };
+        let bytes = r.to_bytes()?;
         receipt::write_salt(&out.join(receipt::SALT), &salt)?;
-        lora_core::tensors::write_atomic(&out.join(receipt::RECEIPT), &r.to_bytes()?)?;
+        lora_core::tensors::write_atomic(&out.join(receipt::RECEIPT), &bytes)?;
+        if let Some(key) = &self.sign {
+            signature::write(&out.join(signature::SIGNATURE), &signature::sign(&bytes, key))?;
+        }
         Ok(r.outputs)
     }
 
@@ -395,4 +498,34 @@ impl Run {
         found.sort_by_key(|&(method, seed)| (method, seed.unwrap_or(0)));
         found.into_iter().map(|(method, seed)| Role::Unlearned { method, seed }).collect()
     }
+}
+
+/// The model an unlearning starts from.
+struct StartModel {
+    dir: std::path::PathBuf,
+    /// SHA-256 of its files, by path relative to `dir`.
+    files: receipt::Digests,
+    /// The chain entry that left it (`data.after`); none when it is M0.
+    previous: Option<chain::Link>,
+}
+
+/// What the receipt records besides the request and the files.
+struct ReceiptParts<'a> {
+    log: &'a crate::engine::UnlearnLog,
+    seed: u64,
+    precision: Option<String>,
+    metrics: Option<receipt::Metrics>,
+    /// The input model's folder relative to the result's.
+    input_model: String,
+}
+
+/// `p` made absolute with `..` resolved; a path whose last part does not exist yet (a result
+/// folder before its first commit) is resolved through its parent.
+fn absolute(p: &Path) -> Result<std::path::PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Ok(c);
+    }
+    let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = p.file_name().with_context(|| format!("{} has no name", p.display()))?;
+    Ok(parent.canonicalize().with_context(|| format!("resolving {}", p.display()))?.join(name))
 }

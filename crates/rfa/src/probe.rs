@@ -80,6 +80,9 @@ impl Criterion {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeCheck {
     pub step: usize,
+    /// Accuracy (percent) on the Df probe (absent in logs written before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forget_accuracy: Option<f64>,
     /// Class-wise: percent of the Df probe predicted as the forgotten class.
     pub forgotten_class_share: Option<f64>,
     /// Loss-threshold membership AUC (percent) of the Df probe against the validation probe.
@@ -156,6 +159,7 @@ pub fn measure<B: FusedOps, M: EngineModel<B>>(
     };
     Ok(ProbeCheck {
         step,
+        forget_accuracy: Some(accuracy(&f, &forget.labels)?),
         forgotten_class_share,
         membership_auc,
         retain_accuracy,
@@ -298,6 +302,7 @@ mod tests {
     fn check(step: usize, share: f64, retain: f64) -> ProbeCheck {
         ProbeCheck {
             step,
+            forget_accuracy: None,
             forgotten_class_share: Some(share),
             membership_auc: 50.0,
             retain_accuracy: retain,

@@ -34,6 +34,32 @@ pub struct Request {
     pub merkle_root: String,
     /// The salted leaf hashes, sorted: an id's path to the root is built from them.
     pub leaves: Vec<String>,
+    /// Ids the request named that an earlier request of the chain forgot already: reported
+    /// here, not forgotten twice, not in the leaves.
+    #[serde(default)]
+    pub already_forgotten: usize,
+    /// Samples the earlier requests of the chain forgot: out of Dr for this one.
+    #[serde(default)]
+    pub earlier_forgotten: usize,
+}
+
+/// What the result measures on the run's validation probes, no retrained model needed: seeded
+/// samples of Df and Dr (`unlearn.probe_samples` at most) and the validation probe held out of
+/// the test set. Classifiers only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Accuracy (percent) on the Df, Dr and validation probes.
+    pub forget_accuracy: f64,
+    pub retain_accuracy: f64,
+    pub validation_accuracy: f64,
+    /// Loss-threshold membership AUC (percent) of the Df probe against the validation probe: 50
+    /// is what a model that never saw Df scores.
+    pub membership_auc: f64,
+    /// Class-wise: percent of the Df probe still predicted as the forgotten class.
+    pub forgotten_class_share: Option<f64>,
+    pub forget_samples: usize,
+    pub retain_samples: usize,
+    pub validation_samples: usize,
 }
 
 /// Files by path relative to their folder → SHA-256.
@@ -61,18 +87,25 @@ pub struct Receipt {
     pub forget_samples_sha256: String,
     /// The result's files, relative to the receipt's folder (`adapter/…`, `merged/…`).
     pub outputs: Digests,
-    /// SHA-256 of the previous request's receipt; none for a first request.
+    /// SHA-256 of the previous entry's `receipt.json`; none for a first request.
     pub previous: Option<String>,
+    /// Where the previous entry's `receipt.json` is, relative to this receipt's folder.
+    #[serde(default)]
+    pub previous_receipt: Option<String>,
+    /// The git commit rfa was built from, when it was built from a checkout.
+    #[serde(default)]
+    pub git_commit: Option<String>,
+    /// When the result was written (UTC, seconds).
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub metrics: Option<Metrics>,
 }
 
 impl Receipt {
     /// The receipt's bytes: pretty JSON, keys sorted.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        // Through Value: serde_json's map is ordered by key.
-        let value = serde_json::to_value(self)?;
-        let mut bytes = serde_json::to_vec_pretty(&value)?;
-        bytes.push(b'\n');
-        Ok(bytes)
+        canonical_bytes(self)
     }
 
     pub fn read(path: &Path) -> Result<Self> {
@@ -88,6 +121,62 @@ impl Receipt {
         );
         Ok(r)
     }
+
+    /// The folder of the model this result produced (its merged model), relative to the
+    /// receipt's folder, with its files' SHA-256 keyed relative to that folder.
+    pub fn result_model(&self) -> (String, Digests) {
+        let files = self
+            .outputs
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("merged/")?.to_string(), v.clone())))
+            .collect();
+        ("merged".into(), files)
+    }
+}
+
+/// Pretty JSON with sorted keys and serde_json's shortest float form: the bytes are a function
+/// of the content.
+pub fn canonical_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    // Through Value: serde_json's map is ordered by key.
+    let value = serde_json::to_value(v)?;
+    let mut bytes = serde_json::to_vec_pretty(&value)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// The git commit rfa was built from (build.rs), if it was built from a checkout.
+pub fn git_commit() -> Option<String> {
+    option_env!("RFA_GIT_COMMIT").filter(|c| !c.is_empty()).map(str::to_string)
+}
+
+/// The current time, UTC, as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    utc(secs)
+}
+
+/// `secs` after 1970-01-01 as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian calendar).
+pub fn utc(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days to civil date: H. Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 /// 32 bytes from the operating system's generator.
@@ -97,8 +186,15 @@ pub fn new_salt() -> Result<Vec<u8>> {
     Ok(salt)
 }
 
-/// The request part for ids `ids` (training-set indices) under `salt`.
-pub fn request(forget: &str, ids: &[usize], salt: &[u8]) -> Request {
+/// The request part for ids `ids` (training-set indices) under `salt`; `already_forgotten` ids
+/// it named were forgotten by earlier requests, which forgot `earlier_forgotten` samples.
+pub fn request(
+    forget: &str,
+    ids: &[usize],
+    salt: &[u8],
+    already_forgotten: usize,
+    earlier_forgotten: usize,
+) -> Request {
     let names: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     let leaves = merkle::leaves(salt, names.iter().map(String::as_str));
     Request {
@@ -107,6 +203,8 @@ pub fn request(forget: &str, ids: &[usize], salt: &[u8]) -> Request {
         ids: leaves.len(),
         merkle_root: merkle::hex(&merkle::root(&leaves)),
         leaves: leaves.iter().map(|l| merkle::hex(l)).collect(),
+        already_forgotten,
+        earlier_forgotten,
     }
 }
 
@@ -134,9 +232,13 @@ pub fn digests(dir: &Path, prefix: &str) -> Result<Digests> {
 pub struct Verified {
     pub files: usize,
     pub ids: usize,
+    /// Entries of the chain that ends at this receipt, this one included.
+    pub chain: usize,
     /// The input model's folder, as the receipt places it, and whether it was there to check.
     pub input_model: PathBuf,
     pub input_model_checked: bool,
+    /// The public key (hex) of a valid `receipt.sig`.
+    pub signed_by: Option<String>,
     /// `--prove-id`: the id's path to the root.
     pub proof: Option<Vec<merkle::Step>>,
 }
@@ -150,14 +252,53 @@ pub struct VerifyOptions {
     pub adapter: Option<PathBuf>,
     /// An id to prove a member of the request, with the salt file.
     pub prove: Option<(String, PathBuf)>,
+    /// The signer's public key file: the receipt must carry a valid signature by it.
+    pub public_key: Option<PathBuf>,
 }
 
-/// Checks the receipt's own consistency (its leaves give its root), the result's files and the
-/// input model's against their SHA-256, and proves `opts.prove`'s id. The first mismatch is the
-/// error, naming the file.
+/// Checks the chain that ends at the receipt (every previous receipt where it is said to be,
+/// with the SHA-256 it is said to have), the receipt's signature if it has one, its own
+/// consistency (its leaves give its root), the result's files and the input model's against
+/// their SHA-256, and proves `opts.prove`'s id. The first mismatch is the error, naming the file.
 pub fn verify(receipt: &Path, opts: &VerifyOptions) -> Result<Verified> {
-    let r = Receipt::read(receipt)?;
+    let links = crate::chain::walk(receipt)?;
     let here = receipt.parent().map(Path::to_path_buf).unwrap_or_default();
+    let sig_file = here.join(crate::signature::SIGNATURE);
+    let signed_by = if sig_file.is_file() {
+        let bytes =
+            std::fs::read(receipt).with_context(|| format!("reading {}", receipt.display()))?;
+        Some(crate::signature::check(&bytes, &sig_file, opts.public_key.as_deref())?)
+    } else {
+        ensure!(
+            opts.public_key.is_none(),
+            "{} is not signed (no {} beside it), but --public-key asks for a signature",
+            receipt.display(),
+            sig_file.display()
+        );
+        None
+    };
+    let last = links.last().expect("a chain has an entry");
+    let r = match &last.entry {
+        crate::chain::Entry::Unlearning(r) => r,
+        crate::chain::Entry::Reversal(rev) => {
+            ensure!(
+                opts.prove.is_none() && opts.adapter.is_none(),
+                "{} is a reversal: it has no request of its own and no adapter",
+                receipt.display()
+            );
+            let dir = opts.model.clone().unwrap_or_else(|| here.join(&rev.model));
+            let files = check_folder(&dir, "", &rev.model_files)?;
+            return Ok(Verified {
+                files,
+                ids: 0,
+                chain: links.len(),
+                input_model: dir,
+                input_model_checked: true,
+                signed_by,
+                proof: None,
+            });
+        }
+    };
     let mut leaves = Vec::with_capacity(r.request.leaves.len());
     for (i, l) in r.request.leaves.iter().enumerate() {
         leaves.push(
@@ -214,11 +355,19 @@ pub fn verify(receipt: &Path, opts: &VerifyOptions) -> Result<Verified> {
             Some(path)
         }
     };
-    Ok(Verified { files, ids: r.request.ids, input_model, input_model_checked, proof })
+    Ok(Verified {
+        files,
+        ids: r.request.ids,
+        chain: links.len(),
+        input_model,
+        input_model_checked,
+        signed_by,
+        proof,
+    })
 }
 
 /// Files below `dir` against `expected` (keys `prefix…`): every one present and equal, no other.
-fn check_folder(dir: &Path, prefix: &str, expected: &Digests) -> Result<usize> {
+pub fn check_folder(dir: &Path, prefix: &str, expected: &Digests) -> Result<usize> {
     let found = digests(dir, prefix).with_context(|| format!("checking {}", dir.display()))?;
     for (name, sha) in expected {
         let local = dir.join(name.strip_prefix(prefix).unwrap_or(name));
@@ -248,13 +397,49 @@ pub fn write_salt(path: &Path, salt: &[u8]) -> Result<()> {
 pub fn read_salt(path: &Path) -> Result<Vec<u8>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let t = text.trim();
+    merkle::bytes_of_hex(text.trim())
+        .with_context(|| format!("{}: a salt file holds hex digits", path.display()))
+}
+
+/// Reads the data set the receipt's own configuration names, split as it was (`data.after`'s
+/// chain included), and checks that its training samples and its forgotten samples are the
+/// ones the receipt's digests describe. Returns the data set's folder.
+pub fn verify_data(receipt: &Path) -> Result<PathBuf> {
+    let r = Receipt::read(receipt)?;
+    let cfg: crate::config::RunConfig = serde_json::from_value(r.config.clone())
+        .with_context(|| format!("{}: the configuration it records", receipt.display()))?;
+    let path = cfg.data.path.clone();
+    let run = crate::Run::open(cfg).context("reading the data the receipt names")?;
+    let (train, forget) = run.sample_digests();
+    let shown = if path.as_os_str().is_empty() {
+        "the embedded data set".into()
+    } else {
+        path.display().to_string()
+    };
     ensure!(
-        t.len() % 2 == 0 && t.chars().all(|c| c.is_ascii_hexdigit()),
-        "{}: a salt file holds hex digits",
-        path.display()
+        train == r.train_samples_sha256,
+        "the training samples read from {shown} have SHA-256 {train}, {} says {}: they are not the data it was made on",
+        receipt.display(),
+        r.train_samples_sha256
     );
-    Ok((0..t.len() / 2)
-        .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).expect("hex"))
-        .collect())
+    ensure!(
+        forget == r.forget_samples_sha256,
+        "the forgotten samples read from {shown} have SHA-256 {forget}, {} says {}",
+        receipt.display(),
+        r.forget_samples_sha256
+    );
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_times_are_civil_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_796_601_599), "2026-12-06T23:59:59Z");
+        assert_eq!(utc(4_107_542_400), "2100-03-01T00:00:00Z");
+    }
 }

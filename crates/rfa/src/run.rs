@@ -1,5 +1,6 @@
 //! A run: its resolved configuration, its data and its folder `runs/<name>/`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -8,10 +9,26 @@ use rfa_data::ImageDataset;
 use rfa_models::Architecture;
 use rfa_models::tokenizer::TextTokenizer;
 
+use crate::chain::{self, Link};
 use crate::config::RunConfig;
 use crate::engine_model::{Samples, TokenizedText};
+use crate::fingerprint::samples_digest;
 use crate::model_init;
 use crate::task::{self, Task};
+
+/// `data.after`'s chain, checked, and the training samples its requests in force forgot.
+fn earlier_requests<D: Samples>(
+    cfg: &RunConfig,
+    train: &D,
+) -> Result<(Vec<Link>, BTreeSet<usize>)> {
+    let Some(after) = &cfg.data.after else { return Ok((Vec::new(), BTreeSet::new())) };
+    let receipt = chain::resolve(after, &cfg.unlearn.out_dir())
+        .with_context(|| format!("data.after = {}", after.display()))?;
+    let links = chain::walk(&receipt)?;
+    let all: Vec<usize> = (0..train.len()).collect();
+    let ids = chain::forgotten_ids(&links, train.len(), &samples_digest(train, &all))?;
+    Ok((links, ids))
+}
 
 /// A run's data: images for ViT, tokenised text for BERT and GPT-2.
 pub enum Data {
@@ -44,12 +61,17 @@ pub struct Run {
     pub cfg: RunConfig,
     pub arch: Architecture,
     pub data: Data,
+    /// `data.after`: the chain of earlier requests this one follows, oldest first (empty for a
+    /// first request). Unlearning starts from the model its last entry leaves.
+    pub after: Vec<Link>,
     pub dir: PathBuf,
     /// The backend the phases run on, as the report names it (the `rfa` binary sets it).
     pub backend: Option<String>,
     /// `--force`: a training phase starts over where its folder holds a model made under
     /// another fingerprint, instead of refusing.
     pub force: bool,
+    /// `--sign KEY`: unlearning signs its receipt with this key (`receipt.sig`).
+    pub sign: Option<crate::signature::SigningKey>,
     /// SHA-256 of `model.path`'s weights, read once: every fingerprint check names it.
     start_checkpoint_sha256: OnceLock<Option<String>>,
 }
@@ -61,6 +83,7 @@ impl Run {
         cfg.validate()?;
         cfg.expand_home();
         let arch = model_init::architecture(&cfg.model)?;
+        let after;
         let data = if task::is_text(&cfg.data) {
             if arch == Architecture::Vit {
                 bail!(
@@ -92,8 +115,17 @@ impl Run {
                     );
                 }
             }
+            let earlier = earlier_requests(&cfg, &train)?;
+            after = earlier.0;
             Data::Text {
-                task: Task::new(train, test, &cfg.data.forget, cfg.seed, cfg.data.probe_percent)?,
+                task: Task::new(
+                    train,
+                    test,
+                    &cfg.data.forget,
+                    cfg.seed,
+                    cfg.data.probe_percent,
+                    &earlier.1,
+                )?,
                 tokenizer: tok,
                 tokenizer_dir: tok_dir,
             }
@@ -105,12 +137,15 @@ impl Run {
                 );
             }
             let (train, test) = task::load_images(&cfg.data, cfg.seed)?;
+            let earlier = earlier_requests(&cfg, &train)?;
+            after = earlier.0;
             Data::Images(Task::new(
                 train,
                 test,
                 &cfg.data.forget,
                 cfg.seed,
                 cfg.data.probe_percent,
+                &earlier.1,
             )?)
         };
         let dir = cfg.run_dir();
@@ -119,9 +154,11 @@ impl Run {
             cfg,
             arch,
             data,
+            after,
             dir,
             backend: None,
             force: false,
+            sign: None,
             start_checkpoint_sha256: OnceLock::new(),
         })
     }
@@ -141,6 +178,19 @@ impl Run {
         match (&self.backend, precision) {
             (Some(b), Some(p)) => Some(format!("{b}; {p}")),
             (b, p) => b.clone().or(p),
+        }
+    }
+
+    /// SHA-256 digests of the training samples and of the forgotten ones, as receipts record
+    /// them.
+    pub fn sample_digests(&self) -> (String, String) {
+        fn of<D: Samples>(t: &Task<D>) -> (String, String) {
+            let all: Vec<usize> = (0..t.train.len()).collect();
+            (samples_digest(&t.train, &all), samples_digest(&t.train, &t.split.forget))
+        }
+        match &self.data {
+            Data::Images(t) => of(t),
+            Data::Text { task, .. } => of(task),
         }
     }
 

@@ -1,11 +1,12 @@
 //! Data sets as the configuration names them, size limits and the forget / retain split.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use rfa_data::images::{fashion_mnist_classes, load_cifar10_bin, load_idx, load_image_folder};
 use rfa_data::text::{TextDataset, eli5_experiment_set, load_aclimdb};
-use rfa_data::{ForgetSpec, ForgetSplit, ImageDataset, select_forget};
+use rfa_data::{ForgetSpec, ForgetSplit, ImageDataset, select_forget_after};
 use rfa_rng::SplitMix64;
 
 use crate::config::DataConfig;
@@ -26,13 +27,21 @@ pub struct Task<D> {
 
 impl<D: Samples> Task<D> {
     /// `probe_percent` of the test set (seeded, at least one sample, one sample short of all
-    /// at most) becomes the validation probe.
-    pub fn new(train: D, test: D, forget: &str, seed: u64, probe_percent: f64) -> Result<Self> {
+    /// at most) becomes the validation probe. `earlier`: the samples earlier requests of a
+    /// chain forgot, out of Dr for good ([`select_forget_after`]).
+    pub fn new(
+        train: D,
+        test: D,
+        forget: &str,
+        seed: u64,
+        probe_percent: f64,
+        earlier: &BTreeSet<usize>,
+    ) -> Result<Self> {
         if train.class_names() != test.class_names() {
             bail!("{} and {} have different classes", train.source(), test.source());
         }
         let spec = ForgetSpec::parse(forget)?;
-        let split = select_forget(train.labels(), train.class_names(), &spec, seed)?;
+        let split = select_forget_after(train.labels(), train.class_names(), &spec, seed, earlier)?;
         let (probe, reported_test) = probe_split(test.len(), probe_percent, seed);
         if reported_test.is_empty() || probe.is_empty() {
             bail!(

@@ -9,6 +9,12 @@ The API follows the `rfa` command and its run configuration::
     rfa.retrain(config)           # M*  -> runs/demo/retrain/
     result = rfa.unlearn(config)  # RFA -> runs/demo/rfa/{adapter,merged}/
     report = rfa.evaluate(config) # runs/demo/report/; report.json's content as a dict
+    rfa.verify(result["dir"] + "/receipt.json")   # the receipt, checked against the files
+
+    # The next deletion request, after the first one; the chain of requests as a list of dicts.
+    nxt = config.replace(name="request2", forget="ids:4,8", after=config.run_dir)
+    rfa.unlearn(nxt)
+    rfa.ledger(nxt.run_dir)
 
 Keywords name a configuration field by its dotted key with `__` for the dot
 (`unlearn__lr=1e-3`), or by its own name where only one section has it (`forget`, `dataset`).
@@ -23,9 +29,13 @@ from ._native import (
     __version__,
     evaluate,
     export,
+    keygen,
+    ledger,
     retrain,
+    revert,
     train,
     unlearn,
+    verify,
 )
 
 __all__ = [
@@ -34,7 +44,11 @@ __all__ = [
     "__version__",
     "evaluate",
     "export",
+    "keygen",
+    "ledger",
     "retrain",
+    "revert",
     "train",
     "unlearn",
+    "verify",
 ]
