@@ -25,6 +25,63 @@ pub struct RunConfig {
     pub unlearn: UnlearnConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// `rfa pretrain`: the backbone `model.preset` (or `model.config`) describes, trained on a
+    /// source corpus into `<runs_dir>/<name>/pretrained/`; a run's `model.path` then names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain: Option<PretrainConfig>,
+}
+
+/// What a backbone learns from before it is fine-tuned ([`crate::pretrain`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// The source corpus: an image set (`cifar10`, `image-folder`, `fashion-mnist`, `mnist`,
+    /// read as `data.dataset` reads them) or text (`imdb`: the reviews' text, labels unused).
+    pub dataset: String,
+    #[serde(default)]
+    pub path: PathBuf,
+    /// `supervised` (the source's own classes), `rotation` (self-supervised: by how many
+    /// quarter turns an image was rotated; the source's labels are never read), or `causal-lm`
+    /// (text: next-token prediction).
+    pub objective: PretrainObjective,
+    /// Source training samples at most (seeded, balanced); 0 = all.
+    #[serde(default)]
+    pub max_samples: usize,
+    /// Held-out samples of the source's test split the backbone is measured on (accuracy, or
+    /// perplexity for text) at most; 0 = all.
+    #[serde(default = "held_out")]
+    pub max_held_out: usize,
+    /// Text: tokens per sample at most.
+    #[serde(default = "max_len")]
+    pub max_len: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    #[serde(default = "wd")]
+    pub weight_decay: f64,
+}
+
+fn held_out() -> usize {
+    1000
+}
+
+/// How a backbone is pre-trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PretrainObjective {
+    Supervised,
+    Rotation,
+    CausalLm,
+}
+
+impl std::fmt::Display for PretrainObjective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Supervised => "supervised",
+            Self::Rotation => "rotation",
+            Self::CausalLm => "causal-lm",
+        })
+    }
 }
 
 fn runs_dir() -> PathBuf {
@@ -435,6 +492,7 @@ impl RunConfig {
                 module_names: lora_core::ModuleNames::default(),
             },
             eval: EvalConfig::default(),
+            pretrain: None,
         }
     }
 

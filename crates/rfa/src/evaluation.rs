@@ -107,7 +107,20 @@ impl Run {
             residual_norms_forget: Vec::new(),
             residual_norms_retain: Vec::new(),
             rfa_runs: self.rfa_runs(),
+            backbone: self.backbone(),
         }
+    }
+
+    /// `model.path` and the SHA-256 of its weights (hashed once per run), with rfa's pretrain
+    /// record when it made the checkpoint.
+    fn backbone(&self) -> Option<crate::report::Backbone> {
+        let path = self.cfg.model.path.as_ref()?;
+        let sha256 = self.start_checkpoint_sha256().ok().flatten()?.to_string();
+        Some(crate::report::Backbone {
+            path: path.display().to_string(),
+            sha256,
+            pretrain: crate::pretrain::PretrainRecord::read(path),
+        })
     }
 
     /// The settings and stop of every RFA result in the run, from their logs (results without a

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! config.toml                   the resolved configuration
+//! pretrained/                   `rfa pretrain`: a backbone (Hugging Face checkpoint, pretrain.json)
 //! original/                     M0, trained on D (Hugging Face checkpoint, optimizer state,
 //!                               train_state.json, fingerprint.json, phase.json)
 //! retrain/                      M*, trained on Dr only (the gold standard)
@@ -45,6 +46,7 @@ pub mod model_init;
 mod phase_record;
 mod phases;
 pub mod plots;
+pub mod pretrain;
 pub mod probe;
 pub mod receipt;
 pub mod report;

@@ -26,6 +26,9 @@ enum Cmd {
     /// The whole pipeline on the Fashion-MNIST subset in the repository: train, retrain without
     /// one class, unlearn it with RFA, evaluate all three, write the report.
     Demo(Common),
+    /// Pre-train the backbone model.preset describes on the [pretrain] section's source corpus
+    /// into runs/<name>/pretrained/ (resumable); a run's model.path then names it.
+    Pretrain(Common),
     /// Train the original model M0 on the full training set.
     Train(Common),
     /// Train the gold standard M* on the retain set only.
@@ -280,11 +283,14 @@ fn run() -> Result<()> {
         return done;
     }
     let common = match &cli.cmd {
-        Cmd::Demo(c) | Cmd::Train(c) | Cmd::Retrain(c) | Cmd::Eval(c) => c.clone(),
+        Cmd::Demo(c) | Cmd::Pretrain(c) | Cmd::Train(c) | Cmd::Retrain(c) | Cmd::Eval(c) => {
+            c.clone()
+        }
         Cmd::Unlearn { common, .. } | Cmd::Export { common, .. } => common.clone(),
         _ => unreachable!("handled above"),
     };
-    if matches!(cli.cmd, Cmd::Train(_) | Cmd::Retrain(_)) && common.dtype.as_deref() == Some("bf16")
+    if matches!(cli.cmd, Cmd::Pretrain(_) | Cmd::Train(_) | Cmd::Retrain(_))
+        && common.dtype.as_deref() == Some("bf16")
     {
         bail!(
             "--dtype bf16 applies to unlearning: training M0 and M* updates every weight and runs in f32"
@@ -378,6 +384,11 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
             "unlearn.dtype = \"bf16\" needs --device cuda, tch-cpu or tch-cuda: burn's ndarray and flex backends have no bf16 products"
         );
     }
+    if let Cmd::Pretrain(_) = &cli.cmd {
+        let out = Run::pretrain::<B>(&cfg, Some(backend), common.force, device)?;
+        eprintln!("pre-trained backbone: {} (name it in model.path)", out.display());
+        return Ok(());
+    }
     let mut run = Run::open(cfg)?;
     run.backend = Some(backend.to_string());
     run.force = common.force;
@@ -407,7 +418,11 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
             let report = run.eval::<B>(backend, device)?;
             println!("{}", report.markdown());
         }
-        Cmd::Verify { .. } | Cmd::Ledger { .. } | Cmd::Revert { .. } | Cmd::Keygen { .. } => {
+        Cmd::Verify { .. }
+        | Cmd::Ledger { .. }
+        | Cmd::Revert { .. }
+        | Cmd::Keygen { .. }
+        | Cmd::Pretrain(_) => {
             unreachable!("handled before a run is opened")
         }
         Cmd::Export { out, .. } => {

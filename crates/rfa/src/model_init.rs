@@ -78,6 +78,16 @@ pub fn initial_vit<B: FusedOps>(
 ) -> Result<Vit<B>> {
     Ok(match (&model.path, &model.config) {
         (Some(p), _) => {
+            let c: VitConfig = rfa_models::config::read_config(&p.join("config.json"))?;
+            // Grey images are repeated over a colour model's channels; nothing makes colour
+            // images grey.
+            if c.num_channels != channels && !(channels == 1 && c.num_channels == 3) {
+                bail!(
+                    "model.path = {}: the checkpoint takes {}-channel images (num_channels), the data set has {channels}",
+                    p.display(),
+                    c.num_channels
+                );
+            }
             lora_core::unfreeze(Vit::load_with_new_head(p, classes.len(), seed, device)?)
         }
         (None, Some(c)) => {
@@ -124,12 +134,27 @@ pub fn eos_id(tok: &TextTokenizer) -> Option<u32> {
     tok.inner.token_to_id("<|endoftext|>")
 }
 
-/// The tokenizer of a text run: `model.tokenizer`, else the checkpoint's own.
+/// The tokenizer of a text run: `model.tokenizer`, else the checkpoint's own. Where both exist
+/// they must be the same vocabulary: a backbone reads its own token ids.
 pub fn tokenizer(model: &ModelConfig) -> Result<(TextTokenizer, PathBuf)> {
     let dir = model.tokenizer.clone().or_else(|| model.path.clone()).context(
         "text needs a tokenizer: set model.tokenizer (or model.path to a checkpoint that has one)",
     )?;
-    Ok((TextTokenizer::from_dir(&dir)?, dir))
+    let tok = TextTokenizer::from_dir(&dir)?;
+    if let (Some(t), Some(p)) = (&model.tokenizer, &model.path)
+        && t != p
+        && let Ok(own) = TextTokenizer::from_dir(p)
+        && own.inner.get_vocab(true) != tok.inner.get_vocab(true)
+    {
+        bail!(
+            "model.tokenizer = {} is not the tokenizer of model.path = {} ({} and {} tokens, or other ids): the backbone was trained on its own; drop model.tokenizer or name the same one",
+            t.display(),
+            p.display(),
+            tok.vocab_size(),
+            own.vocab_size()
+        );
+    }
+    Ok((tok, dir))
 }
 
 /// Copies the tokenizer's files next to a saved model, so that the folder is a complete

@@ -149,6 +149,46 @@ pub struct Report {
     /// How each RFA result was made: its resolved settings and why it stopped.
     #[serde(default)]
     pub rfa_runs: Vec<RfaRun>,
+    /// The checkpoint M0 and M* were fine-tuned from (`model.path`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone: Option<Backbone>,
+}
+
+impl Backbone {
+    fn markdown(&self) -> String {
+        let made = match &self.pretrain {
+            Some(p) => {
+                let quality = match (p.held_out_accuracy, p.held_out_perplexity) {
+                    (Some(a), _) => format!("held-out accuracy {a:.2} %"),
+                    (_, Some(x)) => format!("held-out perplexity {x:.2}"),
+                    _ => "no held-out measure".into(),
+                };
+                format!(
+                    ", pre-trained by rfa ({} on {}, {} samples, {} epochs; {quality} on {} held-out samples)",
+                    p.objective,
+                    p.source,
+                    p.samples,
+                    p.epochs.len(),
+                    p.held_out_samples
+                )
+            }
+            None => String::new(),
+        };
+        format!(
+            "Backbone: `{}` (model.safetensors SHA-256 `{}`){made}.\n\n",
+            self.path, self.sha256
+        )
+    }
+}
+
+/// The backbone of a run: two runs on the same one are comparable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Backbone {
+    pub path: String,
+    /// SHA-256 of its `model.safetensors`.
+    pub sha256: String,
+    /// `rfa pretrain`'s record, when rfa pre-trained it.
+    pub pretrain: Option<crate::pretrain::PretrainRecord>,
 }
 
 /// One RFA result's settings and stop, from its `unlearn_log.json`.
@@ -361,7 +401,7 @@ impl Report {
             self.test_samples,
             self.classes.len(),
             self.backend
-        )
+        ) + &self.backbone.as_ref().map_or(String::new(), Backbone::markdown)
     }
 
     fn classifier_markdown(&self) -> String {

@@ -87,8 +87,12 @@ impl Run {
         let data = if task::is_text(&cfg.data) {
             if arch == Architecture::Vit {
                 bail!(
-                    "data set `{}` is text, the model a ViT: use a BERT (model.path) or GPT-2 model",
-                    cfg.data.dataset
+                    "data set `{}` is text, the model a ViT{}: use a BERT (model.path) or GPT-2 model",
+                    cfg.data.dataset,
+                    cfg.model
+                        .path
+                        .as_ref()
+                        .map_or(String::new(), |p| format!(" (model.path = {})", p.display()))
                 );
             }
             let (tok, tok_dir) = model_init::tokenizer(&cfg.model)?;
@@ -132,8 +136,12 @@ impl Run {
         } else {
             if arch != Architecture::Vit {
                 bail!(
-                    "data set `{}` is images: the model must be a ViT, not {arch:?}",
-                    cfg.data.dataset
+                    "data set `{}` is images: the model must be a ViT, not {arch:?}{}",
+                    cfg.data.dataset,
+                    cfg.model
+                        .path
+                        .as_ref()
+                        .map_or(String::new(), |p| format!(" (model.path = {})", p.display()))
                 );
             }
             let (train, test) = task::load_images(&cfg.data, cfg.seed)?;
