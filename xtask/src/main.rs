@@ -15,6 +15,7 @@
 mod crate_graph;
 mod reproduce;
 mod sequential;
+mod shard;
 mod sweep;
 
 use std::path::PathBuf;
@@ -63,6 +64,10 @@ enum Cmd {
         /// The version that finishes within a session on 2 CPU cores.
         #[arg(long)]
         small: bool,
+        /// Fine-tune M0 and M* from a backbone rfa pre-trains first (`rfa pretrain`, from
+        /// configs/<task>-pretrained.toml), beside the same scenario from scratch.
+        #[arg(long)]
+        pretrained: bool,
         #[arg(long, default_value_t = 3)]
         seeds: usize,
         /// Only these methods (default: all that apply).
@@ -91,6 +96,23 @@ enum Cmd {
         /// --sequential: each request's share of D, in percent.
         #[arg(long, default_value_t = 3.0, requires = "sequential")]
         share: f64,
+        /// Run only cell I of every N of the matrix's grid (`--list` prints it), for cluster
+        /// schedulers (docs/SCALING.md); `--merge` then evaluates and writes the tables.
+        #[arg(long, value_name = "I/N", conflicts_with_all = ["list", "merge", "pretrained"])]
+        shard: Option<String>,
+        /// --shard: seconds a method cell waits for its M0 from another shard running beside it
+        /// (0: refuse at once, naming that shard).
+        #[arg(long, default_value_t = 0, requires = "shard")]
+        wait: u64,
+        /// Print the grid of cells (M0, M*, every method × seed), with those done.
+        #[arg(long, conflicts_with_all = ["merge", "pretrained"])]
+        list: bool,
+        /// Once every cell is done: evaluate each scenario and write its tables.
+        #[arg(long, conflicts_with = "pretrained")]
+        merge: bool,
+        /// Override a field of every scenario's configuration: --set data.max_train=600.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
     },
     /// Print the workspace's crate dependencies as docs/design.md draws them; with --check, fail
     /// when docs/design.md's picture differs.
@@ -158,6 +180,7 @@ fn run() -> Result<bool> {
         Cmd::Reproduce {
             task,
             small,
+            pretrained,
             seeds,
             methods,
             runs_dir,
@@ -167,7 +190,26 @@ fn run() -> Result<bool> {
             from_seed,
             sequential,
             share,
+            shard,
+            wait,
+            list,
+            merge,
+            sets,
         } => {
+            let mode = match (shard, list, merge) {
+                (Some(s), _, _) => {
+                    let (index, count) = shard::parse_shard(&s)?;
+                    Some(shard::Mode::Shard { index, count, wait })
+                }
+                (None, true, _) => Some(shard::Mode::List),
+                (None, false, true) => Some(shard::Mode::Merge),
+                _ => None,
+            };
+            if let Some(mode) = mode {
+                let seeds = seeds.max(1);
+                shard::run(&task, small, seeds, &methods, &runs_dir, &device, &sets, mode)?;
+                return Ok(true);
+            }
             if let Some(requests) = sequential {
                 if task != "fashion-mnist" || !small || !methods.is_empty() {
                     bail!(
@@ -192,7 +234,16 @@ fn run() -> Result<bool> {
                     let seeds = from_seed..from_seed + seeds.max(1) as u64;
                     sweep::run(&forget, seeds, &runs_dir, &device)?;
                 }
-                None => reproduce::run(&task, small, seeds.max(1), &methods, &runs_dir, &device)?,
+                None => reproduce::run(
+                    &task,
+                    small,
+                    pretrained,
+                    seeds.max(1),
+                    &methods,
+                    &runs_dir,
+                    &device,
+                    &sets,
+                )?,
             }
             Ok(true)
         }

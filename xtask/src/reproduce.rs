@@ -16,7 +16,7 @@ use serde_json::Value;
 /// trains the same LoRA adapters as RFA with AdamW; methods that pass over the whole retain set
 /// get one epoch (their cost grows with |Dr|), ascent gets a smaller step because its loss is
 /// unbounded.
-const METHOD_SETS: [(&str, &[&str]); 9] = [
+pub(crate) const METHOD_SETS: [(&str, &[&str]); 9] = [
     ("rfa", &[]),
     ("finetune", &["unlearn.lr=1e-3", "unlearn.epochs=1"]),
     ("grad-ascent", &["unlearn.lr=1e-4"]),
@@ -29,14 +29,14 @@ const METHOD_SETS: [(&str, &[&str]); 9] = [
 ];
 
 /// Methods that need class labels (not for language models).
-const LABEL_METHODS: [&str; 2] = ["random-label", "salun"];
+pub(crate) const LABEL_METHODS: [&str; 2] = ["random-label", "salun"];
 
 /// Run configurations as TOML tables (xtask drives the `rfa` binary and reads what it writes;
 /// it does not link the library).
-struct Scenario {
-    name: String,
-    config: toml::Table,
-    language_model: bool,
+pub(crate) struct Scenario {
+    pub name: String,
+    pub config: toml::Table,
+    pub language_model: bool,
 }
 
 fn read(root: &Path, rel: &str) -> Result<toml::Table> {
@@ -71,10 +71,59 @@ pub(crate) fn demo(bin: &Path) -> Result<toml::Table> {
     Ok(toml::from_str(&String::from_utf8(out.stdout)?)?)
 }
 
-fn scenarios(root: &Path, bin: &Path, task: &str, small: bool) -> Result<Vec<Scenario>> {
+/// `--pretrained`: the backbone's run configuration (`rfa pretrain` reads its `[pretrain]` and
+/// `[model]`), from `configs/<task>-pretrained.toml` with the `--small` sizes.
+fn backbone(root: &Path, task: &str, small: bool) -> Result<toml::Table> {
+    let file = match task {
+        "fashion-mnist" => "configs/fashion-mnist-pretrained.toml",
+        "cifar10" => "configs/cifar10-pretrained.toml",
+        "eli5" => "configs/eli5-gpt2-pretrained.toml",
+        other => bail!(
+            "--pretrained: `{other}` has no rfa-made backbone (imdb fine-tunes the real all-MiniLM-L6-v2)"
+        ),
+    };
+    let mut c = read(root, file)?;
+    c.insert("name".into(), format!("{task}-backbone{}", if small { "-small" } else { "" }).into());
+    if small {
+        // Sized for 2 CPU cores (docs/RESULTS.md says what each size reached).
+        match task {
+            "eli5" => {
+                set(&mut c, "pretrain", "max_samples", 4000);
+                set(&mut c, "pretrain", "max_held_out", 300);
+                set(&mut c, "pretrain", "max_len", 64);
+                set(&mut c, "pretrain", "epochs", 1);
+            }
+            // Rotation sees each image four times.
+            "cifar10" => {
+                set(&mut c, "pretrain", "max_samples", 5000);
+                set(&mut c, "pretrain", "max_held_out", 500);
+                set(&mut c, "pretrain", "epochs", 4);
+            }
+            _ => {
+                set(&mut c, "pretrain", "max_samples", 10000);
+                set(&mut c, "pretrain", "max_held_out", 1000);
+                set(&mut c, "pretrain", "epochs", 5);
+            }
+        }
+    }
+    Ok(c)
+}
+
+pub(crate) fn scenarios(
+    root: &Path,
+    bin: &Path,
+    task: &str,
+    small: bool,
+    backbone: Option<(&toml::Table, &Path)>,
+) -> Result<Vec<Scenario>> {
     let mut out = Vec::new();
+    let pretrained = backbone.is_some();
     let mut add = |name: &str, mut c: toml::Table, forget: &str, lm: bool| {
-        let name = format!("{name}{}", if small { "-small" } else { "" });
+        let name = format!(
+            "{name}{}{}",
+            if pretrained { "-pretrained" } else { "" },
+            if small { "-small" } else { "" }
+        );
         c.insert("name".into(), name.clone().into());
         set(&mut c, "data", "forget", forget);
         out.push(Scenario { name, config: c, language_model: lm });
@@ -127,10 +176,32 @@ fn scenarios(root: &Path, bin: &Path, task: &str, small: bool) -> Result<Vec<Sce
         }
         other => bail!("unknown task `{other}` (fashion-mnist, cifar10, imdb, eli5)"),
     }
+    // Fine-tuned from the backbone: its architecture (preset), its path, its tokenizer.
+    if let Some((b, path)) = backbone {
+        for sc in &mut out {
+            if let Some(m) = b.get("model").and_then(|m| m.as_table()) {
+                for (k, v) in m {
+                    set(&mut sc.config, "model", k, v.clone());
+                }
+            }
+            set(&mut sc.config, "model", "path", path.to_string_lossy().into_owned());
+            if task == "fashion-mnist" {
+                // The colour backbone's fine-tuning settings (configs/fashion-mnist-pretrained.toml).
+                if let Some(t) = b.get("train") {
+                    sc.config.insert("train".into(), t.clone());
+                }
+            }
+        }
+    }
     Ok(out)
 }
 
+/// `RFA_BIN` names an `rfa` binary to run instead of building the release one (CI's shard check
+/// runs the debug build `cargo xtask test` made).
 pub(crate) fn rfa_binary(root: &Path, device: &str) -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("RFA_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root).args(["build", "--release", "-p", "rfa"]);
@@ -171,67 +242,216 @@ pub(crate) fn rfa(
     Ok(())
 }
 
+/// `--set section.key=value` on every scenario's configuration (the value read as TOML, else as a
+/// string), as `rfa --set` reads it.
+pub(crate) fn apply_sets(scs: &mut [Scenario], sets: &[String]) -> Result<()> {
+    for s in sets {
+        let (key, value) = s.split_once('=').with_context(|| format!("--set {s}: KEY=VALUE"))?;
+        let (section, field) =
+            key.split_once('.').with_context(|| format!("--set {s}: section.field=VALUE"))?;
+        let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| value.into());
+        for sc in scs.iter_mut() {
+            set(&mut sc.config, section, field, value.clone());
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     task: &str,
     small: bool,
+    pretrained: bool,
     seeds: usize,
     only: &[String],
     runs: &Path,
     device: &str,
+    sets: &[String],
 ) -> Result<()> {
     let root = crate::root();
     let bin = rfa_binary(&root, device)?;
     std::fs::create_dir_all(runs)?;
-    for sc in scenarios(&root, &bin, task, small)? {
-        let config = runs.join(format!("{}.toml", sc.name));
-        std::fs::write(&config, toml::to_string_pretty(&sc.config)?)?;
-        let dir = runs.join(&sc.name);
-        let started = std::time::Instant::now();
-        rfa(&bin, &["train"], &config, runs, device, &[])?;
-        rfa(&bin, &["retrain"], &config, runs, device, &[])?;
-        for (method, sets) in METHOD_SETS {
-            if (sc.language_model && LABEL_METHODS.contains(&method))
-                || (!only.is_empty() && !only.iter().any(|m| m == method))
-            {
-                continue;
-            }
-            for seed in 0..seeds as u64 {
-                if dir.join(format!("{method}-s{seed}/phase.json")).is_file() {
-                    continue;
-                }
-                let mut s: Vec<String> = sets.iter().map(|x| x.to_string()).collect();
-                s.push(format!("unlearn.seed={seed}"));
-                rfa(&bin, &["unlearn", "--method", method], &config, runs, device, &s)?;
-            }
+    let runs = &std::path::absolute(runs)?;
+    // --pretrained: one backbone for every scenario of the task (resumed if it is there).
+    let backbone = match pretrained {
+        false => None,
+        true => {
+            let mut b = backbone(&root, task, small)?;
+            let name = b["name"].as_str().unwrap_or("backbone").to_string();
+            let out = runs.join(&name).join("pretrained");
+            set(&mut b, "model", "path", out.to_string_lossy().into_owned());
+            let config = runs.join(format!("{name}.toml"));
+            std::fs::write(&config, toml::to_string_pretty(&b)?)?;
+            rfa(&bin, &["pretrain"], &config, runs, device, &[])?;
+            Some((b, out))
         }
-        rfa(&bin, &["eval"], &config, runs, device, &[])?;
-        let report: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("report/report.json"))?)?;
+    };
+    let mut scs =
+        scenarios(&root, &bin, task, small, backbone.as_ref().map(|(b, p)| (b, p.as_path())))?;
+    apply_sets(&mut scs, sets)?;
+    // M0 does not depend on what is forgotten: the first scenario's is copied into the others
+    // (`rfa train` checks its fingerprint and finds it complete).
+    let (mut first, mut first_scratch) = (None::<std::path::PathBuf>, None::<std::path::PathBuf>);
+    let share_m0 = |from: &Option<std::path::PathBuf>, name: &str| -> Result<()> {
+        let to = runs.join(name).join("original");
+        match from {
+            Some(f) if !to.exists() => copy_dir(&f.join("original"), &to),
+            _ => Ok(()),
+        }
+    };
+    for sc in scs {
+        let started = std::time::Instant::now();
+        share_m0(&first, &sc.name)?;
+        let report = run_scenario(&bin, &sc, runs, device, seeds, only)?;
+        first.get_or_insert(runs.join(&sc.name));
+        // The same scenario from scratch (same architecture and fine-tuning budget, RFA only):
+        // what the backbone is worth.
+        let scratch = match &backbone {
+            None => None,
+            Some(_) => {
+                let mut c = sc.config.clone();
+                if let Some(m) = c.get_mut("model").and_then(|m| m.as_table_mut()) {
+                    m.remove("path");
+                }
+                let name = sc.name.replace("-pretrained", "-scratch");
+                c.insert("name".into(), name.clone().into());
+                share_m0(&first_scratch, &name)?;
+                first_scratch.get_or_insert(runs.join(&name));
+                let twin = Scenario { name, config: c, language_model: sc.language_model };
+                Some(run_scenario(&bin, &twin, runs, device, 1, &["rfa".to_string()])?)
+            }
+        };
         write_results(
-            &root,
             task,
             &sc,
             &report,
-            &dir,
+            scratch.as_ref(),
+            &runs.join(&sc.name),
             small,
-            started.elapsed().as_secs_f64(),
+            Some(started.elapsed().as_secs_f64()),
             seeds,
         )?;
     }
     Ok(())
 }
 
+/// M0, M*, every method (or `only`) with each seed, and the report; what is already in the run
+/// folder is reused.
+pub(crate) fn run_scenario(
+    bin: &Path,
+    sc: &Scenario,
+    runs: &Path,
+    device: &str,
+    seeds: usize,
+    only: &[String],
+) -> Result<Value> {
+    let config = runs.join(format!("{}.toml", sc.name));
+    std::fs::write(&config, toml::to_string_pretty(&sc.config)?)?;
+    let dir = runs.join(&sc.name);
+    rfa(bin, &["train"], &config, runs, device, &[])?;
+    rfa(bin, &["retrain"], &config, runs, device, &[])?;
+    for (method, sets) in METHOD_SETS {
+        if (sc.language_model && LABEL_METHODS.contains(&method))
+            || (!only.is_empty() && !only.iter().any(|m| m == method))
+        {
+            continue;
+        }
+        for seed in 0..seeds as u64 {
+            if dir.join(format!("{method}-s{seed}/phase.json")).is_file() {
+                continue;
+            }
+            let mut s: Vec<String> = sets.iter().map(|x| x.to_string()).collect();
+            s.push(format!("unlearn.seed={seed}"));
+            rfa(bin, &["unlearn", "--method", method], &config, runs, device, &s)?;
+        }
+    }
+    rfa(bin, &["eval"], &config, runs, device, &[])?;
+    Ok(serde_json::from_str(&std::fs::read_to_string(dir.join("report/report.json"))?)?)
+}
+
+/// `--pretrained`: the backbone and what it is worth — TA of M0 and M* fine-tuned from it
+/// against the same architecture and budget from scratch, and RFA's gap on both.
+fn backbone_paragraph(report: &Value, scratch: &Value) -> String {
+    let model = |r: &Value, name: &str, key: &str| -> String {
+        r["models"]
+            .as_array()
+            .and_then(|ms| {
+                ms.iter().find(|m| m["name"].as_str().is_some_and(|n| n.starts_with(name)))
+            })
+            .and_then(|m| m[key].as_f64())
+            .map_or("—".into(), |v| format!("{v:.2}"))
+    };
+    let b = &report["backbone"];
+    let p = &b["pretrain"];
+    let quality = match (p["held_out_accuracy"].as_f64(), p["held_out_perplexity"].as_f64()) {
+        (Some(a), _) => format!("held-out accuracy {a:.2} %"),
+        (_, Some(x)) => format!("held-out perplexity {x:.2}"),
+        _ => "—".into(),
+    };
+    let lm = report["language_model"].is_object();
+    let rows = if lm {
+        let lm_model = |r: &Value, name: &str, key: &str| -> String {
+            r["language_model"]["models"]
+                .as_array()
+                .and_then(|ms| {
+                    ms.iter().find(|m| m["name"].as_str().is_some_and(|n| n.starts_with(name)))
+                })
+                .and_then(|m| m[key].as_f64())
+                .map_or("—".into(), |v| format!("{v:.2}"))
+        };
+        format!(
+            "| | M0 test perplexity | M\\* test perplexity | RFA Df perplexity |\n|---|---:|---:|---:|\n| from the backbone | {} | {} | {} |\n| from scratch | {} | {} | {} |\n",
+            lm_model(report, "original", "ppl_test"),
+            lm_model(report, "retrain", "ppl_test"),
+            lm_model(report, "RFA", "ppl_forget"),
+            lm_model(scratch, "original", "ppl_test"),
+            lm_model(scratch, "retrain", "ppl_test"),
+            lm_model(scratch, "RFA", "ppl_forget"),
+        )
+    } else {
+        format!(
+            "| | M0 TA | M\\* TA | RFA gap (seed 0) |\n|---|---:|---:|---:|\n| from the backbone | {} | {} | {} |\n| from scratch | {} | {} | {} |\n",
+            model(report, "original", "ta"),
+            model(report, "retrain", "ta"),
+            model(report, "RFA (seed 0)", "average_gap"),
+            model(scratch, "original", "ta"),
+            model(scratch, "retrain", "ta"),
+            model(scratch, "RFA", "average_gap"),
+        )
+    };
+    format!(
+        "Backbone `{}` (model.safetensors SHA-256 `{}`): {} pre-training on {}, {} samples, {} epochs; {quality} on {} held-out samples. At the same architecture and fine-tuning budget:\n\n{rows}\n",
+        b["path"].as_str().unwrap_or("?"),
+        &b["sha256"].as_str().unwrap_or("?").chars().take(12).collect::<String>(),
+        p["objective"].as_str().unwrap_or("?"),
+        p["source"].as_str().unwrap_or("?"),
+        p["samples"],
+        p["epochs"].as_array().map_or(0, Vec::len),
+        p["held_out_samples"],
+    )
+}
+
+/// Where the tables go: the repository (`docs/`), or `RFA_RESULTS_ROOT` (CI's shard check
+/// writes two sets of tables to compare).
+fn results_root() -> PathBuf {
+    std::env::var_os("RFA_RESULTS_ROOT").map(PathBuf::from).unwrap_or_else(crate::root)
+}
+
 #[allow(clippy::too_many_arguments)]
-fn write_results(
-    root: &Path,
+pub(crate) fn write_results(
     task: &str,
     sc: &Scenario,
     report: &Value,
+    scratch: Option<&Value>,
     dir: &Path,
     small: bool,
-    seconds: f64,
+    seconds: Option<f64>,
     seeds: usize,
 ) -> Result<()> {
+    let root = results_root();
     let out = root.join("docs/results/reproduce").join(&sc.name);
     std::fs::create_dir_all(&out)?;
     for f in [
@@ -251,18 +471,26 @@ fn write_results(
     let s = |k: &str| report[k].as_str().unwrap_or("").to_string();
     let section = format!(
         "### {name}\n\n`cargo xtask reproduce {task}{flag}` — {kind}; {train} training samples, {forget} forgotten (`{spec}`), {test} test \
-samples; {seeds} seed(s) per method; ran on {backend}, {cores} CPU cores visible, {minutes:.0} min for the whole scenario (training included).\n\n\
-{table}\nRows: mean ± sample std over seeds. Configuration, full report (with every seed's row) and plot: \
+samples; {seeds} seed(s) per method; ran on {backend}, {cores} CPU cores visible, {minutes}.\n\n\
+{backbone}{table}\nRows: mean ± sample std over seeds. Configuration, full report (with every seed's row) and plot: \
 [docs/results/reproduce/{name}/](results/reproduce/{name}/).\n\n![gap vs time](results/reproduce/{name}/gap_vs_time.png)\n",
         name = sc.name,
-        flag = if small { " --small" } else { "" },
+        flag = format!(
+            "{}{}",
+            if scratch.is_some() { " --pretrained" } else { "" },
+            if small { " --small" } else { "" }
+        ),
+        backbone = scratch.map_or(String::new(), |s| backbone_paragraph(report, s)),
         kind = if small { "the `--small` version (2 CPU cores, one session)" } else { "full size" },
         train = n("train_samples"),
         forget = n("forget_samples"),
         spec = s("forget"),
         test = n("test_samples"),
         backend = s("backend"),
-        minutes = seconds / 60.0,
+        minutes = match seconds {
+            Some(s) => format!("{:.0} min for the whole scenario (training included)", s / 60.0),
+            None => "in shards (each phase's time is in the report)".into(),
+        },
     );
     std::fs::write(out.join("summary.md"), &section)?;
     let results = root.join("docs/RESULTS.md");
@@ -319,4 +547,17 @@ mod tests {
         );
         assert_eq!(again.len(), two.len());
     }
+}
+
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()))?;
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
 }

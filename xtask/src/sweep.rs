@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::reproduce::{demo, rfa, rfa_binary, set, with_section};
+use crate::reproduce::{copy_dir, demo, rfa, rfa_binary, set, with_section};
 
 /// The baselines of the comparison table (the strongest of docs/RESULTS.md's small tables),
 /// with reproduce.rs's settings.
@@ -129,19 +129,6 @@ fn read_json(p: &Path) -> Result<Value> {
         &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
     )
     .with_context(|| format!("parsing {}", p.display()))
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()))?;
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name()))?;
-        }
-    }
-    Ok(())
 }
 
 /// A model's row of a case by its report name (`RFA`, `grad-diff`, `original (M0)`, …).

@@ -266,7 +266,11 @@ pub fn revert(receipt: &Path) -> Result<PathBuf> {
     let name = folder.file_name().context("the result folder has a name")?.to_string_lossy();
     let out = folder.with_file_name(format!("{name}{REVERTED_SUFFIX}"));
     let run = folder.parent().map(Path::to_path_buf).unwrap_or_default();
-    let _lock = crate::RunLock::exclusive(&run, "rfa revert")?;
+    let _lock = crate::RunLock::folder(
+        &run,
+        &out.file_name().expect("named").to_string_lossy(),
+        "rfa revert",
+    )?;
     let staged = crate::staged_dir::StagedDir::new(&out)?;
     let reversal = Reversal {
         format: REVERSAL_FORMAT.into(),

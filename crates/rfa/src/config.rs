@@ -522,6 +522,9 @@ impl RunConfig {
         if let Some(p) = &mut self.data.after {
             expand(p);
         }
+        if let Some(p) = &mut self.pretrain {
+            expand(&mut p.path);
+        }
         for p in [&mut self.model.path, &mut self.model.config, &mut self.model.tokenizer]
             .into_iter()
             .flatten()

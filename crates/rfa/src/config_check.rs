@@ -99,6 +99,16 @@ impl RunConfig {
         open_percent("data.probe_percent", d.probe_percent)?;
         open_percent("data.test_percent", d.test_percent)?;
         let t = &self.train;
+        if let Some(p) = &self.pretrain {
+            if p.dataset.is_empty() {
+                return Err(invalid("pretrain.dataset", "\"\"", "name the source corpus"));
+            }
+            at_least_one("pretrain.epochs", p.epochs)?;
+            positive("pretrain.lr", p.lr)?;
+            at_least_one("pretrain.batch_size", p.batch_size)?;
+            non_negative("pretrain.weight_decay", p.weight_decay)?;
+            at_least_one("pretrain.max_len", p.max_len)?;
+        }
         at_least_one("train.epochs", t.epochs)?;
         positive("train.lr", t.lr)?;
         at_least_one("train.batch_size", t.batch_size)?;
@@ -179,6 +189,22 @@ mod tests {
     #[test]
     fn the_demo_configuration_is_valid() {
         RunConfig::demo().validate().unwrap();
+    }
+
+    /// Every configuration the repository ships parses and validates.
+    #[test]
+    fn the_shipped_configurations_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let cfg = RunConfig::read(&p).unwrap();
+                cfg.validate().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 6, "{n} configurations");
     }
 
     proptest::proptest! {

@@ -10,6 +10,7 @@ use crate::engine::{self, outputs};
 use crate::engine_model::Samples;
 use crate::model_init::{self, Gpt2};
 use crate::phase_record::PhaseRecord;
+use crate::pretrain::{PretrainRecord, held_out_text};
 use crate::report::{self, Generation, Report};
 use crate::role::Role;
 
@@ -75,6 +76,14 @@ impl Run {
             }
         }
         let eos = model_init::eos_id(tok);
+        // A backbone rfa pre-trained on other text: every model on its held-out texts.
+        let backbone_text = match self.cfg.model.path.as_deref().and_then(PretrainRecord::read) {
+            Some(PretrainRecord { held_out_text: Some(h), source, .. }) => {
+                Some((format!("{} held-out texts of {source}", h.max), held_out_text(&h, tok)?))
+            }
+            _ => None,
+        };
+        let mut backbone_ppl = Vec::new();
         let mut evaluated = Vec::new();
         for (role, model, record) in self.evaluated_models::<B, Gpt2<B>>(device)? {
             let name = role.name();
@@ -86,6 +95,10 @@ impl Run {
             pb.inc(1);
             let test = outputs(&model, &t.test, &test_idx, device)?;
             pb.finish();
+            if let Some((_, text)) = &backbone_text {
+                let all: Vec<usize> = (0..text.len()).collect();
+                backbone_ppl.push(perplexity(&outputs(&model, text, &all, device)?.token_logprobs));
+            }
             for g in &mut generations {
                 let ids = tok.encode(&g.prompt, false)?;
                 let new = model.generate(&ids, ev.generate_tokens, None, 1.0, eos, self.cfg.seed);
@@ -96,7 +109,8 @@ impl Run {
         let gold_features =
             evaluated.iter().find(|e| e.role == Role::Retrained).map(|e| e.forget.features.clone());
         let mut lm_models = Vec::new();
-        for LmEvaluated { role, forget, retain, test, record } in &evaluated {
+        for (i, LmEvaluated { role, forget, retain, test, record }) in evaluated.iter().enumerate()
+        {
             let held_lp: Vec<Vec<f32>> =
                 held.iter().map(|&i| test.token_logprobs[i].clone()).collect();
             let scores = |sets: &[Vec<f32>], score: &dyn Fn(&[f32]) -> Option<f64>| -> Vec<f64> {
@@ -133,6 +147,7 @@ impl Run {
                 feature_distance_forget: forget_distance,
                 residual_norm_forget: mean(&forget.residual_norms),
                 residual_norm_retain: mean(&retain.residual_norms),
+                ppl_backbone_corpus: backbone_ppl.get(i).copied().flatten(),
                 record: record.clone(),
             });
         }
@@ -154,6 +169,7 @@ impl Run {
                 held_out_samples: held.len(),
                 retain_samples_evaluated: retain_sample.len(),
                 min_k_percent: ev.min_k_percent,
+                backbone_corpus: backbone_text.map(|(name, _)| name),
             }),
             residual_norms_forget: rfa.forget.residual_norms.clone(),
             residual_norms_retain: rfa.retain.residual_norms.clone(),

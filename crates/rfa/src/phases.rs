@@ -116,8 +116,9 @@ impl Run {
 
     /// `rfa train` (all of D → `original/`) or `rfa retrain` (Dr only → `retrain/`).
     pub fn train<B: FusedAutodiff>(&self, retrain: bool, device: &B::Device) -> Result<()> {
-        let _lock =
-            RunLock::exclusive(&self.dir, if retrain { "rfa retrain" } else { "rfa train" })?;
+        let (folder, command) =
+            if retrain { (Role::Retrained, "rfa retrain") } else { (Role::Original, "rfa train") };
+        let _lock = RunLock::folder(&self.dir, &folder.folder(), command)?;
         let (m, seed) = (&self.cfg.model, self.cfg.seed);
         match self.arch {
             Architecture::Vit => {
@@ -222,8 +223,9 @@ impl Run {
     /// `rfa unlearn --method NAME`: under `NAME/` (or `NAME-s<seed>/`), the adapter (PEFT) when
     /// adapters were trained, and the merged model (Hugging Face).
     pub fn unlearn<B: FusedAutodiff>(&self, device: &B::Device) -> Result<()> {
-        let _lock = RunLock::exclusive(
+        let _lock = RunLock::folder(
             &self.dir,
+            &self.cfg.unlearn.out_dir(),
             &format!("rfa unlearn --method {}", self.cfg.unlearn.method),
         )?;
         match self.arch {
@@ -316,6 +318,8 @@ impl Run {
         // A reversal of the result just replaced reverses nothing that exists any more.
         let stale = self.dir.join(format!("{}{}", unlearn_cfg.out_dir(), chain::REVERTED_SUFFIX));
         if stale.is_dir() {
+            let name = stale.file_name().expect("named").to_string_lossy().into_owned();
+            let _lock = RunLock::folder(&self.dir, &name, "rfa unlearn")?;
             std::fs::remove_dir_all(&stale)
                 .with_context(|| format!("removing the stale reversal {}", stale.display()))?;
         }
@@ -359,6 +363,7 @@ impl Run {
         if original.exists() {
             return self.check_trained(task, false);
         }
+        let _lock = RunLock::folder(&self.dir, "original", "rfa unlearn --after (M0)")?;
         let Some(chain::Entry::Unlearning(first)) = self.after.first().map(|l| &l.entry) else {
             return Ok(());
         };

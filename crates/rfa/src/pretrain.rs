@@ -52,6 +52,41 @@ pub struct PretrainRecord {
     /// Text: perplexity on held-out source text.
     pub held_out_perplexity: Option<f64>,
     pub epochs: Vec<EpochLog>,
+    /// How the held-out texts were drawn (causal-lm), so that a fine-tuned model can be
+    /// measured on the same ones ([`held_out_text`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out_text: Option<HeldOutText>,
+}
+
+/// The held-out part of a text corpus: `max` reviews of aclImdb's test split at `path`
+/// (balanced, drawn with `seed`), `max_len` tokens each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldOutText {
+    pub path: PathBuf,
+    pub max: usize,
+    pub max_len: usize,
+    pub seed: u64,
+}
+
+/// The reviews a split of aclImdb holds, `max` of them balanced over the labels (`seed`).
+fn imdb_texts(
+    path: &Path,
+    split: &str,
+    max: usize,
+    seed: u64,
+) -> Result<rfa_data::text::TextDataset> {
+    let ds = load_aclimdb(path, split)?;
+    let keep = balanced(&ds.labels, ds.class_names.len(), max, seed);
+    Ok(text_subset(&ds, &keep))
+}
+
+/// The backbone's held-out texts, tokenised with `tok` as they were at pre-training.
+pub fn held_out_text(
+    h: &HeldOutText,
+    tok: &rfa_models::tokenizer::TextTokenizer,
+) -> Result<TokenizedText> {
+    let eos = model_init::eos_id(tok);
+    TokenizedText::new(imdb_texts(&h.path, "test", h.max, h.seed ^ 1)?, tok, h.max_len, eos)
 }
 
 impl PretrainRecord {
@@ -165,7 +200,7 @@ impl Run {
         )?;
         let dir = cfg.run_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let _lock = RunLock::exclusive(&dir, "rfa pretrain")?;
+        let _lock = RunLock::folder(&dir, PRETRAINED, "rfa pretrain")?;
         let out = dir.join(PRETRAINED);
         // The backbone is built from the preset or config.json; model.path names the result.
         let mut model_cfg = cfg.model.clone();
@@ -209,7 +244,7 @@ impl Run {
                 )?;
                 let fp = fingerprint(&cfg, &p, &train)?;
                 let run = Pretraining { out: &out, p: &p, train_cfg, seed, fp, force, backend };
-                run.go(model, &train, &held, &|_| Ok(()), device)?;
+                run.go(model, &train, &held, &|_| Ok(()), None, device)?;
             }
             (PretrainObjective::CausalLm, Architecture::Gpt2) => {
                 ensure!(
@@ -223,19 +258,20 @@ impl Run {
                 );
                 let (tok, tok_dir) = model_init::tokenizer(&model_cfg)?;
                 let eos = model_init::eos_id(&tok);
-                let pick = |ds: rfa_data::text::TextDataset, max: usize, salt: u64| {
-                    let keep = balanced(&ds.labels, ds.class_names.len(), max, seed ^ salt);
-                    text_subset(&ds, &keep)
-                };
-                let train = pick(load_aclimdb(&p.path, "train")?, p.max_samples, 0);
-                let held = pick(load_aclimdb(&p.path, "test")?, p.max_held_out, 1);
+                let train = imdb_texts(&p.path, "train", p.max_samples, seed)?;
                 let train = TokenizedText::new(train, &tok, p.max_len, eos)?;
-                let held = TokenizedText::new(held, &tok, p.max_len, eos)?;
+                let spec = HeldOutText {
+                    path: p.path.clone(),
+                    max: p.max_held_out,
+                    max_len: p.max_len,
+                    seed,
+                };
+                let held = held_out_text(&spec, &tok)?;
                 let model = model_init::initial_gpt2::<B>(&model_cfg, &tok, seed, device)?;
                 let fp = fingerprint(&cfg, &p, &train)?;
                 let copy_tok = |d: &Path| model_init::copy_tokenizer(&tok_dir, d);
                 let run = Pretraining { out: &out, p: &p, train_cfg, seed, fp, force, backend };
-                run.go(model, &train, &held, &copy_tok, device)?;
+                run.go(model, &train, &held, &copy_tok, Some(spec), device)?;
             }
             (objective, arch) => bail!(
                 "pretrain.objective = \"{objective}\" does not train a {arch:?} (model.preset / model.config): supervised and rotation pre-train a ViT, causal-lm a GPT-2"
@@ -270,6 +306,7 @@ impl Pretraining<'_> {
         train: &M::Data,
         held: &M::Data,
         extras: &dyn Fn(&Path) -> Result<()>,
+        held_out_text: Option<HeldOutText>,
         device: &B::Device,
     ) -> Result<()>
     where
@@ -323,6 +360,7 @@ impl Pretraining<'_> {
             held_out_accuracy: accuracy,
             held_out_perplexity: perplexity,
             epochs,
+            held_out_text,
         };
         match (accuracy, perplexity) {
             (Some(a), _) => {

@@ -335,6 +335,10 @@ pub struct LmSection {
     pub held_out_samples: usize,
     pub retain_samples_evaluated: usize,
     pub min_k_percent: f64,
+    /// A backbone rfa pre-trained on other text: its held-out corpus, on which every model's
+    /// perplexity shows what fine-tuning and unlearning kept of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone_corpus: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -354,6 +358,9 @@ pub struct LmModelReport {
     pub feature_distance_forget: Option<f64>,
     pub residual_norm_forget: Option<f64>,
     pub residual_norm_retain: Option<f64>,
+    /// Perplexity on the backbone's held-out pre-training text ([`LmSection::backbone_corpus`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppl_backbone_corpus: Option<f64>,
     /// The phase that produced the model: time, memory, trainable parameters, backend.
     #[serde(flatten)]
     pub record: PhaseRecord,
@@ -550,6 +557,16 @@ impl LmSection {
                 m.record.phase.seconds,
                 f(m.record.phase.peak_rss_mib, 0),
                 m.record.trainable_params
+            );
+        }
+        if let Some(corpus) = &self.backbone_corpus {
+            s += &format!(
+                "\nPerplexity on the backbone's held-out pre-training text ({corpus}), before fine-tuning (the backbone) and after: {}.\n",
+                self.models
+                    .iter()
+                    .map(|m| format!("{} {}", m.name, f(m.ppl_backbone_corpus, 2)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             );
         }
         s += &format!(

@@ -1,6 +1,10 @@
-//! The run folder's lock: every command that writes into `runs/<name>/` holds it exclusively,
-//! so that two writers never interleave and no reader sees a half-written model. The lock file
-//! names its holder (pid and command) for the error a second command gets.
+//! The run folder's locks. A command that needs the whole run (`eval`, which reads every model
+//! and writes the report) holds the run's lock exclusively. A phase that writes one folder
+//! (`train` → `original/`, `retrain`, `unlearn` → its result, `pretrain`) holds the run's lock
+//! shared and that folder's lock exclusively: phases of different folders run side by side (the
+//! cells of a sharded sweep), two writers of one folder never interleave, and no reader sees a
+//! half-written model. Each lock file names its holder (pid and command) for the error a second
+//! command gets.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -11,15 +15,19 @@ use anyhow::{Context, Result, bail};
 /// Held while it lives; the operating system releases it when the process ends, however it ends.
 #[derive(Debug)]
 pub struct RunLock {
-    _file: File,
+    _files: Vec<File>,
 }
 
-fn lock_path(dir: &Path) -> PathBuf {
-    dir.join(".lock")
-}
+const RUN_LOCK: &str = ".lock";
+/// A folder's lock: `.lock-<folder>` in the run.
+const FOLDER_LOCK: &str = ".lock-";
 
 fn open(dir: &Path) -> Result<(File, PathBuf)> {
-    let path = lock_path(dir);
+    open_named(dir, RUN_LOCK)
+}
+
+fn open_named(dir: &Path, name: &str) -> Result<(File, PathBuf)> {
+    let path = dir.join(name);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -37,15 +45,54 @@ fn holder(file: &mut File) -> String {
     if text.is_empty() { "another process".into() } else { text.to_string() }
 }
 
+/// Who holds the run: an exclusive holder's own line, or the phases holding folder locks.
+fn run_holders(dir: &Path, run_file: &mut File) -> String {
+    let mut phases = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(FOLDER_LOCK)
+                && let Ok(mut f) = File::open(e.path())
+                && matches!(f.try_lock_shared(), Err(TryLockError::WouldBlock))
+            {
+                phases.push(holder(&mut f));
+            }
+        }
+    }
+    if phases.is_empty() { holder(run_file) } else { phases.join(", ") }
+}
+
+fn write_holder(file: &mut File, path: &Path, command: &str) -> Result<()> {
+    file.set_len(0)
+        .and_then(|_| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| writeln!(file, "pid {} ({command})", std::process::id()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 impl RunLock {
-    /// For a command that writes into the run (`train`, `retrain`, `unlearn`, `eval`).
-    pub fn exclusive(dir: &Path, command: &str) -> Result<Self> {
-        let (mut file, path) = open(dir)?;
-        match file.try_lock() {
+    /// For a phase that writes the run's folder `folder` only (`train`, `retrain`, `unlearn`,
+    /// `pretrain`): beside phases of other folders, never beside another writer of `folder` or
+    /// a command that holds the whole run.
+    pub fn folder(dir: &Path, folder: &str, command: &str) -> Result<Self> {
+        let (mut run_file, run_path) = open(dir)?;
+        match run_file.try_lock_shared() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => bail!(
                 "{} is in use by {} (lock {}): wait for it to finish",
                 dir.display(),
+                holder(&mut run_file),
+                run_path.display()
+            ),
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", run_path.display()));
+            }
+        }
+        let (mut file, path) = open_named(dir, &format!("{FOLDER_LOCK}{folder}"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => bail!(
+                "{} is in use by {} (lock {}): wait for it to finish",
+                dir.join(folder).display(),
                 holder(&mut file),
                 path.display()
             ),
@@ -53,20 +100,38 @@ impl RunLock {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
             }
         }
-        file.set_len(0)
-            .and_then(|_| file.seek(SeekFrom::Start(0)))
-            .and_then(|_| writeln!(file, "pid {} ({command})", std::process::id()))
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_holder(&mut file, &path, command)?;
+        // A writer first finishes a switch of its folder a killed command left half done.
+        crate::staged_dir::recover(&dir.join(folder))?;
+        Ok(Self { _files: vec![run_file, file] })
+    }
+
+    /// For a command that needs the whole run (`eval`): no other writer, no reader.
+    pub fn exclusive(dir: &Path, command: &str) -> Result<Self> {
+        let (mut file, path) = open(dir)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => bail!(
+                "{} is in use by {} (lock {}): wait for it to finish",
+                dir.display(),
+                run_holders(dir, &mut file),
+                path.display()
+            ),
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        write_holder(&mut file, &path, command)?;
         // A writer first finishes the folder switches a killed command left half done.
         crate::staged_dir::recover_all(dir)?;
-        Ok(Self { _file: file })
+        Ok(Self { _files: vec![file] })
     }
 
     /// For a command that only reads the run (`export`): any number of readers, no writer.
     pub fn shared(dir: &Path) -> Result<Self> {
         let (mut file, path) = open(dir)?;
         match file.try_lock_shared() {
-            Ok(()) => Ok(Self { _file: file }),
+            Ok(()) => Ok(Self { _files: vec![file] }),
             Err(TryLockError::WouldBlock) => bail!(
                 "{} is being written by {} (lock {}): wait for it to finish",
                 dir.display(),
@@ -100,5 +165,23 @@ mod tests {
         );
         drop(readers);
         RunLock::exclusive(tmp.path(), "rfa eval").unwrap();
+    }
+
+    #[test]
+    fn phases_of_different_folders_run_side_by_side() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m0 = RunLock::folder(tmp.path(), "original", "rfa train").unwrap();
+        let star = RunLock::folder(tmp.path(), "retrain", "rfa retrain").unwrap();
+        let e = RunLock::folder(tmp.path(), "original", "rfa train").unwrap_err().to_string();
+        assert!(e.contains("original is in use by") && e.contains("(rfa train)"), "{e}");
+        // The whole run waits for both phases, and names them.
+        let e = RunLock::exclusive(tmp.path(), "rfa eval").unwrap_err().to_string();
+        assert!(e.contains("(rfa train)") && e.contains("(rfa retrain)"), "{e}");
+        drop((m0, star));
+        let eval = RunLock::exclusive(tmp.path(), "rfa eval").unwrap();
+        let e = RunLock::folder(tmp.path(), "rfa", "rfa unlearn").unwrap_err().to_string();
+        assert!(e.contains("in use by") && e.contains("(rfa eval)"), "{e}");
+        drop(eval);
+        RunLock::folder(tmp.path(), "rfa", "rfa unlearn").unwrap();
     }
 }

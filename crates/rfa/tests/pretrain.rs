@@ -114,7 +114,15 @@ fn an_imdb_pretrained_gpt2_continues_on_eli5() {
     run.train::<AB>(true, &dev).unwrap();
     run.unlearn::<AB>(&dev).unwrap();
     let report = run.eval::<AB>("test", &dev).unwrap();
-    assert!(report.backbone.unwrap().pretrain.unwrap().held_out_perplexity.is_some());
+    assert!(report.markdown().contains("backbone's held-out pre-training text"));
+    let before = report.backbone.unwrap().pretrain.unwrap().held_out_perplexity.unwrap();
+    // Every model on the backbone's held-out IMDB texts, after fine-tuning on ELI5.
+    let lm = report.language_model.unwrap();
+    assert!(lm.backbone_corpus.unwrap().contains("held-out texts"));
+    for m in &lm.models {
+        let after = m.ppl_backbone_corpus.unwrap();
+        assert!(after.is_finite() && after != before, "{}: {after} vs {before}", m.name);
+    }
 
     // Another tokenizer than the backbone's, and a language model for images: named.
     let mut bad = cfg.clone();
