@@ -375,8 +375,11 @@ pub(crate) fn run_scenario(
 /// `--pretrained`: the backbone and what it is worth — TA of M0 and M* fine-tuned from it
 /// against the same architecture and budget from scratch, and RFA's gap on both.
 fn backbone_paragraph(report: &Value, scratch: &Value) -> String {
-    let model = |r: &Value, name: &str, key: &str| -> String {
-        r["models"]
+    // A language model's rows are under language_model.models.
+    let lm = report["language_model"].is_object();
+    let cell = |r: &Value, name: &str, key: &str| -> String {
+        let models = if lm { &r["language_model"]["models"] } else { &r["models"] };
+        models
             .as_array()
             .and_then(|ms| {
                 ms.iter().find(|m| m["name"].as_str().is_some_and(|n| n.starts_with(name)))
@@ -384,43 +387,29 @@ fn backbone_paragraph(report: &Value, scratch: &Value) -> String {
             .and_then(|m| m[key].as_f64())
             .map_or("—".into(), |v| format!("{v:.2}"))
     };
+    let (header, columns): (&str, [(&str, &str); 3]) = if lm {
+        (
+            "| | M0 test perplexity | M\\* test perplexity | RFA Df perplexity |",
+            [("original", "ppl_test"), ("retrain", "ppl_test"), ("RFA", "ppl_forget")],
+        )
+    } else {
+        (
+            "| | M0 TA | M\\* TA | RFA gap (seed 0) |",
+            [("original", "ta"), ("retrain", "ta"), ("RFA", "average_gap")],
+        )
+    };
+    let row = |r: &Value| columns.map(|(n, k)| cell(r, n, k)).join(" | ");
+    let rows = format!(
+        "{header}\n|---|---:|---:|---:|\n| from the backbone | {} |\n| from scratch | {} |\n",
+        row(report),
+        row(scratch)
+    );
     let b = &report["backbone"];
     let p = &b["pretrain"];
     let quality = match (p["held_out_accuracy"].as_f64(), p["held_out_perplexity"].as_f64()) {
         (Some(a), _) => format!("held-out accuracy {a:.2} %"),
         (_, Some(x)) => format!("held-out perplexity {x:.2}"),
         _ => "—".into(),
-    };
-    let lm = report["language_model"].is_object();
-    let rows = if lm {
-        let lm_model = |r: &Value, name: &str, key: &str| -> String {
-            r["language_model"]["models"]
-                .as_array()
-                .and_then(|ms| {
-                    ms.iter().find(|m| m["name"].as_str().is_some_and(|n| n.starts_with(name)))
-                })
-                .and_then(|m| m[key].as_f64())
-                .map_or("—".into(), |v| format!("{v:.2}"))
-        };
-        format!(
-            "| | M0 test perplexity | M\\* test perplexity | RFA Df perplexity |\n|---|---:|---:|---:|\n| from the backbone | {} | {} | {} |\n| from scratch | {} | {} | {} |\n",
-            lm_model(report, "original", "ppl_test"),
-            lm_model(report, "retrain", "ppl_test"),
-            lm_model(report, "RFA", "ppl_forget"),
-            lm_model(scratch, "original", "ppl_test"),
-            lm_model(scratch, "retrain", "ppl_test"),
-            lm_model(scratch, "RFA", "ppl_forget"),
-        )
-    } else {
-        format!(
-            "| | M0 TA | M\\* TA | RFA gap (seed 0) |\n|---|---:|---:|---:|\n| from the backbone | {} | {} | {} |\n| from scratch | {} | {} | {} |\n",
-            model(report, "original", "ta"),
-            model(report, "retrain", "ta"),
-            model(report, "RFA (seed 0)", "average_gap"),
-            model(scratch, "original", "ta"),
-            model(scratch, "retrain", "ta"),
-            model(scratch, "RFA", "average_gap"),
-        )
     };
     format!(
         "Backbone `{}` (model.safetensors SHA-256 `{}`): {} pre-training on {}, {} samples, {} epochs; {quality} on {} held-out samples. At the same architecture and fine-tuning budget:\n\n{rows}\n",

@@ -105,7 +105,9 @@ pub struct DataConfig {
     /// `receipt.json`, its result folder, or its run folder (this run's method's result there).
     /// Unlearning starts from that result's model; the samples every earlier request forgot
     /// leave Dr, so `rfa retrain` here trains M* without all of them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Not skipped when unset: JSON shows `null` (the Python package resolves `after=` from it);
+    // TOML leaves it out.
+    #[serde(default)]
     pub after: Option<PathBuf>,
     /// Use at most this many training / test samples (first ones after a seeded shuffle,
     /// balanced over classes); 0 = all.

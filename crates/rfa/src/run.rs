@@ -30,6 +30,11 @@ fn earlier_requests<D: Samples>(
     Ok((links, ids))
 }
 
+/// ` (model.path = …)` where the model comes from a checkpoint, for errors about the model.
+fn model_path_note(cfg: &RunConfig) -> String {
+    cfg.model.path.as_ref().map_or(String::new(), |p| format!(" (model.path = {})", p.display()))
+}
+
 /// A run's data: images for ViT, tokenised text for BERT and GPT-2.
 pub enum Data {
     Images(Task<ImageDataset>),
@@ -89,10 +94,7 @@ impl Run {
                 bail!(
                     "data set `{}` is text, the model a ViT{}: use a BERT (model.path) or GPT-2 model",
                     cfg.data.dataset,
-                    cfg.model
-                        .path
-                        .as_ref()
-                        .map_or(String::new(), |p| format!(" (model.path = {})", p.display()))
+                    model_path_note(&cfg)
                 );
             }
             let (tok, tok_dir) = model_init::tokenizer(&cfg.model)?;
@@ -138,10 +140,7 @@ impl Run {
                 bail!(
                     "data set `{}` is images: the model must be a ViT, not {arch:?}{}",
                     cfg.data.dataset,
-                    cfg.model
-                        .path
-                        .as_ref()
-                        .map_or(String::new(), |p| format!(" (model.path = {})", p.display()))
+                    model_path_note(&cfg)
                 );
             }
             let (train, test) = task::load_images(&cfg.data, cfg.seed)?;

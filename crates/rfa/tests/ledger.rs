@@ -5,24 +5,12 @@
 //! other training data are refused, named.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
+mod common;
+
+use common::{rfa_cli as rfa, stderr_of_failure as failure, stdout_or_panic as ok};
 use rfa::chain::{self, Entry, Link};
 use rfa::receipt::Receipt;
-
-fn rfa(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rfa")).args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn failure(out: Output) -> String {
-    assert!(!out.status.success(), "succeeded: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

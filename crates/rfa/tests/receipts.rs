@@ -4,23 +4,11 @@
 //! not.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
+mod common;
+
+use common::{rfa_cli as rfa, stderr_of_failure, stdout_or_panic};
 use rfa::receipt::{Receipt, VerifyOptions, verify};
-
-fn rfa(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rfa")).args(args).output().unwrap()
-}
-
-fn stdout_or_panic(out: Output) -> String {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr_of_failure(out: Output) -> String {
-    assert!(!out.status.success(), "succeeded: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Flips one byte in the middle of `path`, runs `check`, and puts the byte back.
 fn with_flipped_byte(path: &Path, check: impl FnOnce()) {

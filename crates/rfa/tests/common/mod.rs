@@ -5,6 +5,8 @@
 
 pub mod text;
 
+use std::process::{Command, Output};
+
 use std::path::Path;
 
 use rfa::Run;
@@ -31,4 +33,21 @@ pub fn unlearn_log(run: &Run, dir: &str) -> UnlearnLog {
         &std::fs::read_to_string(run.dir.join(dir).join("unlearn_log.json")).unwrap(),
     )
     .unwrap()
+}
+
+/// The `rfa` command of this build, run with `args`.
+pub fn rfa_cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rfa")).args(args).output().unwrap()
+}
+
+/// A command's stdout; its stderr is the panic message when it failed.
+pub fn stdout_or_panic(out: Output) -> String {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A failed command's stderr; panics when it succeeded.
+pub fn stderr_of_failure(out: Output) -> String {
+    assert!(!out.status.success(), "succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
