@@ -475,6 +475,11 @@ impl Run {
             git_commit: receipt::git_commit(),
             created: Some(receipt::utc_now()),
             metrics: parts.metrics,
+            // The embedded data set has no files; its samples' digests stand for it.
+            data_files: match &self.cfg.data.path {
+                p if p.as_os_str().is_empty() => None,
+                p => Some(receipt::write_data_files(out, p)?),
+            },
         };
         let bytes = r.to_bytes()?;
         receipt::write_salt(&out.join(receipt::SALT), &salt)?;

@@ -100,6 +100,44 @@ pub struct Receipt {
     pub created: Option<String>,
     #[serde(default)]
     pub metrics: Option<Metrics>,
+    /// The data files: every file below `data.path` (none for the embedded data set), listed
+    /// with their SHA-256 in `receipt.data.json` beside the receipt.
+    #[serde(default)]
+    pub data_files: Option<DataFiles>,
+}
+
+/// The data files a receipt covers: `receipt.data.json` (file → SHA-256) and its own SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataFiles {
+    /// `data.path` as the configuration gives it.
+    pub path: String,
+    pub files: usize,
+    /// SHA-256 of `receipt.data.json`.
+    pub list_sha256: String,
+}
+
+/// The data files' list beside a receipt.
+pub const DATA_FILES: &str = "receipt.data.json";
+
+/// SHA-256 of every file below `path` (or of `path`, a file), by path relative to it.
+pub fn data_digests(path: &Path) -> Result<Digests> {
+    if path.is_file() {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        return Ok(Digests::from([(name, sha256_file(path)?)]));
+    }
+    digests(path, "")
+}
+
+/// Writes `receipt.data.json` for the files below `path` into `dir`; what the receipt records.
+pub fn write_data_files(dir: &Path, path: &Path) -> Result<DataFiles> {
+    let list = data_digests(path)?;
+    let bytes = canonical_bytes(&list)?;
+    lora_core::tensors::write_atomic(&dir.join(DATA_FILES), &bytes)?;
+    Ok(DataFiles {
+        path: path.display().to_string(),
+        files: list.len(),
+        list_sha256: sha256_bytes(&bytes),
+    })
 }
 
 impl Receipt {
@@ -369,22 +407,31 @@ pub fn verify(receipt: &Path, opts: &VerifyOptions) -> Result<Verified> {
 /// Files below `dir` against `expected` (keys `prefix…`): every one present and equal, no other.
 pub fn check_folder(dir: &Path, prefix: &str, expected: &Digests) -> Result<usize> {
     let found = digests(dir, prefix).with_context(|| format!("checking {}", dir.display()))?;
+    check_files(dir, prefix, &found, expected, "the unlearning wrote")
+}
+
+/// `found` against `expected` (keys `prefix` + the path below `dir`): every file present and
+/// equal, no other; `origin` says whose files they are (`the unlearning wrote`).
+fn check_files(
+    dir: &Path,
+    prefix: &str,
+    found: &Digests,
+    expected: &Digests,
+    origin: &str,
+) -> Result<usize> {
+    let local = |name: &str| dir.join(name.strip_prefix(prefix).unwrap_or(name));
     for (name, sha) in expected {
-        let local = dir.join(name.strip_prefix(prefix).unwrap_or(name));
         match found.get(name) {
-            None => bail!("{} is missing (the receipt lists it)", local.display()),
+            None => bail!("{} is missing (the receipt lists it)", local(name).display()),
             Some(h) if h != sha => bail!(
-                "{} has SHA-256 {h}, the receipt says {sha}: it is not the file the unlearning wrote",
-                local.display()
+                "{} has SHA-256 {h}, the receipt says {sha}: it is not the file {origin}",
+                local(name).display()
             ),
             Some(_) => {}
         }
     }
     if let Some(extra) = found.keys().find(|k| !expected.contains_key(*k)) {
-        bail!(
-            "{} is not in the receipt: the folder holds a file the unlearning did not write",
-            dir.join(extra.strip_prefix(prefix).unwrap_or(extra)).display()
-        );
+        bail!("{} is not in the receipt: a file {origin} had no such file", local(extra).display());
     }
     Ok(expected.len())
 }
@@ -409,6 +456,38 @@ pub fn verify_data(receipt: &Path) -> Result<PathBuf> {
     let cfg: crate::config::RunConfig = serde_json::from_value(r.config.clone())
         .with_context(|| format!("{}: the configuration it records", receipt.display()))?;
     let path = cfg.data.path.clone();
+    if let Some(d) = &r.data_files {
+        // The list is the receipt's (its SHA-256), then every file is the list's.
+        let list_file = receipt.with_file_name(DATA_FILES);
+        let bytes = std::fs::read(&list_file)
+            .with_context(|| format!("reading {}", list_file.display()))?;
+        let sha = sha256_bytes(&bytes);
+        ensure!(
+            sha == d.list_sha256,
+            "{} has SHA-256 {sha}, {} says {}",
+            list_file.display(),
+            receipt.display(),
+            d.list_sha256
+        );
+        let listed: Digests = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a list of files", list_file.display()))?;
+        let dir = if path.is_file() {
+            path.parent().unwrap_or(Path::new("")).to_path_buf()
+        } else {
+            path.clone()
+        };
+        if path.is_file() {
+            let name =
+                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            ensure!(
+                listed.keys().eq([&name]),
+                "{}: the list names other files than {}",
+                list_file.display(),
+                path.display()
+            );
+        }
+        check_files(&dir, "", &data_digests(&path)?, &listed, "the unlearning read")?;
+    }
     let run = crate::Run::open(cfg).context("reading the data the receipt names")?;
     let (train, forget) = run.sample_digests();
     let shown = if path.as_os_str().is_empty() {

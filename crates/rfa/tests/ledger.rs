@@ -216,5 +216,19 @@ fn verify_data_catches_a_changed_training_sample() {
     bytes[16 + 784 * 30 + 400] ^= 0x10;
     std::fs::write(&images, bytes).unwrap();
     let e = failure(rfa(&["verify", s(&receipt), "--data"]));
-    assert!(e.contains("not the data it was made on") && e.contains(s(&data)), "{e}");
+    assert!(
+        e.contains("train-images-idx3-ubyte has SHA-256") && e.contains("the unlearning read"),
+        "the changed file is named: {e}"
+    );
+    // The list of data files is the receipt's: a changed list is caught too.
+    let list = tmp.path().join("own/rfa/receipt.data.json");
+    let text = std::fs::read_to_string(&list).unwrap();
+    std::fs::write(&list, text.replace("t10k", "t11k")).unwrap();
+    let e = failure(rfa(&["verify", s(&receipt), "--data"]));
+    assert!(e.contains("receipt.data.json has SHA-256"), "{e}");
+    std::fs::write(&list, text).unwrap();
+    // The four IDX files are listed.
+    let r = std::fs::read_to_string(&receipt).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(v["data_files"]["files"], 4, "{}", v["data_files"]);
 }

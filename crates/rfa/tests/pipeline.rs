@@ -445,7 +445,7 @@ fn a_diverged_unlearning_never_replaces_a_good_result() {
     let left: Vec<String> = std::fs::read_dir(&run.dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.') && n != ".lock")
+        .filter(|n| n.starts_with('.') && !n.starts_with(".lock"))
         .collect();
     assert!(left.is_empty(), "staging folders left behind: {left:?}");
 }
