@@ -284,12 +284,13 @@ impl Run {
             }
             None => model.valid(),
         };
+        // Measured with the adapters still attached: their residual norms are among the metrics.
+        let metrics =
+            self.receipt_metrics::<Inner<B>, M::InnerModule>(&merged, task, seed, device)?;
         lora_core::merge_and_unload(&mut merged);
         merged.save(&out.join("merged"))?;
         self.copy_tokenizer(&out.join("merged"))?;
         write_json(&out.join("unlearn_log.json"), &log)?;
-        let metrics =
-            self.receipt_metrics::<Inner<B>, M::InnerModule>(&merged, task, seed, device)?;
         let precision = base_dtype.map(|_| format!("frozen weights in {}", unlearn_cfg.dtype));
         let outputs = self.write_receipt(
             out,
@@ -399,7 +400,15 @@ impl Run {
         let probes = Probes::draw(task, self.cfg.unlearn.probe_samples, seed);
         let criterion = Criterion::new(&self.cfg.unlearn, task.split.class, &probes);
         let c = probe::measure(model, task, &probes, &criterion, None, 0, device)?;
+        // Mean residual norm ||r_l|| of the adapters on the Df and Dr probes (none without
+        // adapters).
+        let residual = |set: &[usize]| -> Result<Option<f64>> {
+            let r = crate::engine::outputs(model, &task.train, set, device)?.residual_norms;
+            Ok((!r.is_empty()).then(|| r.iter().map(|&x| x as f64).sum::<f64>() / r.len() as f64))
+        };
         Ok(Some(receipt::Metrics {
+            residual_norm_forget: residual(&probes.forget)?,
+            residual_norm_retain: residual(&probes.retain)?,
             forget_accuracy: c.forget_accuracy.unwrap_or(f64::NAN),
             retain_accuracy: c.retain_accuracy,
             validation_accuracy: c.validation_accuracy,

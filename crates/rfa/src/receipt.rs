@@ -60,6 +60,12 @@ pub struct Metrics {
     pub forget_samples: usize,
     pub retain_samples: usize,
     pub validation_samples: usize,
+    /// Mean residual norm ||r_l|| of the adapters (mean over adapted layers and tokens) on the
+    /// Df and Dr probes: RFA moves Df's and keeps Dr's near 0. None without adapters.
+    #[serde(default)]
+    pub residual_norm_forget: Option<f64>,
+    #[serde(default)]
+    pub residual_norm_retain: Option<f64>,
 }
 
 /// Files by path relative to their folder → SHA-256.

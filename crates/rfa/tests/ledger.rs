@@ -77,6 +77,8 @@ fn requests_chain_list_reverse_and_sign() {
     assert!(runs.join("b/original/model.safetensors").is_file(), "the chain's M0, for eval");
     let m2 = rec2.metrics.as_ref().expect("a classifier's receipt has metrics");
     assert!((0.0..=100.0).contains(&m2.retain_accuracy) && m2.forget_samples == 2, "{m2:?}");
+    let (rf, rr) = (m2.residual_norm_forget.unwrap(), m2.residual_norm_retain.unwrap());
+    assert!(rf > 0.0 && rr > 0.0, "the adapters moved the features: {m2:?}");
     assert!(rec2.created.as_deref().is_some_and(|t| t.ends_with('Z') && t.len() == 20));
 
     // Request 3 after request 2's receipt; M* of run c is trained without all 7 samples.
