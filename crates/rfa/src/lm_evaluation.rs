@@ -78,8 +78,9 @@ impl Run {
         let eos = model_init::eos_id(tok);
         // A backbone rfa pre-trained on other text: every model on its held-out texts.
         let backbone_text = match self.cfg.model.path.as_deref().and_then(PretrainRecord::read) {
-            Some(PretrainRecord { held_out_text: Some(h), source, .. }) => {
-                Some((format!("{} held-out texts of {source}", h.max), held_out_text(&h, tok)?))
+            Some(PretrainRecord { held_out_text: Some(h), .. }) => {
+                let text = held_out_text(&h, tok)?;
+                Some((format!("{} reviews of {}/test", text.len(), h.path.display()), text))
             }
             _ => None,
         };
