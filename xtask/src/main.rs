@@ -216,7 +216,8 @@ fn run() -> Result<bool> {
                         "--sequential runs on the embedded Fashion-MNIST subset: `cargo xtask reproduce fashion-mnist --small --sequential 3`"
                     );
                 }
-                sequential::run(requests, share, &runs_dir, &device)?;
+                let seeds = from_seed..from_seed + seeds.max(1) as u64;
+                sequential::run(requests, share, seeds, &runs_dir, &device)?;
                 return Ok(true);
             }
             let sweep = match (classes, random.is_empty()) {

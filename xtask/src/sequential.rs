@@ -31,7 +31,13 @@ const METRICS: [(&str, &str); 5] = [
     ("average_gap", "gap"),
 ];
 
-pub fn run(requests: usize, share: f64, runs: &Path, device: &str) -> Result<()> {
+pub fn run(
+    requests: usize,
+    share: f64,
+    seeds: std::ops::Range<u64>,
+    runs: &Path,
+    device: &str,
+) -> Result<()> {
     if requests == 0 || !(share > 0.0 && share * requests as f64 <= 50.0) {
         bail!("--sequential N with --share P: N ≥ 1 requests of P % each, at most half of D");
     }
@@ -44,60 +50,73 @@ pub fn run(requests: usize, share: f64, runs: &Path, device: &str) -> Result<()>
     std::fs::create_dir_all(&out)?;
     let started = std::time::Instant::now();
     let mut cases = Vec::new();
-    for k in 1..=requests {
-        let run_name = format!("{name}-request{k}");
-        let mut c = demo(&bin)?;
-        c.insert("name".into(), run_name.clone().into());
-        set(&mut c, "data", "forget", format!("random:{share}"));
-        if k > 1 {
-            let previous = runs.join(format!("{name}-request{}", k - 1));
-            set(&mut c, "data", "after", previous.to_string_lossy().into_owned());
-        }
-        let config = runs.join(format!("{run_name}.toml"));
-        std::fs::write(&config, toml::to_string_pretty(&c)?)?;
-        let dir = runs.join(&run_name);
-        if k == 1 {
-            rfa(&bin, &["train"], &config, &runs, device, &[])?;
-        }
-        // After the first request, each method continues its own chain (and the first
-        // unlearning gives the run the chain's M0 for eval).
-        for (method, _, sets) in METHODS {
-            if !dir.join(format!("{method}/phase.json")).is_file() {
-                let s: Vec<String> = sets.iter().map(|x| x.to_string()).collect();
-                rfa(&bin, &["unlearn", "--method", method], &config, &runs, device, &s)?;
+    let mut ledger = String::new();
+    // Each run seed its own M0, requests (drawn with that seed) and chains.
+    for seed in seeds.clone() {
+        let chain = |k: usize| format!("{name}-seed{seed}-request{k}");
+        for k in 1..=requests {
+            let run_name = chain(k);
+            let mut c = demo(&bin)?;
+            c.insert("name".into(), run_name.clone().into());
+            c.insert("seed".into(), (seed as i64).into());
+            set(&mut c, "data", "forget", format!("random:{share}"));
+            if k > 1 {
+                let previous = runs.join(chain(k - 1));
+                set(&mut c, "data", "after", previous.to_string_lossy().into_owned());
             }
+            let config = runs.join(format!("{run_name}.toml"));
+            std::fs::write(&config, toml::to_string_pretty(&c)?)?;
+            let dir = runs.join(&run_name);
+            if k == 1 {
+                rfa(&bin, &["train"], &config, &runs, device, &[])?;
+            }
+            // After the first request, each method continues its own chain (and the first
+            // unlearning gives the run the chain's M0 for eval).
+            for (method, _, sets) in METHODS {
+                if !dir.join(format!("{method}/phase.json")).is_file() {
+                    let s: Vec<String> = sets.iter().map(|x| x.to_string()).collect();
+                    rfa(&bin, &["unlearn", "--method", method], &config, &runs, device, &s)?;
+                }
+            }
+            rfa(&bin, &["retrain"], &config, &runs, device, &[])?;
+            rfa(&bin, &["eval"], &config, &runs, device, &[])?;
+            let report: Value = read_json(&dir.join("report/report.json"))?;
+            for f in ["report.md", "report.json"] {
+                std::fs::copy(
+                    dir.join("report").join(f),
+                    out.join(format!("seed{seed}-request{k}-{f}")),
+                )?;
+            }
+            // Dr = D without this request's and every earlier request's samples (the receipt
+            // counts the earlier ones).
+            let receipt = read_json(&dir.join("rfa/receipt.json"))?;
+            let n = |v: &Value| v.as_u64().unwrap_or(0);
+            let retain = n(&report["train_samples"])
+                .saturating_sub(n(&report["forget_samples"]))
+                .saturating_sub(n(&receipt["request"]["earlier_forgotten"]));
+            cases.push(json!({
+                "seed": seed,
+                "request": k,
+                "forget": format!("random:{share}"),
+                "forget_samples": report["forget_samples"],
+                "retain_samples": retain,
+                "models": report["models"],
+            }));
         }
-        rfa(&bin, &["retrain"], &config, &runs, device, &[])?;
-        rfa(&bin, &["eval"], &config, &runs, device, &[])?;
-        let report: Value = read_json(&dir.join("report/report.json"))?;
-        for f in ["report.md", "report.json"] {
-            std::fs::copy(dir.join("report").join(f), out.join(format!("request{k}-{f}")))?;
+        // RFA's chain as `rfa ledger` lists it, every link checked.
+        let out_ledger =
+            Command::new(&bin).arg("ledger").arg(runs.join(chain(requests))).output()?;
+        if !out_ledger.status.success() {
+            bail!("rfa ledger failed: {}", String::from_utf8_lossy(&out_ledger.stderr));
         }
-        // Dr = D without this request's and every earlier request's samples (the receipt
-        // counts the earlier ones).
-        let receipt = read_json(&dir.join("rfa/receipt.json"))?;
-        let n = |v: &Value| v.as_u64().unwrap_or(0);
-        let retain = n(&report["train_samples"])
-            .saturating_sub(n(&report["forget_samples"]))
-            .saturating_sub(n(&receipt["request"]["earlier_forgotten"]));
-        cases.push(json!({
-            "request": k,
-            "forget": format!("random:{share}"),
-            "forget_samples": report["forget_samples"],
-            "retain_samples": retain,
-            "models": report["models"],
-        }));
+        let text = String::from_utf8(out_ledger.stdout)?;
+        std::fs::write(out.join(format!("ledger-rfa-seed{seed}.md")), &text)?;
+        if ledger.is_empty() {
+            ledger = format!("Run seed {seed}:\n\n{text}");
+        }
     }
-    // RFA's chain as `rfa ledger` lists it, every link checked.
-    let last = runs.join(format!("{name}-request{requests}"));
-    let ledger = Command::new(&bin).arg("ledger").arg(&last).output()?;
-    if !ledger.status.success() {
-        bail!("rfa ledger failed: {}", String::from_utf8_lossy(&ledger.stderr));
-    }
-    let ledger = String::from_utf8(ledger.stdout)?;
-    std::fs::write(out.join("ledger-rfa.md"), &ledger)?;
     std::fs::write(out.join("cases.json"), serde_json::to_string_pretty(&cases)?)?;
-    let section = render(&name, requests, share, &cases, &ledger, device, started.elapsed());
+    let section = render(&name, requests, share, &seeds, &cases, &ledger, device, started.elapsed());
     std::fs::write(out.join("summary.md"), &section)?;
     let results = root.join("docs/RESULTS.md");
     let text =
@@ -118,10 +137,23 @@ fn metric(case: &Value, name: &str, key: &str) -> Option<f64> {
     case["models"].as_array()?.iter().find(|m| m["name"].as_str() == Some(name))?[key].as_f64()
 }
 
+/// Mean ± sample std (± omitted for one value).
+fn mean_std(v: &[f64]) -> String {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return format!("{mean:.2}");
+    }
+    let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    format!("{mean:.2} ± {sd:.2}")
+}
+
+#[allow(clippy::too_many_arguments)]
 fn render(
     name: &str,
     requests: usize,
     share: f64,
+    seeds: &std::ops::Range<u64>,
     cases: &[Value],
     ledger: &str,
     device: &str,
@@ -137,42 +169,73 @@ fn render(
         .chain(METHODS.iter().map(|m| (m.1, m.1)))
         .collect();
     let mut best = Vec::new();
-    for c in cases {
-        let k = c["request"].as_u64().unwrap_or(0);
-        let sizes = format!("{} / {}", c["forget_samples"], c["retain_samples"]);
+    let mut below_m0 = Vec::new();
+    for k in 1..=requests as u64 {
+        let of_k: Vec<&Value> =
+            cases.iter().filter(|c| c["request"].as_u64() == Some(k)).collect();
+        let Some(first) = of_k.first() else { continue };
+        let sizes = format!("{} / {}", first["forget_samples"], first["retain_samples"]);
+        let values = |report_name: &str, key: &str| -> Vec<f64> {
+            of_k.iter().filter_map(|c| metric(c, report_name, key)).collect()
+        };
         for (report_name, shown) in &rows {
             let cell = |key: &str| {
-                metric(c, report_name, key).map_or("—".to_string(), |v| format!("{v:.2}"))
+                let v = values(report_name, key);
+                if v.is_empty() { "—".to_string() } else { mean_std(&v) }
             };
-            let ratio =
-                match (metric(c, report_name, "seconds"), metric(c, "retrain (M*)", "seconds")) {
-                    // M0's and M*'s own times are training times: only the methods' are ratios.
-                    (Some(a), Some(b)) if !report_name.ends_with(')') && b > 0.0 => {
-                        format!("{:.1} %", 100.0 * a / b)
-                    }
-                    _ => "—".into(),
-                };
+            // M0's and M*'s own times are training times: only the methods' are ratios.
+            let ratio = if report_name.ends_with(')') {
+                "—".to_string()
+            } else {
+                let r: Vec<f64> = of_k
+                    .iter()
+                    .filter_map(|c| {
+                        Some(metric(c, report_name, "seconds")? / metric(c, "retrain (M*)", "seconds")?)
+                    })
+                    .map(|x| 100.0 * x)
+                    .collect();
+                if r.is_empty() { "—".into() } else { format!("{} %", mean_std(&r)) }
+            };
             let shown = if *shown == "RFA" { "**RFA**".to_string() } else { shown.to_string() };
             t += &format!(
                 "| {k} | {sizes} | {shown} | {} | {ratio} |\n",
                 METRICS.iter().map(|m| cell(m.0)).collect::<Vec<_>>().join(" | ")
             );
         }
+        let mean_gap = |m: &str| {
+            let v = values(m, "average_gap");
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
         let lowest = METHODS
             .iter()
-            .filter_map(|m| Some((m.1, metric(c, m.1, "average_gap")?)))
+            .filter_map(|m| Some((m.1, mean_gap(m.1)?)))
             .min_by(|a, b| a.1.total_cmp(&b.1));
         best.push(format!(
             "request {k}: {}",
-            lowest.map_or("—".into(), |(m, g)| format!("{m} ({g:.2}; M0 {:.2})", {
-                metric(c, "original (M0)", "average_gap").unwrap_or(f64::NAN)
-            }))
+            lowest.map_or("—".into(), |(m, g)| format!(
+                "{m} ({g:.2}; M0 {:.2})",
+                mean_gap("original (M0)").unwrap_or(f64::NAN)
+            ))
+        ));
+        let rfa_vs_m0: Vec<String> = of_k
+            .iter()
+            .filter(|c| {
+                metric(c, "RFA", "average_gap") >= metric(c, "original (M0)", "average_gap")
+            })
+            .map(|c| format!("seed {}", c["seed"]))
+            .collect();
+        below_m0.push(format!(
+            "request {k}: {}",
+            if rfa_vs_m0.is_empty() { "none".into() } else { rfa_vs_m0.join(", ") }
         ));
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = seeds.end - seeds.start;
+    let from = if seeds.start > 0 { format!(" --from-seed {}", seeds.start) } else { String::new() };
     format!(
-        "### {name}\n\n`cargo xtask reproduce fashion-mnist --small --sequential {requests} --share {share}` — {requests} requests of {share} % of D each (`random:{share}`, request k drawn from what earlier requests left), each with `rfa unlearn --after` the previous one; every method continues its own chain, and after request k all are compared with M\\*_k, retrained without the samples of requests 1…k. Df is request k's samples; Dr is D without all of them. On {device}, {cores} CPU cores visible, {minutes:.0} min in all.\n\n{t}\nLowest gap per request: {best}.\n\nRFA's chain as `rfa ledger` lists it (every receipt's link checked; Df / Dr / val. acc. and the MIA AUC are the receipt's own metrics on the validation probes, no M\\* needed):\n\n{ledger}\nReports of each request and the rows above: [docs/results/sequential/{name}/](results/sequential/{name}/).\n",
+        "### {name}\n\n`cargo xtask reproduce fashion-mnist --small --sequential {requests} --share {share} --seeds {n}{from}` — {n} run seed(s) (each its own M0, requests and chains), {requests} requests of {share} % of D each (`random:{share}`, request k drawn from what earlier requests left), each with `rfa unlearn --after` the previous one; every method continues its own chain, and after request k all are compared with M\\*_k, retrained without the samples of requests 1…k. Df is request k's samples; Dr is D without all of them. Rows: mean ± sample std over run seeds. On {device}, {cores} CPU cores visible, {minutes:.0} min in all.\n\n{t}\nLowest mean gap per request: {best}.\n\nRFA's gap at or above M0's (doing nothing): {below}.\n\nRFA's chain as `rfa ledger` lists it (every receipt's link checked; Df / Dr / val. acc. and the MIA AUC are the receipt's own metrics on the validation probes, no M\\* needed). {ledger}\nReports of each request and seed, every seed's ledger and the rows above: [docs/results/sequential/{name}/](results/sequential/{name}/).\n",
         minutes = took.as_secs_f64() / 60.0,
         best = best.join("; "),
+        below = below_m0.join("; "),
     )
 }
