@@ -116,7 +116,8 @@ pub fn run(
         }
     }
     std::fs::write(out.join("cases.json"), serde_json::to_string_pretty(&cases)?)?;
-    let section = render(&name, requests, share, &seeds, &cases, &ledger, device, started.elapsed());
+    let section =
+        render(&name, requests, share, &seeds, &cases, &ledger, device, started.elapsed());
     std::fs::write(out.join("summary.md"), &section)?;
     let results = root.join("docs/RESULTS.md");
     let text =
@@ -171,8 +172,7 @@ fn render(
     let mut best = Vec::new();
     let mut below_m0 = Vec::new();
     for k in 1..=requests as u64 {
-        let of_k: Vec<&Value> =
-            cases.iter().filter(|c| c["request"].as_u64() == Some(k)).collect();
+        let of_k: Vec<&Value> = cases.iter().filter(|c| c["request"].as_u64() == Some(k)).collect();
         let Some(first) = of_k.first() else { continue };
         let sizes = format!("{} / {}", first["forget_samples"], first["retain_samples"]);
         let values = |report_name: &str, key: &str| -> Vec<f64> {
@@ -190,7 +190,10 @@ fn render(
                 let r: Vec<f64> = of_k
                     .iter()
                     .filter_map(|c| {
-                        Some(metric(c, report_name, "seconds")? / metric(c, "retrain (M*)", "seconds")?)
+                        Some(
+                            metric(c, report_name, "seconds")?
+                                / metric(c, "retrain (M*)", "seconds")?,
+                        )
                     })
                     .map(|x| 100.0 * x)
                     .collect();
@@ -231,7 +234,8 @@ fn render(
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let n = seeds.end - seeds.start;
-    let from = if seeds.start > 0 { format!(" --from-seed {}", seeds.start) } else { String::new() };
+    let from =
+        if seeds.start > 0 { format!(" --from-seed {}", seeds.start) } else { String::new() };
     format!(
         "### {name}\n\n`cargo xtask reproduce fashion-mnist --small --sequential {requests} --share {share} --seeds {n}{from}` — {n} run seed(s) (each its own M0, requests and chains), {requests} requests of {share} % of D each (`random:{share}`, request k drawn from what earlier requests left), each with `rfa unlearn --after` the previous one; every method continues its own chain, and after request k all are compared with M\\*_k, retrained without the samples of requests 1…k. Df is request k's samples; Dr is D without all of them. Rows: mean ± sample std over run seeds. On {device}, {cores} CPU cores visible, {minutes:.0} min in all.\n\n{t}\nLowest mean gap per request: {best}.\n\nRFA's gap at or above M0's (doing nothing): {below}.\n\nRFA's chain as `rfa ledger` lists it (every receipt's link checked; Df / Dr / val. acc. and the MIA AUC are the receipt's own metrics on the validation probes, no M\\* needed). {ledger}\nReports of each request and seed, every seed's ledger and the rows above: [docs/results/sequential/{name}/](results/sequential/{name}/).\n",
         minutes = took.as_secs_f64() / 60.0,
