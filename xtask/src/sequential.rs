@@ -140,13 +140,10 @@ fn metric(case: &Value, name: &str, key: &str) -> Option<f64> {
 
 /// Mean ± sample std (± omitted for one value).
 fn mean_std(v: &[f64]) -> String {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    if v.len() < 2 {
-        return format!("{mean:.2}");
+    match crate::sweep::mean_std(v) {
+        (mean, _) if v.len() < 2 => format!("{mean:.2}"),
+        (mean, sd) => format!("{mean:.2} ± {sd:.2}"),
     }
-    let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    format!("{mean:.2} ± {sd:.2}")
 }
 
 #[allow(clippy::too_many_arguments)]

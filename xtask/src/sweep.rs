@@ -140,7 +140,8 @@ fn metric(case: &Value, name: &str, key: &str) -> Option<f64> {
     model(case, name)?[key].as_f64()
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
+/// Mean and sample standard deviation (0 for one value).
+pub(crate) fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let var = if v.len() > 1 {

@@ -45,7 +45,7 @@ pub fn samples_digest<D: Samples>(data: &D, indices: &[usize]) -> String {
 }
 
 /// `table`'s scalar and array values under dotted keys.
-fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
+pub(crate) fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, String>) {
     for (k, v) in table {
         let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
         match v {

@@ -40,6 +40,7 @@ pub mod head_check;
 pub mod interrupt;
 pub mod kernel_cache;
 mod lm_evaluation;
+pub mod measure;
 pub mod merkle;
 pub mod method;
 pub mod model_init;

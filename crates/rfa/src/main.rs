@@ -326,7 +326,7 @@ fn run() -> Result<()> {
             }
             let device = burn::backend::cuda::CudaDevice::new(n);
             // The report's peak device memory: cubecl's allocator, sampled during each phase.
-            rfa::report::watch_device_memory(rfa_models::memory::cuda_allocator(device.clone()));
+            rfa::measure::watch_device_memory(rfa_models::memory::cuda_allocator(device.clone()));
             dispatch::<burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>>(
                 &cli,
                 &common,

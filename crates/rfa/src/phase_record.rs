@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::fingerprint::sha256_file;
-use crate::report::Phase;
+use crate::measure::Phase;
 
 /// The record's file name in a phase's folder.
 pub const PHASE_RECORD: &str = "phase.json";

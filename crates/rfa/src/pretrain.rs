@@ -25,10 +25,10 @@ use crate::checkpoint::Checkpoints;
 use crate::config::{DataConfig, PretrainConfig, PretrainObjective, RunConfig, TrainConfig};
 use crate::engine::{EpochLog, outputs, train_model};
 use crate::engine_model::{EngineModel, Samples, TokenizedText};
-use crate::fingerprint::{Fingerprint, samples_digest};
+use crate::fingerprint::{Fingerprint, flatten, samples_digest};
+use crate::measure::measure;
 use crate::model_init;
 use crate::phase_record::{PhaseRecord, write_json, write_phase};
-use crate::report::measure;
 use crate::run_lock::RunLock;
 use crate::staged_dir::StagedDir;
 use crate::task::{balanced, load_images, text_subset};
@@ -159,16 +159,11 @@ pub fn rotations(ds: &ImageDataset) -> Result<ImageDataset> {
 /// source samples' digest (`pretrain.epochs` aside: a resume may raise it).
 fn fingerprint<D: Samples>(cfg: &RunConfig, p: &PretrainConfig, source: &D) -> Result<Fingerprint> {
     let mut fields = std::collections::BTreeMap::new();
-    for (section, t) in [("pretrain", table(p)?), ("model", table(&cfg.model)?)] {
-        for (k, v) in t {
-            // model.path is the output, not an input; a resume may raise pretrain.epochs.
-            if (section, k.as_str()) != ("model", "path")
-                && (section, k.as_str()) != ("pretrain", "epochs")
-            {
-                fields.insert(format!("{section}.{k}"), v.to_string());
-            }
-        }
-    }
+    flatten("pretrain", &table(p)?, &mut fields);
+    flatten("model", &table(&cfg.model)?, &mut fields);
+    // model.path is the output, not an input; a resume may raise pretrain.epochs.
+    fields.remove("model.path");
+    fields.remove("pretrain.epochs");
     fields.insert("seed".into(), cfg.seed.to_string());
     let all: Vec<usize> = (0..source.len()).collect();
     fields.insert(

@@ -16,18 +16,22 @@ use crate::fingerprint::samples_digest;
 use crate::model_init;
 use crate::task::{self, Task};
 
-/// `data.after`'s chain, checked, and the training samples its requests in force forgot.
-fn earlier_requests<D: Samples>(
-    cfg: &RunConfig,
-    train: &D,
-) -> Result<(Vec<Link>, BTreeSet<usize>)> {
-    let Some(after) = &cfg.data.after else { return Ok((Vec::new(), BTreeSet::new())) };
-    let receipt = chain::resolve(after, &cfg.unlearn.out_dir())
-        .with_context(|| format!("data.after = {}", after.display()))?;
-    let links = chain::walk(&receipt)?;
-    let all: Vec<usize> = (0..train.len()).collect();
-    let ids = chain::forgotten_ids(&links, train.len(), &samples_digest(train, &all))?;
-    Ok((links, ids))
+/// The run's task: the forget / retain split of `data.forget`, with every sample the requests of
+/// `data.after`'s chain (checked) forgot kept out of Dr; and that chain.
+fn split_task<D: Samples>(cfg: &RunConfig, train: D, test: D) -> Result<(Task<D>, Vec<Link>)> {
+    let (links, earlier) = match &cfg.data.after {
+        None => (Vec::new(), BTreeSet::new()),
+        Some(after) => {
+            let receipt = chain::resolve(after, &cfg.unlearn.out_dir())
+                .with_context(|| format!("data.after = {}", after.display()))?;
+            let links = chain::walk(&receipt)?;
+            let all: Vec<usize> = (0..train.len()).collect();
+            let ids = chain::forgotten_ids(&links, train.len(), &samples_digest(&train, &all))?;
+            (links, ids)
+        }
+    };
+    let d = &cfg.data;
+    Ok((Task::new(train, test, &d.forget, cfg.seed, d.probe_percent, &earlier)?, links))
 }
 
 /// ` (model.path = …)` where the model comes from a checkpoint, for errors about the model.
@@ -121,20 +125,9 @@ impl Run {
                     );
                 }
             }
-            let earlier = earlier_requests(&cfg, &train)?;
-            after = earlier.0;
-            Data::Text {
-                task: Task::new(
-                    train,
-                    test,
-                    &cfg.data.forget,
-                    cfg.seed,
-                    cfg.data.probe_percent,
-                    &earlier.1,
-                )?,
-                tokenizer: tok,
-                tokenizer_dir: tok_dir,
-            }
+            let task;
+            (task, after) = split_task(&cfg, train, test)?;
+            Data::Text { task, tokenizer: tok, tokenizer_dir: tok_dir }
         } else {
             if arch != Architecture::Vit {
                 bail!(
@@ -144,16 +137,9 @@ impl Run {
                 );
             }
             let (train, test) = task::load_images(&cfg.data, cfg.seed)?;
-            let earlier = earlier_requests(&cfg, &train)?;
-            after = earlier.0;
-            Data::Images(Task::new(
-                train,
-                test,
-                &cfg.data.forget,
-                cfg.seed,
-                cfg.data.probe_percent,
-                &earlier.1,
-            )?)
+            let task;
+            (task, after) = split_task(&cfg, train, test)?;
+            Data::Images(task)
         };
         let dir = cfg.run_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 mod common;
 
-use common::{rfa_cli as rfa, stderr_of_failure as failure, stdout_or_panic as ok};
+use common::{rfa_cli as rfa, stderr_of_failure as failure, stdout_or_panic as ok, tiny_args};
 use rfa::chain::{self, Entry, Link};
 use rfa::receipt::Receipt;
 
@@ -21,27 +21,10 @@ fn requests_chain_list_reverse_and_sign() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path();
     let base = |name: &str, forget: &str| -> Vec<String> {
-        [
-            "--name",
-            name,
-            "--runs-dir",
-            s(runs),
-            "--forget",
-            forget,
-            "--set",
-            "data.max_train=40",
-            "--set",
-            "data.max_test=20",
-            "--set",
-            "train.epochs=1",
-            "--set",
-            "unlearn.epochs=1",
-            // Every step's adapter is kept, so each request changes the model.
-            "--set",
-            "unlearn.stop=epochs",
-        ]
-        .map(String::from)
-        .to_vec()
+        let mut args = tiny_args(name, runs, forget);
+        // Every step's adapter is kept, so each request changes the model.
+        args.extend(["--set".into(), "unlearn.stop=epochs".into()]);
+        args
     };
     let run = |cmd: &str, args: &[String], extra: &[&str]| {
         let mut v: Vec<&str> = vec![cmd];

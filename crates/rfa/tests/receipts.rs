@@ -7,7 +7,7 @@ use std::path::Path;
 
 mod common;
 
-use common::{rfa_cli as rfa, stderr_of_failure, stdout_or_panic};
+use common::{rfa_cli as rfa, stderr_of_failure, stdout_or_panic, tiny_args};
 use rfa::receipt::{Receipt, VerifyOptions, verify};
 
 /// Flips one byte in the middle of `path`, runs `check`, and puts the byte back.
@@ -24,23 +24,8 @@ fn with_flipped_byte(path: &Path, check: impl FnOnce()) {
 #[test]
 fn a_receipt_verifies_catches_changes_and_proves_ids() {
     let tmp = tempfile::tempdir().unwrap();
-    let runs = tmp.path().to_str().unwrap();
-    let common = [
-        "--name",
-        "r",
-        "--runs-dir",
-        runs,
-        "--forget",
-        "ids:3,5,9,17",
-        "--set",
-        "data.max_train=40",
-        "--set",
-        "data.max_test=20",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "unlearn.epochs=1",
-    ];
+    let args = tiny_args("r", tmp.path(), "ids:3,5,9,17");
+    let common: Vec<&str> = args.iter().map(String::as_str).collect();
     for phase in ["train", "unlearn"] {
         stdout_or_panic(rfa(&[&[phase][..], &common].concat()));
     }

@@ -51,3 +51,27 @@ pub fn stderr_of_failure(out: Output) -> String {
     assert!(!out.status.success(), "succeeded: {}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// `rfa` arguments for a tiny command-line run: `name` in `runs`, forgetting `forget`, 40
+/// training and 20 test images, one epoch of training and one of unlearning.
+pub fn tiny_args(name: &str, runs: &Path, forget: &str) -> Vec<String> {
+    let runs = runs.to_str().unwrap();
+    [
+        "--name",
+        name,
+        "--runs-dir",
+        runs,
+        "--forget",
+        forget,
+        "--set",
+        "data.max_train=40",
+        "--set",
+        "data.max_test=20",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "unlearn.epochs=1",
+    ]
+    .map(String::from)
+    .to_vec()
+}
