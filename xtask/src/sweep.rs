@@ -121,7 +121,7 @@ pub fn run(forget: &Forget, seeds: std::ops::Range<u64>, runs: &Path, device: &s
             }));
         }
     }
-    write(&root, forget, seeds, &cases, &runs, device, started.elapsed().as_secs_f64())
+    write(&root, forget, seeds, &cases, device, started.elapsed().as_secs_f64())
 }
 
 fn read_json(p: &Path) -> Result<Value> {
@@ -157,7 +157,6 @@ fn write(
     forget: &Forget,
     seeds: std::ops::Range<u64>,
     cases: &[Value],
-    runs: &Path,
     device: &str,
     seconds: f64,
 ) -> Result<()> {
@@ -271,11 +270,10 @@ fn write(
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let section = format!(
-        "### {name}\n\n`{cmd}` — {n} cases (each seed its own M0, M\\*, split and adapters; RFA with its defaults), on {device}, {cores} CPU cores visible, {minutes:.0} min in all.\n\n{t}\n{bars}\n<details><summary>Every case</summary>\n\n{per}\n</details>\n\nReports of every case: the run folders under `{runs}` (not in the repository); the rows above: [docs/results/sweep/{name}/cases.json](results/sweep/{name}/cases.json).\n",
+        "### {name}\n\n`{cmd}` — {n} cases (each seed its own M0, M\\*, split and adapters; RFA with its defaults), on {device}, {cores} CPU cores visible, {minutes:.0} min in all.\n\n{t}\n{bars}\n<details><summary>Every case</summary>\n\n{per}\n</details>\n\nReports of every case: the run folders under `<--runs-dir>/sweep/` (not in the repository); the rows above: [docs/results/sweep/{name}/cases.json](results/sweep/{name}/cases.json).\n",
         n = cases.len(),
         minutes = seconds / 60.0,
         bars = bars.render(forget),
-        runs = runs.display(),
     );
     std::fs::write(out.join("summary.md"), &section)?;
     let results = root.join("docs/RESULTS.md");

@@ -14,6 +14,7 @@
 //! the models (rfa-models) or data.
 
 pub mod baseline_losses;
+mod mean_precision;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -325,6 +326,9 @@ pub struct FeatureStats<B: Backend> {
     class_sum: Vec<Tensor<B, 2>>,
     /// Per layer: Σ over samples at each position, `[positions, d_l]`.
     pos_sum: Vec<Tensor<B, 2>>,
+    /// Per layer: Σ over samples of ‖per-sample mean‖², by class, `[classes]` (the spread of
+    /// the class means' estimate: [`FeatureStats::class_mean_relative_error`]).
+    class_sq: Vec<Tensor<B, 1>>,
     tokens: f64,
     class_count: Vec<f64>,
     pos_count: Vec<f64>,
@@ -337,6 +341,7 @@ impl<B: Backend> FeatureStats<B> {
             sum: Vec::new(),
             class_sum: Vec::new(),
             pos_sum: Vec::new(),
+            class_sq: Vec::new(),
             tokens: 0.0,
             class_count: vec![0.0; classes],
             pos_count: Vec::new(),
@@ -403,6 +408,11 @@ impl<B: Backend> FeatureStats<B> {
             let s = p.clone().sum_dim(1).reshape([b, d]);
             let tok_sum = s.clone().sum_dim(0).reshape([d]);
             let per_sample_mean = s.div(m.clone().sum_dim(1));
+            let sq = per_sample_mean.clone().powi_scalar(2).sum_dim(1);
+            let cls_sq = onehot
+                .clone()
+                .map(|oh| oh.matmul(sq).reshape([self.classes]))
+                .unwrap_or_else(|| Tensor::zeros([self.classes], &device));
             let cls = onehot
                 .clone()
                 .map(|oh| oh.matmul(per_sample_mean))
@@ -411,10 +421,12 @@ impl<B: Backend> FeatureStats<B> {
             if fresh {
                 self.sum.push(tok_sum);
                 self.class_sum.push(cls);
+                self.class_sq.push(cls_sq);
                 self.pos_sum.push(pos);
             } else {
                 self.sum[l] = self.sum[l].clone() + tok_sum;
                 self.class_sum[l] = self.class_sum[l].clone() + cls;
+                self.class_sq[l] = self.class_sq[l].clone() + cls_sq;
                 let old = &self.pos_sum[l];
                 let tp = old.dims()[0];
                 self.pos_sum[l] = if tp >= t {
@@ -459,21 +471,8 @@ impl<B: Backend> FeatureStats<B> {
     pub fn substitute_classes(&self, nearest: bool, seed: u64) -> Result<Vec<usize>, LossError> {
         let present: Vec<usize> =
             (0..self.classes).filter(|&c| self.class_count[c] > 0.0).collect();
-        let means: Vec<Vec<f32>> = self
-            .class_means()
-            .into_iter()
-            .map(|m| m.into_data().convert::<f32>().into_vec().expect("f32"))
-            .collect();
-        let d: Vec<usize> = self.sum.iter().map(|s| s.dims()[0]).collect();
-        let dist = |a: usize, b: usize| -> f64 {
-            means
-                .iter()
-                .zip(&d)
-                .map(|(m, &dl)| {
-                    (0..dl).map(|k| ((m[a * dl + k] - m[b * dl + k]) as f64).powi(2)).sum::<f64>()
-                })
-                .sum()
-        };
+        let means = self.host_class_means();
+        let dist = |a: usize, b: usize| means.squared_distance(a, b);
         let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
         (0..self.classes)
             .map(|c| {

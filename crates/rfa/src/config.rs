@@ -134,12 +134,10 @@ pub struct DataConfig {
     pub test_percent: f64,
     /// Share of the test set held out as the validation probe (seeded), in percent: RFA's stop
     /// rule and the choice of defaults read it; the reported TA and the attacks never do.
-    #[serde(default = "probe_percent")]
-    pub probe_percent: f64,
-}
-
-fn probe_percent() -> f64 {
-    10.0
+    /// `auto`: 30 for random / id-list forgetting of a classifier, else 10
+    /// ([`crate::scenario::Scenario::probe_percent`]).
+    #[serde(default)]
+    pub probe_percent: Auto<f64>,
 }
 
 fn max_len() -> usize {
@@ -239,6 +237,11 @@ pub struct UnlearnConfig {
     /// of it is predicted as the forgotten class.
     #[serde(default = "one")]
     pub forget_tolerance: f64,
+    /// `probe` stop rule, random / ids: Df counts as forgotten once its accuracy is at most the
+    /// validation probe's plus this many points (a retrained model classifies Df as unseen
+    /// data), with the membership AUC within its limit.
+    #[serde(default)]
+    pub forget_accuracy_margin: f64,
     /// `probe` stop rule: samples of the Df and Dr probes (seeded subsets) at most.
     #[serde(default = "probe_samples")]
     pub probe_samples: usize,
@@ -267,6 +270,12 @@ pub struct UnlearnConfig {
     /// 40 % of RFA's time on IMDB).
     #[serde(default)]
     pub stats_samples: usize,
+    /// RFA on a classifier: the pass over Dr for the targets stops once every class's mean
+    /// feature has a standard error of at most this share of the distance to the nearest other
+    /// class's mean (at least 32 samples of each class read, in a seeded random order); 0 =
+    /// read all of Dr (or `stats_samples` of it).
+    #[serde(default = "stats_precision")]
+    pub stats_precision: f64,
     /// Seed of the unlearning alone (adapter init, batch order); default: the run's seed. The
     /// result goes to `<method>-s<seed>/` so that several seeds sit side by side.
     #[serde(default)]
@@ -314,6 +323,10 @@ pub struct UnlearnConfig {
 
 fn probe_samples() -> usize {
     512
+}
+
+fn stats_precision() -> f64 {
+    0.05
 }
 
 fn f32_name() -> String {
@@ -452,7 +465,7 @@ impl RunConfig {
                 per_category: per_category(),
                 with_answer: true,
                 test_percent: test_percent(),
-                probe_percent: probe_percent(),
+                probe_percent: Auto::Auto,
             },
             model: ModelConfig { preset: preset(), path: None, config: None, tokenizer: None },
             train: TrainConfig { epochs: 15, lr: 2e-3, batch_size: 64, weight_decay: 0.01 },
@@ -474,6 +487,7 @@ impl RunConfig {
                 check_every: 0,
                 max_retain_drop: one(),
                 forget_tolerance: one(),
+                forget_accuracy_margin: 0.0,
                 probe_samples: probe_samples(),
                 layer_weights: Vec::new(),
                 retain_task_weight: None,
@@ -481,6 +495,7 @@ impl RunConfig {
                 weight_decay: 0.0,
                 forget_tokens: "cls".into(),
                 stats_samples: 0,
+                stats_precision: stats_precision(),
                 seed: None,
                 adapter: lora(),
                 forget_weight: 1.0,

@@ -96,7 +96,9 @@ impl RunConfig {
         at_least_one("data.max_len", d.max_len)?;
         at_least_one("data.n_categories", d.n_categories)?;
         at_least_one("data.per_category", d.per_category)?;
-        open_percent("data.probe_percent", d.probe_percent)?;
+        if let crate::scenario::Auto::Set(p) = d.probe_percent {
+            open_percent("data.probe_percent", p)?;
+        }
         open_percent("data.test_percent", d.test_percent)?;
         let t = &self.train;
         if let Some(p) = &self.pretrain {
@@ -155,7 +157,19 @@ impl UnlearnConfig {
             0.0..=100.0,
             "must lie in [0, 100] (percent)",
         )?;
+        within(
+            "unlearn.forget_accuracy_margin",
+            self.forget_accuracy_margin,
+            -100.0..=100.0,
+            "must lie in [-100, 100] (points)",
+        )?;
         at_least_one("unlearn.probe_samples", self.probe_samples)?;
+        within(
+            "unlearn.stats_precision",
+            self.stats_precision,
+            0.0..=1.0,
+            "must lie in [0, 1] (0 = read all of Dr)",
+        )?;
         non_negative("unlearn.retain_cls_weight", self.retain_cls_weight)?;
         non_negative("unlearn.weight_decay", self.weight_decay)?;
         one_of(

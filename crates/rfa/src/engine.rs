@@ -24,6 +24,7 @@ use crate::engine_model::{EngineModel, Logits, Samples, task_loss};
 use crate::head_check::check_head_targets;
 use crate::probe::{Criterion, Probes, StopRecord, StopState, Verdict, measure};
 use crate::scenario::{RetainSampling, RfaSettings, StopRule};
+use crate::stats_sample::MeanPrecision;
 use crate::task::Task;
 
 pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
@@ -289,6 +290,13 @@ where
         stats_set.truncate(unlearn_cfg.stats_samples);
         stats_set.sort();
     }
+    // With labels, the pass may stop once the class means are precise enough; it reads Dr in a
+    // seeded random order so that what it has read is a uniform sample.
+    let precision = (classifier && unlearn_cfg.stats_precision > 0.0).then(|| {
+        SplitMix64::new(seed ^ 0x57a8).shuffle(&mut stats_set);
+        MeanPrecision::new(&stats_set, task.train.labels(), classes, unlearn_cfg.stats_precision)
+    });
+    let mut read = 0;
     let pb = bar(stats_set.len() as u64, "features");
     for b in batches(&stats_set, 64, false, 0) {
         crate::interrupt::check("the pass over the retain set")?;
@@ -316,8 +324,13 @@ where
         let mask = view_mask(batch.token_mask().map(Tensor::from_inner));
         stats.add(&taps, Some(&batch.labels), mask.as_ref())?;
         pb.inc(b.len() as u64);
+        read += b.len();
+        if precision.as_ref().is_some_and(|p| p.reached(&stats)) {
+            break;
+        }
     }
     pb.finish();
+    stats_set.truncate(read);
     let targets = Targets::resolve(settings.target, &stats)?;
     let forget = &task.split.forget;
     let forget_labels: Vec<usize> = forget.iter().map(|&i| task.train.labels()[i]).collect();
@@ -366,7 +379,10 @@ where
             (None, None) => unreachable!("the forget pass runs for confusable sampling"),
         }
         .scores();
-        let pool = most_confusable(&stats_set, &scores, forget.len().max(unlearn_cfg.batch_size));
+        // The pool is the most confusable |Df| of Dr; from a sample of Dr, the same share of it.
+        let share = stats_set.len() as f64 / task.split.retain.len().max(1) as f64;
+        let size = ((forget.len() as f64 * share).ceil() as usize).max(unlearn_cfg.batch_size);
+        let pool = most_confusable(&stats_set, &scores, size);
         sampler = sampler.with_confusable(pool, unlearn_cfg.confusable_share);
     }
     let stats_seconds = t0.elapsed().as_secs_f64();
@@ -543,6 +559,28 @@ pub fn outputs<B: FusedOps, M: EngineModel<B>>(
     indices: &[usize],
     device: &B::Device,
 ) -> Result<Outputs> {
+    read_outputs(model, ds, indices, device, true)
+}
+
+/// [`outputs`] without the features and the residual norms: the stop rule's checks read the
+/// logits alone, and the residual norms of every adapted layer cost as much as a good part of
+/// the forward pass.
+pub fn logits_only<B: FusedOps, M: EngineModel<B>>(
+    model: &M,
+    ds: &M::Data,
+    indices: &[usize],
+    device: &B::Device,
+) -> Result<Outputs> {
+    read_outputs(model, ds, indices, device, false)
+}
+
+fn read_outputs<B: FusedOps, M: EngineModel<B>>(
+    model: &M,
+    ds: &M::Data,
+    indices: &[usize],
+    device: &B::Device,
+    with_features: bool,
+) -> Result<Outputs> {
     let mut o = Outputs { classes: model.num_labels().unwrap_or(0), ..Outputs::default() };
     // Language-model logits are [tokens, vocab]: keep batches small.
     let per_batch = if model.num_labels().is_some() { 128 } else { 16 };
@@ -564,6 +602,10 @@ pub fn outputs<B: FusedOps, M: EngineModel<B>>(
                 }
                 o.token_logprobs.extend(rows);
             }
+        }
+        o.labels.extend(batch.labels);
+        if !with_features {
+            continue;
         }
         o.feature_dim = pass.features.dims()[1];
         o.features.extend(host(pass.features));
@@ -590,7 +632,6 @@ pub fn outputs<B: FusedOps, M: EngineModel<B>>(
                 .div_scalar(n);
             o.residual_norms.extend(host(per));
         }
-        o.labels.extend(batch.labels);
     }
     Ok(o)
 }

@@ -57,6 +57,7 @@ pub mod run_lock;
 pub mod scenario;
 pub mod signature;
 mod staged_dir;
+mod stats_sample;
 pub mod task;
 
 pub use device::DeviceSpec;

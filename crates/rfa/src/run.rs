@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
-use rfa_data::ImageDataset;
+use rfa_data::{ForgetSpec, ImageDataset};
 use rfa_models::Architecture;
 use rfa_models::tokenizer::TextTokenizer;
 
@@ -14,11 +14,18 @@ use crate::config::RunConfig;
 use crate::engine_model::{Samples, TokenizedText};
 use crate::fingerprint::samples_digest;
 use crate::model_init;
+use crate::scenario::Scenario;
 use crate::task::{self, Task};
 
 /// The run's task: the forget / retain split of `data.forget`, with every sample the requests of
 /// `data.after`'s chain (checked) forgot kept out of Dr; and that chain.
-fn split_task<D: Samples>(cfg: &RunConfig, train: D, test: D) -> Result<(Task<D>, Vec<Link>)> {
+/// The validation probe's share follows the scenario where `data.probe_percent = "auto"`.
+fn split_task<D: Samples>(
+    cfg: &RunConfig,
+    train: D,
+    test: D,
+    language_model: bool,
+) -> Result<(Task<D>, Vec<Link>)> {
     let (links, earlier) = match &cfg.data.after {
         None => (Vec::new(), BTreeSet::new()),
         Some(after) => {
@@ -31,7 +38,9 @@ fn split_task<D: Samples>(cfg: &RunConfig, train: D, test: D) -> Result<(Task<D>
         }
     };
     let d = &cfg.data;
-    Ok((Task::new(train, test, &d.forget, cfg.seed, d.probe_percent, &earlier)?, links))
+    let scenario = Scenario::of(&ForgetSpec::parse(&d.forget)?, language_model);
+    let probe_percent = d.probe_percent.or(scenario.probe_percent());
+    Ok((Task::new(train, test, &d.forget, cfg.seed, probe_percent, &earlier)?, links))
 }
 
 /// ` (model.path = …)` where the model comes from a checkpoint, for errors about the model.
@@ -126,7 +135,7 @@ impl Run {
                 }
             }
             let task;
-            (task, after) = split_task(&cfg, train, test)?;
+            (task, after) = split_task(&cfg, train, test, arch == Architecture::Gpt2)?;
             Data::Text { task, tokenizer: tok, tokenizer_dir: tok_dir }
         } else {
             if arch != Architecture::Vit {
@@ -138,7 +147,7 @@ impl Run {
             }
             let (train, test) = task::load_images(&cfg.data, cfg.seed)?;
             let task;
-            (task, after) = split_task(&cfg, train, test)?;
+            (task, after) = split_task(&cfg, train, test, false)?;
             Data::Images(task)
         };
         let dir = cfg.run_dir();

@@ -392,7 +392,10 @@ fn configurations_are_checked_first_and_failures_keep_the_recorded_config() {
             "unlearn.retain_task_weight",
         ),
         (|c: &mut RunConfig| c.unlearn.probe_samples = 0, "unlearn.probe_samples"),
-        (|c: &mut RunConfig| c.data.probe_percent = 100.0, "data.probe_percent"),
+        (
+            |c: &mut RunConfig| c.data.probe_percent = rfa::scenario::Auto::Set(100.0),
+            "data.probe_percent",
+        ),
     ] {
         let mut c = tiny("checked", tmp.path());
         edit(&mut c);
