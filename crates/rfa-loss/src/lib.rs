@@ -15,6 +15,9 @@
 
 pub mod baseline_losses;
 mod mean_precision;
+mod token_means;
+
+pub use token_means::{TokenStats, TokenTargets};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -39,6 +42,13 @@ pub enum LossError {
          (class-wise forgetting removes it; use runner-up-class-mean)"
     )]
     NoOwnClass { class: usize },
+    #[error(
+        "own-token-mean targets come from token statistics (TokenStats) and need each forget \
+         token's id"
+    )]
+    NeedsTokenIds,
+    #[error("token statistics: {ids} ids and {mask} mask values for {tokens} tokens")]
+    TokenShape { ids: usize, mask: usize, tokens: usize },
     #[error("{what}: {found} values for {samples} forget samples × {classes} classes")]
     LogitShape { what: &'static str, found: usize, samples: usize, classes: usize },
 }
@@ -66,6 +76,9 @@ pub enum TargetStrategy {
     Zero,
     /// Mean of `p_l` over `Dr` at each token position (sequence models).
     PerPositionMean,
+    /// Language models: each forgotten token's target is the mean of `p_l` over Dr's tokens with
+    /// the same input id ([`TokenStats`]; the global mean for an id Dr lacks).
+    OwnTokenMean,
 }
 
 /// Options of the objective.
@@ -94,7 +107,7 @@ impl Default for RfaObjective {
 }
 
 impl TargetStrategy {
-    pub const ALL: [TargetStrategy; 7] = [
+    pub const ALL: [TargetStrategy; 8] = [
         Self::GlobalMean,
         Self::ClassMeanNearest,
         Self::ClassMeanRandom,
@@ -102,6 +115,7 @@ impl TargetStrategy {
         Self::OwnClassMean,
         Self::Zero,
         Self::PerPositionMean,
+        Self::OwnTokenMean,
     ];
 
     /// Whether each forget sample is sent to a class's mean (and so needs class labels).
@@ -125,6 +139,7 @@ impl TargetStrategy {
             Self::OwnClassMean => "own-class-mean",
             Self::Zero => "zero",
             Self::PerPositionMean => "per-position-mean",
+            Self::OwnTokenMean => "own-token-mean",
         }
     }
 }
@@ -521,6 +536,8 @@ pub enum Targets<B: Backend> {
     ByClass(Vec<Tensor<B, 2>>),
     /// Per layer `[positions, d_l]`.
     ByPosition(Vec<Tensor<B, 2>>),
+    /// `own-token-mean`: by the forget tokens' ids ([`TokenTargets::for_batch`]).
+    ByToken(TokenTargets<B>),
 }
 
 impl<B: Backend> Targets<B> {
@@ -532,6 +549,7 @@ impl<B: Backend> Targets<B> {
                 Self::Shared(global.into_iter().map(|m| m.zeros_like()).collect())
             }
             s if s.by_class() => Self::ByClass(stats.class_means()),
+            TargetStrategy::OwnTokenMean => return Err(LossError::NeedsTokenIds),
             _ => Self::ByPosition(stats.position_means()),
         })
     }
@@ -586,6 +604,7 @@ impl<B: Backend> Targets<B> {
                     full.reshape([1, seq, d])
                 })
                 .collect(),
+            Self::ByToken(_) => return Err(LossError::NeedsTokenIds),
         })
     }
 }

@@ -26,6 +26,7 @@ use crate::probe::{Criterion, Probes, StopRecord, StopState, Verdict, measure};
 use crate::scenario::{RetainSampling, RfaSettings, StopRule};
 use crate::stats_sample::MeanPrecision;
 use crate::task::Task;
+use crate::token_targets::{forget_vocabulary, token_ids};
 
 pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
     t.into_data().convert::<f32>().into_vec::<f32>().expect("f32")[0] as f64
@@ -296,6 +297,15 @@ where
         SplitMix64::new(seed ^ 0x57a8).shuffle(&mut stats_set);
         MeanPrecision::new(&stats_set, task.train.labels(), classes, unlearn_cfg.stats_precision)
     });
+    let by_token = settings.target == TargetStrategy::OwnTokenMean;
+    if by_token && cls_only {
+        bail!(
+            "unlearn.target = \"own-token-mean\" sends every forgotten token to its own id's mean; \
+             it needs unlearn.forget_tokens = \"all\""
+        );
+    }
+    let mut token_stats =
+        if by_token { Some(forget_vocabulary(&inner, task, device)?) } else { None };
     let mut read = 0;
     let pb = bar(stats_set.len() as u64, "features");
     for b in batches(&stats_set, 64, false, 0) {
@@ -323,6 +333,11 @@ where
             inner_taps.into_iter().map(|t| t.map(|x| view(Tensor::from_inner(x)))).collect();
         let mask = view_mask(batch.token_mask().map(Tensor::from_inner));
         stats.add(&taps, Some(&batch.labels), mask.as_ref())?;
+        if let Some(ts) = &mut token_stats {
+            let (ids, m) = token_ids(&batch.input, 0..b.len()).expect("token inputs");
+            let pre: Vec<Tensor<B, 3>> = taps.iter().map(|t| t.pre.clone()).collect();
+            ts.add(&pre, &ids, &m)?;
+        }
         pb.inc(b.len() as u64);
         read += b.len();
         if precision.as_ref().is_some_and(|p| p.reached(&stats)) {
@@ -331,7 +346,10 @@ where
     }
     pb.finish();
     stats_set.truncate(read);
-    let targets = Targets::resolve(settings.target, &stats)?;
+    let targets = match &token_stats {
+        Some(ts) => Targets::ByToken(ts.resolve(device)?),
+        None => Targets::resolve(settings.target, &stats)?,
+    };
     let forget = &task.split.forget;
     let forget_labels: Vec<usize> = forget.iter().map(|&i| task.train.labels()[i]).collect();
     // M0 on Df: the runner-up classes, and the features confusable samples are compared with.
@@ -442,7 +460,13 @@ where
             let seq = if cls_only { 1 } else { taps[0].pre.dims()[1] };
             let row_classes: Option<Vec<usize>> =
                 (!target_class.is_empty()).then(|| fb.iter().map(|i| target_class[i]).collect());
-            let mu = targets.for_batch(nf, seq, row_classes.as_deref())?;
+            let mu = match &targets {
+                Targets::ByToken(t) => {
+                    let (ids, _) = token_ids(&batch.input, nr..nr + nf).expect("token inputs");
+                    t.for_batch(nf, seq, &ids)?
+                }
+                _ => targets.for_batch(nf, seq, row_classes.as_deref())?,
+            };
             let split = rfa_fused::TapSplit { retain_rows: nr, forget_first_token_only: cls_only };
             let (parts, mut total);
             if unlearn_cfg.retain_cls_weight > 0.0 {

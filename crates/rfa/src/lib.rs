@@ -59,6 +59,7 @@ pub mod signature;
 mod staged_dir;
 mod stats_sample;
 pub mod task;
+mod token_targets;
 
 pub use device::DeviceSpec;
 pub use evaluation::REPORT_DIR;

@@ -258,3 +258,34 @@ fn baselines_on_a_language_model() {
     let e = format!("{:#}", Run::open(c).unwrap().unlearn::<AB>(&dev).unwrap_err());
     assert!(e.contains("needs a classifier"), "{e}");
 }
+
+#[test]
+fn own_token_mean_targets_on_a_language_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = eli5(tmp.path());
+    let mut c = gpt2_config("tok", tmp.path(), &data);
+    c.train.epochs = 1;
+    c.unlearn.target = rfa::scenario::Auto::Set(rfa_loss::TargetStrategy::OwnTokenMean);
+    let run = Run::open(c.clone()).unwrap();
+    let dev = Default::default();
+    run.train::<AB>(false, &dev).unwrap();
+    run.unlearn::<AB>(&dev).unwrap();
+    let log: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.dir.join("rfa/unlearn_log.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(log["settings"]["target"], "own-token-mean");
+    let steps = log["steps"].as_array().unwrap();
+    let forget = |s: &serde_json::Value| s["forget"].as_f64().unwrap();
+    assert!(forget(&steps[0]) > 0.0, "M0's features differ from their ids' means over Dr");
+    assert!(forget(&steps[steps.len() - 1]) < forget(&steps[0]), "the forget term falls");
+
+    // Per-token targets need the forget term on every token.
+    let mut cls = c;
+    cls.name = "tok-cls".into();
+    cls.unlearn.forget_tokens = "cls".into();
+    let run = Run::open(cls).unwrap();
+    run.train::<AB>(false, &dev).unwrap();
+    let e = format!("{:#}", run.unlearn::<AB>(&dev).unwrap_err());
+    assert!(e.contains("forget_tokens"), "{e}");
+}
