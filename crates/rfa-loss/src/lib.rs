@@ -38,8 +38,9 @@ pub enum LossError {
     #[error("class {class} is out of range for {classes} classes")]
     ClassOutOfRange { class: usize, classes: usize },
     #[error(
-        "own-class-mean target for a sample of class {class}: Dr has no sample of that class \
-         (class-wise forgetting removes it; use runner-up-class-mean)"
+        "a target from the sample's own class (own-class-mean, boundary-mean) for a sample of \
+         class {class}: Dr has no sample of that class (class-wise forgetting removes it; use \
+         runner-up-class-mean)"
     )]
     NoOwnClass { class: usize },
     #[error(
@@ -79,6 +80,10 @@ pub enum TargetStrategy {
     /// Language models: each forgotten token's target is the mean of `p_l` over Dr's tokens with
     /// the same input id ([`TokenStats`]; the global mean for an id Dr lacks).
     OwnTokenMean,
+    /// Random / id-list forgetting: the midpoint of the sample's own class mean and the mean of
+    /// the class M0 ranks next over Dr ([`boundary_targets`]): near the boundary between the
+    /// two, so that Df ends uncertain rather than wrong, as unseen data is.
+    BoundaryMean,
 }
 
 /// Options of the objective.
@@ -107,7 +112,7 @@ impl Default for RfaObjective {
 }
 
 impl TargetStrategy {
-    pub const ALL: [TargetStrategy; 8] = [
+    pub const ALL: [TargetStrategy; 9] = [
         Self::GlobalMean,
         Self::ClassMeanNearest,
         Self::ClassMeanRandom,
@@ -116,6 +121,7 @@ impl TargetStrategy {
         Self::Zero,
         Self::PerPositionMean,
         Self::OwnTokenMean,
+        Self::BoundaryMean,
     ];
 
     /// Whether each forget sample is sent to a class's mean (and so needs class labels).
@@ -126,6 +132,7 @@ impl TargetStrategy {
                 | Self::ClassMeanRandom
                 | Self::RunnerUpClassMean
                 | Self::OwnClassMean
+                | Self::BoundaryMean
         )
     }
 
@@ -140,6 +147,7 @@ impl TargetStrategy {
             Self::Zero => "zero",
             Self::PerPositionMean => "per-position-mean",
             Self::OwnTokenMean => "own-token-mean",
+            Self::BoundaryMean => "boundary-mean",
         }
     }
 }
@@ -640,11 +648,11 @@ pub fn target_classes<B: Backend>(
                 }
             })
             .collect::<Result<_, _>>()?,
-        TargetStrategy::RunnerUpClassMean => {
+        TargetStrategy::RunnerUpClassMean | TargetStrategy::BoundaryMean => {
             let logits = logits.unwrap_or(&[]);
             if logits.len() != labels.len() * classes {
                 return Err(LossError::LogitShape {
-                    what: "runner-up-class-mean",
+                    what: "runner-up / boundary targets",
                     found: logits.len(),
                     samples: labels.len(),
                     classes,
@@ -664,4 +672,42 @@ pub fn target_classes<B: Backend>(
         }
         _ => return Ok(None),
     }))
+}
+
+/// `boundary-mean`: per forgotten sample, the midpoint of its own class's mean and its
+/// runner-up class's mean (`runner_up`, from [`target_classes`]), per layer. Returns the targets
+/// as [`Targets::ByClass`] over a table of the used midpoints, and each sample's row in it.
+pub fn boundary_targets<B: Backend>(
+    stats: &FeatureStats<B>,
+    labels: &[usize],
+    runner_up: &[usize],
+) -> Result<(Targets<B>, Vec<usize>), LossError> {
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    let mut rows = Vec::with_capacity(labels.len());
+    for (&own, &next) in labels.iter().zip(runner_up) {
+        if stats.class_count.get(own).is_none_or(|&c| c == 0.0) {
+            return Err(LossError::NoOwnClass { class: own });
+        }
+        let row = pairs.iter().position(|&p| p == (own, next)).unwrap_or_else(|| {
+            pairs.push((own, next));
+            pairs.len() - 1
+        });
+        rows.push(row);
+    }
+    let means = stats.class_means();
+    let table = means
+        .iter()
+        .map(|m| {
+            let device = m.device();
+            let pick = |c: Vec<i64>| {
+                let n = c.len();
+                m.clone()
+                    .select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(c, [n]), &device))
+            };
+            let own = pick(pairs.iter().map(|p| p.0 as i64).collect());
+            let next = pick(pairs.iter().map(|p| p.1 as i64).collect());
+            (own + next).div_scalar(2.0)
+        })
+        .collect();
+    Ok((Targets::ByClass(table), rows))
 }

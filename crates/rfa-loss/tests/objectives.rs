@@ -357,3 +357,28 @@ fn no_taps_is_an_error_not_a_panic() {
         assert_eq!(err, LossError::EmptySplit { retain: 2, rows: 0 });
     }
 }
+
+#[test]
+fn boundary_targets_are_midpoints_of_the_own_and_the_runner_up_class() {
+    let s = stats_without_class_1();
+    // Sample 0 (class 0): M0 ranks 3 next → midpoint of (0, 0) and (0, 4). Sample 1 (class 2):
+    // 0 next → midpoint of (4, 0) and (0, 0). Sample 2 repeats sample 0's pair: the same row.
+    let logits = [9.0, 1.0, 2.0, 3.0, 5.0, 1.0, 9.0, 2.0, 9.0, 1.0, 2.0, 3.0];
+    let labels = [0, 2, 0];
+    let next = target_classes(TargetStrategy::BoundaryMean, &s, &labels, Some(&logits), 0)
+        .unwrap()
+        .unwrap();
+    assert_eq!(next, vec![3, 0, 3]);
+    let (targets, rows) = rfa_loss::boundary_targets(&s, &labels, &next).unwrap();
+    assert_eq!(rows, vec![0, 1, 0]);
+    let mu = targets.for_batch(3, 1, Some(&rows)).unwrap();
+    assert_eq!(
+        mu[0].clone().into_data().into_vec::<f32>().unwrap(),
+        vec![0.0, 2.0, 2.0, 0.0, 0.0, 2.0]
+    );
+    // Class-wise forgetting leaves no own class to start from.
+    assert_eq!(
+        rfa_loss::boundary_targets(&s, &[1], &[0]).unwrap_err(),
+        LossError::NoOwnClass { class: 1 }
+    );
+}

@@ -211,8 +211,8 @@ pub struct UnlearnConfig {
     /// λ, the forget term's weight.
     pub lambda: f64,
     /// RFA's forget target (`global-mean`, `class-mean-nearest`, `class-mean-random`,
-    /// `runner-up-class-mean`, `own-class-mean`, `zero`, `per-position-mean`, `own-token-mean`);
-    /// `auto` picks it from the forget specification ([`Scenario::defaults`]).
+    /// `runner-up-class-mean`, `boundary-mean`, `own-class-mean`, `zero`, `per-position-mean`,
+    /// `own-token-mean`); `auto` picks it from the forget specification ([`Scenario::defaults`]).
     #[serde(default)]
     pub target: Auto<TargetStrategy>,
     /// RFA: how retain batches are drawn (`uniform`, `confusable`, `auto`).

@@ -346,25 +346,35 @@ where
     }
     pb.finish();
     stats_set.truncate(read);
-    let targets = match &token_stats {
+    let mut targets = match &token_stats {
         Some(ts) => Targets::ByToken(ts.resolve(device)?),
         None => Targets::resolve(settings.target, &stats)?,
     };
     let forget = &task.split.forget;
     let forget_labels: Vec<usize> = forget.iter().map(|&i| task.train.labels()[i]).collect();
     // M0 on Df: the runner-up classes, and the features confusable samples are compared with.
-    let need_forget_pass = settings.target == TargetStrategy::RunnerUpClassMean || keep_features;
+    let need_forget_pass =
+        matches!(settings.target, TargetStrategy::RunnerUpClassMean | TargetStrategy::BoundaryMean)
+            || keep_features;
     let m0_forget =
         if need_forget_pass { Some(outputs(&inner, &task.train, forget, device)?) } else { None };
-    let target_class: HashMap<usize, usize> = target_classes(
+    let mut row_of = target_classes(
         settings.target,
         &stats,
         &forget_labels,
         m0_forget.as_ref().map(|o| o.logits.as_slice()),
         seed,
-    )?
-    .map(|c| forget.iter().copied().zip(c).collect())
-    .unwrap_or_default();
+    )?;
+    if settings.target == TargetStrategy::BoundaryMean
+        && let Some(runner_up) = &row_of
+    {
+        // The rows of a table of (own, runner-up) midpoints instead of classes.
+        let (t, rows) = rfa_loss::boundary_targets(&stats, &forget_labels, runner_up)?;
+        targets = t;
+        row_of = Some(rows);
+    }
+    let target_class: HashMap<usize, usize> =
+        row_of.map(|c| forget.iter().copied().zip(c).collect()).unwrap_or_default();
     if class_wise && let Some(c) = task.split.class {
         check_head_targets(
             |f| inner.classify(f),

@@ -21,8 +21,9 @@ pub fn check_head_targets<B: Backend>(
     forgotten: usize,
     names: &[String],
 ) -> Result<()> {
-    if strategy == TargetStrategy::OwnTokenMean {
-        // Per-token targets have no single point at the pooled features to check.
+    if matches!(strategy, TargetStrategy::OwnTokenMean | TargetStrategy::BoundaryMean) {
+        // Per-token targets have no single point at the pooled features to check; midpoints
+        // need the sample's own class, which class-wise forgetting has removed (refused before).
         return Ok(());
     }
     let points: Vec<(String, Tensor<B, 1>)> = match Targets::resolve(strategy, head_stats)? {

@@ -107,6 +107,9 @@ pub enum Scenario {
     Class,
     /// Random samples or a list of ids of a classifier.
     Samples,
+    /// The same on a two-class task, where the runner-up class of every sample is the other
+    /// one: sending Df there teaches the adapter to flip every prediction.
+    SamplesOfTwoClasses,
     /// Texts of a language model (no classes).
     LanguageModel,
 }
@@ -116,6 +119,7 @@ impl fmt::Display for Scenario {
         f.write_str(match self {
             Self::Class => "class-wise",
             Self::Samples => "random / id-list",
+            Self::SamplesOfTwoClasses => "random / id-list, two classes",
             Self::LanguageModel => "language model",
         })
     }
@@ -138,7 +142,7 @@ impl Scenario {
     /// docs/RESULTS.md).
     pub fn probe_percent(self) -> f64 {
         match self {
-            Self::Samples => 30.0,
+            Self::Samples | Self::SamplesOfTwoClasses => 30.0,
             Self::Class | Self::LanguageModel => 10.0,
         }
     }
@@ -167,6 +171,10 @@ impl Scenario {
                 retain_task_weight: 1.0,
                 stop: StopRule::Probe,
             },
+            // Df ends uncertain, between its class and the other, rather than flipped.
+            Self::SamplesOfTwoClasses => {
+                RfaSettings { target: TargetStrategy::BoundaryMean, ..Self::Samples.defaults() }
+            }
             Self::LanguageModel => RfaSettings {
                 target: TargetStrategy::GlobalMean,
                 retain_sampling: RetainSampling::Uniform,
@@ -200,7 +208,12 @@ mod tests {
         assert_eq!(s.target, TargetStrategy::OwnClassMean);
         assert_eq!(s.stop, StopRule::Epochs);
         assert_eq!(s.retain_sampling, RetainSampling::Confusable, "still auto");
-        for scenario in [Scenario::Class, Scenario::Samples, Scenario::LanguageModel] {
+        for scenario in [
+            Scenario::Class,
+            Scenario::Samples,
+            Scenario::SamplesOfTwoClasses,
+            Scenario::LanguageModel,
+        ] {
             assert_eq!(demo.unlearn.rfa_settings(scenario), scenario.defaults());
         }
         let err = with_unlearn("target = \"nearest\"").unwrap_err().to_string();

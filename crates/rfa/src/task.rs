@@ -58,6 +58,7 @@ impl<D: Samples> Task<D> {
         match (language_model, self.split.class) {
             (true, _) => Scenario::LanguageModel,
             (false, Some(_)) => Scenario::Class,
+            (false, None) if self.train.class_names().len() == 2 => Scenario::SamplesOfTwoClasses,
             (false, None) => Scenario::Samples,
         }
     }
