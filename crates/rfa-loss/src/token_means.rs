@@ -147,11 +147,7 @@ impl<B: Backend> TokenTargets<B> {
         ids: &[i64],
     ) -> Result<Vec<Tensor<B, 3>>, LossError> {
         if ids.len() != batch * seq {
-            return Err(LossError::TokenShape {
-                ids: ids.len(),
-                mask: batch * seq,
-                tokens: batch * seq,
-            });
+            return Err(LossError::TokenBatchShape { ids: ids.len(), tokens: batch * seq });
         }
         let fallback = self.rows.len() as i64;
         let idx: Vec<i64> =

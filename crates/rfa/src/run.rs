@@ -38,7 +38,8 @@ fn split_task<D: Samples>(
         }
     };
     let d = &cfg.data;
-    let scenario = Scenario::of(&ForgetSpec::parse(&d.forget)?, language_model);
+    let class_wise = matches!(ForgetSpec::parse(&d.forget)?, ForgetSpec::Class(_));
+    let scenario = Scenario::new(class_wise, language_model, train.class_names().len());
     let probe_percent = d.probe_percent.or(scenario.probe_percent());
     Ok((Task::new(train, test, &d.forget, cfg.seed, probe_percent, &earlier)?, links))
 }

@@ -147,12 +147,14 @@ impl Scenario {
         }
     }
 
-    /// The scenario of a forget specification (`class:…` or anything else).
-    pub fn of(forget: &rfa_data::ForgetSpec, language_model: bool) -> Self {
-        match (language_model, forget) {
+    /// What is forgotten: a whole class or not, by a language model or a classifier of
+    /// `classes` classes.
+    pub fn new(class_wise: bool, language_model: bool, classes: usize) -> Self {
+        match (language_model, class_wise) {
             (true, _) => Self::LanguageModel,
-            (false, rfa_data::ForgetSpec::Class(_)) => Self::Class,
-            (false, _) => Self::Samples,
+            (false, true) => Self::Class,
+            (false, false) if classes == 2 => Self::SamplesOfTwoClasses,
+            (false, false) => Self::Samples,
         }
     }
 
@@ -230,11 +232,11 @@ mod tests {
         assert_eq!(toml::from_str::<RunConfig>(&c.to_toml()).unwrap(), c);
         let t = demo.to_toml().replace("probe_percent = \"auto\"", "probe_percent = 12.5");
         assert_eq!(toml::from_str::<RunConfig>(&t).unwrap().data.probe_percent, Auto::Set(12.5));
-        let random = rfa_data::ForgetSpec::parse("random:5").unwrap();
-        let class = rfa_data::ForgetSpec::parse("class:1").unwrap();
-        assert_eq!(Scenario::of(&random, false).probe_percent(), 30.0);
-        assert_eq!(Scenario::of(&class, false).probe_percent(), 10.0);
-        assert_eq!(Scenario::of(&random, true), Scenario::LanguageModel);
+        assert_eq!(Scenario::new(false, false, 10).probe_percent(), 30.0);
+        assert_eq!(Scenario::new(false, false, 2), Scenario::SamplesOfTwoClasses);
+        assert_eq!(Scenario::new(false, false, 2).probe_percent(), 30.0);
+        assert_eq!(Scenario::new(true, false, 10).probe_percent(), 10.0);
+        assert_eq!(Scenario::new(false, true, 10), Scenario::LanguageModel);
     }
 
     #[test]

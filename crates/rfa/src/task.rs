@@ -55,12 +55,7 @@ impl<D: Samples> Task<D> {
 
     /// What is forgotten, for the scenario's defaults.
     pub fn scenario(&self, language_model: bool) -> Scenario {
-        match (language_model, self.split.class) {
-            (true, _) => Scenario::LanguageModel,
-            (false, Some(_)) => Scenario::Class,
-            (false, None) if self.train.class_names().len() == 2 => Scenario::SamplesOfTwoClasses,
-            (false, None) => Scenario::Samples,
-        }
+        Scenario::new(self.split.class.is_some(), language_model, self.train.class_names().len())
     }
 }
 
