@@ -171,7 +171,11 @@ fn run() -> Result<bool> {
                     "scripts/fetch-minilm.sh failed: the MiniLM parity test needs the real weights"
                 );
             }
-            let status = cargo().args(["test", "--workspace"]).args(&args).status()?;
+            // rfa's data-parallel training (burn's collective operations) is tested too.
+            let status = cargo()
+                .args(["test", "--workspace", "--features", "rfa/collective"])
+                .args(&args)
+                .status()?;
             Ok(status.success())
         }
         Cmd::Bench(a) => rfa_bench("bench", a),

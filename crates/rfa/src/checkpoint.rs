@@ -10,9 +10,9 @@ use burn::module::AutodiffModule;
 use lora_core::{AdamWState, ForeachAdamW};
 use rfa_models::FusedAutodiff;
 
-use crate::engine::EpochLog;
 use crate::engine_model::EngineModel;
 use crate::staged_dir::StagedDir;
+use crate::train::EpochLog;
 
 /// The epoch log: one entry per completed epoch.
 pub const TRAIN_STATE: &str = "train_state.json";

@@ -82,6 +82,92 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
+/// `--device a,b,…` (and `--devices N`): the devices of a data-parallel training, one replica
+/// each, all on one backend. A name may repeat: two replicas on one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList(Vec<DeviceSpec>);
+
+/// A `--device` list or `--devices` count that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceListError {
+    #[error(transparent)]
+    Unknown(#[from] UnknownDevice),
+    #[error("--device {0}: the devices of one run must be on one backend")]
+    MixedBackends(String),
+    #[error("--devices {asked} with --device {listed}: give a list or a count, not both")]
+    ListAndCount { listed: String, asked: usize },
+    #[error("--devices 0: at least one device")]
+    NoDevices,
+    #[error("--devices {0}: {1} has one device")]
+    OneDeviceBackend(usize, DeviceSpec),
+}
+
+impl DeviceSpec {
+    /// The backend's name, the same for every device of it.
+    fn backend(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::CpuFlex => "cpu-flex",
+            Self::Cuda(_) => "cuda",
+            Self::Wgpu => "wgpu",
+            Self::TchCpu | Self::TchCuda(_) => "tch",
+        }
+    }
+}
+
+impl DeviceList {
+    /// The lead device: the one that builds, evaluates and saves.
+    pub fn first(&self) -> DeviceSpec {
+        self.0[0]
+    }
+
+    pub fn specs(&self) -> &[DeviceSpec] {
+        &self.0
+    }
+
+    /// `--devices N` on one named device: GPUs N in a row from the one named (`cuda:2` → 2, 3,
+    /// …); on the CPU backends N replicas of the one CPU, which checks the data-parallel path
+    /// but gains no speed.
+    pub fn replicated(self, count: usize) -> Result<Self, DeviceListError> {
+        if count == 0 {
+            return Err(DeviceListError::NoDevices);
+        }
+        if self.0.len() > 1 {
+            return Err(DeviceListError::ListAndCount { listed: self.to_string(), asked: count });
+        }
+        let first = self.first();
+        let specs = (0..count)
+            .map(|k| match first {
+                DeviceSpec::Cuda(n) => Ok(DeviceSpec::Cuda(n + k)),
+                DeviceSpec::TchCuda(n) => Ok(DeviceSpec::TchCuda(n + k)),
+                DeviceSpec::Cpu | DeviceSpec::CpuFlex | DeviceSpec::TchCpu => Ok(first),
+                DeviceSpec::Wgpu if count == 1 => Ok(first),
+                DeviceSpec::Wgpu => Err(DeviceListError::OneDeviceBackend(count, first)),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self(specs))
+    }
+}
+
+impl FromStr for DeviceList {
+    type Err = DeviceListError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let specs = s.split(',').map(str::parse).collect::<Result<Vec<DeviceSpec>, _>>()?;
+        if specs.iter().any(|d| d.backend() != specs[0].backend()) {
+            return Err(DeviceListError::MixedBackends(s.to_string()));
+        }
+        Ok(Self(specs))
+    }
+}
+
+impl fmt::Display for DeviceList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +195,30 @@ mod tests {
             let e = bad.parse::<DeviceSpec>().unwrap_err().to_string();
             assert!(e.contains(&format!("`{bad}`")) && e.contains("cpu-flex"), "{e}");
         }
+    }
+
+    #[test]
+    fn lists_name_one_backend_and_counts_expand_one_device() {
+        let list: DeviceList = "cuda:0,cuda:1".parse().unwrap();
+        assert_eq!(list.specs(), [DeviceSpec::Cuda(0), DeviceSpec::Cuda(1)]);
+        assert_eq!(list.to_string().parse::<DeviceList>().unwrap(), list);
+        let same: DeviceList = "cuda:0,cuda:0".parse().unwrap();
+        assert_eq!(same.specs(), [DeviceSpec::Cuda(0); 2], "two replicas on one GPU");
+        assert_eq!("cpu".parse::<DeviceList>().unwrap().specs(), [DeviceSpec::Cpu]);
+        let e = "cuda:0,tch-cuda:1".parse::<DeviceList>().unwrap_err().to_string();
+        assert!(e.contains("one backend") && e.contains("cuda:0,tch-cuda:1"), "{e}");
+        let e = "cpu,gpu".parse::<DeviceList>().unwrap_err().to_string();
+        assert!(e.contains("`gpu`"), "{e}");
+
+        let one = |s: &str| s.parse::<DeviceList>().unwrap();
+        assert_eq!(one("cuda:2").replicated(3).unwrap(), one("cuda:2,cuda:3,cuda:4"));
+        assert_eq!(one("tch-cuda").replicated(2).unwrap(), one("tch-cuda:0,tch-cuda:1"));
+        assert_eq!(one("cpu").replicated(2).unwrap(), one("cpu,cpu"));
+        assert_eq!(one("cpu").replicated(1).unwrap(), one("cpu"));
+        assert!(matches!(one("cpu").replicated(0), Err(DeviceListError::NoDevices)));
+        assert!(matches!(one("wgpu").replicated(2), Err(DeviceListError::OneDeviceBackend(2, _))));
+        let e = one("cuda:0,cuda:1").replicated(2).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
     }
 
     #[cfg(feature = "tch")]

@@ -17,8 +17,7 @@ use rfa_models::{FusedAutodiff, FusedOps};
 use rfa_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Checkpoints;
-use crate::config::{TrainConfig, UnlearnConfig};
+use crate::config::UnlearnConfig;
 use crate::confusable::{Confusion, RetainSampler, most_confusable};
 use crate::engine_model::{EngineModel, Logits, Samples, task_loss};
 use crate::head_check::check_head_targets;
@@ -45,100 +44,6 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     );
     pb.set_prefix(what.to_string());
     pb
-}
-
-/// One epoch's record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EpochLog {
-    pub epoch: usize,
-    pub loss: f64,
-    pub samples_per_s: f64,
-}
-
-/// Training of every parameter on `indices` with the task's loss (cross-entropy on the class,
-/// or the causal-LM loss) and AdamW. After each epoch the whole state (model, optimizer, log) is
-/// switched in as one folder ([`Checkpoints`]); a resumed run continues after its last completed
-/// epoch exactly as an uninterrupted one would (each epoch's order comes from the seed and the
-/// epoch's number). A non-finite loss stops training with an error that names the last good
-/// checkpoint.
-#[allow(clippy::too_many_arguments)]
-pub fn train_model<B: FusedAutodiff, M: EngineModel<B> + AutodiffModule<B>>(
-    mut model: M,
-    ds: &M::Data,
-    indices: &[usize],
-    train_cfg: &TrainConfig,
-    seed: u64,
-    what: &str,
-    ckpt: &Checkpoints,
-    device: &B::Device,
-) -> Result<(M, Vec<EpochLog>)> {
-    if indices.is_empty() {
-        bail!("{what}: no training samples");
-    }
-    if let Some(n) = model.num_labels().filter(|&n| n != ds.class_names().len()) {
-        bail!("{what}: the model has {n} classes, the data {}", ds.class_names().len());
-    }
-    let mut optim = ForeachAdamW::<B>::new(train_cfg.weight_decay as f32, 1e-8);
-    let mut log: Vec<EpochLog> = Vec::new();
-    if let Some(resumed) = ckpt.resume::<B, M>(&mut optim, device)? {
-        (model, log) = (resumed.model, resumed.log);
-        eprintln!("{what}: resuming after epoch {} from {}", log.len(), ckpt.dir.display());
-    }
-    for epoch in log.len()..train_cfg.epochs {
-        let bs =
-            batches(indices, train_cfg.batch_size, true, seed.wrapping_add(epoch as u64 * 7919));
-        let pb = bar(indices.len() as u64, what);
-        let start = Instant::now();
-        let (mut sum, mut n) = (0.0, 0usize);
-        for (step, b) in bs.iter().enumerate() {
-            crate::interrupt::check(what)?;
-            let batch = model.batch(ds, b, device)?;
-            let pass = model.pass(&batch.input, true);
-            let loss = task_loss(pass.logits.as_ref().expect("logits"), &batch, 0..b.len());
-            let l = scalar(loss.clone());
-            if !l.is_finite() {
-                pb.abandon();
-                bail!(
-                    "{what}: the loss became {l} at epoch {} step {step}; stopped. The last good model is {}",
-                    epoch + 1,
-                    if log.is_empty() {
-                        "none (it diverged in the first epoch: lower the learning rate)".into()
-                    } else {
-                        ckpt.dir.display().to_string()
-                    }
-                );
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(train_cfg.lr, model, grads)?;
-            sum += l * b.len() as f64;
-            n += b.len();
-            pb.inc(b.len() as u64);
-            pb.set_message(format!(
-                "epoch {}/{} loss {:.4} {:.0} samples/s",
-                epoch + 1,
-                train_cfg.epochs,
-                sum / n as f64,
-                n as f64 / start.elapsed().as_secs_f64()
-            ));
-        }
-        pb.finish();
-        log.push(EpochLog {
-            epoch: epoch + 1,
-            loss: sum / n as f64,
-            samples_per_s: n as f64 / start.elapsed().as_secs_f64(),
-        });
-        if pb.is_hidden() {
-            eprintln!(
-                "{what}: epoch {}/{} loss {:.4} {:.0} samples/s",
-                epoch + 1,
-                train_cfg.epochs,
-                sum / n as f64,
-                n as f64 / start.elapsed().as_secs_f64()
-            );
-        }
-        ckpt.save(&model, &optim, &log)?;
-    }
-    Ok((model, log))
 }
 
 /// One RFA step's record.

@@ -251,22 +251,33 @@ pub fn task_loss<B: Backend>(
     batch: &Batch<B>,
     rows: Range<usize>,
 ) -> Tensor<B, 1> {
+    task_loss_terms(logits, batch, rows).0
+}
+
+/// [`task_loss`] and the number of terms it averages (rows of a classifier, real next tokens of a
+/// language model): what a share of a batch weighs in the batch's mean (data-parallel training).
+pub fn task_loss_terms<B: Backend>(
+    logits: &Logits<B>,
+    batch: &Batch<B>,
+    rows: Range<usize>,
+) -> (Tensor<B, 1>, usize) {
     let n = rows.end - rows.start;
     match logits {
         Logits::Classes(l) => {
             let y: Vec<i64> = batch.labels[rows.clone()].iter().map(|&c| c as i64).collect();
             let device = l.device();
             let y = Tensor::from_data(TensorData::new(y, [n]), &device);
-            CrossEntropyLossConfig::new()
+            let loss = CrossEntropyLossConfig::new()
                 .init(&device)
-                .forward(l.clone().narrow(0, rows.start, n), y)
+                .forward(l.clone().narrow(0, rows.start, n), y);
+            (loss, n)
         }
         // Mean over the rows' real next tokens, as Hugging Face's causal-LM loss.
         Logits::Tokens { hidden, head } => {
             match next_token_logprobs(hidden, head, batch.next.as_ref().expect("token batch"), rows)
             {
-                (Some(lp), _) => lp.mean().neg(),
-                (None, _) => hidden.clone().sum().mul_scalar(0.0),
+                (Some(lp), positions) => (lp.mean().neg(), positions.len()),
+                (None, _) => (hidden.clone().sum().mul_scalar(0.0), 0),
             }
         }
     }

@@ -232,7 +232,7 @@ impl Run {
             let name = format!("{} on {on}", role.name());
             let p = role.dir(&self.dir).join("train_state.json");
             if let Ok(text) = std::fs::read_to_string(&p) {
-                let log: Vec<engine::EpochLog> = serde_json::from_str(&text)
+                let log: Vec<crate::train::EpochLog> = serde_json::from_str(&text)
                     .with_context(|| format!("reading {}", p.display()))?;
                 train.push((
                     name,

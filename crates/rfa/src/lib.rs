@@ -30,6 +30,7 @@ pub mod compare;
 pub mod config;
 pub mod config_check;
 pub mod confusable;
+pub mod data_parallel;
 pub mod device;
 pub mod engine;
 pub mod engine_model;
@@ -60,8 +61,9 @@ mod staged_dir;
 mod stats_sample;
 pub mod task;
 mod token_targets;
+pub mod train;
 
-pub use device::DeviceSpec;
+pub use device::{DeviceList, DeviceSpec};
 pub use evaluation::REPORT_DIR;
 pub use method::Method;
 pub use phase_record::{PHASE_RECORD, PhaseRecord};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use rfa::config::RunConfig;
-use rfa::{DeviceSpec, Run};
+use rfa::{DeviceList, DeviceSpec, Run};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -212,8 +212,14 @@ struct Common {
     /// cpu (ndarray, deterministic), cpu-flex (threads + SIMD: faster for large models),
     /// cuda[:N] (needs the `cuda` build), or tch-cpu / tch-cuda[:N] (PyTorch's libtorch kernels;
     /// needs the `tch` build).
+    /// A comma-separated list (cuda:0,cuda:1) trains M0, M* and backbones data-parallel, one
+    /// replica per device (the `collective` build); unlearning and evaluation run on the first.
     #[arg(long, default_value = "cpu")]
-    device: DeviceSpec,
+    device: DeviceList,
+    /// Train data-parallel on N devices: GPUs N in a row from --device's, or N replicas on the
+    /// CPU (which checks the path but gains no speed). The `collective` build.
+    #[arg(long, value_name = "N")]
+    devices: Option<usize>,
     /// f32, or bf16 (unlearning on cuda, tch-cpu or tch-cuda): frozen weights in bf16, adapters,
     /// optimizer state and the loss in f32; on tch-* the blocks' interiors in bf16 as under
     /// autocast (sets unlearn.dtype). Training M0 and M* updates every weight and runs in f32.
@@ -229,6 +235,13 @@ struct Common {
 }
 
 impl Common {
+    fn device_list(&self) -> Result<DeviceList> {
+        Ok(match self.devices {
+            Some(n) => self.device.clone().replicated(n)?,
+            None => self.device.clone(),
+        })
+    }
+
     fn resolve(&self) -> Result<RunConfig> {
         let mut cfg = match &self.config {
             Some(p) => RunConfig::read(p)?,
@@ -300,50 +313,67 @@ fn run() -> Result<()> {
         print!("{}", common.resolve()?.to_toml());
         return Ok(());
     }
-    let device = common.device;
-    match device {
+    let devices = common.device_list()?;
+    let n = devices.specs().len();
+    let described = |backend: &str| match n {
+        1 => backend.to_string(),
+        _ => format!("{backend}; data-parallel over {devices}"),
+    };
+    match devices.first() {
         DeviceSpec::Cpu => dispatch::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
             &cli,
             &common,
-            "cpu (burn ndarray, f32)",
-            &Default::default(),
+            &described("cpu (burn ndarray, f32)"),
+            &vec![Default::default(); n],
         ),
         // Threaded GEMM (rayon) and SIMD: 1.3-1.6x faster for GPT-2-small-sized models, slower for
         // the demo's tiny ViT, and not bit-reproducible across thread counts (docs/BENCHMARKS.md).
         DeviceSpec::CpuFlex => dispatch::<burn::backend::Autodiff<burn::backend::Flex>>(
             &cli,
             &common,
-            "cpu-flex (burn flex, f32, threads + SIMD)",
-            &Default::default(),
+            &described("cpu-flex (burn flex, f32, threads + SIMD)"),
+            &vec![Default::default(); n],
         ),
         #[cfg(feature = "cuda")]
-        DeviceSpec::Cuda(n) => {
+        DeviceSpec::Cuda(first) => {
             if let Some(dir) = rfa::kernel_cache::enable() {
                 eprintln!(
                     "compiled CUDA kernels are cached in {} (RFA_KERNEL_CACHE=off to disable)",
                     dir.display()
                 );
             }
-            let device = burn::backend::cuda::CudaDevice::new(n);
+            let gpus: Vec<_> = devices
+                .specs()
+                .iter()
+                .map(|d| match d {
+                    DeviceSpec::Cuda(k) => burn::backend::cuda::CudaDevice::new(*k),
+                    _ => unreachable!("a device list is on one backend"),
+                })
+                .collect();
             // The report's peak device memory: cubecl's allocator, sampled during each phase.
-            rfa::measure::watch_device_memory(rfa_models::memory::cuda_allocator(device.clone()));
+            rfa::measure::watch_device_memory(rfa_models::memory::cuda_allocator(gpus[0].clone()));
             dispatch::<burn::backend::Autodiff<burn::backend::Cuda<f32, i32>>>(
                 &cli,
                 &common,
-                &format!("cuda:{n} (burn-cuda, f32 with TF32 matmuls)"),
-                &device,
+                &described(&format!("cuda:{first} (burn-cuda, f32 with TF32 matmuls)")),
+                &gpus,
             )
         }
         #[cfg(feature = "tch")]
-        DeviceSpec::TchCpu | DeviceSpec::TchCuda(_) => {
-            let tch = device.libtorch().context("a libtorch device")?;
+        device @ (DeviceSpec::TchCpu | DeviceSpec::TchCuda(_)) => {
+            let tch = devices
+                .specs()
+                .iter()
+                .map(|d| d.libtorch().context("a libtorch device"))
+                .collect::<Result<Vec<_>>>()?;
             dispatch::<burn::backend::Autodiff<burn::backend::LibTorch<f32>>>(
                 &cli,
                 &common,
-                &format!(
-                    "{device} (burn-tch, libtorch {tch:?}, attention {})",
+                &described(&format!(
+                    "{device} (burn-tch, libtorch {:?}, attention {})",
+                    tch[0],
                     rfa_fused::tch_attention_kernels()
-                ),
+                )),
                 &tch,
             )
         }
@@ -364,8 +394,9 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
     cli: &Cli,
     common: &Common,
     backend: &str,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<()> {
+    let device = &devices[0];
     let mut cfg = common.resolve()?;
     let mut sign = None;
     if let Cmd::Unlearn { method, sign: key, .. } = &cli.cmd {
@@ -376,7 +407,8 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
         sign = key.as_deref().map(rfa::signature::read_signing_key).transpose()?;
     }
     cfg.unlearn.base_dtype()?;
-    if cfg.unlearn.dtype == "bf16" && matches!(common.device, DeviceSpec::Cpu | DeviceSpec::CpuFlex)
+    if cfg.unlearn.dtype == "bf16"
+        && matches!(common.device.first(), DeviceSpec::Cpu | DeviceSpec::CpuFlex)
     {
         // burn's ndarray has no bf16 tensors; flex has them but multiplies in f32 (no speed, only
         // casts).
@@ -385,7 +417,7 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
         );
     }
     if let Cmd::Pretrain(_) = &cli.cmd {
-        let out = Run::pretrain::<B>(&cfg, Some(backend), common.force, device)?;
+        let out = Run::pretrain_on::<B>(&cfg, Some(backend), common.force, devices)?;
         eprintln!("pre-trained backbone: {} (name it in model.path)", out.display());
         return Ok(());
     }
@@ -404,16 +436,20 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
     match &cli.cmd {
         Cmd::Demo(_) => {
             run.check_unlearn_targets::<B>(device)?;
-            run.train::<B>(false, device)?;
-            run.train::<B>(true, device)?;
+            run.train_on::<B>(false, devices)?;
+            run.train_on::<B>(true, devices)?;
+            unlearning_device(devices);
             run.unlearn::<B>(device)?;
             let report = run.eval::<B>(backend, device)?;
             println!("{}", report.markdown());
             eprintln!("report: {}", run.dir.join(rfa::REPORT_DIR).join("report.md").display());
         }
-        Cmd::Train(_) => run.train::<B>(false, device)?,
-        Cmd::Retrain(_) => run.train::<B>(true, device)?,
-        Cmd::Unlearn { .. } => run.unlearn::<B>(device)?,
+        Cmd::Train(_) => run.train_on::<B>(false, devices)?,
+        Cmd::Retrain(_) => run.train_on::<B>(true, devices)?,
+        Cmd::Unlearn { .. } => {
+            unlearning_device(devices);
+            run.unlearn::<B>(device)?
+        }
         Cmd::Eval(_) => {
             let report = run.eval::<B>(backend, device)?;
             println!("{}", report.markdown());
@@ -434,4 +470,14 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
         }
     }
     Ok(())
+}
+
+/// Unlearning trains adapters of a few thousand parameters on small batches, with the stop
+/// rule's checks between steps: it stays on one device.
+fn unlearning_device<D>(devices: &[D]) {
+    if devices.len() > 1 {
+        eprintln!(
+            "unlearning runs on the first device: data-parallel is for training M0, M* and backbones (docs/SCALING.md)"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use lora_core::{LoraConfig, TargetModules};
 use rfa_models::{Architecture, FusedAutodiff};
 
 use crate::checkpoint::Checkpoints;
-use crate::engine::{train_model, unlearn_rfa};
+use crate::engine::unlearn_rfa;
 use crate::engine_model::{EngineModel, Samples};
 use crate::fingerprint::Fingerprint;
 use crate::measure::{Phase, measure};
@@ -21,6 +21,7 @@ use crate::role::Role;
 use crate::run_lock::RunLock;
 use crate::staged_dir::StagedDir;
 use crate::task::Task;
+use crate::train::train_model;
 use crate::{Inner, Run, baselines, chain, receipt, signature};
 
 /// What M0 (all of D) or M* (Dr) trains on.
@@ -116,6 +117,13 @@ impl Run {
 
     /// `rfa train` (all of D → `original/`) or `rfa retrain` (Dr only → `retrain/`).
     pub fn train<B: FusedAutodiff>(&self, retrain: bool, device: &B::Device) -> Result<()> {
+        self.train_on::<B>(retrain, std::slice::from_ref(device))
+    }
+
+    /// [`Run::train`] data-parallel over `devices` ([`crate::data_parallel`]): the first builds
+    /// the model; the result equals a one-device training to float rounding.
+    pub fn train_on<B: FusedAutodiff>(&self, retrain: bool, devices: &[B::Device]) -> Result<()> {
+        let device = devices.first().context("no device to train on")?;
         let (folder, command) =
             if retrain { (Role::Retrained, "rfa retrain") } else { (Role::Original, "rfa train") };
         let _lock = RunLock::folder(&self.dir, &folder.folder(), command)?;
@@ -130,7 +138,7 @@ impl Run {
                     seed,
                     device,
                 )?;
-                self.train_with(model, t, retrain, device)
+                self.train_with(model, t, retrain, devices)
             }
             Architecture::Bert => {
                 let t = self.text()?;
@@ -138,7 +146,7 @@ impl Run {
                     model_init::initial_bert::<B>(m, t.train.class_names().len(), seed, device)?,
                     t,
                     retrain,
-                    device,
+                    devices,
                 )
             }
             Architecture::Gpt2 => {
@@ -147,7 +155,7 @@ impl Run {
                     model_init::initial_gpt2::<B>(m, tok, seed, device)?,
                     self.text()?,
                     retrain,
-                    device,
+                    devices,
                 )
             }
         }
@@ -158,8 +166,11 @@ impl Run {
         model: M,
         task: &Task<M::Data>,
         retrain: bool,
-        device: &B::Device,
-    ) -> Result<()> {
+        devices: &[B::Device],
+    ) -> Result<()>
+    where
+        M::Data: Sync,
+    {
         let (what, role) =
             if retrain { ("retrain", Role::Retrained) } else { ("train", Role::Original) };
         let indices = training_indices(task, retrain);
@@ -196,7 +207,7 @@ impl Run {
                 self.cfg.seed,
                 what,
                 &ckpt,
-                device,
+                devices,
             )
         })?;
         // Continuing a finished training (more epochs) adds that training's time.

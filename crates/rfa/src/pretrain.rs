@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoints;
 use crate::config::{DataConfig, PretrainConfig, PretrainObjective, RunConfig, TrainConfig};
-use crate::engine::{EpochLog, outputs, train_model};
+use crate::engine::outputs;
 use crate::engine_model::{EngineModel, Samples, TokenizedText};
 use crate::fingerprint::{Fingerprint, flatten, samples_digest};
 use crate::measure::measure;
@@ -32,6 +32,7 @@ use crate::phase_record::{PhaseRecord, write_json, write_phase};
 use crate::run_lock::RunLock;
 use crate::staged_dir::StagedDir;
 use crate::task::{balanced, load_images, text_subset};
+use crate::train::{EpochLog, train_model};
 use crate::{Inner, Run};
 
 /// The backbone's folder in its run.
@@ -187,6 +188,18 @@ impl Run {
         force: bool,
         device: &B::Device,
     ) -> Result<PathBuf> {
+        Self::pretrain_on::<B>(cfg, backend, force, std::slice::from_ref(device))
+    }
+
+    /// [`Run::pretrain`] data-parallel over `devices` ([`crate::data_parallel`]); the first
+    /// builds the model and evaluates it.
+    pub fn pretrain_on<B: FusedAutodiff>(
+        cfg: &RunConfig,
+        backend: Option<&str>,
+        force: bool,
+        devices: &[B::Device],
+    ) -> Result<PathBuf> {
+        let device = devices.first().context("no device to pre-train on")?;
         cfg.validate()?;
         let mut cfg = cfg.clone();
         cfg.expand_home();
@@ -239,7 +252,7 @@ impl Run {
                 )?;
                 let fp = fingerprint(&cfg, &p, &train)?;
                 let run = Pretraining { out: &out, p: &p, train_cfg, seed, fp, force, backend };
-                run.go(model, &train, &held, &|_| Ok(()), None, device)?;
+                run.go(model, &train, &held, &|_| Ok(()), None, devices)?;
             }
             (PretrainObjective::CausalLm, Architecture::Gpt2) => {
                 ensure!(
@@ -266,7 +279,7 @@ impl Run {
                 let fp = fingerprint(&cfg, &p, &train)?;
                 let copy_tok = |d: &Path| model_init::copy_tokenizer(&tok_dir, d);
                 let run = Pretraining { out: &out, p: &p, train_cfg, seed, fp, force, backend };
-                run.go(model, &train, &held, &copy_tok, Some(spec), device)?;
+                run.go(model, &train, &held, &copy_tok, Some(spec), devices)?;
             }
             (objective, arch) => bail!(
                 "pretrain.objective = \"{objective}\" does not train a {arch:?} (model.preset / model.config): supervised and rotation pre-train a ViT, causal-lm a GPT-2"
@@ -302,11 +315,13 @@ impl Pretraining<'_> {
         held: &M::Data,
         extras: &dyn Fn(&Path) -> Result<()>,
         held_out_text: Option<HeldOutText>,
-        device: &B::Device,
+        devices: &[B::Device],
     ) -> Result<()>
     where
         M::InnerModule: EngineModel<Inner<B>, Data = M::Data>,
+        M::Data: Sync,
     {
+        let device = &devices[0];
         let resume = match self.fp.check(self.out, "pass --force to pre-train from scratch") {
             Ok(()) => true,
             Err(e) if self.force => {
@@ -334,7 +349,7 @@ impl Pretraining<'_> {
                 self.seed,
                 "pretrain",
                 &ckpt,
-                device,
+                devices,
             )
         })?;
         let model = model.valid();

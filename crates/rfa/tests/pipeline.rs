@@ -246,7 +246,7 @@ fn a_model_whose_classes_differ_from_the_data_is_refused() {
         resume: false,
         extras: &|_: &Path| Ok(()),
     };
-    let err = rfa::engine::train_model(
+    let err = rfa::train::train_model(
         model,
         &run.images().unwrap().train,
         &[0, 1],
@@ -254,7 +254,7 @@ fn a_model_whose_classes_differ_from_the_data_is_refused() {
         0,
         "train",
         &ckpt,
-        &Default::default(),
+        &[Default::default()],
     )
     .err()
     .unwrap()
