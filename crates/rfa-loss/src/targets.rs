@@ -101,6 +101,19 @@ pub enum Targets<B: Backend> {
 }
 
 impl<B: Backend> Targets<B> {
+    /// The same targets on `device` (a data-parallel replica's).
+    pub fn to_device(&self, device: &B::Device) -> Self {
+        let moved = |ts: &[Tensor<B, 2>]| ts.iter().map(|t| t.clone().to_device(device)).collect();
+        match self {
+            Self::Shared(mu) => {
+                Self::Shared(mu.iter().map(|t| t.clone().to_device(device)).collect())
+            }
+            Self::ByClass(mu) => Self::ByClass(moved(mu)),
+            Self::ByPosition(mu) => Self::ByPosition(moved(mu)),
+            Self::ByToken(t) => Self::ByToken(t.to_device(device)),
+        }
+    }
+
     pub fn resolve(strategy: TargetStrategy, stats: &FeatureStats<B>) -> Result<Self, LossError> {
         let global = stats.global_mean()?;
         Ok(match strategy {

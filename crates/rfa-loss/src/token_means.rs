@@ -133,6 +133,15 @@ pub struct TokenTargets<B: Backend> {
 }
 
 impl<B: Backend> TokenTargets<B> {
+    /// The same targets on `device`.
+    pub fn to_device(&self, device: &B::Device) -> Self {
+        Self {
+            table: self.table.iter().map(|t| t.clone().to_device(device)).collect(),
+            rows: self.rows.clone(),
+            seen_in_retain: self.seen_in_retain,
+        }
+    }
+
     /// Ids of Df tracked.
     pub fn tracked(&self) -> usize {
         self.rows.len()

@@ -56,6 +56,7 @@ pub fn most_confusable(candidates: &[usize], scores: &[f64], k: usize) -> Vec<us
 }
 
 /// Draws from a set without replacement, reshuffled once exhausted.
+#[derive(Clone)]
 struct Cycle {
     items: Vec<usize>,
     pool: Vec<usize>,
@@ -71,7 +72,9 @@ impl Cycle {
     }
 }
 
-/// The retain batches of one unlearning.
+/// The retain batches of one unlearning (a clone draws the same batches: every data-parallel
+/// replica pairs each forget batch with the same retain batch).
+#[derive(Clone)]
 pub struct RetainSampler {
     rng: SplitMix64,
     uniform: Cycle,

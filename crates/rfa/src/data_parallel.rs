@@ -34,15 +34,6 @@ pub struct Share<'a> {
     pub counts: bool,
 }
 
-/// What the replicas of one step agree on: the loss terms (samples, or real next tokens), the
-/// sum of their losses, and how many replicas failed.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepTally {
-    pub terms: f64,
-    pub loss_sum: f64,
-    pub failures: f64,
-}
-
 impl<B: AutodiffBackend> Replica<B> {
     /// The only replica: every operation is the identity.
     pub fn alone(device: B::Device) -> Self {
@@ -52,6 +43,11 @@ impl<B: AutodiffBackend> Replica<B> {
     /// 0 for the lead, 1.. for the others, in the order of the devices.
     pub fn rank(&self) -> usize {
         self.rank
+    }
+
+    /// One replica: no share to weigh, nothing to sum.
+    pub fn is_alone(&self) -> bool {
+        self.replicas == 1
     }
 
     pub fn is_lead(&self) -> bool {
@@ -72,12 +68,12 @@ impl<B: AutodiffBackend> Replica<B> {
         }
     }
 
-    /// The step's tally summed over the replicas.
-    pub fn agree(&self, mine: StepTally) -> Result<StepTally> {
+    /// `values` summed over the replicas (in f32: counts, losses for the log, flags).
+    pub fn sum<const N: usize>(&self, values: [f64; N]) -> Result<[f64; N]> {
         if self.replicas == 1 {
-            return Ok(mine);
+            return Ok(values);
         }
-        self.all_reduce_tally(mine)
+        self.all_reduce_values(values)
     }
 
     /// The gradients summed over the replicas (each replica's loss already carries its weight).
@@ -94,21 +90,22 @@ impl<B: AutodiffBackend> Replica<B> {
     }
 
     #[cfg(feature = "collective")]
-    fn all_reduce_tally(&self, mine: StepTally) -> Result<StepTally> {
+    fn all_reduce_values<const N: usize>(&self, values: [f64; N]) -> Result<[f64; N]> {
         use burn::collective::{ReduceOperation, all_reduce};
         use burn::tensor::{Tensor, TensorPrimitive};
-        let values = [mine.terms, mine.loss_sum, mine.failures].map(|v| v as f32);
-        let t = Tensor::<B::InnerBackend, 1>::from_floats(values, &self.device);
+        let t = Tensor::<B::InnerBackend, 1>::from_floats(values.map(|v| v as f32), &self.device);
         let summed = all_reduce::<B::InnerBackend>(
             self.peer(),
             t.into_primitive().tensor(),
             ReduceOperation::Sum,
         )
-        .map_err(|e| anyhow::anyhow!("collective all-reduce of the step's loss: {e:?}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("collective all-reduce of a step's counts and losses: {e:?}")
+        })?;
         let v = crate::engine::host(Tensor::<B::InnerBackend, 1>::from_primitive(
             TensorPrimitive::Float(summed),
         ));
-        Ok(StepTally { terms: v[0] as f64, loss_sum: v[1] as f64, failures: v[2] as f64 })
+        Ok(std::array::from_fn(|i| v[i] as f64))
     }
 
     #[cfg(feature = "collective")]
@@ -124,7 +121,7 @@ impl<B: AutodiffBackend> Replica<B> {
     }
 
     #[cfg(not(feature = "collective"))]
-    fn all_reduce_tally(&self, _: StepTally) -> Result<StepTally> {
+    fn all_reduce_values<const N: usize>(&self, _: [f64; N]) -> Result<[f64; N]> {
         unreachable!("replicas exist only in the collective build")
     }
 
@@ -273,8 +270,7 @@ mod tests {
         let r = Replica::<AB>::alone(Default::default());
         assert!(r.is_lead());
         assert_eq!(r.share(&[1, 2, 3]), Share { rows: &[1, 2, 3], counts: true });
-        let t = StepTally { terms: 3.0, loss_sum: 1.5, failures: 0.0 };
-        assert_eq!(r.agree(t).unwrap(), t);
+        assert_eq!(r.sum([3.0, 1.5, 0.0]).unwrap(), [3.0, 1.5, 0.0]);
         assert_eq!(r.weight(3, 3.0), None, "a single replica's loss is used as it is");
         assert_eq!(replica(1, 2).weight(2, 8.0), Some(0.25));
         assert_eq!(replica(1, 2).weight(0, 0.0), Some(0.0));

@@ -2,26 +2,28 @@
 //! engine knows ([`EngineModel`]: ViT, BERT, GPT-2).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressStyle};
-use lora_core::{ForeachAdamW, LoraConfig, TargetModules, attach_lora, count_params};
+use lora_core::{LoraConfig, TargetModules, attach_lora, count_params};
 use rfa_data::batches;
-use rfa_loss::{FeatureStats, RfaObjective, SplitTaps, TargetStrategy, Targets, target_classes};
+use rfa_loss::{FeatureStats, RfaObjective, TargetStrategy, Targets, target_classes};
 use rfa_models::{FusedAutodiff, FusedOps};
 use rfa_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::config::UnlearnConfig;
 use crate::confusable::{Confusion, RetainSampler, most_confusable};
-use crate::engine_model::{EngineModel, Logits, Samples, task_loss};
+use crate::data_parallel::replicate;
+use crate::engine_model::{EngineModel, Logits, Samples};
 use crate::head_check::check_head_targets;
 use crate::probe::{Criterion, Probes, StopRecord, StopState, Verdict, measure};
+use crate::rfa_steps::{ReplicaState, StepPlan, Stepped};
 use crate::scenario::{RetainSampling, RfaSettings, StopRule};
 use crate::stats_sample::MeanPrecision;
 use crate::task::Task;
@@ -113,13 +115,14 @@ pub fn unlearn_rfa<B, M>(
     unlearn_cfg: &UnlearnConfig,
     settings: &RfaSettings,
     seed: u64,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<(M, UnlearnLog)>
 where
     B: FusedAutodiff,
     M: EngineModel<B> + AutodiffModule<B>,
     M::InnerModule: EngineModel<B::InnerBackend, Data = M::Data>,
 {
+    let device = devices.first().context("no device to unlearn on")?;
     let cfg = LoraConfig {
         seed,
         ..LoraConfig::new(
@@ -128,7 +131,7 @@ where
             TargetModules::parse(&unlearn_cfg.targets),
         )
     };
-    let (mut model, adapted) = attach_lora(m0, &cfg)?;
+    let (model, adapted) = attach_lora(m0, &cfg)?;
     let params = count_params(&model);
     let classifier = model.num_labels().is_some();
     let cls_only = match unlearn_cfg.forget_tokens.as_str() {
@@ -348,102 +351,42 @@ where
         check(s, &model, 0)?;
     }
 
-    let mut optim = ForeachAdamW::<B>::new(unlearn_cfg.weight_decay as f32, 1e-8);
-    let mut steps = Vec::new();
-    let pb = bar((forget.len() * unlearn_cfg.epochs) as u64, "unlearn");
-    let started = Instant::now();
-    let mut seen = 0usize;
-    let mut verdict = Verdict::Continue;
-    'epochs: for epoch in 0..unlearn_cfg.epochs {
-        for fb in
-            batches(forget, unlearn_cfg.batch_size, true, seed.wrapping_add(31 * epoch as u64 + 1))
-        {
-            crate::interrupt::check("unlearning")?;
-            let step_start = Instant::now();
-            let rb = sampler.batch(fb.len());
-            let both: Vec<usize> = rb.iter().chain(&fb).copied().collect();
-            let (nr, nf) = (rb.len(), fb.len());
-            let batch = model.batch(&task.train, &both, device)?;
-            // The task term needs the logits; without it the pass ends at the last adapted layer.
-            let (taps, logits) = if task_weight > 0.0 {
-                let pass = model.pass(&batch.input, true);
-                (pass.taps, pass.logits)
-            } else {
-                (model.taps(&batch.input), None)
+    let plan = StepPlan {
+        task,
+        unlearn_cfg,
+        objective: &objective,
+        target_class: &target_class,
+        cls_only,
+        task_weight,
+        seed,
+        check_every,
+    };
+    // Every replica starts from the lead's adapters, targets and retain sampler.
+    let copies: Vec<Mutex<Option<ReplicaState<B, M>>>> = devices[1..]
+        .iter()
+        .map(|d| {
+            Mutex::new(Some(ReplicaState {
+                model: model.clone().fork(d),
+                targets: targets.to_device(d),
+                sampler: sampler.clone(),
+            }))
+        })
+        .collect();
+    let lead_state = ReplicaState { model, targets, sampler };
+    let Stepped { mut model, steps, verdict } = replicate::<B, _>(
+        devices,
+        |lead| {
+            let mut checked = |m: &M, step: usize| match &mut stop {
+                Some(s) => check(s, m, step),
+                None => Ok(Verdict::Continue),
             };
-            let mask = batch.token_mask();
-            let seq = if cls_only { 1 } else { taps[0].pre.dims()[1] };
-            let row_classes: Option<Vec<usize>> =
-                (!target_class.is_empty()).then(|| fb.iter().map(|i| target_class[i]).collect());
-            let mu = match &targets {
-                Targets::ByToken(t) => {
-                    let (ids, _) = token_ids(&batch.input, nr..nr + nf).expect("token inputs");
-                    t.for_batch(nf, seq, &ids)?
-                }
-                _ => targets.for_batch(nf, seq, row_classes.as_deref())?,
-            };
-            let split = rfa_fused::TapSplit { retain_rows: nr, forget_first_token_only: cls_only };
-            let (parts, mut total);
-            if unlearn_cfg.retain_cls_weight > 0.0 {
-                // The extra term reads the retain rows' first tokens: split the taps once for both.
-                let s = SplitTaps::new(&taps, split, mask.as_ref())?;
-                parts = objective.total(
-                    &s.retain,
-                    s.retain_mask.as_ref(),
-                    &s.forget,
-                    &mu,
-                    s.forget_mask.as_ref(),
-                )?;
-                let cls: Vec<_> =
-                    s.retain.iter().map(|t| t.clone().map(|x| x.narrow(1, 0, 1))).collect();
-                total = parts.total.clone()
-                    + objective.retain_loss(&cls, None)?.mul_scalar(unlearn_cfg.retain_cls_weight);
-            } else {
-                parts = objective.total_rows(&taps, split, mask.as_ref(), &mu)?;
-                total = parts.total.clone();
-            }
-            if task_weight > 0.0 {
-                let ce_r = task_loss(logits.as_ref().expect("logits"), &batch, 0..nr);
-                total = total + ce_r.mul_scalar(task_weight);
-            }
-            let (tv, rv, fv) = (scalar(total.clone()), scalar(parts.retain), scalar(parts.forget));
-            if !tv.is_finite() {
-                pb.abandon();
-                bail!(
-                    "RFA: the loss became {tv} at step {} (retain term {rv}, forget term {fv}); \
-                     the adapters diverged: lower unlearn.lr (now {}) or unlearn.lambda (now {}); \
-                     nothing was written",
-                    steps.len(),
-                    unlearn_cfg.lr,
-                    unlearn_cfg.lambda
-                );
-            }
-            let grads = GradientsParams::from_grads(total.backward(), &model);
-            model = optim.step(unlearn_cfg.lr, model, grads)?;
-            steps.push(StepLog {
-                step: steps.len(),
-                total: tv,
-                retain: rv,
-                forget: fv,
-                seconds: step_start.elapsed().as_secs_f64(),
-            });
-            pb.inc(nf as u64);
-            seen += nr + nf;
-            pb.set_message(format!(
-                "retain {rv:.4} forget {fv:.4} {:.0} samples/s",
-                seen as f64 / started.elapsed().as_secs_f64()
-            ));
-            if let Some(s) = &mut stop
-                && steps.len() % check_every == 0
-            {
-                verdict = check(s, &model, steps.len())?;
-                if verdict != Verdict::Continue {
-                    break 'epochs;
-                }
-            }
-        }
-    }
-    pb.finish();
+            plan.run(lead, lead_state, Some(&mut checked))
+        },
+        |follower| {
+            let copy = copies[follower.rank() - 1].lock().ok().and_then(|mut c| c.take());
+            plan.run(follower, copy.context("a replica's adapters")?, None).map(|_| ())
+        },
+    )?;
     let stop_record = match stop {
         Some(mut s) => {
             // The last adapter is measured like the others.

@@ -285,7 +285,8 @@ pub fn task_loss_terms<B: Backend>(
 
 /// A model the engine can train, unlearn and evaluate.
 pub trait EngineModel<B: FusedOps>: Module<B> + LoraModel<B> + Sized {
-    type Data: Samples;
+    /// Shared by the replicas of a data-parallel training.
+    type Data: Samples + Sync;
     /// `image classifier`, `text classifier` or `language model`, for messages.
     const KIND: &'static str;
 

@@ -52,6 +52,7 @@ pub mod pretrain;
 pub mod probe;
 pub mod receipt;
 pub mod report;
+mod rfa_steps;
 pub mod role;
 mod run;
 pub mod run_lock;

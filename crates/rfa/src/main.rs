@@ -212,12 +212,13 @@ struct Common {
     /// cpu (ndarray, deterministic), cpu-flex (threads + SIMD: faster for large models),
     /// cuda[:N] (needs the `cuda` build), or tch-cpu / tch-cuda[:N] (PyTorch's libtorch kernels;
     /// needs the `tch` build).
-    /// A comma-separated list (cuda:0,cuda:1) trains M0, M* and backbones data-parallel, one
-    /// replica per device (the `collective` build); unlearning and evaluation run on the first.
+    /// A comma-separated list (cuda:0,cuda:1) runs training (M0, M*, backbones) and RFA's
+    /// unlearning data-parallel, one replica per device (the `collective` build); baselines and
+    /// evaluation run on the first.
     #[arg(long, default_value = "cpu")]
     device: DeviceList,
-    /// Train data-parallel on N devices: GPUs N in a row from --device's, or N replicas on the
-    /// CPU (which checks the path but gains no speed). The `collective` build.
+    /// Data-parallel on N devices: GPUs N in a row from --device's, or N replicas on the CPU
+    /// (which checks the path but gains no speed). The `collective` build.
     #[arg(long, value_name = "N")]
     devices: Option<usize>,
     /// f32, or bf16 (unlearning on cuda, tch-cpu or tch-cuda): frozen weights in bf16, adapters,
@@ -438,18 +439,14 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
             run.check_unlearn_targets::<B>(device)?;
             run.train_on::<B>(false, devices)?;
             run.train_on::<B>(true, devices)?;
-            unlearning_device(devices);
-            run.unlearn::<B>(device)?;
+            run.unlearn_on::<B>(devices)?;
             let report = run.eval::<B>(backend, device)?;
             println!("{}", report.markdown());
             eprintln!("report: {}", run.dir.join(rfa::REPORT_DIR).join("report.md").display());
         }
         Cmd::Train(_) => run.train_on::<B>(false, devices)?,
         Cmd::Retrain(_) => run.train_on::<B>(true, devices)?,
-        Cmd::Unlearn { .. } => {
-            unlearning_device(devices);
-            run.unlearn::<B>(device)?
-        }
+        Cmd::Unlearn { .. } => run.unlearn_on::<B>(devices)?,
         Cmd::Eval(_) => {
             let report = run.eval::<B>(backend, device)?;
             println!("{}", report.markdown());
@@ -470,14 +467,4 @@ fn dispatch<B: rfa_models::FusedAutodiff>(
         }
     }
     Ok(())
-}
-
-/// Unlearning trains adapters of a few thousand parameters on small batches, with the stop
-/// rule's checks between steps: it stays on one device.
-fn unlearning_device<D>(devices: &[D]) {
-    if devices.len() > 1 {
-        eprintln!(
-            "unlearning runs on the first device: data-parallel is for training M0, M* and backbones (docs/SCALING.md)"
-        );
-    }
 }

@@ -168,9 +168,7 @@ impl Run {
         retrain: bool,
         devices: &[B::Device],
     ) -> Result<()>
-    where
-        M::Data: Sync,
-    {
+where {
         let (what, role) =
             if retrain { ("retrain", Role::Retrained) } else { ("train", Role::Original) };
         let indices = training_indices(task, retrain);
@@ -234,24 +232,31 @@ impl Run {
     /// `rfa unlearn --method NAME`: under `NAME/` (or `NAME-s<seed>/`), the adapter (PEFT) when
     /// adapters were trained, and the merged model (Hugging Face).
     pub fn unlearn<B: FusedAutodiff>(&self, device: &B::Device) -> Result<()> {
+        self.unlearn_on::<B>(std::slice::from_ref(device))
+    }
+
+    /// [`Run::unlearn`] with RFA's steps data-parallel over `devices`
+    /// ([`crate::data_parallel`]); the baselines and every measurement run on the first.
+    pub fn unlearn_on<B: FusedAutodiff>(&self, devices: &[B::Device]) -> Result<()> {
         let _lock = RunLock::folder(
             &self.dir,
             &self.cfg.unlearn.out_dir(),
             &format!("rfa unlearn --method {}", self.cfg.unlearn.method),
         )?;
         match self.arch {
-            Architecture::Vit => self.unlearn_with::<B, Vit<B>>(self.images()?, device),
-            Architecture::Bert => self.unlearn_with::<B, Bert<B>>(self.text()?, device),
-            Architecture::Gpt2 => self.unlearn_with::<B, Gpt2<B>>(self.text()?, device),
+            Architecture::Vit => self.unlearn_with::<B, Vit<B>>(self.images()?, devices),
+            Architecture::Bert => self.unlearn_with::<B, Bert<B>>(self.text()?, devices),
+            Architecture::Gpt2 => self.unlearn_with::<B, Gpt2<B>>(self.text()?, devices),
         }
     }
 
-    fn unlearn_with<B, M>(&self, task: &Task<M::Data>, device: &B::Device) -> Result<()>
+    fn unlearn_with<B, M>(&self, task: &Task<M::Data>, devices: &[B::Device]) -> Result<()>
     where
         B: FusedAutodiff,
         M: EngineModel<B> + AutodiffModule<B>,
         M::InnerModule: EngineModel<Inner<B>, Data = M::Data>,
     {
+        let device = devices.first().context("no device to unlearn on")?;
         let unlearn_cfg = &self.cfg.unlearn;
         let base_dtype = unlearn_cfg.base_dtype()?;
         let result_dir = self.dir.join(unlearn_cfg.out_dir());
@@ -266,8 +271,14 @@ impl Run {
         let ((model, log), phase) = measure(|| {
             if unlearn_cfg.method == Method::Rfa {
                 let settings = unlearn_cfg.rfa_settings(task.scenario(m0.num_labels().is_none()));
-                unlearn_rfa(m0, task, unlearn_cfg, &settings, seed, device)
+                unlearn_rfa(m0, task, unlearn_cfg, &settings, seed, devices)
             } else {
+                if devices.len() > 1 {
+                    eprintln!(
+                        "{}: baselines run on the first device (data-parallel is RFA's and training's)",
+                        unlearn_cfg.method
+                    );
+                }
                 baselines::unlearn_baseline(m0, task, unlearn_cfg, seed, device)
             }
         })?;

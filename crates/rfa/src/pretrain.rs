@@ -319,7 +319,6 @@ impl Pretraining<'_> {
     ) -> Result<()>
     where
         M::InnerModule: EngineModel<Inner<B>, Data = M::Data>,
-        M::Data: Sync,
     {
         let device = &devices[0];
         let resume = match self.fp.check(self.out, "pass --force to pre-train from scratch") {

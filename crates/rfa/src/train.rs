@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoints;
 use crate::config::TrainConfig;
-use crate::data_parallel::{Replica, ReplicaStopped, Share, StepTally, replicate};
+use crate::data_parallel::{Replica, ReplicaStopped, Share, replicate};
 use crate::engine::{bar, scalar};
 use crate::engine_model::{EngineModel, Samples, task_loss_terms};
 
@@ -51,7 +51,6 @@ pub fn train_model<B, M>(
 where
     B: FusedAutodiff,
     M: EngineModel<B> + AutodiffModule<B>,
-    M::Data: Sync,
 {
     if indices.is_empty() {
         bail!("{what}: no training samples");
@@ -142,28 +141,26 @@ impl<D: Samples> Job<'_, D> {
                     Ok(s) if share.counts => s.terms,
                     _ => 0,
                 };
-                let mine = StepTally {
-                    terms: counted as f64,
-                    loss_sum: computed.as_ref().map_or(0.0, |s| s.value * counted as f64),
-                    failures: computed.is_err() as u8 as f64,
-                };
-                let tally = replica.agree(mine)?;
+                let value = computed.as_ref().map_or(0.0, |s| s.value);
+                let failed = computed.is_err() as u8 as f64;
+                let [terms, loss_sum, failures] =
+                    replica.sum([counted as f64, value * counted as f64, failed])?;
                 let share_loss = match computed {
                     Err(e) => {
                         pb.abandon();
                         return Err(e);
                     }
-                    Ok(_) if tally.failures > 0.0 => {
+                    Ok(_) if failures > 0.0 => {
                         pb.abandon();
                         return Err(ReplicaStopped.into());
                     }
                     Ok(s) => s,
                 };
-                let weight = replica.weight(counted, tally.terms);
+                let weight = replica.weight(counted, terms);
                 let l = match weight {
                     None => share_loss.value,
-                    Some(_) if tally.terms == 0.0 => 0.0,
-                    Some(_) => tally.loss_sum / tally.terms,
+                    Some(_) if terms == 0.0 => 0.0,
+                    Some(_) => loss_sum / terms,
                 };
                 if !l.is_finite() {
                     pb.abandon();
@@ -214,9 +211,9 @@ impl<D: Samples> Job<'_, D> {
             }
             let saved = ckpt.map_or(Ok(()), |c| c.save(&model, &optim, &log));
             let failures = saved.is_err() as u8 as f64;
-            let tally = replica.agree(StepTally { terms: 0.0, loss_sum: 0.0, failures })?;
+            let [failures] = replica.sum([failures])?;
             saved?;
-            if tally.failures > 0.0 {
+            if failures > 0.0 {
                 return Err(ReplicaStopped.into());
             }
         }

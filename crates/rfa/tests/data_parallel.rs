@@ -1,7 +1,8 @@
 //! Data-parallel training on two and three CPU replicas (burn's collective all-reduce, threads of
 //! this process): the trained model equals a one-device training with the same global batch to
 //! float tolerance, for a ViT classifier (uneven shares, a last batch smaller than the replicas)
-//! and a GPT-2 language model (shares with different numbers of real tokens); a data-parallel
+//! and a GPT-2 language model (shares with different numbers of real tokens); so does RFA's
+//! unlearning (its two terms, the extra retain terms, the lead's stop rule); a data-parallel
 //! training resumes from its checkpoint as a one-device one does; a replica that fails stops the
 //! others, and its error is the one reported.
 #![cfg(feature = "collective")]
@@ -17,12 +18,10 @@ use rfa::Run;
 use rfa::config::RunConfig;
 use rfa::train::EpochLog;
 
-/// The largest difference between two checkpoints' tensors, relative to the largest weight.
+/// The largest difference between two safetensors files' tensors, relative to the largest
+/// weight.
 fn max_difference(a: &Path, b: &Path) -> f32 {
-    let (a, b) = (
-        TensorFile::open(a.join("model.safetensors")).unwrap(),
-        TensorFile::open(b.join("model.safetensors")).unwrap(),
-    );
+    let (a, b) = (TensorFile::open(a).unwrap(), TensorFile::open(b).unwrap());
     assert_eq!(
         a.tensors.keys().collect::<Vec<_>>(),
         b.tensors.keys().collect::<Vec<_>>(),
@@ -60,7 +59,8 @@ fn trained(cfg: &RunConfig, name: &str, replicas: usize) -> Run {
 }
 
 fn assert_same_training(one: &Run, many: &Run, what: &str) {
-    let d = max_difference(&one.dir.join("original"), &many.dir.join("original"));
+    let model = |run: &Run| run.dir.join("original/model.safetensors");
+    let d = max_difference(&model(one), &model(many));
     assert!(d < 1e-5, "{what}: weights differ by {d} of the largest weight");
     let (a, b) = (epochs(one), epochs(many));
     assert_eq!(a.len(), b.len());
@@ -166,4 +166,72 @@ fn the_command_line_trains_on_two_replicas() {
         "2",
     ]));
     assert!(e.contains("not both"), "{e}");
+}
+
+/// Unlearns `run`'s M0 with RFA on `replicas` CPU replicas; returns a copy of the adapter file
+/// and the log's (total loss per step, kept step).
+fn unlearned(
+    run: &Run,
+    replicas: usize,
+    keep: &Path,
+) -> (std::path::PathBuf, Vec<f64>, Option<usize>) {
+    run.unlearn_on::<AB>(&vec![Default::default(); replicas]).unwrap();
+    let out = keep.join(format!("adapter-{replicas}.safetensors"));
+    std::fs::copy(run.dir.join("rfa/adapter/adapter_model.safetensors"), &out).unwrap();
+    let log = common::unlearn_log(run, "rfa");
+    let kept = log.stop.as_ref().map(|s| s.kept_step);
+    (out, log.steps.iter().map(|s| s.total).collect(), kept)
+}
+
+fn assert_same_unlearning(run: &Run, tmp: &Path, replica_counts: &[usize]) {
+    let (one, losses, kept) = unlearned(run, 1, tmp);
+    assert!(losses.len() > 1, "{losses:?}");
+    for &n in replica_counts {
+        let (many, many_losses, many_kept) = unlearned(run, n, tmp);
+        let d = max_difference(&one, &many);
+        assert!(d < 1e-4, "{n} replicas: adapters differ by {d} of the largest weight");
+        assert_eq!(losses.len(), many_losses.len(), "{n} replicas: the same steps");
+        for (a, b) in losses.iter().zip(&many_losses) {
+            approx::assert_relative_eq!(*a, *b, max_relative = 1e-4);
+        }
+        assert_eq!(kept, many_kept, "{n} replicas: the stop rule kept the same step");
+    }
+}
+
+#[test]
+fn rfa_unlearning_on_two_or_three_replicas_equals_one_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = common::tiny("vit", tmp.path(), 1);
+    // Both extra retain terms, and forget batches of 6 that split 3/3 and 2/2/2; the fourth
+    // has the last 2 of Df's 20 images, fewer than three replicas.
+    cfg.unlearn.retain_task_weight = Some(0.5);
+    cfg.unlearn.retain_cls_weight = 0.5;
+    cfg.unlearn.batch_size = 6;
+    cfg.unlearn.epochs = 2;
+    // A guard this tiny model's adapters stay within: the stop rule stops once the class is
+    // forgotten, and the lead tells the others.
+    cfg.unlearn.max_retain_drop = 100.0;
+    cfg.unlearn.check_every = 4;
+    let run = Run::open(cfg).unwrap();
+    assert_eq!(run.sizes().forget, 20);
+    run.train::<AB>(false, &Default::default()).unwrap();
+    assert_same_unlearning(&run, tmp.path(), &[2, 3]);
+}
+
+#[test]
+fn rfa_unlearning_of_a_language_model_on_two_replicas_equals_one_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = eli5(tmp.path());
+    let mut cfg = gpt2_config("lm", tmp.path(), &data);
+    cfg.data.max_len = 256;
+    std::fs::write(
+        cfg.model.config.as_ref().unwrap(),
+        r#"{"model_type": "gpt2", "vocab_size": 300, "n_positions": 256, "n_embd": 32, "n_layer": 2, "n_head": 2, "eos_token_id": 0}"#,
+    )
+    .unwrap();
+    cfg.train.epochs = 1;
+    cfg.unlearn.epochs = 2;
+    let run = Run::open(cfg).unwrap();
+    run.train::<AB>(false, &Default::default()).unwrap();
+    assert_same_unlearning(&run, tmp.path(), &[2]);
 }
