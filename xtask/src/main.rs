@@ -75,7 +75,8 @@ enum Cmd {
         methods: Vec<String>,
         #[arg(long, default_value = "runs/reproduce")]
         runs_dir: PathBuf,
-        /// cpu or cuda[:N].
+        /// rfa's --device: cpu, cuda[:N], …, or a list (cuda:0,cuda:1) to train and unlearn
+        /// data-parallel (built with the `collective` feature).
         #[arg(long, default_value = "cpu")]
         device: String,
         /// fashion-mnist --small: the sweep over classes (`all` or `0,3,7`), each with `--seeds`

@@ -205,8 +205,16 @@ pub(crate) fn rfa_binary(root: &Path, device: &str) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root).args(["build", "--release", "-p", "rfa"]);
+    let mut features = Vec::new();
     if device.starts_with("cuda") {
-        cmd.args(["--features", "cuda"]);
+        features.push("cuda");
+    }
+    // A device list (cuda:0,cuda:1) trains data-parallel: burn's collective operations.
+    if device.contains(',') {
+        features.push("collective");
+    }
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
     }
     if !cmd.status()?.success() {
         bail!("building the rfa binary failed");
