@@ -58,6 +58,19 @@ fn trained(cfg: &RunConfig, name: &str, replicas: usize) -> Run {
     run
 }
 
+/// The tiny GPT-2 run of the text tests with room for every text: no text is cut, so each keeps
+/// its own number of tokens.
+fn uncut_gpt2_config(runs: &Path, data: &Path) -> RunConfig {
+    let mut cfg = gpt2_config("lm", runs, data);
+    cfg.data.max_len = 256;
+    std::fs::write(
+        cfg.model.config.as_ref().unwrap(),
+        r#"{"model_type": "gpt2", "vocab_size": 300, "n_positions": 256, "n_embd": 32, "n_layer": 2, "n_head": 2, "eos_token_id": 0}"#,
+    )
+    .unwrap();
+    cfg
+}
+
 fn assert_same_training(one: &Run, many: &Run, what: &str) {
     let model = |run: &Run| run.dir.join("original/model.safetensors");
     let d = max_difference(&model(one), &model(many));
@@ -90,14 +103,7 @@ fn a_gpt2_trained_on_two_replicas_equals_one_device() {
     let data = eli5(tmp.path());
     // Texts of different lengths: each share averages its own number of real next tokens, and
     // weighs in the batch's mean by that number.
-    let mut cfg = gpt2_config("lm", tmp.path(), &data);
-    // Long enough that no text is cut: every text keeps its own length.
-    cfg.data.max_len = 256;
-    std::fs::write(
-        cfg.model.config.as_ref().unwrap(),
-        r#"{"model_type": "gpt2", "vocab_size": 300, "n_positions": 256, "n_embd": 32, "n_layer": 2, "n_head": 2, "eos_token_id": 0}"#,
-    )
-    .unwrap();
+    let cfg = uncut_gpt2_config(tmp.path(), &data);
     let one = trained(&cfg, "one", 1);
     let two = trained(&cfg, "two", 2);
     assert_same_training(&one, &two, "two replicas");
@@ -222,13 +228,7 @@ fn rfa_unlearning_on_two_or_three_replicas_equals_one_device() {
 fn rfa_unlearning_of_a_language_model_on_two_replicas_equals_one_device() {
     let tmp = tempfile::tempdir().unwrap();
     let data = eli5(tmp.path());
-    let mut cfg = gpt2_config("lm", tmp.path(), &data);
-    cfg.data.max_len = 256;
-    std::fs::write(
-        cfg.model.config.as_ref().unwrap(),
-        r#"{"model_type": "gpt2", "vocab_size": 300, "n_positions": 256, "n_embd": 32, "n_layer": 2, "n_head": 2, "eos_token_id": 0}"#,
-    )
-    .unwrap();
+    let mut cfg = uncut_gpt2_config(tmp.path(), &data);
     cfg.train.epochs = 1;
     cfg.unlearn.epochs = 2;
     let run = Run::open(cfg).unwrap();
