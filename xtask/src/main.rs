@@ -99,17 +99,17 @@ enum Cmd {
         share: f64,
         /// Run only cell I of every N of the matrix's grid (`--list` prints it), for cluster
         /// schedulers (docs/SCALING.md); `--merge` then evaluates and writes the tables.
-        #[arg(long, value_name = "I/N", conflicts_with_all = ["list", "merge", "pretrained"])]
+        #[arg(long, value_name = "I/N", conflicts_with_all = ["list", "merge"])]
         shard: Option<String>,
         /// --shard: seconds a method cell waits for its M0 from another shard running beside it
         /// (0: refuse at once, naming that shard).
         #[arg(long, default_value_t = 0, requires = "shard")]
         wait: u64,
         /// Print the grid of cells (M0, M*, every method × seed), with those done.
-        #[arg(long, conflicts_with_all = ["merge", "pretrained"])]
+        #[arg(long, conflicts_with = "merge")]
         list: bool,
         /// Once every cell is done: evaluate each scenario and write its tables.
-        #[arg(long, conflicts_with = "pretrained")]
+        #[arg(long)]
         merge: bool,
         /// Override a field of every scenario's configuration: --set data.max_train=600.
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -212,7 +212,9 @@ fn run() -> Result<bool> {
             };
             if let Some(mode) = mode {
                 let seeds = seeds.max(1);
-                shard::run(&task, small, seeds, &methods, &runs_dir, &device, &sets, mode)?;
+                shard::run(
+                    &task, small, pretrained, seeds, &methods, &runs_dir, &device, &sets, mode,
+                )?;
                 return Ok(true);
             }
             if let Some(requests) = sequential {

@@ -39,6 +39,20 @@ pub(crate) struct Scenario {
     pub language_model: bool,
 }
 
+impl Scenario {
+    /// `--pretrained`: the same scenario from scratch (same architecture and fine-tuning budget;
+    /// RFA only), which shows what the backbone is worth.
+    pub(crate) fn scratch_twin(&self) -> Scenario {
+        let mut config = self.config.clone();
+        if let Some(m) = config.get_mut("model").and_then(|m| m.as_table_mut()) {
+            m.remove("path");
+        }
+        let name = self.name.replace("-pretrained", "-scratch");
+        config.insert("name".into(), name.clone().into());
+        Scenario { name, config, language_model: self.language_model }
+    }
+}
+
 fn read(root: &Path, rel: &str) -> Result<toml::Table> {
     let p = root.join(rel);
     toml::from_str(
@@ -69,6 +83,26 @@ pub(crate) fn demo(bin: &Path) -> Result<toml::Table> {
         bail!("rfa demo --print-config failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(toml::from_str(&String::from_utf8(out.stdout)?)?)
+}
+
+/// `--pretrained`'s backbone: its run configuration (written to `config_file` in the runs folder)
+/// and the folder `rfa pretrain` writes it to, which the scenarios' `model.path` names.
+pub(crate) struct Backbone {
+    pub config: toml::Table,
+    pub config_file: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Backbone {
+    pub(crate) fn plan(root: &Path, task: &str, small: bool, runs: &Path) -> Result<Self> {
+        let mut config = backbone(root, task, small)?;
+        let name = config["name"].as_str().unwrap_or("backbone").to_string();
+        let dir = runs.join(&name).join("pretrained");
+        set(&mut config, "model", "path", dir.to_string_lossy().into_owned());
+        let config_file = runs.join(format!("{name}.toml"));
+        std::fs::write(&config_file, toml::to_string_pretty(&config)?)?;
+        Ok(Self { config, config_file, dir })
+    }
 }
 
 /// `--pretrained`: the backbone's run configuration (`rfa pretrain` reads its `[pretrain]` and
@@ -114,7 +148,7 @@ pub(crate) fn scenarios(
     bin: &Path,
     task: &str,
     small: bool,
-    backbone: Option<(&toml::Table, &Path)>,
+    backbone: Option<&Backbone>,
 ) -> Result<Vec<Scenario>> {
     let mut out = Vec::new();
     let pretrained = backbone.is_some();
@@ -177,7 +211,7 @@ pub(crate) fn scenarios(
         other => bail!("unknown task `{other}` (fashion-mnist, cifar10, imdb, eli5)"),
     }
     // Fine-tuned from the backbone: its architecture (preset), its path, its tokenizer.
-    if let Some((b, path)) = backbone {
+    if let Some(Backbone { config: b, dir: path, .. }) = backbone {
         for sc in &mut out {
             if let Some(m) = b.get("model").and_then(|m| m.as_table()) {
                 for (k, v) in m {
@@ -287,18 +321,12 @@ pub fn run(
     let backbone = match pretrained {
         false => None,
         true => {
-            let mut b = backbone(&root, task, small)?;
-            let name = b["name"].as_str().unwrap_or("backbone").to_string();
-            let out = runs.join(&name).join("pretrained");
-            set(&mut b, "model", "path", out.to_string_lossy().into_owned());
-            let config = runs.join(format!("{name}.toml"));
-            std::fs::write(&config, toml::to_string_pretty(&b)?)?;
-            rfa(&bin, &["pretrain"], &config, runs, device, &[])?;
-            Some((b, out))
+            let b = Backbone::plan(&root, task, small, runs)?;
+            rfa(&bin, &["pretrain"], &b.config_file, runs, device, &[])?;
+            Some(b)
         }
     };
-    let mut scs =
-        scenarios(&root, &bin, task, small, backbone.as_ref().map(|(b, p)| (b, p.as_path())))?;
+    let mut scs = scenarios(&root, &bin, task, small, backbone.as_ref())?;
     apply_sets(&mut scs, sets)?;
     // M0 does not depend on what is forgotten: the first scenario's is copied into the others
     // (`rfa train` checks its fingerprint and finds it complete).
@@ -320,15 +348,9 @@ pub fn run(
         let scratch = match &backbone {
             None => None,
             Some(_) => {
-                let mut c = sc.config.clone();
-                if let Some(m) = c.get_mut("model").and_then(|m| m.as_table_mut()) {
-                    m.remove("path");
-                }
-                let name = sc.name.replace("-pretrained", "-scratch");
-                c.insert("name".into(), name.clone().into());
-                share_m0(&first_scratch, &name)?;
-                first_scratch.get_or_insert(runs.join(&name));
-                let twin = Scenario { name, config: c, language_model: sc.language_model };
+                let twin = sc.scratch_twin();
+                share_m0(&first_scratch, &twin.name)?;
+                first_scratch.get_or_insert(runs.join(&twin.name));
                 Some(run_scenario(&bin, &twin, runs, device, 1, &["rfa".to_string()])?)
             }
         };
