@@ -209,13 +209,7 @@ where
                 grads = apply_mask(&model, grads, m);
             }
             model = optim.step(unlearn_cfg.lr, model, grads)?;
-            steps.push(StepLog {
-                step: steps.len(),
-                total: tv,
-                retain: rv,
-                forget: fv,
-                seconds: step_start.elapsed().as_secs_f64(),
-            });
+            steps.push(StepLog::after(steps.len(), [tv, rv, fv], step_start));
             pb.inc(b.len() as u64);
             pb.set_message(format!("loss {tv:.4}"));
         }

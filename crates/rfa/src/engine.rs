@@ -62,6 +62,13 @@ pub struct StepLog {
     pub seconds: f64,
 }
 
+impl StepLog {
+    /// Step `step`'s record: its `[total, retain, forget]` loss, timed from `started`.
+    pub fn after(step: usize, [total, retain, forget]: [f64; 3], started: Instant) -> Self {
+        Self { step, total, retain, forget, seconds: started.elapsed().as_secs_f64() }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnlearnLog {
     pub steps: Vec<StepLog>,

@@ -158,13 +158,7 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
                 }
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 model = optim.step(cfg.lr, model, replica.gradients(grads)?)?;
-                steps.push(StepLog {
-                    step: steps.len(),
-                    total: tv,
-                    retain: rv,
-                    forget: fv,
-                    seconds: step_start.elapsed().as_secs_f64(),
-                });
+                steps.push(StepLog::after(steps.len(), [tv, rv, fv], step_start));
                 pb.inc(fb.len() as u64);
                 seen += rb.len() + fb.len();
                 pb.set_message(format!(
