@@ -148,7 +148,7 @@ where
     B: AutodiffBackend,
 {
     match devices {
-        [] => bail!("no device to train on"),
+        [] => bail!("no device given"),
         [device] => lead(&Replica::alone(device.clone())),
         _ => replicate_collective(devices, lead, follower),
     }
