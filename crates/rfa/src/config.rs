@@ -7,6 +7,7 @@ use anyhow::Context;
 use rfa_loss::TargetStrategy;
 use serde::{Deserialize, Serialize};
 
+use crate::balance::Balance;
 use crate::method::Method;
 use crate::scenario::{Auto, RetainSampling, RfaSettings, Scenario, StopRule};
 
@@ -226,6 +227,10 @@ pub struct UnlearnConfig {
     /// probes, with `unlearn.epochs` passes at most; `auto`).
     #[serde(default)]
     pub stop: Auto<StopRule>,
+    /// RFA with the `probe` stop rule: whether the forget term's weight follows the checks
+    /// (`fixed`, `adaptive`, `auto`; [`crate::balance`]).
+    #[serde(default)]
+    pub balance: Auto<Balance>,
     /// `probe` stop rule: steps between two checks; 0 = two checks per pass over Df.
     #[serde(default)]
     pub check_every: usize,
@@ -381,6 +386,7 @@ impl UnlearnConfig {
             retain_sampling: self.retain_sampling.or(d.retain_sampling),
             retain_task_weight: self.retain_task_weight.unwrap_or(d.retain_task_weight),
             stop: self.stop.or(d.stop),
+            balance: self.balance.or(d.balance),
         }
     }
 
@@ -484,6 +490,7 @@ impl RunConfig {
                 retain_sampling: Auto::Auto,
                 confusable_share: half(),
                 stop: Auto::Auto,
+                balance: Auto::Auto,
                 check_every: 0,
                 max_retain_drop: one(),
                 forget_tolerance: one(),

@@ -22,7 +22,9 @@ use crate::confusable::{Confusion, RetainSampler, most_confusable};
 use crate::data_parallel::replicate;
 use crate::engine_model::{EngineModel, Logits, Samples};
 use crate::head_check::check_head_targets;
-use crate::probe::{Criterion, Probes, StopRecord, StopState, Verdict, measure};
+use crate::probe::{
+    CheckSchedule, Checked, Criterion, Probes, StopRecord, StopState, Verdict, measure,
+};
 use crate::rfa_steps::{ReplicaState, StepPlan, Stepped};
 use crate::scenario::{RetainSampling, RfaSettings, StopRule};
 use crate::stats_sample::MeanPrecision;
@@ -331,16 +333,13 @@ where
     let stats_seconds = t0.elapsed().as_secs_f64();
 
     let steps_per_epoch = forget.len().div_ceil(unlearn_cfg.batch_size);
-    let check_every = match unlearn_cfg.check_every {
-        0 => steps_per_epoch.div_ceil(2).max(1),
-        n => n,
-    };
+    let schedule = CheckSchedule::new(unlearn_cfg.check_every, steps_per_epoch);
     let probes = (settings.stop == StopRule::Probe)
         .then(|| Probes::draw(task, unlearn_cfg.probe_samples, seed));
-    let mut stop = probes
-        .as_ref()
-        .map(|p| StopState::<M>::new(Criterion::new(unlearn_cfg, task.split.class, p)));
-    let check = |stop: &mut StopState<M>, model: &M, step: usize| -> Result<Verdict> {
+    let mut stop = probes.as_ref().map(|p| {
+        StopState::<M>::new(Criterion::new(unlearn_cfg, task.split.class, p), settings.balance)
+    });
+    let check = |stop: &mut StopState<M>, model: &M, step: usize| -> Result<Checked> {
         let started = Instant::now();
         let c = measure(
             &model.valid(),
@@ -352,7 +351,8 @@ where
             device,
         )?;
         stop.check_seconds += started.elapsed().as_secs_f64();
-        Ok(stop.observe(c, model))
+        let verdict = stop.observe(c, model);
+        Ok(Checked { verdict, lambda_scale: stop.lambda_scale() })
     };
     if let Some(s) = &mut stop {
         check(s, &model, 0)?;
@@ -366,7 +366,7 @@ where
         cls_only,
         task_weight,
         seed,
-        check_every,
+        schedule,
     };
     // Every replica starts from the lead's adapters, targets and retain sampler.
     let copies: Vec<Mutex<Option<ReplicaState<B, M>>>> = devices[1..]
@@ -385,7 +385,7 @@ where
         |lead| {
             let mut checked = |m: &M, step: usize| match &mut stop {
                 Some(s) => check(s, m, step),
-                None => Ok(Verdict::Continue),
+                None => Ok(Checked { verdict: Verdict::Continue, lambda_scale: 1.0 }),
             };
             plan.run(lead, lead_state, Some(&mut checked))
         },
@@ -397,7 +397,7 @@ where
     let stop_record = match stop {
         Some(mut s) => {
             // The last adapter is measured like the others.
-            if verdict == Verdict::Continue && steps.len() % check_every != 0 {
+            if verdict == Verdict::Continue && !schedule.is_check(steps.len()) {
                 check(&mut s, &model, steps.len())?;
             }
             let (kept, record) = s.finish(steps.len(), model);

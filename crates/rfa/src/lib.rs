@@ -23,6 +23,7 @@
 //! with opinions about run folders and devices; libraries below it must not depend on it.
 
 pub mod alloc;
+pub mod balance;
 pub mod baselines;
 pub mod chain;
 pub mod checkpoint;

@@ -20,6 +20,7 @@ use rfa_models::FusedOps;
 use rfa_rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 
+use crate::balance::Balance;
 use crate::config::UnlearnConfig;
 use crate::engine::logits_only;
 use crate::engine_model::{EngineModel, Samples};
@@ -52,6 +53,39 @@ impl Probes {
             retain: sample(&task.split.retain, 0x7e7e),
             validation: task.probe.clone(),
         }
+    }
+}
+
+/// When the stop rule measures the model (steps taken).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckSchedule {
+    every: usize,
+    /// Also at 5, 10, 20, … steps before the first regular check.
+    early: bool,
+}
+
+impl CheckSchedule {
+    /// The first early check: fewer steps rarely move the probes.
+    const FIRST: usize = 5;
+
+    /// `unlearn.check_every` steps apart; `0` means twice per pass over Df (`steps_per_pass`)
+    /// and, where that is more than 5 steps, also after 5, 10, 20, … steps: a class is often
+    /// forgotten within ten steps, and on a large Df half a pass is a hundred steps or more, in
+    /// which the retain accuracy can fall out of the guard for good (docs/RESULTS.md).
+    pub fn new(check_every: usize, steps_per_pass: usize) -> Self {
+        match check_every {
+            0 => Self { every: steps_per_pass.div_ceil(2).max(1), early: true },
+            n => Self { every: n, early: false },
+        }
+    }
+
+    /// Whether the model is measured after `step` steps.
+    pub fn is_check(&self, step: usize) -> bool {
+        if step % self.every == 0 {
+            return true;
+        }
+        let early = step < self.every && step >= Self::FIRST && step % Self::FIRST == 0;
+        self.early && early && (step / Self::FIRST).is_power_of_two()
     }
 }
 
@@ -102,6 +136,10 @@ pub struct ProbeCheck {
     pub forgotten: bool,
     /// The retain accuracy is within the guard.
     pub retain_held: bool,
+    /// The forget weight in force for the steps before this check, as a multiple of
+    /// `unlearn.lambda` (`unlearn.balance`; absent in logs written before it could change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_scale: Option<f64>,
 }
 
 impl ProbeCheck {
@@ -179,6 +217,7 @@ pub fn measure<B: FusedOps, M: EngineModel<B>>(
         validation_accuracy,
         forgotten,
         retain_held: retain_floor.is_none_or(|floor| retain_accuracy >= floor),
+        lambda_scale: None,
     })
 }
 
@@ -226,9 +265,12 @@ pub struct StopRecord {
     pub check_seconds: f64,
 }
 
-/// The stop rule's state over one unlearning: the checks so far and the best model seen.
+/// The stop rule's state over one unlearning: the checks so far, the best model seen and the
+/// forget weight the checks steer ([`Balance`]).
 pub struct StopState<M> {
     criterion: Criterion,
+    balance: Balance,
+    lambda_scale: f64,
     retain_floor: Option<f64>,
     checks: Vec<ProbeCheck>,
     best: Option<(ProbeCheck, M)>,
@@ -243,9 +285,30 @@ pub enum Verdict {
     Stop,
 }
 
+/// A check's outcome for the step loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Checked {
+    pub verdict: Verdict,
+    /// The forget weight for the next steps, as a multiple of `unlearn.lambda`.
+    pub lambda_scale: f64,
+}
+
 impl<M: Clone> StopState<M> {
-    pub fn new(criterion: Criterion) -> Self {
-        Self { criterion, retain_floor: None, checks: Vec::new(), best: None, check_seconds: 0.0 }
+    pub fn new(criterion: Criterion, balance: Balance) -> Self {
+        Self {
+            criterion,
+            balance,
+            lambda_scale: 1.0,
+            retain_floor: None,
+            checks: Vec::new(),
+            best: None,
+            check_seconds: 0.0,
+        }
+    }
+
+    /// The forget weight for the steps after the last check, as a multiple of `unlearn.lambda`.
+    pub fn lambda_scale(&self) -> f64 {
+        self.lambda_scale
     }
 
     pub fn criterion(&self) -> &Criterion {
@@ -260,7 +323,9 @@ impl<M: Clone> StopState<M> {
     /// Df is forgotten within the guard. A check outside the guard does not stop the run: while
     /// the forget features move the retain accuracy dips, and the retain and task terms pull it
     /// back within a few passes (docs/RESULTS.md); `unlearn.epochs` bounds the wait.
-    pub fn observe(&mut self, check: ProbeCheck, model: &M) -> Verdict {
+    pub fn observe(&mut self, mut check: ProbeCheck, model: &M) -> Verdict {
+        check.lambda_scale = Some(self.lambda_scale);
+        self.lambda_scale = self.balance.next_scale(self.lambda_scale, &check);
         if self.retain_floor.is_none() {
             self.retain_floor = Some(check.retain_accuracy - self.criterion.max_retain_drop);
         }
@@ -329,12 +394,13 @@ mod tests {
             validation_accuracy: 0.0,
             forgotten: share <= 1.0,
             retain_held: step == 0 || retain >= 89.0,
+            lambda_scale: None,
         }
     }
 
     #[test]
     fn it_stops_once_forgotten_within_the_guard_and_keeps_that_model() {
-        let mut s = StopState::<usize>::new(criterion());
+        let mut s = StopState::<usize>::new(criterion(), Balance::Fixed);
         assert_eq!(s.observe(check(0, 95.0, 90.0), &0), Verdict::Continue);
         assert_eq!(s.retain_floor(), Some(89.0));
         // Forgotten, but the retain accuracy dipped: go on.
@@ -348,7 +414,7 @@ mod tests {
 
     #[test]
     fn a_run_ending_outside_the_guard_rolls_back_to_the_best_model_within_it() {
-        let mut s = StopState::<usize>::new(criterion());
+        let mut s = StopState::<usize>::new(criterion(), Balance::Fixed);
         s.observe(check(0, 95.0, 90.0), &0);
         assert_eq!(s.observe(check(4, 40.0, 89.5), &4), Verdict::Continue);
         // Forgotten, but the retain accuracy collapsed and stays down.
@@ -362,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_recovering_retain_accuracy_is_given_time() {
-        let mut s = StopState::<usize>::new(criterion());
+        let mut s = StopState::<usize>::new(criterion(), Balance::Fixed);
         s.observe(check(0, 95.0, 90.0), &0);
         for (step, retain) in [(2, 70.0), (4, 75.0), (6, 80.0), (8, 85.0)] {
             assert_eq!(s.observe(check(step, 30.0, retain), &step), Verdict::Continue);
@@ -395,6 +461,19 @@ mod tests {
         };
         assert!(random(5, 52.0, 82.0).better_than(&random(0, 51.0, 88.0)));
         assert!(random(5, 52.0, 79.0).better_than(&random(10, 50.0, 84.0)));
+    }
+
+    #[test]
+    fn checks_come_twice_a_pass_and_early_on_a_large_forget_set() {
+        let steps = |s: CheckSchedule| (1..=200).filter(|&k| s.is_check(k)).collect::<Vec<_>>();
+        // The demo: 10 steps a pass, a check every 5 (as before the early checks).
+        let demo = CheckSchedule::new(0, 10);
+        assert_eq!(steps(demo), (1..=40).map(|k| 5 * k).collect::<Vec<_>>());
+        assert_eq!(steps(CheckSchedule::new(0, 9)), (1..=40).map(|k| 5 * k).collect::<Vec<_>>());
+        // Full-size Fashion-MNIST: 188 steps a pass.
+        assert_eq!(steps(CheckSchedule::new(0, 188)), vec![5, 10, 20, 40, 80, 94, 188]);
+        assert_eq!(steps(CheckSchedule::new(0, 3)), (1..=100).map(|k| 2 * k).collect::<Vec<_>>());
+        assert_eq!(steps(CheckSchedule::new(30, 188)), vec![30, 60, 90, 120, 150, 180]);
     }
 
     #[test]

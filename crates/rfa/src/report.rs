@@ -146,8 +146,8 @@ impl RfaRun {
             None => format!("stop rule `epochs`: {} steps", self.steps),
         };
         format!(
-            "{}: target `{}`, retain sampling `{}`, task weight γ = {}; {stop}.\n",
-            self.model, s.target, s.retain_sampling, s.retain_task_weight,
+            "{}: target `{}`, retain sampling `{}`, task weight γ = {}, balance `{}`; {stop}.\n",
+            self.model, s.target, s.retain_sampling, s.retain_task_weight, s.balance,
         )
     }
 }

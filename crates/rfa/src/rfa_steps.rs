@@ -22,7 +22,7 @@ use crate::confusable::RetainSampler;
 use crate::data_parallel::{Replica, ReplicaStopped};
 use crate::engine::{StepLog, bar, scalar};
 use crate::engine_model::{EngineModel, task_loss_terms};
-use crate::probe::Verdict;
+use crate::probe::{CheckSchedule, Checked, Verdict};
 use crate::task::Task;
 use crate::token_targets::token_ids;
 
@@ -36,7 +36,7 @@ pub(crate) struct StepPlan<'a, D> {
     pub cls_only: bool,
     pub task_weight: f64,
     pub seed: u64,
-    pub check_every: usize,
+    pub schedule: CheckSchedule,
 }
 
 /// What a replica has of its own: its model, the targets on its device, and its retain sampler
@@ -48,7 +48,7 @@ pub(crate) struct ReplicaState<B: Backend, M> {
 }
 
 /// The lead's stop rule: the verdict on the model after a step.
-pub(crate) type StopCheck<'a, M> = dyn FnMut(&M, usize) -> Result<Verdict> + 'a;
+pub(crate) type StopCheck<'a, M> = dyn FnMut(&M, usize) -> Result<Checked> + 'a;
 
 /// Where one replica's steps ended.
 pub(crate) struct Stepped<M> {
@@ -105,6 +105,8 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
         let started = Instant::now();
         let mut seen = 0usize;
         let mut verdict = Verdict::Continue;
+        // λ as the stop rule's checks steer it (`unlearn.balance`), the same on every replica.
+        let mut lambda = self.objective.lambda;
         'epochs: for epoch in 0..cfg.epochs {
             for fb in
                 batches(forget, cfg.batch_size, true, self.seed.wrapping_add(31 * epoch as u64 + 1))
@@ -119,6 +121,7 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
                         self.share_terms(
                             &model,
                             &targets,
+                            lambda,
                             rs.rows,
                             fs.rows,
                             count,
@@ -135,7 +138,7 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
                         Err(e) => (Err(e), 0.0, 0.0, 0.0),
                     }
                 } else {
-                    let s = self.shared_step(replica, computed, rs.counts)?;
+                    let s = self.shared_step(replica, computed, lambda, rs.counts)?;
                     (s.loss, s.total, s.retain, s.forget)
                 };
                 let loss = match loss {
@@ -149,8 +152,8 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
                     pb.abandon();
                     bail!(
                         "RFA: the loss became {tv} at step {} (retain term {rv}, forget term {fv}); \
-                         the adapters diverged: lower unlearn.lr (now {}) or unlearn.lambda (now {}); \
-                         nothing was written",
+                         the adapters diverged: lower unlearn.lr (now {}) or unlearn.lambda (now {}, \
+                         {lambda} at this step); nothing was written",
                         steps.len(),
                         cfg.lr,
                         cfg.lambda
@@ -165,11 +168,18 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
                     "retain {rv:.4} forget {fv:.4} {:.0} samples/s",
                     seen as f64 / started.elapsed().as_secs_f64()
                 ));
-                if steps.len() % self.check_every == 0 {
+                if self.schedule.is_check(steps.len()) {
                     let checked = check.as_mut().map(|c| c(&model, steps.len()));
-                    let stop = matches!(checked, Some(Ok(Verdict::Stop)));
+                    let stop = matches!(checked, Some(Ok(Checked { verdict: Verdict::Stop, .. })));
                     let failed = matches!(checked, Some(Err(_)));
-                    let [stop, failures] = replica.sum([stop as u8 as f64, failed as u8 as f64])?;
+                    // Only the lead checks: the others add nothing to its λ scale.
+                    let scale = match &checked {
+                        Some(Ok(c)) => c.lambda_scale,
+                        _ => 0.0,
+                    };
+                    let [stop, failures, scale] =
+                        replica.sum([stop as u8 as f64, failed as u8 as f64, scale])?;
+                    lambda = self.objective.lambda * scale;
                     if let Some(Err(e)) = checked {
                         return Err(e);
                     }
@@ -192,6 +202,7 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
         &self,
         model: &M,
         targets: &Targets<B>,
+        lambda: f64,
         rb: &[usize],
         fb: &[usize],
         count: bool,
@@ -242,7 +253,8 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
         };
         let task = (self.task_weight > 0.0)
             .then(|| task_loss_terms(logits.as_ref().expect("logits"), &batch, 0..nr));
-        let mut total = parts.total;
+        // parts.total with this step's λ (the objective's own λ is `unlearn.lambda`).
+        let mut total = parts.retain.clone() + parts.forget.clone().mul_scalar(lambda);
         if let Some(c) = &first_tokens {
             total = total + c.clone().mul_scalar(cfg.retain_cls_weight);
         }
@@ -278,9 +290,10 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
         &self,
         replica: &Replica<B>,
         computed: Result<ShareTerms<B>>,
+        lambda: f64,
         counted: bool,
     ) -> Result<SharedStep<B>> {
-        let (lambda, cls_weight) = (self.objective.lambda, self.unlearn_cfg.retain_cls_weight);
+        let cls_weight = self.unlearn_cfg.retain_cls_weight;
         let value = |t: &Option<Tensor<B, 1>>| t.clone().map_or(0.0, scalar);
         let (mine, values, failed) = match &computed {
             Ok(t) => (

@@ -6,6 +6,8 @@
 use std::fmt;
 
 use rfa_loss::TargetStrategy;
+
+use crate::balance::Balance;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A setting that is either chosen from the scenario (`"auto"`) or given.
@@ -132,6 +134,9 @@ pub struct RfaSettings {
     pub retain_sampling: RetainSampling,
     pub retain_task_weight: f64,
     pub stop: StopRule,
+    /// Absent in logs written before it existed (λ was fixed then).
+    #[serde(default)]
+    pub balance: Balance,
 }
 
 impl Scenario {
@@ -166,12 +171,14 @@ impl Scenario {
                 retain_sampling: RetainSampling::Confusable,
                 retain_task_weight: 2.0,
                 stop: StopRule::Probe,
+                balance: Balance::Adaptive,
             },
             Self::Samples => RfaSettings {
                 target: TargetStrategy::RunnerUpClassMean,
                 retain_sampling: RetainSampling::Uniform,
                 retain_task_weight: 1.0,
                 stop: StopRule::Probe,
+                balance: Balance::Fixed,
             },
             // Df ends uncertain, between its class and the other, rather than flipped.
             Self::SamplesOfTwoClasses => {
@@ -182,6 +189,7 @@ impl Scenario {
                 retain_sampling: RetainSampling::Uniform,
                 retain_task_weight: 0.0,
                 stop: StopRule::Epochs,
+                balance: Balance::Fixed,
             },
         }
     }

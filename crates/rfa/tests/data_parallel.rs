@@ -174,40 +174,54 @@ fn the_command_line_trains_on_two_replicas() {
     assert!(e.contains("not both"), "{e}");
 }
 
-/// Unlearns `run`'s M0 with RFA on `replicas` CPU replicas; returns a copy of the adapter file
-/// and the log's (total loss per step, kept step).
-fn unlearned(
-    run: &Run,
-    replicas: usize,
-    keep: &Path,
-) -> (std::path::PathBuf, Vec<f64>, Option<usize>) {
-    run.unlearn_on::<AB>(&vec![Default::default(); replicas]).unwrap();
-    let out = keep.join(format!("adapter-{replicas}.safetensors"));
-    std::fs::copy(run.dir.join("rfa/adapter/adapter_model.safetensors"), &out).unwrap();
-    let log = common::unlearn_log(run, "rfa");
-    let kept = log.stop.as_ref().map(|s| s.kept_step);
-    (out, log.steps.iter().map(|s| s.total).collect(), kept)
+/// One RFA unlearning of a test: a copy of its adapter file and what its log says.
+struct Unlearned {
+    adapter: std::path::PathBuf,
+    /// The total loss of every step.
+    losses: Vec<f64>,
+    kept: Option<usize>,
+    /// The forget weight's multiple before each check (`unlearn.balance`).
+    lambda_scales: Vec<Option<f64>>,
 }
 
-fn assert_same_unlearning(run: &Run, tmp: &Path, replica_counts: &[usize]) {
-    let (one, losses, kept) = unlearned(run, 1, tmp);
-    assert!(losses.len() > 1, "{losses:?}");
+/// Unlearns `run`'s M0 with RFA on `replicas` CPU replicas.
+fn unlearned(run: &Run, replicas: usize, keep: &Path) -> Unlearned {
+    run.unlearn_on::<AB>(&vec![Default::default(); replicas]).unwrap();
+    let adapter = keep.join(format!("adapter-{replicas}.safetensors"));
+    std::fs::copy(run.dir.join("rfa/adapter/adapter_model.safetensors"), &adapter).unwrap();
+    let log = common::unlearn_log(run, "rfa");
+    Unlearned {
+        adapter,
+        losses: log.steps.iter().map(|s| s.total).collect(),
+        kept: log.stop.as_ref().map(|s| s.kept_step),
+        lambda_scales: log.stop.iter().flat_map(|s| &s.checks).map(|c| c.lambda_scale).collect(),
+    }
+}
+
+/// Unlearns on one device and on each of `replica_counts`; asserts they agree. Returns the
+/// one-device unlearning.
+fn assert_same_unlearning(run: &Run, tmp: &Path, replica_counts: &[usize]) -> Unlearned {
+    let one = unlearned(run, 1, tmp);
+    assert!(one.losses.len() > 1, "{:?}", one.losses);
     for &n in replica_counts {
-        let (many, many_losses, many_kept) = unlearned(run, n, tmp);
-        let d = max_difference(&one, &many);
+        let many = unlearned(run, n, tmp);
+        let d = max_difference(&one.adapter, &many.adapter);
         assert!(d < 1e-4, "{n} replicas: adapters differ by {d} of the largest weight");
-        assert_eq!(losses.len(), many_losses.len(), "{n} replicas: the same steps");
-        for (a, b) in losses.iter().zip(&many_losses) {
+        assert_eq!(one.losses.len(), many.losses.len(), "{n} replicas: the same steps");
+        for (a, b) in one.losses.iter().zip(&many.losses) {
             approx::assert_relative_eq!(*a, *b, max_relative = 1e-4);
         }
-        assert_eq!(kept, many_kept, "{n} replicas: the stop rule kept the same step");
+        assert_eq!(one.kept, many.kept, "{n} replicas: the stop rule kept the same step");
+        assert_eq!(one.lambda_scales, many.lambda_scales, "{n} replicas: the same λ steering");
     }
+    one
 }
 
 #[test]
 fn rfa_unlearning_on_two_or_three_replicas_equals_one_device() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = common::tiny("vit", tmp.path(), 1);
+    // Two epochs: M0 predicts the class for some of Df.
+    let mut cfg = common::tiny("vit", tmp.path(), 2);
     // Both extra retain terms, and forget batches of 6 that split 3/3 and 2/2/2; the fourth
     // has the last 2 of Df's 20 images, fewer than three replicas.
     cfg.unlearn.retain_task_weight = Some(0.5);
@@ -215,13 +229,19 @@ fn rfa_unlearning_on_two_or_three_replicas_equals_one_device() {
     cfg.unlearn.batch_size = 6;
     cfg.unlearn.epochs = 2;
     // A guard this tiny model's adapters stay within: the stop rule stops once the class is
-    // forgotten, and the lead tells the others.
+    // forgotten, and the lead tells the others; until then every check doubles λ (the
+    // class-wise adaptive balance), and the lead's λ reaches the others.
     cfg.unlearn.max_retain_drop = 100.0;
-    cfg.unlearn.check_every = 4;
+    cfg.unlearn.check_every = 1;
+    cfg.unlearn.forget_tolerance = 0.0;
+    cfg.unlearn.lr = 2e-4;
     let run = Run::open(cfg).unwrap();
     assert_eq!(run.sizes().forget, 20);
     run.train::<AB>(false, &Default::default()).unwrap();
-    assert_same_unlearning(&run, tmp.path(), &[2, 3]);
+    let one = assert_same_unlearning(&run, tmp.path(), &[2, 3]);
+    assert!(one.lambda_scales.contains(&Some(2.0)), "λ moved: {:?}", one.lambda_scales);
+    // Past the 2-row batch, before the budget's end: the stop rule stopped all replicas.
+    assert!((4..8).contains(&one.losses.len()), "{:?}", one.losses);
 }
 
 #[test]

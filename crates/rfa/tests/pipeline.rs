@@ -604,3 +604,42 @@ fn the_stop_rule_rolls_back_when_the_retain_guard_trips() {
         epsilon = 1e-9
     );
 }
+
+/// The adaptive balance (class-wise default): every check sets the forget weight of the steps
+/// after it as `Balance::next_scale` says, and each step's loss is retain + λ · scale · forget.
+#[test]
+fn the_adaptive_balance_steers_the_forget_weight_of_every_step() {
+    use rfa::balance::Balance;
+    use rfa::scenario::{Auto, StopRule};
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Default::default();
+    let mut cfg = tiny("balance", tmp.path());
+    cfg.unlearn.epochs = 3;
+    cfg.unlearn.batch_size = 4;
+    cfg.unlearn.check_every = 1;
+    // The logged total is then the retain and forget terms alone.
+    cfg.unlearn.retain_task_weight = Some(0.0);
+    cfg.unlearn.stop = Auto::Set(StopRule::Probe);
+    // Steps too small to forget anything: the weight rises while the retain accuracy holds.
+    cfg.unlearn.forget_tolerance = 0.0;
+    cfg.unlearn.lr = 1e-6;
+    let run = Run::open(cfg).unwrap();
+    run.train::<AB>(false, &dev).unwrap();
+    run.unlearn::<AB>(&dev).unwrap();
+    let log = unlearn_log(&run, "rfa");
+    assert_eq!(log.settings.unwrap().balance, Balance::Adaptive);
+    let checks = log.stop.expect("the probe stop rule ran").checks;
+    let mut scale = 1.0;
+    for c in &checks {
+        assert_eq!(c.lambda_scale, Some(scale), "check at step {}", c.step);
+        scale = Balance::Adaptive.next_scale(scale, c);
+    }
+    assert!(checks.iter().any(|c| c.lambda_scale != Some(1.0)), "λ never moved: {checks:?}");
+    let lambda = run.cfg.unlearn.lambda;
+    for s in &log.steps {
+        // Step s (from 0) is measured by the check after s + 1 steps.
+        let c = checks.iter().find(|c| c.step == s.step + 1).expect("a check after every step");
+        let expected = s.retain + lambda * c.lambda_scale.unwrap() * s.forget;
+        approx::assert_relative_eq!(s.total, expected, max_relative = 1e-5);
+    }
+}
