@@ -381,12 +381,18 @@ impl UnlearnConfig {
     /// RFA's settings for `scenario`, each `auto` (or unset) one resolved.
     pub fn rfa_settings(&self, scenario: Scenario) -> RfaSettings {
         let d = scenario.defaults();
+        let stop = self.stop.or(d.stop);
         RfaSettings {
             target: self.target.or(d.target),
             retain_sampling: self.retain_sampling.or(d.retain_sampling),
             retain_task_weight: self.retain_task_weight.unwrap_or(d.retain_task_weight),
-            stop: self.stop.or(d.stop),
-            balance: self.balance.or(d.balance),
+            stop,
+            // Only the probe stop rule's checks can steer λ.
+            balance: self.balance.or(if stop == StopRule::Probe {
+                d.balance
+            } else {
+                Balance::Fixed
+            }),
         }
     }
 

@@ -177,6 +177,7 @@ where
             M::KIND
         );
     }
+    settings.check()?;
     let task_weight = settings.retain_task_weight;
     // The forget term's view of a tap (and of the padding mask): every token, or the first
     // (CLS) one.

@@ -65,6 +65,14 @@ impl Run {
     /// that such a mistake costs seconds, not the training of M0 and M*.
     pub fn check_unlearn_targets<B: FusedAutodiff>(&self, device: &B::Device) -> Result<()> {
         let (m, seed) = (&self.cfg.model, self.cfg.seed);
+        if self.cfg.unlearn.method == Method::Rfa {
+            let scenario = match self.arch {
+                Architecture::Vit => self.images()?.scenario(false),
+                Architecture::Bert => self.text()?.scenario(false),
+                Architecture::Gpt2 => crate::scenario::Scenario::LanguageModel,
+            };
+            self.cfg.unlearn.rfa_settings(scenario).check()?;
+        }
         match self.arch {
             Architecture::Vit => {
                 let t = self.images()?;

@@ -81,10 +81,10 @@ impl CheckSchedule {
 
     /// Whether the model is measured after `step` steps.
     pub fn is_check(&self, step: usize) -> bool {
-        if step % self.every == 0 {
+        if step.is_multiple_of(self.every) {
             return true;
         }
-        let early = step < self.every && step >= Self::FIRST && step % Self::FIRST == 0;
+        let early = step < self.every && step >= Self::FIRST && step.is_multiple_of(Self::FIRST);
         self.early && early && (step / Self::FIRST).is_power_of_two()
     }
 }

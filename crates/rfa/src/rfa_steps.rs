@@ -65,6 +65,12 @@ struct SharedStep<B: Backend> {
     forget: f64,
 }
 
+/// The rows of one replica's share of a step's batches (training indices).
+struct ShareRows<'r> {
+    retain: &'r [usize],
+    forget: &'r [usize],
+}
+
 /// One replica's terms of a step, each a mean over its own share.
 struct ShareTerms<B: Backend> {
     retain: Tensor<B, 1>,
@@ -118,15 +124,8 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
                     .map_err(anyhow::Error::from)
                     .and_then(|()| {
                         let count = !replica.is_alone();
-                        self.share_terms(
-                            &model,
-                            &targets,
-                            lambda,
-                            rs.rows,
-                            fs.rows,
-                            count,
-                            replica.device(),
-                        )
+                        let rows = ShareRows { retain: rs.rows, forget: fs.rows };
+                        self.share_terms(&model, &targets, lambda, rows, count, replica.device())
                     });
                 let (loss, tv, rv, fv) = if replica.is_alone() {
                     match computed {
@@ -203,8 +202,7 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
         model: &M,
         targets: &Targets<B>,
         lambda: f64,
-        rb: &[usize],
-        fb: &[usize],
+        rows: ShareRows<'_>,
         count: bool,
         device: &B::Device,
     ) -> Result<ShareTerms<B>>
@@ -213,6 +211,7 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
         M: EngineModel<B, Data = D>,
     {
         let (cfg, objective) = (self.unlearn_cfg, self.objective);
+        let (rb, fb) = (rows.retain, rows.forget);
         let both: Vec<usize> = rb.iter().chain(fb).copied().collect();
         let (nr, nf) = (rb.len(), fb.len());
         let batch = model.batch(&self.task.train, &both, device)?;

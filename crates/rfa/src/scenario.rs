@@ -139,6 +139,20 @@ pub struct RfaSettings {
     pub balance: Balance,
 }
 
+impl RfaSettings {
+    /// Settings that contradict each other (each may be `auto`-resolved).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.balance == Balance::Adaptive && self.stop != StopRule::Probe {
+            anyhow::bail!(
+                "unlearn.balance = \"adaptive\" follows the checks of unlearn.stop = \"probe\"; \
+                 with unlearn.stop = \"{}\" nothing would steer λ: set unlearn.balance = \"fixed\"",
+                self.stop
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Scenario {
     /// The share of the test set (percent) held out as the validation probe where
     /// `data.probe_percent = "auto"`: random / id-list forgetting needs more unseen samples
@@ -255,6 +269,22 @@ mod tests {
         for v in [StopRule::Epochs, StopRule::Probe] {
             assert_eq!(serde_json::to_value(v).unwrap(), v.to_string().as_str());
         }
+    }
+
+    #[test]
+    fn an_adaptive_balance_needs_the_probe_stop_rule() {
+        let mut u = RunConfig::demo().unlearn;
+        u.balance = Auto::Set(Balance::Adaptive);
+        assert!(u.rfa_settings(Scenario::Class).check().is_ok());
+        let e = u.rfa_settings(Scenario::LanguageModel).check().unwrap_err().to_string();
+        assert!(e.contains("unlearn.balance") && e.contains("\"epochs\""), "{e}");
+        u.balance = Auto::Auto;
+        for s in [Scenario::Class, Scenario::Samples, Scenario::LanguageModel] {
+            assert!(u.rfa_settings(s).check().is_ok(), "{s}: the defaults agree");
+        }
+        // A class run told to stop after its epochs: nothing steers λ, so `auto` keeps it.
+        u.stop = Auto::Set(StopRule::Epochs);
+        assert_eq!(u.rfa_settings(Scenario::Class).balance, Balance::Fixed);
     }
 
     #[test]

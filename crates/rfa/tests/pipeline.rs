@@ -542,14 +542,16 @@ fn an_adapter_is_only_applied_to_the_model_it_was_trained_on() {
 #[test]
 fn the_demo_checks_the_unlearning_targets_before_training() {
     let tmp = tempfile::tempdir().unwrap();
-    for (set, expected) in [
-        ("unlearn.targets=no_such_layer", "unlearn.targets = \"no_such_layer\""),
-        ("unlearn.layer_weights=[1.0, 2.0]", "unlearn.layer_weights has 2 weights"),
+    for (sets, expected) in [
+        (&["unlearn.targets=no_such_layer"][..], "unlearn.targets = \"no_such_layer\""),
+        (&["unlearn.layer_weights=[1.0, 2.0]"], "unlearn.layer_weights has 2 weights"),
+        (&["unlearn.stop=\"epochs\"", "unlearn.balance=\"adaptive\""], "nothing would steer λ"),
     ] {
+        let set = sets.join(" ");
         let out = Command::new(env!("CARGO_BIN_EXE_rfa"))
             .args(["demo", "--name", "targets", "--runs-dir"])
             .arg(tmp.path())
-            .args(["--set", set])
+            .args(sets.iter().flat_map(|s| ["--set", s]))
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
