@@ -334,7 +334,7 @@ where
     let stats_seconds = t0.elapsed().as_secs_f64();
 
     let steps_per_epoch = forget.len().div_ceil(unlearn_cfg.batch_size);
-    let schedule = CheckSchedule::new(unlearn_cfg.check_every, steps_per_epoch);
+    let schedule = CheckSchedule::new(unlearn_cfg.check_every, steps_per_epoch, class_wise);
     let probes = (settings.stop == StopRule::Probe)
         .then(|| Probes::draw(task, unlearn_cfg.probe_samples, seed));
     let mut stop = probes.as_ref().map(|p| {
