@@ -99,9 +99,9 @@ pub fn run(forget: &Forget, seeds: std::ops::Range<u64>, runs: &Path, device: &s
             rfa(&bin, &["train"], &config, &runs, device, &[])?;
             first_of_seed.get_or_insert(dir.clone());
             rfa(&bin, &["retrain"], &config, &runs, device, &[])?;
-            if !dir.join("rfa/phase.json").is_file() {
-                rfa(&bin, &["unlearn", "--method", "rfa"], &config, &runs, device, &[])?;
-            }
+            // RFA is what a sweep measures, and its `auto` settings come from the build, not the
+            // configuration: it runs every time (seconds), replacing an earlier result.
+            rfa(&bin, &["unlearn", "--method", "rfa"], &config, &runs, device, &[])?;
             for (method, sets) in BASELINES {
                 if !dir.join(format!("{method}/phase.json")).is_file() {
                     let s: Vec<String> = sets.iter().map(|x| x.to_string()).collect();

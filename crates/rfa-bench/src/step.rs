@@ -124,7 +124,8 @@ where
     let m = model.take().expect("model");
     let taps = forward(&m);
     let split = TapSplit { retain_rows: b, forget_first_token_only: false };
-    let loss = RfaObjective::default().total_rows_as(&taps, split, None, mus, one_node)?.total;
+    let objective = RfaObjective::default();
+    let loss = objective.total_rows_as(&taps, split, None, mus, one_node)?.total(objective.lambda);
     after_loss(&loss);
     let g = GradientsParams::from_grads(loss.backward(), &m);
     *model = Some(opt.step(5e-5, m, g)?);

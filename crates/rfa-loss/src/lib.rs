@@ -132,7 +132,7 @@ impl RfaObjective {
         Ok(sum(terms, &taps[0].pre.device()))
     }
 
-    /// `retain + λ · forget`.
+    /// The retain and the forget term (their sum with λ: [`RfaLoss::total`]).
     pub fn total<B: Backend>(
         &self,
         retain_taps: &[Tap<B>],
@@ -143,11 +143,10 @@ impl RfaObjective {
     ) -> Result<RfaLoss<B>, LossError> {
         let retain = self.retain_loss(retain_taps, retain_mask)?;
         let forget = self.forget_loss(forget_taps, forget_targets, forget_mask)?;
-        let total = retain.clone() + forget.clone().mul_scalar(self.lambda);
-        Ok(RfaLoss { total, retain, forget })
+        Ok(RfaLoss { retain, forget })
     }
 
-    /// `retain + λ · forget` from the taps of one pass over a retain batch (rows
+    /// The two terms from the taps of one pass over a retain batch (rows
     /// `0..split.retain_rows`) and a forget batch concatenated; `mask [rows, tokens]` is their
     /// padding (1 = real token), `targets` one per layer for the forget rows as
     /// [`RfaObjective::forget_loss`] takes them. Where the backend asks for it
@@ -196,8 +195,7 @@ impl RfaObjective {
         });
         let both = sum(terms, &taps[0].pre.device());
         let (retain, forget) = (both.clone().narrow(0, 0, 1), both.narrow(0, 1, 1));
-        let total = retain.clone() + forget.clone().mul_scalar(self.lambda);
-        Ok(RfaLoss { total, retain, forget })
+        Ok(RfaLoss { retain, forget })
     }
 }
 
@@ -244,12 +242,19 @@ fn split_masks<B: Backend>(
     Ok([retain, forget])
 }
 
-/// The loss and its two parts (for logging).
+/// The loss's two terms; [`RfaLoss::total`] weighs them with the λ of the step (which the
+/// caller may steer: `unlearn.balance`).
 #[derive(Debug, Clone)]
 pub struct RfaLoss<B: Backend> {
-    pub total: Tensor<B, 1>,
     pub retain: Tensor<B, 1>,
     pub forget: Tensor<B, 1>,
+}
+
+impl<B: Backend> RfaLoss<B> {
+    /// `retain + lambda · forget`.
+    pub fn total(&self, lambda: f64) -> Tensor<B, 1> {
+        self.retain.clone() + self.forget.clone().mul_scalar(lambda)
+    }
 }
 
 fn sum<B: Backend>(terms: impl Iterator<Item = Tensor<B, 1>>, device: &B::Device) -> Tensor<B, 1> {

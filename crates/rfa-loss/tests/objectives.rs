@@ -47,7 +47,7 @@ fn forget_term_pulls_the_feature_to_the_target() {
     assert_relative_eq!(scalar(obj.forget_loss(&taps, &mu, None).unwrap()), 5.5);
     let retain = vec![tap(vec![0.0; 2], vec![1.0, 1.0], [1, 1, 2])];
     let l = obj.total(&retain, None, &taps, &mu, None).unwrap();
-    assert_relative_eq!(scalar(l.total), 2.0 + 3.0 * 5.5);
+    assert_relative_eq!(scalar(l.total(obj.lambda)), 2.0 + 3.0 * 5.5);
     assert_relative_eq!(scalar(l.retain), 2.0);
 }
 
@@ -282,7 +282,8 @@ fn rows_case(
     let split = rfa_fused::TapSplit { retain_rows: nr, forget_first_token_only: cls };
     let loss = obj.total_rows_as(&taps, split, masked.then_some(&mask), &mus, one_node).unwrap();
     let (r, f) = (scalar(loss.retain.clone()), scalar(loss.forget.clone()));
-    let grads = loss.total.clone().backward();
+    let total = loss.total(obj.lambda);
+    let grads = total.clone().backward();
     let host = |x: Option<Tensor<B, 3>>| {
         x.map(|x| x.into_data().convert::<f32>().into_vec::<f32>().unwrap()).unwrap_or_default()
     };
@@ -290,7 +291,7 @@ fn rows_case(
         .iter()
         .flat_map(|tp| [host(tp.pre.grad(&grads)), host(tp.residual.grad(&grads))])
         .collect();
-    (vec![scalar(loss.total), r, f], g)
+    (vec![scalar(total), r, f], g)
 }
 
 #[test]

@@ -225,6 +225,7 @@ where
             stats_seconds,
             stats_samples: 0,
             settings: None,
+            selected: None,
             stop: None,
         },
     ))

@@ -8,6 +8,7 @@ use rfa_loss::TargetStrategy;
 use serde::{Deserialize, Serialize};
 
 use crate::balance::Balance;
+use crate::forget_selection::ForgetSelection;
 use crate::method::Method;
 use crate::scenario::{Auto, RetainSampling, RfaSettings, Scenario, StopRule};
 
@@ -231,6 +232,11 @@ pub struct UnlearnConfig {
     /// (`fixed`, `adaptive`, `auto`; [`crate::balance`]).
     #[serde(default)]
     pub balance: Auto<Balance>,
+    /// RFA: which samples of Df the forget term trains on (`all`, `unseen-error`: as many as
+    /// the validation probe's error rate, least confident first; `auto`;
+    /// [`crate::forget_selection`]).
+    #[serde(default)]
+    pub forget_selection: Auto<ForgetSelection>,
     /// `probe` stop rule: steps between two checks; 0 = two checks per pass over Df.
     #[serde(default)]
     pub check_every: usize,
@@ -393,6 +399,7 @@ impl UnlearnConfig {
             } else {
                 Balance::Fixed
             }),
+            forget_selection: self.forget_selection.or(d.forget_selection),
         }
     }
 
@@ -497,6 +504,7 @@ impl RunConfig {
                 confusable_share: half(),
                 stop: Auto::Auto,
                 balance: Auto::Auto,
+                forget_selection: Auto::Auto,
                 check_every: 0,
                 max_retain_drop: one(),
                 forget_tolerance: one(),

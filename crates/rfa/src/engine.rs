@@ -21,6 +21,7 @@ use crate::config::UnlearnConfig;
 use crate::confusable::{Confusion, RetainSampler, most_confusable};
 use crate::data_parallel::replicate;
 use crate::engine_model::{EngineModel, Logits, Samples};
+use crate::forget_selection::{ForgetSelection, Selected, select_unseen_error};
 use crate::head_check::check_head_targets;
 use crate::probe::{
     CheckSchedule, Checked, Criterion, Probes, StopRecord, StopState, Verdict, measure,
@@ -84,6 +85,9 @@ pub struct UnlearnLog {
     /// RFA: the settings after `auto` was resolved (absent in older logs and for baselines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<RfaSettings>,
+    /// RFA with `unlearn.forget_selection = "unseen-error"`: what the forget term trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected: Option<Selected>,
     /// RFA with the probe stop rule: why and when it stopped, every check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<StopRecord>,
@@ -178,6 +182,10 @@ where
         );
     }
     settings.check()?;
+    crate::forget_selection::check_selection(
+        settings.forget_selection,
+        classifier.then_some(task.probe.len()),
+    )?;
     let task_weight = settings.retain_task_weight;
     // The forget term's view of a tap (and of the padding mask): every token, or the first
     // (CLS) one.
@@ -271,9 +279,11 @@ where
     let forget = &task.split.forget;
     let forget_labels: Vec<usize> = forget.iter().map(|&i| task.train.labels()[i]).collect();
     // M0 on Df: the runner-up classes, and the features confusable samples are compared with.
+    let select = settings.forget_selection == ForgetSelection::UnseenError;
     let need_forget_pass =
         matches!(settings.target, TargetStrategy::RunnerUpClassMean | TargetStrategy::BoundaryMean)
-            || keep_features;
+            || keep_features
+            || select;
     let m0_forget =
         if need_forget_pass { Some(outputs(&inner, &task.train, forget, device)?) } else { None };
     let mut row_of = target_classes(
@@ -331,6 +341,13 @@ where
         let pool = most_confusable(&stats_set, &scores, size);
         sampler = sampler.with_confusable(pool, unlearn_cfg.confusable_share);
     }
+    let (forget_rows, selected) = match (&m0_forget, select) {
+        (Some(m0), true) => {
+            let (rows, selected) = select_unseen_error(&inner, task, m0, classes, device)?;
+            (rows, Some(selected))
+        }
+        _ => (forget.clone(), None),
+    };
     let stats_seconds = t0.elapsed().as_secs_f64();
 
     let steps_per_epoch = forget.len().div_ceil(unlearn_cfg.batch_size);
@@ -364,6 +381,7 @@ where
         unlearn_cfg,
         objective: &objective,
         target_class: &target_class,
+        forget_rows: &forget_rows,
         cls_only,
         task_weight,
         seed,
@@ -421,6 +439,7 @@ where
             stats_seconds,
             stats_samples: stats_set.len(),
             settings: Some(*settings),
+            selected,
             stop: stop_record,
         },
     ))

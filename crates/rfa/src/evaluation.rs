@@ -133,18 +133,7 @@ impl Run {
                 let p = role.dir(&self.dir).join("unlearn_log.json");
                 let log: engine::UnlearnLog =
                     serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
-                Some(crate::report::RfaRun {
-                    model: role.name(),
-                    settings: log.settings?,
-                    steps: log.steps.len(),
-                    stop: log.stop.map(|st| crate::report::RfaStop {
-                        reason: st.reason,
-                        stopped_after_step: st.stopped_after_step,
-                        kept_step: st.kept_step,
-                        checks: st.checks.len(),
-                        check_seconds: st.check_seconds,
-                    }),
-                })
+                crate::report::RfaRun::from_log(role.name(), log)
             })
             .collect()
     }

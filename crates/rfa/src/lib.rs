@@ -38,6 +38,7 @@ pub mod engine_model;
 mod evaluation;
 mod export;
 pub mod fingerprint;
+pub mod forget_selection;
 pub mod head_check;
 pub mod interrupt;
 pub mod kernel_cache;

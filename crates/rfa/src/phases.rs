@@ -66,12 +66,21 @@ impl Run {
     pub fn check_unlearn_targets<B: FusedAutodiff>(&self, device: &B::Device) -> Result<()> {
         let (m, seed) = (&self.cfg.model, self.cfg.seed);
         if self.cfg.unlearn.method == Method::Rfa {
-            let scenario = match self.arch {
-                Architecture::Vit => self.images()?.scenario(false),
-                Architecture::Bert => self.text()?.scenario(false),
-                Architecture::Gpt2 => crate::scenario::Scenario::LanguageModel,
+            // The scenario, and the validation probe's size.
+            let (scenario, probe) = match self.arch {
+                Architecture::Vit => {
+                    let t = self.images()?;
+                    (t.scenario(false), Some(t.probe.len()))
+                }
+                Architecture::Bert => {
+                    let t = self.text()?;
+                    (t.scenario(false), Some(t.probe.len()))
+                }
+                Architecture::Gpt2 => (crate::scenario::Scenario::LanguageModel, None),
             };
-            self.cfg.unlearn.rfa_settings(scenario).check()?;
+            let settings = self.cfg.unlearn.rfa_settings(scenario);
+            settings.check()?;
+            crate::forget_selection::check_selection(settings.forget_selection, probe)?;
         }
         match self.arch {
             Architecture::Vit => {

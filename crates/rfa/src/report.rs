@@ -119,6 +119,9 @@ pub struct RfaRun {
     /// The probe stop rule's outcome (absent with `stop = "epochs"`).
     pub stop: Option<RfaStop>,
     pub steps: usize,
+    /// `unlearn.forget_selection = "unseen-error"`: what the forget term trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected: Option<crate::forget_selection::Selected>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,7 +134,27 @@ pub struct RfaStop {
 }
 
 impl RfaRun {
-    fn markdown(&self) -> String {
+    /// An RFA result's settings, selection and stop, from its unlearning log; None for a log
+    /// without settings (made before they were recorded).
+    pub fn from_log(model: String, log: crate::engine::UnlearnLog) -> Option<Self> {
+        Some(Self {
+            model,
+            settings: log.settings?,
+            steps: log.steps.len(),
+            selected: log
+                .selected
+                .map(|s| crate::forget_selection::Selected { rows: Vec::new(), ..s }),
+            stop: log.stop.map(|st| RfaStop {
+                reason: st.reason,
+                stopped_after_step: st.stopped_after_step,
+                kept_step: st.kept_step,
+                checks: st.checks.len(),
+                check_seconds: st.check_seconds,
+            }),
+        })
+    }
+
+    pub fn markdown(&self) -> String {
         let s = &self.settings;
         let stop = match &self.stop {
             Some(st) => format!(
@@ -145,8 +168,15 @@ impl RfaRun {
             ),
             None => format!("stop rule `epochs`: {} steps", self.steps),
         };
+        let selection = match &self.selected {
+            Some(x) => format!(
+                "forget selection `{}`: the forget term trained on {} of {} samples of Df (unseen data's error rate: M0 was {:.1} % right on the validation probe, {:.1} % on Df)",
+                s.forget_selection, x.samples, x.of, x.unseen_accuracy, x.forget_accuracy
+            ),
+            None => format!("forget selection `{}`", s.forget_selection),
+        };
         format!(
-            "{}: target `{}`, retain sampling `{}`, task weight γ = {}, balance `{}`; {stop}.\n",
+            "{}: target `{}`, retain sampling `{}`, task weight γ = {}, balance `{}`, {selection}; {stop}.\n",
             self.model, s.target, s.retain_sampling, s.retain_task_weight, s.balance,
         )
     }
@@ -547,6 +577,7 @@ mod tests {
             stats_seconds: 0.0,
             stats_samples: 0,
             settings: None,
+            selected: None,
             stop: None,
         };
         let times =

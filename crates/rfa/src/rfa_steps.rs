@@ -13,7 +13,6 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use indicatif::ProgressBar;
 use lora_core::ForeachAdamW;
-use rfa_data::batches;
 use rfa_loss::{RfaObjective, SplitTaps, Targets};
 use rfa_models::FusedAutodiff;
 
@@ -22,6 +21,7 @@ use crate::confusable::RetainSampler;
 use crate::data_parallel::{Replica, ReplicaStopped};
 use crate::engine::{StepLog, bar, scalar};
 use crate::engine_model::{EngineModel, task_loss_terms};
+use crate::forget_selection::pass_batches;
 use crate::probe::{CheckSchedule, Checked, Verdict};
 use crate::task::Task;
 use crate::token_targets::token_ids;
@@ -33,6 +33,8 @@ pub(crate) struct StepPlan<'a, D> {
     pub objective: &'a RfaObjective,
     /// Each forget sample's row in a by-class target table.
     pub target_class: &'a HashMap<usize, usize>,
+    /// The samples of Df the forget term trains on (`unlearn.forget_selection`).
+    pub forget_rows: &'a [usize],
     pub cls_only: bool,
     pub task_weight: f64,
     pub seed: u64,
@@ -100,11 +102,16 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
     {
         let ReplicaState { mut model, targets, mut sampler } = state;
         let cfg = self.unlearn_cfg;
-        let forget = &self.task.split.forget;
+        let df_len = self.task.split.forget.len();
+        let pass = |epoch: usize| {
+            let seed = self.seed.wrapping_add(31 * epoch as u64 + 1);
+            pass_batches(self.forget_rows, df_len, cfg.batch_size, seed)
+        };
+        let pass_len: usize = pass(0).iter().map(Vec::len).sum();
         let mut optim = ForeachAdamW::<B>::new(cfg.weight_decay as f32, 1e-8);
         let mut steps = Vec::new();
         let pb = if replica.is_lead() {
-            bar((forget.len() * cfg.epochs) as u64, "unlearn")
+            bar((pass_len * cfg.epochs) as u64, "unlearn")
         } else {
             ProgressBar::hidden()
         };
@@ -114,9 +121,7 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
         // λ as the stop rule's checks steer it (`unlearn.balance`), the same on every replica.
         let mut lambda = self.objective.lambda;
         'epochs: for epoch in 0..cfg.epochs {
-            for fb in
-                batches(forget, cfg.batch_size, true, self.seed.wrapping_add(31 * epoch as u64 + 1))
-            {
+            for fb in pass(epoch) {
                 let step_start = Instant::now();
                 let rb = sampler.batch(fb.len());
                 let (rs, fs) = (replica.share(&rb), replica.share(&fb));
@@ -252,8 +257,8 @@ impl<D: crate::engine_model::Samples> StepPlan<'_, D> {
         };
         let task = (self.task_weight > 0.0)
             .then(|| task_loss_terms(logits.as_ref().expect("logits"), &batch, 0..nr));
-        // parts.total with this step's λ (the objective's own λ is `unlearn.lambda`).
-        let mut total = parts.retain.clone() + parts.forget.clone().mul_scalar(lambda);
+        // With this step's λ (the objective's own is `unlearn.lambda`).
+        let mut total = parts.total(lambda);
         if let Some(c) = &first_tokens {
             total = total + c.clone().mul_scalar(cfg.retain_cls_weight);
         }
