@@ -369,7 +369,8 @@ pub fn run(
 }
 
 /// M0, M*, every method (or `only`) with each seed, and the report; what is already in the run
-/// folder is reused.
+/// folder is reused, but for RFA: its `auto` settings come from the build, not the
+/// configuration, so it runs again (seconds) and replaces an earlier result.
 pub(crate) fn run_scenario(
     bin: &Path,
     sc: &Scenario,
@@ -390,7 +391,7 @@ pub(crate) fn run_scenario(
             continue;
         }
         for seed in 0..seeds as u64 {
-            if dir.join(format!("{method}-s{seed}/phase.json")).is_file() {
+            if method != "rfa" && dir.join(format!("{method}-s{seed}/phase.json")).is_file() {
                 continue;
             }
             let mut s: Vec<String> = sets.iter().map(|x| x.to_string()).collect();
