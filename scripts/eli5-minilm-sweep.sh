@@ -25,7 +25,8 @@ for seed in $seeds; do
     "$rfa" train "${common[@]}"
     first=${first:-$name}
     "$rfa" retrain "${common[@]}"
-    [ -f "$runs/$name/rfa/phase.json" ] || "$rfa" unlearn "${common[@]}"
+    # RFA's `auto` settings come from the build, not the configuration: it runs every time.
+    "$rfa" unlearn "${common[@]}"
     for m in grad-diff npo; do
       [ -f "$runs/$name/$m/phase.json" ] || "$rfa" unlearn "${common[@]}" --method $m --set unlearn.lr=1e-3
     done

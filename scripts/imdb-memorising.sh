@@ -26,7 +26,7 @@ run_case() { # NAME SHARE [extra --set for RFA]
   "$rfa" train "${common[@]}"
   first=${first:-$name}
   "$rfa" retrain "${common[@]}"
-  [ -f "$runs/$name/rfa/phase.json" ] || "$rfa" unlearn "${common[@]}" "$@"
+  "$rfa" unlearn "${common[@]}" "$@"   # RFA always re-runs: its auto settings come from the build
   if [ $# -eq 0 ]; then
     for m in grad-ascent npo salun; do
       [ -f "$runs/$name/$m/phase.json" ] || "$rfa" unlearn "${common[@]}" --method $m --set unlearn.lr=1e-3
