@@ -341,13 +341,11 @@ where
         let pool = most_confusable(&stats_set, &scores, size);
         sampler = sampler.with_confusable(pool, unlearn_cfg.confusable_share);
     }
-    let (forget_rows, selected) = match (&m0_forget, select) {
-        (Some(m0), true) => {
-            let (rows, selected) = select_unseen_error(&inner, task, m0, classes, device)?;
-            (rows, Some(selected))
-        }
-        _ => (forget.clone(), None),
+    let selected = match (&m0_forget, select) {
+        (Some(m0), true) => Some(select_unseen_error(&inner, task, m0, classes, device)?),
+        _ => None,
     };
+    let forget_rows = selected.as_ref().map_or(forget.as_slice(), |s| s.rows.as_slice());
     let stats_seconds = t0.elapsed().as_secs_f64();
 
     let steps_per_epoch = forget.len().div_ceil(unlearn_cfg.batch_size);
@@ -381,7 +379,7 @@ where
         unlearn_cfg,
         objective: &objective,
         target_class: &target_class,
-        forget_rows: &forget_rows,
+        forget_rows,
         cls_only,
         task_weight,
         seed,

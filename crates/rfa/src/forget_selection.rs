@@ -90,16 +90,15 @@ pub fn check_selection(selection: ForgetSelection, probe: Option<usize>) -> Resu
     }
 }
 
-/// `unseen-error`'s choice, from M0's outputs on Df and M0 itself (for the validation probe):
-/// the training indices to train on, and what was chosen.
+/// `unseen-error`'s choice, from M0's outputs on Df and M0 itself (for the validation probe,
+/// which [`check_selection`] has found non-empty).
 pub(crate) fn select_unseen_error<B: FusedOps, M: EngineModel<B>>(
     m0: &M,
     task: &Task<M::Data>,
     m0_forget: &Outputs,
     classes: usize,
     device: &B::Device,
-) -> Result<(Vec<usize>, Selected)> {
-    check_selection(ForgetSelection::UnseenError, Some(task.probe.len()))?;
+) -> Result<Selected> {
     let valid = logits_only(m0, &task.test, &task.probe, device)?;
     let unseen_accuracy =
         accuracy(&Rows::new("validation probe logits", &valid.logits, classes)?, &valid.labels)?;
@@ -108,14 +107,13 @@ pub(crate) fn select_unseen_error<B: FusedOps, M: EngineModel<B>>(
     let chosen = least_confident(&true_label_confidence(&df, &m0_forget.labels), unseen_accuracy);
     let mut rows: Vec<usize> = chosen.iter().map(|&i| task.split.forget[i]).collect();
     rows.sort_unstable();
-    let selected = Selected {
+    Ok(Selected {
         samples: rows.len(),
         of: task.split.forget.len(),
         unseen_accuracy,
         forget_accuracy,
-        rows: rows.clone(),
-    };
-    Ok((rows, selected))
+        rows,
+    })
 }
 
 /// The forget batches of one pass. Over all of Df: Df shuffled in batches, as always. Over a
