@@ -290,3 +290,50 @@ fn own_token_mean_targets_on_a_language_model() {
     let e = format!("{:#}", run.unlearn::<AB>(&dev).unwrap_err());
     assert!(e.contains("forget_tokens"), "{e}");
 }
+
+/// A language model's RFA has the task term by default (γ = 1): its next-token loss on the
+/// retain batch. At the first step the model is M0, so the term is M0's loss on that batch — a
+/// token-weighted mean of the retained texts' own losses — and it scales with γ.
+#[test]
+fn a_language_models_task_term_is_m0s_next_token_loss_on_dr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = eli5(tmp.path());
+    let dev = Default::default();
+    let mut c = gpt2_config("lm-task", tmp.path(), &data);
+    c.train.epochs = 1;
+    let run = Run::open(c.clone()).unwrap();
+    run.train::<AB>(false, &dev).unwrap();
+    let lambda = c.unlearn.lambda;
+    // Step 0's task term (total less the RFA terms) and the γ the log records.
+    let first_extra = |gamma: Option<f64>| -> (f64, f64) {
+        let mut c = c.clone();
+        c.unlearn.retain_task_weight = gamma;
+        let r = Run::open(c).unwrap();
+        r.unlearn::<AB>(&dev).unwrap();
+        let log: rfa::engine::UnlearnLog = serde_json::from_str(
+            &std::fs::read_to_string(r.dir.join("rfa/unlearn_log.json")).unwrap(),
+        )
+        .unwrap();
+        let s = &log.steps[0];
+        (s.total - (s.retain + lambda * s.forget), log.settings.unwrap().retain_task_weight)
+    };
+    let (auto, gamma) = first_extra(None);
+    assert_eq!(gamma, 1.0, "the language-model default");
+    let (none, _) = first_extra(Some(0.0));
+    let (twice, _) = first_extra(Some(2.0));
+    assert!(none.abs() < 1e-6, "γ = 0: no task term ({none})");
+    assert!((twice - 2.0 * auto).abs() < 1e-4 * auto, "γ = 2 doubles it: {twice} vs {auto}");
+    // M0's loss on each retained text; the batch's is a token-weighted mean of some of them.
+    let t = run.text().unwrap();
+    let m0 = rfa::model_init::Gpt2::<I>::load(&run.dir.join("original"), &dev).unwrap();
+    let retain = &t.split.retain;
+    let out = rfa::engine::outputs(&m0, &t.train, retain, &dev).unwrap();
+    let losses: Vec<f64> = out
+        .token_logprobs
+        .iter()
+        .filter(|lp| !lp.is_empty())
+        .map(|lp| -lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64)
+        .collect();
+    let (lo, hi) = losses.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    assert!(lo > 0.0 && (lo - 1e-4..=hi + 1e-4).contains(&auto), "{auto} not in [{lo}, {hi}]");
+}

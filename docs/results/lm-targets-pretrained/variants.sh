@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Development cases (seed 7, categories 2 and 4, pre-trained backbone): LM targets compared on
-# Df / Dr perplexity only. Run in a scratch folder holding backbone.toml:
+# Df / Dr perplexity only, with γ = 0 (the language-model default then). Run in a scratch folder holding backbone.toml:
 #   rfa pretrain --config backbone.toml --runs-dir runs --device cpu-flex
 B=${RFA_BIN:-rfa}
 for c in 2 4; do
@@ -12,7 +12,8 @@ for c in 2 4; do
   for v in "global-mean c_attn" "per-position-mean c_attn" "own-token-mean c_attn" "global-mean all-linear" "own-token-mean all-linear"; do
     set -- $v
     $B unlearn --config c$c.toml --runs-dir runs --device cpu-flex --method rfa --force \
-      --set unlearn.target=$1 --set unlearn.targets=$2 > /dev/null 2>&1 || { echo "c$c $v failed"; continue; }
+      --set unlearn.target=$1 --set unlearn.targets=$2 \
+      --set unlearn.retain_task_weight=0 > /dev/null 2>&1 || { echo "c$c $v failed"; continue; }
     $B eval --config c$c.toml --runs-dir runs --device cpu-flex > /dev/null 2>&1
     python3 - "$c" "$1" "$2" <<'PY'
 import json,sys
